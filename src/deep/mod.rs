@@ -1,0 +1,1 @@
+//! Deep methods on tch (libtorch): AlexNet, SDCH, CZHash, AgNet.

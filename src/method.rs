@@ -1,0 +1,232 @@
+//! The one trait every hashing method implements (in the style of linfa's `Fit` / scikit-learn's
+//! estimators): hyper-parameters are a plain struct checked before fitting (`check`, linfa's
+//! `ParamGuard`), fitting returns a separate fitted-model type, and methods know nothing about
+//! files, bundles or the CLI beyond saving their own learned state into a folder.
+
+use crate::codes::BinaryCodes;
+use anyhow::{bail, Result};
+use ndarray::{Array2, Array4, ArrayView2};
+use std::path::{Path, PathBuf};
+
+/// Index of the image modality in every [`TrainSet`] and bundle.
+pub const IMAGE: usize = 0;
+/// Index of the text modality.
+pub const TEXT: usize = 1;
+
+/// One modality's input for a set of items.
+#[derive(Clone, Debug)]
+pub enum View {
+    /// Feature vectors, one row per item (SIFT BoVW, LDA topics, bag of words, fc7 …).
+    Features(Array2<f32>),
+    /// Raw RGB images, N × H × W × 3, uint8.
+    Images(Array4<u8>),
+}
+
+impl View {
+    pub fn len(&self) -> usize {
+        match self {
+            View::Features(x) => x.nrows(),
+            View::Images(x) => x.shape()[0],
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The feature matrix, or an error saying that `method` needs features for `modality`.
+    pub fn features(&self, method: &str, modality: usize) -> Result<&Array2<f32>> {
+        match self {
+            View::Features(x) => Ok(x),
+            View::Images(_) => bail!(
+                "{method} needs feature vectors for modality {modality}, but the data holds raw images; \
+                 extract features first (`cmh features`) or use a deep method"
+            ),
+        }
+    }
+    /// Rows `idx` of this view.
+    pub fn select(&self, idx: &[usize]) -> View {
+        match self {
+            View::Features(x) => View::Features(x.select(ndarray::Axis(0), idx)),
+            View::Images(x) => View::Images(x.select(ndarray::Axis(0), idx)),
+        }
+    }
+}
+
+/// The training items of one split, paired across modalities (row i of every view is item i).
+///
+/// Labels live in one global class space of `class_names.len()` classes. When the label spaces
+/// differ per modality, modality m's labels are non-zero only on `modality_classes[m]`. A row whose
+/// label is hidden (semi-supervised protocol) has `labelled[m][i] == false` and an all-zero label row.
+#[derive(Clone, Debug)]
+pub struct TrainSet {
+    pub views: Vec<View>,
+    pub labels: Vec<Array2<u8>>,
+    pub labelled: Vec<Vec<bool>>,
+    pub class_names: Vec<String>,
+    /// Per modality, the classes whose labels training may see.
+    pub modality_classes: Vec<Vec<usize>>,
+    /// Class embeddings (C × E), when the bundle has them.
+    pub class_embeddings: Option<Array2<f32>>,
+}
+
+impl TrainSet {
+    pub fn len(&self) -> usize {
+        self.views.first().map_or(0, |v| v.len())
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn n_modalities(&self) -> usize {
+        self.views.len()
+    }
+    pub fn n_classes(&self) -> usize {
+        self.class_names.len()
+    }
+
+    /// A fully labelled training set with the same labels in every modality.
+    pub fn supervised(views: Vec<View>, labels: Array2<u8>, class_names: Vec<String>) -> Self {
+        let m = views.len();
+        let n = labels.nrows();
+        let c = labels.ncols();
+        Self {
+            views,
+            labels: vec![labels; m],
+            labelled: vec![vec![true; n]; m],
+            class_names,
+            modality_classes: vec![(0..c).collect(); m],
+            class_embeddings: None,
+        }
+    }
+
+    /// Rows labelled in every modality, with the union of their modality labels: what a method
+    /// that needs one label matrix trains on.
+    pub fn common_labelled(&self) -> (Vec<usize>, Array2<f64>) {
+        let rows: Vec<usize> = (0..self.len()).filter(|&i| self.labelled.iter().all(|l| l[i])).collect();
+        let mut y = Array2::<f64>::zeros((rows.len(), self.n_classes()));
+        for (r, &i) in rows.iter().enumerate() {
+            for l in &self.labels {
+                for (c, &v) in l.row(i).iter().enumerate() {
+                    if v != 0 {
+                        y[[r, c]] = 1.0;
+                    }
+                }
+            }
+        }
+        (rows, y)
+    }
+
+    /// Checks the shapes agree (rows of every view and label matrix).
+    pub fn validate(&self) -> Result<()> {
+        let n = self.len();
+        if n == 0 {
+            bail!("the training set is empty");
+        }
+        if self.labels.len() != self.views.len() || self.labelled.len() != self.views.len() {
+            bail!("training set: one label matrix and one labelled mask per modality are needed");
+        }
+        for (m, v) in self.views.iter().enumerate() {
+            if v.len() != n {
+                bail!("training set: modality {m} has {} rows, modality 0 has {n}", v.len());
+            }
+            if self.labels[m].dim() != (n, self.n_classes()) {
+                bail!("training set: labels of modality {m} are {:?}, expected ({n}, {})", self.labels[m].dim(), self.n_classes());
+            }
+        }
+        Ok(())
+    }
+
+    /// Class embeddings, or an error naming the method that needs them.
+    pub fn require_class_embeddings(&self, method: &str) -> Result<&Array2<f32>> {
+        self.class_embeddings.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{method} needs class embeddings, but the bundle has none; add them with \
+                 `cmh data embed-classes BUNDLE --minilm` (or --glove FILE)"
+            )
+        })
+    }
+}
+
+/// Where a deep method runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Everything about a fit that is not a hyper-parameter.
+#[derive(Clone, Debug)]
+pub struct FitContext {
+    pub bits: usize,
+    pub seed: u64,
+    pub device: DeviceChoice,
+    /// Where a resumable method keeps its per-epoch checkpoints; `None` = no checkpoints.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Continue from the checkpoint in `checkpoint_dir`.
+    pub resume: bool,
+    /// Show progress bars.
+    pub progress: bool,
+}
+
+impl FitContext {
+    pub fn new(bits: usize, seed: u64) -> Self {
+        Self { bits, seed, device: DeviceChoice::Auto, checkpoint_dir: None, resume: false, progress: false }
+    }
+}
+
+/// A fitted hashing model.
+pub trait HashModel: Send + Sync {
+    /// The method's CLI name (`sch`, `segh`, `cca-itq`, `sdch`, `czhash`, `agnet`).
+    fn method(&self) -> &'static str;
+    fn bits(&self) -> usize;
+    /// Hash codes of items of `modality` (0 = image, 1 = text).
+    fn encode(&self, modality: usize, view: &View) -> Result<BinaryCodes>;
+    /// The unified codes B learned for the training items (row i = training item i), when the
+    /// method learns them. Papers evaluate with B as the database when database = training set.
+    fn train_codes(&self) -> Option<&BinaryCodes> {
+        None
+    }
+    /// Per-iteration objective values (or per-epoch losses), for the run log.
+    fn history(&self) -> &[f64] {
+        &[]
+    }
+    /// Writes the learned state into `dir` (`model.json` + `.npy` matrices that Python can use).
+    fn save(&self, dir: &Path) -> Result<()>;
+}
+
+/// A method's hyper-parameters: checked, then fitted.
+pub trait Fit {
+    type Model: HashModel + 'static;
+    /// Refuses bad hyper-parameters or data the method cannot use, with a clear message.
+    fn check(&self, data: &TrainSet, bits: usize) -> Result<()>;
+    /// Fits after `check`; `ctx.bits` is the code length.
+    fn fit_checked(&self, data: &TrainSet, ctx: &FitContext) -> Result<Self::Model>;
+    fn fit(&self, data: &TrainSet, ctx: &FitContext) -> Result<Self::Model> {
+        data.validate()?;
+        if ctx.bits == 0 {
+            bail!("bits must be at least 1");
+        }
+        self.check(data, ctx.bits)?;
+        self.fit_checked(data, ctx)
+    }
+}
+
+/// Helper for `check`: a hyper-parameter that must be positive / non-negative.
+pub fn ensure_nonneg(name: &str, v: f64) -> Result<()> {
+    if !(v >= 0.0) || !v.is_finite() {
+        bail!("hyper-parameter {name} must be a finite number >= 0, found {v}");
+    }
+    Ok(())
+}
+pub fn ensure_pos(name: &str, v: f64) -> Result<()> {
+    if !(v > 0.0) || !v.is_finite() {
+        bail!("hyper-parameter {name} must be a finite number > 0, found {v}");
+    }
+    Ok(())
+}
+
+/// f32 features as an f64 matrix (the shallow methods compute in f64).
+pub fn to_f64(x: ArrayView2<f32>) -> Array2<f64> {
+    x.mapv(|v| v as f64)
+}

@@ -1,0 +1,386 @@
+//! Seeded splits under the four protocols. A [`Split`] is recorded in every run's report.
+//!
+//! Conventions (README "Protocols"):
+//! - standard: the bundle's fixed split, or random query / database / train sizes with
+//!   train ⊂ database (MIRFlickr: 2000 / 18015 / 10000).
+//! - zero-shot: unseen classes given by name or as a fraction of the classes (at least one class
+//!   each side). An item is *seen* when all its labels are seen classes, *unseen* when it has at
+//!   least one unseen label (so a multi-label item touching both sides is never trained on).
+//!   Training uses seen items only; queries and database come from unseen items. With a fixed split
+//!   the bundle's train / query / database roles are kept and filtered; otherwise the unseen items
+//!   are split randomly into queries and database. Relevance still uses the full label sets.
+//! - semi-supervised: a fraction of the training rows have their labels masked; they stay in the
+//!   training set as unlabelled rows. Combined with zero-shot for protocol (c).
+//! - label spaces: protocol (d), each modality sees its own random subset of the seen classes;
+//!   labels outside that subset are dropped from that modality's training labels.
+
+use crate::bundle::Bundle;
+use crate::method::{TrainSet, View};
+use anyhow::{bail, Result};
+use ndarray::{Array2, Axis};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// (a) the standard split.
+    #[default]
+    Standard,
+    /// (b) zero-shot: train on seen classes, retrieve unseen ones.
+    ZeroShot,
+    /// (c) zero-shot with a fraction of the training labels masked.
+    SemiSupervised,
+    /// (d) (c) with a different random subset of seen classes per modality.
+    LabelSpaces,
+}
+
+/// Everything that defines a split; recorded in reports.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SplitConfig {
+    pub protocol: Protocol,
+    pub seed: u64,
+    /// Random standard split sizes (used when the bundle has no fixed split, or when given).
+    pub query_size: Option<usize>,
+    pub database_size: Option<usize>,
+    pub train_size: Option<usize>,
+    /// Unseen classes by name (zero-shot protocols); empty = draw `unseen_fraction` of them.
+    pub unseen_classes: Vec<String>,
+    pub unseen_fraction: f64,
+    /// Fraction of training labels masked (semi-supervised, label-spaces).
+    pub mask_fraction: f64,
+    /// Fraction of the seen classes each modality sees (label-spaces).
+    pub modality_class_fraction: f64,
+    /// Query fraction of the unseen items when the bundle has no fixed split (zero-shot).
+    pub zero_shot_query_fraction: f64,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        Self {
+            protocol: Protocol::Standard,
+            seed: 0,
+            query_size: None,
+            database_size: None,
+            train_size: None,
+            unseen_classes: vec![],
+            unseen_fraction: 0.2,
+            mask_fraction: 0.7,
+            modality_class_fraction: 0.8,
+            zero_shot_query_fraction: 0.2,
+        }
+    }
+}
+
+/// A realised split: item indices into the bundle, and what training may see.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Split {
+    pub config: SplitConfig,
+    pub train: Vec<usize>,
+    pub query: Vec<usize>,
+    pub database: Vec<usize>,
+    pub seen_classes: Vec<usize>,
+    pub unseen_classes: Vec<usize>,
+    /// Per modality, per training row: whether its label is visible.
+    pub train_labelled: Vec<Vec<bool>>,
+    /// Per modality, the classes whose labels training sees.
+    pub modality_classes: Vec<Vec<usize>>,
+}
+
+impl Split {
+    /// Whether the retrieval database is exactly the training set (same items, same order), so the
+    /// learned unified codes B can serve as database codes.
+    pub fn database_is_train(&self) -> bool {
+        self.database == self.train
+    }
+
+    /// A short record for reports (sizes and classes, not the index lists).
+    pub fn summary(&self, bundle: &Bundle) -> serde_json::Value {
+        let names = |v: &[usize]| v.iter().map(|&c| bundle.class_names()[c].clone()).collect::<Vec<_>>();
+        serde_json::json!({
+            "protocol": self.config.protocol,
+            "seed": self.config.seed,
+            "n_train": self.train.len(),
+            "n_query": self.query.len(),
+            "n_database": self.database.len(),
+            "database_is_train": self.database_is_train(),
+            "seen_classes": names(&self.seen_classes),
+            "unseen_classes": names(&self.unseen_classes),
+            "labelled_train_rows": self.train_labelled.iter().map(|l| l.iter().filter(|&&b| b).count()).collect::<Vec<_>>(),
+            "modality_classes": self.modality_classes.iter().map(|c| names(c)).collect::<Vec<_>>(),
+            "config": self.config,
+        })
+    }
+
+    /// The training set this split gives a method.
+    pub fn train_set(&self, bundle: &Bundle, prefer_images: bool) -> Result<TrainSet> {
+        let views = bundle_views(bundle, &self.train, prefer_images)?;
+        let mut labels = Vec::new();
+        for (m, l) in bundle.labels.iter().enumerate() {
+            let mut lm = l.select(Axis(0), &self.train);
+            let visible: Vec<bool> = (0..bundle.n_classes()).map(|c| self.modality_classes[m].contains(&c)).collect();
+            for (r, mut row) in lm.outer_iter_mut().enumerate() {
+                if !self.train_labelled[m][r] {
+                    row.fill(0);
+                } else {
+                    for (c, v) in row.iter_mut().enumerate() {
+                        if !visible[c] {
+                            *v = 0;
+                        }
+                    }
+                }
+            }
+            labels.push(lm);
+        }
+        // A row whose visible labels all fell outside its modality's classes counts as unlabelled.
+        let labelled = labels
+            .iter()
+            .zip(&self.train_labelled)
+            .map(|(l, tl)| l.outer_iter().zip(tl).map(|(row, &t)| t && row.iter().any(|&v| v != 0)).collect())
+            .collect();
+        Ok(TrainSet {
+            views,
+            labels,
+            labelled,
+            class_names: bundle.class_names().to_vec(),
+            modality_classes: self.modality_classes.clone(),
+            class_embeddings: bundle.class_embeddings.clone(),
+        })
+    }
+}
+
+/// Each modality's view of the items `idx`: raw images when asked and present, else features.
+pub fn bundle_views(bundle: &Bundle, idx: &[usize], prefer_images: bool) -> Result<Vec<View>> {
+    bundle
+        .modalities
+        .iter()
+        .map(|m| match (&m.features, &m.images, prefer_images) {
+            (_, Some(im), true) => Ok(View::Images(im.select(Axis(0), idx))),
+            (Some(x), _, _) => Ok(View::Features(x.select(Axis(0), idx))),
+            (None, Some(im), false) => Ok(View::Images(im.select(Axis(0), idx))),
+            (None, None, _) => bail!("modality {} has no data", m.name),
+        })
+        .collect()
+}
+
+/// Rows `idx` of the union labels (what relevance is judged on).
+pub fn eval_labels(bundle: &Bundle, idx: &[usize]) -> Array2<u8> {
+    bundle.union_labels().select(Axis(0), idx)
+}
+
+fn draw(rng: &mut ChaCha8Rng, pool: &[usize], k: usize) -> Vec<usize> {
+    let mut p = pool.to_vec();
+    p.shuffle(rng);
+    p.truncate(k);
+    p
+}
+
+/// Realises a split of `bundle` under `cfg`.
+pub fn make_split(bundle: &Bundle, cfg: &SplitConfig) -> Result<Split> {
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let n = bundle.n_items();
+    let c = bundle.n_classes();
+    let labels = bundle.union_labels();
+    let n_mod = bundle.modalities.len();
+    for (name, f) in [("unseen_fraction", cfg.unseen_fraction), ("mask_fraction", cfg.mask_fraction)] {
+        if !(0.0..1.0).contains(&f) {
+            bail!("split: {name} must be in [0, 1), found {f}");
+        }
+    }
+    if !(cfg.modality_class_fraction > 0.0 && cfg.modality_class_fraction <= 1.0) {
+        bail!("split: modality_class_fraction must be in (0, 1], found {}", cfg.modality_class_fraction);
+    }
+    let random_sizes = cfg.query_size.is_some() || cfg.database_size.is_some() || cfg.train_size.is_some();
+    let fixed = if random_sizes { None } else { bundle.split.clone() };
+    let zero_shot = cfg.protocol != Protocol::Standard;
+
+    let (seen, unseen) = if zero_shot {
+        let unseen: Vec<usize> = if !cfg.unseen_classes.is_empty() {
+            let mut u = cfg.unseen_classes.iter().map(|s| bundle.class_index(s)).collect::<Result<Vec<_>>>()?;
+            u.sort_unstable();
+            u.dedup();
+            u
+        } else {
+            let k = ((c as f64 * cfg.unseen_fraction).round() as usize).max(1);
+            let mut u = draw(&mut rng, &(0..c).collect::<Vec<_>>(), k);
+            u.sort_unstable();
+            u
+        };
+        if unseen.is_empty() {
+            bail!("zero-shot split: no unseen classes (unseen_fraction {} of {c} classes)", cfg.unseen_fraction);
+        }
+        if unseen.len() >= c {
+            bail!("zero-shot split: every class is unseen; at least one class must be seen");
+        }
+        let seen = (0..c).filter(|x| !unseen.contains(x)).collect::<Vec<_>>();
+        (seen, unseen)
+    } else {
+        ((0..c).collect::<Vec<_>>(), vec![])
+    };
+    let is_unseen_class: Vec<bool> = (0..c).map(|x| unseen.contains(&x)).collect();
+    let item_unseen = |i: usize| labels.row(i).iter().enumerate().any(|(k, &v)| v != 0 && is_unseen_class[k]);
+    let item_labelled = |i: usize| labels.row(i).iter().any(|&v| v != 0);
+
+    let (mut train, mut query, mut database) = match &fixed {
+        Some(f) => (f.train.clone(), f.query.clone(), f.database.clone()),
+        None => {
+            let all: Vec<usize> = (0..n).collect();
+            if zero_shot {
+                (all.clone(), vec![], vec![])
+            } else {
+                let q = cfg.query_size.unwrap_or((n / 10).max(1));
+                if q >= n {
+                    bail!("split: query size {q} leaves no database among {n} items");
+                }
+                let mut perm = all;
+                perm.shuffle(&mut rng);
+                let query = perm[..q].to_vec();
+                let rest = &perm[q..];
+                let db = cfg.database_size.unwrap_or(rest.len());
+                if db > rest.len() {
+                    bail!("split: database size {db} exceeds the {} items left after {q} queries", rest.len());
+                }
+                let database = rest[..db].to_vec();
+                let t = cfg.train_size.unwrap_or(db);
+                if t > db || t == 0 {
+                    bail!("split: train size {t} must be between 1 and the database size {db} (train ⊂ database)");
+                }
+                let train = database[..t].to_vec();
+                (train, query, database)
+            }
+        }
+    };
+    if zero_shot {
+        let pool_train = train.clone();
+        train = pool_train.iter().copied().filter(|&i| !item_unseen(i)).collect();
+        if fixed.is_some() {
+            query.retain(|&i| item_unseen(i));
+            database.retain(|&i| item_unseen(i));
+        } else {
+            let mut pool: Vec<usize> = (0..n).filter(|&i| item_unseen(i)).collect();
+            pool.shuffle(&mut rng);
+            let q = ((pool.len() as f64 * cfg.zero_shot_query_fraction).round() as usize).max(1);
+            query = pool[..q.min(pool.len())].to_vec();
+            database = pool[q.min(pool.len())..].to_vec();
+        }
+        if query.is_empty() || database.is_empty() {
+            bail!("zero-shot split: the unseen classes {:?} leave no queries or no database items", unseen.iter().map(|&k| &bundle.class_names()[k]).collect::<Vec<_>>());
+        }
+        if train.is_empty() {
+            bail!("zero-shot split: no training item has only seen classes");
+        }
+    }
+    // Label visibility.
+    let masked = matches!(cfg.protocol, Protocol::SemiSupervised | Protocol::LabelSpaces);
+    let base_labelled: Vec<bool> = train.iter().map(|&i| item_labelled(i) && !bundle.unlabelled[i]).collect();
+    let train_labelled: Vec<Vec<bool>> = (0..n_mod)
+        .map(|_| {
+            if masked {
+                let nl = base_labelled.iter().filter(|&&b| b).count();
+                let k = (nl as f64 * cfg.mask_fraction).round() as usize;
+                let labelled_rows: Vec<usize> = (0..train.len()).filter(|&r| base_labelled[r]).collect();
+                let hide = draw(&mut rng, &labelled_rows, k);
+                let mut l = base_labelled.clone();
+                for r in hide {
+                    l[r] = false;
+                }
+                l
+            } else {
+                base_labelled.clone()
+            }
+        })
+        .collect();
+    // With one shared mask per item for protocol (c), all modalities share the first draw.
+    let train_labelled = if cfg.protocol == Protocol::SemiSupervised { vec![train_labelled[0].clone(); n_mod] } else { train_labelled };
+    let modality_classes: Vec<Vec<usize>> = (0..n_mod)
+        .map(|_| {
+            if cfg.protocol == Protocol::LabelSpaces {
+                let k = ((seen.len() as f64 * cfg.modality_class_fraction).round() as usize).clamp(1, seen.len());
+                let mut s = draw(&mut rng, &seen, k);
+                s.sort_unstable();
+                s
+            } else {
+                seen.clone()
+            }
+        })
+        .collect();
+    let _ = rng.gen::<u32>();
+    Ok(Split {
+        config: cfg.clone(),
+        train,
+        query,
+        database,
+        seen_classes: seen,
+        unseen_classes: unseen,
+        train_labelled,
+        modality_classes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::{one_hot, BundleWriter, FixedSplit, NewModality};
+
+    fn bundle(dir: &std::path::Path, fixed: bool) -> Bundle {
+        let n = 100;
+        let cls: Vec<usize> = (0..n).map(|i| i % 5).collect();
+        let x = Array2::from_shape_fn((n, 3), |(i, j)| (i * 3 + j) as f32);
+        BundleWriter {
+            name: "t".into(),
+            source: "test".into(),
+            classes: (0..5).map(|k| format!("c{k}")).collect(),
+            modalities: vec![
+                NewModality { name: "image".into(), features: Some(x.clone()), ..Default::default() },
+                NewModality { name: "text".into(), features: Some(x), ..Default::default() },
+            ],
+            labels: vec![one_hot(&cls, 5)],
+            split: fixed.then(|| FixedSplit { train: (20..100).collect(), query: (0..20).collect(), database: (20..100).collect() }),
+            ..Default::default()
+        }
+        .write(&dir.join("b"), false)
+        .unwrap()
+    }
+
+    #[test]
+    fn zero_shot_keeps_unseen_out_of_training() {
+        let d = tempfile::tempdir().unwrap();
+        let b = bundle(d.path(), true);
+        let cfg = SplitConfig { protocol: Protocol::ZeroShot, seed: 3, unseen_classes: vec!["c1".into()], ..Default::default() };
+        let s = make_split(&b, &cfg).unwrap();
+        assert!(s.train.iter().all(|&i| i % 5 != 1));
+        assert!(s.query.iter().chain(&s.database).all(|&i| i % 5 == 1));
+        assert_eq!(s.unseen_classes, vec![1]);
+        assert_eq!(make_split(&b, &cfg).unwrap(), s, "seeded");
+        let all_unseen = SplitConfig { unseen_classes: (0..5).map(|k| format!("c{k}")).collect(), ..cfg.clone() };
+        assert!(make_split(&b, &all_unseen).is_err());
+    }
+
+    #[test]
+    fn semi_supervised_masks_the_fraction() {
+        let d = tempfile::tempdir().unwrap();
+        let b = bundle(d.path(), false);
+        let cfg = SplitConfig { protocol: Protocol::SemiSupervised, seed: 1, ..Default::default() };
+        let s = make_split(&b, &cfg).unwrap();
+        let labelled = s.train_labelled[0].iter().filter(|&&v| v).count();
+        assert_eq!(labelled, s.train.len() - (s.train.len() as f64 * 0.7).round() as usize);
+        let ts = s.train_set(&b, false).unwrap();
+        assert_eq!(ts.labels[0].outer_iter().filter(|r| r.iter().any(|&v| v != 0)).count(), labelled);
+        let cfg = SplitConfig { protocol: Protocol::LabelSpaces, seed: 1, ..Default::default() };
+        let s = make_split(&b, &cfg).unwrap();
+        assert_eq!(s.modality_classes[0].len(), 3); // 80% of the 4 seen classes
+    }
+
+    #[test]
+    fn random_standard_split_has_train_in_database() {
+        let d = tempfile::tempdir().unwrap();
+        let b = bundle(d.path(), false);
+        let cfg = SplitConfig { query_size: Some(10), database_size: Some(80), train_size: Some(50), ..Default::default() };
+        let s = make_split(&b, &cfg).unwrap();
+        assert_eq!((s.query.len(), s.database.len(), s.train.len()), (10, 80, 50));
+        assert!(s.train.iter().all(|i| s.database.contains(i)));
+        assert!(s.query.iter().all(|i| !s.database.contains(i)));
+    }
+}
