@@ -460,7 +460,8 @@ fn assemble(parts: &[PartVars], args: &ConvertArgs, class_names: Option<Vec<Stri
         Some(names) => {
             if implied > names.len() {
                 let src = args.classes.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-                bail!("{src}: {} class names, but the labels use {implied} classes", names.len());
+                let kind = if raws.iter().any(|r| matches!(r, RawLabels::Index(_))) { format!(" (class indices read as {base}-based; see --label-base)") } else { String::new() };
+                bail!("{src}: {} class names, but the labels use {implied} classes{kind}", names.len());
             }
             names
         }
