@@ -66,7 +66,16 @@
 //! - Random splits (`--split-seed`) draw queries, then the training items from the rest, with
 //!   ChaCha8 seeded by the given seed; index lists are stored sorted.
 //! - The output is written through a temporary folder and renamed at the end
-//!   ([`BundleWriter::write`]), so a failed conversion leaves nothing behind.
+//!   ([`BundleWriter::write`]), so a failed conversion leaves nothing behind (the `.npy` dumps
+//!   of the reader go to a scratch folder beside the output, removed on every path).
+//! - Memory: a bundle is held in memory, and an image stack is held about three times while it
+//!   is reordered and written (MIRFlickr-25K's 20015 × 224 × 224 × 3 = 3 GB needs ~10 GB). The
+//!   full NUS-WIDE image stack (195834 images, 29 GB) does not fit; convert its precomputed image
+//!   features (`XAll` / `*-xall-vgg.mat`) instead.
+//!
+//! # Example
+//! The Wikipedia bundle from the release folder:
+//! `cmh data convert --format wiki --input ../shared/data/wiki/raw_features_rasiwasia --out data/wiki`
 
 pub mod mat;
 
@@ -433,15 +442,15 @@ struct Assembled {
     label_kind: String,
 }
 
-fn assemble(parts: &[PartVars], args: &ConvertArgs, class_names: Option<Vec<String>>, default_names: &dyn Fn(usize) -> Vec<String>) -> Result<Assembled> {
+fn assemble(parts: &mut [PartVars], args: &ConvertArgs, class_names: Option<Vec<String>>, default_names: &dyn Fn(usize) -> Vec<String>) -> Result<Assembled> {
     let mut images = Vec::new();
     let mut texts = Vec::new();
     let mut raws = Vec::new();
     let mut sizes = Vec::new();
-    for p in parts {
+    for p in parts.iter_mut() {
         let n = arrays::item_count(&[&p.image, &p.text, &p.labels])?;
         let im = match p.image.shape().len() {
-            4 => ImageData::Images(arrays::images(&p.image, n)?),
+            4 => ImageData::Images(arrays::images(&mut p.image, n)?),
             _ => ImageData::Features(arrays::features(&p.image, n)?),
         };
         images.push(im);
@@ -476,7 +485,7 @@ fn assemble(parts: &[PartVars], args: &ConvertArgs, class_names: Option<Vec<Stri
     let mut label_parts = Vec::new();
     let mut unlabelled = Vec::new();
     let mut offset = 0;
-    for ((raw, p), &n) in raws.iter().zip(parts).zip(&sizes) {
+    for ((raw, p), &n) in raws.iter().zip(parts.iter()).zip(&sizes) {
         let l = arrays::label_matrix(raw, &p.labels, base, c, named)?;
         let empty = arrays::rows_without_label(&l);
         if !empty.is_empty() && !args.allow_unlabelled {
@@ -503,11 +512,11 @@ fn assemble(parts: &[PartVars], args: &ConvertArgs, class_names: Option<Vec<Stri
     // Concatenate the parts (training part first).
     let views: Vec<_> = label_parts.iter().map(|a| a.view()).collect();
     let labels = concatenate(Axis(0), &views)?;
+    if texts.windows(2).any(|w| w[0].ncols() != w[1].ncols()) {
+        bail!("{} and {}: the text parts have different widths ({} and {})", parts[0].text.what(), parts[1].text.what(), texts[0].ncols(), texts[1].ncols());
+    }
     let views: Vec<_> = texts.iter().map(|a| a.view()).collect();
     let text = concatenate(Axis(0), &views)?;
-    if texts.windows(2).any(|w| w[0].ncols() != w[1].ncols()) {
-        bail!("{} and {}: the text parts have different widths", parts[0].text.what(), parts[1].text.what());
-    }
     let image = if images.iter().all(|i| matches!(i, ImageData::Features(_))) {
         let fs: Vec<&Array2<f32>> = images.iter().map(|i| if let ImageData::Features(f) = i { f } else { unreachable!() }).collect();
         if fs.windows(2).any(|w| w[0].ncols() != w[1].ncols()) {
@@ -667,7 +676,7 @@ pub fn convert(args: &ConvertArgs) -> Result<Converted> {
             (1..=c).map(|k| format!("class{k}")).collect()
         }
     };
-    let a = assemble(&parts, args, class_names, &default_names)?;
+    let a = assemble(&mut parts, args, class_names, &default_names)?;
     let n: usize = a.part_sizes.iter().sum();
 
     // The split.
@@ -715,13 +724,14 @@ pub fn convert(args: &ConvertArgs) -> Result<Converted> {
     };
     let mut modalities = Vec::new();
     let mut dims_text = Vec::new();
-    for m in ["image", "text"] {
+    let Assembled { image, text, labels, unlabelled, classes, part_sizes: _, label_kind } = a;
+    let image_data = match image {
+        ImageData::Images(im) => (None, Some(im)),
+        ImageData::Features(f) => (Some(f), None),
+    };
+    for (m, (features, images)) in [("image", image_data), ("text", (Some(text), None))] {
         let (keys, fs) = keys_of(m);
-        let (features, images, dim) = match (m, &a.image) {
-            ("image", ImageData::Images(im)) => (None, Some(im.clone()), 0),
-            ("image", ImageData::Features(f)) => (Some(f.clone()), None, f.ncols()),
-            _ => (Some(a.text.clone()), None, a.text.ncols()),
-        };
+        let dim = features.as_ref().map(|f| f.ncols()).unwrap_or(0);
         let desc = match images {
             Some(ref im) => {
                 dims_text.push(format!("{m} {}x{} RGB images", im.shape()[1], im.shape()[2]));
@@ -746,20 +756,22 @@ pub fn convert(args: &ConvertArgs) -> Result<Converted> {
     if let Some(c) = &args.classes {
         inputs.push(format!("class names {}", c.display()));
     }
-    let name = args.name.clone().unwrap_or_else(|| default_name(fmt, a.classes.len(), &args.out));
-    let source = format!("cmh data convert --format {} from {}; labels: {}", fmt.cli_name(), inputs.join(", "), a.label_kind);
-    let n_unlabelled = a.unlabelled.iter().filter(|&&u| u).count();
+    let name = args.name.clone().unwrap_or_else(|| default_name(fmt, classes.len(), &args.out));
+    let source = format!("cmh data convert --format {} from {}; labels: {label_kind}", fmt.cli_name(), inputs.join(", "));
+    let n_unlabelled = unlabelled.iter().filter(|&&u| u).count();
+    let n_classes = classes.len();
     let writer = BundleWriter {
         name: name.clone(),
         source,
-        classes: a.classes.clone(),
+        classes,
         modalities,
-        labels: vec![a.labels],
-        unlabelled: if n_unlabelled > 0 { Some(a.unlabelled) } else { None },
+        labels: vec![labels],
+        unlabelled: if n_unlabelled > 0 { Some(unlabelled) } else { None },
         class_embeddings: None,
         split: split.clone(),
     };
     let bundle = writer.write(&args.out, args.force)?;
+    drop(writer);
     drop(work);
     let split_text = match &split {
         Some(s) => format!("fixed split train {} / query {} / database {}", s.train.len(), s.query.len(), s.database.len()),
@@ -768,11 +780,9 @@ pub fn convert(args: &ConvertArgs) -> Result<Converted> {
     let unl = if n_unlabelled > 0 { format!(", {n_unlabelled} unlabelled") } else { String::new() };
     let versions: Vec<String> = files.iter().zip(&read.formats).map(|(f, v)| format!("{} {v}", file_label(f))).collect();
     let summary = format!(
-        "wrote bundle {} ({name}): {n} items{unl}, {} classes, {}, {split_text}; labels from {}; read {}",
+        "wrote bundle {} ({name}): {n} items{unl}, {n_classes} classes, {}, {split_text}; labels from {label_kind}; read {}",
         args.out.display(),
-        a.classes.len(),
         dims_text.join(", "),
-        a.label_kind,
         versions.join(", ")
     );
     Ok(Converted { bundle, summary })
@@ -794,6 +804,33 @@ mod tests {
         assert!(a.train.iter().all(|i| a.database.binary_search(i).is_ok()), "train ⊂ database");
         assert!(random_split(50, 50, 1, 0).is_err());
         assert!(random_split(50, 10, 41, 0).is_err());
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: ConvertArgs,
+    }
+
+    #[test]
+    fn parses_the_readme_command_and_options() {
+        use clap::{CommandFactory, Parser};
+        Cli::command().debug_assert();
+        let c = Cli::try_parse_from(["cmh", "--format", "wiki", "--input", "../shared/data/wiki/raw_features_rasiwasia", "--out", "data/wiki"]).unwrap();
+        assert_eq!(c.a.format, Format::Wiki);
+        assert_eq!(c.a.input, vec![PathBuf::from("../shared/data/wiki/raw_features_rasiwasia")]);
+        assert_eq!((c.a.label_base, c.a.mat_index_base, c.a.force), (LabelBase::Auto, 1, false));
+        let c = Cli::try_parse_from([
+            "cmh", "--format", "generic", "--input", "a.mat", "b.mat", "--out", "o", "--key", "image=X", "--key", "labels=b.mat:L",
+            "--label-base", "0", "--split-seed", "4", "--query-size", "10", "--train-size", "20", "--allow-unlabelled", "--force",
+        ])
+        .unwrap();
+        assert_eq!(c.a.input.len(), 2);
+        assert_eq!(c.a.keys, vec!["image=X".to_string(), "labels=b.mat:L".to_string()]);
+        assert_eq!((c.a.label_base, c.a.split_seed, c.a.query_size, c.a.train_size), (LabelBase::Zero, Some(4), Some(10), Some(20)));
+        assert!(c.a.allow_unlabelled && c.a.force);
+        assert!(Cli::try_parse_from(["cmh", "--format", "wiki", "--out", "o"]).is_err(), "--input is required");
+        assert!(Cli::try_parse_from(["cmh", "--format", "flickr", "--input", "a", "--out", "o"]).is_err());
     }
 
     #[test]

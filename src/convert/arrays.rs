@@ -12,7 +12,7 @@
 use super::mat::MatVar;
 use crate::npy::NpyData;
 use anyhow::{bail, Result};
-use ndarray::{Array2, Array4, ArrayD, Axis, Ix2, Ix4};
+use ndarray::{Array2, Array4, ArrayD, Axis, Ix2, Ix4, IxDyn};
 
 /// Base of class-index labels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -98,14 +98,20 @@ pub fn features(v: &MatVar, n: usize) -> Result<Array2<f32>> {
 
 /// An image stack (uint8) as N × H × W × 3. Accepts MATLAB's `H × W × 3 × N` (what v5 files and
 /// transposed v7.3 files give), and `N × 3 × H × W` / `N × H × W × 3` from plain HDF5 files.
-pub fn images(v: &MatVar, n: usize) -> Result<Array4<u8>> {
-    let a = match &v.data {
-        NpyData::U8(a) => a.clone(),
-        other => bail!("{}: images must be uint8 (0..255), found {}", v.what(), other.dtype_name()),
+/// Takes the variable's data (large stacks are not copied more than the reordering needs).
+pub fn images(v: &mut MatVar, n: usize) -> Result<Array4<u8>> {
+    let what = v.what();
+    let a = match std::mem::replace(&mut v.data, NpyData::U8(ArrayD::zeros(IxDyn(&[0])))) {
+        NpyData::U8(a) => a,
+        other => {
+            let dtype = other.dtype_name();
+            v.data = other;
+            bail!("{what}: images must be uint8 (0..255), found {dtype}")
+        }
     };
     let s = a.shape().to_vec();
     if s.len() != 4 {
-        bail!("{}: images must be a 4-d array (H × W × 3 × N in MATLAB), found shape {s:?}", v.what());
+        bail!("{what}: images must be a 4-d array (H × W × 3 × N in MATLAB), found shape {s:?}");
     }
     let n_axis = if s[3] == n {
         3
@@ -114,12 +120,12 @@ pub fn images(v: &MatVar, n: usize) -> Result<Array4<u8>> {
     } else if let Some(ax) = s.iter().position(|&d| d == n) {
         ax
     } else {
-        bail!("{}: images must hold {n} items (one per item of the other arrays), found shape {s:?}", v.what());
+        bail!("{what}: images must hold {n} items (one per item of the other arrays), found shape {s:?}");
     };
     let rest: Vec<usize> = (0..4).filter(|&ax| ax != n_axis).collect();
     let threes: Vec<usize> = rest.iter().copied().filter(|&ax| s[ax] == 3).collect();
     let c_axis = match threes.len() {
-        0 => bail!("{}: images must have 3 colour channels, found shape {s:?}", v.what()),
+        0 => bail!("{what}: images must have 3 colour channels, found shape {s:?}"),
         1 => threes[0],
         _ => *threes.iter().find(|&&ax| ax.abs_diff(n_axis) == 1).unwrap_or(threes.last().unwrap()),
     };
@@ -264,7 +270,7 @@ pub fn rows_without_label(l: &Array2<u8>) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::{array, ArrayD, IxDyn};
+    use ndarray::array;
     use std::path::PathBuf;
 
     fn var(data: NpyData) -> MatVar {
@@ -305,11 +311,11 @@ mod tests {
         let val = |k: usize, y: usize, x: usize, c: usize| (k * 64 + y * 16 + x * 4 + c) as u8;
         let want = Array4::from_shape_fn((n, h, w, 3), |(k, y, x, c)| val(k, y, x, c));
         let matlab = ArrayD::from_shape_fn(IxDyn(&[h, w, 3, n]), |i| val(i[3], i[0], i[1], i[2]));
-        assert_eq!(images(&var(NpyData::U8(matlab)), n).unwrap(), want);
+        assert_eq!(images(&mut var(NpyData::U8(matlab)), n).unwrap(), want);
         let nchw = ArrayD::from_shape_fn(IxDyn(&[n, 3, h, w]), |i| val(i[0], i[2], i[3], i[1]));
-        assert_eq!(images(&var(NpyData::U8(nchw)), n).unwrap(), want);
-        let f = var(NpyData::F64(ArrayD::zeros(IxDyn(&[h, w, 3, n]))));
-        assert!(format!("{:#}", images(&f, n).unwrap_err()).contains("uint8"));
+        assert_eq!(images(&mut var(NpyData::U8(nchw)), n).unwrap(), want);
+        let mut f = var(NpyData::F64(ArrayD::zeros(IxDyn(&[h, w, 3, n]))));
+        assert!(format!("{:#}", images(&mut f, n).unwrap_err()).contains("uint8"));
     }
 
     #[test]
