@@ -302,15 +302,18 @@ fn resolve_inputs(args: &ConvertArgs) -> Result<(Vec<PathBuf>, Option<PathBuf>)>
     Ok((files, None))
 }
 
-/// The candidates of every role after `--key` overrides.
-fn plan_roles(args: &ConvertArgs, files: &[PathBuf]) -> Result<(BTreeMap<String, Vec<Candidate>>, Vec<String>)> {
+/// Candidate variables per role.
+type RoleCandidates = BTreeMap<String, Vec<Candidate>>;
+
+/// The candidates of every role after `--key` overrides, and the roles the user named.
+fn plan_roles(args: &ConvertArgs, files: &[PathBuf]) -> Result<(RoleCandidates, Vec<String>)> {
     let defaults = default_roles(args.format);
     let allowed: Vec<&str> = if args.format == Format::Generic {
         ALL_ROLES.iter().chain(PART_ROLES.iter()).copied().collect()
     } else {
         defaults.iter().map(|(r, _)| *r).collect()
     };
-    let mut roles: BTreeMap<String, Vec<Candidate>> = defaults
+    let mut roles: RoleCandidates = defaults
         .iter()
         .map(|(r, ks)| (r.to_string(), ks.iter().map(|k| Candidate { key: k.to_string(), file: None }).collect()))
         .collect();
