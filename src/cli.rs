@@ -302,10 +302,10 @@ fn search(a: &SearchArgs) -> Result<()> {
     let db = BinaryCodes::load_npy(&a.db, a.bits)?;
     let q = BinaryCodes::load_npy(&a.query, a.bits.or(Some(db.bits())))
         .with_context(|| format!("the query codes must match the database codes ({} bits)", db.bits()))?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create folder", a.out.display()))?;
     match (a.k, a.radius) {
         (Some(k), None) => {
             let r = crate::search::topk(q.view(), db.view(), k)?;
+            std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create folder", a.out.display()))?;
             write_npy(&a.out.join("indices.npy"), &r.indices)?;
             write_npy(&a.out.join("distances.npy"), &r.distances)?;
         }
