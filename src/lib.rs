@@ -20,6 +20,7 @@ pub mod method;
 pub mod metrics;
 pub mod npy;
 pub mod pipeline;
+pub mod plot;
 pub mod report;
 pub mod search;
 pub mod semantics;
