@@ -120,6 +120,9 @@ pub struct EvalArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Draw the precision–recall and precision@N curves (PNG and SVG) into this folder.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -278,7 +281,8 @@ fn eval(a: &EvalArgs) -> Result<()> {
         .with_context(|| format!("the database codes must match the query codes ({} bits)", q.bits()))?;
     let ql = read_binary_matrix(&a.query_labels, "query labels")?;
     let dl = read_binary_matrix(&a.db_labels, "database labels")?;
-    let m = evaluate(q.view(), db.view(), ql.view(), dl.view(), &EvalOptions { topk: a.topk, ..Default::default() })
+    let opts = if a.plot.is_some() { pipeline::eval_options(a.topk) } else { EvalOptions { topk: a.topk, ..Default::default() } };
+    let m = evaluate(q.view(), db.view(), ql.view(), dl.view(), &opts)
         .with_context(|| format!("evaluating {} against {}", a.query_codes.display(), a.db_codes.display()))?;
     if a.json {
         let mut v = serde_json::json!({
@@ -293,6 +297,12 @@ fn eval(a: &EvalArgs) -> Result<()> {
         println!("mAP {:.6} over {} queries ({} excluded: no relevant item)", m.map, m.n_queries - m.excluded_queries, m.excluded_queries);
         if let (Some(k), Some(mk)) = (m.k, m.map_at_k) {
             println!("mAP@{k} {mk:.6}");
+        }
+    }
+    if let Some(dir) = &a.plot {
+        let label = a.query_codes.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        for p in crate::plot::plot_direction(dir, "eval", &format!("{} vs {}", a.query_codes.display(), a.db_codes.display()), &[(label, &m)])? {
+            eprintln!("wrote {}.png and .svg", p.display());
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 //!
 //! Text is drawn with DejaVu Sans (Debian's `fonts-dejavu-core`, installed by scripts/setup.sh).
 
+use crate::metrics::DirectionMetrics;
 use crate::report::Report;
 use anyhow::{anyhow, bail, Context, Result};
 use plotters::coord::Shift;
@@ -97,36 +98,43 @@ pub fn line_chart(stem: &Path, title: &str, xlabel: &str, ylabel: &str, curves: 
     Ok(())
 }
 
-/// PR-by-radius and precision@N charts for each direction, one line per report (method).
-pub fn plot_reports(dir: &Path, reports: &[&Report], title_suffix: &str) -> Result<Vec<PathBuf>> {
+/// PR-by-radius and precision@N charts of one retrieval direction (`name` in file names, `pretty`
+/// in titles), one line per labelled metrics set. Returns the stems written.
+pub fn plot_direction(dir: &Path, name: &str, pretty: &str, lines: &[(String, &DirectionMetrics)]) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
     let mut written = Vec::new();
-    for (dname, pick) in [("i2t", 0usize), ("t2i", 1)] {
-        let pretty = if pick == 0 { "image → text" } else { "text → image" };
-        let label = |r: &Report| format!("{} {}b", r.method, r.bits);
-        let metrics = |r: &Report| if pick == 0 { r.i2t.clone() } else { r.t2i.clone() };
-        let pr: Vec<Curve> = reports
-            .iter()
-            .map(|r| Curve { label: label(r), points: metrics(r).pr_curve.iter().filter(|p| p.recall > 0.0).map(|p| (p.recall, p.precision)).collect() })
-            .filter(|c| !c.points.is_empty())
-            .collect();
-        if !pr.is_empty() {
-            let stem = dir.join(format!("pr_{dname}"));
-            line_chart(&stem, &format!("Precision–recall by Hamming radius, {pretty}{title_suffix}"), "recall", "precision", &pr)?;
-            written.push(stem);
-        }
-        let pn: Vec<Curve> = reports
-            .iter()
-            .map(|r| Curve { label: label(r), points: metrics(r).precision_at_n.iter().map(|&(n, p)| (n as f64, p)).collect() })
-            .filter(|c| !c.points.is_empty())
-            .collect();
-        if !pn.is_empty() {
-            let stem = dir.join(format!("precision_at_n_{dname}"));
-            line_chart(&stem, &format!("Precision@N, {pretty}{title_suffix}"), "N (top retrieved)", "precision", &pn)?;
-            written.push(stem);
-        }
+    let pr: Vec<Curve> = lines
+        .iter()
+        .map(|(l, m)| Curve { label: l.clone(), points: m.pr_curve.iter().filter(|p| p.recall > 0.0).map(|p| (p.recall, p.precision)).collect() })
+        .filter(|c| !c.points.is_empty())
+        .collect();
+    if !pr.is_empty() {
+        let stem = dir.join(format!("pr_{name}"));
+        line_chart(&stem, &format!("Precision–recall by Hamming radius, {pretty}"), "recall", "precision", &pr)?;
+        written.push(stem);
+    }
+    let pn: Vec<Curve> = lines
+        .iter()
+        .map(|(l, m)| Curve { label: l.clone(), points: m.precision_at_n.iter().map(|&(n, p)| (n as f64, p)).collect() })
+        .filter(|c| !c.points.is_empty())
+        .collect();
+    if !pn.is_empty() {
+        let stem = dir.join(format!("precision_at_n_{name}"));
+        line_chart(&stem, &format!("Precision@N, {pretty}"), "N (top retrieved)", "precision", &pn)?;
+        written.push(stem);
     }
     Ok(written)
+}
+
+/// Both directions of several runs (one line per method and code length), file names prefixed.
+pub fn plot_reports(dir: &Path, prefix: &str, reports: &[&Report], title_suffix: &str) -> Result<Vec<PathBuf>> {
+    let label = |r: &Report| format!("{} {}b", r.method, r.bits);
+    let mut out = Vec::new();
+    let i2t: Vec<(String, &DirectionMetrics)> = reports.iter().map(|r| (label(r), &r.i2t)).collect();
+    out.extend(plot_direction(dir, &format!("{prefix}i2t"), &format!("image → text{title_suffix}"), &i2t)?);
+    let t2i: Vec<(String, &DirectionMetrics)> = reports.iter().map(|r| (label(r), &r.t2i)).collect();
+    out.extend(plot_direction(dir, &format!("{prefix}t2i"), &format!("text → image{title_suffix}"), &t2i)?);
+    Ok(out)
 }
 
 /// One cell of a result grid.
