@@ -382,9 +382,9 @@ pub fn build_emoji(args: &BuildEmojiArgs) -> Result<(Bundle, serde_json::Value)>
     match out.status.code() {
         Some(0) => {}
         Some(FETCH_FAILED) => {
-            return Err(PackagesUnavailable(format!(
-                "the emoji npm packages (emoji-datasource-google@16.0.0, emojilib@4.0.3) are not cached and could not be fetched with npm (see the message above)"
-            ))
+            return Err(PackagesUnavailable(
+                "the emoji npm packages (emoji-datasource-google@16.0.0, emojilib@4.0.3) are not cached and could not be fetched with npm (see the message above)".into(),
+            )
             .into())
         }
         Some(NOT_INSTALLED) => return Err(MiniLmUnavailable(not_installed_error().to_string()).into()),
@@ -558,5 +558,27 @@ mod tests {
         // Class names go through class_sentence; the embedding of a name is deterministic.
         let c = minilm_class_embeddings(&names(&["animal-mammal", "animal mammal"])).unwrap();
         assert_eq!(c.row(0), c.row(1));
+
+        // `embed-classes --minilm` writes them into a bundle with the model named in `source`.
+        use crate::bundle::{BundleWriter, NewModality};
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("b");
+        BundleWriter {
+            name: "t".into(),
+            source: "test".into(),
+            classes: names(&["animal-mammal", "food_drink", "Smileys & Emotion"]),
+            modalities: vec![NewModality { name: "image".into(), features: Some(array![[1.0f32], [2.0], [3.0]]), ..Default::default() }],
+            labels: vec![array![[1u8, 0, 0], [0, 1, 0], [0, 0, 1]]],
+            ..Default::default()
+        }
+        .write(&dir, false)
+        .unwrap();
+        run_embed_classes(&EmbedClassesArgs { bundle: dir.clone(), source: EmbedSource { glove: None, minilm: true } }).unwrap();
+        let b = Bundle::load(&dir).unwrap();
+        let spec = b.manifest.class_embeddings.as_ref().unwrap();
+        assert!(spec.source.contains("all-MiniLM-L6-v2") && spec.dim == MINILM_DIM);
+        let want = minilm_embed(&names(&["animal mammal", "food drink", "Smileys & Emotion"])).unwrap();
+        let got = b.class_embeddings.unwrap();
+        assert!(got.iter().zip(want.iter()).all(|(a, b)| (a - b).abs() < 1e-6));
     }
 }
