@@ -27,11 +27,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.cmh-requirements
-if ! cmp -s scripts/requirements.txt "$stamp"; then
+if ! cat scripts/requirements.txt scripts/requirements-nodeps.txt | cmp -s - "$stamp"; then
   echo "setup: installing Python packages (torch==2.13.0 is about 4.7 GB on first install)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r scripts/requirements.txt
-  cp scripts/requirements.txt "$stamp"
+  .venv/bin/python -m pip install -q --no-deps -r scripts/requirements-nodeps.txt
+  cat scripts/requirements.txt scripts/requirements-nodeps.txt > "$stamp"
 fi
 purelib=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 [ -d "$purelib/torch/lib" ] || { echo "setup: $purelib/torch/lib is missing; is torch installed?" >&2; exit 1; }

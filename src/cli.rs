@@ -30,6 +30,9 @@ pub enum Command {
     Search(SearchArgs),
     /// Encode new items with a trained model folder (`RUN/bitsB-seedS/model`).
     Encode(EncodeArgs),
+    /// The main job: emoji image–text benchmark, every method at 32 and 64 bits, standard and
+    /// zero-shot protocols, one table, report folder with codes and pictures.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -39,6 +42,10 @@ pub enum DataCommand {
         /// The bundle folder.
         bundle: PathBuf,
     },
+    /// Write a bundle's class embeddings (GloVe/word2vec text file, or offline all-MiniLM-L6-v2).
+    EmbedClasses(crate::semantics::EmbedClassesArgs),
+    /// Build the emoji image–text benchmark bundle from the npm packages.
+    Emoji(crate::semantics::BuildEmojiArgs),
 }
 
 #[derive(Args, Debug)]
@@ -178,6 +185,9 @@ pub fn main() -> i32 {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data(DataCommand::Info { bundle }) => data_info(&bundle),
+        Command::Data(DataCommand::EmbedClasses(a)) => crate::semantics::run_embed_classes(&a),
+        Command::Data(DataCommand::Emoji(a)) => crate::semantics::run_build_emoji(&a),
+        Command::Demo(a) => crate::demo::run_demo(&a),
         Command::Train(a) => train(&a),
         Command::Eval(a) => eval(&a),
         Command::Search(a) => search(&a),

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod codes;
 pub mod convert;
 pub mod deep;
+pub mod demo;
 pub mod method;
 pub mod metrics;
 pub mod npy;
