@@ -7,10 +7,22 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     let Ok(root) = std::env::var("LIBTORCH") else {
         println!("cargo:warning=LIBTORCH is not set: run scripts/setup.sh first");
+        println!("cargo:rustc-env=CMH_LIBTORCH_VERSION=unknown");
         return;
     };
+    // Record the libtorch version for run reports.
+    let version = std::fs::read_to_string(PathBuf::from(&root).join("version.py"))
+        .ok()
+        .and_then(|t| t.lines().find(|l| l.starts_with("__version__")).map(|l| l.split('\'').nth(1).unwrap_or("").to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=CMH_LIBTORCH_VERSION={version}");
     let lib = PathBuf::from(&root).join("lib");
     let lib = lib.canonicalize().unwrap_or(lib);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    // The nvidia-* runtime wheels sit beside torch; libtorch_cuda's own RUNPATH finds them.
+    // The linker's --as-needed drops libtorch_cuda (nothing references it directly), which would
+    // leave CUDA unavailable at run time: keep it. The nvidia-* runtime wheels sit beside torch and
+    // libtorch_cuda's own RUNPATH finds them; the same binary then trains on CUDA or CPU.
+    if lib.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+    }
 }

@@ -1,1 +1,370 @@
-//! TODO
+//! The whole flow for one method: bundle → split → fit → encode → evaluate → report, for every
+//! code length and seed asked for, with outputs written atomically per run and resumable jobs.
+
+use crate::bundle::Bundle;
+use crate::codes::BinaryCodes;
+use crate::method::{DeviceChoice, Fit, FitContext, HashModel, TrainSet, View, IMAGE, TEXT};
+use crate::metrics::{evaluate, DirectionMetrics, EvalOptions};
+use crate::npy::write_npy;
+use crate::report::{summarize, write_json, MapAtK, Report, Timings, Versions};
+use crate::split::{bundle_views, eval_labels, make_split, Split, SplitConfig};
+use anyhow::{anyhow, bail, Context, Result};
+use ndarray::Array1;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Every method cmh can train, by CLI name.
+pub const METHODS: &[&str] = &["sch", "segh", "cca-itq", "sdch", "czhash", "agnet", "random"];
+
+/// Whether a method consumes raw images when the bundle has them.
+pub fn is_deep(method: &str) -> bool {
+    matches!(method, "sdch" | "czhash" | "agnet")
+}
+
+fn params_from<P: serde::de::DeserializeOwned>(method: &str, table: &toml::Table) -> Result<P> {
+    toml::Value::Table(table.clone())
+        .try_into()
+        .map_err(|e| anyhow!("hyper-parameters of {method}: {e}"))
+}
+
+fn fit_boxed<P: Fit + serde::de::DeserializeOwned + Serialize>(
+    method: &str,
+    table: &toml::Table,
+    data: &TrainSet,
+    ctx: &FitContext,
+) -> Result<(Box<dyn HashModel>, serde_json::Value)> {
+    let p: P = params_from(method, table)?;
+    let json = serde_json::to_value(&p)?;
+    Ok((Box::new(p.fit(data, ctx)?), json))
+}
+
+/// Fits `method` with hyper-parameters `table` (the method's TOML section; missing keys take the
+/// paper's defaults). Returns the model and the full hyper-parameters used.
+pub fn fit_method(method: &str, table: &toml::Table, data: &TrainSet, ctx: &FitContext) -> Result<(Box<dyn HashModel>, serde_json::Value)> {
+    match method {
+        "random" => fit_boxed::<RandomCodes>(method, table, data, ctx),
+        other if METHODS.contains(&other) => bail!("method {other} is not built into this version of cmh"),
+        other => bail!("unknown method {other:?}; methods are {}", METHODS.join(", ")),
+    }
+}
+
+/// Loads a saved model folder (written by `HashModel::save`).
+pub fn load_model(dir: &Path) -> Result<Box<dyn HashModel>> {
+    let p = dir.join("model.json");
+    let text = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read the model description", p.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", p.display()))?;
+    let method = v.get("method").and_then(|m| m.as_str()).ok_or_else(|| anyhow!("{}: field method is missing", p.display()))?;
+    match method {
+        "random" => Ok(Box::new(RandomModel::load(dir)?)),
+        other => bail!("{}: method {other:?} cannot be loaded by this version of cmh", p.display()),
+    }
+}
+
+/// Random codes: the floor a learned method must clear under each protocol.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RandomCodes {}
+
+pub struct RandomModel {
+    bits: usize,
+    seed: u64,
+}
+
+impl Fit for RandomCodes {
+    type Model = RandomModel;
+    fn check(&self, _: &TrainSet, _: usize) -> Result<()> {
+        Ok(())
+    }
+    fn fit_checked(&self, _: &TrainSet, ctx: &FitContext) -> Result<RandomModel> {
+        Ok(RandomModel { bits: ctx.bits, seed: ctx.seed })
+    }
+}
+
+impl RandomModel {
+    fn load(dir: &Path) -> Result<Self> {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("model.json"))?)?;
+        Ok(Self {
+            bits: v["bits"].as_u64().ok_or_else(|| anyhow!("model.json: bits missing"))? as usize,
+            seed: v["seed"].as_u64().unwrap_or(0),
+        })
+    }
+}
+
+impl HashModel for RandomModel {
+    fn method(&self) -> &'static str {
+        "random"
+    }
+    fn bits(&self) -> usize {
+        self.bits
+    }
+    fn encode(&self, modality: usize, view: &View) -> Result<BinaryCodes> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed ^ ((modality as u64 + 1) << 32) ^ view.len() as u64);
+        let x = ndarray::Array2::from_shape_fn((view.len(), self.bits), |_| if rng.gen::<bool>() { 1i8 } else { -1 });
+        BinaryCodes::from_pm1(x.view())
+    }
+    fn save(&self, dir: &Path) -> Result<()> {
+        write_json(&dir.join("model.json"), &serde_json::json!({"method": "random", "bits": self.bits, "seed": self.seed}))
+    }
+}
+
+/// One training job: a method, its hyper-parameters, code lengths, seeds and the split protocol.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub method: String,
+    pub data: PathBuf,
+    pub bits: Vec<usize>,
+    /// Seeds `seed, seed+1, …` (`repeat` of them); each seed draws its own split and model.
+    pub seed: u64,
+    pub repeat: usize,
+    pub split: SplitConfig,
+    /// The method's hyper-parameter table (TOML section merged with `--param` flags).
+    pub params: toml::Table,
+    pub device: DeviceChoice,
+    pub topk: Option<usize>,
+    /// Use raw images for deep methods when the bundle has them (else features).
+    pub images: bool,
+}
+
+/// Evaluation options used for every run: mAP@k when asked, a precision@N curve, PR by radius.
+pub fn eval_options(topk: Option<usize>) -> EvalOptions {
+    EvalOptions { topk, precision_at: vec![1, 5, 10, 20, 50, 100, 200, 500, 1000], pr_curve: true }
+}
+
+/// Codes of one evaluation: queries and database for each modality, and B when it applies.
+pub struct EncodedSplit {
+    pub query: [BinaryCodes; 2],
+    pub database: [BinaryCodes; 2],
+    pub learned_db: Option<BinaryCodes>,
+}
+
+fn encode_items(model: &dyn HashModel, bundle: &Bundle, idx: &[usize], images: bool) -> Result<[BinaryCodes; 2]> {
+    let views = bundle_views(bundle, idx, images)?;
+    if views.len() < 2 {
+        bail!("cross-modal evaluation needs two modalities; the bundle has {}", views.len());
+    }
+    Ok([model.encode(IMAGE, &views[IMAGE])?, model.encode(TEXT, &views[TEXT])?])
+}
+
+/// Both directions under both database conventions.
+pub struct Evaluation {
+    pub convention: &'static str,
+    pub i2t: DirectionMetrics,
+    pub t2i: DirectionMetrics,
+    pub i2t_encoded: DirectionMetrics,
+    pub t2i_encoded: DirectionMetrics,
+}
+
+pub fn evaluate_split(enc: &EncodedSplit, bundle: &Bundle, split: &Split, opts: &EvalOptions) -> Result<Evaluation> {
+    let ql = eval_labels(bundle, &split.query);
+    let dl = eval_labels(bundle, &split.database);
+    let i2t_encoded = evaluate(enc.query[IMAGE].view(), enc.database[TEXT].view(), ql.view(), dl.view(), opts)?;
+    let t2i_encoded = evaluate(enc.query[TEXT].view(), enc.database[IMAGE].view(), ql.view(), dl.view(), opts)?;
+    Ok(match &enc.learned_db {
+        Some(b) => Evaluation {
+            convention: "learned-B",
+            i2t: evaluate(enc.query[IMAGE].view(), b.view(), ql.view(), dl.view(), opts)?,
+            t2i: evaluate(enc.query[TEXT].view(), b.view(), ql.view(), dl.view(), opts)?,
+            i2t_encoded,
+            t2i_encoded,
+        },
+        None => Evaluation { convention: "encoded", i2t: i2t_encoded.clone(), t2i: t2i_encoded.clone(), i2t_encoded, t2i_encoded },
+    })
+}
+
+fn run_name(bits: usize, seed: u64) -> String {
+    format!("bits{bits}-seed{seed}")
+}
+
+/// Trains and evaluates one (bits, seed) and writes `out/bitsB-seedS/` atomically.
+pub fn run_one(bundle: &Bundle, cfg: &RunConfig, bits: usize, seed: u64, out: &Path, resume: bool, progress: bool) -> Result<Report> {
+    let name = run_name(bits, seed);
+    let split_cfg = SplitConfig { seed, ..cfg.split.clone() };
+    let split = make_split(bundle, &split_cfg)?;
+    let images = cfg.images && is_deep(&cfg.method);
+    let train = split.train_set(bundle, images)?;
+    let ctx = FitContext {
+        bits,
+        seed,
+        device: cfg.device,
+        checkpoint_dir: Some(out.join("checkpoints").join(&name)),
+        resume,
+        progress,
+    };
+    let t0 = Instant::now();
+    let (model, params) = fit_method(&cfg.method, &cfg.params, &train, &ctx).with_context(|| format!("training {} at {bits} bits (seed {seed})", cfg.method))?;
+    let fit_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let query = encode_items(model.as_ref(), bundle, &split.query, images)?;
+    let database = encode_items(model.as_ref(), bundle, &split.database, images)?;
+    let learned_db = match model.train_codes() {
+        Some(b) if split.database_is_train() => {
+            if b.len() != split.train.len() || b.bits() != bits {
+                bail!("{}: learned codes are {}×{}, expected {}×{bits}", cfg.method, b.len(), b.bits(), split.train.len());
+            }
+            Some(b.clone())
+        }
+        _ => None,
+    };
+    let encode_s = t1.elapsed().as_secs_f64();
+    let enc = EncodedSplit { query, database, learned_db };
+    let t2 = Instant::now();
+    let opts = eval_options(cfg.topk);
+    let ev = evaluate_split(&enc, bundle, &split, &opts)?;
+    let eval_s = t2.elapsed().as_secs_f64();
+    let report = Report {
+        method: cfg.method.clone(),
+        bits,
+        seed,
+        protocol: serde_json::to_value(split.config.protocol)?.as_str().unwrap_or("").to_string(),
+        split: split.summary(bundle),
+        database_convention: ev.convention.to_string(),
+        map_at_k: cfg.topk.map(|k| MapAtK { k, i2t: ev.i2t.map_at_k.unwrap_or(f64::NAN), t2i: ev.t2i.map_at_k.unwrap_or(f64::NAN) }),
+        i2t: ev.i2t,
+        t2i: ev.t2i,
+        i2t_encoded: ev.i2t_encoded,
+        t2i_encoded: ev.t2i_encoded,
+        params,
+        history: model.history().to_vec(),
+        timings: Timings { fit_s, encode_s, eval_s },
+        versions: Versions::current(),
+    };
+    // Write everything into a hidden folder, then rename it into place.
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create the run folder", out.display()))?;
+    let tmp = tempfile::Builder::new().prefix(&format!(".partial-{name}-")).tempdir_in(out)?;
+    let t = tmp.path();
+    model.save(&t.join("model"))?;
+    for (m, mname) in [(IMAGE, "image"), (TEXT, "text")] {
+        enc.query[m].save_npy(t, &format!("query_{mname}"))?;
+        enc.database[m].save_npy(t, &format!("db_{mname}"))?;
+    }
+    if let Some(b) = &enc.learned_db {
+        b.save_npy(t, "train_B")?;
+    }
+    write_npy(&t.join("query_labels.npy"), &eval_labels(bundle, &split.query))?;
+    write_npy(&t.join("db_labels.npy"), &eval_labels(bundle, &split.database))?;
+    for (f, idx) in [("split_train.npy", &split.train), ("split_query.npy", &split.query), ("split_database.npy", &split.database)] {
+        write_npy(&t.join(f), &Array1::from_iter(idx.iter().map(|&i| i as i64)))?;
+    }
+    write_json(&t.join("report.json"), &report)?;
+    let final_dir = out.join(&name);
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir)?;
+    }
+    std::fs::rename(tmp.keep(), &final_dir)?;
+    Ok(report)
+}
+
+/// Runs every (bits, seed) of `cfg` into `out`; with `resume`, finished runs are read back and
+/// unfinished ones continue from their checkpoints. Writes `out/run.json` and `out/report.json`.
+pub fn run(cfg: &RunConfig, out: &Path, resume: bool, progress: bool) -> Result<Vec<Report>> {
+    if cfg.bits.is_empty() || cfg.bits.contains(&0) {
+        bail!("--bits needs one or more code lengths >= 1");
+    }
+    if cfg.repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
+    if !METHODS.contains(&cfg.method.as_str()) {
+        bail!("unknown method {:?}; methods are {}", cfg.method, METHODS.join(", "));
+    }
+    let bundle = Bundle::load(&cfg.data)?;
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create the run folder", out.display()))?;
+    write_json(&out.join("run.json"), cfg)?;
+    let mut reports = Vec::new();
+    for &bits in &cfg.bits {
+        for seed in cfg.seed..cfg.seed + cfg.repeat as u64 {
+            let done = out.join(run_name(bits, seed)).join("report.json");
+            if resume && done.is_file() {
+                let r: Report = serde_json::from_str(&std::fs::read_to_string(&done)?).with_context(|| format!("{}: unreadable report", done.display()))?;
+                reports.push(r);
+                continue;
+            }
+            let r = run_one(&bundle, cfg, bits, seed, out, resume, progress)?;
+            if progress {
+                eprintln!(
+                    "{} {bits} bits seed {seed}: I→T {:.4}  T→I {:.4} ({}), encoded {:.4} / {:.4}, fit {:.1}s",
+                    cfg.method, r.i2t.map, r.t2i.map, r.database_convention, r.i2t_encoded.map, r.t2i_encoded.map, r.timings.fit_s
+                );
+            }
+            reports.push(r);
+        }
+    }
+    write_summary(out, &reports)?;
+    Ok(reports)
+}
+
+/// `report.json` at the top of a run folder: the summary table and every run's report. With a single
+/// run, that run's keys also stand at the top level.
+pub fn write_summary(out: &Path, reports: &[Report]) -> Result<()> {
+    let summary = summarize(reports);
+    let mut top = serde_json::json!({ "summary": summary, "runs": reports });
+    if reports.len() == 1 {
+        if let (Some(obj), serde_json::Value::Object(r)) = (top.as_object_mut(), serde_json::to_value(&reports[0])?) {
+            obj.extend(r);
+        }
+    }
+    write_json(&out.join("report.json"), &top)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::{one_hot, BundleWriter, FixedSplit, NewModality};
+
+    #[test]
+    fn random_codes_end_to_end_writes_a_complete_run() {
+        let d = tempfile::tempdir().unwrap();
+        let n = 60;
+        let cls: Vec<usize> = (0..n).map(|i| i % 3).collect();
+        let x = ndarray::Array2::from_shape_fn((n, 4), |(i, j)| ((i * 7 + j) % 5) as f32);
+        let b = d.path().join("b");
+        BundleWriter {
+            name: "t".into(),
+            source: "test".into(),
+            classes: vec!["a".into(), "b".into(), "c".into()],
+            modalities: vec![
+                NewModality { name: "image".into(), features: Some(x.clone()), ..Default::default() },
+                NewModality { name: "text".into(), features: Some(x), ..Default::default() },
+            ],
+            labels: vec![one_hot(&cls, 3)],
+            split: Some(FixedSplit { train: (10..n).collect(), query: (0..10).collect(), database: (10..n).collect() }),
+            ..Default::default()
+        }
+        .write(&b, false)
+        .unwrap();
+        let cfg = RunConfig {
+            method: "random".into(),
+            data: b,
+            bits: vec![8, 16],
+            seed: 0,
+            repeat: 2,
+            split: SplitConfig::default(),
+            params: toml::Table::new(),
+            device: DeviceChoice::Cpu,
+            topk: Some(5),
+            images: false,
+        };
+        let out = d.path().join("run");
+        let reports = run(&cfg, &out, false, false).unwrap();
+        assert_eq!(reports.len(), 4);
+        let r = &reports[0];
+        assert_eq!(r.database_convention, "encoded");
+        assert!(r.i2t.map > 0.0 && r.i2t.map <= 1.0);
+        let dir = out.join("bits8-seed0");
+        for f in ["report.json", "query_image.npy", "db_text_packed.npy", "query_labels.npy", "model/model.json"] {
+            assert!(dir.join(f).is_file(), "{f}");
+        }
+        // The exported codes reproduce the report's mAP.
+        let q = BinaryCodes::load_npy(&dir.join("query_image.npy"), None).unwrap();
+        let db = BinaryCodes::load_npy(&dir.join("db_text_packed.npy"), Some(8)).unwrap();
+        let ql = crate::npy::read_binary_matrix(&dir.join("query_labels.npy"), "labels").unwrap();
+        let dl = crate::npy::read_binary_matrix(&dir.join("db_labels.npy"), "labels").unwrap();
+        assert_eq!(crate::metrics::map(q.view(), db.view(), ql.view(), dl.view()).unwrap(), r.i2t.map);
+        // Resume reads finished runs back instead of training again.
+        let again = run(&cfg, &out, true, false).unwrap();
+        assert_eq!(again[3].i2t.map, reports[3].i2t.map);
+        let top: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+        assert_eq!(top["summary"].as_array().unwrap().len(), 2);
+    }
+}
