@@ -23,30 +23,9 @@ pub const MAT2NPY_PY: &str = include_str!("../../scripts/mat2npy.py");
 /// Exit status of the helper when a Python package is missing.
 const EXIT_MISSING_PACKAGE: i32 = 2;
 
-/// The Python interpreter used for `.mat` reading (see the module docs for the search order).
-pub fn find_python() -> PathBuf {
-    if let Some(p) = std::env::var_os("CMH_PYTHON").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let mut starts: Vec<PathBuf> = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            starts.push(dir.to_path_buf());
-        }
-    }
-    if let Ok(cwd) = std::env::current_dir() {
-        starts.push(cwd);
-    }
-    for start in starts {
-        for dir in start.ancestors() {
-            let cand = dir.join(".venv").join("bin").join("python");
-            if cand.is_file() {
-                return cand;
-            }
-        }
-    }
-    PathBuf::from("python3")
-}
+/// The Python interpreter (shared with the semantics scripts): `$CMH_PYTHON`, else the project
+/// `.venv/bin/python` found walking up from the executable then the current folder, else `python3`.
+pub use crate::semantics::find_python;
 
 /// One variable picked for a role and read back from `.npy`.
 #[derive(Debug, Clone)]
