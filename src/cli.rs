@@ -42,6 +42,8 @@ pub enum DataCommand {
         /// The bundle folder.
         bundle: PathBuf,
     },
+    /// Convert a public release (.mat files) into a bundle.
+    Convert(crate::convert::ConvertArgs),
     /// Write a bundle's class embeddings (GloVe/word2vec text file, or offline all-MiniLM-L6-v2).
     EmbedClasses(crate::semantics::EmbedClassesArgs),
     /// Build the emoji image–text benchmark bundle from the npm packages.
@@ -185,6 +187,7 @@ pub fn main() -> i32 {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data(DataCommand::Info { bundle }) => data_info(&bundle),
+        Command::Data(DataCommand::Convert(a)) => crate::convert::run(&a),
         Command::Data(DataCommand::EmbedClasses(a)) => crate::semantics::run_embed_classes(&a),
         Command::Data(DataCommand::Emoji(a)) => crate::semantics::run_build_emoji(&a),
         Command::Demo(a) => crate::demo::run_demo(&a),

@@ -252,6 +252,7 @@ pub fn run_one(bundle: &Bundle, cfg: &RunConfig, bits: usize, seed: u64, out: &P
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir)?;
     }
+    crate::npy::set_mode(tmp.path(), 0o755)?;
     std::fs::rename(tmp.keep(), &final_dir)?;
     Ok(report)
 }
