@@ -197,7 +197,7 @@ impl Fit for CcaItqParams {
         let mut phi = Vec::with_capacity(2);
         for t in 0..2 {
             let x = data.views[t].features("cca-itq", t)?;
-            let (map, ph) = RbfMap::fit(x.view(), self.anchors, &mut rng).with_context(|| format!("CCA-ITQ: RBF features of modality {t}"))?;
+            let (map, ph) = RbfMap::fit(x.view(), self.anchors, 1.0, &mut rng).with_context(|| format!("CCA-ITQ: RBF features of modality {t}"))?;
             rbf.push(map);
             phi.push(ph);
         }

@@ -12,7 +12,8 @@
 //! RBF anchor features (the kernel features of SePH, SCRATCH, SCH …):
 //! φ(x) = [exp(−‖x − aⱼ‖² / (2σ²))]ⱼ₌₁..c with c anchors aⱼ drawn without replacement from the
 //! training rows (seeded), and the bandwidth σ = mean Euclidean distance between the training rows
-//! and the anchors (the heuristic of the SePH / SCRATCH reference code). The features are then
+//! and the anchors (the heuristic of the SePH / SCRATCH reference code), optionally multiplied by a
+//! `sigma_scale` chosen on validation data. The features are then
 //! centred with their training mean (φ − φ̄): centring raw features would not change any RBF
 //! distance, centring φ removes the large common offset that a linear hash function would
 //! otherwise have to absorb.
@@ -88,6 +89,28 @@ pub fn random_orthogonal(k: usize, rng: &mut ShallowRng) -> Result<Array2<f64>> 
     let g = randn(k, k, rng);
     let (q, _) = g.qr().context("QR of a random matrix failed")?;
     Ok(q)
+}
+
+/// A ±1 code per class (c × k) taken from a Sylvester–Hadamard matrix H of order
+/// K = next power of two ≥ max(k, c + 1), H[i][j] = (−1)^popcount(i & j): c distinct random rows
+/// other than the constant row 0, k distinct random columns, and a random sign per column.
+/// When K = k, any two class codes differ in exactly k/2 bits (rows of H are orthogonal, and the
+/// column signs and order preserve Hamming distances); otherwise in about k/2. Random ±1 codes
+/// instead collide in many bits at short lengths.
+pub fn hadamard_class_codes(c: usize, k: usize, rng: &mut ShallowRng) -> Array2<f64> {
+    let big = (c + 1).max(k).next_power_of_two();
+    let rows: Vec<usize> = rand::seq::index::sample(rng, big - 1, c).into_iter().map(|r| r + 1).collect();
+    let cols: Vec<usize> = rand::seq::index::sample(rng, big, k).into_vec();
+    let signs: Vec<f64> = (0..k).map(|_| if rng.gen::<bool>() { 1.0 } else { -1.0 }).collect();
+    Array2::from_shape_fn((c, k), |(i, j)| {
+        let h = if (rows[i] & cols[j]).count_ones() % 2 == 0 { 1.0 } else { -1.0 };
+        h * signs[j]
+    })
+}
+
+/// Random ±1 codes (c × k), each entry a fair coin.
+pub fn random_class_codes(c: usize, k: usize, rng: &mut ShallowRng) -> Array2<f64> {
+    Array2::from_shape_simple_fn((c, k), || if rng.gen::<bool>() { 1.0 } else { -1.0 })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -232,9 +255,13 @@ pub struct RbfMap {
 }
 
 impl RbfMap {
-    /// Draws `n_anchors` anchors from the rows of x, sets σ and the centring mean, and returns the
-    /// map with the centred features of the training rows (n × c).
-    pub fn fit(x: ArrayView2<f32>, n_anchors: usize, rng: &mut ShallowRng) -> Result<(Self, Array2<f64>)> {
+    /// Draws `n_anchors` anchors from the rows of x, sets σ = `sigma_scale` × (mean row-to-anchor
+    /// distance) and the centring mean, and returns the map with the centred features of the
+    /// training rows (n × c).
+    pub fn fit(x: ArrayView2<f32>, n_anchors: usize, sigma_scale: f64, rng: &mut ShallowRng) -> Result<(Self, Array2<f64>)> {
+        if !(sigma_scale > 0.0) || !sigma_scale.is_finite() {
+            bail!("the RBF bandwidth scale must be a finite number > 0, found {sigma_scale}");
+        }
         let n = x.nrows();
         if n_anchors == 0 {
             bail!("RBF features need at least one anchor");
@@ -249,10 +276,11 @@ impl RbfMap {
         idx.sort_unstable();
         let anchors = x.select(Axis(0), &idx).mapv(|v| v as f64);
         let mut phi = sq_distances(x, anchors.view());
-        let sigma = phi.par_iter().map(|&d2| d2.sqrt()).sum::<f64>() / (phi.len() as f64);
-        if !(sigma > 0.0) || !sigma.is_finite() {
-            bail!("RBF bandwidth: every training row equals every anchor (mean distance {sigma}); the features are constant");
+        let mean_dist = phi.par_iter().map(|&d2| d2.sqrt()).sum::<f64>() / (phi.len() as f64);
+        if !(mean_dist > 0.0) || !mean_dist.is_finite() {
+            bail!("RBF bandwidth: every training row equals every anchor (mean distance {mean_dist}); the features are constant");
         }
+        let sigma = sigma_scale * mean_dist;
         kernel_inplace(&mut phi, sigma);
         let mean = phi.mean_axis(Axis(0)).expect("n >= 1");
         phi.axis_chunks_iter_mut(Axis(0), block_rows(n)).into_par_iter().for_each(|mut b| b -= &mean);
@@ -529,7 +557,7 @@ mod tests {
         // Two rows, both anchors: distances [[0, √2], [√2, 0]] → σ = mean = √2/2.
         let x = array![[0.0f32, 0.0], [1.0, 1.0]];
         let mut rng = seeded_rng(0, 0);
-        let (map, phi) = RbfMap::fit(x.view(), 2, &mut rng).unwrap();
+        let (map, phi) = RbfMap::fit(x.view(), 2, 1.0, &mut rng).unwrap();
         let sigma = 2f64.sqrt() / 2.0;
         assert!((map.sigma - sigma).abs() < 1e-12);
         // φ = [[1, e^{-2/(2·0.5)}], [e^{-1}... ]]: off-diagonal exp(−2 / (2σ²)) = exp(−2).
@@ -551,12 +579,17 @@ mod tests {
     fn rbf_refuses_bad_input() {
         let mut rng = seeded_rng(0, 0);
         let x = array![[0.0f32, 1.0], [1.0, 0.0]];
-        assert!(RbfMap::fit(x.view(), 3, &mut rng).unwrap_err().to_string().contains("3 anchors"));
-        assert!(RbfMap::fit(x.view(), 0, &mut rng).is_err());
+        assert!(RbfMap::fit(x.view(), 3, 1.0, &mut rng).unwrap_err().to_string().contains("3 anchors"));
+        assert!(RbfMap::fit(x.view(), 0, 1.0, &mut rng).is_err());
+        assert!(RbfMap::fit(x.view(), 1, 0.0, &mut rng).is_err());
+        // The scale multiplies the heuristic σ.
+        let (m1, _) = RbfMap::fit(x.view(), 2, 1.0, &mut seeded_rng(0, 0)).unwrap();
+        let (m2, _) = RbfMap::fit(x.view(), 2, 0.5, &mut seeded_rng(0, 0)).unwrap();
+        assert!((m2.sigma - 0.5 * m1.sigma).abs() < 1e-15);
         let c = array![[1.0f32, 1.0], [1.0, 1.0]];
-        assert!(RbfMap::fit(c.view(), 2, &mut rng).unwrap_err().to_string().contains("constant"));
+        assert!(RbfMap::fit(c.view(), 2, 1.0, &mut rng).unwrap_err().to_string().contains("constant"));
         let nan = array![[f32::NAN, 1.0], [1.0, 0.0]];
-        assert!(RbfMap::fit(nan.view(), 1, &mut rng).is_err());
+        assert!(RbfMap::fit(nan.view(), 1, 1.0, &mut rng).is_err());
     }
 
     #[test]
@@ -646,6 +679,36 @@ mod tests {
         assert!(c.corr[0] > 0.8 && c.corr[2] < c.corr[1]);
         assert!(cca(x.view(), y.view(), 5, reg).is_err());
         assert!(cca(x.view(), y.view(), 2, 0.0).is_err());
+    }
+
+    #[test]
+    fn hadamard_class_codes_are_equidistant() {
+        let mut rng = seeded_rng(2, 0);
+        let hamming = |g: &Array2<f64>, a: usize, b: usize| g.row(a).iter().zip(g.row(b).iter()).filter(|(x, y)| x != y).count();
+        // k a power of two and c < k: every pair of class codes differs in exactly k/2 bits.
+        for (c, k) in [(10, 16), (10, 32), (3, 4), (15, 16)] {
+            let g = hadamard_class_codes(c, k, &mut rng);
+            assert_eq!(g.dim(), (c, k));
+            for a in 0..c {
+                for b in 0..a {
+                    assert_eq!(hamming(&g, a, b), k / 2, "c={c} k={k}");
+                }
+            }
+        }
+        // Other shapes: valid ±1 codes, distinct rows.
+        for (c, k) in [(24, 16), (5, 12), (2, 1)] {
+            let g = hadamard_class_codes(c, k, &mut rng);
+            assert!(g.iter().all(|&v| v == 1.0 || v == -1.0));
+            if k >= 8 {
+                for a in 0..c {
+                    for b in 0..a {
+                        assert!(hamming(&g, a, b) > 0);
+                    }
+                }
+            }
+        }
+        // Seeded.
+        assert_eq!(hadamard_class_codes(10, 16, &mut seeded_rng(1, 1)), hadamard_class_codes(10, 16, &mut seeded_rng(1, 1)));
     }
 
     #[test]

@@ -29,13 +29,12 @@
 //! a sweep then costs two n × c × k products per modality (ΦₜᵀF and ΦₜWₜ) plus O(nk(k + C)).
 //! Nothing n × n is ever formed, so training is linear in n.
 
-use super::common::{par_dot, par_gram, par_t_dot, procrustes, seeded_rng, sgn, sign_codes, solve_right_spd, RbfMap, SpdFactor};
+use super::common::{hadamard_class_codes, par_dot, par_gram, par_t_dot, procrustes, random_class_codes, seeded_rng, sgn, sign_codes, solve_right_spd, RbfMap, SpdFactor};
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View};
 use crate::npy::{write_npy, write_text_atomic};
 use anyhow::{bail, Context, Result};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -61,11 +60,26 @@ pub struct SchParams {
     pub max_iter: usize,
     /// Stop when J decreases by at most `tol` · J in a sweep.
     pub tol: f64,
+    /// Per-modality factor on the RBF bandwidth heuristic (σₜ = scale × mean row-to-anchor
+    /// distance); empty = 1 for every modality. Not a paper setting.
+    pub sigma_scale: Vec<f64>,
+    /// The random class codes G of F₀ = YG: `hadamard` (distinct rows of a Hadamard matrix, so
+    /// class codes are about k/2 bits apart) or `random` (fair coins).
+    pub class_codes: ClassCodes,
+}
+
+/// How the class codes G of the initial F₀ = YG are drawn.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassCodes {
+    #[default]
+    Hadamard,
+    Random,
 }
 
 impl Default for SchParams {
     fn default() -> Self {
-        Self { alpha: 4.5, beta: 0.01, mu: 0.5, lambda: vec![0.3, 0.7], rho: 0.01, anchors: 1000, max_iter: 20, tol: 1e-4 }
+        Self { alpha: 4.5, beta: 0.01, mu: 0.5, lambda: vec![0.3, 0.7], rho: 0.01, anchors: 1000, max_iter: 20, tol: 1e-4, sigma_scale: vec![], class_codes: ClassCodes::Hadamard }
     }
 }
 
@@ -73,6 +87,9 @@ impl Default for SchParams {
 impl SchParams {
     fn lambda_sum(&self) -> f64 {
         self.lambda.iter().sum()
+    }
+    fn sigma_scale(&self, t: usize) -> f64 {
+        self.sigma_scale.get(t).copied().unwrap_or(1.0)
     }
 }
 
@@ -345,6 +362,12 @@ impl Fit for SchParams {
         if self.anchors == 0 {
             bail!("sch.anchors must be at least 1");
         }
+        if !self.sigma_scale.is_empty() && self.sigma_scale.len() != m {
+            bail!("sch.sigma_scale has {} values but the data has {m} modalities; give one per modality or none", self.sigma_scale.len());
+        }
+        for (t, &v) in self.sigma_scale.iter().enumerate() {
+            ensure_pos(&format!("sch.sigma_scale[{t}]"), v)?;
+        }
         for (t, v) in data.views.iter().enumerate() {
             v.features("sch", t)?;
         }
@@ -383,9 +406,9 @@ impl Fit for SchParams {
         for t in 0..m {
             let x = data.views[t].features("sch", t)?;
             let (map, ph) = if all_rows {
-                RbfMap::fit(x.view(), self.anchors, &mut rng)
+                RbfMap::fit(x.view(), self.anchors, self.sigma_scale(t), &mut rng)
             } else {
-                RbfMap::fit(x.select(Axis(0), &rows).view(), self.anchors, &mut rng)
+                RbfMap::fit(x.select(Axis(0), &rows).view(), self.anchors, self.sigma_scale(t), &mut rng)
             }
             .with_context(|| format!("SCH: RBF features of modality {t}"))?;
             let gram = par_gram(ph.view()); // cached φᵀφ
@@ -394,10 +417,13 @@ impl Fit for SchParams {
             phi.push(ph);
         }
 
-        // Initialisation: F₀ = YG (a random ±1 code per class), B = sgn(F₀), R = I, then one pass
+        // Initialisation: F₀ = YG (a random ±1 code per class, see `ClassCodes`), B = sgn(F₀), R = I, then one pass
         // of the U, V, W, R, B updates so every block is consistent before the first sweep.
         let c = y.ncols();
-        let g = Array2::from_shape_simple_fn((c, k), || if rng.gen::<bool>() { 1.0 } else { -1.0 });
+        let g = match self.class_codes {
+            ClassCodes::Hadamard => hadamard_class_codes(c, k, &mut rng),
+            ClassCodes::Random => random_class_codes(c, k, &mut rng),
+        };
         let mut f = y.dot(&g);
         let mut b = sgn(f.view());
         let mut r = Array2::<f64>::eye(k);
@@ -903,6 +929,8 @@ mod tests {
         assert!(msg(SchParams { lambda: vec![1.0], ..ok.clone() }, 8).contains("2 modalities"));
         assert!(msg(SchParams { lambda: vec![1.2, -0.2], ..ok.clone() }, 8).contains("lambda[1]"));
         assert!(msg(SchParams { max_iter: 0, ..ok.clone() }, 8).contains("max_iter"));
+        assert!(msg(SchParams { sigma_scale: vec![1.0], ..ok.clone() }, 8).contains("sigma_scale"));
+        assert!(msg(SchParams { sigma_scale: vec![1.0, 0.0], ..ok.clone() }, 8).contains("sigma_scale[1]"));
         let mut unl = data.clone();
         unl.labelled[0] = vec![false; 30];
         assert!(format!("{:#}", ok.fit(&unl, &ctx).unwrap_err()).contains("labelled"));
@@ -914,7 +942,7 @@ mod tests {
         assert!(format!("{:#}", ok.fit(&imgs, &ctx).unwrap_err()).contains("feature vectors"));
         // TOML section with an unknown key is refused; a known subset fills the rest with defaults.
         assert!(toml::from_str::<SchParams>("alpha = 1.0\nbogus = 2").is_err());
-        let p: SchParams = toml::from_str("rho = 0.001\nlambda = [0.5, 0.5]").unwrap();
-        assert_eq!((p.rho, p.alpha, p.lambda.clone()), (0.001, 4.5, vec![0.5, 0.5]));
+        let p: SchParams = toml::from_str("rho = 0.001\nlambda = [0.5, 0.5]\nclass_codes = \"random\"").unwrap();
+        assert_eq!((p.rho, p.alpha, p.lambda.clone(), p.class_codes), (0.001, 4.5, vec![0.5, 0.5], ClassCodes::Random));
     }
 }
