@@ -41,7 +41,9 @@ pub struct CcaItqParams {
 
 impl Default for CcaItqParams {
     fn default() -> Self {
-        Self { anchors: 1000, reg: 1e-4, eig_power: 1.0, itq_iter: 50 }
+        // reg and eig_power chosen on the Wikipedia validation split carved from the training items
+        // (mean encoded mAP over both directions and 16–128 bits, 3 seeds): see the report / README.
+        Self { anchors: 1000, reg: 3e-3, eig_power: 2.0, itq_iter: 50 }
     }
 }
 

@@ -117,15 +117,50 @@ pub fn random_class_codes(c: usize, k: usize, rng: &mut ShallowRng) -> Array2<f6
 // Row-blocked BLAS products
 // ---------------------------------------------------------------------------------------------
 
-/// Rows per block of the parallel products: large enough for BLAS to run at full speed, small
-/// enough that the blocks spread over the threads.
+/// Rows per BLAS call in the blocked products: large enough for BLAS to run at full speed,
+/// bounded so that the f64 copy of a block of raw features stays small.
 const BLOCK_ROWS: usize = 4096;
 /// Below this many multiply-adds a product runs as one BLAS call on the calling thread.
 const PAR_MIN_WORK: usize = 1 << 22;
+/// Reductions over rows (aᵀb, aᵀa, sums) split the rows into this many fixed contiguous parts,
+/// whatever the number of threads; each part accumulates its blocks in order and the parts are
+/// added in order, so results are bit-identical from run to run and on any number of threads
+/// (a rayon fold/reduce would add in a schedule-dependent order).
+const PARTS: usize = 8;
 
-fn block_rows(n: usize) -> usize {
-    let t = rayon::current_num_threads().max(1);
-    n.div_ceil(t).clamp(1, BLOCK_ROWS)
+/// The fixed contiguous row ranges of the parallel reductions (empty ones dropped).
+fn parts(n: usize) -> Vec<(usize, usize)> {
+    let len = n.div_ceil(PARTS).max(1);
+    (0..n).step_by(len).map(|s0| (s0, (s0 + len).min(n))).collect()
+}
+
+/// Rows per parallel task of the row-wise (non-reducing) products: a fixed function of n.
+fn task_rows(n: usize) -> usize {
+    n.div_ceil(PARTS).clamp(1, BLOCK_ROWS)
+}
+
+/// Runs `f(start, end, acc)` over the BLOCK_ROWS-sized blocks of each part, the parts in
+/// parallel, then adds the parts' accumulators in order.
+fn reduce_rows(n: usize, shape: (usize, usize), f: impl Fn(usize, usize, &mut Array2<f64>) + Sync) -> Array2<f64> {
+    let partials: Vec<Array2<f64>> = parts(n)
+        .into_par_iter()
+        .map(|(s0, e0)| {
+            let mut acc = Array2::<f64>::zeros(shape);
+            let mut s = s0;
+            while s < e0 {
+                let e = (s + BLOCK_ROWS).min(e0);
+                f(s, e, &mut acc);
+                s = e;
+            }
+            acc
+        })
+        .collect();
+    let mut it = partials.into_iter();
+    let mut total = it.next().unwrap_or_else(|| Array2::zeros(shape));
+    for p in it {
+        total += &p;
+    }
+    total
 }
 
 /// a · b for a tall a (n × m) and a small b (m × k): row blocks of a in parallel.
@@ -138,14 +173,14 @@ pub fn par_dot(a: ArrayView2<f64>, b: ArrayView2<f64>) -> Array2<f64> {
         general_mat_mul(1.0, &a, &b, 0.0, &mut out);
         return out;
     }
-    let rows = block_rows(n);
+    let rows = task_rows(n);
     let outs: Vec<_> = out.axis_chunks_iter_mut(Axis(0), rows).collect();
     let ins: Vec<_> = a.axis_chunks_iter(Axis(0), rows).collect();
     outs.into_par_iter().zip(ins).for_each(|(mut o, ab)| general_mat_mul(1.0, &ab, &b, 0.0, &mut o));
     out
 }
 
-/// aᵀ · b for tall a (n × m) and b (n × k): per-block products summed.
+/// aᵀ · b for tall a (n × m) and b (n × k): per-block products summed in a fixed order.
 pub fn par_t_dot(a: ArrayView2<f64>, b: ArrayView2<f64>) -> Array2<f64> {
     let (n, m) = a.dim();
     assert_eq!(n, b.nrows(), "par_t_dot: row counts differ");
@@ -153,40 +188,21 @@ pub fn par_t_dot(a: ArrayView2<f64>, b: ArrayView2<f64>) -> Array2<f64> {
     if n * m * k < PAR_MIN_WORK {
         return a.t().dot(&b);
     }
-    let rows = block_rows(n);
-    let starts: Vec<usize> = (0..n).step_by(rows).collect();
-    starts
-        .into_par_iter()
-        .fold(
-            || Array2::<f64>::zeros((m, k)),
-            |mut acc, s0| {
-                let e = (s0 + rows).min(n);
-                general_mat_mul(1.0, &a.slice(s![s0..e, ..]).t(), &b.slice(s![s0..e, ..]), 1.0, &mut acc);
-                acc
-            },
-        )
-        .reduce(|| Array2::<f64>::zeros((m, k)), |x, y| x + y)
+    reduce_rows(n, (m, k), |s0, e, acc| {
+        general_mat_mul(1.0, &a.slice(s![s0..e, ..]).t(), &b.slice(s![s0..e, ..]), 1.0, acc)
+    })
 }
 
-/// aᵀa (m × m) for a tall a (n × m), by `dsyrk` on row blocks (half the work of a general product).
+/// aᵀa (m × m) for a tall a (n × m), by `dsyrk` on row blocks (half the work of a general
+/// product), summed in a fixed order.
 pub fn par_gram(a: ArrayView2<f64>) -> Array2<f64> {
     let (n, m) = a.dim();
     let a = a.as_standard_layout();
-    let rows = if n * m * m < PAR_MIN_WORK { n.max(1) } else { block_rows(n) };
-    let starts: Vec<usize> = (0..n).step_by(rows.max(1)).collect();
-    let mut g = starts
-        .into_par_iter()
-        .fold(
-            || Array2::<f64>::zeros((m, m)),
-            |mut acc, s0| {
-                let e = (s0 + rows).min(n);
-                let blk = a.slice(s![s0..e, ..]);
-                let blk = blk.as_standard_layout();
-                let (r, mm) = blk.dim();
-                let (Ok(mi), Ok(ri)) = (c_int::try_from(mm), c_int::try_from(r)) else {
-                    general_mat_mul(1.0, &blk.t(), &blk, 1.0, &mut acc);
-                    return acc;
-                };
+    let syrk = |s0: usize, e: usize, acc: &mut Array2<f64>| {
+        let blk = a.slice(s![s0..e, ..]);
+        let (r, mm) = blk.dim();
+        match (c_int::try_from(mm), c_int::try_from(r)) {
+            (Ok(mi), Ok(ri)) if blk.is_standard_layout() && acc.is_standard_layout() => {
                 // SAFETY: blk is a standard-layout r × m block (lda = m), acc an owned standard
                 // m × m matrix (ldc = m); dsyrk writes only acc's upper triangle.
                 unsafe {
@@ -203,11 +219,20 @@ pub fn par_gram(a: ArrayView2<f64>) -> Array2<f64> {
                         acc.as_mut_ptr(),
                         mi.max(1),
                     )
-                };
-                acc
-            },
-        )
-        .reduce(|| Array2::<f64>::zeros((m, m)), |x, y| x + y);
+                }
+            }
+            _ => general_mat_mul(1.0, &blk.t(), &blk, 1.0, acc),
+        }
+    };
+    let mut g = if n * m * m < PAR_MIN_WORK {
+        let mut acc = Array2::<f64>::zeros((m, m));
+        if n > 0 {
+            syrk(0, n, &mut acc);
+        }
+        acc
+    } else {
+        reduce_rows(n, (m, m), syrk)
+    };
     // dsyrk filled the upper triangle (the fallback the whole matrix): mirror upper onto lower.
     for i in 0..m {
         for j in 0..i {
@@ -215,6 +240,13 @@ pub fn par_gram(a: ArrayView2<f64>) -> Array2<f64> {
         }
     }
     g
+}
+
+/// Σ f(x) over all entries of a, with a fixed summation order (see [`PARTS`]).
+fn det_sum(a: ArrayView2<f64>, f: impl Fn(f64) -> f64 + Sync) -> f64 {
+    let n = a.nrows();
+    let partials: Vec<f64> = parts(n).into_par_iter().map(|(s0, e)| a.slice(s![s0..e, ..]).iter().map(|&v| f(v)).sum()).collect();
+    partials.into_iter().sum()
 }
 
 /// Squared Euclidean distances between the rows of x (n × d, f32) and the anchors (c × d),
@@ -225,7 +257,7 @@ pub fn sq_distances(x: ArrayView2<f32>, anchors: ArrayView2<f64>) -> Array2<f64>
     let c = anchors.nrows();
     let a_sq: Array1<f64> = anchors.rows().into_iter().map(|r| r.dot(&r)).collect();
     let mut out = Array2::<f64>::zeros((n, c));
-    let rows = if n * c * d < PAR_MIN_WORK { n.max(1) } else { block_rows(n) };
+    let rows = if n * c * d < PAR_MIN_WORK { n.max(1) } else { task_rows(n) };
     let outs: Vec<_> = out.axis_chunks_iter_mut(Axis(0), rows).collect();
     let ins: Vec<_> = x.axis_chunks_iter(Axis(0), rows).collect();
     outs.into_par_iter().zip(ins).for_each(|(mut o, xb)| {
@@ -269,21 +301,20 @@ impl RbfMap {
         if n_anchors > n {
             bail!("{n_anchors} anchors requested but only {n} training rows to draw them from; use at most {n}");
         }
-        if let Some(((i, j), v)) = x.indexed_iter().find(|(_, v)| !v.is_finite()) {
-            bail!("feature value {v} at row {i}, column {j} is not finite");
-        }
+        check_finite(x)?;
         let mut idx = rand::seq::index::sample(rng, n, n_anchors).into_vec();
         idx.sort_unstable();
         let anchors = x.select(Axis(0), &idx).mapv(|v| v as f64);
         let mut phi = sq_distances(x, anchors.view());
-        let mean_dist = phi.par_iter().map(|&d2| d2.sqrt()).sum::<f64>() / (phi.len() as f64);
+        let mean_dist = det_sum(phi.view(), f64::sqrt) / (phi.len() as f64);
         if !(mean_dist > 0.0) || !mean_dist.is_finite() {
             bail!("RBF bandwidth: every training row equals every anchor (mean distance {mean_dist}); the features are constant");
         }
         let sigma = sigma_scale * mean_dist;
         kernel_inplace(&mut phi, sigma);
-        let mean = phi.mean_axis(Axis(0)).expect("n >= 1");
-        phi.axis_chunks_iter_mut(Axis(0), block_rows(n)).into_par_iter().for_each(|mut b| b -= &mean);
+        let ones = Array2::<f64>::ones((n, 1));
+        let mean = par_t_dot(phi.view(), ones.view()).index_axis_move(Axis(1), 0) / n as f64;
+        phi.axis_chunks_iter_mut(Axis(0), task_rows(n)).into_par_iter().for_each(|mut b| b -= &mean);
         Ok((Self { anchors, sigma, mean }, phi))
     }
 
@@ -299,13 +330,11 @@ impl RbfMap {
         if x.ncols() != self.dim() {
             bail!("features have {} columns but the model was trained on {}", x.ncols(), self.dim());
         }
-        if let Some(((i, j), v)) = x.indexed_iter().find(|(_, v)| !v.is_finite()) {
-            bail!("feature value {v} at row {i}, column {j} is not finite");
-        }
+        check_finite(x)?;
         let mut phi = sq_distances(x, self.anchors.view());
         kernel_inplace(&mut phi, self.sigma);
         let n = phi.nrows();
-        phi.axis_chunks_iter_mut(Axis(0), block_rows(n)).into_par_iter().for_each(|mut b| b -= &self.mean);
+        phi.axis_chunks_iter_mut(Axis(0), task_rows(n).max(1)).into_par_iter().for_each(|mut b| b -= &self.mean);
         Ok(phi)
     }
 
@@ -333,6 +362,17 @@ impl RbfMap {
         }
         Ok(Self { anchors, sigma, mean })
     }
+}
+
+/// Refuses NaN / infinite features, naming the first position.
+fn check_finite(x: ArrayView2<f32>) -> Result<()> {
+    let bad = parts(x.nrows()).into_par_iter().any(|(s0, e)| x.slice(s![s0..e, ..]).iter().any(|v| !v.is_finite()));
+    if bad {
+        if let Some(((i, j), v)) = x.indexed_iter().find(|(_, v)| !v.is_finite()) {
+            bail!("feature value {v} at row {i}, column {j} is not finite");
+        }
+    }
+    Ok(())
 }
 
 /// d² → exp(−d² / (2σ²)) in place.
@@ -542,6 +582,23 @@ mod tests {
         // Non-standard layout input.
         let at = a.t().to_owned();
         assert!(max_abs(&(par_gram(at.t()) - &g)) < 1e-8);
+    }
+
+    #[test]
+    fn blocked_products_are_bit_identical_on_any_thread_count() {
+        let mut rng = seeded_rng(4, 0);
+        let a = randn(20011, 40, &mut rng);
+        let b = randn(20011, 16, &mut rng);
+        let w = randn(40, 16, &mut rng);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| (par_t_dot(a.view(), b.view()), par_gram(a.view()), par_dot(a.view(), w.view()), det_sum(a.view(), f64::abs)))
+        };
+        let one = run(1);
+        for t in [2, 3, 7] {
+            let other = run(t);
+            assert!(one.0 == other.0 && one.1 == other.1 && one.2 == other.2 && one.3 == other.3, "{t} threads differ");
+        }
     }
 
     #[test]
