@@ -187,15 +187,37 @@ impl Geometry {
     /// Repacks `ncodes` (a multiple of 8) packed rows word-major in groups of 8 (see module doc).
     pub fn repack(&self, native: &[u8], ncodes: usize, out: &mut Vec<u64>) {
         debug_assert_eq!(ncodes % 8, 0);
-        let w = self.w;
+        assert!(native.len() >= ncodes * self.stride);
+        let (w, stride) = (self.w, self.stride);
         out.clear();
         out.resize(ncodes * w, 0);
+        #[cfg(target_arch = "x86_64")]
+        if (w == 2 || w == 4) && stride == 8 * w && Kernel::Avx512.is_available() {
+            // SAFETY: AVX-512 is available; lengths checked above.
+            unsafe { avx512::repack_words(native, ncodes, w, out) };
+            return;
+        }
+        self.repack_scalar(native, ncodes, out);
+    }
+
+    fn repack_scalar(&self, native: &[u8], ncodes: usize, out: &mut [u64]) {
+        let (w, stride) = (self.w, self.stride);
+        debug_assert_eq!(out.len(), ncodes * w);
+        let len = native.len();
         for (g, grp) in out.chunks_exact_mut(8 * w).enumerate() {
-            for lane in 0..8 {
-                let j = g * 8 + lane;
-                let row = &native[j * self.stride..(j + 1) * self.stride];
-                for wi in 0..w {
-                    grp[wi * 8 + lane] = self.word(row, wi);
+            for (wi, dst) in grp.chunks_exact_mut(8).enumerate() {
+                let mask = if wi + 1 == w { self.tail_mask } else { u64::MAX };
+                for (lane, d) in dst.iter_mut().enumerate() {
+                    let row = (g * 8 + lane) * stride;
+                    let off = row + 8 * wi;
+                    // An 8-byte load may run into the next row; the mask clears those bytes.
+                    let v = if off + 8 <= len {
+                        // SAFETY: off + 8 <= native.len().
+                        u64::from_le(unsafe { std::ptr::read_unaligned(native.as_ptr().add(off) as *const u64) })
+                    } else {
+                        self.word(&native[row..row + stride], wi)
+                    };
+                    *d = v & mask;
                 }
             }
         }
@@ -446,21 +468,26 @@ mod avx512 {
                 }
             }
 
+            /// Revisits a chunk with a candidate: distances of all its codes, one combined bit
+            /// mask of those below the limit, then one loop over the set bits.
             #[cold]
             #[inline(never)]
             #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
             unsafe fn $hit(p: *const i64, jb: u32, q: __m512i, cand: &mut Cand) {
+                let lim = $set1(cand.lim as $ty);
+                let mut dist = [0 as $ty; 8 * $lanes];
+                let mut bits = [0u64; $lanes / 8];
                 for t in 0..8 {
                     let d = $popcnt(_mm512_xor_si512(_mm512_loadu_epi64(p.add(8 * t)), q));
-                    let mut m = $cmplt(d, $set1(cand.lim as $ty)) as u64;
-                    if m != 0 {
-                        let mut arr = [0 as $ty; $lanes];
-                        _mm512_storeu_epi64(arr.as_mut_ptr() as *mut i64, d);
-                        while m != 0 {
-                            let b = m.trailing_zeros();
-                            cand.push(arr[b as usize] as u32, jb + (t * $lanes) as u32 + b);
-                            m &= m - 1;
-                        }
+                    _mm512_storeu_epi64(dist.as_mut_ptr().add(t * $lanes) as *mut i64, d);
+                    bits[t * $lanes / 64] |= ($cmplt(d, lim) as u64) << ((t * $lanes) % 64);
+                }
+                for (w, &word) in bits.iter().enumerate() {
+                    let mut m = word;
+                    while m != 0 {
+                        let b = w * 64 + m.trailing_zeros() as usize;
+                        cand.push(dist[b] as u32, jb + b as u32);
+                        m &= m - 1;
                     }
                 }
             }
@@ -576,6 +603,9 @@ mod avx512 {
     #[inline(never)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     unsafe fn hit_words(pc: *const i64, w: usize, jb: u32, q: &[u64], cand: &mut Cand) {
+        let lim = _mm512_set1_epi64(cand.lim as i64);
+        let mut dist = [0u64; 64];
+        let mut bits = 0u64;
         for g in 0..8 {
             let p = pc.add(g * 8 * w);
             let mut acc = _mm512_setzero_si512();
@@ -583,15 +613,54 @@ mod avx512 {
                 let x = _mm512_xor_si512(_mm512_loadu_epi64(p.add(8 * wi)), _mm512_set1_epi64(q[wi] as i64));
                 acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(x));
             }
-            let mut m = _mm512_cmplt_epu64_mask(acc, _mm512_set1_epi64(cand.lim as i64));
-            if m != 0 {
-                let mut arr = [0u64; 8];
-                _mm512_storeu_epi64(arr.as_mut_ptr() as *mut i64, acc);
-                while m != 0 {
-                    let b = m.trailing_zeros();
-                    cand.push(arr[b as usize] as u32, jb + (g * 8) as u32 + b);
-                    m &= m - 1;
-                }
+            _mm512_storeu_epi64(dist.as_mut_ptr().add(g * 8) as *mut i64, acc);
+            bits |= (_mm512_cmplt_epu64_mask(acc, lim) as u64) << (8 * g);
+        }
+        while bits != 0 {
+            let b = bits.trailing_zeros() as usize;
+            cand.push(dist[b] as u32, jb + b as u32);
+            bits &= bits - 1;
+        }
+    }
+
+    /// Word-major repack of codes of exactly 2 or 4 words (128 or 256 bits) by in-register
+    /// transposition: one permutation per output register.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
+    pub unsafe fn repack_words(native: &[u8], ncodes: usize, w: usize, out: &mut [u64]) {
+        assert!(native.len() >= ncodes * 8 * w && out.len() >= ncodes * w && ncodes % 8 == 0);
+        let src = native.as_ptr() as *const i64;
+        let dst = out.as_mut_ptr() as *mut i64;
+        if w == 2 {
+            // Two registers hold codes 0-3 and 4-7 as (w0, w1) pairs.
+            let even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+            let odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+            for g in 0..ncodes / 8 {
+                let a = _mm512_loadu_epi64(src.add(g * 16));
+                let b = _mm512_loadu_epi64(src.add(g * 16 + 8));
+                _mm512_storeu_epi64(dst.add(g * 16), _mm512_permutex2var_epi64(a, even, b));
+                _mm512_storeu_epi64(dst.add(g * 16 + 8), _mm512_permutex2var_epi64(a, odd, b));
+            }
+        } else {
+            // Four registers hold two codes each as (w0..w3) runs. Step 1 pairs words (0,2) and
+            // (1,3) of four codes; step 2 splits each pair into single words of eight codes.
+            let i02 = _mm512_setr_epi64(0, 4, 8, 12, 2, 6, 10, 14);
+            let i13 = _mm512_setr_epi64(1, 5, 9, 13, 3, 7, 11, 15);
+            let lo = _mm512_setr_epi64(0, 1, 2, 3, 8, 9, 10, 11);
+            let hi = _mm512_setr_epi64(4, 5, 6, 7, 12, 13, 14, 15);
+            for g in 0..ncodes / 8 {
+                let a = _mm512_loadu_epi64(src.add(g * 32));
+                let b = _mm512_loadu_epi64(src.add(g * 32 + 8));
+                let c = _mm512_loadu_epi64(src.add(g * 32 + 16));
+                let d = _mm512_loadu_epi64(src.add(g * 32 + 24));
+                // ab02 = [c0w0 c1w0 c2w0 c3w0 | c0w2 c1w2 c2w2 c3w2], etc.
+                let ab02 = _mm512_permutex2var_epi64(a, i02, b);
+                let ab13 = _mm512_permutex2var_epi64(a, i13, b);
+                let cd02 = _mm512_permutex2var_epi64(c, i02, d);
+                let cd13 = _mm512_permutex2var_epi64(c, i13, d);
+                _mm512_storeu_epi64(dst.add(g * 32), _mm512_permutex2var_epi64(ab02, lo, cd02));
+                _mm512_storeu_epi64(dst.add(g * 32 + 8), _mm512_permutex2var_epi64(ab13, lo, cd13));
+                _mm512_storeu_epi64(dst.add(g * 32 + 16), _mm512_permutex2var_epi64(ab02, hi, cd02));
+                _mm512_storeu_epi64(dst.add(g * 32 + 24), _mm512_permutex2var_epi64(ab13, hi, cd13));
             }
         }
     }
@@ -652,6 +721,29 @@ mod avx512 {
                         let v = _mm512_loadu_epi64(p.add(8 * t));
                         for i in 0..8 {
                             acc[i] = _mm512_add_epi64(acc[i], _mm512_popcnt_epi64(_mm512_xor_si512(v, qv[i])));
+                        }
+                    }
+                    for a in acc.iter().take(qn) {
+                        total = _mm512_add_epi64(total, *a);
+                    }
+                }
+            }
+            Layout::Words if w <= 64 => {
+                for qs in (0..nq).step_by(4) {
+                    let qn = (nq - qs).min(4);
+                    let mut q = [0u64; 4 * 64];
+                    for i in 0..qn * w {
+                        q[i] = qw[qs * w + i];
+                    }
+                    let p = blk.words.as_ptr() as *const i64;
+                    let mut acc = [_mm512_setzero_si512(); 4];
+                    for g in 0..blk.nchunks * 8 {
+                        for wi in 0..w {
+                            let v = _mm512_loadu_epi64(p.add((g * w + wi) * 8));
+                            for i in 0..4 {
+                                let x = _mm512_xor_si512(v, _mm512_set1_epi64(q[i * w + wi] as i64));
+                                acc[i] = _mm512_add_epi64(acc[i], _mm512_popcnt_epi64(x));
+                            }
                         }
                     }
                     for a in acc.iter().take(qn) {
@@ -862,5 +954,39 @@ mod avx2 {
             };
             cand.push(d, blk.j0 + t as u32);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repack_layout_and_simd_transpose() {
+        for bits in [128usize, 256, 100, 192, 8] {
+            let geo = Geometry::new(bits);
+            let n = 24;
+            let native: Vec<u8> = (0..n * geo.stride).map(|i| (i * 37 % 251) as u8).collect();
+            let mut fast = vec![];
+            geo.repack(&native, n, &mut fast);
+            let mut slow = vec![0; n * geo.w];
+            geo.repack_scalar(&native, n, &mut slow);
+            assert_eq!(fast, slow, "bits {bits}");
+            // Word wi of code j sits at group j/8, lane j%8.
+            for j in 0..n {
+                for wi in 0..geo.w {
+                    let want = geo.word(&native[j * geo.stride..(j + 1) * geo.stride], wi);
+                    assert_eq!(slow[((j / 8) * geo.w + wi) * 8 + j % 8], want);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tail_mask_follows_packbits_order() {
+        // 12 bits: byte 0 full, top 4 bits of byte 1.
+        assert_eq!(Geometry::new(12).tail_mask, 0xf0ff);
+        assert_eq!(Geometry::new(64).tail_mask, u64::MAX);
+        assert_eq!(Geometry::new(65).tail_mask, 0x80);
     }
 }

@@ -24,28 +24,34 @@ pub(crate) fn key_index(k: u64) -> u32 {
 /// within the radius) is in `keys`, in increasing index order. An item is offered only when its
 /// distance is below `lim`:
 /// - radius search: `lim = r + 1` forever;
-/// - top-k: `lim` starts at `bits + 1` (accept all). When `keys` reaches `cap`, [`Cand::compact`]
-///   finds the smallest distance `t` with at least k kept items at distance ≤ t, keeps the k best
-///   (all below t, then the earliest ones at t) and sets `lim = t`: a later item (larger index)
-///   at distance ≥ t ranks after all k kept items, so it can never enter the top k.
+/// - top-k: `lim` starts at `bits + 1` (accept all) and is kept exact as items arrive: with
+///   `below` = kept items at distance < lim, as soon as `below >= k` there are k items at distance
+///   ≤ lim − 1, and a later item (larger index) at distance ≥ lim − 1 ranks after all of them, so
+///   `lim` drops by one (`below -= hist[lim - 1]`), repeatedly. Thus `lim` is always the k-th best
+///   distance seen so far, or `bits + 1` before k items were seen.
+/// - Items at distance ≥ lim stay in `keys` until it reaches `cap`; [`Cand::compact`] then keeps
+///   the k best (all below lim, then the earliest ones at lim).
 pub(crate) struct Cand {
     /// Accept an item iff its distance is `< lim`.
     pub lim: u32,
     k: usize,
     cap: usize,
     keys: Vec<u64>,
+    /// Kept keys per distance (top-k only).
     hist: Vec<u32>,
+    /// Kept keys with distance < lim (top-k only).
+    below: usize,
 }
 
 impl Cand {
     pub fn topk(k: usize, bits: usize) -> Self {
         debug_assert!(k >= 1);
-        let cap = (2 * k).max(k + 64);
-        Self { lim: bits as u32 + 1, k, cap, keys: Vec::new(), hist: Vec::new() }
+        let cap = (3 * k).max(k + 256);
+        Self { lim: bits as u32 + 1, k, cap, keys: Vec::new(), hist: vec![0; bits + 2], below: 0 }
     }
 
     pub fn radius(r: usize, bits: usize) -> Self {
-        Self { lim: r.min(bits) as u32 + 1, k: usize::MAX, cap: usize::MAX, keys: Vec::new(), hist: Vec::new() }
+        Self { lim: r.min(bits) as u32 + 1, k: usize::MAX, cap: usize::MAX, keys: Vec::new(), hist: vec![], below: 0 }
     }
 
     /// Offers item `idx` at distance `d`; indices must be offered in increasing order.
@@ -54,48 +60,44 @@ impl Cand {
         if d < self.lim {
             debug_assert!(self.keys.last().is_none_or(|&k| key_index(k) < idx));
             self.keys.push(key(d, idx));
-            if self.keys.len() >= self.cap {
-                self.compact();
+            if self.k != usize::MAX {
+                self.hist[d as usize] += 1;
+                self.below += 1;
+                while self.below >= self.k {
+                    self.lim -= 1;
+                    self.below -= self.hist[self.lim as usize] as usize;
+                }
+                if self.keys.len() >= self.cap {
+                    self.compact();
+                }
             }
         }
     }
 
-    /// Keeps the k best candidates (see the type's doc) and lowers `lim`.
+    /// Keeps the k best candidates: all below `lim`, then the earliest ones at `lim`.
     #[cold]
     #[inline(never)]
     fn compact(&mut self) {
         if self.keys.len() <= self.k {
             return;
         }
-        // Kept items may sit at distance == lim (the earliest ones at the previous threshold).
-        let nd = self.lim as usize + 1;
-        self.hist.clear();
-        self.hist.resize(nd, 0);
-        for &k in &self.keys {
-            self.hist[key_dist(k) as usize] += 1;
+        let lim = self.lim;
+        let mut at_lim = self.k - self.below;
+        let mut w = 0;
+        for r in 0..self.keys.len() {
+            let key = self.keys[r];
+            let d = key_dist(key);
+            let keep = d < lim || (d == lim && at_lim > 0);
+            at_lim -= (d == lim && at_lim > 0) as usize;
+            self.keys[w] = key;
+            w += keep as usize;
         }
-        // t = smallest distance with (count at distance <= t) >= k.
-        let mut below = 0usize;
-        let mut t = 0usize;
-        while below + (self.hist[t] as usize) < self.k {
-            below += self.hist[t] as usize;
-            t += 1;
-        }
-        let mut take_at_t = self.k - below;
-        let t = t as u32;
-        self.keys.retain(|&k| {
-            let d = key_dist(k);
-            if d < t {
-                true
-            } else if d == t && take_at_t > 0 {
-                take_at_t -= 1;
-                true
-            } else {
-                false
-            }
-        });
+        self.keys.truncate(w);
         debug_assert_eq!(self.keys.len(), self.k);
-        self.lim = t;
+        self.hist[lim as usize] = (self.k - self.below) as u32;
+        for h in &mut self.hist[lim as usize + 1..] {
+            *h = 0;
+        }
     }
 
     /// The shard's result ordered by (distance, index): at most k keys for top-k, all for radius.
@@ -147,17 +149,49 @@ mod tests {
     }
 
     #[test]
-    fn lim_drops_after_compaction() {
-        let mut c = Cand::topk(1, 8);
-        // cap = 65: fill with distance 4, then the 65th push triggers compaction -> lim = 4.
-        for i in 0..65 {
-            c.push(4, i);
-        }
-        assert_eq!(c.lim, 4);
-        c.push(4, 100); // equal distance, larger index: rejected
-        c.push(2, 101);
+    fn lim_tracks_the_kth_best_distance() {
+        let mut c = Cand::topk(2, 8);
+        assert_eq!(c.lim, 9);
+        c.push(4, 0);
+        assert_eq!(c.lim, 9); // one item: anything may still enter
+        c.push(6, 1);
+        assert_eq!(c.lim, 6); // two items at <= 6: later items need distance < 6
+        c.push(6, 2); // rejected (ties lose to smaller indices)
+        c.push(5, 3);
+        assert_eq!(c.lim, 5);
+        c.push(1, 4);
+        assert_eq!(c.lim, 4); // best two: 1 and 4
         let keys = c.finish(8);
-        assert_eq!(keys, vec![key(2, 101)]);
+        assert_eq!(keys, vec![key(1, 4), key(4, 0)]);
+    }
+
+    #[test]
+    fn compaction_at_capacity_keeps_order_and_counts() {
+        // k = 3, cap = 259: many items at the threshold distance, then better ones.
+        let mut c = Cand::topk(3, 8);
+        c.push(5, 0);
+        c.push(5, 1);
+        c.push(7, 2);
+        assert_eq!(c.lim, 7);
+        for i in 3..400 {
+            c.push(if i % 2 == 0 { 6 } else { 8 }, i);
+        }
+        // 6 < 7 was accepted once (index 4), which set lim to 6; no more accepted.
+        assert_eq!(c.lim, 6);
+        c.push(2, 500);
+        assert_eq!(c.lim, 5);
+        let keys = c.finish(8);
+        assert_eq!(keys, vec![key(2, 500), key(5, 0), key(5, 1)]);
+        // Many pushes below lim force compactions; the result stays exact.
+        let mut c = Cand::topk(3, 300);
+        let mut all = vec![];
+        for i in 0..2000u32 {
+            let d = 299 - (i % 300) / 3;
+            all.push(key(d, i));
+            c.push(d, i);
+        }
+        all.sort();
+        assert_eq!(c.finish(300), all[..3].to_vec());
     }
 
     #[test]
