@@ -10,10 +10,22 @@
 //! - precision@N: mean over the same queries of (relevant in top N) / N;
 //! - precision–recall by Hamming radius r = 0..bits: over items within distance ≤ r, precision
 //!   averaged over queries that retrieve at least one item, recall over all counted queries.
+//!
+//! Algorithm (no ranking is ever sorted): per query, distances to the whole database, then one
+//! pass in database order that counts items per distance bucket (all, and relevant) and records,
+//! for each relevant item, its bucket d, its position among the bucket's items so far (`pos`) and
+//! among the bucket's relevant items so far (`m`). Ranking by (distance, index) puts bucket d after
+//! the S_d items of smaller distance, and within the bucket in index order, so that item has rank
+//! S_d + pos + 1 and is the (H_d + m + 1)-th relevant item (H_d = relevant items of smaller
+//! distance): its precision term is exactly (H_d + m + 1) / (S_d + pos + 1). mAP@k, precision@N and
+//! the radius curve follow from the same counts. Queries run in parallel (rayon); per-query
+//! results are summed in query order, so the result does not depend on the thread count.
 
 use crate::codes::CodesRef;
+use crate::search::Kernel;
 use anyhow::{bail, Result};
 use ndarray::ArrayView2;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default)]
@@ -100,14 +112,49 @@ pub(crate) fn check_inputs(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: Ar
 
 /// Evaluates one direction: queries of one modality against a database of (usually) the other.
 pub fn evaluate(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: ArrayView2<u8>, opts: &EvalOptions) -> Result<DirectionMetrics> {
+    evaluate_with(Kernel::auto(), q, db, ql, dl, opts)
+}
+
+/// [`evaluate`] with a chosen popcount kernel (an unavailable one falls back to the portable one).
+pub fn evaluate_with(
+    kernel: Kernel,
+    q: CodesRef,
+    db: CodesRef,
+    ql: ArrayView2<u8>,
+    dl: ArrayView2<u8>,
+    opts: &EvalOptions,
+) -> Result<DirectionMetrics> {
     check_inputs(q, db, ql, dl)?;
     if opts.topk == Some(0) {
         bail!("mAP@k needs k >= 1");
+    }
+    if opts.precision_at.contains(&0) {
+        bail!("precision@N needs N >= 1");
+    }
+    if db.n > u32::MAX as usize {
+        bail!("the database holds {} items; at most {} are supported", db.n, u32::MAX);
     }
     let qs = LabelSets::new(ql);
     let ds = LabelSets::new(dl);
     let bits = q.bits;
     let n = db.n;
+    let per_query: Vec<QueryStats> = (0..q.n)
+        .into_par_iter()
+        .map_init(
+            || Scratch::new(n, bits),
+            |s, i| {
+                crate::search::distances_with(kernel, q.row(i), db, &mut s.dist);
+                if qs.words == 1 {
+                    let qm = qs.data[i];
+                    let dm = &ds.data;
+                    query_stats(s, bits, opts, |j| qm & dm[j] != 0)
+                } else {
+                    query_stats(s, bits, opts, |j| qs.shares(i, &ds, j))
+                }
+            },
+        )
+        .collect();
+
     let mut sum_ap = 0.0;
     let mut sum_apk = 0.0;
     let mut excluded = 0;
@@ -115,73 +162,24 @@ pub fn evaluate(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: ArrayView2<u8
     let mut pr_prec = vec![0.0; bits + 1];
     let mut pr_prec_cnt = vec![0usize; bits + 1];
     let mut pr_rec = vec![0.0; bits + 1];
-    let mut dist = vec![0u32; n];
-    let mut order: Vec<u32> = Vec::with_capacity(n);
-    for i in 0..q.n {
-        crate::search::distances(q.row(i), db, &mut dist);
-        // Stable counting sort by distance = order by (distance, index).
-        let mut counts = vec![0usize; bits + 2];
-        for &d in &dist {
-            counts[d as usize + 1] += 1;
-        }
-        for b in 1..counts.len() {
-            counts[b] += counts[b - 1];
-        }
-        let starts = counts.clone();
-        order.clear();
-        order.resize(n, 0);
-        let mut next = counts;
-        for (j, &d) in dist.iter().enumerate() {
-            order[next[d as usize]] = j as u32;
-            next[d as usize] += 1;
-        }
-        let total_rel = (0..n).filter(|&j| qs.shares(i, &ds, j)).count();
-        if total_rel == 0 {
+    for st in &per_query {
+        let Some(ap) = st.ap else {
             excluded += 1;
             continue;
-        }
-        let mut hits = 0usize;
-        let mut ap = 0.0;
-        let mut apk = 0.0;
-        let mut hits_k = 0usize;
-        let mut pn_idx = 0;
-        for (r, &j) in order.iter().enumerate() {
-            if qs.shares(i, &ds, j as usize) {
-                hits += 1;
-                let p = hits as f64 / (r + 1) as f64;
-                ap += p;
-                if let Some(k) = opts.topk {
-                    if r < k {
-                        apk += p;
-                        hits_k += 1;
-                    }
-                }
-            }
-            while pn_idx < opts.precision_at.len() && opts.precision_at[pn_idx] == r + 1 {
-                pn_sum[pn_idx] += hits as f64 / (r + 1) as f64;
-                pn_idx += 1;
-            }
-        }
-        // precision@N beyond the database size: all n retrieved.
-        while pn_idx < opts.precision_at.len() {
-            pn_sum[pn_idx] += hits as f64 / opts.precision_at[pn_idx] as f64;
-            pn_idx += 1;
-        }
-        sum_ap += ap / total_rel as f64;
-        if hits_k > 0 {
-            sum_apk += apk / hits_k as f64;
+        };
+        sum_ap += ap;
+        sum_apk += st.apk;
+        for (acc, &hits) in pn_sum.iter_mut().zip(&st.hits_at) {
+            *acc += hits;
         }
         if opts.pr_curve {
-            let mut rel_within = 0usize;
             for r in 0..=bits {
-                let (s, e) = (starts[r], starts[r + 1]);
-                rel_within += order[s..e].iter().filter(|&&j| qs.shares(i, &ds, j as usize)).count();
-                let retrieved = e;
+                let (retrieved, rel) = st.radius_counts[r];
                 if retrieved > 0 {
-                    pr_prec[r] += rel_within as f64 / retrieved as f64;
+                    pr_prec[r] += rel as f64 / retrieved as f64;
                     pr_prec_cnt[r] += 1;
                 }
-                pr_rec[r] += rel_within as f64 / total_rel as f64;
+                pr_rec[r] += rel as f64 / st.total_rel as f64;
             }
         }
     }
@@ -214,11 +212,414 @@ pub fn map(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: ArrayView2<u8>) ->
     Ok(evaluate(q, db, ql, dl, &EvalOptions::default())?.map)
 }
 
+/// Per-thread buffers, reused across queries.
+struct Scratch {
+    dist: Vec<u32>,
+    /// Per distance: items so far (low 32 bits) + relevant items so far (high 32 bits).
+    cnt: Vec<u64>,
+    /// Per relevant item, in database order: its bucket's counter before it, and its distance.
+    ent_c: Vec<u64>,
+    ent_d: Vec<u32>,
+}
+
+impl Scratch {
+    fn new(n: usize, bits: usize) -> Self {
+        Self { dist: vec![0; n], cnt: vec![0; bits + 1], ent_c: vec![0; n], ent_d: vec![0; n] }
+    }
+}
+
+/// One query's contribution to the means.
+struct QueryStats {
+    /// AP, or None when no database item is relevant (excluded query).
+    ap: Option<f64>,
+    apk: f64,
+    /// Precision at each requested N.
+    hits_at: Vec<f64>,
+    /// Per radius r: (items within distance r, relevant items within distance r).
+    radius_counts: Vec<(usize, usize)>,
+    total_rel: usize,
+}
+
+const LO: u64 = 0xffff_ffff;
+
+#[inline(always)]
+fn query_stats(s: &mut Scratch, bits: usize, opts: &EvalOptions, rel: impl Fn(usize) -> bool) -> QueryStats {
+    let n = s.dist.len();
+    s.cnt.fill(0);
+    // One pass in database order: bucket counters and the relevant items' (d, counter) records.
+    // The record is written unconditionally and kept only when the item is relevant (no branch).
+    let mut nr = 0usize;
+    {
+        let (cnt, ent_c, ent_d) = (&mut s.cnt[..], &mut s.ent_c[..n], &mut s.ent_d[..n]);
+        for (j, &d) in s.dist.iter().enumerate() {
+            let r = rel(j) as u64;
+            let c = cnt[d as usize];
+            cnt[d as usize] = c + 1 + (r << 32);
+            ent_c[nr] = c;
+            ent_d[nr] = d;
+            nr += r as usize;
+        }
+    }
+    let total_rel = nr;
+    if total_rel == 0 {
+        return QueryStats { ap: None, apk: 0.0, hits_at: vec![], radius_counts: vec![], total_rel };
+    }
+    // S_d, H_d: items and relevant items at distance < d.
+    let mut start = vec![0u64; bits + 2];
+    let mut start_rel = vec![0u64; bits + 2];
+    for d in 0..=bits {
+        start[d + 1] = start[d] + (s.cnt[d] & LO);
+        start_rel[d + 1] = start_rel[d] + (s.cnt[d] >> 32);
+    }
+    let ent_c = &s.ent_c[..nr];
+    let ent_d = &s.ent_d[..nr];
+    // AP = (1/R) Σ (H_d + m + 1) / (S_d + pos + 1) over relevant items (m, pos from the record).
+    let sf: Vec<f64> = start.iter().map(|&v| v as f64 + 1.0).collect();
+    let hf: Vec<f64> = start_rel.iter().map(|&v| v as f64 + 1.0).collect();
+    let mut acc = [0.0f64; 4];
+    let mut i = 0;
+    while i + 4 <= nr {
+        for l in 0..4 {
+            let (c, d) = (ent_c[i + l], ent_d[i + l] as usize);
+            acc[l] += (hf[d] + (c >> 32) as f64) / (sf[d] + (c & LO) as f64);
+        }
+        i += 4;
+    }
+    for e in i..nr {
+        let (c, d) = (ent_c[e], ent_d[e] as usize);
+        acc[0] += (hf[d] + (c >> 32) as f64) / (sf[d] + (c & LO) as f64);
+    }
+    let ap = (acc[0] + acc[1] + acc[2] + acc[3]) / nr as f64;
+    // AP@k over relevant items of rank <= k; R_k = their count.
+    let mut apk = 0.0;
+    if let Some(k) = opts.topk {
+        let (mut sum, mut hits) = (0.0, 0usize);
+        for (&c, &d) in ent_c.iter().zip(ent_d) {
+            let d = d as usize;
+            if start[d] + (c & LO) < k as u64 {
+                sum += (hf[d] + (c >> 32) as f64) / (sf[d] + (c & LO) as f64);
+                hits += 1;
+            }
+        }
+        if hits > 0 {
+            apk = sum / hits as f64;
+        }
+    }
+    // precision@N: the buckets entirely within the top N, plus the relevant items of the bucket
+    // that straddles rank N whose position in it is below N - S_d.
+    let mut hits_at = vec![0.0; opts.precision_at.len()];
+    if !opts.precision_at.is_empty() {
+        let mut partial: Vec<(usize, u64, usize)> = vec![]; // (bucket, positions below, output index)
+        let mut counts = vec![0usize; opts.precision_at.len()];
+        for (o, &big_n) in opts.precision_at.iter().enumerate() {
+            if big_n >= n {
+                counts[o] = total_rel;
+                continue;
+            }
+            let big_n = big_n as u64;
+            // Bucket d with S_d < N <= S_{d+1}.
+            let d = (0..=bits).find(|&d| start[d + 1] >= big_n).unwrap();
+            counts[o] = start_rel[d] as usize;
+            partial.push((d, big_n - start[d], o));
+        }
+        if !partial.is_empty() {
+            for (&c, &d) in ent_c.iter().zip(ent_d) {
+                for &(pd, below, o) in &partial {
+                    if d as usize == pd && (c & LO) < below {
+                        counts[o] += 1;
+                    }
+                }
+            }
+        }
+        for (h, (&c, &big_n)) in hits_at.iter_mut().zip(counts.iter().zip(&opts.precision_at)) {
+            *h = c as f64 / big_n as f64;
+        }
+    }
+    let radius_counts = if opts.pr_curve {
+        (0..=bits).map(|r| (start[r + 1] as usize, start_rel[r + 1] as usize)).collect()
+    } else {
+        vec![]
+    };
+    QueryStats { ap: Some(ap), apk, hits_at, radius_counts, total_rel }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::codes::BinaryCodes;
-    use ndarray::array;
+    use ndarray::{array, Array2};
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// The previous implementation (counting sort of each ranking), kept as a reference.
+        fn reference_counting(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: ArrayView2<u8>, opts: &EvalOptions) -> Result<DirectionMetrics> {
+        check_inputs(q, db, ql, dl)?;
+        if opts.topk == Some(0) {
+            bail!("mAP@k needs k >= 1");
+        }
+        let qs = LabelSets::new(ql);
+        let ds = LabelSets::new(dl);
+        let bits = q.bits;
+        let n = db.n;
+        let mut sum_ap = 0.0;
+        let mut sum_apk = 0.0;
+        let mut excluded = 0;
+        let mut pn_sum = vec![0.0; opts.precision_at.len()];
+        let mut pr_prec = vec![0.0; bits + 1];
+        let mut pr_prec_cnt = vec![0usize; bits + 1];
+        let mut pr_rec = vec![0.0; bits + 1];
+        let mut dist = vec![0u32; n];
+        let mut order: Vec<u32> = Vec::with_capacity(n);
+        for i in 0..q.n {
+            crate::search::distances_with(Kernel::Portable, q.row(i), db, &mut dist);
+            // Stable counting sort by distance = order by (distance, index).
+            let mut counts = vec![0usize; bits + 2];
+            for &d in &dist {
+                counts[d as usize + 1] += 1;
+            }
+            for b in 1..counts.len() {
+                counts[b] += counts[b - 1];
+            }
+            let starts = counts.clone();
+            order.clear();
+            order.resize(n, 0);
+            let mut next = counts;
+            for (j, &d) in dist.iter().enumerate() {
+                order[next[d as usize]] = j as u32;
+                next[d as usize] += 1;
+            }
+            let total_rel = (0..n).filter(|&j| qs.shares(i, &ds, j)).count();
+            if total_rel == 0 {
+                excluded += 1;
+                continue;
+            }
+            let mut hits = 0usize;
+            let mut ap = 0.0;
+            let mut apk = 0.0;
+            let mut hits_k = 0usize;
+            let mut pn_idx = 0;
+            for (r, &j) in order.iter().enumerate() {
+                if qs.shares(i, &ds, j as usize) {
+                    hits += 1;
+                    let p = hits as f64 / (r + 1) as f64;
+                    ap += p;
+                    if let Some(k) = opts.topk {
+                        if r < k {
+                            apk += p;
+                            hits_k += 1;
+                        }
+                    }
+                }
+                while pn_idx < opts.precision_at.len() && opts.precision_at[pn_idx] == r + 1 {
+                    pn_sum[pn_idx] += hits as f64 / (r + 1) as f64;
+                    pn_idx += 1;
+                }
+            }
+            // precision@N beyond the database size: all n retrieved.
+            while pn_idx < opts.precision_at.len() {
+                pn_sum[pn_idx] += hits as f64 / opts.precision_at[pn_idx] as f64;
+                pn_idx += 1;
+            }
+            sum_ap += ap / total_rel as f64;
+            if hits_k > 0 {
+                sum_apk += apk / hits_k as f64;
+            }
+            if opts.pr_curve {
+                let mut rel_within = 0usize;
+                for r in 0..=bits {
+                    let (s, e) = (starts[r], starts[r + 1]);
+                    rel_within += order[s..e].iter().filter(|&&j| qs.shares(i, &ds, j as usize)).count();
+                    let retrieved = e;
+                    if retrieved > 0 {
+                        pr_prec[r] += rel_within as f64 / retrieved as f64;
+                        pr_prec_cnt[r] += 1;
+                    }
+                    pr_rec[r] += rel_within as f64 / total_rel as f64;
+                }
+            }
+        }
+        let counted = q.n - excluded;
+        let denom = counted.max(1) as f64;
+        let pr_curve = if opts.pr_curve {
+            (0..=bits)
+                .map(|r| PrPoint {
+                    radius: r,
+                    precision: if pr_prec_cnt[r] > 0 { pr_prec[r] / pr_prec_cnt[r] as f64 } else { 0.0 },
+                    recall: pr_rec[r] / denom,
+                })
+                .collect()
+        } else {
+            vec![]
+        };
+        Ok(DirectionMetrics {
+            map: sum_ap / denom,
+            map_at_k: opts.topk.map(|_| sum_apk / denom),
+            k: opts.topk,
+            n_queries: q.n,
+            excluded_queries: excluded,
+            precision_at_n: opts.precision_at.iter().zip(&pn_sum).map(|(&n, &s)| (n, s / denom)).collect(),
+            pr_curve,
+        })
+    }
+
+
+    /// Plain O(n log n) reference: sort every ranking by (distance, index) and walk it.
+    fn reference_sort(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: ArrayView2<u8>, opts: &EvalOptions) -> DirectionMetrics {
+        let bits = q.bits;
+        let bit = |row: &[u8], j: usize| (row[j / 8] >> (7 - j % 8)) & 1;
+        let relevant = |i: usize, j: usize| ql.row(i).iter().zip(dl.row(j)).any(|(&a, &b)| a != 0 && b != 0);
+        let (mut sum_ap, mut sum_apk, mut excluded) = (0.0, 0.0, 0usize);
+        let mut pn = vec![0.0; opts.precision_at.len()];
+        let (mut pp, mut ppc, mut pr) = (vec![0.0; bits + 1], vec![0usize; bits + 1], vec![0.0; bits + 1]);
+        for i in 0..q.n {
+            let mut rank: Vec<(usize, usize)> =
+                (0..db.n).map(|j| ((0..bits).filter(|&b| bit(q.row(i), b) != bit(db.row(j), b)).count(), j)).collect();
+            rank.sort();
+            let rel: Vec<bool> = rank.iter().map(|&(_, j)| relevant(i, j)).collect();
+            let total = rel.iter().filter(|&&r| r).count();
+            if total == 0 {
+                excluded += 1;
+                continue;
+            }
+            let (mut hits, mut ap) = (0usize, 0.0);
+            let (mut apk, mut hk) = (0.0, 0usize);
+            for (r, &is_rel) in rel.iter().enumerate() {
+                if is_rel {
+                    hits += 1;
+                    ap += hits as f64 / (r + 1) as f64;
+                    if opts.topk.is_some_and(|k| r < k) {
+                        apk += hits as f64 / (r + 1) as f64;
+                        hk += 1;
+                    }
+                }
+            }
+            sum_ap += ap / total as f64;
+            if hk > 0 {
+                sum_apk += apk / hk as f64;
+            }
+            for (o, &big_n) in opts.precision_at.iter().enumerate() {
+                pn[o] += rel.iter().take(big_n).filter(|&&r| r).count() as f64 / big_n as f64;
+            }
+            for r in 0..=bits {
+                let within: Vec<bool> = rank.iter().zip(&rel).filter(|((d, _), _)| *d <= r).map(|(_, &x)| x).collect();
+                let h = within.iter().filter(|&&x| x).count();
+                if !within.is_empty() {
+                    pp[r] += h as f64 / within.len() as f64;
+                    ppc[r] += 1;
+                }
+                pr[r] += h as f64 / total as f64;
+            }
+        }
+        let denom = (q.n - excluded).max(1) as f64;
+        DirectionMetrics {
+            map: sum_ap / denom,
+            map_at_k: opts.topk.map(|_| sum_apk / denom),
+            k: opts.topk,
+            n_queries: q.n,
+            excluded_queries: excluded,
+            precision_at_n: opts.precision_at.iter().zip(&pn).map(|(&n, &s)| (n, s / denom)).collect(),
+            pr_curve: if opts.pr_curve {
+                (0..=bits)
+                    .map(|r| PrPoint {
+                        radius: r,
+                        precision: if ppc[r] > 0 { pp[r] / ppc[r] as f64 } else { 0.0 },
+                        recall: pr[r] / denom,
+                    })
+                    .collect()
+            } else {
+                vec![]
+            },
+        }
+    }
+
+    fn close(a: &DirectionMetrics, b: &DirectionMetrics, tol: f64) -> Result<(), String> {
+        let near = |x: f64, y: f64| (x - y).abs() <= tol;
+        if !near(a.map, b.map) {
+            return Err(format!("map {} vs {}", a.map, b.map));
+        }
+        if a.map_at_k.is_some() != b.map_at_k.is_some() || !near(a.map_at_k.unwrap_or(0.0), b.map_at_k.unwrap_or(0.0)) {
+            return Err(format!("map@k {:?} vs {:?}", a.map_at_k, b.map_at_k));
+        }
+        if (a.k, a.n_queries, a.excluded_queries) != (b.k, b.n_queries, b.excluded_queries) {
+            return Err(format!("counts {:?} vs {:?}", (a.k, a.n_queries, a.excluded_queries), (b.k, b.n_queries, b.excluded_queries)));
+        }
+        if a.precision_at_n.len() != b.precision_at_n.len()
+            || a.precision_at_n.iter().zip(&b.precision_at_n).any(|(x, y)| x.0 != y.0 || !near(x.1, y.1))
+        {
+            return Err(format!("P@N {:?} vs {:?}", a.precision_at_n, b.precision_at_n));
+        }
+        if a.pr_curve.len() != b.pr_curve.len()
+            || a.pr_curve.iter().zip(&b.pr_curve).any(|(x, y)| x.radius != y.radius || !near(x.precision, y.precision) || !near(x.recall, y.recall))
+        {
+            return Err("PR curve differs".into());
+        }
+        Ok(())
+    }
+
+    /// Codes from a few prototypes with flipped bits (ties, duplicates) and labels correlated
+    /// with the prototypes, so that mAP is far from trivial.
+    fn gen_case(seed: u64, n: usize, nq: usize, bits: usize, classes: usize, density: f64) -> (BinaryCodes, BinaryCodes, Array2<u8>, Array2<u8>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let protos = 1 + rng.gen_range(0..6usize);
+        let pbits: Vec<Vec<u8>> = (0..protos).map(|_| (0..bits).map(|_| rng.gen_range(0..2u8)).collect()).collect();
+        let plabels: Vec<Vec<u8>> = (0..protos).map(|_| (0..classes).map(|_| rng.gen_bool(density) as u8).collect()).collect();
+        let make = |m: usize, rng: &mut ChaCha8Rng| {
+            let mut b = Array2::<u8>::zeros((m, bits));
+            let mut l = Array2::<u8>::zeros((m, classes));
+            let flip = rng.gen_range(0.0..0.5);
+            for i in 0..m {
+                let p = rng.gen_range(0..protos);
+                for j in 0..bits {
+                    b[[i, j]] = pbits[p][j] ^ rng.gen_bool(flip) as u8;
+                }
+                for c in 0..classes {
+                    l[[i, c]] = if rng.gen_bool(0.8) { plabels[p][c] } else { rng.gen_bool(density) as u8 };
+                }
+            }
+            (BinaryCodes::from_bits(b.view()).unwrap(), l)
+        };
+        let (db, dl) = make(n, &mut rng);
+        let (q, ql) = make(nq, &mut rng);
+        (q, db, ql, dl)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn fast_evaluation_equals_references(
+            bits in prop_oneof![Just(16usize), Just(32), Just(64), Just(128), Just(256), 1..=300usize],
+            n in 1usize..=250, nq in 1usize..=12, classes in prop_oneof![1usize..=8, 60usize..=70],
+            density in 0.02f64..0.5, topk in 1usize..=300, seed in any::<u64>(),
+        ) {
+            let (q, db, ql, dl) = gen_case(seed, n, nq, bits, classes, density);
+            // Sorted N list (the counting reference needs it), including N beyond the database.
+            let opts = EvalOptions { topk: Some(topk), precision_at: vec![1, 2, n / 2 + 1, n, n + 7], pr_curve: true };
+            let want = reference_sort(q.view(), db.view(), ql.view(), dl.view(), &opts);
+            let old = reference_counting(q.view(), db.view(), ql.view(), dl.view(), &opts).unwrap();
+            prop_assert!(close(&old, &want, 1e-12).is_ok(), "{:?}", close(&old, &want, 1e-12));
+            for kernel in Kernel::available() {
+                let got = evaluate_with(kernel, q.view(), db.view(), ql.view(), dl.view(), &opts).unwrap();
+                prop_assert!(close(&got, &want, 1e-12).is_ok(), "{:?} {:?}", kernel, close(&got, &want, 1e-12));
+            }
+        }
+    }
+
+    #[test]
+    fn unsorted_precision_points_and_thread_independence() {
+        let (q, db, ql, dl) = gen_case(5, 3000, 40, 64, 24, 0.15);
+        let opts = EvalOptions { topk: Some(100), precision_at: vec![500, 10, 2999, 3000, 1], pr_curve: true };
+        let want = reference_sort(q.view(), db.view(), ql.view(), dl.view(), &opts);
+        for threads in [1usize, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let got = pool.install(|| evaluate(q.view(), db.view(), ql.view(), dl.view(), &opts)).unwrap();
+            close(&got, &want, 1e-12).unwrap();
+            assert_eq!(got.precision_at_n.iter().map(|p| p.0).collect::<Vec<_>>(), vec![500, 10, 2999, 3000, 1]);
+        }
+        let e = evaluate(q.view(), db.view(), ql.view(), dl.view(), &EvalOptions { precision_at: vec![0], ..Default::default() });
+        assert!(format!("{:#}", e.unwrap_err()).contains("N >= 1"));
+    }
 
     #[test]
     fn hand_worked_example() {

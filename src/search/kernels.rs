@@ -329,14 +329,46 @@ mod scalar {
             Layout::N16 => native!(u16, 2),
             Layout::N32 => native!(u32, 4),
             Layout::N64 => native!(u64, 8),
-            Layout::Words => {
-                for j in 0..n {
-                    for i in 0..Q {
-                        let d = geo.dist_repacked(blk.words, j, &qw[i * geo.w..(i + 1) * geo.w]);
-                        if d < lim[i] {
-                            cands[i].push(d, blk.j0 + j as u32);
-                            lim[i] = cands[i].lim;
+            Layout::Words => match geo.w {
+                1 => words_fixed::<Q, 1>(blk, n, qw, cands, &mut lim),
+                2 => words_fixed::<Q, 2>(blk, n, qw, cands, &mut lim),
+                4 => words_fixed::<Q, 4>(blk, n, qw, cands, &mut lim),
+                w => {
+                    for j in 0..n {
+                        for i in 0..Q {
+                            let d = geo.dist_repacked(blk.words, j, &qw[i * w..(i + 1) * w]);
+                            if d < lim[i] {
+                                cands[i].push(d, blk.j0 + j as u32);
+                                lim[i] = cands[i].lim;
+                            }
                         }
+                    }
+                }
+            },
+        }
+    }
+
+    /// Repacked words, W per code known at compile time: one group of 8 codes at a time.
+    #[inline(always)]
+    fn words_fixed<const Q: usize, const W: usize>(blk: &Block, n: usize, qw: &[u64], cands: &mut [Cand], lim: &mut [u32; Q]) {
+        let mut q = [[0u64; W]; Q];
+        for i in 0..Q {
+            q[i].copy_from_slice(&qw[i * W..(i + 1) * W]);
+        }
+        for (g, grp) in blk.words[..n * W].chunks_exact(8 * W).enumerate() {
+            for lane in 0..8 {
+                let mut x = [0u64; W];
+                for w in 0..W {
+                    x[w] = grp[w * 8 + lane];
+                }
+                for i in 0..Q {
+                    let mut d = 0;
+                    for w in 0..W {
+                        d += (x[w] ^ q[i][w]).count_ones();
+                    }
+                    if d < lim[i] {
+                        cands[i].push(d, blk.j0 + (g * 8 + lane) as u32);
+                        lim[i] = cands[i].lim;
                     }
                 }
             }

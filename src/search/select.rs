@@ -46,7 +46,7 @@ pub(crate) struct Cand {
 impl Cand {
     pub fn topk(k: usize, bits: usize) -> Self {
         debug_assert!(k >= 1);
-        let cap = (3 * k).max(k + 256);
+        let cap = (4 * k).max(k + 256);
         Self { lim: bits as u32 + 1, k, cap, keys: Vec::new(), hist: vec![0; bits + 2], below: 0 }
     }
 
@@ -102,11 +102,28 @@ impl Cand {
 
     /// The shard's result ordered by (distance, index): at most k keys for top-k, all for radius.
     pub fn finish(mut self, bits: usize) -> Vec<u64> {
-        if self.keys.len() > self.k {
-            self.compact();
+        if self.k == usize::MAX || self.keys.len() <= self.k {
+            sort_by_distance(&mut self.keys, bits);
+            return self.keys;
         }
-        sort_by_distance(&mut self.keys, bits);
-        self.keys
+        // Counting sort restricted to the k best: all keys below lim (hist holds their counts),
+        // then the earliest k - below keys at lim; stale keys beyond lim are skipped.
+        let lim = self.lim as usize;
+        let mut start = vec![0usize; lim + 1];
+        for d in 1..=lim {
+            start[d] = start[d - 1] + self.hist[d - 1] as usize;
+        }
+        debug_assert_eq!(start[lim], self.below);
+        let mut out = vec![0u64; self.k];
+        for &key in &self.keys {
+            let d = key_dist(key) as usize;
+            if d < lim || (d == lim && start[d] < self.k) {
+                out[start[d]] = key;
+                start[d] += 1;
+            }
+        }
+        debug_assert_eq!(start[lim], self.k);
+        out
     }
 }
 
