@@ -93,13 +93,18 @@ impl LabelSets {
 
 pub(crate) fn check_inputs(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: ArrayView2<u8>) -> Result<()> {
     if q.bits != db.bits {
-        bail!("query codes have {} bits but database codes have {}", q.bits, db.bits);
+        bail!("code length mismatch: query codes have {} bits but database codes have {}", q.bits, db.bits);
     }
     if ql.nrows() != q.n {
         bail!("{} query codes but {} query label rows", q.n, ql.nrows());
     }
     if dl.nrows() != db.n {
         bail!("{} database codes but {} database label rows", db.n, dl.nrows());
+    }
+    for (what, c) in [("query", q), ("database", db)] {
+        if c.data.len() != c.n * c.stride() {
+            bail!("{what} codes: expected {} bytes for {} codes of {} bits, found {}", c.n * c.stride(), c.n, c.bits, c.data.len());
+        }
     }
     if ql.ncols() != dl.ncols() {
         bail!("query labels have {} classes, database labels {}", ql.ncols(), dl.ncols());
@@ -138,6 +143,7 @@ pub fn evaluate_with(
     let ds = LabelSets::new(dl);
     let bits = q.bits;
     let n = db.n;
+    let kernel = if kernel.is_available() { kernel } else { Kernel::Portable };
     let per_query: Vec<QueryStats> = (0..q.n)
         .into_par_iter()
         .map_init(
@@ -145,12 +151,11 @@ pub fn evaluate_with(
             |s, i| {
                 crate::search::distances_with(kernel, q.row(i), db, &mut s.dist);
                 if qs.words == 1 {
-                    let qm = qs.data[i];
-                    let dm = &ds.data;
-                    query_stats(s, bits, opts, |j| qm & dm[j] != 0)
+                    relevance_single_word(kernel, qs.data[i], &ds.data, &mut s.rel8, &mut s.relbits);
                 } else {
-                    query_stats(s, bits, opts, |j| qs.shares(i, &ds, j))
+                    relevance_general(|j| qs.shares(i, &ds, j), &mut s.rel8, &mut s.relbits);
                 }
+                query_stats(s, bits, opts)
             },
         )
         .collect();
@@ -212,19 +217,89 @@ pub fn map(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: ArrayView2<u8>) ->
     Ok(evaluate(q, db, ql, dl, &EvalOptions::default())?.map)
 }
 
+/// Database segments counted with separate histograms (independent dependency chains; see
+/// [`query_stats`]). Segment boundaries are multiples of 64 items.
+const SEGS: usize = 2;
+
 /// Per-thread buffers, reused across queries.
 struct Scratch {
     dist: Vec<u32>,
-    /// Per distance: items so far (low 32 bits) + relevant items so far (high 32 bits).
-    cnt: Vec<u64>,
-    /// Per relevant item, in database order: its bucket's counter before it, and its distance.
-    ent_c: Vec<u64>,
-    ent_d: Vec<u32>,
+    /// 1 if database item j is relevant to the query, else 0.
+    rel8: Vec<u8>,
+    /// The same as a bitmask (bit j % 64 of word j / 64).
+    relbits: Vec<u64>,
+    /// Per item: its segment's counter of its distance bucket before it (low 32 bits: items,
+    /// high 32 bits: relevant items).
+    local: Vec<u64>,
+    /// Per segment (SEGS + 1 for the tail) and distance: the packed counters.
+    hist: Vec<u64>,
+    /// Per relevant item, in database order: (hits so far including it) << 32 | its rank.
+    hit_rank: Vec<u64>,
 }
 
 impl Scratch {
     fn new(n: usize, bits: usize) -> Self {
-        Self { dist: vec![0; n], cnt: vec![0; bits + 1], ent_c: vec![0; n], ent_d: vec![0; n] }
+        Self {
+            dist: vec![0; n],
+            rel8: vec![0; n],
+            relbits: vec![0; n.div_ceil(64)],
+            local: vec![0; n],
+            hist: vec![0; (SEGS + 1) * (bits + 1)],
+            hit_rank: vec![0; n],
+        }
+    }
+}
+
+/// rel8 / relbits for labels of at most 64 classes (one u64 bitset per item).
+fn relevance_single_word(kernel: Kernel, qm: u64, dm: &[u64], rel8: &mut [u8], relbits: &mut [u64]) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512 {
+        // SAFETY: the AVX-512 kernel is only chosen when the CPU has it (checked by the caller).
+        unsafe { relevance_avx512(qm, dm, rel8, relbits) };
+        return;
+    }
+    let _ = kernel;
+    relevance_general(|j| qm & dm[j] != 0, rel8, relbits)
+}
+
+fn relevance_general(rel: impl Fn(usize) -> bool, rel8: &mut [u8], relbits: &mut [u64]) {
+    for (w, (word, r8)) in relbits.iter_mut().zip(rel8.chunks_mut(64)).enumerate() {
+        let mut m = 0u64;
+        for (t, r) in r8.iter_mut().enumerate() {
+            let x = rel(w * 64 + t);
+            *r = x as u8;
+            m |= (x as u64) << t;
+        }
+        *word = m;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn relevance_avx512(qm: u64, dm: &[u64], rel8: &mut [u8], relbits: &mut [u64]) {
+    use std::arch::x86_64::*;
+    let n = dm.len();
+    assert!(rel8.len() == n && relbits.len() == n.div_ceil(64));
+    let q = _mm512_set1_epi64(qm as i64);
+    let one = _mm512_set1_epi8(1);
+    let full = n / 64;
+    for w in 0..full {
+        let p = dm.as_ptr().add(w * 64) as *const i64;
+        let mut m = 0u64;
+        for t in 0..8 {
+            m |= (_mm512_test_epi64_mask(_mm512_loadu_epi64(p.add(8 * t)), q) as u64) << (8 * t);
+        }
+        relbits[w] = m;
+        _mm512_storeu_epi64(rel8.as_mut_ptr().add(w * 64) as *mut i64, _mm512_maskz_mov_epi8(m, one));
+    }
+    if full * 64 < n {
+        let mut m = 0u64;
+        for j in full * 64..n {
+            let x = qm & dm[j] != 0;
+            rel8[j] = x as u8;
+            m |= (x as u64) << (j - full * 64);
+        }
+        relbits[full] = m;
     }
 }
 
@@ -242,62 +317,141 @@ struct QueryStats {
 
 const LO: u64 = 0xffff_ffff;
 
-#[inline(always)]
-fn query_stats(s: &mut Scratch, bits: usize, opts: &EvalOptions, rel: impl Fn(usize) -> bool) -> QueryStats {
-    let n = s.dist.len();
-    s.cnt.fill(0);
-    // One pass in database order: bucket counters and the relevant items' (d, counter) records.
-    // The record is written unconditionally and kept only when the item is relevant (no branch).
-    let mut nr = 0usize;
-    {
-        let (cnt, ent_c, ent_d) = (&mut s.cnt[..], &mut s.ent_c[..n], &mut s.ent_d[..n]);
-        for (j, &d) in s.dist.iter().enumerate() {
-            let r = rel(j) as u64;
-            let c = cnt[d as usize];
-            cnt[d as usize] = c + 1 + (r << 32);
-            ent_c[nr] = c;
-            ent_d[nr] = d;
-            nr += r as usize;
+/// Σ hits / rank over packed `hits << 32 | rank` values, in 8 independent lanes (vectorised;
+/// AVX-512 when the CPU has it).
+fn sum_ratios(hit_rank: &[u64]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if Kernel::Avx512.is_available() {
+        // SAFETY: AVX-512 F/DQ are available (Kernel::Avx512 requires F, BW, VPOPCNTDQ, BITALG;
+        // every such CPU has DQ, checked again here).
+        if std::arch::is_x86_feature_detected!("avx512dq") {
+            return unsafe { sum_ratios_avx512(hit_rank) };
         }
     }
-    let total_rel = nr;
+    sum_ratios_body(hit_rank)
+}
+
+#[inline(always)]
+fn sum_ratios_body(hit_rank: &[u64]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let mut chunks = hit_rank.chunks_exact(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            // Counts are far below 2^53: the conversions are exact.
+            acc[l] += (c[l] >> 32) as i64 as f64 / (c[l] & LO) as i64 as f64;
+        }
+    }
+    for &v in chunks.remainder() {
+        acc[0] += (v >> 32) as i64 as f64 / (v & LO) as i64 as f64;
+    }
+    acc.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn sum_ratios_avx512(hit_rank: &[u64]) -> f64 {
+    sum_ratios_body(hit_rank)
+}
+
+/// One query, from its distances and relevance flags.
+///
+/// 1. Counting pass over all items: the database is cut into SEGS segments (plus a short tail),
+///    each with its own histogram of packed counters (items, relevant items) per distance; the
+///    segments are walked in lockstep, so consecutive updates never wait on each other. Each item
+///    records its segment's counter before it.
+/// 2. Prefix sums over segments turn each segment's histogram into its offsets, and over
+///    distances into S_d, H_d (items and relevant items at distance < d).
+/// 3. For each relevant item (bitmask order = database order) in bucket d: its segment counter
+///    plus the segment's offset gives `pos` (items of bucket d before it) and `m` (relevant items
+///    of bucket d before it), so its rank is S_d + pos + 1 and it is the (H_d + m + 1)-th hit
+///    (one packed table entry per segment and distance adds all four terms at once).
+/// 4. AP = (1/R) Σ hits/rank, summed in 8 independent lanes (vectorised division).
+fn query_stats(s: &mut Scratch, bits: usize, opts: &EvalOptions) -> QueryStats {
+    let n = s.dist.len();
+    let nb = bits + 1;
+    s.hist.fill(0);
+    let seg = (n / SEGS) & !63;
+    {
+        let (dist, rel8, local) = (&s.dist[..n], &s.rel8[..n], &mut s.local[..n]);
+        let hist = &mut s.hist[..(SEGS + 1) * nb];
+        let mut step = |h: usize, e: usize| {
+            // SAFETY: e < n (callers), distances are <= bits so h * nb + d < (SEGS + 1) * nb.
+            unsafe {
+                let d = *dist.get_unchecked(e) as usize;
+                debug_assert!(d <= bits);
+                let slot = hist.get_unchecked_mut(h * nb + d);
+                let c = *slot;
+                *slot = c + 1 + ((*rel8.get_unchecked(e) as u64) << 32);
+                *local.get_unchecked_mut(e) = c;
+            }
+        };
+        for j in 0..seg {
+            step(0, j);
+            step(1, seg + j);
+        }
+        for e in SEGS * seg..n {
+            step(SEGS, e);
+        }
+    }
+    // Segment offsets (in place) and totals.
+    let mut tot = vec![0u64; nb];
+    for h in 0..=SEGS {
+        for (t, x) in tot.iter_mut().zip(&mut s.hist[h * nb..(h + 1) * nb]) {
+            let v = *x;
+            *x = *t;
+            *t += v;
+        }
+    }
+    let total_rel: usize = tot.iter().map(|&t| (t >> 32) as usize).sum();
     if total_rel == 0 {
         return QueryStats { ap: None, apk: 0.0, hits_at: vec![], radius_counts: vec![], total_rel };
     }
-    // S_d, H_d: items and relevant items at distance < d.
-    let mut start = vec![0u64; bits + 2];
-    let mut start_rel = vec![0u64; bits + 2];
-    for d in 0..=bits {
-        start[d + 1] = start[d] + (s.cnt[d] & LO);
-        start_rel[d + 1] = start_rel[d] + (s.cnt[d] >> 32);
+    // S_d + 1 and H_d + 1 (ranks and hit counts start at 1).
+    let mut s1 = vec![0u64; nb + 1];
+    let mut h1 = vec![0u64; nb + 1];
+    s1[0] = 1;
+    h1[0] = 1;
+    for d in 0..nb {
+        s1[d + 1] = s1[d] + (tot[d] & LO);
+        h1[d + 1] = h1[d] + (tot[d] >> 32);
     }
-    let ent_c = &s.ent_c[..nr];
-    let ent_d = &s.ent_d[..nr];
-    // AP = (1/R) Σ (H_d + m + 1) / (S_d + pos + 1) over relevant items (m, pos from the record).
-    let sf: Vec<f64> = start.iter().map(|&v| v as f64 + 1.0).collect();
-    let hf: Vec<f64> = start_rel.iter().map(|&v| v as f64 + 1.0).collect();
-    let mut acc = [0.0f64; 4];
-    let mut i = 0;
-    while i + 4 <= nr {
-        for l in 0..4 {
-            let (c, d) = (ent_c[i + l], ent_d[i + l] as usize);
-            acc[l] += (hf[d] + (c >> 32) as f64) / (sf[d] + (c & LO) as f64);
+    // Per segment and distance, one packed addend: the segment's offset plus (H_d + 1, S_d + 1),
+    // so that a relevant item's (hits, rank) is its recorded counter plus one table entry.
+    for h in 0..=SEGS {
+        for (d, x) in s.hist[h * nb..(h + 1) * nb].iter_mut().enumerate() {
+            *x += (h1[d] << 32) + s1[d];
         }
-        i += 4;
     }
-    for e in i..nr {
-        let (c, d) = (ent_c[e], ent_d[e] as usize);
-        acc[0] += (hf[d] + (c >> 32) as f64) / (sf[d] + (c & LO) as f64);
+    let mut nr = 0;
+    for h in 0..=SEGS {
+        let (lo, hi) = if h < SEGS { (h * seg, (h + 1) * seg) } else { (SEGS * seg, n) };
+        let base = &s.hist[h * nb..(h + 1) * nb];
+        let (dist, local, relbits) = (&s.dist[..n], &s.local[..n], &s.relbits[..n.div_ceil(64)]);
+        let out = &mut s.hit_rank[..n];
+        for w in lo / 64..hi.div_ceil(64) {
+            let mut m = relbits[w];
+            while m != 0 {
+                let e = w * 64 + m.trailing_zeros() as usize;
+                m &= m - 1;
+                // SAFETY: e < n (relbits has no bits at or beyond n); d <= bits < nb; nr < n (one
+                // entry per set bit of relbits, all below n).
+                unsafe {
+                    *out.get_unchecked_mut(nr) = *local.get_unchecked(e) + *base.get_unchecked(*dist.get_unchecked(e) as usize);
+                }
+                nr += 1;
+            }
+        }
     }
-    let ap = (acc[0] + acc[1] + acc[2] + acc[3]) / nr as f64;
-    // AP@k over relevant items of rank <= k; R_k = their count.
+    assert_eq!(nr, total_rel);
+    let hit_rank = &s.hit_rank[..nr];
+    let ap = sum_ratios(hit_rank) / nr as f64;
+    // AP@k: relevant items of rank <= k; R_k = their count.
     let mut apk = 0.0;
     if let Some(k) = opts.topk {
         let (mut sum, mut hits) = (0.0, 0usize);
-        for (&c, &d) in ent_c.iter().zip(ent_d) {
-            let d = d as usize;
-            if start[d] + (c & LO) < k as u64 {
-                sum += (hf[d] + (c >> 32) as f64) / (sf[d] + (c & LO) as f64);
+        for &v in hit_rank {
+            if (v & LO) as usize <= k {
+                sum += (v >> 32) as f64 / (v & LO) as f64;
                 hits += 1;
             }
         }
@@ -305,41 +459,30 @@ fn query_stats(s: &mut Scratch, bits: usize, opts: &EvalOptions, rel: impl Fn(us
             apk = sum / hits as f64;
         }
     }
-    // precision@N: the buckets entirely within the top N, plus the relevant items of the bucket
-    // that straddles rank N whose position in it is below N - S_d.
+    // precision@N: count relevant ranks <= N for every requested N (binary search per rank).
     let mut hits_at = vec![0.0; opts.precision_at.len()];
     if !opts.precision_at.is_empty() {
-        let mut partial: Vec<(usize, u64, usize)> = vec![]; // (bucket, positions below, output index)
-        let mut counts = vec![0usize; opts.precision_at.len()];
-        for (o, &big_n) in opts.precision_at.iter().enumerate() {
-            if big_n >= n {
-                counts[o] = total_rel;
-                continue;
-            }
-            let big_n = big_n as u64;
-            // Bucket d with S_d < N <= S_{d+1}.
-            let d = (0..=bits).find(|&d| start[d + 1] >= big_n).unwrap();
-            counts[o] = start_rel[d] as usize;
-            partial.push((d, big_n - start[d], o));
+        let mut sorted: Vec<usize> = opts.precision_at.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut cnt = vec![0usize; sorted.len() + 1];
+        for &v in hit_rank {
+            let r = (v & LO) as usize;
+            cnt[sorted.partition_point(|&x| x < r)] += 1;
         }
-        if !partial.is_empty() {
-            for (&c, &d) in ent_c.iter().zip(ent_d) {
-                for &(pd, below, o) in &partial {
-                    if d as usize == pd && (c & LO) < below {
-                        counts[o] += 1;
-                    }
-                }
-            }
+        let mut below = vec![0usize; sorted.len()];
+        let mut run = 0;
+        for (i, b) in below.iter_mut().enumerate() {
+            run += cnt[i];
+            *b = run;
         }
-        for (h, (&c, &big_n)) in hits_at.iter_mut().zip(counts.iter().zip(&opts.precision_at)) {
-            *h = c as f64 / big_n as f64;
+        for (h, &big_n) in hits_at.iter_mut().zip(&opts.precision_at) {
+            let i = sorted.binary_search(&big_n).unwrap();
+            *h = below[i] as f64 / big_n as f64;
         }
     }
-    let radius_counts = if opts.pr_curve {
-        (0..=bits).map(|r| (start[r + 1] as usize, start_rel[r + 1] as usize)).collect()
-    } else {
-        vec![]
-    };
+    let radius_counts =
+        if opts.pr_curve { (0..=bits).map(|r| ((s1[r + 1] - 1) as usize, (h1[r + 1] - 1) as usize)).collect() } else { vec![] };
     QueryStats { ap: Some(ap), apk, hits_at, radius_counts, total_rel }
 }
 
@@ -590,7 +733,7 @@ mod tests {
         #[test]
         fn fast_evaluation_equals_references(
             bits in prop_oneof![Just(16usize), Just(32), Just(64), Just(128), Just(256), 1..=300usize],
-            n in 1usize..=250, nq in 1usize..=12, classes in prop_oneof![1usize..=8, 60usize..=70],
+            n in 1usize..=600, nq in 1usize..=12, classes in prop_oneof![1usize..=8, 60usize..=70],
             density in 0.02f64..0.5, topk in 1usize..=300, seed in any::<u64>(),
         ) {
             let (q, db, ql, dl) = gen_case(seed, n, nq, bits, classes, density);
@@ -604,6 +747,23 @@ mod tests {
                 prop_assert!(close(&got, &want, 1e-12).is_ok(), "{:?} {:?}", kernel, close(&got, &want, 1e-12));
             }
         }
+    }
+
+    #[test]
+    fn bad_input_is_refused_clearly() {
+        let (q, db, ql, dl) = gen_case(1, 20, 3, 16, 4, 0.3);
+        let q32 = BinaryCodes::zeros(3, 32);
+        let e = |r: Result<DirectionMetrics>| format!("{:#}", r.unwrap_err());
+        let o = EvalOptions::default();
+        assert!(e(evaluate(q32.view(), db.view(), ql.view(), dl.view(), &o)).contains("code length mismatch"));
+        assert!(e(evaluate(q.view(), db.view(), dl.view(), dl.view(), &o)).contains("3 query codes but 20 query label rows"));
+        assert!(e(evaluate(q.view(), db.view(), ql.view(), ql.view(), &o)).contains("20 database codes but 3"));
+        let ql5 = Array2::<u8>::zeros((3, 5));
+        assert!(e(evaluate(q.view(), db.view(), ql5.view(), dl.view(), &o)).contains("5 classes"));
+        let k0 = EvalOptions { topk: Some(0), ..Default::default() };
+        assert!(e(evaluate(q.view(), db.view(), ql.view(), dl.view(), &k0)).contains("k >= 1"));
+        let bad = CodesRef { n: 3, bits: 16, data: &[0u8; 5] };
+        assert!(e(evaluate(bad, db.view(), ql.view(), dl.view(), &o)).contains("expected 6 bytes"));
     }
 
     #[test]
