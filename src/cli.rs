@@ -1,9 +1,9 @@
 //! The `cmh` command line: a thin layer over the library.
 
-use crate::codes::BinaryCodes;
+use crate::search::open_codes;
 use crate::method::DeviceChoice;
 use crate::metrics::{evaluate, EvalOptions};
-use crate::npy::{read_binary_matrix, write_npy};
+use crate::npy::read_binary_matrix;
 use crate::pipeline::{self, RunConfig};
 use crate::split::{Protocol, SplitConfig};
 use anyhow::{anyhow, bail, Context, Result};
@@ -27,7 +27,7 @@ pub enum Command {
     /// Evaluate query codes against database codes (mAP, mAP@k).
     Eval(EvalArgs),
     /// Hamming search: top-k (or all within a radius) of each query in a code database.
-    Search(SearchArgs),
+    Search(crate::search::SearchArgs),
     /// Encode new items with a trained model folder (`RUN/bitsB-seedS/model`).
     Encode(EncodeArgs),
     /// The main job: emoji image–text benchmark, every method at 32 and 64 bits, standard and
@@ -135,28 +135,6 @@ pub struct EvalArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct SearchArgs {
-    /// Database codes (.npy: packed uint8, int8 ±1 or bool).
-    #[arg(long)]
-    pub db: PathBuf,
-    /// Query codes (.npy).
-    #[arg(long)]
-    pub query: PathBuf,
-    /// Neighbours per query.
-    #[arg(short, long)]
-    pub k: Option<usize>,
-    /// All items within this Hamming distance instead of top-k.
-    #[arg(long, conflicts_with = "k")]
-    pub radius: Option<u32>,
-    #[arg(long)]
-    pub bits: Option<usize>,
-    /// Output folder: indices.npy (int64) and distances.npy (int32); with --radius also
-    /// offsets.npy (int64, queries + 1) delimiting each query's results.
-    #[arg(long)]
-    pub out: PathBuf,
-}
-
-#[derive(Args, Debug)]
 pub struct EncodeArgs {
     /// Model folder written by `cmh train` (RUN/bitsB-seedS/model).
     #[arg(long)]
@@ -193,7 +171,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => crate::demo::run_demo(&a),
         Command::Train(a) => train(&a),
         Command::Eval(a) => eval(&a),
-        Command::Search(a) => search(&a),
+        Command::Search(a) => crate::search::run(&a),
         Command::Encode(a) => encode(&a),
     }
 }
@@ -289,17 +267,18 @@ fn finish_train(reports: Vec<crate::report::Report>, out: &Path) -> Result<()> {
 }
 
 fn eval(a: &EvalArgs) -> Result<()> {
-    let q = BinaryCodes::load_npy(&a.query_codes, a.bits)?;
-    let db = BinaryCodes::load_npy(&a.db_codes, a.bits.or(Some(q.bits())))
-        .with_context(|| format!("the database codes must match the query codes ({} bits)", q.bits()))?;
+    let qf = open_codes(&a.query_codes, a.bits)?;
+    let dbf = open_codes(&a.db_codes, a.bits.or(Some(qf.view().bits)))
+        .with_context(|| format!("the database codes must match the query codes ({} bits)", qf.view().bits))?;
+    let (q, db) = (qf.view(), dbf.view());
     let ql = read_binary_matrix(&a.query_labels, "query labels")?;
     let dl = read_binary_matrix(&a.db_labels, "database labels")?;
     let opts = if a.plot.is_some() { pipeline::eval_options(a.topk) } else { EvalOptions { topk: a.topk, ..Default::default() } };
-    let m = evaluate(q.view(), db.view(), ql.view(), dl.view(), &opts)
+    let m = evaluate(q, db, ql.view(), dl.view(), &opts)
         .with_context(|| format!("evaluating {} against {}", a.query_codes.display(), a.db_codes.display()))?;
     if a.json {
         let mut v = serde_json::json!({
-            "map": m.map, "n_queries": m.n_queries, "excluded_queries": m.excluded_queries, "bits": q.bits(),
+            "map": m.map, "n_queries": m.n_queries, "excluded_queries": m.excluded_queries, "bits": q.bits,
         });
         if let (Some(k), Some(mk)) = (m.k, m.map_at_k) {
             v["map@k"] = serde_json::json!(mk);
@@ -317,23 +296,6 @@ fn eval(a: &EvalArgs) -> Result<()> {
         for p in crate::plot::plot_direction(dir, "eval", &format!("{} vs {}", a.query_codes.display(), a.db_codes.display()), &[(label, &m)])? {
             eprintln!("wrote {}.png and .svg", p.display());
         }
-    }
-    Ok(())
-}
-
-fn search(a: &SearchArgs) -> Result<()> {
-    let db = BinaryCodes::load_npy(&a.db, a.bits)?;
-    let q = BinaryCodes::load_npy(&a.query, a.bits.or(Some(db.bits())))
-        .with_context(|| format!("the query codes must match the database codes ({} bits)", db.bits()))?;
-    match (a.k, a.radius) {
-        (Some(k), None) => {
-            let r = crate::search::topk(q.view(), db.view(), k)?;
-            std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create folder", a.out.display()))?;
-            write_npy(&a.out.join("indices.npy"), &r.indices)?;
-            write_npy(&a.out.join("distances.npy"), &r.distances)?;
-        }
-        (None, Some(_)) => bail!("radius search arrives with the fast search module"),
-        _ => bail!("give -k K or --radius R"),
     }
     Ok(())
 }
