@@ -16,3 +16,49 @@ pub mod pth;
 pub mod sdch;
 pub mod tensors;
 pub mod trainer;
+
+/// Helpers for tests that call the project's Python (scripts/ only).
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::path::PathBuf;
+
+    /// The repository root.
+    pub fn repo() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// `.venv/bin/python` when it exists and imports every module in `modules`; otherwise prints
+    /// why the calling test is skipped and returns `None`.
+    pub fn python_with(modules: &[&str]) -> Option<PathBuf> {
+        let py = repo().join(".venv/bin/python");
+        if !py.exists() {
+            eprintln!("SKIPPED: {} not found (run scripts/setup.sh)", py.display());
+            return None;
+        }
+        let code = modules.iter().map(|m| format!("import {m}")).collect::<Vec<_>>().join("; ");
+        let ok = std::process::Command::new(&py).args(["-c", &code]).output().map(|o| o.status.success()).unwrap_or(false);
+        if !ok {
+            eprintln!("SKIPPED: {} cannot import {modules:?} (pip install torchvision==0.28.0 into .venv)", py.display());
+            return None;
+        }
+        Some(py)
+    }
+
+    /// A temporary folder in RAM when the machine has /dev/shm (tests that write large checkpoints).
+    pub fn big_tempdir() -> tempfile::TempDir {
+        let shm = std::path::Path::new("/dev/shm");
+        if shm.is_dir() {
+            if let Ok(d) = tempfile::tempdir_in(shm) {
+                return d;
+            }
+        }
+        tempfile::tempdir().unwrap()
+    }
+
+    /// Runs a script under scripts/ with `py`, panicking with its stderr when it fails.
+    pub fn run_script(py: &std::path::Path, script: &str, args: &[&str]) -> String {
+        let out = std::process::Command::new(py).arg(repo().join("scripts").join(script)).args(args).output().expect("python runs");
+        assert!(out.status.success(), "{script} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+}

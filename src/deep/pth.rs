@@ -363,6 +363,15 @@ fn materialise(t: &TensorRef, bytes: &[u8]) -> Result<Tensor> {
     if bytes.len() != t.storage.numel * el {
         bail!("storage {} holds {} bytes, expected {} ({} elements of {el} bytes)", t.storage.key, bytes.len(), t.storage.numel * el, t.storage.numel);
     }
+    // The common case, a contiguous tensor filling its storage from the start: one copy.
+    let mut contiguous = vec![1i64; t.size.len()];
+    for i in (0..t.size.len().saturating_sub(1)).rev() {
+        contiguous[i] = contiguous[i + 1] * t.size[i + 1];
+    }
+    let numel: i64 = t.size.iter().product();
+    if t.offset == 0 && numel as usize == t.storage.numel && (t.stride == contiguous || numel <= 1) {
+        return Ok(Tensor::f_from_data_size(bytes, &t.size, t.storage.kind)?);
+    }
     let flat = Tensor::f_from_data_size(bytes, &[t.storage.numel as i64], t.storage.kind)?;
     Ok(flat.f_as_strided(t.size.as_slice(), t.stride.as_slice(), t.offset as i64)?.f_contiguous()?)
 }
