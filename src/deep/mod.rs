@@ -22,6 +22,13 @@ pub mod trainer;
 pub(crate) mod test_support {
     use std::path::PathBuf;
 
+    /// Held by every test that trains: training seeds and draws from libtorch's process-wide
+    /// generator (dropout), which concurrent test threads would otherwise share.
+    pub fn torch_rng_lock() -> std::sync::MutexGuard<'static, ()> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The repository root.
     pub fn repo() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -193,6 +193,9 @@ impl Optimizer {
                             let bc1 = 1.0 - ADAM_BETA1.powi(t);
                             let bc2 = 1.0 - ADAM_BETA2.powi(t);
                             let step_size = g.lr / bc1;
+                            if step_size == 0.0 {
+                                continue; // a frozen group (lr 0): moments advance, p stays
+                            }
                             let _ = st.v.sqrt_out(&st.scratch);
                             // scratch ← −(√v/√bc2 + ε)/step_size, so p += m / scratch.
                             let _ = st.scratch.g_mul_scalar_(-1.0 / (step_size * bc2.sqrt()));
@@ -581,6 +584,40 @@ fn show(v: Option<&serde_json::Value>) -> String {
     v.map_or("(absent)".into(), |v| v.to_string())
 }
 
+/// PyTorch's default initialisation of `nn.Linear` / `nn.Conv2d` layers (weights and biases
+/// uniform in ±1/√fan_in, fan_in = inputs × kernel area), drawn from a ChaCha8 generator seeded
+/// with `seed`, in variable-name order. Methods call it on their fresh networks so that the
+/// initialisation depends on the seed only, not on libtorch's process-wide generator (which
+/// other threads may be using). Applies to trainable `*.weight` (≥ 2-d) and `*.bias` variables
+/// whose names start with one of `prefixes` (all when empty); others are left alone.
+pub fn init_default(vs: &nn::VarStore, seed: u64, prefixes: &[&str]) -> Result<()> {
+    use rand::Rng;
+    let vars = vs.variables();
+    let mut names: Vec<&String> = vars.keys().filter(|n| prefixes.is_empty() || prefixes.iter().any(|p| n.starts_with(p))).collect();
+    names.sort();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for name in names {
+        let t = &vars[name];
+        if !t.requires_grad() {
+            continue;
+        }
+        let fan_in = if let Some(stem) = name.strip_suffix(".bias") {
+            match vars.get(&format!("{stem}.weight")) {
+                Some(w) => w.size()[1..].iter().product::<i64>(),
+                None => continue,
+            }
+        } else if name.ends_with(".weight") && t.dim() >= 2 {
+            t.size()[1..].iter().product::<i64>()
+        } else {
+            continue;
+        };
+        let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+        let vals: Vec<f32> = (0..t.numel()).map(|_| rng.gen_range(-bound..bound) as f32).collect();
+        tch::no_grad(|| t.shallow_clone().f_copy_(&Tensor::from_slice(&vals).view(t.size().as_slice()).to_device(t.device())))?;
+    }
+    Ok(())
+}
+
 /// Float tensor of `x` values on `device` (helper for small constants).
 pub fn scalar(x: f64, device: Device) -> Tensor {
     Tensor::from(x as f32).to_kind(Kind::Float).to_device(device)
@@ -650,6 +687,7 @@ mod tests {
 
     #[test]
     fn batches_are_a_seeded_partition() {
+        let _lock = crate::deep::test_support::torch_rng_lock();
         let ctx = FitContext::new(8, 5);
         let mut a = Trainer::new("t", &ctx, 2, &RunControl::default()).unwrap();
         let mut b = Trainer::new("t", &ctx, 2, &RunControl::default()).unwrap();
