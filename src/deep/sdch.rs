@@ -367,20 +367,52 @@ impl SdchParams {
 
     /// Fits with a [`RunControl`] (e.g. stop after an epoch, as a kill would).
     pub fn fit_with_control(&self, data: &TrainSet, ctx: &FitContext, control: &RunControl) -> Result<SdchModel> {
-        let arch = self.arch(data, ctx.bits)?;
-        let config = self.config_json(&arch);
-        let mut tr = Trainer::new(METHOD, ctx, self.epochs, control)?;
-        let device = tr.device;
+        let mut run = SdchRun::new(self, data, ctx, control)?;
+        while let Some(epoch) = run.trainer.next_epoch() {
+            run.epoch(epoch)?;
+        }
+        run.finish()
+    }
+}
+
+/// One SDCH training run: networks, optimiser, B (n × r, ±1, one row per training item), the
+/// inputs on the device, and the [`Trainer`]. [`SdchParams::fit`] is `new`, then [`SdchRun::epoch`]
+/// for each epoch, then [`SdchRun::finish`]; benchmarks time [`SdchRun::train_batches`].
+pub struct SdchRun<'a> {
+    pub params: &'a SdchParams,
+    pub trainer: Trainer,
+    pub net: SdchNet,
+    pub b: Option<Tensor>,
+    opt: Optimizer,
+    data: &'a TrainSet,
+    config: serde_json::Value,
+    img_in: Input<'a>,
+    txt_in: Input<'a>,
+    /// Label matrices (n × C, float) of the image and the text side.
+    lx: Tensor,
+    ly: Tensor,
+    /// Training rows labelled in both modalities (the only ones the losses see).
+    rows: Vec<usize>,
+    seed: u64,
+}
+
+impl<'a> SdchRun<'a> {
+    /// Builds the networks (seeded initialisation, input statistics, pretrained AlexNet layers),
+    /// the optimiser's groups, and resumes from the checkpoint when `ctx.resume`.
+    pub fn new(params: &'a SdchParams, data: &'a TrainSet, ctx: &FitContext, control: &RunControl) -> Result<Self> {
+        let arch = params.arch(data, ctx.bits)?;
+        let config = params.config_json(&arch);
+        let mut trainer = Trainer::new(METHOD, ctx, params.epochs, control)?;
+        let device = trainer.device;
         let net = SdchNet::new(&arch, device);
         init_default(&net.vs, ctx.seed, &[])?;
-        let n = data.len();
-        if self.standardize {
+        if params.standardize {
             if let View::Features(x) = &data.views[IMAGE] {
                 net.set_input_stats(IMAGE, x);
             }
             net.set_input_stats(TEXT, data.views[TEXT].features(METHOD, TEXT)?);
         }
-        let pretrained: Vec<String> = match (&self.pretrained, &arch.image) {
+        let pretrained: Vec<String> = match (&params.pretrained, &arch.image) {
             (Some(p), ImageInput::Images { .. }) => super::pretrained::load_alexnet(&net.vs, "img.", p, &["classifier.6.weight", "classifier.6.bias"])?,
             _ => vec![],
         };
@@ -396,90 +428,95 @@ impl SdchParams {
                     Some(0)
                 }
             },
-            &[("features", self.lr_features), ("pretrained", self.lr_features * self.pretrained_lr_factor), ("hash", self.lr_hash)],
+            &[("features", params.lr_features), ("pretrained", params.lr_features * params.pretrained_lr_factor), ("hash", params.lr_hash)],
         )?;
-        let mut opt = Optimizer::new(OptimizerConfig { kind: self.optimizer, weight_decay: self.weight_decay }, groups);
-
-        // Labels, and the rows labelled in both modalities (the only ones the losses see).
+        let mut opt = Optimizer::new(OptimizerConfig { kind: params.optimizer, weight_decay: params.weight_decay }, groups);
+        let n = data.len();
         let rows: Vec<usize> = (0..n).filter(|&i| data.labelled[IMAGE][i] && data.labelled[TEXT][i]).collect();
         if rows.len() < 2 {
             bail!("sdch needs at least 2 training items labelled in both modalities, found {}", rows.len());
         }
-        let lab = |m: usize| -> Tensor {
-            let l = data.labels[m].mapv(|v| v as f32);
-            array_to_tensor(l.view(), device)
-        };
+        let lab = |m: usize| array_to_tensor(data.labels[m].mapv(|v| v as f32).view(), device);
         let (lx, ly) = (lab(IMAGE), lab(TEXT));
         let img_in = Input::new(IMAGE, &data.views[IMAGE], &arch, device)?;
         let txt_in = Input::new(TEXT, &data.views[TEXT], &arch, device)?;
-
-        let mut sd = Sdch { params: self, net, b: None, n };
-        if let Some(ck) = tr.load_for_resume(&config)? {
-            sd.restore(&ck, &mut opt)?;
-            tr.restore(&ck)?;
+        let mut b = None;
+        if let Some(ck) = trainer.load_for_resume(&config)? {
+            ck.restore_vars(&net.vs)?;
+            opt.restore(&ck)?;
+            b = restore_b(&ck, n, arch.bits, device)?;
+            trainer.restore(&ck)?;
         }
-        let beta = [self.beta1, self.beta2, self.beta3];
-        while let Some(epoch) = tr.next_epoch() {
-            let phase = self.phase(epoch);
-            opt.set_enabled("features", phase != Phase::Hash)?;
-            opt.set_enabled("pretrained", phase != Phase::Hash)?;
-            opt.set_enabled("hash", phase != Phase::Features)?;
-            if phase != Phase::Features && sd.b.is_none() {
-                sd.init_b(data, ctx.seed ^ 0x5DC4)?;
-            }
-            let (mut sum_f, mut sum_h) = (0.0, 0.0);
-            for batch in tr.batches(rows.len(), self.batch_size) {
-                let idx: Vec<usize> = batch.iter().map(|&i| rows[i]).collect();
-                let it = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
-                let (bx, by) = (lx.index_select(0, &it), ly.index_select(0, &it));
-                let x = img_in.batch(&idx, device)?;
-                let y = txt_in.batch(&idx, device)?;
-                let (lf, lh) = sd.batch_losses(phase, &x, &y, &bx, &by, &it, beta);
-                let loss = match (&lf, &lh) {
-                    (Some(f), Some(h)) => f + h * self.gamma,
-                    (Some(f), None) => f.shallow_clone(),
-                    (None, Some(h)) => h * self.gamma,
-                    (None, None) => unreachable!(),
-                };
-                opt.zero_grad();
-                loss.backward();
-                opt.step();
-                let v = loss.double_value(&[]);
-                if !v.is_finite() {
-                    bail!("sdch: the loss became {v} in epoch {epoch}; lower the learning rates");
-                }
-                sum_f += lf.map_or(0.0, |t| t.double_value(&[]));
-                sum_h += lh.map_or(0.0, |t| t.double_value(&[]));
-                tr.batch_done(v);
-            }
-            if phase != Phase::Features {
-                sd.update_b(data)?;
-            }
-            let loss = tr.mean_batch_loss();
-            tr.end_epoch(loss, &format!("phase {phase:?} L_f {sum_f:.4} L_h {sum_h:.4}"))?;
-            let b = sd.b.as_ref().map(|b| b.shallow_clone());
-            let state: Vec<(&str, &Tensor)> = b.as_ref().map(|b| vec![("B", b)]).unwrap_or_default();
-            tr.checkpoint(&sd.net.vs, &opt, &config, &state, serde_json::json!({ "b_initialised": b.is_some() }))?;
-        }
-        if sd.b.is_none() {
-            sd.init_b(data, ctx.seed ^ 0x5DC4)?;
-        }
-        let b = tensor_to_array(sd.b.as_ref().unwrap())?;
-        let train_codes = BinaryCodes::from_signs(b.view());
-        let net = sd.net;
-        Ok(SdchModel { params: self.clone(), net: Mutex::new(net), train_codes, history: tr.history.clone() })
+        Ok(Self { params, trainer, net, b, opt, data, config, img_in, txt_in, lx, ly, rows, seed: ctx.seed })
     }
-}
 
-/// The state of one SDCH fit: networks and B (n × r, ±1, one row per training item).
-pub struct Sdch<'p> {
-    pub params: &'p SdchParams,
-    pub net: SdchNet,
-    pub b: Option<Tensor>,
-    n: usize,
-}
+    /// One epoch of the schedule: B's ITQ initialisation when first needed, the mini-batches,
+    /// B's update (eq. 10), the log line and the checkpoint.
+    pub fn epoch(&mut self, epoch: usize) -> Result<()> {
+        let phase = self.params.phase(epoch);
+        if phase != Phase::Features && self.b.is_none() {
+            self.init_b()?;
+        }
+        let (sum_f, sum_h) = self.train_batches(phase)?;
+        if phase != Phase::Features {
+            self.update_b()?;
+        }
+        let loss = self.trainer.mean_batch_loss();
+        self.trainer.end_epoch(loss, &format!("phase {phase:?} L_f {sum_f:.4} L_h {sum_h:.4}"))?;
+        let b = self.b.as_ref().map(|b| b.shallow_clone());
+        let state: Vec<(&str, &Tensor)> = b.as_ref().map(|b| vec![("B", b)]).unwrap_or_default();
+        self.trainer.checkpoint(&self.net.vs, &self.opt, &self.config, &state, serde_json::json!({ "b_initialised": b.is_some() }))
+    }
 
-impl Sdch<'_> {
+    /// One pass over shuffled mini-batches of the labelled rows, training what `phase` trains.
+    /// Returns the sums of L_f and L_h over the batches.
+    pub fn train_batches(&mut self, phase: Phase) -> Result<(f64, f64)> {
+        self.opt.set_enabled("features", phase != Phase::Hash)?;
+        self.opt.set_enabled("pretrained", phase != Phase::Hash)?;
+        self.opt.set_enabled("hash", phase != Phase::Features)?;
+        if phase != Phase::Features && self.b.is_none() {
+            bail!("internal: B must be initialised before training the hash layer");
+        }
+        let device = self.trainer.device;
+        let beta = [self.params.beta1, self.params.beta2, self.params.beta3];
+        let (mut sum_f, mut sum_h) = (0.0, 0.0);
+        for batch in self.trainer.batches(self.rows.len(), self.params.batch_size) {
+            let idx: Vec<usize> = batch.iter().map(|&i| self.rows[i]).collect();
+            let it = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
+            let (bx, by) = (self.lx.index_select(0, &it), self.ly.index_select(0, &it));
+            let x = self.img_in.batch(&idx, device)?;
+            let y = self.txt_in.batch(&idx, device)?;
+            let (lf, lh) = self.batch_losses(phase, &x, &y, &bx, &by, &it, beta);
+            let loss = match (&lf, &lh) {
+                (Some(f), Some(h)) => f + h * self.params.gamma,
+                (Some(f), None) => f.shallow_clone(),
+                (None, Some(h)) => h * self.params.gamma,
+                (None, None) => unreachable!("every phase has a loss"),
+            };
+            self.opt.zero_grad();
+            loss.backward();
+            self.opt.step();
+            let v = loss.double_value(&[]);
+            if !v.is_finite() {
+                bail!("sdch: the loss became {v} in epoch {}; lower the learning rates", self.trainer.epoch + 1);
+            }
+            sum_f += lf.map_or(0.0, |t| t.double_value(&[]));
+            sum_h += lh.map_or(0.0, |t| t.double_value(&[]));
+            self.trainer.batch_done(v);
+        }
+        Ok((sum_f, sum_h))
+    }
+
+    /// The fitted model (B initialised by ITQ first if no epoch trained the hash layer).
+    pub fn finish(mut self) -> Result<SdchModel> {
+        if self.b.is_none() {
+            self.init_b()?;
+        }
+        let b = tensor_to_array(self.b.as_ref().unwrap())?;
+        let train_codes = BinaryCodes::from_signs(b.view());
+        Ok(SdchModel { params: self.params.clone(), net: Mutex::new(self.net), train_codes, history: self.trainer.history.clone() })
+    }
+
     /// L_f and L_h of one batch as the phase needs them (L_h unscaled by γ).
     #[allow(clippy::too_many_arguments)]
     fn batch_losses(&self, phase: Phase, x: &Tensor, y: &Tensor, lx: &Tensor, ly: &Tensor, idx: &Tensor, beta: [f64; 3]) -> (Option<Tensor>, Option<Tensor>) {
@@ -496,20 +533,21 @@ impl Sdch<'_> {
         (lf, lh)
     }
 
-    fn all_z(&self, data: &TrainSet) -> Result<(Array2<f32>, Array2<f32>)> {
+    fn all_z(&self) -> Result<(Array2<f32>, Array2<f32>)> {
         let chunk = self.params.encode_batch;
-        Ok((self.net.hash_outputs(IMAGE, &data.views[IMAGE], chunk)?, self.net.hash_outputs(TEXT, &data.views[TEXT], chunk)?))
+        Ok((self.net.hash_outputs(IMAGE, &self.data.views[IMAGE], chunk)?, self.net.hash_outputs(TEXT, &self.data.views[TEXT], chunk)?))
     }
 
     /// B initialised by ITQ on Z: R, μ from ITQ on the centred fc4 outputs of every training
     /// image and text; fc4 becomes z ↦ (z − μ)R (weights Rᵀ W, bias (b − μ)R) so Z and B agree;
     /// B = sgn(z_x + z_y) of the rotated outputs.
-    pub fn init_b(&mut self, data: &TrainSet, seed: u64) -> Result<()> {
-        let (zx, zy) = self.all_z(data)?;
+    pub fn init_b(&mut self) -> Result<()> {
+        let (zx, zy) = self.all_z()?;
+        let n = self.data.len();
         let v = ndarray::concatenate(Axis(0), &[zx.view(), zy.view()])?.mapv(|x| x as f64);
         let mu = v.mean_axis(Axis(0)).unwrap();
         let vc = &v - &mu;
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x5DC4);
         let (rot, _) = itq(vc.view(), self.params.itq_iterations, &mut rng)?;
         let vars = self.net.vs.variables();
         let (w, bias) = (&vars["fc4.weight"], &vars["fc4.bias"]);
@@ -522,35 +560,31 @@ impl Sdch<'_> {
             w.shallow_clone().copy_(&new_w);
             bias.shallow_clone().copy_(&new_b);
         });
-        let rotated = (&vc.slice(ndarray::s![..self.n, ..]) + &vc.slice(ndarray::s![self.n.., ..])).dot(&rot);
+        let rotated = (&vc.slice(ndarray::s![..n, ..]) + &vc.slice(ndarray::s![n.., ..])).dot(&rot);
         self.b = Some(array_to_tensor(rotated.mapv(|x| if x >= 0.0 { 1.0f32 } else { -1.0 }).view(), dev));
         Ok(())
     }
 
     /// Eq. 10: B = sgn(Z), one code per item: sgn(z_x + z_y), the minimiser of ‖Z − B‖² when an
     /// item's image and text columns share a column of B.
-    pub fn update_b(&mut self, data: &TrainSet) -> Result<()> {
-        let (zx, zy) = self.all_z(data)?;
+    pub fn update_b(&mut self) -> Result<()> {
+        let (zx, zy) = self.all_z()?;
         let s = (zx + zy).mapv(|x| if x >= 0.0 { 1.0f32 } else { -1.0 });
         self.b = Some(array_to_tensor(s.view(), self.net.vs.device()));
         Ok(())
     }
+}
 
-    fn restore(&mut self, ck: &Checkpoint, opt: &mut Optimizer) -> Result<()> {
-        ck.restore_vars(&self.net.vs)?;
-        opt.restore(ck)?;
-        let has_b = ck.meta.extra.get("b_initialised").and_then(|v| v.as_bool()).ok_or_else(|| anyhow!("{}: corrupt checkpoint: b_initialised missing", ck.path.display()))?;
-        self.b = if has_b {
-            let b = ck.state("B")?;
-            if b.size() != [self.n as i64, self.net.arch.bits as i64] {
-                bail!("{}: state.B is {:?}, expected [{}, {}] (another training set?)", ck.path.display(), b.size(), self.n, self.net.arch.bits);
-            }
-            Some(b.to_kind(Kind::Float).to_device(self.net.vs.device()))
-        } else {
-            None
-        };
-        Ok(())
+fn restore_b(ck: &Checkpoint, n: usize, bits: usize, device: Device) -> Result<Option<Tensor>> {
+    let has_b = ck.meta.extra.get("b_initialised").and_then(|v| v.as_bool()).ok_or_else(|| anyhow!("{}: corrupt checkpoint: b_initialised missing", ck.path.display()))?;
+    if !has_b {
+        return Ok(None);
     }
+    let b = ck.state("B")?;
+    if b.size() != [n as i64, bits as i64] {
+        bail!("{}: state.B is {:?}, expected [{n}, {bits}] (another training set?)", ck.path.display(), b.size());
+    }
+    Ok(Some(b.to_kind(Kind::Float).to_device(device)))
 }
 
 impl Fit for SdchParams {
