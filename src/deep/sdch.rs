@@ -493,9 +493,7 @@ impl<'a> SdchRun<'a> {
                 (None, Some(h)) => h * self.params.gamma,
                 (None, None) => unreachable!("every phase has a loss"),
             };
-            self.opt.zero_grad();
-            loss.backward();
-            self.opt.step();
+            self.opt.backward_step(&loss)?;
             let v = loss.double_value(&[]);
             if !v.is_finite() {
                 bail!("sdch: the loss became {v} in epoch {}; lower the learning rates", self.trainer.epoch + 1);

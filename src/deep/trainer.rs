@@ -23,7 +23,7 @@
 //! let mut opt = Optimizer::new(cfg, groups_from_var_store(&vs, |name| group_of(name), &lrs)?);
 //! if let Some(ck) = tr.load_for_resume(&config_json)? { ck.restore_vars(&vs)?; opt.restore(&ck)?; /* method state */ tr.restore(&ck)?; }
 //! while let Some(epoch) = tr.next_epoch() {
-//!     for idx in tr.batches(n, batch) { /* loss */ opt.zero_grad(); loss.backward(); opt.step(); tr.batch_done(loss); }
+//!     for idx in tr.batches(n, batch) { /* loss */ opt.backward_step(&loss)?; tr.batch_done(loss); }
 //!     tr.end_epoch(loss, "details")?;
 //!     tr.checkpoint(&vs, &opt, &[("B", &b)], json!({..}))?; // also stops here when asked to
 //! }
@@ -142,81 +142,79 @@ impl Optimizer {
         Ok(())
     }
 
-    /// Sets every gradient to zero.
-    pub fn zero_grad(&mut self) {
-        for g in &self.groups {
-            for (_, p) in &g.params {
-                let mut grad = p.grad();
-                if grad.defined() {
-                    let _ = grad.detach_();
-                    let _ = grad.zero_();
-                }
+    /// Back-propagates `loss` to the parameters of the enabled groups only (fresh gradient
+    /// tensors, as `autograd.grad`: nothing accumulates in `.grad`, so there is nothing to zero and
+    /// switched-off groups cost no gradient computation) and applies one update to each.
+    pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
+        let mut names: Vec<(String, Tensor, f64)> = Vec::new();
+        for g in self.groups.iter().filter(|g| g.enabled) {
+            for (name, p) in &g.params {
+                names.push((name.clone(), p.shallow_clone(), g.lr));
             }
         }
-    }
-
-    /// One update of every enabled group's parameters that have a gradient.
-    pub fn step(&mut self) {
-        let cfg = self.cfg;
+        if names.is_empty() {
+            return Ok(());
+        }
+        let inputs: Vec<&Tensor> = names.iter().map(|(_, p, _)| p).collect();
+        let grads = Tensor::f_run_backward(&[loss], &inputs, false, false)?;
         tch::no_grad(|| {
-            for g in &self.groups {
-                if !g.enabled {
-                    continue;
-                }
-                for (name, p) in &g.params {
-                    let mut grad = p.grad();
-                    if !grad.defined() {
-                        continue;
-                    }
-                    let mut p = p.shallow_clone();
-                    let st = self.state.entry(name.clone()).or_insert_with(|| ParamState {
-                        step: 0,
-                        m: p.zeros_like(),
-                        v: if cfg.kind == OptimizerKind::Adam { p.zeros_like() } else { Tensor::new() },
-                        scratch: if cfg.kind == OptimizerKind::Adam { p.zeros_like() } else { Tensor::new() },
-                    });
-                    st.step += 1;
-                    if cfg.weight_decay != 0.0 {
-                        // g ← g + λ p (L2 penalty, torch.optim semantics), without a temporary.
-                        let wd = Tensor::from(cfg.weight_decay as f32).to_device(p.device());
-                        let _ = grad.addcmul_(&p, &wd);
-                    }
-                    match cfg.kind {
-                        OptimizerKind::Adam => {
-                            // m ← β₁m + (1−β₁)g ; v ← β₂v + (1−β₂)g² ;
-                            // p ← p − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)
-                            let _ = st.m.lerp_(&grad, 1.0 - ADAM_BETA1);
-                            let _ = grad.g_mul_scalar_((1.0 - ADAM_BETA2).sqrt());
-                            let _ = st.v.g_mul_scalar_(ADAM_BETA2);
-                            let _ = st.v.addcmul_(&grad, &grad);
-                            let t = st.step as i32;
-                            let bc1 = 1.0 - ADAM_BETA1.powi(t);
-                            let bc2 = 1.0 - ADAM_BETA2.powi(t);
-                            let step_size = g.lr / bc1;
-                            if step_size == 0.0 {
-                                continue; // a frozen group (lr 0): moments advance, p stays
-                            }
-                            let _ = st.v.sqrt_out(&st.scratch);
-                            // scratch ← −(√v/√bc2 + ε)/step_size, so p += m / scratch.
-                            let _ = st.scratch.g_mul_scalar_(-1.0 / (step_size * bc2.sqrt()));
-                            let _ = st.scratch.g_add_scalar_(-ADAM_EPS / step_size);
-                            let _ = p.addcdiv_(&st.m, &st.scratch);
-                        }
-                        OptimizerKind::Sgd => {
-                            // buf ← μ buf + g (buf = g at the first step) ; p ← p − lr buf
-                            if st.step == 1 {
-                                let _ = st.m.copy_(&grad);
-                            } else {
-                                let _ = st.m.g_mul_scalar_(SGD_MOMENTUM);
-                                let _ = st.m.g_add_(&grad);
-                            }
-                            let neg_lr = Tensor::from(-g.lr as f32).to_device(p.device());
-                            let _ = p.addcmul_(&st.m, &neg_lr);
-                        }
-                    }
+            for ((name, p, lr), grad) in names.into_iter().zip(grads) {
+                if grad.defined() {
+                    self.update(&name, p, grad, lr);
                 }
             }
         });
+        Ok(())
+    }
+
+    /// One update of parameter `p` with gradient `grad` (which it may overwrite).
+    fn update(&mut self, name: &str, mut p: Tensor, mut grad: Tensor, lr: f64) {
+        let cfg = self.cfg;
+        let st = self.state.entry(name.to_string()).or_insert_with(|| ParamState {
+            step: 0,
+            m: p.zeros_like(),
+            v: if cfg.kind == OptimizerKind::Adam { p.zeros_like() } else { Tensor::new() },
+            scratch: if cfg.kind == OptimizerKind::Adam { p.zeros_like() } else { Tensor::new() },
+        });
+        st.step += 1;
+        if cfg.weight_decay != 0.0 {
+            // g ← g + λ p (L2 penalty, torch.optim semantics), without a temporary.
+            let wd = Tensor::from(cfg.weight_decay as f32).to_device(p.device());
+            let _ = grad.addcmul_(&p, &wd);
+        }
+        match cfg.kind {
+            OptimizerKind::Adam => {
+                // m ← β₁m + (1−β₁)g ; v ← β₂v + (1−β₂)g² ;
+                // p ← p − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)
+                let _ = st.m.lerp_(&grad, 1.0 - ADAM_BETA1);
+                let _ = grad.g_mul_scalar_((1.0 - ADAM_BETA2).sqrt());
+                let _ = st.v.g_mul_scalar_(ADAM_BETA2);
+                let _ = st.v.addcmul_(&grad, &grad);
+                let t = st.step as i32;
+                let bc1 = 1.0 - ADAM_BETA1.powi(t);
+                let bc2 = 1.0 - ADAM_BETA2.powi(t);
+                let step_size = lr / bc1;
+                if step_size == 0.0 {
+                    return; // a frozen group (lr 0): moments advance, p stays
+                }
+                let _ = st.v.sqrt_out(&st.scratch);
+                // scratch ← −(√v/√bc2 + ε)/step_size, so p += m / scratch.
+                let _ = st.scratch.g_mul_scalar_(-1.0 / (step_size * bc2.sqrt()));
+                let _ = st.scratch.g_add_scalar_(-ADAM_EPS / step_size);
+                let _ = p.addcdiv_(&st.m, &st.scratch);
+            }
+            OptimizerKind::Sgd => {
+                // buf ← μ buf + g (buf = g at the first step) ; p ← p − lr buf
+                if st.step == 1 {
+                    let _ = st.m.copy_(&grad);
+                } else {
+                    let _ = st.m.g_mul_scalar_(SGD_MOMENTUM);
+                    let _ = st.m.g_add_(&grad);
+                }
+                let neg_lr = Tensor::from(-lr as f32).to_device(p.device());
+                let _ = p.addcmul_(&st.m, &neg_lr);
+            }
+        }
     }
 
     /// State tensors for a checkpoint (`optim.<param>.m`, `optim.<param>.v`).
@@ -639,10 +637,8 @@ mod tests {
             let mut expect = [1.0f64, -2.0];
             let (mut m, mut v) = ([0.0f64; 2], [0.0f64; 2]);
             for t in 1..=3 {
-                opt.zero_grad();
                 let loss = (&p * &p).sum(Kind::Float) * 0.5;
-                loss.backward();
-                opt.step();
+                opt.backward_step(&loss).unwrap();
                 for i in 0..2 {
                     let g = expect[i] + 0.5 * expect[i];
                     match kind {
@@ -667,9 +663,7 @@ mod tests {
             // A disabled group is left alone.
             opt.set_enabled("all", false).unwrap();
             let before = Vec::<f32>::try_from(&p).unwrap();
-            opt.zero_grad();
-            (&p * &p).sum(Kind::Float).backward();
-            opt.step();
+            opt.backward_step(&(&p * &p).sum(Kind::Float)).unwrap();
             assert_eq!(before, Vec::<f32>::try_from(&p).unwrap());
         }
     }
