@@ -33,6 +33,8 @@ pub enum Command {
     /// The main job: emoji image–text benchmark, every method at 32 and 64 bits, standard and
     /// zero-shot protocols, one table, report folder with codes and pictures.
     Demo(crate::demo::DemoArgs),
+    /// Write AlexNet fc7 image features of a bundle's images into a new bundle.
+    Features(crate::deep::features::FeaturesArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -169,6 +171,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Data(DataCommand::EmbedClasses(a)) => crate::semantics::run_embed_classes(&a),
         Command::Data(DataCommand::Emoji(a)) => crate::semantics::run_build_emoji(&a),
         Command::Demo(a) => crate::demo::run_demo(&a),
+        Command::Features(a) => crate::deep::features::run_features(&a),
         Command::Train(a) => train(&a),
         Command::Eval(a) => eval(&a),
         Command::Search(a) => crate::search::run(&a),

@@ -46,6 +46,7 @@ pub fn fit_method(method: &str, table: &toml::Table, data: &TrainSet, ctx: &FitC
         "random" => fit_boxed::<RandomCodes>(method, table, data, ctx),
         "sch" => fit_boxed::<crate::shallow::sch::SchParams>(method, table, data, ctx),
         "cca-itq" => fit_boxed::<crate::shallow::cca_itq::CcaItqParams>(method, table, data, ctx),
+        "sdch" => fit_boxed::<crate::deep::sdch::SdchParams>(method, table, data, ctx),
         other if METHODS.contains(&other) => bail!("method {other} is not built into this version of cmh"),
         other => bail!("unknown method {other:?}; methods are {}", METHODS.join(", ")),
     }
@@ -61,6 +62,7 @@ pub fn load_model(dir: &Path) -> Result<Box<dyn HashModel>> {
         "random" => Ok(Box::new(RandomModel::load(dir)?)),
         "sch" => Ok(Box::new(crate::shallow::sch::SchModel::load(dir)?)),
         "cca-itq" => Ok(Box::new(crate::shallow::cca_itq::CcaItqModel::load(dir)?)),
+        "sdch" => Ok(Box::new(crate::deep::sdch::load(dir)?)),
         other => bail!("{}: method {other:?} cannot be loaded by this version of cmh", p.display()),
     }
 }
