@@ -140,3 +140,75 @@ fn same_path(a: &Path, b: &Path) -> bool {
         _ => a == b,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::FixedSplit;
+    use crate::deep::tensors::write_safetensors;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn writes_fc7_features_into_a_new_bundle() {
+        let d = crate::deep::test_support::big_tempdir();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let n = 4;
+        let images = ndarray::Array4::from_shape_simple_fn((n, 40, 48, 3), || rng.gen::<u8>());
+        let text = Array2::from_shape_simple_fn((n, 3), || rng.gen::<f32>());
+        let w = BundleWriter {
+            name: "tiny".into(),
+            source: "test".into(),
+            classes: vec!["a".into(), "b".into()],
+            modalities: vec![
+                NewModality { name: "image".into(), images: Some(images.clone()), ..Default::default() },
+                NewModality { name: "text".into(), features: Some(text.clone()), ..Default::default() },
+            ],
+            labels: vec![crate::bundle::one_hot(&[0, 1, 0, 1], 2)],
+            split: Some(FixedSplit { train: vec![0, 1], query: vec![2, 3], database: vec![0, 1] }),
+            ..Default::default()
+        };
+        let src = d.path().join("src");
+        w.write(&src, false).unwrap();
+        let weights = d.path().join("alexnet.safetensors");
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let net = AlexNet::new(&vs.root(), 1000);
+        crate::deep::trainer::init_default(&vs, 3, &[]).unwrap();
+        write_safetensors(&weights, &vs.variables().into_iter().collect::<Vec<_>>(), Default::default()).unwrap();
+        let out = d.path().join("out");
+        let args = FeaturesArgs {
+            backbone: Backbone::Alexnet,
+            weights: weights.clone(),
+            data: src.clone(),
+            out: out.clone(),
+            size: 64,
+            batch_size: 3,
+            device: DeviceChoice::Cpu,
+            keep_images: false,
+            force: false,
+            progress: false,
+        };
+        run_features(&args).unwrap();
+        let b = Bundle::load(&out).unwrap();
+        let fc7 = b.modalities[0].features.as_ref().unwrap();
+        let want = alexnet_fc7(&net, images.view(), 64, n, tch::Device::Cpu, None).unwrap();
+        assert_eq!(fc7.dim(), (n, 4096));
+        assert!(fc7.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-5 * b.abs().max(1.0)), "batching does not change fc7");
+        assert!(fc7.iter().all(|&v| v >= 0.0) && fc7.iter().any(|&v| v > 0.0), "fc7 is taken after its ReLU");
+        assert!(b.modalities[0].images.is_none());
+        assert_eq!(b.modalities[1].features.as_ref().unwrap(), &text);
+        assert_eq!(b.split.as_ref().unwrap().query, vec![2, 3]);
+        assert_eq!(b.labels[0], crate::bundle::one_hot(&[0, 1, 0, 1], 2));
+        // Refusals: existing output, a bundle without images, a tiny size, weights of another net.
+        let e = format!("{:#}", run_features(&args).unwrap_err());
+        assert!(e.contains("already exists"), "{e}");
+        let e = format!("{:#}", run_features(&FeaturesArgs { data: out.clone(), out: d.path().join("o2"), ..args.clone() }).unwrap_err());
+        assert!(e.contains("no modality holds raw images"), "{e}");
+        let e = format!("{:#}", run_features(&FeaturesArgs { size: 32, out: d.path().join("o3"), ..args.clone() }).unwrap_err());
+        assert!(e.contains("at least 63"), "{e}");
+        let small = d.path().join("small.safetensors");
+        write_safetensors(&small, &[("features.0.weight".to_string(), tch::Tensor::zeros([2, 2], (tch::Kind::Float, tch::Device::Cpu)))], Default::default()).unwrap();
+        let e = format!("{:#}", run_features(&FeaturesArgs { weights: small, out: d.path().join("o4"), ..args.clone() }).unwrap_err());
+        assert!(e.contains("features.0.weight is [2, 2], expected [64, 3, 11, 11]") && e.contains("missing tensors: features.0.bias"), "{e}");
+        assert!(!d.path().join("o4").exists());
+    }
+}
