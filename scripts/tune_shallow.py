@@ -39,6 +39,16 @@ GRIDS = {
         "alpha": [4.5, 2.0, 10.0],
         "lambda": [None, [0.5, 0.5]],
     },
+    # Stage 3, after stage 2 confirmed stage 1's choice: the label-embedding weight and the
+    # stopping rule (tol = 1e-4 stops the chosen setting after 5-10 sweeps).
+    "sch-stage3": {
+        "rho": [0.002],
+        "mu": [1.0],
+        "sigma_scale": [[1.0, 0.7]],
+        "beta": [0.01, 0.1, 1.0],
+        "max_iter": [50],
+        "tol": [1e-4, 1e-6],
+    },
 }
 
 COLS = ["i2t_B", "t2i_B", "i2t_enc", "t2i_enc"]

@@ -20,7 +20,8 @@
 //!   at 64+ bits (the block descent is non-convex). By default G is c random distinct rows of a
 //!   Hadamard matrix ([`ClassCodes::Hadamard`]: class codes k/2 bits apart; coin flips collide in
 //!   many bits at 16 bits), chosen on the Wikipedia validation split (scripts/tune_shallow.py).
-//! - φ is centred with its training mean; σ = mean distance from the training rows to the anchors.
+//! - φ is centred with its training mean; σₜ = `sigma_scale[t]` (default 1) × the mean distance
+//!   from the training rows to the anchors.
 //! - SCH needs labels: it trains on the rows labelled in every modality
 //!   ([`TrainSet::common_labelled`], labels = union over modalities). Training rows outside that
 //!   set still get a learned code in [`SchModel::train_codes`]: b = sgn((Σₜ λₜ φₜ(xₜ)Wₜ)R), the
@@ -450,16 +451,16 @@ impl Fit for SchParams {
         timings.features_s = clock.elapsed().as_secs_f64();
         let clock = std::time::Instant::now();
 
-        // Initialisation: F₀ = YG (a random ±1 code per class, see `ClassCodes`), B = sgn(F₀), R = I, then one pass
-        // of the U, V, W, R, B updates so every block is consistent before the first sweep.
+        // Initialisation: F₀ = YG (a random ±1 code per class, see `ClassCodes`) and B₀ = sgn(F₀);
+        // then U, V, W from F₀ (eqs. 12, 15, 18), R from F₀ and B₀ (20) and B (24), so that every
+        // block is consistent before the first sweep.
         let c = y.ncols();
         let g = match self.class_codes {
             ClassCodes::Hadamard => hadamard_class_codes(c, k, &mut rng),
             ClassCodes::Random => random_class_codes(c, k, &mut rng),
         };
         let mut f = y.dot(&g);
-        let mut b = sgn(f.view());
-        let mut r = Array2::<f64>::eye(k);
+        let b0 = sgn(f.view());
         let mut u = update_u(self, f.view(), y.view())?;
         let mut v = update_v(self, f.view(), y.view())?;
         let mut w: Vec<Array2<f64>> = Vec::with_capacity(m);
@@ -467,8 +468,8 @@ impl Fit for SchParams {
             w.push(update_w(&wfac[t], phi[t].view(), f.view())?);
         }
         let mut pw: Vec<Array2<f64>> = (0..m).map(|t| par_dot(phi[t].view(), w[t].view())).collect();
-        r = update_r(f.view(), b.view()).unwrap_or(r);
-        b = update_b(f.view(), r.view());
+        let mut r = update_r(f.view(), b0.view())?;
+        let mut b = update_b(f.view(), r.view());
         let mut history = vec![objective(self, y.view(), f.view(), u.view(), v.view(), b.view(), r.view(), &w, &pw)];
 
         for _ in 0..self.max_iter {
