@@ -276,6 +276,7 @@ fn relevance_general(rel: impl Fn(usize) -> bool, rel8: &mut [u8], relbits: &mut
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
+#[allow(clippy::needless_range_loop)]
 unsafe fn relevance_avx512(qm: u64, dm: &[u64], rel8: &mut [u8], relbits: &mut [u64]) {
     use std::arch::x86_64::*;
     let n = dm.len();
@@ -366,6 +367,7 @@ unsafe fn sum_ratios_avx512(hit_rank: &[u64]) -> f64 {
 ///    of bucket d before it), so its rank is S_d + pos + 1 and it is the (H_d + m + 1)-th hit
 ///    (one packed table entry per segment and distance adds all four terms at once).
 /// 4. AP = (1/R) Σ hits/rank, summed in 8 independent lanes (vectorised division).
+#[allow(clippy::needless_range_loop)]
 fn query_stats(s: &mut Scratch, bits: usize, opts: &EvalOptions) -> QueryStats {
     let n = s.dist.len();
     let nb = bits + 1;
