@@ -140,6 +140,11 @@ fn put_times(out: &mut serde_json::Value, t: &Timing) {
 fn main() -> Result<()> {
     // `cargo bench` appends --bench; ignore it.
     let args: Vec<String> = std::env::args().filter(|a| a != "--bench").collect();
+    if args.len() == 1 {
+        // Plain `cargo bench`: nothing to time without input files.
+        println!("benches/search.rs times cmh on given .npy files; run scripts/bench_search.py or scripts/bench_eval.py (see --help)");
+        return Ok(());
+    }
     let cli = Cli::parse_from(args);
     let common = match &cli.cmd {
         Cmd::Topk { common, .. } | Cmd::Radius { common, .. } | Cmd::Limit { common, .. } | Cmd::Eval { common, .. } => {

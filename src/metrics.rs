@@ -11,8 +11,9 @@
 //! - precision–recall by Hamming radius r = 0..bits: over items within distance ≤ r, precision
 //!   averaged over queries that retrieve at least one item, recall over all counted queries.
 //!
-//! Algorithm (no ranking is ever sorted): per query, distances to the whole database, then one
-//! pass in database order that counts items per distance bucket (all, and relevant) and records,
+//! Algorithm (no ranking is ever sorted; details at `query_stats`): per query, distances and
+//! relevance flags for the whole database, then one counting pass that counts items per distance
+//! bucket (all, and relevant) and records,
 //! for each relevant item, its bucket d, its position among the bucket's items so far (`pos`) and
 //! among the bucket's relevant items so far (`m`). Ranking by (distance, index) puts bucket d after
 //! the S_d items of smaller distance, and within the bucket in index order, so that item has rank
@@ -151,9 +152,9 @@ pub fn evaluate_with(
             |s, i| {
                 crate::search::distances_with(kernel, q.row(i), db, &mut s.dist);
                 if qs.words == 1 {
-                    relevance_single_word(kernel, qs.data[i], &ds.data, &mut s.rel8, &mut s.relbits);
+                    s.n_rel = relevance_single_word(kernel, qs.data[i], &ds.data, &mut s.inc, &mut s.rel_idx);
                 } else {
-                    relevance_general(|j| qs.shares(i, &ds, j), &mut s.rel8, &mut s.relbits);
+                    s.n_rel = relevance_general(|j| qs.shares(i, &ds, j), &mut s.inc, &mut s.rel_idx);
                 }
                 query_stats(s, bits, opts)
             },
@@ -224,10 +225,12 @@ const SEGS: usize = 2;
 /// Per-thread buffers, reused across queries.
 struct Scratch {
     dist: Vec<u32>,
-    /// 1 if database item j is relevant to the query, else 0.
-    rel8: Vec<u8>,
-    /// The same as a bitmask (bit j % 64 of word j / 64).
-    relbits: Vec<u64>,
+    /// Counter increment of database item j: 1 (one more item), plus 1 << 32 (one more relevant
+    /// item) when it is relevant to the query.
+    inc: Vec<u64>,
+    /// Indices of the relevant items, ascending (the first `n_rel` entries).
+    rel_idx: Vec<u32>,
+    n_rel: usize,
     /// Per item: its segment's counter of its distance bucket before it (low 32 bits: items,
     /// high 32 bits: relevant items).
     local: Vec<u64>,
@@ -241,8 +244,10 @@ impl Scratch {
     fn new(n: usize, bits: usize) -> Self {
         Self {
             dist: vec![0; n],
-            rel8: vec![0; n],
-            relbits: vec![0; n.div_ceil(64)],
+            inc: vec![0; n],
+            // 16 spare entries: the vector code stores 16 lanes at a time.
+            rel_idx: vec![0; n + 16],
+            n_rel: 0,
             local: vec![0; n],
             hist: vec![0; (SEGS + 1) * (bits + 1)],
             hit_rank: vec![0; n],
@@ -250,57 +255,64 @@ impl Scratch {
     }
 }
 
-/// rel8 / relbits for labels of at most 64 classes (one u64 bitset per item).
-fn relevance_single_word(kernel: Kernel, qm: u64, dm: &[u64], rel8: &mut [u8], relbits: &mut [u64]) {
+const INC_REL: u64 = 1 + (1 << 32);
+
+/// inc / rel_idx for labels of at most 64 classes (one u64 bitset per item); returns the number
+/// of relevant items.
+fn relevance_single_word(kernel: Kernel, qm: u64, dm: &[u64], inc: &mut [u64], rel_idx: &mut [u32]) -> usize {
     #[cfg(target_arch = "x86_64")]
     if kernel == Kernel::Avx512 {
         // SAFETY: the AVX-512 kernel is only chosen when the CPU has it (checked by the caller).
-        unsafe { relevance_avx512(qm, dm, rel8, relbits) };
-        return;
+        return unsafe { relevance_avx512(qm, dm, inc, rel_idx) };
     }
     let _ = kernel;
-    relevance_general(|j| qm & dm[j] != 0, rel8, relbits)
+    relevance_general(|j| qm & dm[j] != 0, inc, rel_idx)
 }
 
-fn relevance_general(rel: impl Fn(usize) -> bool, rel8: &mut [u8], relbits: &mut [u64]) {
-    for (w, (word, r8)) in relbits.iter_mut().zip(rel8.chunks_mut(64)).enumerate() {
-        let mut m = 0u64;
-        for (t, r) in r8.iter_mut().enumerate() {
-            let x = rel(w * 64 + t);
-            *r = x as u8;
-            m |= (x as u64) << t;
-        }
-        *word = m;
+fn relevance_general(rel: impl Fn(usize) -> bool, inc: &mut [u64], rel_idx: &mut [u32]) -> usize {
+    let mut nr = 0;
+    for (j, ic) in inc.iter_mut().enumerate() {
+        let x = rel(j);
+        *ic = if x { INC_REL } else { 1 };
+        rel_idx[nr] = j as u32;
+        nr += x as usize;
     }
+    nr
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn relevance_avx512(qm: u64, dm: &[u64], rel8: &mut [u8], relbits: &mut [u64]) {
+unsafe fn relevance_avx512(qm: u64, dm: &[u64], inc: &mut [u64], rel_idx: &mut [u32]) -> usize {
     use std::arch::x86_64::*;
     let n = dm.len();
-    assert!(rel8.len() == n && relbits.len() == n.div_ceil(64));
+    assert!(inc.len() == n && rel_idx.len() >= n + 16);
     let q = _mm512_set1_epi64(qm as i64);
-    let one = _mm512_set1_epi8(1);
-    let full = n / 64;
-    for w in 0..full {
-        let p = dm.as_ptr().add(w * 64) as *const i64;
-        let mut m = 0u64;
-        for t in 0..8 {
-            m |= (_mm512_test_epi64_mask(_mm512_loadu_epi64(p.add(8 * t)), q) as u64) << (8 * t);
-        }
-        relbits[w] = m;
-        _mm512_storeu_epi64(rel8.as_mut_ptr().add(w * 64) as *mut i64, _mm512_maskz_mov_epi8(m, one));
+    let (one, both) = (_mm512_set1_epi64(1), _mm512_set1_epi64(INC_REL as i64));
+    let mut iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let sixteen = _mm512_set1_epi32(16);
+    let mut nr = 0;
+    let mut j = 0;
+    while j + 16 <= n {
+        let p = dm.as_ptr().add(j) as *const i64;
+        let o = inc.as_mut_ptr().add(j) as *mut i64;
+        let k0 = _mm512_test_epi64_mask(_mm512_loadu_epi64(p), q);
+        let k1 = _mm512_test_epi64_mask(_mm512_loadu_epi64(p.add(8)), q);
+        _mm512_storeu_epi64(o, _mm512_mask_blend_epi64(k0, one, both));
+        _mm512_storeu_epi64(o.add(8), _mm512_mask_blend_epi64(k1, one, both));
+        let k = (k0 as u16) | ((k1 as u16) << 8);
+        // Indices of the relevant lanes, packed to the front (compress in register, then store).
+        _mm512_storeu_epi32(rel_idx.as_mut_ptr().add(nr) as *mut i32, _mm512_maskz_compress_epi32(k, iota));
+        nr += k.count_ones() as usize;
+        iota = _mm512_add_epi32(iota, sixteen);
+        j += 16;
     }
-    if full * 64 < n {
-        let mut m = 0u64;
-        for j in full * 64..n {
-            let x = qm & dm[j] != 0;
-            rel8[j] = x as u8;
-            m |= (x as u64) << (j - full * 64);
-        }
-        relbits[full] = m;
+    for j in j..n {
+        let x = qm & dm[j] != 0;
+        inc[j] = if x { INC_REL } else { 1 };
+        rel_idx[nr] = j as u32;
+        nr += x as usize;
     }
+    nr
 }
 
 /// One query's contribution to the means.
@@ -361,18 +373,19 @@ unsafe fn sum_ratios_avx512(hit_rank: &[u64]) -> f64 {
 ///    records its segment's counter before it.
 /// 2. Prefix sums over segments turn each segment's histogram into its offsets, and over
 ///    distances into S_d, H_d (items and relevant items at distance < d).
-/// 3. For each relevant item (bitmask order = database order) in bucket d: its segment counter
+/// 3. For each relevant item (`rel_idx`, in database order) in bucket d: its segment counter
 ///    plus the segment's offset gives `pos` (items of bucket d before it) and `m` (relevant items
 ///    of bucket d before it), so its rank is S_d + pos + 1 and it is the (H_d + m + 1)-th hit
 ///    (one packed table entry per segment and distance adds all four terms at once).
 /// 4. AP = (1/R) Σ hits/rank, summed in 8 independent lanes (vectorised division).
+#[allow(clippy::needless_range_loop)]
 fn query_stats(s: &mut Scratch, bits: usize, opts: &EvalOptions) -> QueryStats {
     let n = s.dist.len();
     let nb = bits + 1;
     s.hist.fill(0);
     let seg = (n / SEGS) & !63;
     {
-        let (dist, rel8, local) = (&s.dist[..n], &s.rel8[..n], &mut s.local[..n]);
+        let (dist, inc, local) = (&s.dist[..n], &s.inc[..n], &mut s.local[..n]);
         let hist = &mut s.hist[..(SEGS + 1) * nb];
         let mut step = |h: usize, e: usize| {
             // SAFETY: e < n (callers), distances are <= bits so h * nb + d < (SEGS + 1) * nb.
@@ -381,7 +394,7 @@ fn query_stats(s: &mut Scratch, bits: usize, opts: &EvalOptions) -> QueryStats {
                 debug_assert!(d <= bits);
                 let slot = hist.get_unchecked_mut(h * nb + d);
                 let c = *slot;
-                *slot = c + 1 + ((*rel8.get_unchecked(e) as u64) << 32);
+                *slot = c + *inc.get_unchecked(e);
                 *local.get_unchecked_mut(e) = c;
             }
         };
@@ -422,24 +435,22 @@ fn query_stats(s: &mut Scratch, bits: usize, opts: &EvalOptions) -> QueryStats {
             *x += (h1[d] << 32) + s1[d];
         }
     }
-    let mut nr = 0;
+    // Relevant items in database order; segment h covers indices [lo, hi).
+    let nr = s.n_rel;
+    let rel_idx = &s.rel_idx[..nr];
+    let mut i = 0;
     for h in 0..=SEGS {
-        let (lo, hi) = if h < SEGS { (h * seg, (h + 1) * seg) } else { (SEGS * seg, n) };
+        let hi = if h < SEGS { (h + 1) * seg } else { n };
         let base = &s.hist[h * nb..(h + 1) * nb];
-        let (dist, local, relbits) = (&s.dist[..n], &s.local[..n], &s.relbits[..n.div_ceil(64)]);
-        let out = &mut s.hit_rank[..n];
-        for w in lo / 64..hi.div_ceil(64) {
-            let mut m = relbits[w];
-            while m != 0 {
-                let e = w * 64 + m.trailing_zeros() as usize;
-                m &= m - 1;
-                // SAFETY: e < n (relbits has no bits at or beyond n); d <= bits < nb; nr < n (one
-                // entry per set bit of relbits, all below n).
-                unsafe {
-                    *out.get_unchecked_mut(nr) = *local.get_unchecked(e) + *base.get_unchecked(*dist.get_unchecked(e) as usize);
-                }
-                nr += 1;
+        let (dist, local) = (&s.dist[..n], &s.local[..n]);
+        let out = &mut s.hit_rank[..nr];
+        while i < nr && (rel_idx[i] as usize) < hi {
+            let e = rel_idx[i] as usize;
+            // SAFETY: e < n (indices of items), d <= bits < nb.
+            unsafe {
+                *out.get_unchecked_mut(i) = *local.get_unchecked(e) + *base.get_unchecked(*dist.get_unchecked(e) as usize);
             }
+            i += 1;
         }
     }
     assert_eq!(nr, total_rel);

@@ -18,6 +18,8 @@
 //! Kernels: AVX-512 (VPOPCNTDQ + BITALG), AVX2 (nibble lookup with `vpshufb`, Mula's method),
 //! scalar POPCNT, and a portable fallback (`count_ones`).
 
+#![allow(clippy::needless_range_loop)] // lane and word indices read more clearly in SIMD code
+
 use super::select::Cand;
 
 /// A popcount implementation; [`Kernel::auto`] picks the fastest the CPU has.
@@ -407,7 +409,7 @@ mod scalar {
                     *o = (u64::from_le_bytes(row.try_into().unwrap()) ^ qw[0]).count_ones();
                 }
             }
-            Layout::Words if geo.stride % 8 == 0 => {
+            Layout::Words if geo.stride.is_multiple_of(8) => {
                 for (o, row) in out.iter_mut().zip(native.chunks_exact(geo.stride)) {
                     let mut d = 0;
                     let last = geo.w - 1;
@@ -659,7 +661,7 @@ mod avx512 {
     /// transposition: one permutation per output register.
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     pub unsafe fn repack_words(native: &[u8], ncodes: usize, w: usize, out: &mut [u64]) {
-        assert!(native.len() >= ncodes * 8 * w && out.len() >= ncodes * w && ncodes % 8 == 0);
+        assert!(native.len() >= ncodes * 8 * w && out.len() >= ncodes * w && ncodes.is_multiple_of(8));
         let src = native.as_ptr() as *const i64;
         let dst = out.as_mut_ptr() as *mut i64;
         if w == 2 {

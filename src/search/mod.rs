@@ -265,14 +265,14 @@ fn execute(queries: CodesRef, db: CodesRef, mode: Mode, opts: &SearchOptions) ->
     // Merge shards: each shard's list is in (distance, index) order and shards cover increasing
     // index ranges, so a stable counting sort of their concatenation is in (distance, index) order.
     let mut out = Vec::with_capacity(nq);
-    for b in 0..nq.div_ceil(qb) {
-        for i in 0..(((b + 1) * qb).min(nq) - b * qb) {
+    for block in per_task.chunks_mut(nshards) {
+        for i in 0..block[0].len() {
             let mut keys = if nshards == 1 {
-                std::mem::take(&mut per_task[b][i])
+                std::mem::take(&mut block[0][i])
             } else {
                 let mut all = Vec::new();
-                for s in 0..nshards {
-                    all.append(&mut per_task[b * nshards + s][i]);
+                for shard in block.iter_mut() {
+                    all.append(&mut shard[i]);
                 }
                 select::sort_by_distance(&mut all, bits);
                 all
@@ -283,6 +283,7 @@ fn execute(queries: CodesRef, db: CodesRef, mode: Mode, opts: &SearchOptions) ->
             out.push(keys);
         }
     }
+    debug_assert_eq!(out.len(), nq);
     Ok(out)
 }
 
