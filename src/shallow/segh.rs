@@ -58,13 +58,15 @@
 //! H Hᵀ = nI there fills the extra bits with within-class noise (a numpy study on Wikipedia: mAP
 //! with learned codes fell from 0.25 to 0.20 I→T between 16 and 128 bits), so beyond rank Z the
 //! extra bits are rotations of the same r dimensions. Under the constraint:
-//! - H step ([`update_h`]): the unconstrained minimiser of eq. 10, H̃ = ΣμPZ · M⁻¹, projected onto
+//! - H step ([`update_v`]): the unconstrained minimiser of eq. 10, H̃ = ΣμPZ · M⁻¹, projected onto
 //!   the constraint set: V = √n · polar(centred H̃ R) (orthogonal Procrustes: the nearest V with
 //!   VVᵀ = nI to H̃'s coordinates in R).
 //! - R: eq. 8 is invariant to R once P is re-fitted (‖RV − PZ‖ splits into ‖V − RᵀPZ‖ plus a part
 //!   that P zeroes; tr(RVLVᵀRᵀ) = tr(VLVᵀ)), so R is chosen to minimise the quantisation loss
-//!   ‖B − RV‖², B = sign(RV) (ITQ, Gong & Lazebnik), warm-started across iterations.
+//!   ‖B − RV‖², B = sign(RV) (ITQ, Gong & Lazebnik).
 //! - P step: eq. 9 unchanged.
+//! - In the coordinates of R (Pᵥ = RᵀP) eq. 8, the V update and the P update do not involve R at
+//!   all, so the iterations run with r-dimensional V and Pᵥ, and R is fitted once at the end.
 //! - B = sign(H); out-of-sample hᵐ(x) = sign(P Wₘ (x − x̄ₘ)).
 //!
 //! With r = rank Z the constrained iteration reaches its fixed subspace after one step (the row
@@ -76,7 +78,9 @@
 //! Items with no visible label in modality m are left out of modality m's step-1 fit and have a
 //! zero row in the label affinity: they are tied to the rest by the kNN terms only. Zero-shot needs
 //! nothing special: train on seen classes; unseen-class items are encoded through Wₘ into the
-//! space of the class embeddings, which carry the semantics of the unseen classes.
+//! space of the class embeddings. Since step 1 is linear, Zₘ lies in the span of the *seen*
+//! classes' embeddings: an unseen class is represented by its projection onto that span, so
+//! transfer works to the extent that the embeddings relate unseen to seen classes.
 
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, to_f64, Fit, FitContext, HashModel, TrainSet, View};
@@ -125,7 +129,7 @@ pub struct SeghParams {
     pub eta: f64,
     /// Neighbours per item in the intra-modality kNN graphs (eqs. 3, 4).
     pub k: usize,
-    /// Alternations of the H (10) and P (9) updates.
+    /// Alternations of the H (10) and P (9) updates (at most; see `objective_tol`).
     pub iterations: usize,
     /// ITQ iterations for the rotation R in each H update.
     pub itq_iterations: usize,
@@ -133,6 +137,12 @@ pub struct SeghParams {
     /// Relative residual at which conjugate gradient stops.
     pub cg_tol: f64,
     pub cg_max_iter: usize,
+    /// The kNN search is exact (kd-tree) up to this many training items and approximate above
+    /// (random-projection forest + neighbour exploring), where exact search in the ~C-dimensional
+    /// semantic space is no longer near-linear.
+    pub knn_exact_up_to: usize,
+    /// Stop iterating when the objective (eq. 8) changes by less than this fraction.
+    pub objective_tol: f64,
 }
 
 impl Default for SeghParams {
@@ -148,6 +158,8 @@ impl Default for SeghParams {
             constraint: CodeConstraint::Orthogonal,
             cg_tol: 1e-8,
             cg_max_iter: 2000,
+            knn_exact_up_to: 10_000,
+            objective_tol: 1e-9,
         }
     }
 }
@@ -188,6 +200,7 @@ impl SeghParams {
         if !(self.cg_tol > 0.0 && self.cg_tol < 1.0) {
             bail!("segh: cg_tol must lie in (0, 1), found {}", self.cg_tol);
         }
+        ensure_nonneg("segh objective_tol", self.objective_tol)?;
         if self.cg_max_iter == 0 {
             bail!("segh: cg_max_iter must be at least 1");
         }
@@ -224,6 +237,8 @@ pub struct FitInfo {
     pub seconds_step1: f64,
     pub seconds_graph: f64,
     pub seconds_step2: f64,
+    /// Of which the ITQ rotation.
+    pub seconds_itq: f64,
 }
 
 impl SeghModel {
@@ -427,39 +442,56 @@ fn fit_impl(params: &SeghParams, data: &TrainSet, ctx: &FitContext, solver: Solv
     let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
     let mut info = FitInfo::default();
 
+    // Orthonormal basis Q (e × q) of the span of the embeddings of the classes that label training
+    // items. S, hence the minimum-norm Wₘ of eq. 7 and every Zₘ, lies in that span (q ≤ C), so
+    // step 1 is solved for W̃ₘ = QᵀWₘ and step 2 runs in the q coordinates Z̃ₘ = ZₘQ with
+    // identical results: Wₘ = QW̃ₘ, P = P̃Qᵀ (Σμ ZᵀZ + ηI acts as ηI on the complement, where
+    // Σμ ZᵀH has no component).
+    let used: Vec<usize> = (0..data.n_classes())
+        .filter(|&c| (0..nm).any(|m| (0..n).any(|i| data.labelled[m][i] && data.labels[m][[i, c]] != 0)))
+        .collect();
+    let q_basis = row_space_basis(&emb.select(Axis(0), &used))?;
+    if q_basis.ncols() == 0 {
+        bail!("segh: the class embeddings of the training classes are all zero");
+    }
+    let emb_q = emb.dot(&q_basis);
+
     // ---- Step 1 (eqs. 1, 2, 7) ----
     let t0 = Instant::now();
     let mut means = Vec::with_capacity(nm);
     let mut xs = Vec::with_capacity(nm);
-    let mut ws = Vec::with_capacity(nm);
+    let mut ws_q = Vec::with_capacity(nm);
     for m in 0..nm {
         let x = to_f64(data.views[m].features(METHOD, m)?.view());
         let mean = x.mean_axis(Axis(0)).expect("n > 0");
         let xc = x - &mean;
         let rows = labelled_rows(data, m);
-        let s = semantic_matrix(&data.labels[m], &rows, &emb);
+        let s = semantic_matrix(&data.labels[m], &rows, &emb_q);
         let w = update_w(&s, &xc.select(Axis(0), &rows), params.lambda[m])
             .with_context(|| format!("segh step 1 (eq. 7) for modality {m}"))?;
         means.push(mean);
         xs.push(xc);
-        ws.push(w);
+        ws_q.push(w);
     }
-    // Zₘ = Wₘ Xₘ (rows: n × e).
-    let zs: Vec<Array2<f64>> = xs.iter().zip(&ws).map(|(x, w)| x.dot(&w.t())).collect();
+    // Zₘ = Wₘ Xₘ (rows, q coordinates: n × q).
+    let zs: Vec<Array2<f64>> = xs.iter().zip(&ws_q).map(|(x, w)| x.dot(&w.t())).collect();
+    drop(xs);
     info.seconds_step1 = t0.elapsed().as_secs_f64();
 
     // ---- Graph (eqs. 3–6) ----
     let t1 = Instant::now();
     let mut knn_parts = Vec::with_capacity(nm);
-    for z in &zs {
-        knn_parts.push(knn_affinity(&semantic_coordinates(z)?, params.k));
+    for (m, z) in zs.iter().enumerate() {
+        let coords = semantic_coordinates(z)?;
+        let nn = if n <= params.knn_exact_up_to { knn(&coords, params.k) } else { knn_approx(&coords, params.k, ctx.seed.wrapping_add(m as u64)) };
+        knn_parts.push(knn_affinity(&nn));
     }
     let graph = Graph::new(n, knn_parts, &data.labels, &data.labelled);
     info.seconds_graph = t1.elapsed().as_secs_f64();
 
     // ---- Step 2 (eqs. 8–10) ----
     let t2 = Instant::now();
-    let e = emb.ncols();
+    let e = q_basis.ncols();
     let mu_sum: f64 = params.mu.iter().sum();
     let system = System { graph: &graph, c: mu_sum, gamma: params.gamma };
     // Σ μₘ Zₘ (rows) and G = Σ μₘ Zₘ Zₘᵀ + ηI.
@@ -477,32 +509,57 @@ fn fit_impl(params: &SeghParams, data: &TrainSet, ctx: &FitContext, solver: Solv
     let r = rank.min(bits);
     info.semantic_rank = r;
 
-    let mut p: Array2<f64> = Array2::from_shape_simple_fn((bits, e), || rng.sample(StandardNormal));
-    let mut rot = random_orthonormal(bits, r, &mut rng)?;
-    let mut h = Array2::<f64>::zeros((n, bits));
     let mut history = Vec::with_capacity(params.iterations);
     let solve = |b: &Array2<f64>, info: &mut FitInfo| -> Result<Array2<f64>> {
         let (x, iters) = solve_system(&system, b, solver, params.cg_tol, params.cg_max_iter)?;
         info.cg_iterations.push(iters);
         Ok(x)
     };
-    for _ in 0..params.iterations {
-        match params.constraint {
-            CodeConstraint::Orthogonal => {
-                let (hh, rr) = update_h(&rz, &p, &rot, |b| solve(b, &mut info), params.itq_iterations)?;
-                h = hh;
-                rot = rr;
+    let converged = |history: &[f64]| -> bool {
+        let k = history.len();
+        k >= 2 && (history[k - 2] - history[k - 1]).abs() <= params.objective_tol * history[k - 2].abs()
+    };
+    let (h, p) = match params.constraint {
+        CodeConstraint::Orthogonal => {
+            // In the coordinates of the constraint, H = V Rᵀ and P = R Pᵥ (Pᵥ = RᵀP): for any R with
+            // RᵀR = I, eq. 8 equals Σμ‖V − Zₘ Pᵥᵀ‖² + γ tr(VᵀLV) + η‖Pᵥ‖², the V update's right-hand
+            // side is Rz Pᵀ R = Rz Pᵥᵀ, and the P update (eq. 9) gives Pᵥ = Vᵀ Rz G⁻¹. So the
+            // iterations run in r dimensions, and R is fitted once at the end (ITQ), P = R Pᵥ.
+            let mut pv: Array2<f64> = Array2::from_shape_simple_fn((r, e), || rng.sample(StandardNormal));
+            let mut v = Array2::<f64>::zeros((n, r));
+            for _ in 0..params.iterations {
+                v = update_v(&rz, &pv, |b| solve(b, &mut info))?;
+                pv = update_p(&v, &rz, &g_inv);
+                history.push(objective(&v, &pv, &zs, &params.mu, &system, params.eta));
+                if converged(&history) {
+                    break;
+                }
             }
-            CodeConstraint::Printed => {
+            let t = Instant::now();
+            let rot = itq_rotation(&v, random_orthonormal(bits, r, &mut rng)?, params.itq_iterations)?;
+            info.seconds_itq = t.elapsed().as_secs_f64();
+            (v.dot(&rot.t()), rot.dot(&pv))
+        }
+        CodeConstraint::Printed => {
+            let mut p: Array2<f64> = Array2::from_shape_simple_fn((bits, e), || rng.sample(StandardNormal));
+            let mut h = Array2::<f64>::zeros((n, bits));
+            for _ in 0..params.iterations {
                 // Eq. 10 as printed: H = (Σ μₘ P Zₘ)((Σμ)I + γL)⁻¹ (rows: M⁻¹ Rz Pᵀ).
                 h = solve(&rz.dot(&p.t()), &mut info)?;
+                p = update_p(&h, &rz, &g_inv);
+                history.push(objective(&h, &p, &zs, &params.mu, &system, params.eta));
+                if converged(&history) {
+                    break;
+                }
             }
+            (h, p)
         }
-        p = update_p(&h, &rz, &g_inv);
-        history.push(objective(&h, &p, &zs, &params.mu, &system, params.eta));
-    }
+    };
     info.seconds_step2 = t2.elapsed().as_secs_f64();
     let train_codes = BinaryCodes::from_signs(h.view());
+    // Back to the embedding space: Wₘ = Q W̃ₘ (e × dₘ), P = P̃ Qᵀ (bits × e).
+    let ws = ws_q.iter().map(|w| q_basis.dot(w)).collect();
+    let p = p.dot(&q_basis.t());
     Ok(SeghModel::new(params.clone(), bits, means, ws, p, train_codes, history, info))
 }
 
@@ -565,11 +622,12 @@ fn semantic_coordinates(z: &Array2<f64>) -> Result<Array2<f64>> {
 }
 
 /// Eqs. 3–4: symmetrised kNN heat-kernel affinity, a_ij = ½(w_ij + w_ji) with
-/// w_ij = exp(−‖zᵢ − z_j‖²/σ²) when j is one of i's k nearest neighbours (σ² = mean squared kNN
-/// distance), as triplets (i, j, a_ij) (duplicates summed later).
-fn knn_affinity(coords: &Array2<f64>, k: usize) -> Vec<(usize, usize, f64)> {
-    let nn = knn(coords, k);
-    let n = coords.nrows();
+/// w_ij = exp(−‖zᵢ − z_j‖²/σ²) when j is one of i's k nearest neighbours `nn[i]` (squared
+/// distance, index), σ² = mean squared kNN distance; as triplets (i, j, a_ij), duplicates summed
+/// later.
+fn knn_affinity(nn: &[Vec<(f64, usize)>]) -> Vec<(usize, usize, f64)> {
+    let n = nn.len();
+    let k = nn.first().map_or(0, |r| r.len());
     let total: f64 = nn.iter().flat_map(|row| row.iter().map(|&(d2, _)| d2)).sum();
     let count = nn.iter().map(|r| r.len()).sum::<usize>().max(1);
     let sigma2 = total / count as f64;
@@ -717,21 +775,22 @@ fn solve_system(sys: &System, b: &Array2<f64>, solver: Solver, tol: f64, max_ite
 /// Stops when every column has ‖r‖ ≤ tol ‖b‖.
 fn pcg(op: impl Fn(ArrayView2<f64>) -> Array2<f64>, diag: &Array1<f64>, b: &Array2<f64>, tol: f64, max_iter: usize) -> Result<(Array2<f64>, usize)> {
     let (n, k) = b.dim();
-    let dinv = diag.mapv(|d| if d > 0.0 { 1.0 / d } else { 1.0 }).insert_axis(Axis(1));
-    let bnorm: Vec<f64> = b.columns().into_iter().map(|c| c.dot(&c).sqrt()).collect();
+    let dinv = diag.mapv(|d| if d > 0.0 { 1.0 / d } else { 1.0 });
+    let b = b.as_standard_layout().into_owned();
+    let bnorm: Vec<f64> = col_dots(&b, &b).iter().map(|v| v.sqrt()).collect();
     let mut x = Array2::<f64>::zeros((n, k));
     let mut r = b.clone();
-    let mut z = &r * &dinv;
+    let mut z = &r * &dinv.view().insert_axis(Axis(1));
     let mut p = z.clone();
-    let mut rz: Vec<f64> = (0..k).map(|j| r.column(j).dot(&z.column(j))).collect();
+    let mut rz = col_dots(&r, &z);
+    let mut rr = col_dots(&r, &r);
     let mut active: Vec<bool> = bnorm.iter().map(|&v| v > 0.0).collect();
+    let mut alpha = vec![0.0; k];
+    let mut beta = vec![0.0; k];
     for it in 0..=max_iter {
         for j in 0..k {
-            if active[j] {
-                let rn = r.column(j).dot(&r.column(j)).sqrt();
-                if rn <= tol * bnorm[j] {
-                    active[j] = false;
-                }
+            if active[j] && rr[j].sqrt() <= tol * bnorm[j] {
+                active[j] = false;
             }
         }
         if !active.iter().any(|&a| a) {
@@ -741,52 +800,65 @@ fn pcg(op: impl Fn(ArrayView2<f64>) -> Array2<f64>, diag: &Array1<f64>, b: &Arra
             break;
         }
         let q = op(p.view());
+        let pq = col_dots(&p, &q);
         for j in 0..k {
-            if !active[j] {
-                continue;
+            alpha[j] = 0.0;
+            if active[j] {
+                if !(pq[j] > 0.0) {
+                    bail!("segh: conjugate gradient met a non-positive curvature ({}); the H-system matrix is not positive definite", pq[j]);
+                }
+                alpha[j] = rz[j] / pq[j];
             }
-            let pq = p.column(j).dot(&q.column(j));
-            if !(pq > 0.0) {
-                bail!("segh: conjugate gradient met a non-positive curvature ({pq}); the H-system matrix is not positive definite");
-            }
-            let alpha = rz[j] / pq;
-            x.column_mut(j).scaled_add(alpha, &p.column(j));
-            r.column_mut(j).scaled_add(-alpha, &q.column(j));
         }
-        z = &r * &dinv;
+        // One pass over the rows: x += αp, r −= αq, z = D⁻¹r, and the new rᵀz, rᵀr.
+        let mut rz_new = vec![0.0; k];
+        rr.iter_mut().for_each(|v| *v = 0.0);
+        for i in 0..n {
+            let (xi, ri, zi) = (x.row_mut(i).into_slice().expect("row"), r.row_mut(i).into_slice().expect("row"), z.row_mut(i).into_slice().expect("row"));
+            let (pi, qi) = (p.row(i).to_slice().expect("row"), q.row(i).to_slice().expect("row"));
+            for j in 0..k {
+                xi[j] += alpha[j] * pi[j];
+                ri[j] -= alpha[j] * qi[j];
+                zi[j] = dinv[i] * ri[j];
+                rz_new[j] += ri[j] * zi[j];
+                rr[j] += ri[j] * ri[j];
+            }
+        }
         for j in 0..k {
-            if !active[j] {
-                continue;
-            }
-            let rz_new = r.column(j).dot(&z.column(j));
-            let beta = rz_new / rz[j];
-            rz[j] = rz_new;
-            let zj = z.column(j).to_owned();
-            let mut pj = p.column_mut(j);
-            pj *= beta;
-            pj += &zj;
+            beta[j] = if active[j] { rz_new[j] / rz[j] } else { 0.0 };
         }
+        rz = rz_new;
+        ndarray::Zip::from(p.rows_mut()).and(z.rows()).for_each(|mut pi, zi| {
+            for j in 0..k {
+                pi[j] = zi[j] + beta[j] * pi[j];
+            }
+        });
     }
-    let worst = (0..k)
-        .filter(|&j| active[j])
-        .map(|j| r.column(j).dot(&r.column(j)).sqrt() / bnorm[j])
-        .fold(0.0f64, f64::max);
+    let worst = (0..k).filter(|&j| active[j]).map(|j| rr[j].sqrt() / bnorm[j]).fold(0.0f64, f64::max);
     bail!("segh: conjugate gradient did not reach relative residual {tol} in {max_iter} iterations (worst {worst:.2e}); raise cg_max_iter or cg_tol")
 }
 
-/// H update (eq. 10) under the constraint H = RV, VVᵀ = nI, V1 = 0, RᵀR = I (rows: H = V Rᵀ).
-/// The unconstrained minimiser H̃ = M⁻¹ (Σμ Zₘ) Pᵀ is projected onto the constraint set:
-/// V = √n polar(centred H̃ R) (orthogonal Procrustes), then R minimises the quantisation loss
-/// ‖B − V Rᵀ‖² (ITQ), which eq. 8 leaves free. Returns (H, R).
-fn update_h(rz: &Array2<f64>, p: &Array2<f64>, rot: &Array2<f64>, mut solve: impl FnMut(&Array2<f64>) -> Result<Array2<f64>>, itq_iterations: usize) -> Result<(Array2<f64>, Array2<f64>)> {
+/// Column-wise dot products Σᵢ a_ij b_ij of two n × k matrices, in one pass over the rows.
+fn col_dots(a: &Array2<f64>, b: &Array2<f64>) -> Vec<f64> {
+    let mut out = vec![0.0; a.ncols()];
+    for (ra, rb) in a.rows().into_iter().zip(b.rows()) {
+        for (o, (x, y)) in out.iter_mut().zip(ra.iter().zip(rb.iter())) {
+            *o += x * y;
+        }
+    }
+    out
+}
+
+/// H update (eq. 10) under the constraint H = V Rᵀ, VᵀV = nI, 1ᵀV = 0, RᵀR = I (rows), in the
+/// coordinates of R (`pv` = RᵀP, r × e). The unconstrained minimiser H̃ = M⁻¹ (Σμ Zₘ) Pᵀ is
+/// projected onto the constraint set: V = √n polar(centred H̃ R), the nearest V with VᵀV = nI
+/// (orthogonal Procrustes), where H̃ R = M⁻¹ Rz Pᵥᵀ needs only r right-hand sides. Returns V.
+fn update_v(rz: &Array2<f64>, pv: &Array2<f64>, mut solve: impl FnMut(&Array2<f64>) -> Result<Array2<f64>>) -> Result<Array2<f64>> {
     let n = rz.nrows();
-    // M⁻¹ (Rz Pᵀ R) = H̃ R: only r right-hand sides.
-    let mut vt = solve(&rz.dot(&p.t()).dot(rot))?;
+    let mut vt = solve(&rz.dot(&pv.t()))?;
     let mean = vt.mean_axis(Axis(0)).expect("n > 0");
     vt -= &mean;
-    let v = polar(&vt, true)? * (n as f64).sqrt();
-    let rot = itq_rotation(&v, rot.clone(), itq_iterations)?;
-    Ok((v.dot(&rot.t()), rot))
+    Ok(polar(&vt, true)? * (n as f64).sqrt())
 }
 
 /// P update (eq. 9): P = (Σₘ μₘ H Zₘᵀ)(Σₘ μₘ Zₘ Zₘᵀ + ηI)⁻¹ (rows: Hᵀ Rz G⁻¹, Rz = Σ μₘ Zₘ).
@@ -809,6 +881,16 @@ fn objective(h: &Array2<f64>, p: &Array2<f64>, zs: &[Array2<f64>], mu: &[f64], s
 // ---------------------------------------------------------------------------------------------
 // Small linear-algebra helpers
 // ---------------------------------------------------------------------------------------------
+
+/// An orthonormal basis (columns, e × q) of the row space of `a` (C × e): right singular vectors
+/// with singular value above 1e-10 of the largest.
+fn row_space_basis(a: &Array2<f64>) -> Result<Array2<f64>> {
+    let (_, s, vt) = a.svddc(JobSvd::Some)?;
+    let vt = vt.expect("Vᵀ requested");
+    let smax = s.iter().fold(0.0f64, |m, &v| m.max(v));
+    let keep: Vec<usize> = (0..s.len()).filter(|&i| smax > 0.0 && s[i] > 1e-10 * smax).collect();
+    Ok(vt.select(Axis(0), &keep).reversed_axes())
+}
 
 /// Number of eigenvalues of the symmetric PSD `g` above 1e-10 of the largest.
 fn numerical_rank(g: &Array2<f64>) -> Result<usize> {
@@ -841,8 +923,10 @@ fn random_orthonormal(m: usize, r: usize, rng: &mut ChaCha8Rng) -> Result<Array2
 /// ITQ with a k × r rotation (k ≥ r): alternately B = sign(V Rᵀ) and R = argmin ‖B − V Rᵀ‖²
 /// over RᵀR = I, the Procrustes solution polar(Bᵀ V).
 fn itq_rotation(v: &Array2<f64>, mut rot: Array2<f64>, iterations: usize) -> Result<Array2<f64>> {
+    let mut b = Array2::<f64>::zeros((v.nrows(), rot.nrows()));
     for _ in 0..iterations {
-        let b = v.dot(&rot.t()).mapv(|x| if x >= 0.0 { 1.0 } else { -1.0 });
+        ndarray::linalg::general_mat_mul(1.0, v, &rot.t(), 0.0, &mut b);
+        b.mapv_inplace(|x| if x >= 0.0 { 1.0 } else { -1.0 });
         rot = polar(&b.t().dot(v), false)?;
     }
     Ok(rot)
@@ -924,6 +1008,137 @@ fn knn(pts: &Array2<f64>, k: usize) -> Vec<Vec<(f64, usize)>> {
     let pts = pts.as_standard_layout();
     let tree = KdTree::build(pts.as_slice().expect("standard layout"), pts.ncols());
     (0..pts.nrows()).into_par_iter().map(|i| tree.query(i, k)).collect()
+}
+
+/// Approximate k nearest neighbours (same output as [`knn`]) for large n: candidates from 8
+/// random-projection trees (split at the median projection on a random direction down to leaves
+/// of ≤ max(2k + 2, 32) points), exact top k among them, then 2 rounds of neighbour exploring
+/// (the current neighbours, their neighbours and up to 2k reverse neighbours are candidates, as
+/// in NN-descent). O(n log n · dim + n (trees · leaf + k²) dim): near-linear. For memory
+/// locality the work runs on the points reordered by the leaves of the first tree.
+fn knn_approx(pts: &Array2<f64>, k: usize, seed: u64) -> Vec<Vec<(f64, usize)>> {
+    const TREES: u64 = 8;
+    const ROUNDS: usize = 2;
+    let n = pts.nrows();
+    let dim = pts.ncols();
+    let pts = pts.as_standard_layout();
+    let leaf = (2 * k + 2).max(32);
+    let forest: Vec<Vec<Vec<usize>>> = (0..TREES)
+        .into_par_iter()
+        .map(|t| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(t));
+            let mut idx: Vec<usize> = (0..n).collect();
+            let mut leaves = Vec::new();
+            rp_split(&mut idx, pts.as_slice().expect("standard layout"), dim, leaf, &mut rng, &mut leaves);
+            leaves
+        })
+        .collect();
+    // Reorder: position p holds original point perm[p]; nearby positions are nearby points.
+    let perm: Vec<usize> = forest[0].iter().flatten().copied().collect();
+    let mut pos = vec![0u32; n];
+    for (p, &i) in perm.iter().enumerate() {
+        pos[i] = p as u32;
+    }
+    let ps: Vec<f64> = perm.iter().flat_map(|&i| pts.row(i).to_vec()).collect();
+    // Per tree, the leaf of each position, and the leaves as position lists.
+    let leaves: Vec<(Vec<Vec<u32>>, Vec<u32>)> = forest
+        .into_par_iter()
+        .map(|tree| {
+            let mut leaf_of = vec![0u32; n];
+            let lists: Vec<Vec<u32>> = tree
+                .iter()
+                .enumerate()
+                .map(|(l, members)| {
+                    members
+                        .iter()
+                        .map(|&i| {
+                            leaf_of[pos[i] as usize] = l as u32;
+                            pos[i]
+                        })
+                        .collect()
+                })
+                .collect();
+            (lists, leaf_of)
+        })
+        .collect();
+    // Exact top k of position p among `cands` (positions), ties by original index.
+    let top_k = |p: usize, cands: &mut Vec<u32>, out: &mut [(f64, u32)]| {
+        cands.sort_unstable();
+        cands.dedup();
+        let qp = &ps[p * dim..(p + 1) * dim];
+        let mut d: Vec<Cand> = cands
+            .iter()
+            .filter(|&&j| j as usize != p)
+            .map(|&j| {
+                let j = j as usize;
+                Cand(qp.iter().zip(&ps[j * dim..(j + 1) * dim]).map(|(a, b)| (a - b) * (a - b)).sum(), perm[j])
+            })
+            .collect();
+        if d.len() > k {
+            d.select_nth_unstable(k - 1);
+            d.truncate(k);
+        }
+        d.sort_unstable();
+        for (o, Cand(d2, i)) in out.iter_mut().zip(d) {
+            *o = (d2, pos[i]);
+        }
+    };
+    // nn[p * k .. (p + 1) * k]: the current neighbours of position p (squared distance, position).
+    let mut nn = vec![(0.0f64, 0u32); n * k];
+    nn.par_chunks_mut(k).enumerate().for_each_init(Vec::new, |cands, (p, out)| {
+        cands.clear();
+        for (lists, leaf_of) in &leaves {
+            cands.extend_from_slice(&lists[leaf_of[p] as usize]);
+        }
+        top_k(p, cands, out);
+    });
+    for _ in 0..ROUNDS {
+        let mut reverse: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for (p, row) in nn.chunks(k).enumerate() {
+            for &(_, q) in row {
+                if reverse[q as usize].len() < 2 * k {
+                    reverse[q as usize].push(p as u32);
+                }
+            }
+        }
+        let prev = &nn;
+        let mut next = vec![(0.0f64, 0u32); n * k];
+        next.par_chunks_mut(k).enumerate().for_each_init(Vec::new, |cands, (p, out)| {
+            cands.clear();
+            cands.extend_from_slice(&reverse[p]);
+            for &(_, q) in &prev[p * k..(p + 1) * k] {
+                cands.push(q);
+                cands.extend(prev[q as usize * k..(q as usize + 1) * k].iter().map(|x| x.1));
+            }
+            top_k(p, cands, out);
+        });
+        nn = next;
+    }
+    let mut out = vec![Vec::new(); n];
+    for (p, row) in nn.chunks(k).enumerate() {
+        out[perm[p]] = row.iter().map(|&(d2, q)| (d2, perm[q as usize])).collect();
+    }
+    out
+}
+
+/// Splits `idx` recursively at the median projection on a random Gaussian direction until the
+/// pieces have at most `leaf` points; appends the leaves.
+fn rp_split(idx: &mut [usize], ps: &[f64], dim: usize, leaf: usize, rng: &mut ChaCha8Rng, leaves: &mut Vec<Vec<usize>>) {
+    if idx.len() <= leaf {
+        leaves.push(idx.to_vec());
+        return;
+    }
+    let dir: Vec<f64> = (0..dim).map(|_| rng.sample(StandardNormal)).collect();
+    let mut keyed: Vec<(f64, usize)> =
+        idx.iter().map(|&i| (ps[i * dim..(i + 1) * dim].iter().zip(&dir).map(|(a, b)| a * b).sum(), i)).collect();
+    let mid = idx.len() / 2;
+    keyed.select_nth_unstable_by(mid, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    for (slot, &(_, i)) in idx.iter_mut().zip(&keyed) {
+        *slot = i;
+    }
+    let (left, right) = idx.split_at_mut(mid);
+    rp_split(left, ps, dim, leaf, rng, leaves);
+    rp_split(right, ps, dim, leaf, rng, leaves);
 }
 
 /// A kd-tree over the rows of a row-major point matrix (split on the widest dimension at the

@@ -121,6 +121,27 @@ fn brute_knn(pts: &Array2<f64>, k: usize) -> Vec<Vec<(f64, usize)>> {
 }
 
 #[test]
+fn fitted_w_solves_eq7_in_the_embedding_space() {
+    // The fit solves step 1 in the q-dimensional span of the class embeddings; the stored
+    // Wₘ (e × dₘ) must satisfy eq. 7 with the full e-dimensional S.
+    let (train, _) = small_problem(22, 120, 40);
+    let params = SeghParams { iterations: 1, ..Default::default() };
+    let model = params.fit(&train, &FitContext::new(8, 0)).unwrap();
+    let emb = to_f64(train.class_embeddings.as_ref().unwrap().view());
+    let rows: Vec<usize> = (0..train.len()).collect();
+    let s = semantic_matrix(&train.labels[0], &rows, &emb);
+    for m in 0..2 {
+        let x = to_f64(train.views[m].features("t", m).unwrap().view()) - model.mean(m);
+        let w = model.w(m);
+        assert_eq!(w.dim(), (40, x.ncols()));
+        let lambda = params.lambda[m];
+        let lhs = s.t().dot(&s).dot(w) + w.dot(&x.t().dot(&x)) * lambda;
+        let rhs = s.t().dot(&x) * (1.0 + lambda);
+        assert!(rel(&lhs, &rhs) < 1e-9, "modality {m}: relative residual {}", rel(&lhs, &rhs));
+    }
+}
+
+#[test]
 fn kd_tree_knn_matches_brute_force() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     for (n, d, k) in [(300, 3, 7), (200, 6, 15), (40, 1, 39), (5, 2, 4)] {
@@ -132,6 +153,32 @@ fn kd_tree_knn_matches_brute_force() {
         }
         assert_eq!(knn(&pts, k), brute_knn(&pts, k), "n={n} d={d} k={k}");
     }
+}
+
+#[test]
+fn approximate_knn_has_high_recall() {
+    // Clustered data in 10 dimensions (like Zₘ: classes plus within-class spread in all
+    // directions), where an exact kd-tree degenerates towards brute force.
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let (n, d, k) = (3000, 10, 10);
+    let centres = randn(&mut rng, 10, d) * 3.0;
+    let mut pts = randn(&mut rng, n, d);
+    for i in 0..n {
+        let c = centres.row(i % 10).to_owned();
+        pts.row_mut(i).scaled_add(1.0, &c);
+    }
+    let exact = knn(&pts, k);
+    let approx = knn_approx(&pts, k, 5);
+    let mut hits = 0;
+    for (e, a) in exact.iter().zip(&approx) {
+        assert_eq!(a.len(), k);
+        assert!(a.windows(2).all(|w| (w[0].0, w[0].1) <= (w[1].0, w[1].1)), "sorted by (distance, index)");
+        hits += a.iter().filter(|x| e.contains(x)).count();
+    }
+    let recall = hits as f64 / (n * k) as f64;
+    assert!(recall > 0.95, "recall {recall:.3}");
+    // Deterministic for a seed.
+    assert_eq!(approx, knn_approx(&pts, k, 5));
 }
 
 /// A small two-modality graph with multi-label rows, per-modality label differences and
@@ -158,7 +205,7 @@ fn small_graph(seed: u64) -> (Graph, Array2<f64>) {
             labels[0].row_mut(i).fill(0);
         }
     }
-    let parts = coords.iter().map(|c| knn_affinity(c, k)).collect();
+    let parts = coords.iter().map(|c| knn_affinity(&knn(c, k))).collect();
     let g = Graph::new(n, parts, &labels, &labelled);
     // Independent dense construction (eqs. 3–5).
     let mut a = Array2::<f64>::zeros((n, n));
@@ -261,14 +308,18 @@ fn constrained_h_update_gives_balanced_decorrelated_codes() {
     let n = train.len();
     let mut rng = ChaCha8Rng::seed_from_u64(10);
     // A graph on this data: kNN on random coordinates is enough to exercise the update.
-    let parts = vec![knn_affinity(&randn(&mut rng, n, 3), 5)];
+    let parts = vec![knn_affinity(&knn(&randn(&mut rng, n, 3), 5))];
     let graph = Graph::new(n, parts, &train.labels[..1], &train.labelled[..1]);
     let sys = System { graph: &graph, c: 2e-3, gamma: 1e-2 };
     let rz = randn(&mut rng, n, 10) - 0.3; // not centred: update_h centres
     for (bits, r) in [(6, 6), (10, 10), (32, 10)] {
         let p = randn(&mut rng, bits, 10);
         let rot = random_orthonormal(bits, r, &mut rng).unwrap();
-        let (h, rot) = update_h(&rz, &p, &rot, |b| Ok(solve_system(&sys, b, Solver::Dense, 0.0, 0)?.0), 20).unwrap();
+        let solve = |b: &Array2<f64>| Ok(solve_system(&sys, b, Solver::Dense, 0.0, 0)?.0);
+        let rot_p = rot.clone();
+        let v = update_v(&rz, &rot.t().dot(&p), solve).unwrap();
+        let rot = itq_rotation(&v, rot, 20).unwrap();
+        let h = v.dot(&rot.t());
         // Hᵀ H = n R Rᵀ (exactly n I when bits ≤ r), columns sum to 0.
         let hth = h.t().dot(&h) / n as f64;
         assert!(rel(&hth, &rot.dot(&rot.t())) < 1e-10);
@@ -277,6 +328,28 @@ fn constrained_h_update_gives_balanced_decorrelated_codes() {
         }
         assert!(rel(&rot.t().dot(&rot), &Array2::eye(r)) < 1e-10);
         assert!(h.sum_axis(Axis(0)).iter().all(|v| v.abs() < 1e-8 * n as f64));
+        // V is the Procrustes projection of the unconstrained eq.-10 minimiser (in R's coordinates,
+        // T = M⁻¹ Rz Pᵥᵀ, centred) onto the constraint set: other feasible V' are farther from T.
+        let mut t = solve(&rz.dot(&p.t()).dot(&rot_p)).unwrap();
+        let tmean = t.mean_axis(Axis(0)).unwrap();
+        t -= &tmean;
+        let dist = |w: &Array2<f64>| (w - &t).iter().map(|x| x * x).sum::<f64>();
+        let v_r = update_v(&rz, &rot_p.t().dot(&p), solve).unwrap();
+        for _ in 0..5 {
+            let q = random_orthonormal(r, r, &mut rng).unwrap();
+            let mut other = randn(&mut rng, n, r);
+            let omean = other.mean_axis(Axis(0)).unwrap();
+            other -= &omean;
+            let other = polar(&other, true).unwrap() * (n as f64).sqrt();
+            assert!(dist(&v_r) <= dist(&v_r.dot(&q)) + 1e-9 && dist(&v_r) <= dist(&other));
+        }
+        // The R-free formulation: with P = R Pᵥ from the P update (eq. 9) on H = V Rᵀ, RᵀP equals
+        // the P update on V alone, for any R with orthonormal columns.
+        let g_inv = (rz.t().dot(&rz) * 1e-3 + Array2::<f64>::eye(10) * 1e-2).invc().unwrap();
+        let rot2 = random_orthonormal(bits, r, &mut rng).unwrap();
+        let pv = update_p(&v, &rz, &g_inv);
+        assert!(rel(&rot.t().dot(&update_p(&h, &rz, &g_inv)), &pv) < 1e-10);
+        assert!(rel(&rot2.t().dot(&update_p(&v.dot(&rot2.t()), &rz, &g_inv)), &pv) < 1e-10);
     }
 }
 
@@ -329,22 +402,33 @@ fn second_singular_ratio(a: &Array2<f64>) -> f64 {
 fn constrained_codes_do_not_degrade_with_iterations_but_printed_ones_collapse() {
     let (train, query) = small_problem(15, 300, 0);
     let bits = 32;
-    let ctx = FitContext::new(bits, 3);
-    let fit = |constraint, iterations| SeghParams { constraint, iterations, ..Default::default() }.fit(&train, &ctx).unwrap();
-    let ours1 = fit(CodeConstraint::Orthogonal, 1);
-    let ours10 = fit(CodeConstraint::Orthogonal, 10);
-    let printed1 = fit(CodeConstraint::Printed, 1);
-    let printed10 = fit(CodeConstraint::Printed, 10);
-    for learned in [true, false] {
-        let (a1, b1) = maps(&ours1, &query, &train, learned);
-        let (a10, b10) = maps(&ours10, &query, &train, learned);
-        assert!(a10 >= a1 - 0.01 && b10 >= b1 - 0.01, "learned={learned}: 1 iteration {a1:.3}/{b1:.3}, 10 iterations {a10:.3}/{b10:.3}");
-        let (p1, q1) = maps(&printed1, &query, &train, learned);
-        let (p10, q10) = maps(&printed10, &query, &train, learned);
-        eprintln!("learned={learned}: ours {a1:.3}/{b1:.3} -> {a10:.3}/{b10:.3}; printed {p1:.3}/{q1:.3} -> {p10:.3}/{q10:.3}");
-        // Ours beats the printed alternation after 10 iterations.
-        assert!(a10 > p10 && b10 > q10);
+    let fit = |constraint, iterations, seed| {
+        SeghParams { constraint, iterations, ..Default::default() }.fit(&train, &FitContext::new(bits, seed)).unwrap()
+    };
+    // Mean mAP over 3 seeds (the ITQ start is random): [I→T, T→I] × [learned B, encoded].
+    let mean_maps = |constraint, iterations| -> [f64; 4] {
+        let mut m = [0.0; 4];
+        for seed in 0..3 {
+            let model = fit(constraint, iterations, seed);
+            let (a, b) = maps(&model, &query, &train, true);
+            let (c, d) = maps(&model, &query, &train, false);
+            for (acc, v) in m.iter_mut().zip([a, b, c, d]) {
+                *acc += v / 3.0;
+            }
+        }
+        m
+    };
+    let ours1 = mean_maps(CodeConstraint::Orthogonal, 1);
+    let ours10 = mean_maps(CodeConstraint::Orthogonal, 10);
+    let printed1 = mean_maps(CodeConstraint::Printed, 1);
+    let printed10 = mean_maps(CodeConstraint::Printed, 10);
+    eprintln!("ours {ours1:.3?} -> {ours10:.3?}; printed {printed1:.3?} -> {printed10:.3?}");
+    for j in 0..4 {
+        assert!(ours10[j] >= ours1[j] - 0.02, "constrained: 1 iteration {ours1:.3?}, 10 iterations {ours10:.3?}");
+        assert!(printed10[j] < printed1[j] - 0.05, "printed: 1 iteration {printed1:.3?}, 10 iterations {printed10:.3?}");
+        assert!(ours10[j] > printed10[j] + 0.1);
     }
+    let (ours10, printed1, printed10) = (fit(CodeConstraint::Orthogonal, 10, 0), fit(CodeConstraint::Printed, 1, 0), fit(CodeConstraint::Printed, 10, 0));
     // The printed alternation is a power iteration: P's rows (one per bit) align.
     let (r1, r10) = (second_singular_ratio(printed1.p()), second_singular_ratio(printed10.p()));
     assert!(r10 < 0.2 * r1, "σ₂/σ₁ of P: {r1:.3} after 1 iteration, {r10:.3} after 10");
@@ -370,7 +454,7 @@ fn segh_beats_random_codes_on_synthetic_data() {
 }
 
 #[test]
-fn zero_shot_encodes_unseen_classes_through_the_embeddings() {
+fn zero_shot_encodes_unseen_class_items_above_chance() {
     let (ts, class) = synthetic(&SyntheticSpec { n: 700, n_classes: 10, image_dim: 30, text_dim: 20, embedding_dim: 24, noise: (1.0, 0.5), seed: 17 });
     let seen: Vec<usize> = (0..ts.len()).filter(|&i| class[i] < 8).collect();
     let unseen: Vec<usize> = (0..ts.len()).filter(|&i| class[i] >= 8).collect();
@@ -378,10 +462,27 @@ fn zero_shot_encodes_unseen_classes_through_the_embeddings() {
     let test = subset(&ts, &unseen);
     let (q_idx, db_idx): (Vec<usize>, Vec<usize>) = (0..test.len()).partition(|i| i % 4 == 0);
     let (q, db) = (subset(&test, &q_idx), subset(&test, &db_idx));
-    let model = SeghParams::default().fit(&train, &FitContext::new(32, 2)).unwrap();
-    let (i2t, t2i) = maps(&model, &q, &db, false);
+    let (mut i2t, mut t2i) = (0.0, 0.0);
+    for seed in 0..3 {
+        let model = SeghParams::default().fit(&train, &FitContext::new(32, seed)).unwrap();
+        let (a, b) = maps(&model, &q, &db, false);
+        (i2t, t2i) = (i2t + a / 3.0, t2i + b / 3.0);
+    }
     // Two unseen classes: random ranking gives ≈ 0.5.
-    assert!(i2t > 0.7 && t2i > 0.7, "zero-shot mAP {i2t:.3} {t2i:.3}");
+    assert!(i2t > 0.66 && t2i > 0.66, "zero-shot mAP (mean of 3 seeds) {i2t:.3} {t2i:.3}");
+}
+
+#[test]
+fn approximate_knn_path_gives_a_comparable_model() {
+    let (train, query) = small_problem(23, 600, 0);
+    let ctx = FitContext::new(32, 1);
+    let exact = SeghParams::default().fit(&train, &ctx).unwrap();
+    let approx = SeghParams { knn_exact_up_to: 100, ..Default::default() }.fit(&train, &ctx).unwrap();
+    for learned in [true, false] {
+        let (a, b) = maps(&exact, &query, &train, learned);
+        let (c, d) = maps(&approx, &query, &train, learned);
+        assert!((a - c).abs() < 0.03 && (b - d).abs() < 0.03, "learned={learned}: exact {a:.3}/{b:.3}, approximate {c:.3}/{d:.3}");
+    }
 }
 
 #[test]
