@@ -424,6 +424,7 @@ impl BundleWriter {
         write_manifest(t, &manifest)?;
         // Validate before the folder becomes visible under its final name.
         Bundle::load_with(t, manifest).context("the converted bundle failed validation")?;
+        crate::npy::set_mode(tmp.path(), 0o755)?;
         let tmp_path = tmp.keep();
         if dir.exists() {
             let old = parent.join(format!(".old-{}", std::process::id()));

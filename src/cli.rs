@@ -1,9 +1,9 @@
 //! The `cmh` command line: a thin layer over the library.
 
-use crate::codes::BinaryCodes;
+use crate::search::open_codes;
 use crate::method::DeviceChoice;
 use crate::metrics::{evaluate, EvalOptions};
-use crate::npy::{read_binary_matrix, write_npy};
+use crate::npy::read_binary_matrix;
 use crate::pipeline::{self, RunConfig};
 use crate::split::{Protocol, SplitConfig};
 use anyhow::{anyhow, bail, Context, Result};
@@ -27,9 +27,14 @@ pub enum Command {
     /// Evaluate query codes against database codes (mAP, mAP@k).
     Eval(EvalArgs),
     /// Hamming search: top-k (or all within a radius) of each query in a code database.
-    Search(SearchArgs),
+    Search(crate::search::SearchArgs),
     /// Encode new items with a trained model folder (`RUN/bitsB-seedS/model`).
     Encode(EncodeArgs),
+    /// The main job: emoji image–text benchmark, every method at 32 and 64 bits, standard and
+    /// zero-shot protocols, one table, report folder with codes and pictures.
+    Demo(crate::demo::DemoArgs),
+    /// Write AlexNet fc7 image features of a bundle's images into a new bundle.
+    Features(crate::deep::features::FeaturesArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -39,6 +44,12 @@ pub enum DataCommand {
         /// The bundle folder.
         bundle: PathBuf,
     },
+    /// Convert a public release (.mat files) into a bundle.
+    Convert(crate::convert::ConvertArgs),
+    /// Write a bundle's class embeddings (GloVe/word2vec text file, or offline all-MiniLM-L6-v2).
+    EmbedClasses(crate::semantics::EmbedClassesArgs),
+    /// Build the emoji image–text benchmark bundle from the npm packages.
+    Emoji(crate::semantics::BuildEmojiArgs),
 }
 
 #[derive(Args, Debug)]
@@ -120,28 +131,9 @@ pub struct EvalArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct SearchArgs {
-    /// Database codes (.npy: packed uint8, int8 ±1 or bool).
+    /// Draw the precision–recall and precision@N curves (PNG and SVG) into this folder.
     #[arg(long)]
-    pub db: PathBuf,
-    /// Query codes (.npy).
-    #[arg(long)]
-    pub query: PathBuf,
-    /// Neighbours per query.
-    #[arg(short, long)]
-    pub k: Option<usize>,
-    /// All items within this Hamming distance instead of top-k.
-    #[arg(long, conflicts_with = "k")]
-    pub radius: Option<u32>,
-    #[arg(long)]
-    pub bits: Option<usize>,
-    /// Output folder: indices.npy (int64) and distances.npy (int32); with --radius also
-    /// offsets.npy (int64, queries + 1) delimiting each query's results.
-    #[arg(long)]
-    pub out: PathBuf,
+    pub plot: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -175,9 +167,14 @@ pub fn main() -> i32 {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data(DataCommand::Info { bundle }) => data_info(&bundle),
+        Command::Data(DataCommand::Convert(a)) => crate::convert::run(&a),
+        Command::Data(DataCommand::EmbedClasses(a)) => crate::semantics::run_embed_classes(&a),
+        Command::Data(DataCommand::Emoji(a)) => crate::semantics::run_build_emoji(&a),
+        Command::Demo(a) => crate::demo::run_demo(&a),
+        Command::Features(a) => crate::deep::features::run_features(&a),
         Command::Train(a) => train(&a),
         Command::Eval(a) => eval(&a),
-        Command::Search(a) => search(&a),
+        Command::Search(a) => crate::search::run(&a),
         Command::Encode(a) => encode(&a),
     }
 }
@@ -273,16 +270,18 @@ fn finish_train(reports: Vec<crate::report::Report>, out: &Path) -> Result<()> {
 }
 
 fn eval(a: &EvalArgs) -> Result<()> {
-    let q = BinaryCodes::load_npy(&a.query_codes, a.bits)?;
-    let db = BinaryCodes::load_npy(&a.db_codes, a.bits.or(Some(q.bits())))
-        .with_context(|| format!("the database codes must match the query codes ({} bits)", q.bits()))?;
+    let qf = open_codes(&a.query_codes, a.bits)?;
+    let dbf = open_codes(&a.db_codes, a.bits.or(Some(qf.view().bits)))
+        .with_context(|| format!("the database codes must match the query codes ({} bits)", qf.view().bits))?;
+    let (q, db) = (qf.view(), dbf.view());
     let ql = read_binary_matrix(&a.query_labels, "query labels")?;
     let dl = read_binary_matrix(&a.db_labels, "database labels")?;
-    let m = evaluate(q.view(), db.view(), ql.view(), dl.view(), &EvalOptions { topk: a.topk, ..Default::default() })
+    let opts = if a.plot.is_some() { pipeline::eval_options(a.topk) } else { EvalOptions { topk: a.topk, ..Default::default() } };
+    let m = evaluate(q, db, ql.view(), dl.view(), &opts)
         .with_context(|| format!("evaluating {} against {}", a.query_codes.display(), a.db_codes.display()))?;
     if a.json {
         let mut v = serde_json::json!({
-            "map": m.map, "n_queries": m.n_queries, "excluded_queries": m.excluded_queries, "bits": q.bits(),
+            "map": m.map, "n_queries": m.n_queries, "excluded_queries": m.excluded_queries, "bits": q.bits,
         });
         if let (Some(k), Some(mk)) = (m.k, m.map_at_k) {
             v["map@k"] = serde_json::json!(mk);
@@ -295,22 +294,11 @@ fn eval(a: &EvalArgs) -> Result<()> {
             println!("mAP@{k} {mk:.6}");
         }
     }
-    Ok(())
-}
-
-fn search(a: &SearchArgs) -> Result<()> {
-    let db = BinaryCodes::load_npy(&a.db, a.bits)?;
-    let q = BinaryCodes::load_npy(&a.query, a.bits.or(Some(db.bits())))
-        .with_context(|| format!("the query codes must match the database codes ({} bits)", db.bits()))?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create folder", a.out.display()))?;
-    match (a.k, a.radius) {
-        (Some(k), None) => {
-            let r = crate::search::topk(q.view(), db.view(), k)?;
-            write_npy(&a.out.join("indices.npy"), &r.indices)?;
-            write_npy(&a.out.join("distances.npy"), &r.distances)?;
+    if let Some(dir) = &a.plot {
+        let label = a.query_codes.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        for p in crate::plot::plot_direction(dir, "eval", &format!("{} vs {}", a.query_codes.display(), a.db_codes.display()), &[(label, &m)])? {
+            eprintln!("wrote {}.png and .svg", p.display());
         }
-        (None, Some(_)) => bail!("radius search arrives with the fast search module"),
-        _ => bail!("give -k K or --radius R"),
     }
     Ok(())
 }

@@ -10,10 +10,22 @@
 //! - precision@N: mean over the same queries of (relevant in top N) / N;
 //! - precision–recall by Hamming radius r = 0..bits: over items within distance ≤ r, precision
 //!   averaged over queries that retrieve at least one item, recall over all counted queries.
+//!
+//! Algorithm (no ranking is ever sorted): per query, distances to the whole database, then one
+//! pass in database order that counts items per distance bucket (all, and relevant) and records,
+//! for each relevant item, its bucket d, its position among the bucket's items so far (`pos`) and
+//! among the bucket's relevant items so far (`m`). Ranking by (distance, index) puts bucket d after
+//! the S_d items of smaller distance, and within the bucket in index order, so that item has rank
+//! S_d + pos + 1 and is the (H_d + m + 1)-th relevant item (H_d = relevant items of smaller
+//! distance): its precision term is exactly (H_d + m + 1) / (S_d + pos + 1). mAP@k, precision@N and
+//! the radius curve follow from the same counts. Queries run in parallel (rayon); per-query
+//! results are summed in query order, so the result does not depend on the thread count.
 
 use crate::codes::CodesRef;
+use crate::search::Kernel;
 use anyhow::{bail, Result};
 use ndarray::ArrayView2;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default)]
@@ -81,13 +93,18 @@ impl LabelSets {
 
 pub(crate) fn check_inputs(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: ArrayView2<u8>) -> Result<()> {
     if q.bits != db.bits {
-        bail!("query codes have {} bits but database codes have {}", q.bits, db.bits);
+        bail!("code length mismatch: query codes have {} bits but database codes have {}", q.bits, db.bits);
     }
     if ql.nrows() != q.n {
         bail!("{} query codes but {} query label rows", q.n, ql.nrows());
     }
     if dl.nrows() != db.n {
         bail!("{} database codes but {} database label rows", db.n, dl.nrows());
+    }
+    for (what, c) in [("query", q), ("database", db)] {
+        if c.data.len() != c.n * c.stride() {
+            bail!("{what} codes: expected {} bytes for {} codes of {} bits, found {}", c.n * c.stride(), c.n, c.bits, c.data.len());
+        }
     }
     if ql.ncols() != dl.ncols() {
         bail!("query labels have {} classes, database labels {}", ql.ncols(), dl.ncols());
@@ -100,14 +117,49 @@ pub(crate) fn check_inputs(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: Ar
 
 /// Evaluates one direction: queries of one modality against a database of (usually) the other.
 pub fn evaluate(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: ArrayView2<u8>, opts: &EvalOptions) -> Result<DirectionMetrics> {
+    evaluate_with(Kernel::auto(), q, db, ql, dl, opts)
+}
+
+/// [`evaluate`] with a chosen popcount kernel (an unavailable one falls back to the portable one).
+pub fn evaluate_with(
+    kernel: Kernel,
+    q: CodesRef,
+    db: CodesRef,
+    ql: ArrayView2<u8>,
+    dl: ArrayView2<u8>,
+    opts: &EvalOptions,
+) -> Result<DirectionMetrics> {
     check_inputs(q, db, ql, dl)?;
     if opts.topk == Some(0) {
         bail!("mAP@k needs k >= 1");
+    }
+    if opts.precision_at.contains(&0) {
+        bail!("precision@N needs N >= 1");
+    }
+    if db.n > u32::MAX as usize {
+        bail!("the database holds {} items; at most {} are supported", db.n, u32::MAX);
     }
     let qs = LabelSets::new(ql);
     let ds = LabelSets::new(dl);
     let bits = q.bits;
     let n = db.n;
+    let kernel = if kernel.is_available() { kernel } else { Kernel::Portable };
+    let per_query: Vec<QueryStats> = (0..q.n)
+        .into_par_iter()
+        .map_init(
+            || Scratch::new(n, bits),
+            |s, i| {
+                crate::search::distances_with(kernel, q.row(i), db, &mut s.dist);
+                if qs.words == 1 {
+                    relevance_single_word(kernel, qs.data[i], &ds.data, &mut s.rel8, &mut s.relbits);
+                } else {
+                    relevance_general(|j| qs.shares(i, &ds, j), &mut s.rel8, &mut s.relbits);
+                }
+                query_stats(s, bits, opts)
+            },
+        )
+        .collect();
+
     let mut sum_ap = 0.0;
     let mut sum_apk = 0.0;
     let mut excluded = 0;
@@ -115,73 +167,24 @@ pub fn evaluate(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: ArrayView2<u8
     let mut pr_prec = vec![0.0; bits + 1];
     let mut pr_prec_cnt = vec![0usize; bits + 1];
     let mut pr_rec = vec![0.0; bits + 1];
-    let mut dist = vec![0u32; n];
-    let mut order: Vec<u32> = Vec::with_capacity(n);
-    for i in 0..q.n {
-        crate::search::distances(q.row(i), db, &mut dist);
-        // Stable counting sort by distance = order by (distance, index).
-        let mut counts = vec![0usize; bits + 2];
-        for &d in &dist {
-            counts[d as usize + 1] += 1;
-        }
-        for b in 1..counts.len() {
-            counts[b] += counts[b - 1];
-        }
-        let starts = counts.clone();
-        order.clear();
-        order.resize(n, 0);
-        let mut next = counts;
-        for (j, &d) in dist.iter().enumerate() {
-            order[next[d as usize]] = j as u32;
-            next[d as usize] += 1;
-        }
-        let total_rel = (0..n).filter(|&j| qs.shares(i, &ds, j)).count();
-        if total_rel == 0 {
+    for st in &per_query {
+        let Some(ap) = st.ap else {
             excluded += 1;
             continue;
-        }
-        let mut hits = 0usize;
-        let mut ap = 0.0;
-        let mut apk = 0.0;
-        let mut hits_k = 0usize;
-        let mut pn_idx = 0;
-        for (r, &j) in order.iter().enumerate() {
-            if qs.shares(i, &ds, j as usize) {
-                hits += 1;
-                let p = hits as f64 / (r + 1) as f64;
-                ap += p;
-                if let Some(k) = opts.topk {
-                    if r < k {
-                        apk += p;
-                        hits_k += 1;
-                    }
-                }
-            }
-            while pn_idx < opts.precision_at.len() && opts.precision_at[pn_idx] == r + 1 {
-                pn_sum[pn_idx] += hits as f64 / (r + 1) as f64;
-                pn_idx += 1;
-            }
-        }
-        // precision@N beyond the database size: all n retrieved.
-        while pn_idx < opts.precision_at.len() {
-            pn_sum[pn_idx] += hits as f64 / opts.precision_at[pn_idx] as f64;
-            pn_idx += 1;
-        }
-        sum_ap += ap / total_rel as f64;
-        if hits_k > 0 {
-            sum_apk += apk / hits_k as f64;
+        };
+        sum_ap += ap;
+        sum_apk += st.apk;
+        for (acc, &hits) in pn_sum.iter_mut().zip(&st.hits_at) {
+            *acc += hits;
         }
         if opts.pr_curve {
-            let mut rel_within = 0usize;
             for r in 0..=bits {
-                let (s, e) = (starts[r], starts[r + 1]);
-                rel_within += order[s..e].iter().filter(|&&j| qs.shares(i, &ds, j as usize)).count();
-                let retrieved = e;
+                let (retrieved, rel) = st.radius_counts[r];
                 if retrieved > 0 {
-                    pr_prec[r] += rel_within as f64 / retrieved as f64;
+                    pr_prec[r] += rel as f64 / retrieved as f64;
                     pr_prec_cnt[r] += 1;
                 }
-                pr_rec[r] += rel_within as f64 / total_rel as f64;
+                pr_rec[r] += rel as f64 / st.total_rel as f64;
             }
         }
     }
@@ -214,11 +217,569 @@ pub fn map(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: ArrayView2<u8>) ->
     Ok(evaluate(q, db, ql, dl, &EvalOptions::default())?.map)
 }
 
+/// Database segments counted with separate histograms (independent dependency chains; see
+/// [`query_stats`]). Segment boundaries are multiples of 64 items.
+const SEGS: usize = 2;
+
+/// Per-thread buffers, reused across queries.
+struct Scratch {
+    dist: Vec<u32>,
+    /// 1 if database item j is relevant to the query, else 0.
+    rel8: Vec<u8>,
+    /// The same as a bitmask (bit j % 64 of word j / 64).
+    relbits: Vec<u64>,
+    /// Per item: its segment's counter of its distance bucket before it (low 32 bits: items,
+    /// high 32 bits: relevant items).
+    local: Vec<u64>,
+    /// Per segment (SEGS + 1 for the tail) and distance: the packed counters.
+    hist: Vec<u64>,
+    /// Per relevant item, in database order: (hits so far including it) << 32 | its rank.
+    hit_rank: Vec<u64>,
+}
+
+impl Scratch {
+    fn new(n: usize, bits: usize) -> Self {
+        Self {
+            dist: vec![0; n],
+            rel8: vec![0; n],
+            relbits: vec![0; n.div_ceil(64)],
+            local: vec![0; n],
+            hist: vec![0; (SEGS + 1) * (bits + 1)],
+            hit_rank: vec![0; n],
+        }
+    }
+}
+
+/// rel8 / relbits for labels of at most 64 classes (one u64 bitset per item).
+fn relevance_single_word(kernel: Kernel, qm: u64, dm: &[u64], rel8: &mut [u8], relbits: &mut [u64]) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512 {
+        // SAFETY: the AVX-512 kernel is only chosen when the CPU has it (checked by the caller).
+        unsafe { relevance_avx512(qm, dm, rel8, relbits) };
+        return;
+    }
+    let _ = kernel;
+    relevance_general(|j| qm & dm[j] != 0, rel8, relbits)
+}
+
+fn relevance_general(rel: impl Fn(usize) -> bool, rel8: &mut [u8], relbits: &mut [u64]) {
+    for (w, (word, r8)) in relbits.iter_mut().zip(rel8.chunks_mut(64)).enumerate() {
+        let mut m = 0u64;
+        for (t, r) in r8.iter_mut().enumerate() {
+            let x = rel(w * 64 + t);
+            *r = x as u8;
+            m |= (x as u64) << t;
+        }
+        *word = m;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn relevance_avx512(qm: u64, dm: &[u64], rel8: &mut [u8], relbits: &mut [u64]) {
+    use std::arch::x86_64::*;
+    let n = dm.len();
+    assert!(rel8.len() == n && relbits.len() == n.div_ceil(64));
+    let q = _mm512_set1_epi64(qm as i64);
+    let one = _mm512_set1_epi8(1);
+    let full = n / 64;
+    for w in 0..full {
+        let p = dm.as_ptr().add(w * 64) as *const i64;
+        let mut m = 0u64;
+        for t in 0..8 {
+            m |= (_mm512_test_epi64_mask(_mm512_loadu_epi64(p.add(8 * t)), q) as u64) << (8 * t);
+        }
+        relbits[w] = m;
+        _mm512_storeu_epi64(rel8.as_mut_ptr().add(w * 64) as *mut i64, _mm512_maskz_mov_epi8(m, one));
+    }
+    if full * 64 < n {
+        let mut m = 0u64;
+        for j in full * 64..n {
+            let x = qm & dm[j] != 0;
+            rel8[j] = x as u8;
+            m |= (x as u64) << (j - full * 64);
+        }
+        relbits[full] = m;
+    }
+}
+
+/// One query's contribution to the means.
+struct QueryStats {
+    /// AP, or None when no database item is relevant (excluded query).
+    ap: Option<f64>,
+    apk: f64,
+    /// Precision at each requested N.
+    hits_at: Vec<f64>,
+    /// Per radius r: (items within distance r, relevant items within distance r).
+    radius_counts: Vec<(usize, usize)>,
+    total_rel: usize,
+}
+
+const LO: u64 = 0xffff_ffff;
+
+/// Σ hits / rank over packed `hits << 32 | rank` values, in 8 independent lanes (vectorised;
+/// AVX-512 when the CPU has it).
+fn sum_ratios(hit_rank: &[u64]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if Kernel::Avx512.is_available() {
+        // SAFETY: AVX-512 F/DQ are available (Kernel::Avx512 requires F, BW, VPOPCNTDQ, BITALG;
+        // every such CPU has DQ, checked again here).
+        if std::arch::is_x86_feature_detected!("avx512dq") {
+            return unsafe { sum_ratios_avx512(hit_rank) };
+        }
+    }
+    sum_ratios_body(hit_rank)
+}
+
+#[inline(always)]
+fn sum_ratios_body(hit_rank: &[u64]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let mut chunks = hit_rank.chunks_exact(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            // Counts are far below 2^53: the conversions are exact.
+            acc[l] += (c[l] >> 32) as i64 as f64 / (c[l] & LO) as i64 as f64;
+        }
+    }
+    for &v in chunks.remainder() {
+        acc[0] += (v >> 32) as i64 as f64 / (v & LO) as i64 as f64;
+    }
+    acc.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn sum_ratios_avx512(hit_rank: &[u64]) -> f64 {
+    sum_ratios_body(hit_rank)
+}
+
+/// One query, from its distances and relevance flags.
+///
+/// 1. Counting pass over all items: the database is cut into SEGS segments (plus a short tail),
+///    each with its own histogram of packed counters (items, relevant items) per distance; the
+///    segments are walked in lockstep, so consecutive updates never wait on each other. Each item
+///    records its segment's counter before it.
+/// 2. Prefix sums over segments turn each segment's histogram into its offsets, and over
+///    distances into S_d, H_d (items and relevant items at distance < d).
+/// 3. For each relevant item (bitmask order = database order) in bucket d: its segment counter
+///    plus the segment's offset gives `pos` (items of bucket d before it) and `m` (relevant items
+///    of bucket d before it), so its rank is S_d + pos + 1 and it is the (H_d + m + 1)-th hit
+///    (one packed table entry per segment and distance adds all four terms at once).
+/// 4. AP = (1/R) Σ hits/rank, summed in 8 independent lanes (vectorised division).
+fn query_stats(s: &mut Scratch, bits: usize, opts: &EvalOptions) -> QueryStats {
+    let n = s.dist.len();
+    let nb = bits + 1;
+    s.hist.fill(0);
+    let seg = (n / SEGS) & !63;
+    {
+        let (dist, rel8, local) = (&s.dist[..n], &s.rel8[..n], &mut s.local[..n]);
+        let hist = &mut s.hist[..(SEGS + 1) * nb];
+        let mut step = |h: usize, e: usize| {
+            // SAFETY: e < n (callers), distances are <= bits so h * nb + d < (SEGS + 1) * nb.
+            unsafe {
+                let d = *dist.get_unchecked(e) as usize;
+                debug_assert!(d <= bits);
+                let slot = hist.get_unchecked_mut(h * nb + d);
+                let c = *slot;
+                *slot = c + 1 + ((*rel8.get_unchecked(e) as u64) << 32);
+                *local.get_unchecked_mut(e) = c;
+            }
+        };
+        for j in 0..seg {
+            step(0, j);
+            step(1, seg + j);
+        }
+        for e in SEGS * seg..n {
+            step(SEGS, e);
+        }
+    }
+    // Segment offsets (in place) and totals.
+    let mut tot = vec![0u64; nb];
+    for h in 0..=SEGS {
+        for (t, x) in tot.iter_mut().zip(&mut s.hist[h * nb..(h + 1) * nb]) {
+            let v = *x;
+            *x = *t;
+            *t += v;
+        }
+    }
+    let total_rel: usize = tot.iter().map(|&t| (t >> 32) as usize).sum();
+    if total_rel == 0 {
+        return QueryStats { ap: None, apk: 0.0, hits_at: vec![], radius_counts: vec![], total_rel };
+    }
+    // S_d + 1 and H_d + 1 (ranks and hit counts start at 1).
+    let mut s1 = vec![0u64; nb + 1];
+    let mut h1 = vec![0u64; nb + 1];
+    s1[0] = 1;
+    h1[0] = 1;
+    for d in 0..nb {
+        s1[d + 1] = s1[d] + (tot[d] & LO);
+        h1[d + 1] = h1[d] + (tot[d] >> 32);
+    }
+    // Per segment and distance, one packed addend: the segment's offset plus (H_d + 1, S_d + 1),
+    // so that a relevant item's (hits, rank) is its recorded counter plus one table entry.
+    for h in 0..=SEGS {
+        for (d, x) in s.hist[h * nb..(h + 1) * nb].iter_mut().enumerate() {
+            *x += (h1[d] << 32) + s1[d];
+        }
+    }
+    let mut nr = 0;
+    for h in 0..=SEGS {
+        let (lo, hi) = if h < SEGS { (h * seg, (h + 1) * seg) } else { (SEGS * seg, n) };
+        let base = &s.hist[h * nb..(h + 1) * nb];
+        let (dist, local, relbits) = (&s.dist[..n], &s.local[..n], &s.relbits[..n.div_ceil(64)]);
+        let out = &mut s.hit_rank[..n];
+        for w in lo / 64..hi.div_ceil(64) {
+            let mut m = relbits[w];
+            while m != 0 {
+                let e = w * 64 + m.trailing_zeros() as usize;
+                m &= m - 1;
+                // SAFETY: e < n (relbits has no bits at or beyond n); d <= bits < nb; nr < n (one
+                // entry per set bit of relbits, all below n).
+                unsafe {
+                    *out.get_unchecked_mut(nr) = *local.get_unchecked(e) + *base.get_unchecked(*dist.get_unchecked(e) as usize);
+                }
+                nr += 1;
+            }
+        }
+    }
+    assert_eq!(nr, total_rel);
+    let hit_rank = &s.hit_rank[..nr];
+    let ap = sum_ratios(hit_rank) / nr as f64;
+    // AP@k: relevant items of rank <= k; R_k = their count.
+    let mut apk = 0.0;
+    if let Some(k) = opts.topk {
+        let (mut sum, mut hits) = (0.0, 0usize);
+        for &v in hit_rank {
+            if (v & LO) as usize <= k {
+                sum += (v >> 32) as f64 / (v & LO) as f64;
+                hits += 1;
+            }
+        }
+        if hits > 0 {
+            apk = sum / hits as f64;
+        }
+    }
+    // precision@N: count relevant ranks <= N for every requested N (binary search per rank).
+    let mut hits_at = vec![0.0; opts.precision_at.len()];
+    if !opts.precision_at.is_empty() {
+        let mut sorted: Vec<usize> = opts.precision_at.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut cnt = vec![0usize; sorted.len() + 1];
+        for &v in hit_rank {
+            let r = (v & LO) as usize;
+            cnt[sorted.partition_point(|&x| x < r)] += 1;
+        }
+        let mut below = vec![0usize; sorted.len()];
+        let mut run = 0;
+        for (i, b) in below.iter_mut().enumerate() {
+            run += cnt[i];
+            *b = run;
+        }
+        for (h, &big_n) in hits_at.iter_mut().zip(&opts.precision_at) {
+            let i = sorted.binary_search(&big_n).unwrap();
+            *h = below[i] as f64 / big_n as f64;
+        }
+    }
+    let radius_counts =
+        if opts.pr_curve { (0..=bits).map(|r| ((s1[r + 1] - 1) as usize, (h1[r + 1] - 1) as usize)).collect() } else { vec![] };
+    QueryStats { ap: Some(ap), apk, hits_at, radius_counts, total_rel }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::codes::BinaryCodes;
-    use ndarray::array;
+    use ndarray::{array, Array2};
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// The previous implementation (counting sort of each ranking), kept as a reference.
+        fn reference_counting(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: ArrayView2<u8>, opts: &EvalOptions) -> Result<DirectionMetrics> {
+        check_inputs(q, db, ql, dl)?;
+        if opts.topk == Some(0) {
+            bail!("mAP@k needs k >= 1");
+        }
+        let qs = LabelSets::new(ql);
+        let ds = LabelSets::new(dl);
+        let bits = q.bits;
+        let n = db.n;
+        let mut sum_ap = 0.0;
+        let mut sum_apk = 0.0;
+        let mut excluded = 0;
+        let mut pn_sum = vec![0.0; opts.precision_at.len()];
+        let mut pr_prec = vec![0.0; bits + 1];
+        let mut pr_prec_cnt = vec![0usize; bits + 1];
+        let mut pr_rec = vec![0.0; bits + 1];
+        let mut dist = vec![0u32; n];
+        let mut order: Vec<u32> = Vec::with_capacity(n);
+        for i in 0..q.n {
+            crate::search::distances_with(Kernel::Portable, q.row(i), db, &mut dist);
+            // Stable counting sort by distance = order by (distance, index).
+            let mut counts = vec![0usize; bits + 2];
+            for &d in &dist {
+                counts[d as usize + 1] += 1;
+            }
+            for b in 1..counts.len() {
+                counts[b] += counts[b - 1];
+            }
+            let starts = counts.clone();
+            order.clear();
+            order.resize(n, 0);
+            let mut next = counts;
+            for (j, &d) in dist.iter().enumerate() {
+                order[next[d as usize]] = j as u32;
+                next[d as usize] += 1;
+            }
+            let total_rel = (0..n).filter(|&j| qs.shares(i, &ds, j)).count();
+            if total_rel == 0 {
+                excluded += 1;
+                continue;
+            }
+            let mut hits = 0usize;
+            let mut ap = 0.0;
+            let mut apk = 0.0;
+            let mut hits_k = 0usize;
+            let mut pn_idx = 0;
+            for (r, &j) in order.iter().enumerate() {
+                if qs.shares(i, &ds, j as usize) {
+                    hits += 1;
+                    let p = hits as f64 / (r + 1) as f64;
+                    ap += p;
+                    if let Some(k) = opts.topk {
+                        if r < k {
+                            apk += p;
+                            hits_k += 1;
+                        }
+                    }
+                }
+                while pn_idx < opts.precision_at.len() && opts.precision_at[pn_idx] == r + 1 {
+                    pn_sum[pn_idx] += hits as f64 / (r + 1) as f64;
+                    pn_idx += 1;
+                }
+            }
+            // precision@N beyond the database size: all n retrieved.
+            while pn_idx < opts.precision_at.len() {
+                pn_sum[pn_idx] += hits as f64 / opts.precision_at[pn_idx] as f64;
+                pn_idx += 1;
+            }
+            sum_ap += ap / total_rel as f64;
+            if hits_k > 0 {
+                sum_apk += apk / hits_k as f64;
+            }
+            if opts.pr_curve {
+                let mut rel_within = 0usize;
+                for r in 0..=bits {
+                    let (s, e) = (starts[r], starts[r + 1]);
+                    rel_within += order[s..e].iter().filter(|&&j| qs.shares(i, &ds, j as usize)).count();
+                    let retrieved = e;
+                    if retrieved > 0 {
+                        pr_prec[r] += rel_within as f64 / retrieved as f64;
+                        pr_prec_cnt[r] += 1;
+                    }
+                    pr_rec[r] += rel_within as f64 / total_rel as f64;
+                }
+            }
+        }
+        let counted = q.n - excluded;
+        let denom = counted.max(1) as f64;
+        let pr_curve = if opts.pr_curve {
+            (0..=bits)
+                .map(|r| PrPoint {
+                    radius: r,
+                    precision: if pr_prec_cnt[r] > 0 { pr_prec[r] / pr_prec_cnt[r] as f64 } else { 0.0 },
+                    recall: pr_rec[r] / denom,
+                })
+                .collect()
+        } else {
+            vec![]
+        };
+        Ok(DirectionMetrics {
+            map: sum_ap / denom,
+            map_at_k: opts.topk.map(|_| sum_apk / denom),
+            k: opts.topk,
+            n_queries: q.n,
+            excluded_queries: excluded,
+            precision_at_n: opts.precision_at.iter().zip(&pn_sum).map(|(&n, &s)| (n, s / denom)).collect(),
+            pr_curve,
+        })
+    }
+
+
+    /// Plain O(n log n) reference: sort every ranking by (distance, index) and walk it.
+    fn reference_sort(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: ArrayView2<u8>, opts: &EvalOptions) -> DirectionMetrics {
+        let bits = q.bits;
+        let bit = |row: &[u8], j: usize| (row[j / 8] >> (7 - j % 8)) & 1;
+        let relevant = |i: usize, j: usize| ql.row(i).iter().zip(dl.row(j)).any(|(&a, &b)| a != 0 && b != 0);
+        let (mut sum_ap, mut sum_apk, mut excluded) = (0.0, 0.0, 0usize);
+        let mut pn = vec![0.0; opts.precision_at.len()];
+        let (mut pp, mut ppc, mut pr) = (vec![0.0; bits + 1], vec![0usize; bits + 1], vec![0.0; bits + 1]);
+        for i in 0..q.n {
+            let mut rank: Vec<(usize, usize)> =
+                (0..db.n).map(|j| ((0..bits).filter(|&b| bit(q.row(i), b) != bit(db.row(j), b)).count(), j)).collect();
+            rank.sort();
+            let rel: Vec<bool> = rank.iter().map(|&(_, j)| relevant(i, j)).collect();
+            let total = rel.iter().filter(|&&r| r).count();
+            if total == 0 {
+                excluded += 1;
+                continue;
+            }
+            let (mut hits, mut ap) = (0usize, 0.0);
+            let (mut apk, mut hk) = (0.0, 0usize);
+            for (r, &is_rel) in rel.iter().enumerate() {
+                if is_rel {
+                    hits += 1;
+                    ap += hits as f64 / (r + 1) as f64;
+                    if opts.topk.is_some_and(|k| r < k) {
+                        apk += hits as f64 / (r + 1) as f64;
+                        hk += 1;
+                    }
+                }
+            }
+            sum_ap += ap / total as f64;
+            if hk > 0 {
+                sum_apk += apk / hk as f64;
+            }
+            for (o, &big_n) in opts.precision_at.iter().enumerate() {
+                pn[o] += rel.iter().take(big_n).filter(|&&r| r).count() as f64 / big_n as f64;
+            }
+            for r in 0..=bits {
+                let within: Vec<bool> = rank.iter().zip(&rel).filter(|((d, _), _)| *d <= r).map(|(_, &x)| x).collect();
+                let h = within.iter().filter(|&&x| x).count();
+                if !within.is_empty() {
+                    pp[r] += h as f64 / within.len() as f64;
+                    ppc[r] += 1;
+                }
+                pr[r] += h as f64 / total as f64;
+            }
+        }
+        let denom = (q.n - excluded).max(1) as f64;
+        DirectionMetrics {
+            map: sum_ap / denom,
+            map_at_k: opts.topk.map(|_| sum_apk / denom),
+            k: opts.topk,
+            n_queries: q.n,
+            excluded_queries: excluded,
+            precision_at_n: opts.precision_at.iter().zip(&pn).map(|(&n, &s)| (n, s / denom)).collect(),
+            pr_curve: if opts.pr_curve {
+                (0..=bits)
+                    .map(|r| PrPoint {
+                        radius: r,
+                        precision: if ppc[r] > 0 { pp[r] / ppc[r] as f64 } else { 0.0 },
+                        recall: pr[r] / denom,
+                    })
+                    .collect()
+            } else {
+                vec![]
+            },
+        }
+    }
+
+    fn close(a: &DirectionMetrics, b: &DirectionMetrics, tol: f64) -> Result<(), String> {
+        let near = |x: f64, y: f64| (x - y).abs() <= tol;
+        if !near(a.map, b.map) {
+            return Err(format!("map {} vs {}", a.map, b.map));
+        }
+        if a.map_at_k.is_some() != b.map_at_k.is_some() || !near(a.map_at_k.unwrap_or(0.0), b.map_at_k.unwrap_or(0.0)) {
+            return Err(format!("map@k {:?} vs {:?}", a.map_at_k, b.map_at_k));
+        }
+        if (a.k, a.n_queries, a.excluded_queries) != (b.k, b.n_queries, b.excluded_queries) {
+            return Err(format!("counts {:?} vs {:?}", (a.k, a.n_queries, a.excluded_queries), (b.k, b.n_queries, b.excluded_queries)));
+        }
+        if a.precision_at_n.len() != b.precision_at_n.len()
+            || a.precision_at_n.iter().zip(&b.precision_at_n).any(|(x, y)| x.0 != y.0 || !near(x.1, y.1))
+        {
+            return Err(format!("P@N {:?} vs {:?}", a.precision_at_n, b.precision_at_n));
+        }
+        if a.pr_curve.len() != b.pr_curve.len()
+            || a.pr_curve.iter().zip(&b.pr_curve).any(|(x, y)| x.radius != y.radius || !near(x.precision, y.precision) || !near(x.recall, y.recall))
+        {
+            return Err("PR curve differs".into());
+        }
+        Ok(())
+    }
+
+    /// Codes from a few prototypes with flipped bits (ties, duplicates) and labels correlated
+    /// with the prototypes, so that mAP is far from trivial.
+    fn gen_case(seed: u64, n: usize, nq: usize, bits: usize, classes: usize, density: f64) -> (BinaryCodes, BinaryCodes, Array2<u8>, Array2<u8>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let protos = 1 + rng.gen_range(0..6usize);
+        let pbits: Vec<Vec<u8>> = (0..protos).map(|_| (0..bits).map(|_| rng.gen_range(0..2u8)).collect()).collect();
+        let plabels: Vec<Vec<u8>> = (0..protos).map(|_| (0..classes).map(|_| rng.gen_bool(density) as u8).collect()).collect();
+        let make = |m: usize, rng: &mut ChaCha8Rng| {
+            let mut b = Array2::<u8>::zeros((m, bits));
+            let mut l = Array2::<u8>::zeros((m, classes));
+            let flip = rng.gen_range(0.0..0.5);
+            for i in 0..m {
+                let p = rng.gen_range(0..protos);
+                for j in 0..bits {
+                    b[[i, j]] = pbits[p][j] ^ rng.gen_bool(flip) as u8;
+                }
+                for c in 0..classes {
+                    l[[i, c]] = if rng.gen_bool(0.8) { plabels[p][c] } else { rng.gen_bool(density) as u8 };
+                }
+            }
+            (BinaryCodes::from_bits(b.view()).unwrap(), l)
+        };
+        let (db, dl) = make(n, &mut rng);
+        let (q, ql) = make(nq, &mut rng);
+        (q, db, ql, dl)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn fast_evaluation_equals_references(
+            bits in prop_oneof![Just(16usize), Just(32), Just(64), Just(128), Just(256), 1..=300usize],
+            n in 1usize..=600, nq in 1usize..=12, classes in prop_oneof![1usize..=8, 60usize..=70],
+            density in 0.02f64..0.5, topk in 1usize..=300, seed in any::<u64>(),
+        ) {
+            let (q, db, ql, dl) = gen_case(seed, n, nq, bits, classes, density);
+            // Sorted N list (the counting reference needs it), including N beyond the database.
+            let opts = EvalOptions { topk: Some(topk), precision_at: vec![1, 2, n / 2 + 1, n, n + 7], pr_curve: true };
+            let want = reference_sort(q.view(), db.view(), ql.view(), dl.view(), &opts);
+            let old = reference_counting(q.view(), db.view(), ql.view(), dl.view(), &opts).unwrap();
+            prop_assert!(close(&old, &want, 1e-12).is_ok(), "{:?}", close(&old, &want, 1e-12));
+            for kernel in Kernel::available() {
+                let got = evaluate_with(kernel, q.view(), db.view(), ql.view(), dl.view(), &opts).unwrap();
+                prop_assert!(close(&got, &want, 1e-12).is_ok(), "{:?} {:?}", kernel, close(&got, &want, 1e-12));
+            }
+        }
+    }
+
+    #[test]
+    fn bad_input_is_refused_clearly() {
+        let (q, db, ql, dl) = gen_case(1, 20, 3, 16, 4, 0.3);
+        let q32 = BinaryCodes::zeros(3, 32);
+        let e = |r: Result<DirectionMetrics>| format!("{:#}", r.unwrap_err());
+        let o = EvalOptions::default();
+        assert!(e(evaluate(q32.view(), db.view(), ql.view(), dl.view(), &o)).contains("code length mismatch"));
+        assert!(e(evaluate(q.view(), db.view(), dl.view(), dl.view(), &o)).contains("3 query codes but 20 query label rows"));
+        assert!(e(evaluate(q.view(), db.view(), ql.view(), ql.view(), &o)).contains("20 database codes but 3"));
+        let ql5 = Array2::<u8>::zeros((3, 5));
+        assert!(e(evaluate(q.view(), db.view(), ql5.view(), dl.view(), &o)).contains("5 classes"));
+        let k0 = EvalOptions { topk: Some(0), ..Default::default() };
+        assert!(e(evaluate(q.view(), db.view(), ql.view(), dl.view(), &k0)).contains("k >= 1"));
+        let bad = CodesRef { n: 3, bits: 16, data: &[0u8; 5] };
+        assert!(e(evaluate(bad, db.view(), ql.view(), dl.view(), &o)).contains("expected 6 bytes"));
+    }
+
+    #[test]
+    fn unsorted_precision_points_and_thread_independence() {
+        let (q, db, ql, dl) = gen_case(5, 3000, 40, 64, 24, 0.15);
+        let opts = EvalOptions { topk: Some(100), precision_at: vec![500, 10, 2999, 3000, 1], pr_curve: true };
+        let want = reference_sort(q.view(), db.view(), ql.view(), dl.view(), &opts);
+        for threads in [1usize, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let got = pool.install(|| evaluate(q.view(), db.view(), ql.view(), dl.view(), &opts)).unwrap();
+            close(&got, &want, 1e-12).unwrap();
+            assert_eq!(got.precision_at_n.iter().map(|p| p.0).collect::<Vec<_>>(), vec![500, 10, 2999, 3000, 1]);
+        }
+        let e = evaluate(q.view(), db.view(), ql.view(), dl.view(), &EvalOptions { precision_at: vec![0], ..Default::default() });
+        assert!(format!("{:#}", e.unwrap_err()).contains("N >= 1"));
+    }
 
     #[test]
     fn hand_worked_example() {

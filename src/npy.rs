@@ -202,8 +202,16 @@ pub fn write_atomic(path: &Path, f: impl FnOnce(&mut BufWriter<&mut File>) -> Re
         f(&mut w).with_context(|| format!("writing {}", path.display()))?;
         w.flush()?;
     }
+    // tempfile creates 0600; outputs are ordinary files (0644 before the umask).
+    set_mode(tmp.path(), 0o644)?;
     tmp.persist(path).map_err(|e| anyhow!("{}: cannot rename into place ({e})", path.display()))?;
     Ok(())
+}
+
+/// Sets the permission bits of a file or folder made through `tempfile` (which makes them private).
+pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| format!("{}: cannot set permissions", path.display()))
 }
 
 /// Element types cmh writes.

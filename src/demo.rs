@@ -1,0 +1,180 @@
+//! `cmh demo`: the main job. Builds (or reuses) the emoji image–text bundle, trains every method at
+//! 32 and 64 bits under the standard and zero-shot protocols, prints one table and writes a report
+//! folder with `report.json`, the codes, curves and a picture of top results.
+
+use crate::bundle::Bundle;
+use crate::codes::BinaryCodes;
+use crate::method::DeviceChoice;
+use crate::pipeline::{self, RunConfig};
+use crate::plot::{self, Cell, GridRow};
+use crate::report::{format_table, summarize, write_json, Report};
+use crate::split::{Protocol, SplitConfig};
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Demo hyper-parameters: the papers' settings, with deep training shortened for a 2-core CPU
+/// (feature mode over the bundle's hand-crafted image descriptor). `--config` overrides them.
+pub const DEMO_CONFIG: &str = include_str!("demo.toml");
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Report folder.
+    #[arg(long, default_value = "runs/demo")]
+    pub out: PathBuf,
+    /// The emoji bundle (built on first use; network only then, through npm).
+    #[arg(long, default_value = "data/emoji")]
+    pub data: PathBuf,
+    /// Code lengths.
+    #[arg(long, value_delimiter = ',', default_value = "32,64")]
+    pub bits: Vec<usize>,
+    /// Methods to run (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Vec<String>,
+    /// Deep methods train on the 64×64 images instead of the descriptor (slower on CPU; meant for
+    /// `--device cuda`).
+    #[arg(long)]
+    pub images: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// TOML overrides of the demo's hyper-parameters (a section per method).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Methods the demo runs by default, in table order.
+pub const DEMO_METHODS: &[&str] = &["random", "cca-itq", "sch", "segh", "sdch", "czhash", "agnet"];
+
+fn demo_params(method: &str, user: Option<&Path>) -> Result<toml::Table> {
+    let base: toml::Table = DEMO_CONFIG.parse().map_err(|e| anyhow!("built-in demo config: {e}"))?;
+    let mut t = base.get(method).and_then(|v| v.as_table()).cloned().unwrap_or_default();
+    let user = crate::cli::method_params(method, user, &[])?;
+    t.extend(user);
+    Ok(t)
+}
+
+pub fn run_demo(a: &DemoArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let progress = !a.quiet;
+    let methods: Vec<String> = if a.methods.is_empty() { DEMO_METHODS.iter().map(|s| s.to_string()).collect() } else { a.methods.clone() };
+    for m in &methods {
+        if !pipeline::METHODS.contains(&m.as_str()) {
+            bail!("unknown method {m:?}; methods are {}", pipeline::METHODS.join(", "));
+        }
+    }
+    if progress {
+        eprintln!("demo: emoji bundle in {}", a.data.display());
+    }
+    let bundle = crate::semantics::emoji_bundle(&crate::semantics::BuildEmojiArgs::new(&a.data))?;
+    let mut reports: Vec<Report> = Vec::new();
+    let mut dirs: Vec<(Report, PathBuf)> = Vec::new();
+    for protocol in [Protocol::Standard, Protocol::ZeroShot] {
+        let pname = serde_json::to_value(protocol)?.as_str().unwrap_or("").to_string();
+        for m in &methods {
+            let cfg = RunConfig {
+                method: m.clone(),
+                data: bundle.dir.clone(),
+                bits: a.bits.clone(),
+                seed: a.seed,
+                repeat: 1,
+                split: SplitConfig { protocol, seed: a.seed, unseen_fraction: 0.2, ..SplitConfig::default() },
+                params: demo_params(m, a.config.as_deref())?,
+                device: a.device,
+                topk: Some(100),
+                images: a.images,
+            };
+            let dir = a.out.join(&pname).join(m);
+            let rs = pipeline::run(&cfg, &dir, false, progress).with_context(|| format!("demo: {m} under {pname}"))?;
+            for r in rs {
+                dirs.push((r.clone(), dir.join(format!("bits{}-seed{}", r.bits, r.seed))));
+                reports.push(r);
+            }
+        }
+    }
+    let summary = summarize(&reports);
+    let table = format_table(&summary);
+    let top = *a.bits.iter().max().unwrap_or(&64);
+    let mut pictures = Vec::new();
+    for protocol in ["standard", "zero-shot"] {
+        let rs: Vec<&Report> = reports.iter().filter(|r| r.protocol == protocol && r.bits == top).collect();
+        if !rs.is_empty() {
+            for p in plot::plot_reports(&a.out.join("plots"), &format!("{protocol}_"), &rs, &format!(" ({protocol}, {top} bits)"))? {
+                pictures.push(p.with_extension("png"));
+            }
+        }
+    }
+    // Top results of the best method (by mean of both directions) at the longest code length.
+    let best = dirs
+        .iter()
+        .filter(|(r, _)| r.protocol == "standard" && r.bits == top && r.method != "random")
+        .max_by(|x, y| (x.0.i2t_encoded.map + x.0.t2i_encoded.map).total_cmp(&(y.0.i2t_encoded.map + y.0.t2i_encoded.map)));
+    if let Some((r, dir)) = best {
+        let stem = a.out.join("plots").join("top_results");
+        top_results_picture(&bundle, dir, &stem, &format!("{} at {} bits: top results (standard protocol, database encoded)", r.method, r.bits))?;
+        pictures.push(stem.with_extension("png"));
+    }
+    write_json(
+        &a.out.join("report.json"),
+        &serde_json::json!({"summary": summary, "runs": reports, "pictures": pictures, "seconds": t0.elapsed().as_secs_f64()}),
+    )?;
+    println!("{table}");
+    println!("learned-B: database codes are the learned training codes; 'enc' columns encode the database with the hash functions.");
+    println!("wrote {} and {} pictures under {} ({:.0} s)", a.out.join("report.json").display(), pictures.len(), a.out.join("plots").display(), t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Text of an item for pictures: its name and a few keywords, from the bundle's items.json.
+fn item_texts(bundle: &Bundle) -> Vec<String> {
+    let p = bundle.dir.join("items.json");
+    let v: Option<serde_json::Value> = std::fs::read_to_string(&p).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let items = v.as_ref().and_then(|v| v.as_array().cloned().or_else(|| v.get("items").and_then(|i| i.as_array().cloned())));
+    match items {
+        Some(items) if items.len() == bundle.n_items() => items
+            .iter()
+            .map(|it| {
+                let name = it.get("name").and_then(|n| n.as_str()).unwrap_or("").to_lowercase();
+                let kws: Vec<String> = it.get("keywords").and_then(|k| k.as_array()).map(|k| k.iter().take(3).filter_map(|s| s.as_str().map(|s| s.replace('_', " "))).collect()).unwrap_or_default();
+                format!("{name} ({})", kws.join(", "))
+            })
+            .collect(),
+        _ => (0..bundle.n_items()).map(|i| format!("item {i}")).collect(),
+    }
+}
+
+fn top_results_picture(bundle: &Bundle, run: &Path, stem: &Path, title: &str) -> Result<()> {
+    let images = bundle.modalities[0].images.as_ref().ok_or_else(|| anyhow!("the emoji bundle has no raw images"))?;
+    let texts = item_texts(bundle);
+    let load = |name: &str| BinaryCodes::load_npy(&run.join(format!("{name}.npy")), None);
+    let query_idx = crate::npy::read_indices(&run.join("split_query.npy"), bundle.n_items())?;
+    let db_idx = crate::npy::read_indices(&run.join("split_database.npy"), bundle.n_items())?;
+    let labels = bundle.union_labels();
+    let image_of = |i: usize| Cell::Image(images.index_axis(ndarray::Axis(0), i).to_owned());
+    let relevant = |a: usize, b: usize| labels.row(a).iter().zip(labels.row(b)).any(|(x, y)| *x != 0 && *y != 0);
+    let mut rows = Vec::new();
+    // Three image queries (→ texts) and three text queries (→ images), spread over the query set.
+    for (qname, dbname, as_image) in [("query_image", "db_text", true), ("query_text", "db_image", false)] {
+        let q = load(qname)?;
+        let db = load(dbname)?;
+        let picks: Vec<usize> = (0..3).map(|k| (k * 2 + 1) * q.len() / 7).collect();
+        let qsel = q.select_rows(&picks);
+        let res = crate::search::topk(qsel.view(), db.view(), 6)?;
+        for (r, &p) in picks.iter().enumerate() {
+            let qi = query_idx[p];
+            let results = res
+                .indices
+                .row(r)
+                .iter()
+                .map(|&j| {
+                    let di = db_idx[j as usize];
+                    (if as_image { Cell::Text(texts[di].clone()) } else { image_of(di) }, relevant(qi, di))
+                })
+                .collect();
+            rows.push(GridRow { query: if as_image { image_of(qi) } else { Cell::Text(texts[qi].clone()) }, results });
+        }
+    }
+    plot::result_grid(stem, title, &rows)
+}
