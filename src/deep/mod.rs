@@ -7,7 +7,9 @@
 //! - [`sdch`]: Semantic Deep Cross-modal Hashing; [`itq`]: ITQ rotation (SDCH's B initialisation);
 //! - [`features`]: `cmh features` (fc7 image features into a new bundle).
 
+pub mod agnet;
 pub mod alexnet;
+pub mod czhash;
 pub mod features;
 pub mod itq;
 pub mod mlp;
@@ -16,6 +18,7 @@ pub mod pth;
 pub mod sdch;
 pub mod tensors;
 pub mod trainer;
+pub mod zs_common;
 
 /// Helpers for tests that call the project's Python (scripts/ only).
 #[cfg(test)]

@@ -1,0 +1,320 @@
+//! Zero-shot measurement on Wikipedia (issue 5): CZHash, CZHash-nFS, AgNet and a random-code
+//! floor under protocols (b) zero-shot, (c) semi-supervised zero-shot, (d) per-modality label
+//! spaces, over random class splits.
+//!
+//! Setup (once):
+//!   .venv/bin/python scripts/wiki_to_npy.py --src ../shared/data/wiki --out data/wiki_npy
+//!   (optional, MiniLM class embeddings: a JSON list of the class names → data/wiki_npy/minilm.npy
+//!    with the class-semantics script `embed_minilm.py --input data/wiki_npy/classes.json --out …`)
+//! Run:
+//!   cargo bench --bench zeroshot_wiki -- --emb onehot --protocols b,c,d --bits 64 --repeat 10
+//!   options: --methods czhash,czhash-nfs,agnet,random,cca-ref  --seed0 0  --device cpu
+//!            --param czhash.epochs=40 (any hyper-parameter, TOML value)  --out runs/zeroshot_wiki.json
+//!            --threads 1 (torch intra-op threads)
+//!
+//! Split: the bundle keeps Wikipedia's standard roles (2173 training = database rows, 693 test =
+//! query rows); for split seed s, `make_split` draws 2 of the 10 classes as unseen (20%); training
+//! uses the training rows of the 8 seen classes, queries are the test rows of the unseen classes,
+//! the database is the training rows of the unseen classes (database items encoded by the networks).
+//! (c) masks 70% of the training labels (one mask for both modalities); (d) masks 70% per modality
+//! independently and lets each modality see its own random 80% of the seen classes (6 of 8).
+//!
+//! `cca-ref` is a bench-local reference only (regularised CCA to min(bits, 10) dimensions, then
+//! ITQ), so that a run can be read without the shallow methods; the project's CCA-ITQ lives in
+//! src/shallow.
+
+use anyhow::{anyhow, bail, Context, Result};
+use cmh::bundle::{one_hot, Bundle, BundleWriter, FixedSplit, NewModality};
+use cmh::codes::BinaryCodes;
+use cmh::deep::agnet::AgnetParams;
+use cmh::deep::czhash::CzhashParams;
+use cmh::method::{DeviceChoice, Fit, FitContext, HashModel, View, IMAGE, TEXT};
+use cmh::metrics::EvalOptions;
+use cmh::pipeline::{evaluate_split, EncodedSplit, RandomCodes};
+use cmh::split::{bundle_views, make_split, Protocol, Split, SplitConfig};
+use ndarray::{Array1, Array2, Axis};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+struct Args {
+    npy: PathBuf,
+    emb: String,
+    protocols: Vec<Protocol>,
+    bits: Vec<usize>,
+    seed0: u64,
+    repeat: usize,
+    methods: Vec<String>,
+    params: BTreeMap<String, toml::Table>,
+    device: DeviceChoice,
+    out: Option<PathBuf>,
+    threads: i32,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        npy: PathBuf::from("data/wiki_npy"),
+        emb: "onehot".into(),
+        protocols: vec![Protocol::ZeroShot, Protocol::SemiSupervised, Protocol::LabelSpaces],
+        bits: vec![64],
+        seed0: 0,
+        repeat: 10,
+        methods: ["czhash", "czhash-nfs", "agnet", "random", "cca-ref"].iter().map(|s| s.to_string()).collect(),
+        params: BTreeMap::new(),
+        device: DeviceChoice::Cpu,
+        out: None,
+        threads: 1,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).filter(|s| s != "--bench").collect();
+    let mut it = argv.into_iter();
+    while let Some(k) = it.next() {
+        let mut val = || it.next().ok_or_else(|| anyhow!("{k} needs a value"));
+        match k.as_str() {
+            "--npy" => a.npy = PathBuf::from(val()?),
+            "--emb" => a.emb = val()?,
+            "--protocols" => {
+                a.protocols = val()?
+                    .split(',')
+                    .map(|p| match p {
+                        "a" => Ok(Protocol::Standard),
+                        "b" => Ok(Protocol::ZeroShot),
+                        "c" => Ok(Protocol::SemiSupervised),
+                        "d" => Ok(Protocol::LabelSpaces),
+                        o => Err(anyhow!("unknown protocol {o:?} (a, b, c, d)")),
+                    })
+                    .collect::<Result<_>>()?
+            }
+            "--bits" => a.bits = val()?.split(',').map(|b| b.parse().map_err(|e| anyhow!("--bits: {e}"))).collect::<Result<_>>()?,
+            "--seed0" => a.seed0 = val()?.parse()?,
+            "--repeat" => a.repeat = val()?.parse()?,
+            "--methods" => a.methods = val()?.split(',').map(String::from).collect(),
+            "--device" => {
+                a.device = match val()?.as_str() {
+                    "cpu" => DeviceChoice::Cpu,
+                    "cuda" => DeviceChoice::Cuda,
+                    "auto" => DeviceChoice::Auto,
+                    o => bail!("--device {o}: cpu, cuda or auto"),
+                }
+            }
+            "--param" => {
+                let p = val()?;
+                let (key, value) = p.split_once('=').ok_or_else(|| anyhow!("--param {p}: expected method.key=value"))?;
+                let (method, key) = key.split_once('.').ok_or_else(|| anyhow!("--param {p}: expected method.key=value"))?;
+                let t: toml::Table = toml::from_str(&format!("{key} = {value}")).map_err(|e| anyhow!("--param {p}: {e}"))?;
+                a.params.entry(method.to_string()).or_default().extend(t);
+            }
+            "--out" => a.out = Some(PathBuf::from(val()?)),
+            "--threads" => a.threads = val()?.parse()?,
+            o => bail!("unknown option {o}"),
+        }
+    }
+    Ok(a)
+}
+
+fn read_npy_f32(p: &Path) -> Result<Array2<f32>> {
+    cmh::npy::read_features(p)
+}
+
+/// Builds (or reuses) the Wikipedia bundle with the chosen class embeddings.
+fn wiki_bundle(npy: &Path, emb: &str) -> Result<Bundle> {
+    let dir = npy.parent().unwrap_or(Path::new(".")).join(format!("wiki_bundle_{emb}"));
+    if dir.join("bundle.json").is_file() {
+        return Bundle::load(&dir);
+    }
+    let img = read_npy_f32(&npy.join("image.npy"))?;
+    let txt = read_npy_f32(&npy.join("text.npy"))?;
+    let y = cmh::npy::read_indices(&npy.join("labels.npy"), 10)?;
+    let train = cmh::npy::read_indices(&npy.join("train.npy"), y.len())?;
+    let test = cmh::npy::read_indices(&npy.join("test.npy"), y.len())?;
+    let classes: Vec<String> = serde_json::from_str(&std::fs::read_to_string(npy.join("classes.json"))?)?;
+    let k = classes.len();
+    let embeddings = match emb {
+        "onehot" => (Array2::from_shape_fn((k, k), |(i, j)| if i == j { 1.0 } else { 0.0 }), "one-hot class indicators".to_string()),
+        "minilm" => (
+            read_npy_f32(&npy.join("minilm.npy")).context("MiniLM embeddings (see the header of this bench)")?,
+            "all-MiniLM-L6-v2 sentence embeddings of the class names".to_string(),
+        ),
+        o => bail!("--emb {o}: onehot or minilm"),
+    };
+    BundleWriter {
+        name: "wikipedia".into(),
+        source: "Rasiwasia et al., ACM MM 2010: 128-word SIFT BoVW images, 10-topic LDA texts (raw_features.mat)".into(),
+        classes,
+        modalities: vec![
+            NewModality { name: "image".into(), features: Some(img), description: Some("128-d SIFT BoVW".into()), images: None },
+            NewModality { name: "text".into(), features: Some(txt), description: Some("10-topic LDA".into()), images: None },
+        ],
+        labels: vec![one_hot(&y, k)],
+        class_embeddings: Some(embeddings),
+        split: Some(FixedSplit { train: train.clone(), query: test, database: train }),
+        ..Default::default()
+    }
+    .write(&dir, false)
+}
+
+fn encode(model: &dyn HashModel, views: &[View]) -> Result<[BinaryCodes; 2]> {
+    Ok([model.encode(IMAGE, &views[IMAGE])?, model.encode(TEXT, &views[TEXT])?])
+}
+
+/// Bench-local reference: regularised CCA (min(bits, dims) components) followed by ITQ.
+struct CcaRef {
+    mean: [Array1<f64>; 2],
+    proj: [Array2<f64>; 2],
+    bits: usize,
+}
+
+impl CcaRef {
+    fn fit(x: &Array2<f32>, y: &Array2<f32>, bits: usize, seed: u64) -> Result<Self> {
+        use ndarray_linalg::{Eigh, SVD, UPLO};
+        let x = x.mapv(|v| v as f64);
+        let y = y.mapv(|v| v as f64);
+        let (mx, my) = (x.mean_axis(Axis(0)).unwrap(), y.mean_axis(Axis(0)).unwrap());
+        let (xc, yc) = (&x - &mx, &y - &my);
+        let n = x.nrows() as f64;
+        let reg = |c: Array2<f64>| {
+            let tr = c.diag().sum() / c.nrows() as f64;
+            let mut c = c;
+            for i in 0..c.nrows() {
+                c[[i, i]] += 1e-4 * tr + 1e-8;
+            }
+            c
+        };
+        let cxx = reg(xc.t().dot(&xc) / n);
+        let cyy = reg(yc.t().dot(&yc) / n);
+        let cxy = xc.t().dot(&yc) / n;
+        let isqrt = |c: &Array2<f64>| -> Result<Array2<f64>> {
+            let (e, v) = c.eigh(UPLO::Lower)?;
+            Ok(v.dot(&Array2::from_diag(&e.mapv(|l| 1.0 / l.max(1e-12).sqrt()))).dot(&v.t()))
+        };
+        let (wx, wy) = (isqrt(&cxx)?, isqrt(&cyy)?);
+        let m = wx.dot(&cxy).dot(&wy);
+        let (u, _s, vt) = m.svd(true, true)?;
+        let k = bits.min(x.ncols()).min(y.ncols());
+        let px = wx.dot(&u.unwrap().slice(ndarray::s![.., ..k]));
+        let py = wy.dot(&vt.unwrap().t().slice(ndarray::s![.., ..k]));
+        // ITQ on the stacked projections.
+        let v = ndarray::concatenate![Axis(0), xc.dot(&px), yc.dot(&py)];
+        use rand::SeedableRng;
+        use rand_distr::{Distribution, Normal};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let g = Array2::from_shape_fn((k, k), |_| Normal::new(0.0, 1.0).unwrap().sample(&mut rng));
+        let (q, _, _) = g.svd(true, false)?;
+        let mut r = q.unwrap();
+        for _ in 0..50 {
+            let b = v.dot(&r).mapv(|t| if t >= 0.0 { 1.0 } else { -1.0 });
+            let (u, _, vt) = b.t().dot(&v).svd(true, true)?;
+            r = vt.unwrap().t().dot(&u.unwrap().t());
+        }
+        Ok(Self { mean: [mx, my], proj: [px.dot(&r), py.dot(&r)], bits: k })
+    }
+}
+
+impl HashModel for CcaRef {
+    fn method(&self) -> &'static str {
+        "cca-ref"
+    }
+    fn bits(&self) -> usize {
+        self.bits
+    }
+    fn encode(&self, m: usize, view: &View) -> Result<BinaryCodes> {
+        let x = view.features("cca-ref", m)?.mapv(|v| v as f64);
+        Ok(BinaryCodes::from_signs((&x - &self.mean[m]).dot(&self.proj[m]).view()))
+    }
+    fn save(&self, _: &Path) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn fit_one(method: &str, a: &Args, split: &Split, bundle: &Bundle, bits: usize, seed: u64) -> Result<Box<dyn HashModel>> {
+    let train = split.train_set(bundle, false)?;
+    let ctx = FitContext { device: a.device, ..FitContext::new(bits, seed) };
+    let table = |name: &str| a.params.get(name).cloned().unwrap_or_default();
+    let from = |name: &str| -> Result<toml::Value> { Ok(toml::Value::Table(table(name))) };
+    Ok(match method {
+        "czhash" => Box::new(from("czhash")?.try_into::<CzhashParams>()?.fit(&train, &ctx)?),
+        "czhash-nfs" => {
+            let mut t = table("czhash");
+            t.extend(table("czhash-nfs"));
+            t.insert("use_unlabelled".into(), toml::Value::Boolean(false));
+            Box::new(toml::Value::Table(t).try_into::<CzhashParams>()?.fit(&train, &ctx)?)
+        }
+        "agnet" => Box::new(from("agnet")?.try_into::<AgnetParams>()?.fit(&train, &ctx)?),
+        "random" => Box::new(RandomCodes::default().fit(&train, &ctx)?),
+        "cca-ref" => {
+            let x = train.views[0].features("cca-ref", 0)?;
+            let y = train.views[1].features("cca-ref", 1)?;
+            Box::new(CcaRef::fit(x, y, bits, seed)?)
+        }
+        o => bail!("unknown method {o}"),
+    })
+}
+
+fn main() -> Result<()> {
+    let a = parse_args()?;
+    // One torch thread: on a shared 2-core machine libgomp's spinning workers otherwise burn most
+    // of the CPU time (measured: 5 CZHash epochs 60 s → 9.5 s wall).
+    tch::set_num_threads(a.threads);
+    if !a.npy.join("image.npy").is_file() {
+        eprintln!(
+            "{} not found: run `.venv/bin/python scripts/wiki_to_npy.py --src ../shared/data/wiki --out {}` first; skipping",
+            a.npy.join("image.npy").display(),
+            a.npy.display()
+        );
+        return Ok(());
+    }
+    let bundle = wiki_bundle(&a.npy, &a.emb)?;
+    let opts = EvalOptions::default();
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    // (protocol, method, bits) → per seed (i2t, t2i)
+    let mut table: BTreeMap<(String, String, usize), Vec<(f64, f64)>> = BTreeMap::new();
+    let pname = |p: Protocol| match p {
+        Protocol::Standard => "a",
+        Protocol::ZeroShot => "b",
+        Protocol::SemiSupervised => "c",
+        Protocol::LabelSpaces => "d",
+    };
+    for &protocol in &a.protocols {
+        for seed in a.seed0..a.seed0 + a.repeat as u64 {
+            let split = make_split(&bundle, &SplitConfig { protocol, seed, ..Default::default() })?;
+            let qv = bundle_views(&bundle, &split.query, false)?;
+            let dv = bundle_views(&bundle, &split.database, false)?;
+            let unseen: Vec<&str> = split.unseen_classes.iter().map(|&c| bundle.class_names()[c].as_str()).collect();
+            for &bits in &a.bits {
+                for method in &a.methods {
+                    let t0 = Instant::now();
+                    let model = fit_one(method, &a, &split, &bundle, bits, seed).with_context(|| format!("{method} seed {seed}"))?;
+                    let fit_s = t0.elapsed().as_secs_f64();
+                    let enc = EncodedSplit { query: encode(model.as_ref(), &qv)?, database: encode(model.as_ref(), &dv)?, learned_db: None };
+                    let ev = evaluate_split(&enc, &bundle, &split, &opts)?;
+                    eprintln!(
+                        "({}) seed {seed} unseen {unseen:?} {method:>10} {bits:>3} bits: I→T {:.4} T→I {:.4}  [{} queries, {} db, fit {fit_s:.1}s]",
+                        pname(protocol),
+                        ev.i2t.map,
+                        ev.t2i.map,
+                        split.query.len(),
+                        split.database.len()
+                    );
+                    table.entry((pname(protocol).into(), method.clone(), bits)).or_default().push((ev.i2t.map, ev.t2i.map));
+                    rows.push(serde_json::json!({
+                        "protocol": pname(protocol), "seed": seed, "unseen": unseen, "method": method, "bits": bits,
+                        "i2t": ev.i2t.map, "t2i": ev.t2i.map, "fit_s": fit_s, "history": model.history(),
+                    }));
+                }
+            }
+        }
+    }
+    println!("\nWikipedia, class embeddings {}, seeds {}..{} (mean ± std of mAP, encoded database)", a.emb, a.seed0, a.seed0 + a.repeat as u64 - 1);
+    println!("{:<4} {:<11} {:>5} {:>17} {:>17}", "prot", "method", "bits", "I→T", "T→I");
+    for ((p, m, bits), v) in &table {
+        let (i, t): (Vec<f64>, Vec<f64>) = v.iter().copied().unzip();
+        let (mi, si) = cmh::report::mean_std(&i);
+        let (mt, st) = cmh::report::mean_std(&t);
+        println!("{p:<4} {m:<11} {bits:>5} {mi:>9.4} ± {si:.4} {mt:>9.4} ± {st:.4}");
+    }
+    if let Some(out) = &a.out {
+        let json = serde_json::json!({ "emb": a.emb, "params": a.params, "runs": rows });
+        cmh::npy::write_text_atomic(out, &serde_json::to_string_pretty(&json)?)?;
+        println!("wrote {}", out.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,985 @@
+//! CZHash — Cross-modal Zero-shot Hashing (Liu, Li, Wang, Yu, Domeniconi, Zhang; ICDM 2019,
+//! arXiv 1908.07388).
+//!
+//! Two modalities v ∈ {1 = image, 2 = text}, n paired training items, some labelled in a modality
+//! and some not, each modality with its own label space (classes `modality_classes[v]`).
+//!
+//! **Label similarity (eq. 1).** For label sets lᵢ (modality v) and lⱼ (modality v'), in the global
+//! class index space: s_ij = |lᵢ ∩ lⱼ| / |lᵢ ∪ lⱼ| (Jaccard). It is defined across modalities even
+//! when their label spaces differ (classes outside the intersection count only in the union).
+//!
+//! **Composite similarity (eqs. 2–3).** Feature similarity within modality v:
+//! ŝᵛ_ij = 1 / (1 + ‖xᵢᵛ − xⱼᵛ‖ / σᵛ), with σᵛ = 1 (the paper) or, by default here, the median
+//! pairwise distance of the standardised training features (`normalise_distances`), so that the
+//! similarity spreads over (0, 1] whatever the feature scale.
+//! The extracted paper text loses which of the two similarities is the base and which the
+//! exponent. **Our reading**, fixed by the prose ("the larger the label similarity, the larger the
+//! composite similarity") and by continuity with the unlabelled case:
+//! - eq. 2, within modality v: S^{vv}_ij = (ŝᵛ_ij)^(1 − s^{vv}_ij) when items i and j are both
+//!   labelled in v, else ŝᵛ_ij;
+//! - eq. 3, across modalities: with m_ij = (ŝ¹_ij + ŝ²_ij)/2 the mean of the two within-modality
+//!   feature similarities, S^{vv'}_ij = m_ij^(1 − s^{vv'}_ij) when i is labelled in v and j in v',
+//!   else m_ij.
+//!
+//! Limiting cases (tested): identical label sets (s = 1) give 1 whatever the features; disjoint
+//! label sets (s = 0) give the feature similarity alone, exactly what an unlabelled pair gets, so a
+//! missing label is neutral rather than a "dissimilar" verdict; the composite grows with s and
+//! with the feature similarity. (The other reading, s^(1 − ŝ), sends every label-disjoint pair
+//! to 0 and makes labelled and unlabelled pairs incomparable.)
+//!
+//! **Objective (eq. 7).**
+//! min Σ_{v,v'} ‖F⁽ᵛ⁾F⁽ᵛ'⁾ᵀ − S^{vv'}‖² + α Σ_v ‖F⁽ᵛ⁾ − C⁽ᵛ⁾A⁽ᵛ⁾‖² + β Σ_v ‖C⁽ᵛ⁾W⁽ᵛ⁾ − B‖²,
+//! with F⁽ᵛ⁾ (n × e) the output of modality v's network, A⁽ᵛ⁾ (K_v × e) the class attribute matrix
+//! of modality v's classes (the bundle's class embeddings, rows L2-normalised), C⁽ᵛ⁾ (n × K_v) the
+//! category representation of the items, W⁽ᵛ⁾ (K_v × r) coefficient matrices and B ∈ {−1, 1}^{n×r}.
+//! Our reading of C: a labelled item's category representation is its known category, the label
+//! row normalised to sum 1 (so C A is the mean attribute vector of its classes) and is kept fixed;
+//! the rows of unlabelled items are the free variables of eq. 10. This is what ties the network
+//! output to the attribute space for labelled items and what lets unlabelled items take part.
+//!
+//! **Optimisation (eqs. 8–12), alternating; one round per epoch.** The brief fixes eq. 12
+//! (B = sign(C⁽¹⁾W⁽¹⁾ + C⁽²⁾W⁽²⁾)); eqs. 8–11 are numbered here in the order the paper alternates:
+//! - eq. 8 [`update_f`] image network θ¹, eq. 9 text network θ², by mini-batch back-propagation of
+//!   eq. 7 restricted to the batch rows of F⁽ᵛ⁾ (the other rows come from a stored copy of F, as in
+//!   DCMH): L_b = 2 Σ_{v'} ‖F⁽ᵛ⁾_b F⁽ᵛ'⁾ᵀ − S^{vv'}_b‖² + α ‖F⁽ᵛ⁾_b − C⁽ᵛ⁾_b A⁽ᵛ⁾‖², whose gradient
+//!   equals that of eq. 7 for those rows (tested), batch 128, dropout 0.5, Adam;
+//! - eq. 10 [`update_c`]: for unlabelled rows, C⁽ᵛ⁾ = (αF⁽ᵛ⁾A⁽ᵛ⁾ᵀ + βBW⁽ᵛ⁾ᵀ)(αA⁽ᵛ⁾A⁽ᵛ⁾ᵀ + βW⁽ᵛ⁾W⁽ᵛ⁾ᵀ + λI)⁻¹;
+//! - eq. 11 [`update_w`]: W⁽ᵛ⁾ = (C⁽ᵛ⁾ᵀC⁽ᵛ⁾ + λI)⁻¹C⁽ᵛ⁾ᵀB;
+//! - eq. 12 [`update_b`]: B = sign(C⁽¹⁾W⁽¹⁾ + C⁽²⁾W⁽²⁾).
+//!
+//! λ (`ridge`) is a small ridge added for invertibility; α = β = 1 as in the paper.
+//!
+//! **Term scales (`normalise_terms`, default on).** Written literally, eq. 7's similarity term sums
+//! n² pairs and its coding term r bits per item, against e attribute coordinates per item in the
+//! α term. With n in the thousands the α term then has no say in the network update, and the
+//! similarity term is invariant to rotations of F, so nothing aligns F with the attribute space
+//! that new items are decoded against; with r = 64 bits the coding term likewise swamps the
+//! attribute term in eq. 10, freezing unlabelled items at their initial codes. We therefore
+//! average the similarity term over the n compared items (ω = 1/n) and the coding term over the
+//! r bits (β/r), so α = β = 1 weigh per-item quantities against each other. `normalise_terms =
+//! false` gives the literal sums.
+//!
+//! **New items.** f = network output, category representation by regularised least squares
+//! against A: c = argmin ‖f − cA⁽ᵛ⁾‖² + λ‖c‖² = f A⁽ᵛ⁾ᵀ(A⁽ᵛ⁾A⁽ᵛ⁾ᵀ + λI)⁻¹, code = sign(c W⁽ᵛ⁾).
+//!
+//! **CZHash-nFS** (the paper's ablation) is the same model trained without the unlabelled items:
+//! `use_unlabelled = false` keeps only rows labelled in at least one modality.
+//!
+//! Networks: on feature vectors (the CPU path), each modality's network is an MLP
+//! (`hidden` widths, ReLU, dropout) ending in the e-dimensional attribute space. Raw images are
+//! refused with a clear message (extract features first).
+
+use super::zs_common::{
+    array_from, batches, check_zero_shot_data, epoch_rng, fingerprint, index_tensor, labelled_rows, load_var_store, log_line,
+    prepare, progress_bar, resolve_device, ridge_projector, sign_pm1, stream_rng, tensor_from, var_store_tensors, Adam, Checkpoint,
+    MlpWeights, Mlp, Prepared, Standardizer,
+};
+use crate::codes::BinaryCodes;
+use crate::method::{ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View, IMAGE, TEXT};
+use crate::npy::write_npy;
+use anyhow::{anyhow, bail, Context, Result};
+use ndarray::{Array1, Array2};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::{nn, Kind, Tensor};
+
+pub const METHOD: &str = "czhash";
+const MODALITY_NAMES: [&str; 2] = ["image", "text"];
+
+/// CZHash hyper-parameters; defaults follow the paper where it gives them (α = β = 1, batch 128,
+/// dropout 0.5).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CzhashParams {
+    /// Weight of the attribute-space term (eq. 7).
+    pub alpha: f64,
+    /// Weight of the coding term (eq. 7).
+    pub beta: f64,
+    pub batch_size: usize,
+    pub dropout: f64,
+    /// Hidden widths of each modality's MLP (input → hidden… → attribute dimension).
+    pub hidden: Vec<usize>,
+    /// Alternation rounds (each = one pass of both networks + eqs. 10–12). Resuming a run with a
+    /// larger value continues it.
+    pub epochs: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    /// λ: ridge of the least-squares steps (eqs. 10, 11 and new-item encoding).
+    pub ridge: f64,
+    /// Divide feature distances by their median before ŝ = 1/(1 + d) (eqs. 2–3).
+    pub normalise_distances: bool,
+    /// Train on unlabelled items too (CZHash); `false` is the CZHash-nFS ablation.
+    pub use_unlabelled: bool,
+    /// Put the three terms of eq. 7 on a per-item scale: the similarity term averaged over the n
+    /// items each row is compared with, the coding term over the r bits (see the module docs).
+    /// `false` = the literal sums.
+    pub normalise_terms: bool,
+}
+
+impl Default for CzhashParams {
+    fn default() -> Self {
+        Self {
+            alpha: 1.0,
+            beta: 1.0,
+            batch_size: 128,
+            dropout: 0.5,
+            hidden: vec![1024],
+            epochs: 30,
+            learning_rate: 1e-4,
+            weight_decay: 0.0,
+            ridge: 1e-2,
+            normalise_distances: true,
+            use_unlabelled: true,
+            normalise_terms: true,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Similarities (eqs. 1–3), scalar form: the reference the batched tensor form is tested against.
+
+/// Eq. 1: Jaccard similarity of two label rows (0 when both are empty).
+pub fn jaccard(a: &[u8], b: &[u8]) -> f64 {
+    let inter = a.iter().zip(b).filter(|(&x, &y)| x != 0 && y != 0).count();
+    let union = a.iter().zip(b).filter(|(&x, &y)| x != 0 || y != 0).count();
+    if union == 0 {
+        0.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
+/// ŝ = 1 / (1 + d / σ): feature similarity from a Euclidean distance.
+pub fn feature_similarity(distance: f64, scale: f64) -> f64 {
+    1.0 / (1.0 + distance / scale)
+}
+
+/// Eq. 2: within-modality composite similarity; `label` = Some(Jaccard) when both are labelled.
+pub fn composite_within(feature_sim: f64, label: Option<f64>) -> f64 {
+    match label {
+        Some(s) => feature_sim.powf(1.0 - s),
+        None => feature_sim,
+    }
+}
+
+/// Eq. 3: cross-modal composite similarity from the two within-modality feature similarities.
+pub fn composite_cross(feature_sim_1: f64, feature_sim_2: f64, label: Option<f64>) -> f64 {
+    composite_within(0.5 * (feature_sim_1 + feature_sim_2), label)
+}
+
+/// Eq. 1 on tensors: Jaccard of every row of `a` (b × K) with every row of `b` (n × K).
+pub fn jaccard_t(a: &Tensor, b: &Tensor) -> Tensor {
+    let inter = a.matmul(&b.tr());
+    let union = a.sum_dim_intlist(1, true, Kind::Float) + b.sum_dim_intlist(1, true, Kind::Float).tr() - &inter;
+    let safe = union.clamp_min(1.0);
+    (inter / safe).where_self(&union.gt(0.0), &Tensor::zeros_like(&union))
+}
+
+/// Median Euclidean distance between the rows of a seeded sample of ≤ 512 rows of `x` (σ of ŝ).
+fn median_distance(x: &Tensor, seed: u64) -> f64 {
+    let n = x.size()[0] as usize;
+    let mut idx: Vec<usize> = (0..n).collect();
+    if n > 512 {
+        use rand::seq::SliceRandom;
+        idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+        idx.truncate(512);
+    }
+    let s = x.index_select(0, &index_tensor(&idx, x.device()));
+    let d = Tensor::cdist(&s, &s, 2.0, None::<i64>);
+    let k = idx.len() as i64;
+    if k < 2 {
+        return 1.0;
+    }
+    let mask = Tensor::ones([k, k], (Kind::Bool, x.device())).triu(1);
+    let m = d.masked_select(&mask).median().double_value(&[]);
+    if m > 1e-12 {
+        m
+    } else {
+        1.0
+    }
+}
+
+/// Largest training set whose four n × n similarity matrices are computed once and kept (f32:
+/// 16 n² bytes, 400 MB at this size); larger sets compute the rows of each mini-batch on the fly.
+const CACHE_MAX_ROWS: usize = 5000;
+
+/// The composite similarities of a fit: the features, labels and scales they come from, and the
+/// full matrices when the training set is small enough to keep them.
+struct SimData {
+    x: Vec<Tensor>,
+    labels: Vec<Tensor>,
+    labelled: Vec<Tensor>,
+    scale: [f64; 2],
+    /// `cache[v][u]` = S^{vu}, n × n.
+    cache: Option<Vec<[Tensor; 2]>>,
+}
+
+impl SimData {
+    fn new(p: &Prepared, scale: [f64; 2], cache: bool) -> Self {
+        let mut s = Self {
+            x: p.x.iter().map(|t| t.shallow_clone()).collect(),
+            labels: p.labels.iter().map(|t| t.shallow_clone()).collect(),
+            labelled: p.labelled.iter().map(|t| t.shallow_clone()).collect(),
+            scale,
+            cache: None,
+        };
+        if cache && p.n() <= CACHE_MAX_ROWS {
+            let all = index_tensor(&(0..p.n()).collect::<Vec<_>>(), p.device);
+            s.cache = Some((0..2).map(|v| tch::no_grad(|| s.composite_rows(v, &all))).collect());
+        }
+        s
+    }
+
+    /// Rows `idx` of S^{v,1} and S^{v,2}: from the cache, or computed.
+    fn rows(&self, v: usize, idx: &Tensor) -> [Tensor; 2] {
+        match &self.cache {
+            Some(c) => [c[v][0].index_select(0, idx), c[v][1].index_select(0, idx)],
+            None => tch::no_grad(|| self.composite_rows(v, idx)),
+        }
+    }
+
+    /// Rows `idx` of S^{v,1} and S^{v,2} (eqs. 2–3), each |idx| × n.
+    fn composite_rows(&self, v: usize, idx: &Tensor) -> [Tensor; 2] {
+        let fsim: Vec<Tensor> = (0..2)
+            .map(|u| {
+                let d = Tensor::cdist(&self.x[u].index_select(0, idx), &self.x[u], 2.0, None::<i64>);
+                (d / self.scale[u] + 1.0).reciprocal()
+            })
+            .collect();
+        let lv = self.labels[v].index_select(0, idx);
+        let mv = self.labelled[v].index_select(0, idx);
+        let out: Vec<Tensor> = (0..2)
+            .map(|u| {
+                let base = if u == v { fsim[v].shallow_clone() } else { (&fsim[0] + &fsim[1]) * 0.5 };
+                let jac = jaccard_t(&lv, &self.labels[u]);
+                let both = mv.unsqueeze(1).matmul(&self.labelled[u].unsqueeze(0)).gt(0.5);
+                base.pow(&(Tensor::ones_like(&jac) - &jac)).where_self(&both, &base)
+            })
+            .collect();
+        [out[0].shallow_clone(), out[1].shallow_clone()]
+    }
+}
+
+/// The batch loss of eqs. 8–9 for modality v:
+/// 2 ω Σ_{v'} ‖F_b F⁽ᵛ'⁾ᵀ − S^{vv'}_b‖² + α‖F_b − (CA)_b‖², ω the similarity term's scale (1/n or 1).
+pub fn network_loss(f_b: &Tensor, f_all: [&Tensor; 2], s_rows: [&Tensor; 2], ca_b: &Tensor, alpha: f64, sim_scale: f64) -> Tensor {
+    let mut loss = (f_b - ca_b).square().sum(Kind::Float) * alpha;
+    for u in 0..2 {
+        loss = loss + (f_b.matmul(&f_all[u].tr()) - s_rows[u]).square().sum(Kind::Float) * (2.0 * sim_scale);
+    }
+    loss
+}
+
+// ---------------------------------------------------------------------------------------------
+// Training.
+
+struct Net {
+    vs: nn::VarStore,
+    mlp: Mlp,
+    adam: Adam,
+}
+
+struct Trainer<'a> {
+    params: &'a CzhashParams,
+    prep: Prepared,
+    sim: SimData,
+    /// ω: scale of the similarity term (1/n when `normalise_terms`).
+    sim_scale: f64,
+    /// β / r when `normalise_terms`, else β: the weight of the coding term.
+    beta_eff: f64,
+    nets: Vec<Net>,
+    /// Stored network outputs F⁽ᵛ⁾ (n × e).
+    f: Vec<Tensor>,
+    /// Category representations C⁽ᵛ⁾ (n × K_v), and the fixed rows of labelled items.
+    c: Vec<Tensor>,
+    c_known: Vec<Tensor>,
+    a: Vec<Tensor>,
+    w: Vec<Tensor>,
+    b: Tensor,
+    history: Vec<f64>,
+}
+
+impl<'a> Trainer<'a> {
+    fn new(params: &'a CzhashParams, prep: Prepared, bits: usize, seed: u64) -> Result<Self> {
+        let dev = prep.device;
+        let n = prep.n() as i64;
+        let e = prep.attr_dim();
+        let mut init_rng = stream_rng(seed, usize::MAX, 1);
+        let mut nets = Vec::new();
+        for (m, d) in prep.dims().into_iter().enumerate() {
+            let vs = nn::VarStore::new(dev);
+            let mut dims = vec![d];
+            dims.extend(&params.hidden);
+            dims.push(e);
+            let mlp = Mlp::new(&(vs.root() / MODALITY_NAMES[m]), &dims, params.dropout, &mut init_rng);
+            let adam = Adam::new(&vs, params.learning_rate, params.weight_decay);
+            nets.push(Net { vs, mlp, adam });
+        }
+        let scale = if params.normalise_distances {
+            [median_distance(&prep.x[0], seed), median_distance(&prep.x[1], seed ^ 1)]
+        } else {
+            [1.0, 1.0]
+        };
+        let a: Vec<Tensor> = prep.attributes.iter().map(|a| tensor_from(a.view(), dev)).collect();
+        let c_known: Vec<Tensor> = (0..2)
+            .map(|v| {
+                let cls = index_tensor(&prep.classes[v], dev);
+                let l = prep.labels[v].index_select(1, &cls);
+                &l / l.sum_dim_intlist(1, true, Kind::Float).clamp_min(1.0)
+            })
+            .collect();
+        let f: Vec<Tensor> = (0..2).map(|v| tch::no_grad(|| nets[v].mlp.forward_t(&prep.x[v], None))).collect();
+        // C starts at the labels for labelled rows and at the least-squares fit f P for the others.
+        let c: Vec<Tensor> = (0..2)
+            .map(|v| -> Result<Tensor> {
+                let p = tensor_from(ridge_projector(&prep.attributes[v], params.ridge)?.view(), dev);
+                let free = f[v].matmul(&p);
+                Ok(c_known[v].where_self(&prep.labelled[v].unsqueeze(1).gt(0.5), &free))
+            })
+            .collect::<Result<_>>()?;
+        let mut rng = epoch_rng(seed, usize::MAX);
+        let b0: Vec<f32> = (0..n as usize * bits).map(|_| if rng.gen::<bool>() { 1.0 } else { -1.0 }).collect();
+        let b = Tensor::from_slice(&b0).view([n, bits as i64]).to_device(dev);
+        let w = vec![Tensor::zeros([1], (Kind::Float, dev)), Tensor::zeros([1], (Kind::Float, dev))];
+        let (sim_scale, beta_eff) = if params.normalise_terms { (1.0 / n as f64, params.beta / bits as f64) } else { (1.0, params.beta) };
+        let sim = SimData::new(&prep, scale, true);
+        let mut t = Self { params, prep, sim, sim_scale, beta_eff, nets, f, c, c_known, a, w, b, history: vec![] };
+        t.update_w();
+        t.update_b();
+        Ok(t)
+    }
+
+    /// Eqs. 8 (v = image) and 9 (v = text): one pass of modality v's network over mini-batches.
+    fn update_f(&mut self, v: usize, order: &[Vec<usize>], dropout_rng: &mut rand_chacha::ChaCha8Rng) -> f64 {
+        let dev = self.prep.device;
+        let mut total = 0.0;
+        for batch in order {
+            let idx = index_tensor(batch, dev);
+            let s_rows = self.sim.rows(v, &idx);
+            let f_b = self.nets[v].mlp.forward_t(&self.prep.x[v].index_select(0, &idx), Some(&mut *dropout_rng));
+            let _ = self.f[v].index_copy_(0, &idx, &f_b.detach());
+            let ca_b = self.c[v].index_select(0, &idx).matmul(&self.a[v]);
+            let loss = network_loss(&f_b, [&self.f[0], &self.f[1]], [&s_rows[0], &s_rows[1]], &ca_b, self.params.alpha, self.sim_scale);
+            let net = &mut self.nets[v];
+            net.adam.zero_grad();
+            loss.backward();
+            net.adam.step();
+            total += loss.double_value(&[]);
+        }
+        total
+    }
+
+    /// Eq. 10: category representations of the unlabelled rows (labelled rows stay at their labels).
+    fn update_c(&mut self) {
+        let (al, be, lam) = (self.params.alpha, self.beta_eff, self.params.ridge);
+        for v in 0..2 {
+            let a = &self.a[v];
+            let w = &self.w[v];
+            let k = a.size()[0];
+            let m = a.matmul(&a.tr()) * al + w.matmul(&w.tr()) * be + Tensor::eye(k, (Kind::Float, a.device())) * lam;
+            let rhs = self.f[v].matmul(&a.tr()) * al + self.b.matmul(&w.tr()) * be;
+            // C M = rhs with M symmetric  ⇔  M Cᵀ = rhsᵀ.
+            let free = Tensor::linalg_solve(&m, &rhs.tr(), true).tr();
+            self.c[v] = self.c_known[v].where_self(&self.prep.labelled[v].unsqueeze(1).gt(0.5), &free);
+        }
+    }
+
+    /// Eq. 11: W⁽ᵛ⁾ = (C⁽ᵛ⁾ᵀC⁽ᵛ⁾ + λI)⁻¹ C⁽ᵛ⁾ᵀ B.
+    fn update_w(&mut self) {
+        for v in 0..2 {
+            let c = &self.c[v];
+            let k = c.size()[1];
+            let g = c.tr().matmul(c) + Tensor::eye(k, (Kind::Float, c.device())) * self.params.ridge;
+            self.w[v] = Tensor::linalg_solve(&g, &c.tr().matmul(&self.b), true);
+        }
+    }
+
+    /// Eq. 12: B = sign(C⁽¹⁾W⁽¹⁾ + C⁽²⁾W⁽²⁾).
+    fn update_b(&mut self) {
+        self.b = sign_pm1(&(self.c[0].matmul(&self.w[0]) + self.c[1].matmul(&self.w[1])));
+    }
+
+    /// Eq. 7 at the current state (F from the stored network outputs).
+    fn objective(&self) -> f64 {
+        objective(&self.sim, &self.f, &self.c, &self.a, &self.w, &self.b, self.params.alpha, self.beta_eff, self.sim_scale)
+    }
+
+    fn epoch(&mut self, epoch: usize, seed: u64) -> f64 {
+        let mut rng = epoch_rng(seed, epoch);
+        let mut dropout_rng = stream_rng(seed, epoch, 1);
+        let n = self.prep.n();
+        for v in [IMAGE, TEXT] {
+            let order = batches(n, self.params.batch_size, &mut rng);
+            self.update_f(v, &order, &mut dropout_rng);
+        }
+        self.update_c();
+        self.update_w();
+        self.update_b();
+        let obj = self.objective();
+        self.history.push(obj);
+        obj
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let mut t = Vec::new();
+        for (v, name) in MODALITY_NAMES.iter().enumerate() {
+            t.extend(var_store_tensors(&self.nets[v].vs, &format!("net.{name}")));
+            t.extend(self.nets[v].adam.state(&format!("adam.{name}")));
+            t.push((format!("F.{name}"), self.f[v].shallow_clone()));
+            t.push((format!("C.{name}"), self.c[v].shallow_clone()));
+            t.push((format!("W.{name}"), self.w[v].shallow_clone()));
+        }
+        t.push(("B".into(), self.b.shallow_clone()));
+        t
+    }
+
+    fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
+        let dev = self.prep.device;
+        for (v, name) in MODALITY_NAMES.iter().enumerate() {
+            load_var_store(&mut self.nets[v].vs, ck, &format!("net.{name}"))?;
+            self.nets[v].adam.load_state(ck, &format!("adam.{name}"))?;
+            self.f[v] = ck.tensor(&format!("F.{name}"), &self.f[v].size())?.to_device(dev);
+            self.c[v] = ck.tensor(&format!("C.{name}"), &self.c[v].size())?.to_device(dev);
+            self.w[v] = ck.tensor(&format!("W.{name}"), &self.w[v].size())?.to_device(dev);
+        }
+        self.b = ck.tensor("B", &self.b.size())?.to_device(dev);
+        self.history = ck.meta["history"]
+            .as_array()
+            .ok_or_else(|| anyhow!("{}: the checkpoint has no history", ck.path().display()))?
+            .iter()
+            .map(|x| x.as_f64().unwrap_or(f64::NAN))
+            .collect();
+        Ok(())
+    }
+}
+
+/// Eq. 7: ω Σ_{v,v'} ‖F⁽ᵛ⁾F⁽ᵛ'⁾ᵀ − S^{vv'}‖² + α Σ_v ‖F⁽ᵛ⁾ − C⁽ᵛ⁾A⁽ᵛ⁾‖² + β Σ_v ‖C⁽ᵛ⁾W⁽ᵛ⁾ − B‖²,
+/// the similarity term (scale ω) accumulated over row blocks.
+#[allow(clippy::too_many_arguments)]
+fn objective(sim: &SimData, f: &[Tensor], c: &[Tensor], a: &[Tensor], w: &[Tensor], b: &Tensor, alpha: f64, beta: f64, sim_scale: f64) -> f64 {
+    tch::no_grad(|| {
+        let n = f[0].size()[0] as usize;
+        let dev = f[0].device();
+        let mut total = 0.0;
+        for v in 0..2 {
+            for start in (0..n).step_by(512) {
+                let rows: Vec<usize> = (start..(start + 512).min(n)).collect();
+                let idx = index_tensor(&rows, dev);
+                let s = sim.rows(v, &idx);
+                let fb = f[v].index_select(0, &idx);
+                for u in 0..2 {
+                    total += sim_scale * (fb.matmul(&f[u].tr()) - &s[u]).square().sum(Kind::Double).double_value(&[]);
+                }
+            }
+            total += alpha * (&f[v] - c[v].matmul(&a[v])).square().sum(Kind::Double).double_value(&[]);
+            total += beta * (c[v].matmul(&w[v]) - b).square().sum(Kind::Double).double_value(&[]);
+        }
+        total
+    })
+}
+
+/// The checkpoint description: everything a resumed run must share with the one that wrote it.
+fn checkpoint_meta(params: &CzhashParams, ctx: &FitContext, data_fp: &str) -> serde_json::Value {
+    let mut p = serde_json::to_value(params).unwrap_or_default();
+    if let Some(o) = p.as_object_mut() {
+        o.remove("epochs");
+    }
+    serde_json::json!({ "method": METHOD, "bits": ctx.bits, "seed": ctx.seed, "params": p, "data": data_fp })
+}
+
+impl Fit for CzhashParams {
+    type Model = CzhashModel;
+
+    fn check(&self, data: &TrainSet, bits: usize) -> Result<()> {
+        ensure_nonneg("czhash.alpha", self.alpha)?;
+        ensure_nonneg("czhash.beta", self.beta)?;
+        ensure_pos("czhash.learning_rate", self.learning_rate)?;
+        ensure_nonneg("czhash.weight_decay", self.weight_decay)?;
+        ensure_pos("czhash.ridge", self.ridge)?;
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("hyper-parameter czhash.dropout must be in [0, 1), found {}", self.dropout);
+        }
+        if self.batch_size == 0 {
+            bail!("hyper-parameter czhash.batch_size must be at least 1");
+        }
+        if self.epochs == 0 {
+            bail!("hyper-parameter czhash.epochs must be at least 1");
+        }
+        if self.hidden.contains(&0) {
+            bail!("hyper-parameter czhash.hidden: every hidden width must be at least 1, found {:?}", self.hidden);
+        }
+        if bits == 0 {
+            bail!("bits must be at least 1");
+        }
+        check_zero_shot_data(METHOD, data)?;
+        if !self.use_unlabelled && labelled_rows(data).len() < 2 {
+            bail!("czhash with use_unlabelled = false (CZHash-nFS) needs at least two labelled training items");
+        }
+        Ok(())
+    }
+
+    fn fit_checked(&self, data: &TrainSet, ctx: &FitContext) -> Result<CzhashModel> {
+        let device = resolve_device(ctx.device)?;
+        let rows = if self.use_unlabelled { (0..data.len()).collect() } else { labelled_rows(data) };
+        let all_rows = rows.len() == data.len();
+        let prep = prepare(data, METHOD, rows, device)?;
+        let mut tr = Trainer::new(self, prep, ctx.bits, ctx.seed)?;
+        let meta = checkpoint_meta(self, ctx, &fingerprint(data));
+        let ckdir = ctx.checkpoint_dir.as_deref();
+        let mut start = 0;
+        if ctx.resume {
+            if let Some(dir) = ckdir {
+                if let Some(ck) = Checkpoint::load(dir)? {
+                    for key in ["method", "bits", "seed", "params", "data"] {
+                        ck.expect(key, &meta[key])?;
+                    }
+                    tr.restore(&ck)?;
+                    start = ck.meta["epoch"].as_u64().ok_or_else(|| anyhow!("{}: the checkpoint has no epoch", ck.path().display()))? as usize;
+                }
+            }
+        }
+        let pb = progress_bar(ctx.progress, self.epochs, METHOD, start.min(self.epochs));
+        for epoch in start..self.epochs {
+            let obj = tr.epoch(epoch, ctx.seed);
+            if !obj.is_finite() {
+                bail!("czhash: the objective became {obj} at epoch {}; lower learning_rate", epoch + 1);
+            }
+            pb.set_message(format!("objective {obj:.4e}"));
+            pb.inc(1);
+            if let Some(dir) = ckdir {
+                let mut m = meta.clone();
+                m["epoch"] = serde_json::json!(epoch + 1);
+                m["history"] = serde_json::json!(tr.history);
+                Checkpoint::save(dir, &m, &tr.state())?;
+                log_line(Some(dir), &format!("epoch {} objective {obj:.6e}", epoch + 1))?;
+            }
+        }
+        pb.finish_and_clear();
+        let projectors = (0..2).map(|v| ridge_projector(&tr.prep.attributes[v], self.ridge)).collect::<Result<Vec<_>>>()?;
+        let train_codes = if all_rows { Some(BinaryCodes::from_signs(array_from(&tr.b)?.view())) } else { None };
+        Ok(CzhashModel {
+            params: self.clone(),
+            bits: ctx.bits,
+            nets: (0..2)
+                .map(|v| MlpWeights::from_var_store(&tr.nets[v].vs, MODALITY_NAMES[v], self.hidden.len() + 1))
+                .collect::<Result<_>>()?,
+            standardizers: tr.prep.standardizers.clone(),
+            projectors,
+            w: tr.w.iter().map(array_from).collect::<Result<_>>()?,
+            classes: tr.prep.classes.clone(),
+            train_codes,
+            history: tr.history.clone(),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fitted model.
+
+/// A fitted CZHash model: per modality, input standardisation, the network, the least-squares
+/// projector P = Aᵀ(AAᵀ + λI)⁻¹ onto category representations, and W.
+#[derive(Clone, Debug)]
+pub struct CzhashModel {
+    pub params: CzhashParams,
+    bits: usize,
+    nets: Vec<MlpWeights>,
+    standardizers: Vec<Standardizer>,
+    projectors: Vec<Array2<f32>>,
+    w: Vec<Array2<f32>>,
+    classes: Vec<Vec<usize>>,
+    train_codes: Option<BinaryCodes>,
+    history: Vec<f64>,
+}
+
+impl CzhashModel {
+    /// Real-valued code projections c W for items of `modality` (before the sign).
+    pub fn project(&self, modality: usize, view: &View) -> Result<Array2<f32>> {
+        if modality > 1 {
+            bail!("czhash: modality {modality} does not exist (0 = image, 1 = text)");
+        }
+        let x = view.features(METHOD, modality)?;
+        let s = &self.standardizers[modality];
+        if x.ncols() != s.dim() {
+            bail!("czhash: {} items have {} features, the model was trained on {}", MODALITY_NAMES[modality], x.ncols(), s.dim());
+        }
+        let f = self.nets[modality].forward(s.apply(x.view()).view());
+        Ok(f.dot(&self.projectors[modality]).dot(&self.w[modality]))
+    }
+
+    /// The classes whose attributes each modality's category representation spans.
+    pub fn modality_classes(&self) -> &[Vec<usize>] {
+        &self.classes
+    }
+
+    /// Loads a model folder written by [`HashModel::save`].
+    pub fn load(dir: &Path) -> Result<Self> {
+        let mp = dir.join("model.json");
+        let text = std::fs::read_to_string(&mp).with_context(|| format!("{}: cannot read the model description", mp.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", mp.display()))?;
+        if v["method"] != METHOD {
+            bail!("{}: method is {}, expected {METHOD:?}", mp.display(), v["method"]);
+        }
+        let bits = v["bits"].as_u64().ok_or_else(|| anyhow!("{}: field bits is missing", mp.display()))? as usize;
+        let params: CzhashParams =
+            serde_json::from_value(v["params"].clone()).map_err(|e| anyhow!("{}: field params: {e}", mp.display()))?;
+        let classes: Vec<Vec<usize>> = serde_json::from_value(v["modality_classes"].clone())
+            .map_err(|e| anyhow!("{}: field modality_classes: {e}", mp.display()))?;
+        let history: Vec<f64> = serde_json::from_value(v["history"].clone()).unwrap_or_default();
+        if classes.len() != 2 {
+            bail!("{}: field modality_classes must list two modalities", mp.display());
+        }
+        let mut nets = Vec::new();
+        let mut standardizers = Vec::new();
+        let mut projectors = Vec::new();
+        let mut w = Vec::new();
+        for (m, name) in MODALITY_NAMES.iter().enumerate() {
+            let net = MlpWeights::load(dir, name, params.hidden.len() + 1)?;
+            let mean = read_vec(&dir.join(format!("{name}_mean.npy")))?;
+            let std = read_vec(&dir.join(format!("{name}_std.npy")))?;
+            if mean.len() != net.in_dim() || std.len() != net.in_dim() {
+                bail!("{}: {name}_mean.npy / {name}_std.npy must have {} entries (the network's inputs)", dir.display(), net.in_dim());
+            }
+            let p = super::zs_common::read_f32(&dir.join(format!("{name}_projector.npy")), 2)?.into_dimensionality::<ndarray::Ix2>()?;
+            let wm = super::zs_common::read_f32(&dir.join(format!("{name}_W.npy")), 2)?.into_dimensionality::<ndarray::Ix2>()?;
+            let out = net.layers.last().map(|l| l.0.nrows()).unwrap_or(0);
+            if p.nrows() != out || p.ncols() != classes[m].len() {
+                bail!("{}: {name}_projector.npy is {:?}, expected ({out}, {})", dir.display(), p.dim(), classes[m].len());
+            }
+            if wm.dim() != (classes[m].len(), bits) {
+                bail!("{}: {name}_W.npy is {:?}, expected ({}, {bits})", dir.display(), wm.dim(), classes[m].len());
+            }
+            nets.push(net);
+            standardizers.push(Standardizer { mean, std });
+            projectors.push(p);
+            w.push(wm);
+        }
+        let tc = dir.join("train_codes_packed.npy");
+        let train_codes = if tc.is_file() { Some(BinaryCodes::load_npy(&tc, Some(bits))?) } else { None };
+        Ok(Self { params, bits, nets, standardizers, projectors, w, classes, train_codes, history })
+    }
+}
+
+fn read_vec(p: &Path) -> Result<Array1<f32>> {
+    Ok(super::zs_common::read_f32(p, 1)?.into_dimensionality::<ndarray::Ix1>()?)
+}
+
+impl HashModel for CzhashModel {
+    fn method(&self) -> &'static str {
+        METHOD
+    }
+    fn bits(&self) -> usize {
+        self.bits
+    }
+    fn encode(&self, modality: usize, view: &View) -> Result<BinaryCodes> {
+        Ok(BinaryCodes::from_signs(self.project(modality, view)?.view()))
+    }
+    fn train_codes(&self) -> Option<&BinaryCodes> {
+        self.train_codes.as_ref()
+    }
+    fn history(&self) -> &[f64] {
+        &self.history
+    }
+    fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the model folder", dir.display()))?;
+        for (m, name) in MODALITY_NAMES.iter().enumerate() {
+            self.nets[m].save(dir, name)?;
+            write_npy(&dir.join(format!("{name}_mean.npy")), &self.standardizers[m].mean)?;
+            write_npy(&dir.join(format!("{name}_std.npy")), &self.standardizers[m].std)?;
+            write_npy(&dir.join(format!("{name}_projector.npy")), &self.projectors[m])?;
+            write_npy(&dir.join(format!("{name}_W.npy")), &self.w[m])?;
+        }
+        if let Some(b) = &self.train_codes {
+            b.save_npy(dir, "train_codes")?;
+        }
+        let json = serde_json::json!({
+            "method": METHOD,
+            "bits": self.bits,
+            "params": self.params,
+            "modality_classes": self.classes,
+            "history": self.history,
+            "encode": "code = sign(((x - {m}_mean) / {m}_std → MLP {m}_l*_weight/bias, ReLU between layers) @ {m}_projector @ {m}_W), m = image | text",
+        });
+        crate::npy::write_text_atomic(&dir.join("model.json"), &(serde_json::to_string_pretty(&json)? + "\n"))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::method::DeviceChoice;
+    use ndarray::{array, Array2};
+    use tch::Device;
+
+    #[test]
+    fn eq1_jaccard_hand_worked() {
+        // {0,1} vs {1,2}: 1 shared of 3 → 1/3 (eq. 1).
+        assert!((jaccard(&[1, 1, 0], &[0, 1, 1]) - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(jaccard(&[1, 0, 0], &[1, 0, 0]), 1.0);
+        assert_eq!(jaccard(&[1, 0, 0], &[0, 1, 0]), 0.0);
+        assert_eq!(jaccard(&[0, 0, 0], &[0, 0, 0]), 0.0);
+        // Different label spaces: image side uses classes {0,1,2}, text side {2,3}; an image labelled
+        // {1,2} and a text labelled {2,3} share class 2 out of {1,2,3}.
+        assert!((jaccard(&[0, 1, 1, 0], &[0, 0, 1, 1]) - 1.0 / 3.0).abs() < 1e-12);
+        // The tensor form agrees.
+        let a = Tensor::from_slice(&[1f32, 1., 0., 1., 0., 0.]).view([2, 3]);
+        let b = Tensor::from_slice(&[0f32, 1., 1., 0., 0., 0.]).view([2, 3]);
+        let j = array_from(&jaccard_t(&a, &b)).unwrap();
+        assert!((j[[0, 0]] - 1.0 / 3.0).abs() < 1e-6 && j[[1, 0]] == 0.0 && j[[0, 1]] == 0.0 && j[[1, 1]] == 0.0);
+    }
+
+    #[test]
+    fn eqs2_3_composite_limiting_cases() {
+        // ŝ = 1/(1 + d): d = 1 → 0.5, d = 3 → 0.25.
+        assert_eq!(feature_similarity(1.0, 1.0), 0.5);
+        assert_eq!(feature_similarity(3.0, 1.0), 0.25);
+        assert_eq!(feature_similarity(3.0, 3.0), 0.5);
+        // Eq. 2: identical labels → 1; disjoint labels → feature similarity alone (= unlabelled).
+        assert_eq!(composite_within(0.25, Some(1.0)), 1.0);
+        assert_eq!(composite_within(0.25, Some(0.0)), 0.25);
+        assert_eq!(composite_within(0.25, None), 0.25);
+        // Hand-worked: ŝ = 0.25, s = 0.5 → 0.25^0.5 = 0.5.
+        assert!((composite_within(0.25, Some(0.5)) - 0.5).abs() < 1e-12);
+        // Monotone: larger label similarity → larger composite; larger feature similarity too.
+        let mut prev = 0.0;
+        for k in 0..=10 {
+            let s = composite_within(0.3, Some(k as f64 / 10.0));
+            assert!(s >= prev);
+            prev = s;
+        }
+        assert!(composite_within(0.6, Some(0.4)) > composite_within(0.3, Some(0.4)));
+        // Eq. 3: mean of the two feature similarities (0.5, 0.25 → 0.375), raised to 1 − s.
+        assert!((composite_cross(0.5, 0.25, None) - 0.375).abs() < 1e-12);
+        assert_eq!(composite_cross(0.5, 0.25, Some(1.0)), 1.0);
+        assert!((composite_cross(0.5, 0.25, Some(0.0)) - 0.375).abs() < 1e-12);
+        assert!((composite_cross(0.5, 0.25, Some(0.5)) - 0.375f64.sqrt()).abs() < 1e-12);
+    }
+
+    /// A small two-modality set: 3 classes, per-modality label spaces, some rows unlabelled.
+    fn tiny_set() -> TrainSet {
+        let x0 = array![[0.0f32, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 1.0], [1.0, 1.0]];
+        let x1 = array![[1.0f32], [0.0], [2.0], [4.0], [1.5]];
+        let l0 = array![[1u8, 0, 0], [1, 1, 0], [0, 0, 0], [0, 1, 0], [1, 0, 0]];
+        let l1 = array![[0u8, 0, 1], [0, 1, 1], [0, 1, 0], [0, 0, 0], [0, 0, 1]];
+        TrainSet {
+            views: vec![View::Features(x0), View::Features(x1)],
+            labels: vec![l0, l1],
+            labelled: vec![vec![true, true, false, true, true], vec![true, true, true, false, true]],
+            class_names: vec!["a".into(), "b".into(), "c".into()],
+            modality_classes: vec![vec![0, 1], vec![1, 2]],
+            class_embeddings: Some(array![[1.0f32, 0.0], [0.6, 0.8], [0.0, 1.0]]),
+        }
+    }
+
+    #[test]
+    fn batched_composite_rows_equal_the_scalar_equations() {
+        let data = tiny_set();
+        let prep = prepare(&data, METHOD, (0..5).collect(), Device::Cpu).unwrap();
+        let scale = [1.7, 0.9];
+        let sim = SimData::new(&prep, scale, false);
+        let cached = SimData::new(&prep, scale, true);
+        let all = index_tensor(&[0, 1, 2, 3, 4], Device::Cpu);
+        for v in 0..2 {
+            let (a, b) = (sim.rows(v, &all), cached.rows(v, &all));
+            assert!(a[0].equal(&b[0]) && a[1].equal(&b[1]), "cache = on-the-fly rows");
+        }
+        let xs: Vec<Array2<f32>> = (0..2).map(|m| array_from(&prep.x[m]).unwrap()).collect();
+        let dist = |m: usize, i: usize, j: usize| -> f64 {
+            xs[m].row(i).iter().zip(xs[m].row(j)).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt()
+        };
+        for v in 0..2 {
+            let rows = sim.composite_rows(v, &index_tensor(&[0, 1, 2, 3, 4], Device::Cpu));
+            for u in 0..2 {
+                let s = array_from(&rows[u]).unwrap();
+                for i in 0..5 {
+                    for j in 0..5 {
+                        let lab = (data.labelled[v][i] && data.labelled[u][j])
+                            .then(|| jaccard(data.labels[v].row(i).as_slice().unwrap(), data.labels[u].row(j).as_slice().unwrap()));
+                        let f0 = feature_similarity(dist(0, i, j), scale[0]);
+                        let f1 = feature_similarity(dist(1, i, j), scale[1]);
+                        let want = if u == v { composite_within([f0, f1][v], lab) } else { composite_cross(f0, f1, lab) };
+                        assert!((s[[i, j]] as f64 - want).abs() < 1e-5, "S^{v}{u}[{i},{j}] = {} vs {want}", s[[i, j]]);
+                    }
+                }
+            }
+        }
+        // S^{21} = (S^{12})ᵀ, which the batch loss's factor 2 relies on.
+        let s12 = array_from(&sim.composite_rows(0, &all)[1]).unwrap();
+        let s21 = array_from(&sim.composite_rows(1, &all)[0]).unwrap();
+        assert!((&s12 - &s21.t()).iter().all(|d| d.abs() < 1e-6));
+    }
+
+    #[test]
+    fn batch_loss_is_eq7_restricted_to_the_batch() {
+        // The gradient of the batch loss w.r.t. the batch rows equals that of eq. 7 w.r.t. the
+        // same rows of F⁽ᵛ⁾, and eq. 7 equals a plain loop computation.
+        let data = tiny_set();
+        let prep = prepare(&data, METHOD, (0..5).collect(), Device::Cpu).unwrap();
+        let sim = SimData::new(&prep, [1.0, 1.0], true);
+        tch::manual_seed(3);
+        let f: Vec<Tensor> = (0..2).map(|_| Tensor::randn([5, 2], (Kind::Float, Device::Cpu))).collect();
+        let a: Vec<Tensor> = prep.attributes.iter().map(|a| tensor_from(a.view(), Device::Cpu)).collect();
+        let c: Vec<Tensor> = (0..2).map(|_| Tensor::randn([5, 2], (Kind::Float, Device::Cpu))).collect();
+        let w: Vec<Tensor> = (0..2).map(|_| Tensor::randn([2, 4], (Kind::Float, Device::Cpu))).collect();
+        let b = sign_pm1(&Tensor::randn([5, 4], (Kind::Float, Device::Cpu)));
+        let (alpha, beta, omega) = (0.7, 1.3, 0.2);
+        // Plain computation of eq. 7.
+        let all = index_tensor(&[0, 1, 2, 3, 4], Device::Cpu);
+        let fa: Vec<Array2<f32>> = f.iter().map(|t| array_from(t).unwrap()).collect();
+        let ca: Vec<Array2<f32>> = c.iter().map(|t| array_from(t).unwrap()).collect();
+        let aa: Vec<Array2<f32>> = a.iter().map(|t| array_from(t).unwrap()).collect();
+        let wa: Vec<Array2<f32>> = w.iter().map(|t| array_from(t).unwrap()).collect();
+        let ba = array_from(&b).unwrap();
+        let mut plain = 0.0f64;
+        for v in 0..2 {
+            let s = sim.composite_rows(v, &all);
+            for u in 0..2 {
+                let su = array_from(&s[u]).unwrap();
+                for i in 0..5 {
+                    for j in 0..5 {
+                        let dot: f64 = (0..2).map(|k| fa[v][[i, k]] as f64 * fa[u][[j, k]] as f64).sum();
+                        plain += omega * (dot - su[[i, j]] as f64).powi(2);
+                    }
+                }
+            }
+            for i in 0..5 {
+                for k in 0..2 {
+                    let caik: f64 = (0..2).map(|q| ca[v][[i, q]] as f64 * aa[v][[q, k]] as f64).sum();
+                    plain += alpha * (fa[v][[i, k]] as f64 - caik).powi(2);
+                }
+                for r in 0..4 {
+                    let cw: f64 = (0..2).map(|q| ca[v][[i, q]] as f64 * wa[v][[q, r]] as f64).sum();
+                    plain += beta * (cw - ba[[i, r]] as f64).powi(2);
+                }
+            }
+        }
+        let obj = objective(&sim, &f, &c, &a, &w, &b, alpha, beta, omega);
+        assert!((obj - plain).abs() < 1e-4 * plain.max(1.0), "{obj} vs {plain}");
+        // Gradients: eq. 7 as a function of F⁽¹⁾ vs the batch loss on rows {1, 3}.
+        let v = 0;
+        let f_leaf = f[v].detach().set_requires_grad(true);
+        let mut full = Tensor::zeros([], (Kind::Float, Device::Cpu));
+        for vv in 0..2 {
+            let s = sim.composite_rows(vv, &all);
+            for u in 0..2 {
+                let fv = if vv == v { &f_leaf } else { &f[vv] };
+                let fu = if u == v { &f_leaf } else { &f[u] };
+                full = full + (fv.matmul(&fu.tr()) - &s[u]).square().sum(Kind::Float) * omega;
+            }
+        }
+        full = full + (&f_leaf - c[v].matmul(&a[v])).square().sum(Kind::Float) * alpha;
+        full.backward();
+        let g_full = array_from(&f_leaf.grad()).unwrap();
+        let batch = index_tensor(&[1, 3], Device::Cpu);
+        let fb = f[v].index_select(0, &batch).detach().set_requires_grad(true);
+        let s_rows = sim.composite_rows(v, &batch);
+        let loss = network_loss(&fb, [&f[0], &f[1]], [&s_rows[0], &s_rows[1]], &c[v].index_select(0, &batch).matmul(&a[v]), alpha, omega);
+        loss.backward();
+        let g_b = array_from(&fb.grad()).unwrap();
+        for (r, i) in [1usize, 3].iter().enumerate() {
+            for k in 0..2 {
+                assert!((g_b[[r, k]] - g_full[[*i, k]]).abs() < 1e-3, "row {i}: {} vs {}", g_b[[r, k]], g_full[[*i, k]]);
+            }
+        }
+    }
+
+    /// Separable synthetic data: `k` classes, each a Gaussian blob in both modalities; class
+    /// embeddings = noisy one-hot.
+    pub(crate) fn synthetic(n: usize, k: usize, seed: u64, noise: f32) -> (TrainSet, Vec<usize>) {
+        use rand_distr::{Distribution, Normal};
+        // Class centres depend on k only; `seed` draws the items.
+        let mut crng = rand_chacha::ChaCha8Rng::seed_from_u64(1000 + k as u64);
+        let unit = Normal::new(0.0f32, 1.0).unwrap();
+        let centres0 = Array2::from_shape_fn((k, 6), |_| unit.sample(&mut crng) * 2.0);
+        let centres1 = Array2::from_shape_fn((k, 4), |_| unit.sample(&mut crng) * 2.0);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let nd = Normal::new(0.0f32, noise).unwrap();
+        let cls: Vec<usize> = (0..n).map(|i| i % k).collect();
+        let x0 = Array2::from_shape_fn((n, 6), |(i, j)| centres0[[cls[i], j]] + nd.sample(&mut rng));
+        let x1 = Array2::from_shape_fn((n, 4), |(i, j)| centres1[[cls[i], j]] + nd.sample(&mut rng));
+        let labels = crate::bundle::one_hot(&cls, k);
+        let mut ts = TrainSet::supervised(vec![View::Features(x0), View::Features(x1)], labels, (0..k).map(|c| format!("c{c}")).collect());
+        ts.class_embeddings = Some(Array2::from_shape_fn((k, k), |(i, j)| if i == j { 1.0 } else { 0.1 }));
+        (ts, cls)
+    }
+
+    fn quick_params() -> CzhashParams {
+        CzhashParams { hidden: vec![32], epochs: 3, batch_size: 32, learning_rate: 1e-3, ..Default::default() }
+    }
+
+    #[test]
+    fn fit_beats_random_codes_on_separable_data() {
+        let (mut data, cls) = synthetic(120, 4, 1, 0.3);
+        // Semi-supervised: half the labels hidden.
+        for m in 0..2 {
+            for i in (0..120).filter(|i| (i / 4) % 2 == 0) {
+                data.labelled[m][i] = false;
+                data.labels[m].row_mut(i).fill(0);
+            }
+        }
+        let ctx = FitContext { device: DeviceChoice::Cpu, ..FitContext::new(16, 7) };
+        let p: CzhashParams = match std::env::var("CZP") { Ok(t) => toml::from_str(&t).unwrap(), Err(_) => CzhashParams { epochs: 30, batch_size: 16, learning_rate: 1e-2, ..quick_params() } };
+        let model = p.fit(&data, &ctx).unwrap();
+        let (test, tcls) = synthetic(60, 4, 99, 0.3); // same class centres, new items
+        assert_eq!(cls.len(), 120);
+        let ql = crate::bundle::one_hot(&tcls, 4);
+        let qi = model.encode(IMAGE, &test.views[0]).unwrap();
+        let qt = model.encode(TEXT, &test.views[1]).unwrap();
+        let i2t = crate::metrics::map(qi.view(), qt.view(), ql.view(), ql.view()).unwrap();
+        let t2i = crate::metrics::map(qt.view(), qi.view(), ql.view(), ql.view()).unwrap();
+        assert!(i2t > 0.6 && t2i > 0.6, "i2t {i2t} t2i {t2i} (random ≈ 0.3)");
+        eprintln!("history {:?}", model.history());
+        let b = model.train_codes().unwrap();
+        assert_eq!((b.len(), b.bits()), (120, 16));
+    }
+
+    #[test]
+    fn save_load_round_trip_and_resume_equals_uninterrupted() {
+        let (data, _) = synthetic(80, 3, 2, 0.3);
+        let d = tempfile::tempdir().unwrap();
+        let ctx = FitContext { device: DeviceChoice::Cpu, ..FitContext::new(8, 11) };
+        let full = quick_params().fit(&data, &ctx).unwrap();
+        // Interrupted after epoch 1, then resumed to 3.
+        let ck = d.path().join("ck");
+        let ctx1 = FitContext { checkpoint_dir: Some(ck.clone()), ..ctx.clone() };
+        CzhashParams { epochs: 1, ..quick_params() }.fit(&data, &ctx1).unwrap();
+        assert!(ck.join("checkpoint.safetensors").is_file() && ck.join("train.log").is_file());
+        let resumed = quick_params().fit(&data, &FitContext { resume: true, ..ctx1.clone() }).unwrap();
+        for m in [IMAGE, TEXT] {
+            assert_eq!(resumed.encode(m, &data.views[m]).unwrap(), full.encode(m, &data.views[m]).unwrap());
+        }
+        assert_eq!(resumed.history(), full.history());
+        assert_eq!(resumed.train_codes(), full.train_codes());
+        // A resume with other hyper-parameters is refused.
+        let e = format!("{:#}", CzhashParams { alpha: 2.0, ..quick_params() }.fit(&data, &FitContext { resume: true, ..ctx1 }).unwrap_err());
+        assert!(e.contains("params"), "{e}");
+        // Save / load round trip.
+        let md = d.path().join("model");
+        full.save(&md).unwrap();
+        let back = CzhashModel::load(&md).unwrap();
+        for m in [IMAGE, TEXT] {
+            assert_eq!(back.encode(m, &data.views[m]).unwrap(), full.encode(m, &data.views[m]).unwrap());
+        }
+        assert_eq!(back.train_codes(), full.train_codes());
+        assert_eq!(back.params, full.params);
+        // A damaged file is named.
+        write_npy(&md.join("text_W.npy"), &Array2::<f32>::zeros((1, 8))).unwrap();
+        let e = format!("{:#}", CzhashModel::load(&md).unwrap_err());
+        assert!(e.contains("text_W.npy"), "{e}");
+    }
+
+    #[test]
+    fn bad_configurations_are_refused() {
+        let (mut data, _) = synthetic(20, 2, 3, 0.3);
+        let ctx = FitContext { device: DeviceChoice::Cpu, ..FitContext::new(8, 0) };
+        let p = quick_params();
+        assert!(CzhashParams { dropout: 1.0, ..p.clone() }.fit(&data, &ctx).unwrap_err().to_string().contains("dropout"));
+        assert!(CzhashParams { hidden: vec![0], ..p.clone() }.fit(&data, &ctx).unwrap_err().to_string().contains("hidden"));
+        let mut imgs = data.clone();
+        imgs.views[0] = View::Images(ndarray::Array4::zeros((20, 4, 4, 3)));
+        assert!(p.fit(&imgs, &ctx).unwrap_err().to_string().contains("raw images"));
+        data.class_embeddings = None;
+        let e = p.fit(&data, &ctx).unwrap_err().to_string();
+        assert!(e.contains("class embeddings"), "{e}");
+    }
+}
