@@ -47,7 +47,9 @@ pub fn fit_method(method: &str, table: &toml::Table, data: &TrainSet, ctx: &FitC
         "sch" => fit_boxed::<crate::shallow::sch::SchParams>(method, table, data, ctx),
         "cca-itq" => fit_boxed::<crate::shallow::cca_itq::CcaItqParams>(method, table, data, ctx),
         "sdch" => fit_boxed::<crate::deep::sdch::SdchParams>(method, table, data, ctx),
-        other if METHODS.contains(&other) => bail!("method {other} is not built into this version of cmh"),
+        "segh" => fit_boxed::<crate::shallow::segh::SeghParams>(method, table, data, ctx),
+        "czhash" => fit_boxed::<crate::deep::czhash::CzhashParams>(method, table, data, ctx),
+        "agnet" => fit_boxed::<crate::deep::agnet::AgnetParams>(method, table, data, ctx),
         other => bail!("unknown method {other:?}; methods are {}", METHODS.join(", ")),
     }
 }
@@ -63,6 +65,9 @@ pub fn load_model(dir: &Path) -> Result<Box<dyn HashModel>> {
         "sch" => Ok(Box::new(crate::shallow::sch::SchModel::load(dir)?)),
         "cca-itq" => Ok(Box::new(crate::shallow::cca_itq::CcaItqModel::load(dir)?)),
         "sdch" => Ok(Box::new(crate::deep::sdch::load(dir)?)),
+        "segh" => Ok(Box::new(crate::shallow::segh::SeghModel::load(dir)?)),
+        "czhash" => Ok(Box::new(crate::deep::czhash::CzhashModel::load(dir)?)),
+        "agnet" => Ok(Box::new(crate::deep::agnet::AgnetModel::load(dir)?)),
         other => bail!("{}: method {other:?} cannot be loaded by this version of cmh", p.display()),
     }
 }
