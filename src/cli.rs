@@ -155,6 +155,8 @@ pub struct EncodeArgs {
 /// Entry point: runs the command, prints errors, returns the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    // rayon owns the cores; BLAS calls run on the thread that makes them (README, "Threads").
+    crate::shallow::common::set_blas_threads(1);
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {
