@@ -98,6 +98,9 @@ pub struct TrainArgs {
     pub topk: Option<usize>,
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
+    /// Also evaluate same-modality retrieval (image→image, text→text).
+    #[arg(long)]
+    pub same_modality: bool,
     /// Deep methods read feature vectors even when the bundle has raw images.
     #[arg(long)]
     pub features_only: bool,
@@ -261,6 +264,7 @@ fn train(a: &TrainArgs) -> Result<()> {
         device: a.device,
         topk: a.topk,
         images: !a.features_only,
+        same_modality: a.same_modality,
     };
     finish_train(pipeline::run(&cfg, &out, false, progress)?, &out)
 }

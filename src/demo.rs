@@ -86,6 +86,7 @@ pub fn run_demo(a: &DemoArgs) -> Result<()> {
                 device: a.device,
                 topk: Some(100),
                 images: a.images,
+                same_modality: false,
             };
             let dir = a.out.join(&pname).join(m);
             let rs = pipeline::run(&cfg, &dir, false, progress).with_context(|| format!("demo: {m} under {pname}"))?;

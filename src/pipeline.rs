@@ -136,6 +136,9 @@ pub struct RunConfig {
     pub topk: Option<usize>,
     /// Use raw images for deep methods when the bundle has them (else features).
     pub images: bool,
+    /// Also evaluate same-modality retrieval (image→image, text→text, encoded database).
+    #[serde(default)]
+    pub same_modality: bool,
 }
 
 /// Evaluation options used for every run: mAP@k when asked, a precision@N curve, PR by radius.
@@ -223,6 +226,16 @@ pub fn run_one(bundle: &Bundle, cfg: &RunConfig, bits: usize, seed: u64, out: &P
     let t2 = Instant::now();
     let opts = eval_options(cfg.topk);
     let ev = evaluate_split(&enc, bundle, &split, &opts)?;
+    let (i2i, t2i2) = if cfg.same_modality {
+        let ql = eval_labels(bundle, &split.query);
+        let dl = eval_labels(bundle, &split.database);
+        (
+            Some(evaluate(enc.query[IMAGE].view(), enc.database[IMAGE].view(), ql.view(), dl.view(), &opts)?),
+            Some(evaluate(enc.query[TEXT].view(), enc.database[TEXT].view(), ql.view(), dl.view(), &opts)?),
+        )
+    } else {
+        (None, None)
+    };
     let eval_s = t2.elapsed().as_secs_f64();
     let report = Report {
         method: cfg.method.clone(),
@@ -236,6 +249,8 @@ pub fn run_one(bundle: &Bundle, cfg: &RunConfig, bits: usize, seed: u64, out: &P
         t2i: ev.t2i,
         i2t_encoded: ev.i2t_encoded,
         t2i_encoded: ev.t2i_encoded,
+        i2i,
+        t2t: t2i2,
         params,
         history: model.history().to_vec(),
         timings: Timings { fit_s, encode_s, eval_s },
@@ -356,12 +371,15 @@ mod tests {
             device: DeviceChoice::Cpu,
             topk: Some(5),
             images: false,
+            same_modality: true,
         };
         let out = d.path().join("run");
         let reports = run(&cfg, &out, false, false).unwrap();
         assert_eq!(reports.len(), 4);
         let r = &reports[0];
         assert_eq!(r.database_convention, "encoded");
+        // Same-modality retrieval was asked for: image→image and text→text are reported.
+        assert!(r.i2i.as_ref().unwrap().map > 0.0 && r.t2t.as_ref().unwrap().map > 0.0);
         assert!(r.i2t.map > 0.0 && r.i2t.map <= 1.0);
         let dir = out.join("bits8-seed0");
         for f in ["report.json", "query_image.npy", "db_text_packed.npy", "query_labels.npy", "model/model.json"] {

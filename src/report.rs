@@ -57,6 +57,11 @@ pub struct Report {
     /// The same with database items encoded by the hash functions.
     pub i2t_encoded: DirectionMetrics,
     pub t2i_encoded: DirectionMetrics,
+    /// Same-modality retrieval (image→image, text→text), when asked for (`--same-modality`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub i2i: Option<DirectionMetrics>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub t2t: Option<DirectionMetrics>,
     #[serde(rename = "map@k", skip_serializing_if = "Option::is_none", default)]
     pub map_at_k: Option<MapAtK>,
     pub params: serde_json::Value,
