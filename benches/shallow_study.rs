@@ -47,6 +47,10 @@ struct Args {
     /// Print one JSON line per code length.
     #[arg(long)]
     json: bool,
+    /// Save the seed-0 model of each code length to DIR/<method>_<bits>/ with the Rust codes of the
+    /// queries (query_codes_m{t}.npy), for scripts/check_shallow_export.py.
+    #[arg(long)]
+    save_dir: Option<PathBuf>,
     /// cargo bench passes --bench.
     #[arg(long, hide = true)]
     bench: bool,
@@ -134,6 +138,14 @@ fn main() -> Result<()> {
                 m => bail!("unknown method {m}"),
             };
             secs += t0.elapsed().as_secs_f64();
+            if let (Some(dir), 0) = (&args.save_dir, seed) {
+                let d = dir.join(format!("{}_{bits}", args.method));
+                model.save(&d)?;
+                for t in 0..2 {
+                    model.encode(t, &View::Features(split.q_views[t].clone()))?.save_npy(&d, &format!("query_codes_m{t}"))?;
+                    cmh::npy::write_npy(&d.join(format!("query_features_m{t}.npy")), &split.q_views[t])?;
+                }
+            }
             iters += model.history().len().saturating_sub(1) as f64;
             rows.push(evaluate(model.as_ref(), &split)?);
         }

@@ -103,7 +103,7 @@ pub fn hadamard_class_codes(c: usize, k: usize, rng: &mut ShallowRng) -> Array2<
     let cols: Vec<usize> = rand::seq::index::sample(rng, big, k).into_vec();
     let signs: Vec<f64> = (0..k).map(|_| if rng.gen::<bool>() { 1.0 } else { -1.0 }).collect();
     Array2::from_shape_fn((c, k), |(i, j)| {
-        let h = if (rows[i] & cols[j]).count_ones() % 2 == 0 { 1.0 } else { -1.0 };
+        let h = if (rows[i] & cols[j]).count_ones().is_multiple_of(2) { 1.0 } else { -1.0 };
         h * signs[j]
     })
 }
@@ -291,7 +291,7 @@ impl RbfMap {
     /// distance) and the centring mean, and returns the map with the centred features of the
     /// training rows (n × c).
     pub fn fit(x: ArrayView2<f32>, n_anchors: usize, sigma_scale: f64, rng: &mut ShallowRng) -> Result<(Self, Array2<f64>)> {
-        if !(sigma_scale > 0.0) || !sigma_scale.is_finite() {
+        if !(sigma_scale.is_finite() && sigma_scale > 0.0) {
             bail!("the RBF bandwidth scale must be a finite number > 0, found {sigma_scale}");
         }
         let n = x.nrows();
@@ -307,7 +307,7 @@ impl RbfMap {
         let anchors = x.select(Axis(0), &idx).mapv(|v| v as f64);
         let mut phi = sq_distances(x, anchors.view());
         let mean_dist = det_sum(phi.view(), f64::sqrt) / (phi.len() as f64);
-        if !(mean_dist > 0.0) || !mean_dist.is_finite() {
+        if !(mean_dist.is_finite() && mean_dist > 0.0) {
             bail!("RBF bandwidth: every training row equals every anchor (mean distance {mean_dist}); the features are constant");
         }
         let sigma = sigma_scale * mean_dist;
@@ -357,7 +357,7 @@ impl RbfMap {
                 anchors.nrows()
             );
         }
-        if !(sigma > 0.0) || !sigma.is_finite() {
+        if !(sigma.is_finite() && sigma > 0.0) {
             bail!("{}: sigma of {stem} must be a finite number > 0, found {sigma}", dir.join("model.json").display());
         }
         Ok(Self { anchors, sigma, mean })
@@ -470,7 +470,7 @@ pub fn cca(x: ArrayView2<f64>, y: ArrayView2<f64>, k: usize, reg: f64) -> Result
     if n < 2 {
         bail!("CCA needs at least two rows");
     }
-    if !(reg > 0.0) || !reg.is_finite() {
+    if !(reg.is_finite() && reg > 0.0) {
         bail!("CCA regularisation must be > 0, found {reg}");
     }
     let mean_x = x.mean_axis(Axis(0)).expect("n >= 2");
@@ -485,7 +485,7 @@ pub fn cca(x: ArrayView2<f64>, y: ArrayView2<f64>, k: usize, reg: f64) -> Result
     let cxy = (par_t_dot(x, y) - outer(&mean_x, &mean_y) * nf) / nf;
     let rx = reg * cxx.diag().sum() / dx as f64;
     let ry = reg * cyy.diag().sum() / dy as f64;
-    if !(rx > 0.0) || !(ry > 0.0) {
+    if rx.is_nan() || ry.is_nan() || rx <= 0.0 || ry <= 0.0 {
         bail!("CCA: one view is constant (zero variance)");
     }
     cxx.diag_mut().mapv_inplace(|v| v + rx);
@@ -776,7 +776,7 @@ mod tests {
         assert!(max_abs(&(x.dot(&a) - &b)) < 1e-12);
         let f = SpdFactor::new(a.view()).unwrap();
         let y = f.solve(b.t()).unwrap();
-        assert!(max_abs(&(a.dot(&y) - &b.t())) < 1e-12);
+        assert!(max_abs(&(a.dot(&y) - b.t())) < 1e-12);
         assert!(SpdFactor::new(array![[1.0, 2.0], [2.0, 1.0]].view()).is_err());
     }
 }

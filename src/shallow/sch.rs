@@ -256,6 +256,7 @@ impl SchModel {
         self.fitted_rows
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn from_parts(bits: usize, params: SchParams, rbf: Vec<RbfMap>, w: Vec<Array2<f64>>, r: Array2<f64>, train_codes: BinaryCodes, history: Vec<f64>, fitted_rows: usize) -> Self {
         let proj = w.iter().map(|wt| wt.dot(&r)).collect();
         Self { bits, params, rbf, w, r, proj, train_codes, history, fitted_rows, timings: FitTimings::default() }
@@ -602,7 +603,9 @@ mod tests {
     }
 
     /// Central finite-difference gradient of J in one block, with the naive objective.
-    fn fd_grad(toy: &Toy, set: &dyn Fn(&mut Toy, (usize, usize), f64), shape: (usize, usize)) -> Array2<f64> {
+    type SetEntry<'a> = &'a dyn Fn(&mut Toy, (usize, usize), f64);
+
+    fn fd_grad(toy: &Toy, set: SetEntry, shape: (usize, usize)) -> Array2<f64> {
         let h = 1e-5;
         Array2::from_shape_fn(shape, |ij| {
             let mut a = Toy { f: toy.f.clone(), u: toy.u.clone(), v: toy.v.clone(), b: toy.b.clone(), r: toy.r.clone(), w: toy.w.clone(), phi: toy.phi.clone(), y: toy.y.clone(), p: toy.p.clone() };
@@ -928,8 +931,8 @@ mod tests {
         assert_eq!(back.params(), model.params());
         assert_eq!(back.train_codes(), model.train_codes());
         assert_eq!(back.history(), model.history());
-        for t in 0..2 {
-            let v = View::Features(views[t].clone());
+        for (t, x) in views.iter().enumerate() {
+            let v = View::Features(x.clone());
             assert_eq!(back.encode(t, &v).unwrap(), model.encode(t, &v).unwrap());
         }
         // A damaged file is refused, naming it.
