@@ -42,6 +42,9 @@ struct Args {
     /// Keep checkpoints and train.log under this folder (one subfolder per run).
     #[arg(long)]
     run_dir: Option<PathBuf>,
+    /// libtorch intra-op threads (default: libtorch's choice).
+    #[arg(long)]
+    threads: Option<i32>,
     /// `cargo bench` passes --bench.
     #[arg(long, hide = true)]
     bench: bool,
@@ -57,7 +60,7 @@ fn cpu_secs() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn load(dir: &PathBuf, name: &str) -> Result<Array2<f32>> {
+fn load(dir: &std::path::Path, name: &str) -> Result<Array2<f32>> {
     read_features(&dir.join(format!("{name}.npy")))
 }
 
@@ -84,6 +87,9 @@ fn params(args: &Args) -> Result<SdchParams> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(t) = args.threads {
+        tch::set_num_threads(t);
+    }
     let p = params(&args)?;
     eprintln!("settings: {}", serde_json::to_string(&p)?);
     let (mut xi, mut xt, mut l) = (load(&args.data, "I_tr")?, load(&args.data, "T_tr")?, read_binary_matrix(&args.data.join("L_tr.npy"), "labels")?);

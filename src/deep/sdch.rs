@@ -162,7 +162,7 @@ pub struct SdchArch {
 
 enum ImageNet {
     Mlp(Mlp),
-    AlexNet(AlexNet),
+    AlexNet(Box<AlexNet>),
 }
 
 /// SDCH's networks in one variable store (names: `img-fc*` or `img.features.*`/`img.classifier.*`,
@@ -187,7 +187,7 @@ impl SdchNet {
         let k = arch.feature_dim as i64;
         let (img, img_dim) = match arch.image {
             ImageInput::Features { dim } => (ImageNet::Mlp(Mlp::new(&root, "img", dim as i64, &hidden, k, arch.dropout)), dim as i64),
-            ImageInput::Images { .. } => (ImageNet::AlexNet(AlexNet::new(&(&root / "img"), k)), 1),
+            ImageInput::Images { .. } => (ImageNet::AlexNet(Box::new(AlexNet::new(&(&root / "img"), k))), 1),
         };
         let txt = Mlp::new(&root, "txt", arch.text_dim as i64, &hidden, k, arch.dropout);
         let fc4 = nn::linear(&root / "fc4", k, arch.bits as i64, Default::default());
@@ -598,7 +598,7 @@ impl Fit for SdchParams {
         if self.batch_size < 2 {
             bail!("sdch: batch_size must be at least 2 (the losses compare items of a batch), found {}", self.batch_size);
         }
-        if self.feature_dim == 0 || self.hidden.iter().any(|&h| h == 0) {
+        if self.feature_dim == 0 || self.hidden.contains(&0) {
             bail!("sdch: feature_dim and every hidden width must be at least 1");
         }
         if self.encode_batch == 0 || self.itq_iterations == 0 {
