@@ -8,7 +8,7 @@
 //!    with the class-semantics script `embed_minilm.py --input data/wiki_npy/classes.json --out …`)
 //! Run:
 //!   cargo bench --bench zeroshot_wiki -- --emb onehot --protocols b,c,d --bits 64 --repeat 10
-//!   options: --methods czhash,czhash-nfs,agnet,random,cca-ref  --seed0 0  --device cpu
+//!   options: --methods czhash,czhash-nfs,agnet,random,sch,cca-itq,cca-ref  --seed0 0  --device cpu
 //!            --param czhash.epochs=40 (any hyper-parameter, TOML value)  --out runs/zeroshot_wiki.json
 //!            --threads 1 (torch intra-op threads)
 //!
@@ -59,7 +59,7 @@ fn parse_args() -> Result<Args> {
         bits: vec![64],
         seed0: 0,
         repeat: 10,
-        methods: ["czhash", "czhash-nfs", "agnet", "random", "cca-ref"].iter().map(|s| s.to_string()).collect(),
+        methods: ["czhash", "czhash-nfs", "agnet", "random", "sch", "cca-itq"].iter().map(|s| s.to_string()).collect(),
         params: BTreeMap::new(),
         device: DeviceChoice::Cpu,
         out: None,
@@ -240,6 +240,7 @@ fn fit_one(method: &str, a: &Args, split: &Split, bundle: &Bundle, bits: usize, 
         }
         "agnet" => Box::new(from("agnet")?.try_into::<AgnetParams>()?.fit(&train, &ctx)?),
         "random" => Box::new(RandomCodes::default().fit(&train, &ctx)?),
+        "sch" | "cca-itq" => cmh::pipeline::fit_method(method, &table(method), &train, &ctx)?.0,
         "cca-ref" => {
             let x = train.views[0].features("cca-ref", 0)?;
             let y = train.views[1].features("cca-ref", 1)?;
@@ -251,6 +252,7 @@ fn fit_one(method: &str, a: &Args, split: &Split, bundle: &Bundle, bits: usize, 
 
 fn main() -> Result<()> {
     let a = parse_args()?;
+    cmh::shallow::common::set_blas_threads(1);
     // One torch thread: on a shared 2-core machine libgomp's spinning workers otherwise burn most
     // of the CPU time (measured: 5 CZHash epochs 60 s → 9.5 s wall).
     tch::set_num_threads(a.threads);
