@@ -14,9 +14,8 @@
 //!   L_sim = Σ_{v,v'} mean_{i,j} (Hᵛᵢ·Hᵛ'ⱼ / r − cos(âᵛᵢ − μ, âᵛ'ⱼ − μ))², where âᵛᵢ = tᵛᵢ for a labelled
 //!   item and the (detached) predicted attribute gᵛ(xᵢ) for an unlabelled one, and μ the mean
 //!   attribute vector of the training classes. Centring matters: class embeddings such as MiniLM's
-//!   have cosines of 0.2–0.6 between unrelated classes, and uncentred positive targets teach the
-//!   hash network a code component shared by every item, which wastes bits and, early in training,
-//!   gives every item the same signs;
+//!   have cosines of 0.2–0.6 between unrelated classes, and targets that are all positive are best
+//!   fitted by codes sharing a common component, which wastes bits;
 //! - Quantisation: L_q = Σ_v mean (Hᵛ − sign(Hᵛ))².
 //! - Loss L = λ_attr L_attr + λ_sim L_sim + λ_q L_q over mini-batches of paired items, Adam.
 //!
@@ -27,6 +26,12 @@
 //! Zero-shot transfer comes from the attribute space: an item of an unseen class lands near its
 //! class's attributes (when the embeddings relate the classes, e.g. MiniLM of the class names),
 //! and the hash network maps attribute-space neighbours to Hamming neighbours.
+//!
+//! Networks are the deep module's MLP ([`super::mlp::Mlp`]: `image-fc*`, `text-fc*`, `hash-fc*`)
+//! over standardised feature vectors (raw images are refused: extract features first); training
+//! runs on [`super::trainer`] (device, seeds, progress, `train.log`, atomic per-epoch checkpoints,
+//! exact resume on the CPU). Weight decay is off by default: with the losses averaged per batch,
+//! even 0.1 shrank the hash network to constant codes on Wikipedia.
 
 use super::mlp::Mlp;
 use super::trainer::{groups_from_var_store, init_default, Optimizer, OptimizerConfig, OptimizerKind, RunControl, Trainer};
@@ -75,7 +80,7 @@ impl Default for AgnetParams {
             hash_hidden: vec![512],
             dropout: 0.5,
             batch_size: 128,
-            epochs: 30,
+            epochs: 60,
             learning_rate: 1e-3,
             weight_decay: 0.0,
             attr_weight: 1.0,
