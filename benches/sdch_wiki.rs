@@ -42,12 +42,25 @@ struct Args {
     /// Keep checkpoints and train.log under this folder (one subfolder per run).
     #[arg(long)]
     run_dir: Option<PathBuf>,
+    /// libtorch intra-op threads (default: libtorch's choice).
+    #[arg(long)]
+    threads: Option<i32>,
     /// `cargo bench` passes --bench.
     #[arg(long, hide = true)]
     bench: bool,
 }
 
-fn load(dir: &PathBuf, name: &str) -> Result<Array2<f32>> {
+/// CPU seconds (user + system, all threads) this process has used so far (Linux; NaN elsewhere).
+fn cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return f64::NAN };
+    // Fields after the command name (which is in parentheses): utime is the 14th, stime the 15th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn load(dir: &std::path::Path, name: &str) -> Result<Array2<f32>> {
     read_features(&dir.join(format!("{name}.npy")))
 }
 
@@ -74,6 +87,9 @@ fn params(args: &Args) -> Result<SdchParams> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(t) = args.threads {
+        tch::set_num_threads(t);
+    }
     let p = params(&args)?;
     eprintln!("settings: {}", serde_json::to_string(&p)?);
     let (mut xi, mut xt, mut l) = (load(&args.data, "I_tr")?, load(&args.data, "T_tr")?, read_binary_matrix(&args.data.join("L_tr.npy"), "labels")?);
@@ -92,33 +108,35 @@ fn main() -> Result<()> {
     let classes: Vec<String> = (0..l.ncols()).map(|c| format!("c{c}")).collect();
     let data = TrainSet::supervised(vec![View::Features(xi.clone()), View::Features(xt.clone())], l.clone(), classes);
     let (qiv, qtv) = (View::Features(qi), View::Features(qt));
-    println!("bits seed secs i2t_encoded t2i_encoded i2t_learnedB t2i_learnedB");
+    println!("bits seed wall_secs cpu_secs i2t_encoded t2i_encoded i2t_learnedB t2i_learnedB");
     for &bits in &args.bits {
-        let mut sums = [0.0f64; 5];
+        let mut sums = [0.0f64; 6];
         for &seed in &args.seeds {
             let checkpoint_dir = args.run_dir.as_ref().map(|d| d.join(format!("b{bits}_s{seed}")));
             let ctx = FitContext { progress: args.progress, checkpoint_dir, ..FitContext::new(bits, seed) };
-            let t0 = Instant::now();
+            let (t0, c0) = (Instant::now(), cpu_secs());
             let model = p.fit(&data, &ctx)?;
-            let secs = t0.elapsed().as_secs_f64();
+            let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_secs() - c0);
             let enc = |m: usize, v: &View| -> Result<BinaryCodes> { model.encode(m, v) };
             let (cqi, cqt) = (enc(IMAGE, &qiv)?, enc(TEXT, &qtv)?);
             let (dbi, dbt) = (enc(IMAGE, &data.views[IMAGE])?, enc(TEXT, &data.views[TEXT])?);
             let b = model.train_codes().unwrap();
             let r = [
                 secs,
+                cpu,
                 map(cqi.view(), dbt.view(), ql.view(), l.view())?,
                 map(cqt.view(), dbi.view(), ql.view(), l.view())?,
                 map(cqi.view(), b.view(), ql.view(), l.view())?,
                 map(cqt.view(), b.view(), ql.view(), l.view())?,
             ];
-            println!("{bits} {seed} {:.1} {:.4} {:.4} {:.4} {:.4}", r[0], r[1], r[2], r[3], r[4]);
-            for i in 0..5 {
+            println!("{bits} {seed} {:.1} {:.1} {:.4} {:.4} {:.4} {:.4}", r[0], r[1], r[2], r[3], r[4], r[5]);
+            for i in 0..6 {
                 sums[i] += r[i];
             }
         }
         let n = args.seeds.len() as f64;
-        println!("{bits} mean {:.1} {:.4} {:.4} {:.4} {:.4}", sums[0] / n, sums[1] / n, sums[2] / n, sums[3] / n, sums[4] / n);
+        let m: Vec<f64> = sums.iter().map(|s| s / n).collect();
+        println!("{bits} mean {:.1} {:.1} {:.4} {:.4} {:.4} {:.4}", m[0], m[1], m[2], m[3], m[4], m[5]);
     }
     Ok(())
 }

@@ -7,6 +7,9 @@
 //! cargo bench --bench segh_scale -- [--n 20015] [--bits 64] [--embedding-dim 384] [--repeats 3]
 //! ```
 //! OpenBLAS runs on one thread; rayon owns the cores (kNN queries and sparse mat-vecs).
+//! Both wall-clock and CPU time (user + system) are printed: on a machine shared with other jobs
+//! the wall clock mostly measures the others. An instruction count is immune to that:
+//! `RAYON_NUM_THREADS=1 valgrind --tool=cachegrind <bench binary> --single --repeats 1 --n N`.
 
 use anyhow::Result;
 use clap::Parser;

@@ -102,7 +102,7 @@ fn run(params: &SeghParams, d: &TrainSet, query: &[View], ql: &Array2<u8>, bits:
 }
 
 fn main_table(data: &[Data], seeds: u64) -> Result<()> {
-    println!("\n== SeGH, paper settings (k = 10, 5 iterations), one-hot class embeddings, mean ± std of {seeds} seeds ==");
+    println!("\n== SeGH, paper settings + k = 10, up to 5 iterations (early stop), one-hot class embeddings, mean ± std of {seeds} seeds ==");
     println!("data  bits | learned B: I->T  T->I   | encoded db: I->T  T->I   | fit s");
     for d in data {
         for bits in [16, 32, 64, 128] {

@@ -113,10 +113,10 @@ def torch_epochs(x, y, labels, hidden, k, bits, batch, reps, gamma=0.01, beta=(1
 
 
 def cmh_binary():
-    env = dict(os.environ)
-    env.setdefault("LIBTORCH", os.path.join(REPO, ".libtorch"))
+    # LIBTORCH comes from the environment or .cargo/config.toml, as for every other cargo command
+    # here (a different value would make torch-sys rebuild).
     out = subprocess.run(["cargo", "bench", "--bench", "sdch_epoch", "--no-run", "--message-format=json"],
-                         cwd=REPO, env=env, capture_output=True, text=True)
+                         cwd=REPO, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit("building benches/sdch_epoch.rs failed:\n" + out.stderr[-3000:])
     for line in out.stdout.splitlines():

@@ -88,7 +88,7 @@ pub fn preprocess(images: ArrayView4<u8>, size: Option<usize>, device: Device) -
         .to_kind(Kind::Float)
         / 255.0;
     let x = match size {
-        Some(sz) if sz == 0 => bail!("image size must be at least 1"),
+        Some(0) => bail!("image size must be at least 1"),
         Some(sz) if (sz, sz) != (s[1], s[2]) => x.internal_upsample_bilinear2d_aa([sz as i64, sz as i64], false, None, None),
         _ => x,
     };

@@ -322,7 +322,7 @@ fn reduce(func: Value, args: Value) -> Result<Value> {
             }
             // Every element the view reaches must lie inside the storage.
             let reach: i64 = size.iter().zip(&stride).map(|(&s, &st)| if s == 0 { 0 } else { (s - 1) * st }).sum();
-            let empty = size.iter().any(|&s| s == 0);
+            let empty = size.contains(&0);
             if !empty && (offset + reach) as usize >= storage.numel {
                 bail!("tensor of size {size:?} stride {stride:?} offset {offset} overruns its storage of {} elements", storage.numel);
             }

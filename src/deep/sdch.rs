@@ -24,11 +24,11 @@
 //! which balanced, uncorrelated ±1 bits give exactly I; `"bits"` keeps the printed /r.
 //!
 //! Optimisation (the paper's schedule): epoch 1 trains the feature networks with L_f only; B is
-//! then initialised by ITQ on Z ([`Sdch::init_b`], the ITQ rotation and centring are folded into
+//! then initialised by ITQ on Z ([`SdchRun::init_b`], the ITQ rotation and centring are folded into
 //! fc4 so Z and B agree); epoch 2 trains the hash layer only (γL_h); later epochs train
 //! everything with L_f + γL_h. After every epoch that uses L_h, B = sgn(Z) (eq. 10): with one B
 //! column shared by an item's image and text columns, the minimiser of β₁‖Z − B‖² is
-//! B = sgn(z_x + z_y) ([`Sdch::update_b`]). Learning rates 1e-3 (features) and 1e-2 (hash),
+//! B = sgn(z_x + z_y) ([`SdchRun::update_b`]). Learning rates 1e-3 (features) and 1e-2 (hash),
 //! pretrained AlexNet layers at 0.1×, batch 64, β = (1, 1, 0.1), γ = 0.01, k = 256.
 //!
 //! Choices the paper leaves open (all in [`SdchParams`]): the optimiser (Adam), the number of
@@ -36,8 +36,11 @@
 //! model), no dropout in the MLPs. Only rows labelled in both modalities enter the losses; B (the
 //! training codes) covers every training row.
 //!
-//! Files: `save(dir)` writes `model.json`, `weights.safetensors` (every tensor by name; Python can
-//! read it with `safetensors.numpy.load_file` and encode new items) and `train_codes.npy`.
+//! Files: `save(dir)` writes `model.json`, `weights.safetensors` (every tensor by name) and
+//! `train_codes.npy` / `train_codes_packed.npy` (B). In feature mode, Python encodes new items
+//! with numpy alone: `scripts/sdch_encode.py MODEL_DIR X.npy --side img|txt --out codes.npy`
+//! (standardise with `{side}-input.mean/std`, the MLP `{side}-fc1…` with ReLU between layers,
+//! `fc4`, sign; tested against [`SdchModel::encode`]).
 
 use super::alexnet::{preprocess, AlexNet};
 use super::itq::itq;
@@ -159,7 +162,7 @@ pub struct SdchArch {
 
 enum ImageNet {
     Mlp(Mlp),
-    AlexNet(AlexNet),
+    AlexNet(Box<AlexNet>),
 }
 
 /// SDCH's networks in one variable store (names: `img-fc*` or `img.features.*`/`img.classifier.*`,
@@ -184,7 +187,7 @@ impl SdchNet {
         let k = arch.feature_dim as i64;
         let (img, img_dim) = match arch.image {
             ImageInput::Features { dim } => (ImageNet::Mlp(Mlp::new(&root, "img", dim as i64, &hidden, k, arch.dropout)), dim as i64),
-            ImageInput::Images { .. } => (ImageNet::AlexNet(AlexNet::new(&(&root / "img"), k)), 1),
+            ImageInput::Images { .. } => (ImageNet::AlexNet(Box::new(AlexNet::new(&(&root / "img"), k))), 1),
         };
         let txt = Mlp::new(&root, "txt", arch.text_dim as i64, &hidden, k, arch.dropout);
         let fc4 = nn::linear(&root / "fc4", k, arch.bits as i64, Default::default());
@@ -595,7 +598,7 @@ impl Fit for SdchParams {
         if self.batch_size < 2 {
             bail!("sdch: batch_size must be at least 2 (the losses compare items of a batch), found {}", self.batch_size);
         }
-        if self.feature_dim == 0 || self.hidden.iter().any(|&h| h == 0) {
+        if self.feature_dim == 0 || self.hidden.contains(&0) {
             bail!("sdch: feature_dim and every hidden width must be at least 1");
         }
         if self.encode_batch == 0 || self.itq_iterations == 0 {
@@ -834,6 +837,27 @@ mod tests {
         assert_eq!(loaded.encode(TEXT, &data.views[TEXT]).unwrap(), dt);
         assert_eq!(loaded.train_codes().unwrap(), b);
         assert!(loaded.history().iter().zip(model.history()).all(|(a, b)| (a - b).abs() <= 1e-12 * b.abs()));
+        // Python encodes with the saved weights alone (scripts/sdch_encode.py) and agrees.
+        if let Some(py) = crate::deep::test_support::python_with(&["numpy"]) {
+            for (side, m) in [("img", IMAGE), ("txt", TEXT)] {
+                let x = dir.path().join(format!("{side}.npy"));
+                crate::npy::write_npy(&x, data.views[m].features("test", m).unwrap()).unwrap();
+                let out = dir.path().join(format!("{side}_codes.npy"));
+                let (xs, os) = (x.to_str().unwrap(), out.to_str().unwrap());
+                crate::deep::test_support::run_script(&py, "sdch_encode.py", &[dir.path().to_str().unwrap(), xs, "--side", side, "--out", os]);
+                let py_codes = BinaryCodes::load_npy(&out, Some(8)).unwrap();
+                let z = model.hash_outputs(m, &data.views[m]).unwrap();
+                let rust_codes = model.encode(m, &data.views[m]).unwrap();
+                // Bits whose pre-sign value is within float rounding of 0 may differ (f64 in numpy).
+                for i in 0..z.nrows() {
+                    for j in 0..8 {
+                        if z[[i, j]].abs() > 1e-4 {
+                            assert_eq!(py_codes.bit(i, j), rust_codes.bit(i, j), "{side} item {i} bit {j}");
+                        }
+                    }
+                }
+            }
+        }
         // Wrong inputs are refused clearly.
         let e = model.encode(TEXT, &data.views[IMAGE]).unwrap_err().to_string();
         assert!(e.contains("text input has 6-d features, the model expects 5-d"), "{e}");

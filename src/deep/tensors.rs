@@ -99,9 +99,12 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: Ha
     write_atomic(path, |w| Ok(w.write_all(&buf)?))
 }
 
+/// Tensors by name and string metadata.
+pub type NamedTensorsWithMeta = (Vec<(String, Tensor)>, HashMap<String, String>);
+
 /// Reads every tensor (CPU) and the metadata of a safetensors file. Truncated or corrupt files are
 /// refused with the file name.
-pub fn read_safetensors(path: &Path) -> Result<(Vec<(String, Tensor)>, HashMap<String, String>)> {
+pub fn read_safetensors(path: &Path) -> Result<NamedTensorsWithMeta> {
     let buf = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let bad = |e: safetensors::SafeTensorError| anyhow!("{}: not a valid safetensors file (truncated or corrupt?): {e:?}", path.display());
     let (_, meta) = SafeTensors::read_metadata(&buf).map_err(bad)?;

@@ -206,7 +206,7 @@ impl Optimizer {
             OptimizerKind::Sgd => {
                 // buf ← μ buf + g (buf = g at the first step) ; p ← p − lr buf
                 if st.step == 1 {
-                    let _ = st.m.copy_(&grad);
+                    st.m.copy_(&grad);
                 } else {
                     let _ = st.m.g_mul_scalar_(SGD_MOMENTUM);
                     let _ = st.m.g_add_(&grad);
@@ -472,7 +472,7 @@ impl Trainer {
         let mut perm: Vec<usize> = (0..n).collect();
         perm.shuffle(&mut self.rng);
         let mut out: Vec<Vec<usize>> = perm.chunks(batch.max(1)).map(|c| c.to_vec()).collect();
-        if out.len() > 1 && out.last().map_or(false, |b| b.len() == 1) {
+        if out.len() > 1 && out.last().is_some_and(|b| b.len() == 1) {
             let last = out.pop().unwrap();
             out.last_mut().unwrap().extend(last);
         }

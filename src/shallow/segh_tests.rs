@@ -109,10 +109,8 @@ fn step1_satisfies_eq7_with_singular_coefficients() {
 fn brute_knn(pts: &Array2<f64>, k: usize) -> Vec<Vec<(f64, usize)>> {
     (0..pts.nrows())
         .map(|i| {
-            let mut all: Vec<(f64, usize)> = (0..pts.nrows())
-                .filter(|&j| j != i)
-                .map(|j| ((&pts.row(i) - &pts.row(j)).mapv(|v| v * v).sum(), j))
-                .collect();
+            let mut all: Vec<(f64, usize)> =
+                (0..pts.nrows()).filter(|&j| j != i).map(|j| ((&pts.row(i) - &pts.row(j)).mapv(|v| v * v).sum(), j)).collect();
             all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
             all.truncate(k);
             all
@@ -279,7 +277,8 @@ fn conjugate_gradient_matches_dense_solve() {
 }
 
 fn small_problem(seed: u64, n: usize, embedding_dim: usize) -> (TrainSet, TrainSet) {
-    let (ts, _) = synthetic(&SyntheticSpec { n: n + n / 3, n_classes: 10, image_dim: 20, text_dim: 10, embedding_dim, noise: (2.0, 1.0), seed });
+    let (ts, _) =
+        synthetic(&SyntheticSpec { n: n + n / 3, n_classes: 10, image_dim: 20, text_dim: 10, embedding_dim, noise: (2.0, 1.0), seed });
     let train: Vec<usize> = (0..n).collect();
     let query: Vec<usize> = (n..n + n / 3).collect();
     (subset(&ts, &train), subset(&ts, &query))
@@ -428,7 +427,8 @@ fn constrained_codes_do_not_degrade_with_iterations_but_printed_ones_collapse() 
         assert!(printed10[j] < printed1[j] - 0.05, "printed: 1 iteration {printed1:.3?}, 10 iterations {printed10:.3?}");
         assert!(ours10[j] > printed10[j] + 0.1);
     }
-    let (ours10, printed1, printed10) = (fit(CodeConstraint::Orthogonal, 10, 0), fit(CodeConstraint::Printed, 1, 0), fit(CodeConstraint::Printed, 10, 0));
+    let (ours10, printed1, printed10) =
+        (fit(CodeConstraint::Orthogonal, 10, 0), fit(CodeConstraint::Printed, 1, 0), fit(CodeConstraint::Printed, 10, 0));
     // The printed alternation is a power iteration: P's rows (one per bit) align.
     let (r1, r10) = (second_singular_ratio(printed1.p()), second_singular_ratio(printed10.p()));
     assert!(r10 < 0.2 * r1, "σ₂/σ₁ of P: {r1:.3} after 1 iteration, {r10:.3} after 10");
@@ -455,7 +455,8 @@ fn segh_beats_random_codes_on_synthetic_data() {
 
 #[test]
 fn zero_shot_encodes_unseen_class_items_above_chance() {
-    let (ts, class) = synthetic(&SyntheticSpec { n: 700, n_classes: 10, image_dim: 30, text_dim: 20, embedding_dim: 24, noise: (1.0, 0.5), seed: 17 });
+    let (ts, class) =
+        synthetic(&SyntheticSpec { n: 700, n_classes: 10, image_dim: 30, text_dim: 20, embedding_dim: 24, noise: (1.0, 0.5), seed: 17 });
     let seen: Vec<usize> = (0..ts.len()).filter(|&i| class[i] < 8).collect();
     let unseen: Vec<usize> = (0..ts.len()).filter(|&i| class[i] >= 8).collect();
     let train = subset(&ts, &seen);
