@@ -444,7 +444,6 @@ mod tests {
 
     #[test]
     fn fit_beats_random_codes_on_separable_data() {
-        let _lock = crate::deep::test_support::torch_rng_lock();
         let (mut data, _) = synthetic(120, 4, 1, 0.3);
         for m in 0..2 {
             for i in (0..120).filter(|i| (i / 4) % 2 == 0) {
@@ -471,7 +470,6 @@ mod tests {
 
     #[test]
     fn save_load_round_trip_and_resume_equals_uninterrupted() {
-        let _lock = crate::deep::test_support::torch_rng_lock();
         let (data, _) = synthetic(80, 3, 2, 0.3);
         let d = tempfile::tempdir().unwrap();
         let ctx = FitContext { device: DeviceChoice::Cpu, ..FitContext::new(8, 11) };
@@ -502,7 +500,6 @@ mod tests {
 
     #[test]
     fn bad_configurations_are_refused() {
-        let _lock = crate::deep::test_support::torch_rng_lock();
         let (mut data, _) = synthetic(20, 2, 3, 0.3);
         let ctx = FitContext { device: DeviceChoice::Cpu, ..FitContext::new(8, 0) };
         let e = AgnetParams { attr_weight: 0.0, sim_weight: 0.0, ..quick() }.fit(&data, &ctx).unwrap_err().to_string();

@@ -114,6 +114,7 @@ mod tests {
 
     #[test]
     fn names_and_shapes_match_torchvision() {
+        let _lock = crate::deep::test_support::torch_rng_lock(); // builds layers: libtorch's generator
         let vs = nn::VarStore::new(Device::Cpu);
         let net = AlexNet::new(&vs.root(), 1000);
         let vars = vs.variables();

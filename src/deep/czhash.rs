@@ -907,7 +907,6 @@ pub(crate) mod tests {
 
     #[test]
     fn fit_beats_random_codes_on_separable_data() {
-        let _lock = crate::deep::test_support::torch_rng_lock();
         let (mut data, cls) = synthetic(120, 4, 1, 0.3);
         // Semi-supervised: half the labels hidden.
         for m in 0..2 {
@@ -937,7 +936,6 @@ pub(crate) mod tests {
 
     #[test]
     fn save_load_round_trip_and_resume_equals_uninterrupted() {
-        let _lock = crate::deep::test_support::torch_rng_lock();
         let (mut data, _) = synthetic(80, 3, 2, 0.3);
         data.labelled[1][5] = false; // some unlabelled rows, so C has free rows
         data.labels[1].row_mut(5).fill(0);
@@ -981,7 +979,6 @@ pub(crate) mod tests {
 
     #[test]
     fn bad_configurations_are_refused() {
-        let _lock = crate::deep::test_support::torch_rng_lock();
         let (mut data, _) = synthetic(20, 2, 3, 0.3);
         let ctx = FitContext { device: DeviceChoice::Cpu, ..FitContext::new(8, 0) };
         let p = quick_params();

@@ -150,6 +150,7 @@ mod tests {
 
     #[test]
     fn writes_fc7_features_into_a_new_bundle() {
+        let _lock = crate::deep::test_support::torch_rng_lock(); // builds layers: libtorch's generator
         let d = crate::deep::test_support::big_tempdir();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let n = 4;

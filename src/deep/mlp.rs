@@ -44,6 +44,7 @@ mod tests {
 
     #[test]
     fn layout_and_hand_computed_forward() {
+        let _lock = crate::deep::test_support::torch_rng_lock(); // builds layers: libtorch's generator
         let vs = nn::VarStore::new(Device::Cpu);
         let m = Mlp::new(&vs.root(), "txt", 2, &[3], 1, 0.0);
         let mut names: Vec<_> = vs.variables().keys().cloned().collect();

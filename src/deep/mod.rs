@@ -25,12 +25,10 @@ pub mod zs_common;
 pub(crate) mod test_support {
     use std::path::PathBuf;
 
-    /// Held by every test that trains: training seeds and draws from libtorch's process-wide
-    /// generator (dropout), which concurrent test threads would otherwise share.
-    pub fn torch_rng_lock() -> std::sync::MutexGuard<'static, ()> {
-        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        LOCK.lock().unwrap_or_else(|e| e.into_inner())
-    }
+    /// Held by tests that draw from libtorch's process-wide generator outside a training (a
+    /// [`super::trainer::Trainer`] holds the same lock itself, so a test must not hold it while it
+    /// trains).
+    pub use super::trainer::torch_rng_lock;
 
     /// The repository root.
     pub fn repo() -> PathBuf {

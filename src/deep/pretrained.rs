@@ -50,6 +50,7 @@ mod tests {
     /// formats, and after conversion to safetensors), and bad checkpoints are refused by name.
     #[test]
     fn matches_torchvision_and_refuses_bad_checkpoints() {
+        let _lock = crate::deep::test_support::torch_rng_lock(); // builds layers: libtorch's generator
         let Some(py) = python_with(&["torch", "torchvision", "numpy"]) else { return };
         let d = big_tempdir();
         let dir = d.path();

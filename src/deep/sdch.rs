@@ -819,7 +819,6 @@ mod tests {
 
     #[test]
     fn learns_separable_toy_data_and_round_trips() {
-        let _lock = crate::deep::test_support::torch_rng_lock();
         let data = toy(60, 1);
         let p = SdchParams { epochs: 30, ..small() };
         let model = p.fit(&data, &FitContext::new(8, 2)).unwrap();
@@ -876,7 +875,6 @@ mod tests {
     /// resumed ends with exactly the weights and codes of an uninterrupted run.
     #[test]
     fn resumed_runs_equal_uninterrupted_runs() {
-        let _lock = crate::deep::test_support::torch_rng_lock();
         let data = toy(30, 4);
         let p = SdchParams { dropout: 0.2, ..small() };
         let ctx = |dir: &Path, resume: bool| FitContext { checkpoint_dir: Some(dir.to_path_buf()), resume, device: crate::method::DeviceChoice::Cpu, ..FitContext::new(8, 11) };
@@ -925,7 +923,6 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused() {
-        let _lock = crate::deep::test_support::torch_rng_lock();
         let data = toy(12, 5);
         let ctx = FitContext::new(8, 0);
         for (p, msg) in [
@@ -951,7 +948,6 @@ mod tests {
     /// of 0 the pretrained layers stay put while the new k-d layer (classifier.6) learns.
     #[test]
     fn image_mode_with_pretrained_layers() {
-        let _lock = crate::deep::test_support::torch_rng_lock();
         let mut rng = ChaCha8Rng::seed_from_u64(9);
         let n = 6;
         let images = ndarray::Array4::from_shape_simple_fn((n, 64, 64, 3), || rng.gen::<u8>());
@@ -961,6 +957,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let w = d.path().join("alexnet.safetensors");
         {
+            let _lock = crate::deep::test_support::torch_rng_lock(); // not while training below
             let vs = nn::VarStore::new(Device::Cpu);
             let _a = AlexNet::new(&vs.root(), 1000);
             write_safetensors(&w, &vs.variables().into_iter().collect::<Vec<_>>(), Default::default()).unwrap();

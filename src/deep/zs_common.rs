@@ -349,6 +349,7 @@ mod tests {
 
     #[test]
     fn ndarray_forward_equals_the_tch_forward() {
+        let _lock = crate::deep::test_support::torch_rng_lock(); // builds layers: libtorch's generator
         use tch::nn::ModuleT;
         let vs = nn::VarStore::new(Device::Cpu);
         let mlp = super::super::mlp::Mlp::new(&vs.root(), "net", 5, &[7], 3, 0.5);
