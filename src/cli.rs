@@ -168,8 +168,8 @@ pub fn main() -> i32 {
     crate::shallow::common::set_blas_threads(1);
     if let Some(n) = cli.threads {
         if n == 0 {
-            eprintln!("error: --threads must be at least 1");
-            return 2;
+            eprintln!("error: --threads must be at least 1, found 0");
+            return 1;
         }
         // Fails only if the global pool was already built, which nothing does before this line.
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();

@@ -157,6 +157,7 @@ np.save("ql_two.npy", np.load("ql.npy") * 2)
 #[test]
 fn train_refuses_bad_configuration() {
     let d = tempfile::tempdir().unwrap();
+    assert!(fails(&["--threads", "0", "data", "info", "x"], d.path()).contains("--threads must be at least 1"));
     let e = fails(&["train", "--method", "nope", "--data", "x", "--out", "o"], d.path());
     assert!(e.contains("unknown method"), "{e}");
     let e = fails(&["train", "--method", "random", "--data", "x", "--out", "o", "--bits", "0"], d.path());
