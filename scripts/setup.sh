@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time (idempotent) setup of a cmh checkout on Debian 12:
-#   - Debian packages: libopenblas-dev (LAPACK for the shallow methods), python3-venv;
+#   - Debian packages: libopenblas-dev (LAPACK for the shallow methods), python3-venv, npm (the
+#     demo fetches its emoji packages with it on first use) when no npm is on PATH;
 #   - a project venv .venv with torch==2.13.0 (libtorch for tch) and the scripts' packages
 #     (scripts/requirements.txt), reinstalled only when that file changes;
 #   - .libtorch -> the venv's torch folder (.cargo/config.toml points LIBTORCH at it);
@@ -15,6 +16,8 @@ missing=()
 for pkg in libopenblas-dev python3-venv pkg-config fonts-dejavu-core; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
+# npm fetches the emoji packages on the demo's first run (any npm on PATH will do).
+command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   $SUDO apt-get update -qq
