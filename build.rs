@@ -19,10 +19,9 @@ fn main() {
     let lib = PathBuf::from(&root).join("lib");
     let lib = lib.canonicalize().unwrap_or(lib);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    // The linker's --as-needed drops libtorch_cuda (nothing references it directly), which would
-    // leave CUDA unavailable at run time: keep it. The nvidia-* runtime wheels sit beside torch and
-    // libtorch_cuda's own RUNPATH finds them; the same binary then trains on CUDA or CPU.
-    if lib.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
-    }
+    // libtorch_cuda is NOT linked: nothing references it directly, and loading it (with the CUDA
+    // libraries it pulls in) costs every process a few hundred MB of resident memory, searches and
+    // evaluations included. `deep::trainer::cuda_available` loads it with dlopen, through this
+    // rpath, when a command asks for a CUDA device (`--device cuda|auto`); the same binary then
+    // trains on CUDA or the CPU.
 }

@@ -43,6 +43,19 @@ pub enum Command {
     Features(crate::deep::features::FeaturesArgs),
 }
 
+impl Command {
+    /// Commands that may train or run networks on CUDA (`--device auto|cuda`): only these load
+    /// libtorch's CUDA backend, so searches and evaluations stay small.
+    fn may_use_cuda(&self) -> bool {
+        match self {
+            Command::Train(a) => a.device != DeviceChoice::Cpu,
+            Command::Demo(a) => a.device != DeviceChoice::Cpu,
+            Command::Features(a) => a.device != DeviceChoice::Cpu,
+            Command::Data(_) | Command::Eval(_) | Command::Search(_) | Command::Encode(_) => false,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum DataCommand {
     /// Print a bundle's manifest summary after validating it.
@@ -166,6 +179,9 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     // rayon owns the cores; BLAS calls run on the thread that makes them (README, "Threads").
     crate::shallow::common::set_blas_threads(1);
+    if cli.command.may_use_cuda() {
+        crate::deep::trainer::load_cuda_backend();
+    }
     if let Some(n) = cli.threads {
         if n == 0 {
             eprintln!("error: --threads must be at least 1, found 0");

@@ -935,7 +935,7 @@ mod tests {
             assert!(e.contains(msg), "{e}");
         }
         let e = format!("{:#}", small().fit(&data, &FitContext { device: crate::method::DeviceChoice::Cuda, ..ctx.clone() }).err().unwrap());
-        if !tch::Cuda::is_available() {
+        if !crate::deep::trainer::cuda_available() {
             assert!(e.contains("CUDA is not available"), "{e}");
         }
         let toml_err = toml::from_str::<SdchParams>("epochs = 3\nbogus = 1").unwrap_err().to_string();

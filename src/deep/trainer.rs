@@ -47,13 +47,32 @@ pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const LOG_FILE: &str = "train.log";
 const FORMAT: &str = "cmh-checkpoint-1";
 
+/// Loads libtorch's CUDA backend, once per process; true when `libtorch_cuda.so` loaded. The binary
+/// does not link it (build.rs: it would cost every process, searches included, hundreds of MB of
+/// resident memory); it is found through the binary's rpath, and its static initialisers register
+/// the backend. libtorch decides whether CUDA exists on its first CUDA query and never again, so
+/// this must run before any other tch call: `cmh` calls it at start-up for commands that may use
+/// CUDA, and [`cuda_available`] calls it too.
+pub fn load_cuda_backend() -> bool {
+    static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LOADED.get_or_init(|| {
+        // SAFETY: dlopen with a NUL-terminated name; the handle stays open for the process lifetime.
+        !unsafe { libc::dlopen(c"libtorch_cuda.so".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) }.is_null()
+    })
+}
+
+/// Whether libtorch can use a CUDA device (its CUDA backend loads and sees a GPU).
+pub fn cuda_available() -> bool {
+    load_cuda_backend() && tch::Cuda::is_available()
+}
+
 /// The tch device for a `--device` choice. `Auto` = CUDA when available, else the CPU.
 pub fn resolve_device(choice: DeviceChoice) -> Result<Device> {
     match choice {
-        DeviceChoice::Auto => Ok(Device::cuda_if_available()),
+        DeviceChoice::Auto => Ok(if cuda_available() { Device::Cuda(0) } else { Device::Cpu }),
         DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Cuda => {
-            if tch::Cuda::is_available() {
+            if cuda_available() {
                 Ok(Device::Cuda(0))
             } else {
                 bail!("--device cuda was asked for, but CUDA is not available here (no GPU or driver, or libtorch without CUDA); use --device cpu or auto")
@@ -682,6 +701,15 @@ mod tests {
             opt.backward_step(&(&p * &p).sum(Kind::Float)).unwrap();
             assert_eq!(before, Vec::<f32>::try_from(&p).unwrap());
         }
+    }
+
+    #[test]
+    fn cuda_backend_loads_lazily() {
+        // The binary does not link libtorch_cuda; asking for CUDA loads it (the wheel ships it).
+        let has_lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".libtorch/lib/libtorch_cuda.so").exists();
+        assert_eq!(load_cuda_backend(), has_lib);
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        assert_eq!(maps.contains("libtorch_cuda.so"), has_lib);
     }
 
     #[test]
