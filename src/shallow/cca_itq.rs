@@ -304,6 +304,8 @@ mod tests {
         assert!(err(&ok, &data, 11).contains("at most"));
         assert!(err(&CcaItqParams { reg: -1.0, ..ok.clone() }, &data, 8).contains("cca-itq.reg"));
         assert!(err(&ok, &data, 0).contains("bits"));
+        assert!(err(&CcaItqParams { eig_power: -1.0, ..ok.clone() }, &data, 8).contains("cca-itq.eig_power"));
+        assert!(err(&CcaItqParams { anchors: 0, ..ok.clone() }, &data, 8).contains("at least 1"));
         let one = set(vec![views[0].clone()], labels);
         assert!(err(&ok, &one, 4).contains("two modalities"));
     }

@@ -975,6 +975,9 @@ mod tests {
         let msg = |p: SchParams, bits: usize| format!("{:#}", p.fit(&data, &FitContext { bits, ..ctx.clone() }).unwrap_err());
         assert!(msg(SchParams { alpha: -1.0, ..ok.clone() }, 8).contains("sch.alpha"));
         assert!(msg(SchParams { rho: 0.0, ..ok.clone() }, 8).contains("sch.rho"));
+        assert!(msg(SchParams { beta: -0.5, ..ok.clone() }, 8).contains("sch.beta"));
+        assert!(msg(SchParams { mu: -1.0, ..ok.clone() }, 8).contains("sch.mu"));
+        assert!(msg(SchParams { anchors: 0, ..ok.clone() }, 8).contains("sch.anchors"));
         assert!(msg(ok.clone(), 0).contains("bits"));
         assert!(msg(SchParams { anchors: 31, ..ok.clone() }, 8).contains("at most 30"));
         assert!(msg(SchParams { lambda: vec![0.5, 0.6], ..ok.clone() }, 8).contains("sum to 1"));

@@ -81,6 +81,16 @@
 //! subspace iteration that converges to the dominant r-dimensional subspace. The printed,
 //! unconstrained alternation is kept as `constraint = "printed"` to reproduce the degeneracy.
 //!
+//! # Anchor features (an option, not in the paper)
+//! With `anchors = c > 0`, Xₘ is replaced everywhere by the centred RBF features Φₘ = φₘ(Xₘ) to c
+//! anchors drawn from the training rows — the representation SCH and the CCA-ITQ baseline use
+//! ([`RbfMap`], shared code in `shallow/common.rs`): step 1 solves eq. 7 with Φₘ in place of Xₘ
+//! (Wₘ is e × c), and hᵐ(x) = sign(P Wₘ (φₘ(x) − Φ̄ₘ)). The paper's hash functions are linear in the
+//! raw features, which on Wikipedia (10-d LDA text) cannot separate the classes well enough for the
+//! encoded database; `SeghParams::validated()` (1000 anchors, σ scale 1.0 / 0.7 for image / text) was
+//! chosen on validation splits carved from the Wikipedia and UCI training items, never the test
+//! queries (`scripts/tune_segh.py`, `benches/shallow_results.md`). Defaults stay the paper's (raw).
+//!
 //! # Semi-supervised and zero-shot
 //! Items with no visible label in modality m are left out of modality m's step-1 fit and have a
 //! zero row in the label affinity: they are tied to the rest by the kNN terms only. Zero-shot needs
@@ -94,6 +104,7 @@
 
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, to_f64, Fit, FitContext, HashModel, TrainSet, View};
+use super::common::{seeded_rng, RbfMap};
 use crate::npy::{read_npy, write_npy, write_text_atomic};
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
@@ -153,6 +164,15 @@ pub struct SeghParams {
     pub knn_exact_up_to: usize,
     /// Stop iterating when the objective (eq. 8) changes by less than this fraction.
     pub objective_tol: f64,
+    /// Input representation Xₘ of the step-1 encoders and of the hash functions. 0 (the paper):
+    /// the raw features, centred. c > 0: the centred RBF features φ(x) to c anchors drawn from the
+    /// training rows, as SCH and CCA-ITQ use ([`RbfMap`]); step 1 (eq. 7) then learns Wₘ on φ, so
+    /// hᵐ(x) = sign(P Wₘ φₘ(x)) is non-linear in x. Not in the paper: see `benches/shallow_results.md`
+    /// for the validation that chose it.
+    pub anchors: usize,
+    /// Per-modality factor on the RBF bandwidth heuristic (σₘ = scale × mean row-to-anchor
+    /// distance; empty = 1 for every modality). Used only when `anchors > 0`.
+    pub sigma_scale: Vec<f64>,
 }
 
 impl Default for SeghParams {
@@ -170,11 +190,21 @@ impl Default for SeghParams {
             cg_max_iter: 2000,
             knn_exact_up_to: 10_000,
             objective_tol: 1e-9,
+            anchors: 0,
+            sigma_scale: vec![],
         }
     }
 }
 
 impl SeghParams {
+    /// The settings chosen on validation splits carved from the Wikipedia and UCI digits training
+    /// items (`scripts/tune_segh.py`; see `benches/shallow_results.md`): the paper's weights on
+    /// centred RBF features to 1000 anchors, σ = 1.0 (image) and 0.7 (text) × the mean
+    /// row-to-anchor distance (SCH's validated bandwidths too). Needs at least 1000 training rows.
+    pub fn validated() -> Self {
+        Self { anchors: 1000, sigma_scale: vec![1.0, 0.7], ..Self::default() }
+    }
+
     /// Checks the hyper-parameters alone (for `n_modalities` modalities and `n` training items).
     fn check_params(&self, n_modalities: usize, n: usize, bits: usize) -> Result<()> {
         if bits == 0 {
@@ -214,18 +244,33 @@ impl SeghParams {
         if self.cg_max_iter == 0 {
             bail!("segh: cg_max_iter must be at least 1");
         }
+        if self.anchors > n {
+            bail!("segh: anchors = {} but the training set has only {n} rows to draw them from; use at most {n} (or 0 for raw features)", self.anchors);
+        }
+        if !self.sigma_scale.is_empty() && self.sigma_scale.len() != n_modalities {
+            bail!(
+                "segh: `sigma_scale` has {} value(s) but the data has {n_modalities} modalities; give one per modality or none",
+                self.sigma_scale.len()
+            );
+        }
+        for (m, &v) in self.sigma_scale.iter().enumerate() {
+            ensure_pos(&format!("segh sigma_scale[{m}]"), v)?;
+        }
         Ok(())
     }
 }
 
-/// A fitted SeGH model: hᵐ(x) = sign(P Wₘ (x − x̄ₘ)).
+/// A fitted SeGH model: hᵐ(x) = sign(P Wₘ (ψₘ(x) − x̄ₘ)), ψₘ = identity (raw features, the
+/// paper) or the RBF anchor map φₘ (`anchors > 0`).
 #[derive(Clone, Debug)]
 pub struct SeghModel {
     params: SeghParams,
     bits: usize,
-    /// x̄ₘ: training means of each modality's features.
+    /// φₘ per modality when the model works on RBF anchor features; empty for raw features.
+    rbf: Vec<RbfMap>,
+    /// x̄ₘ: training means of each modality's input representation ψₘ(x) (dₘ, or c anchors).
     means: Vec<Array1<f64>>,
-    /// Wₘ (e × dₘ), step 1.
+    /// Wₘ (e × dₘ, or e × c with anchors), step 1.
     w: Vec<Array2<f64>>,
     /// P (bits × e), step 2.
     p: Array2<f64>,
@@ -263,9 +308,13 @@ impl SeghModel {
     pub fn p(&self) -> &Array2<f64> {
         &self.p
     }
-    /// Training mean of modality m's features.
+    /// Training mean of modality m's input representation (raw features or RBF features).
     pub fn mean(&self, m: usize) -> &Array1<f64> {
         &self.means[m]
+    }
+    /// The RBF anchor map of modality m, when the model uses anchor features (`anchors > 0`).
+    pub fn rbf(&self, m: usize) -> Option<&RbfMap> {
+        self.rbf.get(m)
     }
     pub fn n_modalities(&self) -> usize {
         self.w.len()
@@ -278,6 +327,7 @@ impl SeghModel {
     fn new(
         params: SeghParams,
         bits: usize,
+        rbf: Vec<RbfMap>,
         means: Vec<Array1<f64>>,
         w: Vec<Array2<f64>>,
         p: Array2<f64>,
@@ -286,19 +336,24 @@ impl SeghModel {
         info: FitInfo,
     ) -> Self {
         let proj = w.iter().map(|wm| p.dot(wm)).collect();
-        Self { params, bits, means, w, p, proj, train_codes, history, info }
+        Self { params, bits, rbf, means, w, p, proj, train_codes, history, info }
     }
 
-    /// The continuous projections P Wₘ (x − x̄ₘ) of modality m's items (n × bits).
+    /// The continuous projections P Wₘ (ψₘ(x) − x̄ₘ) of modality m's items (n × bits).
     pub fn project(&self, modality: usize, x: ArrayView2<f32>) -> Result<Array2<f64>> {
         if modality >= self.w.len() {
             bail!("segh: modality {modality} does not exist; the model has {} modalities", self.w.len());
         }
-        let d = self.means[modality].len();
-        if x.ncols() != d {
-            bail!("segh: modality {modality} was trained on {d}-dimensional features, got {} columns", x.ncols());
-        }
-        let xc = to_f64(x) - &self.means[modality];
+        let xc = match self.rbf.get(modality) {
+            Some(map) => map.transform(x).with_context(|| format!("segh: RBF features of modality {modality}"))? - &self.means[modality],
+            None => {
+                let d = self.means[modality].len();
+                if x.ncols() != d {
+                    bail!("segh: modality {modality} was trained on {d}-dimensional features, got {} columns", x.ncols());
+                }
+                to_f64(x) - &self.means[modality]
+            }
+        };
         Ok(xc.dot(&self.proj[modality].t()))
     }
 
@@ -311,6 +366,15 @@ impl SeghModel {
             bail!("{}: holds a `{}` model, not `{METHOD}`", path.display(), file.method);
         }
         let m = file.feature_dims.len();
+        if !file.sigma.is_empty() && file.sigma.len() != m {
+            bail!("{}: `sigma` has {} values but `feature_dims` lists {m} modalities", path.display(), file.sigma.len());
+        }
+        let rbf: Vec<RbfMap> = file.sigma.iter().enumerate().map(|(i, &s)| RbfMap::load(dir, &format!("m{i}"), s)).collect::<Result<_>>()?;
+        for (i, map) in rbf.iter().enumerate() {
+            if map.dim() != file.feature_dims[i] {
+                bail!("{}: m{i}_anchors.npy has {} columns but feature_dims[{i}] = {}", dir.display(), map.dim(), file.feature_dims[i]);
+            }
+        }
         let read = |name: &str, shape: &[usize]| -> Result<ndarray::ArrayD<f64>> {
             let p = dir.join(name);
             let a = read_npy(&p)?;
@@ -326,6 +390,7 @@ impl SeghModel {
         let mut w = Vec::new();
         let mut means = Vec::new();
         for (i, &d) in file.feature_dims.iter().enumerate() {
+            let d = rbf.get(i).map_or(d, |map| map.n_anchors());
             w.push(read(&format!("W_{i}.npy"), &[file.embedding_dim, d])?.into_dimensionality()?);
             means.push(read(&format!("mean_{i}.npy"), &[d])?.into_dimensionality()?);
         }
@@ -335,7 +400,7 @@ impl SeghModel {
         if m == 0 {
             bail!("{}: no modalities listed in feature_dims", path.display());
         }
-        Ok(Self::new(file.params, file.bits, means, w, p, train_codes, file.history, file.info))
+        Ok(Self::new(file.params, file.bits, rbf, means, w, p, train_codes, file.history, file.info))
     }
 }
 
@@ -346,8 +411,12 @@ struct ModelFile {
     method: String,
     bits: usize,
     params: SeghParams,
-    /// dₘ per modality (modality 0 = image, 1 = text).
+    /// dₘ per modality (modality 0 = image, 1 = text): the raw feature dimension.
     feature_dims: Vec<usize>,
+    /// RBF bandwidth σₘ per modality when the model uses anchor features (`m{i}_anchors.npy`,
+    /// `m{i}_phi_mean.npy`); empty for raw features.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    sigma: Vec<f64>,
     /// e, the class-embedding dimension.
     embedding_dim: usize,
     history: Vec<f64>,
@@ -380,6 +449,9 @@ impl HashModel for SeghModel {
             write_npy(&dir.join(format!("W_{m}.npy")), w)?;
             write_npy(&dir.join(format!("mean_{m}.npy")), mean)?;
         }
+        for (m, map) in self.rbf.iter().enumerate() {
+            map.save(dir, &format!("m{m}"))?;
+        }
         write_npy(&dir.join("P.npy"), &self.p)?;
         self.train_codes.save_npy(dir, "train_codes")?;
         let m = self.w.len();
@@ -387,15 +459,23 @@ impl HashModel for SeghModel {
             method: METHOD.into(),
             bits: self.bits,
             params: self.params.clone(),
-            feature_dims: self.means.iter().map(|v| v.len()).collect(),
+            feature_dims: if self.rbf.is_empty() { self.means.iter().map(|v| v.len()).collect() } else { self.rbf.iter().map(|m| m.dim()).collect() },
+            sigma: self.rbf.iter().map(|m| m.sigma).collect(),
             embedding_dim: self.p.ncols(),
             history: self.history.clone(),
             info: self.info.clone(),
-            encode: "codes_m = np.where((x - mean_m) @ W_m.T @ P.T >= 0, 1, -1)  (modality m: 0 = image, 1 = text)".into(),
+            encode: if self.rbf.is_empty() {
+                "codes_m = np.where((x - mean_m) @ W_m.T @ P.T >= 0, 1, -1)  (modality m: 0 = image, 1 = text)".into()
+            } else {
+                "modality m (0 = image, 1 = text): phi = exp(-||x - m{m}_anchors||^2 / (2 sigma[m]^2)) - m{m}_phi_mean; \
+                 codes_m = np.where((phi - mean_m) @ W_m.T @ P.T >= 0, 1, -1)"
+                    .into()
+            },
             files: serde_json::json!({
                 "W": (0..m).map(|i| format!("W_{i}.npy")).collect::<Vec<_>>(),
                 "mean": (0..m).map(|i| format!("mean_{i}.npy")).collect::<Vec<_>>(),
                 "P": "P.npy",
+                "anchors": (0..self.rbf.len()).map(|i| [format!("m{i}_anchors.npy"), format!("m{i}_phi_mean.npy")]).collect::<Vec<_>>(),
                 "train_codes": ["train_codes.npy", "train_codes_packed.npy"],
             }),
         };
@@ -480,8 +560,20 @@ fn fit_impl(params: &SeghParams, data: &TrainSet, ctx: &FitContext, solver: Solv
     let mut means = Vec::with_capacity(nm);
     let mut xs = Vec::with_capacity(nm);
     let mut ws_q = Vec::with_capacity(nm);
+    let mut rbf = Vec::new();
     for m in 0..nm {
-        let x = to_f64(data.views[m].features(METHOD, m)?.view());
+        let raw = data.views[m].features(METHOD, m)?;
+        let x = if params.anchors > 0 {
+            // Xₘ := φₘ(Xₘ), centred RBF features to anchors drawn from the training rows (its own
+            // random stream, so the raw-feature path is unchanged).
+            let scale = params.sigma_scale.get(m).copied().unwrap_or(1.0);
+            let mut arng = seeded_rng(ctx.seed, 0x5e6 + m as u64);
+            let (map, phi) = RbfMap::fit(raw.view(), params.anchors, scale, &mut arng).with_context(|| format!("segh: RBF features of modality {m}"))?;
+            rbf.push(map);
+            phi
+        } else {
+            to_f64(raw.view())
+        };
         let mean = x.mean_axis(Axis(0)).expect("n > 0");
         let xc = x - &mean;
         let rows = labelled_rows(data, m);
@@ -583,7 +675,7 @@ fn fit_impl(params: &SeghParams, data: &TrainSet, ctx: &FitContext, solver: Solv
     // Back to the embedding space: Wₘ = Q W̃ₘ (e × dₘ), P = P̃ Qᵀ (bits × e).
     let ws = ws_q.iter().map(|w| q_basis.dot(w)).collect();
     let p = p.dot(&q_basis.t());
-    Ok(SeghModel::new(params.clone(), bits, means, ws, p, train_codes, history, info))
+    Ok(SeghModel::new(params.clone(), bits, rbf, means, ws, p, train_codes, history, info))
 }
 
 // ---------------------------------------------------------------------------------------------

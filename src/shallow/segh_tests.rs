@@ -533,6 +533,9 @@ fn check_refuses_bad_hyper_parameters_and_data() {
         (SeghParams { iterations: 0, ..Default::default() }, 16, "iterations"),
         (SeghParams { cg_tol: 0.0, ..Default::default() }, 16, "cg_tol"),
         (SeghParams::default(), 0, "bits"),
+        (SeghParams { anchors: 61, ..Default::default() }, 16, "only 60 rows"),
+        (SeghParams { anchors: 10, sigma_scale: vec![1.0], ..Default::default() }, 16, "sigma_scale"),
+        (SeghParams { anchors: 10, sigma_scale: vec![1.0, -0.5], ..Default::default() }, 16, "sigma_scale[1]"),
     ];
     for (p, bits, want) in cases {
         let err = format!("{:#}", p.check(&train, bits).unwrap_err());
@@ -604,4 +607,68 @@ fn save_load_round_trip() {
     // Encoding features of the wrong width is refused.
     let err = model.encode(1, &View::Features(Array2::zeros((2, 3)))).unwrap_err().to_string();
     assert!(err.contains("10-dimensional"), "{err}");
+}
+
+/// The anchor-feature option (`anchors > 0`): every hash function equals, computed by hand from
+/// the saved .npy files with an independent loop, sign(P Wₘ (φₘ(x) − x̄ₘ)) with
+/// φ(x)_a = exp(−‖x − anchor_a‖² / (2σ²)) − φ̄_a; step 1 satisfies eq. 7 with Xₘ = Φₘ; and the
+/// model survives save / load.
+#[test]
+fn anchor_features_match_a_hand_computation_and_round_trip() {
+    let (train, query) = small_problem(21, 120, 12);
+    let params = SeghParams { anchors: 40, sigma_scale: vec![1.0, 0.7], iterations: 2, ..Default::default() };
+    params.check(&train, 16).unwrap();
+    let model = params.fit(&train, &FitContext::new(16, 3)).unwrap();
+    assert_eq!(model.w(0).ncols(), 40, "W is learned on the 40 anchor features");
+    let dir = tempfile::tempdir().unwrap();
+    model.save(dir.path()).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("model.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let load = |name: &str| read_npy(&dir.path().join(name)).unwrap().to_f64();
+    let p = load("P.npy").into_dimensionality::<ndarray::Ix2>().unwrap();
+    for m in 0..2 {
+        let anchors = load(&format!("m{m}_anchors.npy")).into_dimensionality::<ndarray::Ix2>().unwrap();
+        let phi_mean = load(&format!("m{m}_phi_mean.npy")).into_dimensionality::<ndarray::Ix1>().unwrap();
+        let w = load(&format!("W_{m}.npy")).into_dimensionality::<ndarray::Ix2>().unwrap();
+        let mean = load(&format!("mean_{m}.npy")).into_dimensionality::<ndarray::Ix1>().unwrap();
+        let sigma = json["sigma"][m].as_f64().unwrap();
+        let x = query.views[m].features("t", m).unwrap();
+        let (n, c) = (x.nrows(), anchors.nrows());
+        let mut proj = Array2::<f64>::zeros((n, p.nrows()));
+        for i in 0..n {
+            let phi: Vec<f64> = (0..c)
+                .map(|a| {
+                    let d2: f64 = (0..x.ncols()).map(|j| (x[[i, j]] as f64 - anchors[[a, j]]).powi(2)).sum();
+                    (-d2 / (2.0 * sigma * sigma)).exp() - phi_mean[a] - mean[a]
+                })
+                .collect();
+            for b in 0..p.nrows() {
+                proj[[i, b]] = (0..w.nrows()).map(|e| p[[b, e]] * (0..c).map(|a| w[[e, a]] * phi[a]).sum::<f64>()).sum();
+            }
+        }
+        let fast = model.project(m, x.view()).unwrap();
+        assert!(rel(&fast, &proj) < 1e-9, "modality {m}: projection differs by {}", rel(&fast, &proj));
+        assert_eq!(BinaryCodes::from_signs(proj.view()), model.encode(m, &query.views[m]).unwrap());
+    }
+    // Text bandwidth is 0.7 × the image-style heuristic: both maps were fitted, σ's differ.
+    assert!(json["sigma"][0].as_f64().unwrap() > 0.0 && json["sigma"][1].as_f64().unwrap() > 0.0);
+    // Eq. 7 with Xₘ = Φₘ (the centred anchor features of the training rows), in the embedding space.
+    let emb = to_f64(train.class_embeddings.as_ref().unwrap().view());
+    let rows = labelled_rows(&train, 0);
+    let s = semantic_matrix(&train.labels[0], &rows, &emb);
+    let phi = model.rbf(0).unwrap().transform(train.views[0].features("t", 0).unwrap().view()).unwrap() - model.mean(0);
+    let x = phi.select(Axis(0), &rows);
+    let w = model.w(0);
+    let lhs = s.t().dot(&s).dot(w) + w.dot(&x.t().dot(&x)) * params.lambda[0];
+    let rhs = s.t().dot(&x) * (1.0 + params.lambda[0]);
+    assert!(rel(&lhs, &rhs) < 1e-6, "eq. 7 residual {}", rel(&lhs, &rhs));
+    // Save / load keeps the maps and the codes.
+    let back = SeghModel::load(dir.path()).unwrap();
+    assert_eq!(back.rbf(1), model.rbf(1));
+    for m in 0..2 {
+        assert_eq!(back.encode(m, &query.views[m]).unwrap(), model.encode(m, &query.views[m]).unwrap());
+    }
+    // A model without anchors writes no `sigma` and has no maps.
+    let raw = SeghParams { iterations: 1, ..Default::default() }.fit(&train, &FitContext::new(8, 0)).unwrap();
+    assert!(raw.rbf(0).is_none());
 }
