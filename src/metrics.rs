@@ -309,8 +309,8 @@ unsafe fn relevance_mask_avx512(qm: u64, dm: &[u64], relm: &mut [u64]) {
     }
     if full * 64 < n {
         let mut x = 0u64;
-        for j in full * 64..n {
-            x |= ((qm & dm[j] != 0) as u64) << (j - full * 64);
+        for (b, &m) in dm[full * 64..].iter().enumerate() {
+            x |= ((qm & m != 0) as u64) << b;
         }
         relm[full] = x;
     }
