@@ -89,8 +89,13 @@ enum Cmd {
 }
 
 fn peak_rss_bytes() -> Option<u64> {
+    status_kb("VmHWM:")
+}
+
+/// A /proc/self/status field in bytes (VmHWM: peak resident set, VmRSS: current).
+fn status_kb(field: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
@@ -138,6 +143,9 @@ fn put_times(out: &mut serde_json::Value, t: &Timing) {
 }
 
 fn main() -> Result<()> {
+    // Resident set before any work: the shared libraries loaded at start-up (libtorch, which the
+    // cmh library links, accounts for most of it).
+    let rss_at_start = status_kb("VmRSS:");
     // `cargo bench` appends --bench; ignore it.
     let args: Vec<String> = std::env::args().filter(|a| a != "--bench").collect();
     if args.len() == 1 {
@@ -214,6 +222,7 @@ fn main() -> Result<()> {
         }
     }
     out["peak_rss_bytes"] = json!(peak_rss_bytes());
+    out["rss_at_start_bytes"] = json!(rss_at_start);
     println!("{out}");
     Ok(())
 }

@@ -145,18 +145,23 @@ pub fn evaluate_with(
     let bits = q.bits;
     let n = db.n;
     let kernel = if kernel.is_available() { kernel } else { Kernel::Portable };
+    // The AVX-512 counting needs distances that fit a byte.
+    #[cfg(target_arch = "x86_64")]
+    let fast = kernel == Kernel::Avx512 && bits <= 255 && std::arch::is_x86_feature_detected!("popcnt");
+    #[cfg(not(target_arch = "x86_64"))]
+    let fast = false;
     let per_query: Vec<QueryStats> = (0..q.n)
         .into_par_iter()
         .map_init(
             || Scratch::new(n, bits),
             |s, i| {
-                crate::search::distances_with(kernel, q.row(i), db, &mut s.dist);
+                crate::search::distances_reusing(kernel, q.row(i), db, &mut s.qw, &mut s.dist);
                 if qs.words == 1 {
-                    s.n_rel = relevance_single_word(kernel, qs.data[i], &ds.data, &mut s.inc, &mut s.rel_idx);
+                    relevance_mask_single(kernel, qs.data[i], &ds.data, &mut s.relm);
                 } else {
-                    s.n_rel = relevance_general(|j| qs.shares(i, &ds, j), &mut s.inc, &mut s.rel_idx);
+                    relevance_mask_general(|j| qs.shares(i, &ds, j), n, &mut s.relm);
                 }
-                query_stats(s, bits, opts)
+                query_stats(s, bits, opts, fast)
             },
         )
         .collect();
@@ -220,99 +225,167 @@ pub fn map(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: ArrayView2<u8>) ->
 
 /// Database segments counted with separate histograms (independent dependency chains; see
 /// [`query_stats`]). Segment boundaries are multiples of 64 items.
-const SEGS: usize = 2;
+const SEGS: usize = 4;
 
-/// Per-thread buffers, reused across queries.
+/// Per-thread buffers, reused across queries (no allocation per query).
 struct Scratch {
+    qw: Vec<u64>,
     dist: Vec<u32>,
-    /// Counter increment of database item j: 1 (one more item), plus 1 << 32 (one more relevant
-    /// item) when it is relevant to the query.
-    inc: Vec<u64>,
-    /// Indices of the relevant items, ascending (the first `n_rel` entries).
-    rel_idx: Vec<u32>,
-    n_rel: usize,
-    /// Per item: its segment's counter of its distance bucket before it (low 32 bits: items,
-    /// high 32 bits: relevant items).
+    /// Relevance bitmask: bit j % 64 of word j / 64 is set when database item j is relevant.
+    relm: Vec<u64>,
+    /// Per relevant item, grouped by segment (one spare slot after each segment's run): its
+    /// segment's packed counter of its distance bucket before it (low 32 bits: items, high 32
+    /// bits: relevant items).
     local: Vec<u64>,
+    /// Distance of the relevant item in the same slot of `local`.
+    ldist: Vec<u32>,
     /// Per segment (SEGS + 1 for the tail) and distance: the packed counters.
     hist: Vec<u64>,
+    /// Per distance: totals over segments; S_d + 1 and H_d + 1 (see `query_stats`).
+    tot: Vec<u64>,
+    s1: Vec<u64>,
+    h1: Vec<u64>,
     /// Per relevant item, in database order: (hits so far including it) << 32 | its rank.
     hit_rank: Vec<u64>,
 }
 
 impl Scratch {
     fn new(n: usize, bits: usize) -> Self {
+        let nb = bits + 1;
         Self {
+            qw: Vec::with_capacity(bits.div_ceil(64)),
             dist: vec![0; n],
-            inc: vec![0; n],
-            // 16 spare entries: the vector code stores 16 lanes at a time.
-            rel_idx: vec![0; n + 16],
-            n_rel: 0,
-            local: vec![0; n],
-            hist: vec![0; (SEGS + 1) * (bits + 1)],
+            relm: vec![0; n.div_ceil(64)],
+            local: vec![0; n + SEGS + 1],
+            ldist: vec![0; n + SEGS + 1],
+            hist: vec![0; (SEGS + 1) * nb],
+            tot: vec![0; nb],
+            s1: vec![0; nb + 1],
+            h1: vec![0; nb + 1],
             hit_rank: vec![0; n],
         }
     }
 }
 
-const INC_REL: u64 = 1 + (1 << 32);
-
-/// inc / rel_idx for labels of at most 64 classes (one u64 bitset per item); returns the number
-/// of relevant items.
-fn relevance_single_word(kernel: Kernel, qm: u64, dm: &[u64], inc: &mut [u64], rel_idx: &mut [u32]) -> usize {
+/// Relevance bitmask for labels of at most 64 classes (one u64 bitset per item).
+fn relevance_mask_single(kernel: Kernel, qm: u64, dm: &[u64], relm: &mut [u64]) {
     #[cfg(target_arch = "x86_64")]
     if kernel == Kernel::Avx512 {
         // SAFETY: the AVX-512 kernel is only chosen when the CPU has it (checked by the caller).
-        return unsafe { relevance_avx512(qm, dm, inc, rel_idx) };
+        return unsafe { relevance_mask_avx512(qm, dm, relm) };
     }
     let _ = kernel;
-    relevance_general(|j| qm & dm[j] != 0, inc, rel_idx)
+    relevance_mask_general(|j| qm & dm[j] != 0, dm.len(), relm)
 }
 
-fn relevance_general(rel: impl Fn(usize) -> bool, inc: &mut [u64], rel_idx: &mut [u32]) -> usize {
-    let mut nr = 0;
-    for (j, ic) in inc.iter_mut().enumerate() {
-        let x = rel(j);
-        *ic = if x { INC_REL } else { 1 };
-        rel_idx[nr] = j as u32;
-        nr += x as usize;
+fn relevance_mask_general(rel: impl Fn(usize) -> bool, n: usize, relm: &mut [u64]) {
+    debug_assert_eq!(relm.len(), n.div_ceil(64));
+    for (w, m) in relm.iter_mut().enumerate() {
+        let lo = w * 64;
+        let hi = (lo + 64).min(n);
+        let mut x = 0u64;
+        for j in lo..hi {
+            x |= (rel(j) as u64) << (j - lo);
+        }
+        *m = x;
     }
-    nr
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn relevance_avx512(qm: u64, dm: &[u64], inc: &mut [u64], rel_idx: &mut [u32]) -> usize {
+unsafe fn relevance_mask_avx512(qm: u64, dm: &[u64], relm: &mut [u64]) {
     use std::arch::x86_64::*;
     let n = dm.len();
-    assert!(inc.len() == n && rel_idx.len() >= n + 16);
+    assert!(relm.len() == n.div_ceil(64));
     let q = _mm512_set1_epi64(qm as i64);
-    let (one, both) = (_mm512_set1_epi64(1), _mm512_set1_epi64(INC_REL as i64));
-    let mut iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    let sixteen = _mm512_set1_epi32(16);
-    let mut nr = 0;
-    let mut j = 0;
-    while j + 16 <= n {
-        let p = dm.as_ptr().add(j) as *const i64;
-        let o = inc.as_mut_ptr().add(j) as *mut i64;
-        let k0 = _mm512_test_epi64_mask(_mm512_loadu_epi64(p), q);
-        let k1 = _mm512_test_epi64_mask(_mm512_loadu_epi64(p.add(8)), q);
-        _mm512_storeu_epi64(o, _mm512_mask_blend_epi64(k0, one, both));
-        _mm512_storeu_epi64(o.add(8), _mm512_mask_blend_epi64(k1, one, both));
-        let k = (k0 as u16) | ((k1 as u16) << 8);
-        // Indices of the relevant lanes, packed to the front (compress in register, then store).
-        _mm512_storeu_epi32(rel_idx.as_mut_ptr().add(nr) as *mut i32, _mm512_maskz_compress_epi32(k, iota));
-        nr += k.count_ones() as usize;
-        iota = _mm512_add_epi32(iota, sixteen);
-        j += 16;
+    let full = n / 64;
+    for w in 0..full {
+        let p = dm.as_ptr().add(w * 64) as *const i64;
+        let mut x = 0u64;
+        for g in 0..8 {
+            x |= (_mm512_test_epi64_mask(_mm512_loadu_epi64(p.add(8 * g)), q) as u64) << (8 * g);
+        }
+        *relm.get_unchecked_mut(w) = x;
     }
-    for j in j..n {
-        let x = qm & dm[j] != 0;
-        inc[j] = if x { INC_REL } else { 1 };
-        rel_idx[nr] = j as u32;
-        nr += x as usize;
+    if full * 64 < n {
+        let mut x = 0u64;
+        for (b, &m) in dm[full * 64..].iter().enumerate() {
+            x |= ((qm & m != 0) as u64) << b;
+        }
+        relm[full] = x;
     }
-    nr
+}
+
+
+/// Counting for distances of at most 255 (AVX-512 BW), one 64-item block of the relevance
+/// bitmask at a time; fills `local` / `ldist` for all relevant items in database order (`local`
+/// = m << 32 | pos: relevant items and items of the same bucket before the item) and `tot` (per
+/// distance: relevant items << 32 | items).
+///
+/// Per block, with the block's distances as 64 bytes in one register and per-distance counters
+/// of the blocks before it (`all0 + all1`: items, `rel`: relevant items): a relevant item at
+/// offset t with distance d has pos = counters[d] + (items of the block below t with distance d:
+/// the popcount of one byte compare mask below bit t), and m = rel[d], incremented as relevant
+/// items are met in order. Then the block's items are added to `all0` / `all1` (two tables
+/// alternating, so that consecutive equal distances do not wait on each other).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,popcnt")]
+unsafe fn count_avx512(dist: &[u32], relm: &[u64], local: &mut [u64], ldist: &mut [u32], tot: &mut [u64]) {
+    use std::arch::x86_64::*;
+    let n = dist.len();
+    assert!(relm.len() == n.div_ceil(64) && tot.len() <= 256);
+    assert_eq!(local.len(), ldist.len());
+    let mut all0 = [0u32; 256];
+    let mut all1 = [0u32; 256];
+    let mut rel = [0u32; 256];
+    let mut tail = [0u32; 64];
+    let mut k = 0usize;
+    for (w, &r) in relm.iter().enumerate() {
+        let b0 = w * 64;
+        let len = (n - b0).min(64);
+        let blk: &[u32] = if len == 64 {
+            &dist[b0..b0 + 64]
+        } else {
+            // Lanes past the database end hold 0; they lie above every relevant item's bit.
+            tail[..len].copy_from_slice(&dist[b0..n]);
+            &tail[..]
+        };
+        let p = blk.as_ptr() as *const i32;
+        let v0 = _mm512_cvtepi32_epi8(_mm512_loadu_epi32(p));
+        let v1 = _mm512_cvtepi32_epi8(_mm512_loadu_epi32(p.add(16)));
+        let v2 = _mm512_cvtepi32_epi8(_mm512_loadu_epi32(p.add(32)));
+        let v3 = _mm512_cvtepi32_epi8(_mm512_loadu_epi32(p.add(48)));
+        let dz = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(_mm256_set_m128i(v1, v0)), _mm256_set_m128i(v3, v2));
+        let mut rr = r;
+        while rr != 0 {
+            let t = rr.trailing_zeros() as usize;
+            let d = *blk.get_unchecked(t);
+            let du = d as usize & 255;
+            let eq = _mm512_cmpeq_epi8_mask(dz, _mm512_set1_epi8(d as u8 as i8));
+            let below = (eq & ((1u64 << t) - 1)).count_ones();
+            let pos = all0[du] + all1[du] + below;
+            let m = rel[du];
+            rel[du] = m + 1;
+            assert!(k < local.len());
+            *local.get_unchecked_mut(k) = ((m as u64) << 32) | pos as u64;
+            *ldist.get_unchecked_mut(k) = d;
+            k += 1;
+            rr &= rr - 1;
+        }
+        let mut t = 0;
+        while t + 2 <= len {
+            all0[*blk.get_unchecked(t) as usize & 255] += 1;
+            all1[*blk.get_unchecked(t + 1) as usize & 255] += 1;
+            t += 2;
+        }
+        if t < len {
+            all0[*blk.get_unchecked(t) as usize & 255] += 1;
+        }
+    }
+    assert_eq!(k, local.len());
+    for (d, x) in tot.iter_mut().enumerate() {
+        *x = ((rel[d] as u64) << 32) | (all0[d] + all1[d]) as u64;
+    }
 }
 
 /// One query's contribution to the means.
@@ -343,6 +416,45 @@ fn sum_ratios(hit_rank: &[u64]) -> f64 {
     sum_ratios_body(hit_rank)
 }
 
+/// hit_rank[i] = local[i] + base[ldist[i]], and Σ hits/rank over them summed exactly as
+/// [`sum_ratios`] does (8 lanes).
+fn fixup_sum_ratios(local: &[u64], ldist: &[u32], base: &[u64; 256], hit_rank: &mut [u64]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if Kernel::Avx512.is_available() && std::arch::is_x86_feature_detected!("avx512dq") {
+        // SAFETY: AVX-512 F/DQ checked just above.
+        return unsafe { fixup_sum_ratios_avx512(local, ldist, base, hit_rank) };
+    }
+    fixup_sum_ratios_body(local, ldist, base, hit_rank)
+}
+
+#[inline(always)]
+fn fixup_sum_ratios_body(local: &[u64], ldist: &[u32], base: &[u64; 256], hit_rank: &mut [u64]) -> f64 {
+    let ratio = |v: u64| (v >> 32) as i64 as f64 / (v & LO) as i64 as f64;
+    let mut acc = [0.0f64; 8];
+    let mut out = hit_rank.chunks_exact_mut(8);
+    let mut lc = local.chunks_exact(8);
+    let mut dc = ldist.chunks_exact(8);
+    for ((o, c), d) in (&mut out).zip(&mut lc).zip(&mut dc) {
+        for l in 0..8 {
+            let v = c[l] + base[d[l] as usize & 255];
+            o[l] = v;
+            acc[l] += ratio(v);
+        }
+    }
+    for ((o, &c), &d) in out.into_remainder().iter_mut().zip(lc.remainder()).zip(dc.remainder()) {
+        let v = c + base[d as usize & 255];
+        *o = v;
+        acc[0] += ratio(v);
+    }
+    acc.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn fixup_sum_ratios_avx512(local: &[u64], ldist: &[u32], base: &[u64; 256], hit_rank: &mut [u64]) -> f64 {
+    fixup_sum_ratios_body(local, ldist, base, hit_rank)
+}
+
 #[inline(always)]
 fn sum_ratios_body(hit_rank: &[u64]) -> f64 {
     let mut acc = [0.0f64; 8];
@@ -365,49 +477,84 @@ unsafe fn sum_ratios_avx512(hit_rank: &[u64]) -> f64 {
     sum_ratios_body(hit_rank)
 }
 
-/// One query, from its distances and relevance flags.
+/// One query, from its distances and relevance bitmask.
 ///
-/// 1. Counting pass over all items: the database is cut into SEGS segments (plus a short tail),
-///    each with its own histogram of packed counters (items, relevant items) per distance; the
-///    segments are walked in lockstep, so consecutive updates never wait on each other. Each item
-///    records its segment's counter before it.
-/// 2. Prefix sums over segments turn each segment's histogram into its offsets, and over
+/// 1. Segment runs: the database is cut into SEGS segments (plus a short tail), each with its own
+///    histogram of packed counters (items, relevant items) per distance. Each segment's relevant
+///    items get a run of output slots, in database order, starting where the relevant items of the
+///    segments before it end (popcounts of the relevance bitmask), plus one spare slot per segment
+///    (the writes below are unconditional).
+/// 2. Counting pass over all items, the segments walked in lockstep so that consecutive counter
+///    updates never wait on each other: each item adds (1, relevant) to its segment's counter of
+///    its distance; the counter before it and its distance go to the segment's next output slot,
+///    which advances only when the item is relevant (no branch).
+/// 3. Prefix sums over segments turn each segment's histogram into its offsets, and over
 ///    distances into S_d, H_d (items and relevant items at distance < d).
-/// 3. For each relevant item (`rel_idx`, in database order) in bucket d: its segment counter
-///    plus the segment's offset gives `pos` (items of bucket d before it) and `m` (relevant items
-///    of bucket d before it), so its rank is S_d + pos + 1 and it is the (H_d + m + 1)-th hit
-///    (one packed table entry per segment and distance adds all four terms at once).
-/// 4. AP = (1/R) Σ hits/rank, summed in 8 independent lanes (vectorised division).
+/// 4. For each relevant item in bucket d: its segment counter plus the segment's offset gives
+///    `pos` (items of bucket d before it) and `m` (relevant items of bucket d before it), so its
+///    rank is S_d + pos + 1 and it is the (H_d + m + 1)-th hit (one packed table entry per
+///    segment and distance adds all four terms at once).
+/// 5. AP = (1/R) Σ hits/rank, summed in 8 independent lanes (vectorised division).
 #[allow(clippy::needless_range_loop)]
-fn query_stats(s: &mut Scratch, bits: usize, opts: &EvalOptions) -> QueryStats {
+fn query_stats(s: &mut Scratch, bits: usize, opts: &EvalOptions, fast: bool) -> QueryStats {
     let n = s.dist.len();
     let nb = bits + 1;
+    let total_rel: usize = s.relm.iter().map(|w| w.count_ones() as usize).sum();
+    if total_rel == 0 {
+        return QueryStats { ap: None, apk: 0.0, hits_at: vec![], radius_counts: vec![], total_rel };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` is only set when the CPU has AVX-512 F/BW and POPCNT, and bits <= 255.
+        unsafe { count_avx512(&s.dist[..n], &s.relm, &mut s.local[..total_rel], &mut s.ldist[..total_rel], &mut s.tot[..nb]) };
+        return finish_stats(s, bits, opts, total_rel, None);
+    }
+    let _ = fast;
     s.hist.fill(0);
     let seg = (n / SEGS) & !63;
+    // Segment h covers items [h * seg, hi(h)); its output run starts at start[h].
+    let seg_hi = |h: usize| if h < SEGS { (h + 1) * seg } else { n };
+    let mut start = [0usize; SEGS + 2];
+    for h in 0..=SEGS {
+        let (w0, w1) = (h * seg / 64, seg_hi(h).div_ceil(64));
+        let rel: usize = s.relm[w0..w1].iter().map(|w| w.count_ones() as usize).sum();
+        start[h + 1] = start[h] + rel + 1;
+    }
     {
-        let (dist, inc, local) = (&s.dist[..n], &s.inc[..n], &mut s.local[..n]);
+        let (dist, relm) = (&s.dist[..n], &s.relm[..]);
+        let (local, ldist) = (&mut s.local[..total_rel + SEGS + 1], &mut s.ldist[..total_rel + SEGS + 1]);
         let hist = &mut s.hist[..(SEGS + 1) * nb];
+        let mut k = start;
         let mut step = |h: usize, e: usize| {
-            // SAFETY: e < n (callers), distances are <= bits so h * nb + d < (SEGS + 1) * nb.
+            // SAFETY: e < n (callers); distances are <= bits so h * nb + d < (SEGS + 1) * nb;
+            // k[h] < start[h + 1] <= total_rel + SEGS + 1, since k[h] - start[h] counts the
+            // segment's relevant items seen before e.
             unsafe {
-                let d = *dist.get_unchecked(e) as usize;
-                debug_assert!(d <= bits);
-                let slot = hist.get_unchecked_mut(h * nb + d);
+                let d = *dist.get_unchecked(e);
+                debug_assert!(d as usize <= bits);
+                let rb = (*relm.get_unchecked(e / 64) >> (e % 64)) & 1;
+                let slot = hist.get_unchecked_mut(h * nb + d as usize);
                 let c = *slot;
-                *slot = c + *inc.get_unchecked(e);
-                *local.get_unchecked_mut(e) = c;
+                *slot = c + 1 + (rb << 32);
+                let kh = k.get_unchecked_mut(h);
+                debug_assert!(*kh < start[h + 1]);
+                *local.get_unchecked_mut(*kh) = c;
+                *ldist.get_unchecked_mut(*kh) = d;
+                *kh += rb as usize;
             }
         };
         for j in 0..seg {
-            step(0, j);
-            step(1, seg + j);
+            for h in 0..SEGS {
+                step(h, h * seg + j);
+            }
         }
         for e in SEGS * seg..n {
             step(SEGS, e);
         }
     }
     // Segment offsets (in place) and totals.
-    let mut tot = vec![0u64; nb];
+    let tot = &mut s.tot;
+    tot.fill(0);
     for h in 0..=SEGS {
         for (t, x) in tot.iter_mut().zip(&mut s.hist[h * nb..(h + 1) * nb]) {
             let v = *x;
@@ -415,19 +562,36 @@ fn query_stats(s: &mut Scratch, bits: usize, opts: &EvalOptions) -> QueryStats {
             *t += v;
         }
     }
-    let total_rel: usize = tot.iter().map(|&t| (t >> 32) as usize).sum();
-    if total_rel == 0 {
-        return QueryStats { ap: None, apk: 0.0, hits_at: vec![], radius_counts: vec![], total_rel };
-    }
+    finish_stats(s, bits, opts, total_rel, Some(start))
+}
+
+/// Steps 3-5 of [`query_stats`] and the other metrics, from the packed totals per distance in
+/// `s.tot` and the relevant items' counters in `s.local` / `s.ldist`: grouped by segment with the
+/// run starts `seg_start` (segment offsets in `s.hist`), or, when `seg_start` is None, one run of
+/// all relevant items in database order holding their positions within their bucket.
+#[allow(clippy::needless_range_loop)]
+fn finish_stats(s: &mut Scratch, bits: usize, opts: &EvalOptions, total_rel: usize, seg_start: Option<[usize; SEGS + 2]>) -> QueryStats {
+    let nb = bits + 1;
+    let tot = &s.tot;
+    debug_assert_eq!(tot.iter().map(|&t| (t >> 32) as usize).sum::<usize>(), total_rel);
     // S_d + 1 and H_d + 1 (ranks and hit counts start at 1).
-    let mut s1 = vec![0u64; nb + 1];
-    let mut h1 = vec![0u64; nb + 1];
+    let (s1, h1) = (&mut s.s1, &mut s.h1);
     s1[0] = 1;
     h1[0] = 1;
     for d in 0..nb {
         s1[d + 1] = s1[d] + (tot[d] & LO);
         h1[d + 1] = h1[d] + (tot[d] >> 32);
     }
+    let nr = total_rel;
+    let Some(start) = seg_start else {
+        // One run: (hits, rank) = (m, pos) + (H_d + 1, S_d + 1), one packed table entry.
+        let mut base = [0u64; 256];
+        for (d, b) in base.iter_mut().enumerate().take(nb) {
+            *b = (h1[d] << 32) + s1[d];
+        }
+        let sum = fixup_sum_ratios(&s.local[..nr], &s.ldist[..nr], &base, &mut s.hit_rank[..nr]);
+        return other_metrics(s, bits, opts, total_rel, Some(sum));
+    };
     // Per segment and distance, one packed addend: the segment's offset plus (H_d + 1, S_d + 1),
     // so that a relevant item's (hits, rank) is its recorded counter plus one table entry.
     for h in 0..=SEGS {
@@ -435,27 +599,30 @@ fn query_stats(s: &mut Scratch, bits: usize, opts: &EvalOptions) -> QueryStats {
             *x += (h1[d] << 32) + s1[d];
         }
     }
-    // Relevant items in database order; segment h covers indices [lo, hi).
-    let nr = s.n_rel;
-    let rel_idx = &s.rel_idx[..nr];
+    // Relevant items in database order: segment by segment, each run without its spare slot.
     let mut i = 0;
     for h in 0..=SEGS {
-        let hi = if h < SEGS { (h + 1) * seg } else { n };
         let base = &s.hist[h * nb..(h + 1) * nb];
-        let (dist, local) = (&s.dist[..n], &s.local[..n]);
-        let out = &mut s.hit_rank[..nr];
-        while i < nr && (rel_idx[i] as usize) < hi {
-            let e = rel_idx[i] as usize;
-            // SAFETY: e < n (indices of items), d <= bits < nb.
-            unsafe {
-                *out.get_unchecked_mut(i) = *local.get_unchecked(e) + *base.get_unchecked(*dist.get_unchecked(e) as usize);
-            }
-            i += 1;
+        let run = start[h]..start[h + 1] - 1;
+        let out = &mut s.hit_rank[i..i + run.len()];
+        for ((o, &c), &d) in out.iter_mut().zip(&s.local[run.clone()]).zip(&s.ldist[run.clone()]) {
+            // SAFETY: d <= bits < nb.
+            *o = c + unsafe { *base.get_unchecked(d as usize) };
         }
+        i += run.len();
     }
-    assert_eq!(nr, total_rel);
+    assert_eq!(i, nr);
+    other_metrics(s, bits, opts, total_rel, None)
+}
+
+/// AP, AP@k, precision@N and the radius counts from `s.hit_rank` (all relevant items, database
+/// order) and `s.s1` / `s.h1`.
+/// `ratio_sum`: Σ hits/rank when the caller has it already (same lanes as [`sum_ratios`]).
+fn other_metrics(s: &Scratch, bits: usize, opts: &EvalOptions, total_rel: usize, ratio_sum: Option<f64>) -> QueryStats {
+    let nr = total_rel;
+    let (s1, h1) = (&s.s1, &s.h1);
     let hit_rank = &s.hit_rank[..nr];
-    let ap = sum_ratios(hit_rank) / nr as f64;
+    let ap = ratio_sum.unwrap_or_else(|| sum_ratios(hit_rank)) / nr as f64;
     // AP@k: relevant items of rank <= k; R_k = their count.
     let mut apk = 0.0;
     if let Some(k) = opts.topk {
@@ -756,6 +923,42 @@ mod tests {
             for kernel in Kernel::available() {
                 let got = evaluate_with(kernel, q.view(), db.view(), ql.view(), dl.view(), &opts).unwrap();
                 prop_assert!(close(&got, &want, 1e-12).is_ok(), "{:?} {:?}", kernel, close(&got, &want, 1e-12));
+            }
+        }
+    }
+
+    /// Sizes around the 64-item blocks and the counting segments, one distance for every item
+    /// (one bucket holds the whole database), every item relevant, and 255 / 256 bits (the
+    /// AVX-512 counting handles distances up to 255; 256 bits take the segmented path).
+    #[test]
+    fn block_edges_and_single_bucket() {
+        let opts = |n: usize| EvalOptions { topk: Some(n / 3 + 1), precision_at: vec![1, n / 2 + 1, n + 1], pr_curve: true };
+        for (case, &n) in [1usize, 63, 64, 65, 255, 256, 257, 511, 1000, 1027].iter().enumerate() {
+            for bits in [8usize, 64] {
+                let (q, db, ql, dl) = gen_case(100 + case as u64, n, 3, bits, 5, 0.4);
+                let want = reference_sort(q.view(), db.view(), ql.view(), dl.view(), &opts(n));
+                for kernel in Kernel::available() {
+                    let got = evaluate_with(kernel, q.view(), db.view(), ql.view(), dl.view(), &opts(n)).unwrap();
+                    close(&got, &want, 1e-12).unwrap_or_else(|e| panic!("n {n} bits {bits} {kernel:?}: {e}"));
+                }
+            }
+            // All codes equal (every distance 0) and every item relevant: AP = 1 exactly.
+            let zq = BinaryCodes::zeros(2, 16);
+            let zdb = BinaryCodes::zeros(n, 16);
+            let (lq, ld) = (Array2::<u8>::ones((2, 3)), Array2::<u8>::ones((n, 3)));
+            let want = reference_sort(zq.view(), zdb.view(), lq.view(), ld.view(), &opts(n));
+            assert_eq!(want.map, 1.0);
+            for kernel in Kernel::available() {
+                let got = evaluate_with(kernel, zq.view(), zdb.view(), lq.view(), ld.view(), &opts(n)).unwrap();
+                close(&got, &want, 1e-12).unwrap_or_else(|e| panic!("n {n} constant {kernel:?}: {e}"));
+            }
+        }
+        for bits in [255usize, 256] {
+            let (q, db, ql, dl) = gen_case(7, 700, 4, bits, 6, 0.3);
+            let want = reference_sort(q.view(), db.view(), ql.view(), dl.view(), &opts(700));
+            for kernel in Kernel::available() {
+                let got = evaluate_with(kernel, q.view(), db.view(), ql.view(), dl.view(), &opts(700)).unwrap();
+                close(&got, &want, 1e-12).unwrap_or_else(|e| panic!("bits {bits} {kernel:?}: {e}"));
             }
         }
     }

@@ -48,6 +48,17 @@ pub fn distances_with(kernel: Kernel, query: &[u8], db: CodesRef, out: &mut [u32
     kernels::distances(kernel, &geo, &qw, &db.data[..db.n * db.stride()], out);
 }
 
+/// [`distances_with`] reusing the caller's buffer for the query's words (no allocation; the
+/// evaluation calls it once per query). `kernel` must be available.
+pub(crate) fn distances_reusing(kernel: Kernel, query: &[u8], db: CodesRef, qw: &mut Vec<u64>, out: &mut [u32]) {
+    assert_eq!(out.len(), db.n, "distances: output length must equal the database size");
+    assert_eq!(query.len(), db.stride(), "distances: query row length must equal the database row length");
+    let geo = Geometry::new(db.bits);
+    qw.clear();
+    geo.push_words(query, qw);
+    kernels::distances(kernel, &geo, qw, &db.data[..db.n * db.stride()], out);
+}
+
 /// Top-k results: row i holds query i's k nearest database indices, ordered by (distance, index).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SearchResult {
