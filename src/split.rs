@@ -197,6 +197,12 @@ pub fn make_split(bundle: &Bundle, cfg: &SplitConfig) -> Result<Split> {
     let zero_shot = cfg.protocol != Protocol::Standard;
 
     let (seen, unseen) = if zero_shot {
+        if cfg.unseen_classes.is_empty() && cfg.unseen_fraction == 0.0 {
+            bail!(
+                "zero-shot split: unseen_fraction is 0 and no unseen classes are named, so no class would be unseen; \
+                 use the standard protocol, or set unseen_fraction > 0 (or name the unseen classes)"
+            );
+        }
         let unseen: Vec<usize> = if !cfg.unseen_classes.is_empty() {
             let mut u = cfg.unseen_classes.iter().map(|s| bundle.class_index(s)).collect::<Result<Vec<_>>>()?;
             u.sort_unstable();
@@ -355,7 +361,15 @@ mod tests {
         assert_eq!(s.unseen_classes, vec![1]);
         assert_eq!(make_split(&b, &cfg).unwrap(), s, "seeded");
         let all_unseen = SplitConfig { unseen_classes: (0..5).map(|k| format!("c{k}")).collect(), ..cfg.clone() };
-        assert!(make_split(&b, &all_unseen).is_err());
+        assert!(make_split(&b, &all_unseen).unwrap_err().to_string().contains("every class is unseen"));
+        // A zero-shot protocol with no unseen class is refused, not silently given one.
+        for protocol in [Protocol::ZeroShot, Protocol::SemiSupervised, Protocol::LabelSpaces] {
+            let none = SplitConfig { protocol, unseen_classes: vec![], unseen_fraction: 0.0, ..cfg.clone() };
+            let e = make_split(&b, &none).unwrap_err().to_string();
+            assert!(e.contains("no class would be unseen"), "{e}");
+        }
+        let unknown = SplitConfig { unseen_classes: vec!["c9".into()], ..cfg.clone() };
+        assert!(make_split(&b, &unknown).is_err());
     }
 
     #[test]

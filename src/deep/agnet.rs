@@ -35,11 +35,11 @@
 
 use super::mlp::Mlp;
 use super::trainer::{groups_from_var_store, init_default, Optimizer, OptimizerConfig, OptimizerKind, RunControl, Trainer};
-use super::zs_common::{check_zero_shot_data, fingerprint, index_tensor, labelled_rows, prepare, tensor_from, MlpWeights, Prepared, Standardizer};
+use super::zs_common::{self, index_tensor, run_config, tensor_from, MlpWeights, Prepared, Standardizer, ZsFitter};
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View};
 use crate::npy::write_npy;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -187,9 +187,15 @@ impl<'a> Fitter<'a> {
         let mu = tensor_from(attribute_centre(&prep).view(), dev);
         Ok(Self { params, prep, vs, g, h, opt, targets, mu })
     }
+}
 
-    /// One epoch over mini-batches of paired items; returns the mean batch loss.
-    fn epoch(&mut self, tr: &mut Trainer) -> Result<f64> {
+impl ZsFitter for Fitter<'_> {
+    fn parts(&mut self) -> (&nn::VarStore, &mut Optimizer) {
+        (&self.vs, &mut self.opt)
+    }
+
+    /// One epoch over mini-batches of paired items; the logged figure is the mean batch loss.
+    fn epoch(&mut self, tr: &mut Trainer) -> Result<(f64, String)> {
         let p = self.params;
         for batch in tr.batches(self.prep.n(), p.batch_size) {
             let idx = index_tensor(&batch, self.prep.device);
@@ -202,17 +208,8 @@ impl<'a> Fitter<'a> {
             self.opt.backward_step(&loss)?;
             tr.batch_done(loss.double_value(&[]));
         }
-        Ok(tr.mean_batch_loss())
+        Ok((tr.mean_batch_loss(), String::new()))
     }
-}
-
-/// What a resumed run must share with the run that wrote the checkpoint.
-fn run_config(params: &AgnetParams, prep: &Prepared, bits: usize, data_fp: &str) -> serde_json::Value {
-    let mut p = serde_json::to_value(params).unwrap_or_default();
-    if let Some(o) = p.as_object_mut() {
-        o.remove("epochs");
-    }
-    serde_json::json!({ "params": p, "bits": bits, "inputs": prep.dims(), "attributes": prep.attr_dim(), "rows": prep.n(), "data": data_fp })
 }
 
 impl AgnetParams {
@@ -220,24 +217,10 @@ impl AgnetParams {
     pub fn fit_with_control(&self, data: &TrainSet, ctx: &FitContext, control: &RunControl) -> Result<AgnetModel> {
         data.validate()?;
         self.check(data, ctx.bits)?;
-        let mut tr = Trainer::new(METHOD, ctx, self.epochs, control)?;
-        let rows = if self.use_unlabelled { (0..data.len()).collect() } else { labelled_rows(data) };
-        let prep = prepare(data, METHOD, rows, tr.device)?;
-        let config = run_config(self, &prep, ctx.bits, &fingerprint(data));
+        let (mut tr, prep) = zs_common::start(METHOD, data, ctx, self.epochs, control, self.use_unlabelled)?;
+        let config = run_config(self, &prep, ctx.bits, data);
         let mut fit = Fitter::new(self, prep, ctx.bits, ctx.seed)?;
-        if let Some(ck) = tr.load_for_resume(&config)? {
-            ck.restore_vars(&fit.vs)?;
-            fit.opt.restore(&ck)?;
-            tr.restore(&ck)?;
-        }
-        while tr.next_epoch().is_some() {
-            let loss = fit.epoch(&mut tr)?;
-            if !loss.is_finite() {
-                bail!("agnet: the loss became {loss} at epoch {}; lower learning_rate", tr.epoch + 1);
-            }
-            tr.end_epoch(loss, "")?;
-            tr.checkpoint(&fit.vs, &fit.opt, &config, &[], serde_json::Value::Null)?;
-        }
+        zs_common::train(METHOD, &mut tr, &mut fit, &config)?;
         let nl = self.hidden.len() + 1;
         Ok(AgnetModel {
             params: self.clone(),
@@ -271,14 +254,7 @@ impl Fit for AgnetParams {
         if self.hidden.contains(&0) || self.hash_hidden.contains(&0) {
             bail!("hyper-parameters agnet.hidden / agnet.hash_hidden: every width must be at least 1");
         }
-        if bits == 0 {
-            bail!("bits must be at least 1");
-        }
-        check_zero_shot_data(METHOD, data)?;
-        if !self.use_unlabelled && labelled_rows(data).len() < 2 {
-            bail!("agnet with use_unlabelled = false needs at least two labelled training items");
-        }
-        Ok(())
+        zs_common::check_fit(METHOD, data, bits, self.use_unlabelled)
     }
 
     fn fit_checked(&self, data: &TrainSet, ctx: &FitContext) -> Result<AgnetModel> {
@@ -313,15 +289,7 @@ impl AgnetModel {
     }
 
     pub fn load(dir: &Path) -> Result<Self> {
-        let mp = dir.join("model.json");
-        let text = std::fs::read_to_string(&mp).with_context(|| format!("{}: cannot read the model description", mp.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", mp.display()))?;
-        if v["method"] != METHOD {
-            bail!("{}: method is {}, expected {METHOD:?}", mp.display(), v["method"]);
-        }
-        let bits = v["bits"].as_u64().ok_or_else(|| anyhow!("{}: field bits is missing", mp.display()))? as usize;
-        let params: AgnetParams = serde_json::from_value(v["params"].clone()).map_err(|e| anyhow!("{}: field params: {e}", mp.display()))?;
-        let history: Vec<f64> = serde_json::from_value(v["history"].clone()).unwrap_or_default();
+        let (bits, params, history, _) = zs_common::read_model_json::<AgnetParams>(dir, METHOD)?;
         let hash_net = MlpWeights::load(dir, "hash", params.hash_hidden.len() + 1)?;
         if hash_net.layers.last().map(|l| l.0.nrows()) != Some(bits) {
             bail!("{}: hash_l{}_weight.npy must have {bits} rows (the code length)", dir.display(), params.hash_hidden.len());

@@ -75,8 +75,8 @@
 use super::mlp::Mlp;
 use super::trainer::{groups_from_var_store, init_default, Checkpoint, Optimizer, OptimizerConfig, OptimizerKind, RunControl, Trainer};
 use super::zs_common::{
-    array_from, check_zero_shot_data, fingerprint, index_tensor, labelled_rows, prepare, ridge_projector, sign_pm1, tensor_from, MlpWeights,
-    Prepared, Standardizer,
+    self, array_from, index_tensor, ridge_projector, run_config, sign_pm1, tensor_from, MlpWeights,
+    Prepared, Standardizer, ZsFitter,
 };
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View, IMAGE, TEXT};
@@ -424,7 +424,20 @@ impl<'a> Fitter<'a> {
         Ok(self.objective())
     }
 
-    /// Method state saved beside the weights and the optimiser in each checkpoint.
+}
+
+impl ZsFitter for Fitter<'_> {
+    fn parts(&mut self) -> (&nn::VarStore, &mut Optimizer) {
+        (&self.vs, &mut self.opt)
+    }
+
+    /// One alternation round; the logged figure is eq. 7 (the objective).
+    fn epoch(&mut self, tr: &mut Trainer) -> Result<(f64, String)> {
+        let obj = self.round(tr)?;
+        Ok((obj, format!("(eq. 7 objective; mean batch loss {:.6})", tr.mean_batch_loss())))
+    }
+
+    /// F, C, W and B, saved beside the weights and the optimiser in each checkpoint.
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut t = Vec::new();
         for (v, name) in MODALITY_NAMES.iter().enumerate() {
@@ -436,9 +449,7 @@ impl<'a> Fitter<'a> {
         t
     }
 
-    fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
-        ck.restore_vars(&self.vs)?;
-        self.opt.restore(ck)?;
+    fn restore_state(&mut self, ck: &Checkpoint) -> Result<()> {
         let dev = self.prep.device;
         let get = |name: &str, like: &Tensor| -> Result<Tensor> {
             let t = ck.state(name)?;
@@ -482,43 +493,16 @@ fn objective(sim: &SimData, f: &[Tensor], c: &[Tensor], a: &[Tensor], w: &[Tenso
     })
 }
 
-/// The checkpoint description: everything a resumed run must share with the one that wrote it.
-/// What a resumed run must share with the run that wrote the checkpoint: every hyper-parameter
-/// but `epochs`, the code length, the network sizes and the training data.
-fn run_config(params: &CzhashParams, prep: &Prepared, bits: usize, data_fp: &str) -> serde_json::Value {
-    let mut p = serde_json::to_value(params).unwrap_or_default();
-    if let Some(o) = p.as_object_mut() {
-        o.remove("epochs");
-    }
-    serde_json::json!({ "params": p, "bits": bits, "inputs": prep.dims(), "attributes": prep.attr_dim(), "rows": prep.n(), "data": data_fp })
-}
-
 impl CzhashParams {
     /// Fits with a [`RunControl`] (e.g. stop after an epoch, as a kill would).
     pub fn fit_with_control(&self, data: &TrainSet, ctx: &FitContext, control: &RunControl) -> Result<CzhashModel> {
         data.validate()?;
         self.check(data, ctx.bits)?;
-        let mut tr = Trainer::new(METHOD, ctx, self.epochs, control)?;
-        let rows = if self.use_unlabelled { (0..data.len()).collect() } else { labelled_rows(data) };
-        let all_rows = rows.len() == data.len();
-        let prep = prepare(data, METHOD, rows, tr.device)?;
-        let config = run_config(self, &prep, ctx.bits, &fingerprint(data));
+        let (mut tr, prep) = zs_common::start(METHOD, data, ctx, self.epochs, control, self.use_unlabelled)?;
+        let all_rows = prep.n() == data.len();
+        let config = run_config(self, &prep, ctx.bits, data);
         let mut fit = Fitter::new(self, prep, ctx.bits, ctx.seed)?;
-        if let Some(ck) = tr.load_for_resume(&config)? {
-            fit.restore(&ck)?;
-            tr.restore(&ck)?;
-        }
-        while tr.next_epoch().is_some() {
-            let obj = fit.round(&mut tr)?;
-            if !obj.is_finite() {
-                bail!("czhash: the objective (eq. 7) became {obj} at epoch {}; lower learning_rate", tr.epoch + 1);
-            }
-            let mean = tr.mean_batch_loss();
-            tr.end_epoch(obj, &format!("(eq. 7 objective; mean batch loss {mean:.6})"))?;
-            let state = fit.state();
-            let refs: Vec<(&str, &Tensor)> = state.iter().map(|(n, t)| (n.as_str(), t)).collect();
-            tr.checkpoint(&fit.vs, &fit.opt, &config, &refs, serde_json::Value::Null)?;
-        }
+        zs_common::train(METHOD, &mut tr, &mut fit, &config)?;
         let projectors = (0..2).map(|v| ridge_projector(&fit.prep.attributes[v], self.ridge)).collect::<Result<Vec<_>>>()?;
         let train_codes = if all_rows { Some(BinaryCodes::from_signs(array_from(&fit.b)?.view())) } else { None };
         Ok(CzhashModel {
@@ -556,14 +540,7 @@ impl Fit for CzhashParams {
         if self.hidden.contains(&0) {
             bail!("hyper-parameter czhash.hidden: every hidden width must be at least 1, found {:?}", self.hidden);
         }
-        if bits == 0 {
-            bail!("bits must be at least 1");
-        }
-        check_zero_shot_data(METHOD, data)?;
-        if !self.use_unlabelled && labelled_rows(data).len() < 2 {
-            bail!("czhash with use_unlabelled = false (CZHash-nFS) needs at least two labelled training items");
-        }
-        Ok(())
+        zs_common::check_fit(METHOD, data, bits, self.use_unlabelled)
     }
 
     fn fit_checked(&self, data: &TrainSet, ctx: &FitContext) -> Result<CzhashModel> {
@@ -611,18 +588,10 @@ impl CzhashModel {
 
     /// Loads a model folder written by [`HashModel::save`].
     pub fn load(dir: &Path) -> Result<Self> {
+        let (bits, params, history, v) = zs_common::read_model_json::<CzhashParams>(dir, METHOD)?;
         let mp = dir.join("model.json");
-        let text = std::fs::read_to_string(&mp).with_context(|| format!("{}: cannot read the model description", mp.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", mp.display()))?;
-        if v["method"] != METHOD {
-            bail!("{}: method is {}, expected {METHOD:?}", mp.display(), v["method"]);
-        }
-        let bits = v["bits"].as_u64().ok_or_else(|| anyhow!("{}: field bits is missing", mp.display()))? as usize;
-        let params: CzhashParams =
-            serde_json::from_value(v["params"].clone()).map_err(|e| anyhow!("{}: field params: {e}", mp.display()))?;
         let classes: Vec<Vec<usize>> = serde_json::from_value(v["modality_classes"].clone())
             .map_err(|e| anyhow!("{}: field modality_classes: {e}", mp.display()))?;
-        let history: Vec<f64> = serde_json::from_value(v["history"].clone()).unwrap_or_default();
         if classes.len() != 2 {
             bail!("{}: field modality_classes must list two modalities", mp.display());
         }
@@ -704,6 +673,7 @@ impl HashModel for CzhashModel {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::deep::zs_common::prepare;
     use crate::method::DeviceChoice;
     use ndarray::{array, Array2};
     use tch::Device;

@@ -8,9 +8,11 @@
 //! with a plain ndarray forward pass that mirrors what a Python user does with the exported `.npy`
 //! files; a test checks it against the tch forward pass.
 
-use crate::method::{TrainSet, View};
+use super::trainer::{Checkpoint, Optimizer, RunControl, Trainer};
+use crate::method::{FitContext, TrainSet, View};
 use crate::npy::{read_npy, write_npy, NpyData};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{de::DeserializeOwned, Serialize};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
@@ -295,6 +297,95 @@ pub fn prepare(data: &TrainSet, method: &str, rows: Vec<usize>, device: Device) 
     Ok(Prepared { rows, standardizers, x, labels, labelled, classes: data.modality_classes.clone(), attributes, device })
 }
 
+/// What a zero-shot method's fitter gives the shared training skeleton ([`train`]).
+pub trait ZsFitter {
+    /// The network variables and the optimiser (both saved in every checkpoint).
+    fn parts(&mut self) -> (&nn::VarStore, &mut Optimizer);
+    /// One epoch; returns the figure logged as the epoch's loss and a note for the log line.
+    fn epoch(&mut self, tr: &mut Trainer) -> Result<(f64, String)>;
+    /// Method state a checkpoint carries beside the variables and the optimiser.
+    fn state(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+    /// Restores [`ZsFitter::state`] from a checkpoint.
+    fn restore_state(&mut self, _ck: &Checkpoint) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The checks every zero-shot method's `check` ends with: a code length, the data
+/// ([`check_zero_shot_data`]), and two labelled rows when the unlabelled ones are left out (nFS).
+pub fn check_fit(method: &str, data: &TrainSet, bits: usize, use_unlabelled: bool) -> Result<()> {
+    if bits == 0 {
+        bail!("bits must be at least 1");
+    }
+    check_zero_shot_data(method, data)?;
+    if !use_unlabelled && labelled_rows(data).len() < 2 {
+        bail!("{method} with use_unlabelled = false needs at least two labelled training items, found {}", labelled_rows(data).len());
+    }
+    Ok(())
+}
+
+/// What a resumed run must share with the run that wrote the checkpoint: every hyper-parameter
+/// but `epochs`, the code length, the network sizes and the training data.
+pub fn run_config<P: Serialize>(params: &P, prep: &Prepared, bits: usize, data: &TrainSet) -> serde_json::Value {
+    let mut p = serde_json::to_value(params).unwrap_or_default();
+    if let Some(o) = p.as_object_mut() {
+        o.remove("epochs");
+    }
+    serde_json::json!({ "params": p, "bits": bits, "inputs": prep.dims(), "attributes": prep.attr_dim(), "rows": prep.n(), "data": fingerprint(data) })
+}
+
+/// The start of a zero-shot fit (after the method's own `check`): the trainer (device, seed,
+/// progress, checkpoint folder) and the training tensors of every row, or of the labelled rows
+/// only when `use_unlabelled` is false (the nFS ablation).
+pub fn start(method: &'static str, data: &TrainSet, ctx: &FitContext, epochs: usize, control: &RunControl, use_unlabelled: bool) -> Result<(Trainer, Prepared)> {
+    let tr = Trainer::new(method, ctx, epochs, control)?;
+    let rows = if use_unlabelled { (0..data.len()).collect() } else { labelled_rows(data) };
+    let prep = prepare(data, method, rows, tr.device)?;
+    Ok((tr, prep))
+}
+
+/// The shared training skeleton: resume from the run folder's checkpoint when asked (refused when
+/// `config` differs), then for each remaining epoch run [`ZsFitter::epoch`], refuse a non-finite
+/// loss, log the epoch and write a checkpoint (variables, optimiser, method state).
+pub fn train<F: ZsFitter>(method: &str, tr: &mut Trainer, fit: &mut F, config: &serde_json::Value) -> Result<()> {
+    if let Some(ck) = tr.load_for_resume(config)? {
+        let (vs, opt) = fit.parts();
+        ck.restore_vars(vs)?;
+        opt.restore(&ck)?;
+        fit.restore_state(&ck)?;
+        tr.restore(&ck)?;
+    }
+    while tr.next_epoch().is_some() {
+        let (loss, note) = fit.epoch(tr)?;
+        if !loss.is_finite() {
+            bail!("{method}: the loss became {loss} at epoch {}; lower learning_rate", tr.epoch + 1);
+        }
+        tr.end_epoch(loss, &note)?;
+        let state = fit.state();
+        let refs: Vec<(&str, &Tensor)> = state.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let (vs, opt) = fit.parts();
+        tr.checkpoint(vs, opt, config, &refs, serde_json::Value::Null)?;
+    }
+    Ok(())
+}
+
+/// Reads `dir/model.json` of a zero-shot model: checks the method and returns the code length,
+/// the hyper-parameters, the training history and the whole description.
+pub fn read_model_json<P: DeserializeOwned>(dir: &Path, method: &str) -> Result<(usize, P, Vec<f64>, serde_json::Value)> {
+    let mp = dir.join("model.json");
+    let text = std::fs::read_to_string(&mp).with_context(|| format!("{}: cannot read the model description", mp.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", mp.display()))?;
+    if v["method"] != method {
+        bail!("{}: method is {}, expected {method:?}", mp.display(), v["method"]);
+    }
+    let bits = v["bits"].as_u64().ok_or_else(|| anyhow!("{}: field bits is missing", mp.display()))? as usize;
+    let params: P = serde_json::from_value(v["params"].clone()).map_err(|e| anyhow!("{}: field params: {e}", mp.display()))?;
+    let history: Vec<f64> = serde_json::from_value(v["history"].clone()).unwrap_or_default();
+    Ok((bits, params, history, v))
+}
+
 /// A short SHA-256 of the training data (features, labels, masks, classes, embeddings), stored in
 /// checkpoints so a resume on other data is refused.
 pub fn fingerprint(data: &TrainSet) -> String {
@@ -389,5 +480,71 @@ mod tests {
         let s = Standardizer::fit(x.view());
         // Column 1 is constant: its scale stays 1.
         assert_eq!(s.apply(x.view()), array![[-1.0f32, 0.0], [1.0, 0.0]]);
+    }
+
+    /// A 100-item, 5-class two-modality bundle with a fixed split, with or without class
+    /// embeddings.
+    fn bundle(dir: &Path, embeddings: bool) -> crate::bundle::Bundle {
+        use crate::bundle::{one_hot, BundleWriter, FixedSplit, NewModality};
+        let n = 100;
+        let cls: Vec<usize> = (0..n).map(|i| i % 5).collect();
+        let x = Array2::from_shape_fn((n, 3), |(i, j)| ((i * 7 + j * 3) % 11) as f32);
+        BundleWriter {
+            name: "t".into(),
+            source: "test".into(),
+            classes: (0..5).map(|k| format!("c{k}")).collect(),
+            modalities: vec![
+                NewModality { name: "image".into(), features: Some(x.clone()), ..Default::default() },
+                NewModality { name: "text".into(), features: Some(x), ..Default::default() },
+            ],
+            labels: vec![one_hot(&cls, 5)],
+            class_embeddings: embeddings.then(|| (Array2::from_shape_fn((5, 4), |(i, j)| (i + j) as f32 + 1.0), "test".to_string())),
+            split: Some(FixedSplit { train: (20..100).collect(), query: (0..20).collect(), database: (20..100).collect() }),
+            ..Default::default()
+        }
+        .write(&dir.join(if embeddings { "emb" } else { "plain" }), false)
+        .unwrap()
+    }
+
+    /// Issue 5: bad configurations of the zero-shot protocols and methods are refused with a
+    /// message that says what is wrong, through the same path `cmh train` takes (split →
+    /// training set → `pipeline::fit_method`).
+    #[test]
+    fn bad_zero_shot_configurations_are_refused_clearly() {
+        use crate::method::{DeviceChoice, FitContext};
+        use crate::split::{make_split, Protocol, SplitConfig};
+        let d = tempfile::tempdir().unwrap();
+        let (with, without) = (bundle(d.path(), true), bundle(d.path(), false));
+        let ctx = FitContext { device: DeviceChoice::Cpu, ..FitContext::new(8, 0) };
+        let fit = |method: &str, b: &crate::bundle::Bundle, protocol: Protocol| -> Result<()> {
+            let split = make_split(b, &SplitConfig { protocol, seed: 1, ..Default::default() })?;
+            let train = split.train_set(b, false)?;
+            let table: toml::Table = toml::from_str("epochs = 1\nhidden = [4]").unwrap();
+            crate::pipeline::fit_method(method, &table, &train, &ctx).map(|_| ())
+        };
+        for protocol in [Protocol::ZeroShot, Protocol::SemiSupervised, Protocol::LabelSpaces] {
+            // No unseen class: refused by the split, before any training.
+            let cfg = SplitConfig { protocol, unseen_fraction: 0.0, ..Default::default() };
+            let e = make_split(&with, &cfg).unwrap_err().to_string();
+            assert!(e.contains("no class would be unseen"), "{e}");
+            // Every class unseen: nothing to train on.
+            let cfg = SplitConfig { protocol, unseen_classes: (0..5).map(|k| format!("c{k}")).collect(), ..Default::default() };
+            assert!(make_split(&with, &cfg).unwrap_err().to_string().contains("every class is unseen"));
+            // A fully masked training set (mask_fraction must stay below 1).
+            let cfg = SplitConfig { protocol, mask_fraction: 1.0, ..Default::default() };
+            assert!(make_split(&with, &cfg).unwrap_err().to_string().contains("mask_fraction"));
+            // No class embeddings: both zero-shot methods say so and say how to add them.
+            for method in ["czhash", "agnet"] {
+                let e = fit(method, &without, protocol).unwrap_err().to_string();
+                assert!(e.contains(method) && e.contains("class embeddings") && e.contains("embed-classes"), "{e}");
+            }
+        }
+        // The same data with embeddings trains (so the refusals above are about what they name).
+        for method in ["czhash", "agnet"] {
+            fit(method, &with, Protocol::LabelSpaces).unwrap();
+        }
+        // Label-space fraction 0 would leave a modality without classes.
+        let cfg = SplitConfig { protocol: Protocol::LabelSpaces, modality_class_fraction: 0.0, ..Default::default() };
+        assert!(make_split(&with, &cfg).unwrap_err().to_string().contains("modality_class_fraction"));
     }
 }
