@@ -103,7 +103,7 @@ pub fn run_demo(a: &DemoArgs) -> Result<()> {
     for protocol in ["standard", "zero-shot"] {
         let rs: Vec<&Report> = reports.iter().filter(|r| r.protocol == protocol && r.bits == top).collect();
         if !rs.is_empty() {
-            for p in plot::plot_reports(&a.out.join("plots"), &format!("{protocol}_"), &rs, &format!(" ({protocol}, {top} bits)"))? {
+            for p in plot::plot_reports(&a.out.join("plots"), &format!("{protocol}_"), &rs, &format!(" ({protocol}, {top} bits, database encoded)"))? {
                 pictures.push(p.with_extension("png"));
             }
         }
