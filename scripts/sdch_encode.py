@@ -34,7 +34,8 @@ def load_safetensors(path):
     return out
 
 
-def encode(w, x, side):
+def hash_layer(w, x, side):
+    """The real-valued output z of the hash layer fc4 (n x bits), and the input h of fc4."""
     h = (x - w[f"{side}-input.mean"]) / w[f"{side}-input.std"]
     i = 1
     while f"{side}-fc{i}.weight" in w:
@@ -42,7 +43,11 @@ def encode(w, x, side):
         i += 1
         if f"{side}-fc{i}.weight" in w:
             h = np.maximum(h, 0)
-    z = h @ w["fc4.weight"].T + w["fc4.bias"]
+    return h @ w["fc4.weight"].T + w["fc4.bias"], h
+
+
+def encode(w, x, side):
+    z, _ = hash_layer(w, x, side)
     return np.where(z >= 0, 1, -1).astype(np.int8)
 
 

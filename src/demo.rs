@@ -103,7 +103,7 @@ pub fn run_demo(a: &DemoArgs) -> Result<()> {
     for protocol in ["standard", "zero-shot"] {
         let rs: Vec<&Report> = reports.iter().filter(|r| r.protocol == protocol && r.bits == top).collect();
         if !rs.is_empty() {
-            for p in plot::plot_reports(&a.out.join("plots"), &format!("{protocol}_"), &rs, &format!(" ({protocol}, {top} bits)"))? {
+            for p in plot::plot_reports(&a.out.join("plots"), &format!("{protocol}_"), &rs, &format!(" ({protocol}, {top} bits, database encoded)"))? {
                 pictures.push(p.with_extension("png"));
             }
         }
@@ -178,4 +178,46 @@ fn top_results_picture(bundle: &Bundle, run: &Path, stem: &Path, title: &str) ->
         }
     }
     plot::result_grid(stem, title, &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse<P: serde::de::DeserializeOwned>(m: &str) -> P {
+        toml::Value::Table(demo_params(m, None).unwrap()).try_into().unwrap_or_else(|e| panic!("demo.toml [{m}]: {e}"))
+    }
+
+    /// Every section of the built-in demo config deserialises into its method's hyper-parameters
+    /// (they deny unknown keys), names a registered method, and the shortened deep settings hold.
+    #[test]
+    fn demo_config_is_valid_for_every_method() {
+        let base: toml::Table = DEMO_CONFIG.parse().unwrap();
+        for k in base.keys() {
+            assert!(DEMO_METHODS.contains(&k.as_str()), "demo.toml section [{k}] is not a demo method");
+        }
+        for m in DEMO_METHODS {
+            assert!(pipeline::METHODS.contains(m), "{m}");
+        }
+        let _: crate::shallow::sch::SchParams = parse("sch");
+        let _: crate::shallow::segh::SeghParams = parse("segh");
+        let _: crate::shallow::cca_itq::CcaItqParams = parse("cca-itq");
+        let s: crate::deep::sdch::SdchParams = parse("sdch");
+        assert_eq!((s.epochs, s.hidden.clone()), (8, vec![512]));
+        let c: crate::deep::czhash::CzhashParams = parse("czhash");
+        assert_eq!((c.epochs, c.hidden.clone(), c.learning_rate), (10, vec![256], 1e-3));
+        let a: crate::deep::agnet::AgnetParams = parse("agnet");
+        assert_eq!((a.epochs, a.hidden.clone(), a.hash_hidden.clone()), (30, vec![256], vec![256]));
+    }
+
+    /// A user's --config section overrides the built-in values key by key.
+    #[test]
+    fn user_config_overrides_demo_settings() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("c.toml");
+        std::fs::write(&f, "[czhash]\nepochs = 3\n").unwrap();
+        let t = demo_params("czhash", Some(&f)).unwrap();
+        assert_eq!(t["epochs"].as_integer(), Some(3));
+        assert_eq!(t["hidden"].as_array().map(|a| a.len()), Some(1));
+    }
 }

@@ -6,6 +6,7 @@
 use crate::metrics::DirectionMetrics;
 use crate::report::Report;
 use anyhow::{anyhow, bail, Context, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
@@ -37,61 +38,147 @@ pub struct Curve {
     pub points: Vec<(f64, f64)>,
 }
 
-fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, xlabel: &str, ylabel: &str, curves: &[Curve], xmax: f64) -> Result<()>
+/// Line colours: Tableau 10 (distinct on white and for the common colour-vision deficiencies when
+/// combined with the marker shapes below); a line labelled `random…` is always grey (the floor).
+const COLOURS: [RGBColor; 9] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+const GREY: RGBColor = RGBColor(127, 127, 127);
+
+/// Colour and marker shape (0 circle, 1 triangle, 2 square, 3 cross) of each curve.
+fn curve_styles(curves: &[Curve]) -> Vec<(RGBColor, usize)> {
+    let mut next = 0;
+    curves
+        .iter()
+        .map(|c| {
+            if c.label.starts_with("random") {
+                (GREY, 3)
+            } else {
+                let s = (COLOURS[next % COLOURS.len()], next % 3);
+                next += 1;
+                s
+            }
+        })
+        .collect()
+}
+
+/// Draws the curves, their markers and the legend on a chart whose x axis is `X` (linear or log).
+fn draw_curves<'a, DB: DrawingBackend + 'a, X: Ranged<ValueType = f64>>(chart: &mut ChartContext<'a, DB, Cartesian2d<X, RangedCoordf64>>, curves: &[Curve]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    for (c, (colour, shape)) in curves.iter().zip(curve_styles(curves)) {
+        let line = colour.stroke_width(2);
+        let fill = colour.filled();
+        if c.label.starts_with("random") {
+            chart.draw_series(DashedLineSeries::new(c.points.iter().copied(), 6, 4, line)).map_err(|e| anyhow!("{e}"))?;
+        } else {
+            chart.draw_series(LineSeries::new(c.points.iter().copied(), line)).map_err(|e| anyhow!("{e}"))?;
+        }
+        let pts = c.points.iter().copied();
+        let label = c.label.clone();
+        let seg = move |x: i32, y: i32| PathElement::new(vec![(x, y), (x + 24, y)], line);
+        let e = |e| anyhow!("{e}");
+        match shape {
+            0 => {
+                chart.draw_series(pts.map(|p| Circle::new(p, 4, fill))).map_err(e)?.label(label).legend(move |(x, y)| EmptyElement::at((x, y)) + seg(0, 0) + Circle::new((12, 0), 4, fill));
+            }
+            1 => {
+                chart.draw_series(pts.map(|p| TriangleMarker::new(p, 5, fill))).map_err(e)?.label(label).legend(move |(x, y)| EmptyElement::at((x, y)) + seg(0, 0) + TriangleMarker::new((12, 0), 5, fill));
+            }
+            2 => {
+                chart
+                    .draw_series(pts.map(|p| EmptyElement::at(p) + Rectangle::new([(-4, -4), (4, 4)], fill)))
+                    .map_err(e)?
+                    .label(label)
+                    .legend(move |(x, y)| EmptyElement::at((x, y)) + seg(0, 0) + Rectangle::new([(8, -4), (16, 4)], fill));
+            }
+            _ => {
+                chart.draw_series(pts.map(|p| Cross::new(p, 4, line))).map_err(e)?.label(label).legend(move |(x, y)| EmptyElement::at((x, y)) + seg(0, 0) + Cross::new((12, 0), 4, line));
+            }
+        }
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// X axis of a chart: linear from 0, or logarithmic (for precision@N, whose N spans 1..1000).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum XAxis {
+    Linear,
+    Log,
+}
+
+fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, xlabel: &str, ylabel: &str, curves: &[Curve], axis: XAxis) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0.0..xmax, 0.0..1.0f64)
-        .map_err(|e| anyhow!("{e}"))?;
-    chart
-        .configure_mesh()
-        .x_desc(xlabel)
-        .y_desc(ylabel)
-        .label_style(("sans-serif", 14))
-        .draw()
-        .map_err(|e| anyhow!("{e}"))?;
-    for (i, c) in curves.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(c.points.iter().copied(), color.stroke_width(2)))
-            .map_err(|e| anyhow!("{e}"))?
-            .label(c.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-        chart.draw_series(c.points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| anyhow!("{e}"))?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(|e| anyhow!("{e}"))?;
+    let xs = curves.iter().flat_map(|c| c.points.iter().map(|p| p.0));
+    let mut builder = ChartBuilder::on(&root);
+    builder.caption(title, ("sans-serif", 22)).margin(14).x_label_area_size(45).y_label_area_size(55);
+    match axis {
+        XAxis::Linear => {
+            let xmax = xs.fold(0.0f64, f64::max).max(1e-9) * 1.02;
+            let mut chart = builder.build_cartesian_2d(0.0..xmax, 0.0..1.0f64).map_err(|e| anyhow!("{e}"))?;
+            chart.configure_mesh().x_desc(xlabel).y_desc(ylabel).label_style(("sans-serif", 15)).draw().map_err(|e| anyhow!("{e}"))?;
+            draw_curves(&mut chart, curves)
+        }
+        XAxis::Log => {
+            let (lo, hi) = xs.filter(|x| *x > 0.0).fold((f64::INFINITY, 0.0f64), |(a, b), x| (a.min(x), b.max(x)));
+            if !(lo.is_finite() && hi > 0.0) {
+                bail!("a logarithmic axis needs positive x values");
+            }
+            let mut chart = builder.build_cartesian_2d((lo / 1.15..hi * 1.15).log_scale(), 0.0..1.0f64).map_err(|e| anyhow!("{e}"))?;
+            chart
+                .configure_mesh()
+                .x_desc(xlabel)
+                .y_desc(ylabel)
+                .label_style(("sans-serif", 15))
+                .x_label_formatter(&|v| format!("{}", v.round() as i64))
+                .draw()
+                .map_err(|e| anyhow!("{e}"))?;
+            draw_curves(&mut chart, curves)
+        }
+    }?;
     root.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())
 }
 
 /// Writes `stem.png` and `stem.svg` with the given curves (y in [0, 1]).
 pub fn line_chart(stem: &Path, title: &str, xlabel: &str, ylabel: &str, curves: &[Curve]) -> Result<()> {
+    line_chart_axis(stem, title, xlabel, ylabel, curves, XAxis::Linear)
+}
+
+/// [`line_chart`] with a chosen x axis.
+pub fn line_chart_axis(stem: &Path, title: &str, xlabel: &str, ylabel: &str, curves: &[Curve], axis: XAxis) -> Result<()> {
     ensure_font()?;
     if curves.is_empty() {
         bail!("{}: nothing to plot", stem.display());
     }
-    let xmax = curves.iter().flat_map(|c| c.points.iter().map(|p| p.0)).fold(0.0f64, f64::max).max(1e-9) * 1.02;
     let png = stem.with_extension("png");
     let svg = stem.with_extension("svg");
     // Draw to temporary names (the extension picks the encoder), rename when complete.
     let tmp_png = stem.with_extension("tmp.png");
     let tmp_svg = stem.with_extension("tmp.svg");
-    draw_lines(BitMapBackend::new(&tmp_png, (800, 600)).into_drawing_area(), title, xlabel, ylabel, curves, xmax)
+    draw_lines(BitMapBackend::new(&tmp_png, (900, 640)).into_drawing_area(), title, xlabel, ylabel, curves, axis)
         .with_context(|| format!("drawing {}", png.display()))?;
-    draw_lines(SVGBackend::new(&tmp_svg, (800, 600)).into_drawing_area(), title, xlabel, ylabel, curves, xmax)
+    draw_lines(SVGBackend::new(&tmp_svg, (900, 640)).into_drawing_area(), title, xlabel, ylabel, curves, axis)
         .with_context(|| format!("drawing {}", svg.display()))?;
     std::fs::rename(&tmp_png, &png)?;
     std::fs::rename(&tmp_svg, &svg)?;
@@ -120,19 +207,21 @@ pub fn plot_direction(dir: &Path, name: &str, pretty: &str, lines: &[(String, &D
         .collect();
     if !pn.is_empty() {
         let stem = dir.join(format!("precision_at_n_{name}"));
-        line_chart(&stem, &format!("Precision@N, {pretty}"), "N (top retrieved)", "precision", &pn)?;
+        line_chart_axis(&stem, &format!("Precision@N, {pretty}"), "N (top retrieved, log scale)", "precision", &pn, XAxis::Log)?;
         written.push(stem);
     }
     Ok(written)
 }
 
 /// Both directions of several runs (one line per method and code length), file names prefixed.
+/// The curves use the database encoded by the hash functions (`i2t_encoded` / `t2i_encoded`), the
+/// convention every method shares, so lines of methods with and without learned codes compare.
 pub fn plot_reports(dir: &Path, prefix: &str, reports: &[&Report], title_suffix: &str) -> Result<Vec<PathBuf>> {
     let label = |r: &Report| format!("{} {}b", r.method, r.bits);
     let mut out = Vec::new();
-    let i2t: Vec<(String, &DirectionMetrics)> = reports.iter().map(|r| (label(r), &r.i2t)).collect();
+    let i2t: Vec<(String, &DirectionMetrics)> = reports.iter().map(|r| (label(r), &r.i2t_encoded)).collect();
     out.extend(plot_direction(dir, &format!("{prefix}i2t"), &format!("image → text{title_suffix}"), &i2t)?);
-    let t2i: Vec<(String, &DirectionMetrics)> = reports.iter().map(|r| (label(r), &r.t2i)).collect();
+    let t2i: Vec<(String, &DirectionMetrics)> = reports.iter().map(|r| (label(r), &r.t2i_encoded)).collect();
     out.extend(plot_direction(dir, &format!("{prefix}t2i"), &format!("text → image{title_suffix}"), &t2i)?);
     Ok(out)
 }
