@@ -447,6 +447,30 @@ pub fn one_hot(idx: &[usize], n_classes: usize) -> Array2<u8> {
     l
 }
 
+/// A 100-item, 5-class, two-modality bundle for tests (items 0–19 queries, 20–99 training =
+/// database when `fixed_split`; class embeddings when `embeddings`), written to `dir/name`.
+#[cfg(test)]
+pub(crate) fn test_bundle(dir: &std::path::Path, name: &str, fixed_split: bool, embeddings: bool) -> Bundle {
+    let n = 100;
+    let cls: Vec<usize> = (0..n).map(|i| i % 5).collect();
+    let x = Array2::from_shape_fn((n, 3), |(i, j)| ((i * 7 + j * 3) % 11) as f32);
+    BundleWriter {
+        name: "t".into(),
+        source: "test".into(),
+        classes: (0..5).map(|k| format!("c{k}")).collect(),
+        modalities: vec![
+            NewModality { name: "image".into(), features: Some(x.clone()), ..Default::default() },
+            NewModality { name: "text".into(), features: Some(x), ..Default::default() },
+        ],
+        labels: vec![one_hot(&cls, 5)],
+        class_embeddings: embeddings.then(|| (Array2::from_shape_fn((5, 4), |(i, j)| (i + j) as f32 + 1.0), "test".to_string())),
+        split: fixed_split.then(|| FixedSplit { train: (20..100).collect(), query: (0..20).collect(), database: (20..100).collect() }),
+        ..Default::default()
+    }
+    .write(&dir.join(name), false)
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

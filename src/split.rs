@@ -331,23 +331,7 @@ mod tests {
     use crate::bundle::{one_hot, BundleWriter, FixedSplit, NewModality};
 
     fn bundle(dir: &std::path::Path, fixed: bool) -> Bundle {
-        let n = 100;
-        let cls: Vec<usize> = (0..n).map(|i| i % 5).collect();
-        let x = Array2::from_shape_fn((n, 3), |(i, j)| (i * 3 + j) as f32);
-        BundleWriter {
-            name: "t".into(),
-            source: "test".into(),
-            classes: (0..5).map(|k| format!("c{k}")).collect(),
-            modalities: vec![
-                NewModality { name: "image".into(), features: Some(x.clone()), ..Default::default() },
-                NewModality { name: "text".into(), features: Some(x), ..Default::default() },
-            ],
-            labels: vec![one_hot(&cls, 5)],
-            split: fixed.then(|| FixedSplit { train: (20..100).collect(), query: (0..20).collect(), database: (20..100).collect() }),
-            ..Default::default()
-        }
-        .write(&dir.join("b"), false)
-        .unwrap()
+        crate::bundle::test_bundle(dir, "b", fixed, false)
     }
 
     #[test]

@@ -7,17 +7,11 @@
 use cmh::bundle::{one_hot, BundleWriter, FixedSplit, NewModality};
 use ndarray::Array2;
 use rand::{Rng, SeedableRng};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> Option<PathBuf> {
-    let p = repo().join(".venv/bin/python");
-    p.is_file().then_some(p)
-}
+mod common;
+use common::{python, repo};
 
 fn cmh(args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_cmh")).args(args).output().unwrap();

@@ -1,21 +1,15 @@
 //! End-to-end checks of the `cmh` binary: numpy interop for `eval` / `search`, and bad input refused
 //! cleanly (non-zero exit, a message naming the file, nothing half-written).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 fn cmh() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cmh"))
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> Option<PathBuf> {
-    let p = repo().join(".venv/bin/python");
-    p.is_file().then_some(p)
-}
+mod common;
+use common::python;
 
 fn run_py(code: &str, dir: &Path) {
     let py = python().expect("the project venv (.venv) is needed: run scripts/setup.sh");

@@ -47,7 +47,7 @@ use tch::nn::ModuleT;
 use tch::{nn, Kind, Tensor};
 
 pub const METHOD: &str = "agnet";
-const MODALITY_NAMES: [&str; 2] = ["image", "text"];
+use super::zs_common::MODALITY_NAMES;
 
 /// AgNet hyper-parameters (our choices; the paper gives no code).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -170,13 +170,7 @@ impl<'a> Fitter<'a> {
         let dev = prep.device;
         let e = prep.attr_dim() as i64;
         let vs = nn::VarStore::new(dev);
-        let hidden: Vec<i64> = params.hidden.iter().map(|&h| h as i64).collect();
-        let g: Vec<Mlp> = prep
-            .dims()
-            .into_iter()
-            .enumerate()
-            .map(|(m, d)| Mlp::new(&vs.root(), MODALITY_NAMES[m], d as i64, &hidden, e, params.dropout))
-            .collect();
+        let g: Vec<Mlp> = prep.attribute_nets(&vs, &params.hidden, params.dropout);
         let hh: Vec<i64> = params.hash_hidden.iter().map(|&h| h as i64).collect();
         let h = Mlp::new(&vs.root(), "hash", e, &hh, bits as i64, 0.0);
         init_default(&vs, seed, &[])?;

@@ -90,7 +90,7 @@ use tch::nn::ModuleT;
 use tch::{nn, Kind, Tensor};
 
 pub const METHOD: &str = "czhash";
-const MODALITY_NAMES: [&str; 2] = ["image", "text"];
+use super::zs_common::MODALITY_NAMES;
 
 /// CZHash hyper-parameters; defaults follow the paper where it gives them (α = β = 1, batch 128,
 /// dropout 0.5). The network sizes, Adam learning rate and epoch count are ours (feature mode on
@@ -309,15 +309,8 @@ impl<'a> Fitter<'a> {
     fn new(params: &'a CzhashParams, prep: Prepared, bits: usize, seed: u64) -> Result<Self> {
         let dev = prep.device;
         let n = prep.n() as i64;
-        let e = prep.attr_dim() as i64;
         let vs = nn::VarStore::new(dev);
-        let hidden: Vec<i64> = params.hidden.iter().map(|&h| h as i64).collect();
-        let nets: Vec<Mlp> = prep
-            .dims()
-            .into_iter()
-            .enumerate()
-            .map(|(m, d)| Mlp::new(&vs.root(), MODALITY_NAMES[m], d as i64, &hidden, e, params.dropout))
-            .collect();
+        let nets: Vec<Mlp> = prep.attribute_nets(&vs, &params.hidden, params.dropout);
         init_default(&vs, seed, &[])?;
         let groups = groups_from_var_store(
             &vs,

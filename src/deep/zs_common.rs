@@ -211,7 +211,20 @@ pub struct Prepared {
     pub device: Device,
 }
 
+/// Variable-name prefixes of the two modalities' networks.
+pub const MODALITY_NAMES: [&str; 2] = ["image", "text"];
+
 impl Prepared {
+    /// One MLP per modality (named "image", "text"), inputs → `hidden` → the attribute space.
+    pub fn attribute_nets(&self, vs: &nn::VarStore, hidden: &[usize], dropout: f64) -> Vec<super::mlp::Mlp> {
+        let hidden: Vec<i64> = hidden.iter().map(|&h| h as i64).collect();
+        let e = self.attr_dim() as i64;
+        self.dims()
+            .into_iter()
+            .zip(MODALITY_NAMES)
+            .map(|(d, name)| super::mlp::Mlp::new(&vs.root(), name, d as i64, &hidden, e, dropout))
+            .collect()
+    }
     pub fn n(&self) -> usize {
         self.rows.len()
     }
@@ -485,25 +498,7 @@ mod tests {
     /// A 100-item, 5-class two-modality bundle with a fixed split, with or without class
     /// embeddings.
     fn bundle(dir: &Path, embeddings: bool) -> crate::bundle::Bundle {
-        use crate::bundle::{one_hot, BundleWriter, FixedSplit, NewModality};
-        let n = 100;
-        let cls: Vec<usize> = (0..n).map(|i| i % 5).collect();
-        let x = Array2::from_shape_fn((n, 3), |(i, j)| ((i * 7 + j * 3) % 11) as f32);
-        BundleWriter {
-            name: "t".into(),
-            source: "test".into(),
-            classes: (0..5).map(|k| format!("c{k}")).collect(),
-            modalities: vec![
-                NewModality { name: "image".into(), features: Some(x.clone()), ..Default::default() },
-                NewModality { name: "text".into(), features: Some(x), ..Default::default() },
-            ],
-            labels: vec![one_hot(&cls, 5)],
-            class_embeddings: embeddings.then(|| (Array2::from_shape_fn((5, 4), |(i, j)| (i + j) as f32 + 1.0), "test".to_string())),
-            split: Some(FixedSplit { train: (20..100).collect(), query: (0..20).collect(), database: (20..100).collect() }),
-            ..Default::default()
-        }
-        .write(&dir.join(if embeddings { "emb" } else { "plain" }), false)
-        .unwrap()
+        crate::bundle::test_bundle(dir, if embeddings { "emb" } else { "plain" }, true, embeddings)
     }
 
     /// Issue 5: bad configurations of the zero-shot protocols and methods are refused with a
