@@ -194,7 +194,9 @@ impl Geometry {
         out.clear();
         out.resize(ncodes * w, 0);
         #[cfg(target_arch = "x86_64")]
-        if (w == 2 || w == 4) && stride == 8 * w && Kernel::Avx512.is_available() {
+        // Only for full last words (128 or 256 bits): the transposition copies words unmasked, and
+        // padding bits of shorter codes (e.g. 249 bits, also 4 words) may be set in the input.
+        if (w == 2 || w == 4) && stride == 8 * w && self.tail_mask == u64::MAX && Kernel::Avx512.is_available() {
             // SAFETY: AVX-512 is available; lengths checked above.
             unsafe { avx512::repack_words(native, ncodes, w, out) };
             return;
