@@ -226,6 +226,14 @@ pub fn ensure_pos(name: &str, v: f64) -> Result<()> {
     Ok(())
 }
 
+/// A probability-like hyper-parameter (dropout): in [0, 1).
+pub fn ensure_fraction(name: &str, v: f64) -> Result<()> {
+    if !(0.0..1.0).contains(&v) {
+        bail!("hyper-parameter {name} must be in [0, 1), found {v}");
+    }
+    Ok(())
+}
+
 /// f32 features as an f64 matrix (the shallow methods compute in f64).
 pub fn to_f64(x: ArrayView2<f32>) -> Array2<f64> {
     x.mapv(|v| v as f64)

@@ -37,7 +37,7 @@ use super::mlp::Mlp;
 use super::trainer::{groups_from_var_store, init_default, Optimizer, OptimizerConfig, OptimizerKind, RunControl, Trainer};
 use super::zs_common::{self, index_tensor, run_config, tensor_from, MlpWeights, Prepared, Standardizer, ZsFitter};
 use crate::codes::BinaryCodes;
-use crate::method::{ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View};
+use crate::method::{ensure_fraction, ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View};
 use crate::npy::write_npy;
 use anyhow::{bail, Context, Result};
 use ndarray::{Array1, Array2};
@@ -239,9 +239,7 @@ impl Fit for AgnetParams {
         if self.attr_weight == 0.0 && self.sim_weight == 0.0 {
             bail!("agnet: attr_weight and sim_weight are both 0; nothing would be learned");
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            bail!("hyper-parameter agnet.dropout must be in [0, 1), found {}", self.dropout);
-        }
+        ensure_fraction("agnet.dropout", self.dropout)?;
         if self.batch_size < 2 || self.epochs == 0 {
             bail!("hyper-parameters agnet.batch_size (≥ 2) and agnet.epochs (≥ 1) are too small");
         }

@@ -79,7 +79,7 @@ use super::zs_common::{
     Prepared, Standardizer, ZsFitter,
 };
 use crate::codes::BinaryCodes;
-use crate::method::{ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View, IMAGE, TEXT};
+use crate::method::{ensure_fraction, ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View, IMAGE, TEXT};
 use crate::npy::write_npy;
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{Array1, Array2};
@@ -521,9 +521,7 @@ impl Fit for CzhashParams {
         ensure_pos("czhash.learning_rate", self.learning_rate)?;
         ensure_nonneg("czhash.weight_decay", self.weight_decay)?;
         ensure_pos("czhash.ridge", self.ridge)?;
-        if !(0.0..1.0).contains(&self.dropout) {
-            bail!("hyper-parameter czhash.dropout must be in [0, 1), found {}", self.dropout);
-        }
+        ensure_fraction("czhash.dropout", self.dropout)?;
         if self.batch_size == 0 {
             bail!("hyper-parameter czhash.batch_size must be at least 1");
         }

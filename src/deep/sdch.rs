@@ -48,7 +48,7 @@ use super::mlp::Mlp;
 use super::tensors::{array_to_tensor, copy_named, read_safetensors, tensor_to_array, write_safetensors};
 use super::trainer::{groups_from_var_store, init_default, Checkpoint, Optimizer, OptimizerConfig, OptimizerKind, RunControl, Trainer};
 use crate::codes::BinaryCodes;
-use crate::method::{ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View, IMAGE, TEXT};
+use crate::method::{ensure_fraction, ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View, IMAGE, TEXT};
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{Array2, ArrayView4, Axis};
 use rand::SeedableRng;
@@ -609,9 +609,7 @@ impl Fit for SdchParams {
         for (n, v) in [("gamma", self.gamma), ("beta1", self.beta1), ("beta2", self.beta2), ("beta3", self.beta3), ("pretrained_lr_factor", self.pretrained_lr_factor), ("weight_decay", self.weight_decay)] {
             ensure_nonneg(&format!("sdch.{n}"), v)?;
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            bail!("sdch: dropout must be in [0, 1), found {}", self.dropout);
-        }
+        ensure_fraction("sdch.dropout", self.dropout)?;
         if data.n_modalities() != 2 {
             bail!("sdch works on two modalities (image, text), found {}", data.n_modalities());
         }
