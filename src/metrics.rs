@@ -147,7 +147,7 @@ pub fn evaluate_with(
     let kernel = if kernel.is_available() { kernel } else { Kernel::Portable };
     // The AVX-512 counting needs distances that fit a byte.
     #[cfg(target_arch = "x86_64")]
-    let fast = kernel == Kernel::Avx512 && bits <= 255 && std::arch::is_x86_feature_detected!("popcnt");
+    let fast = kernel == Kernel::Avx512 && bits <= 255 && fast::available();
     #[cfg(not(target_arch = "x86_64"))]
     let fast = false;
     let per_query: Vec<QueryStats> = (0..q.n)
@@ -155,7 +155,21 @@ pub fn evaluate_with(
         .map_init(
             || Scratch::new(n, bits),
             |s, i| {
-                crate::search::distances_reusing(kernel, q.row(i), db, &mut s.qw, &mut s.dist);
+                #[cfg(target_arch = "x86_64")]
+                if fast {
+                    if bits == 64 {
+                        let qw = u64::from_le_bytes(q.row(i).try_into().expect("64-bit codes are 8 bytes"));
+                        // SAFETY: `fast` implies AVX-512 F/BW/VPOPCNTDQ (fast::available).
+                        unsafe { fast::distances_64(qw, &db.data[..n * 8], &mut s.d8) };
+                    } else {
+                        crate::search::distances_reusing(kernel, q.row(i), db, &mut s.qw, &mut s.dist);
+                        // SAFETY: as above.
+                        unsafe { fast::narrow(&s.dist, &mut s.d8) };
+                    }
+                }
+                if !fast {
+                    crate::search::distances_reusing(kernel, q.row(i), db, &mut s.qw, &mut s.dist);
+                }
                 if qs.words == 1 {
                     relevance_mask_single(kernel, qs.data[i], &ds.data, &mut s.relm);
                 } else {
@@ -231,6 +245,10 @@ const SEGS: usize = 4;
 struct Scratch {
     qw: Vec<u64>,
     dist: Vec<u32>,
+    /// Distances as bytes (fast path), padded to whole 64-item blocks.
+    d8: Vec<u8>,
+    /// Distance of each relevant item, as a byte (fast path).
+    ldist8: Vec<u8>,
     /// Relevance bitmask: bit j % 64 of word j / 64 is set when database item j is relevant.
     relm: Vec<u64>,
     /// Per relevant item, grouped by segment (one spare slot after each segment's run): its
@@ -255,6 +273,8 @@ impl Scratch {
         Self {
             qw: Vec::with_capacity(bits.div_ceil(64)),
             dist: vec![0; n],
+            d8: vec![0; n.div_ceil(64) * 64],
+            ldist8: vec![0; n],
             relm: vec![0; n.div_ceil(64)],
             local: vec![0; n + SEGS + 1],
             ldist: vec![0; n + SEGS + 1],
@@ -301,11 +321,15 @@ unsafe fn relevance_mask_avx512(qm: u64, dm: &[u64], relm: &mut [u64]) {
     let full = n / 64;
     for w in 0..full {
         let p = dm.as_ptr().add(w * 64) as *const i64;
-        let mut x = 0u64;
-        for g in 0..8 {
-            x |= (_mm512_test_epi64_mask(_mm512_loadu_epi64(p.add(8 * g)), q) as u64) << (8 * g);
-        }
-        *relm.get_unchecked_mut(w) = x;
+        let t = |g: usize| _mm512_test_epi64_mask(_mm512_loadu_epi64(p.add(8 * g)), q) as __mmask16;
+        // Eight 8-bit masks into one 64-bit mask, in mask registers (KUNPCK: high half first).
+        let w0 = _mm512_kunpackb(t(1), t(0)) as __mmask32;
+        let w1 = _mm512_kunpackb(t(3), t(2)) as __mmask32;
+        let w2 = _mm512_kunpackb(t(5), t(4)) as __mmask32;
+        let w3 = _mm512_kunpackb(t(7), t(6)) as __mmask32;
+        let d0 = _mm512_kunpackw(w1, w0) as __mmask64;
+        let d1 = _mm512_kunpackw(w3, w2) as __mmask64;
+        *relm.get_unchecked_mut(w) = _mm512_kunpackd(d1, d0);
     }
     if full * 64 < n {
         let mut x = 0u64;
@@ -316,77 +340,6 @@ unsafe fn relevance_mask_avx512(qm: u64, dm: &[u64], relm: &mut [u64]) {
     }
 }
 
-
-/// Counting for distances of at most 255 (AVX-512 BW), one 64-item block of the relevance
-/// bitmask at a time; fills `local` / `ldist` for all relevant items in database order (`local`
-/// = m << 32 | pos: relevant items and items of the same bucket before the item) and `tot` (per
-/// distance: relevant items << 32 | items).
-///
-/// Per block, with the block's distances as 64 bytes in one register and per-distance counters
-/// of the blocks before it (`all0 + all1`: items, `rel`: relevant items): a relevant item at
-/// offset t with distance d has pos = counters[d] + (items of the block below t with distance d:
-/// the popcount of one byte compare mask below bit t), and m = rel[d], incremented as relevant
-/// items are met in order. Then the block's items are added to `all0` / `all1` (two tables
-/// alternating, so that consecutive equal distances do not wait on each other).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,popcnt")]
-unsafe fn count_avx512(dist: &[u32], relm: &[u64], local: &mut [u64], ldist: &mut [u32], tot: &mut [u64]) {
-    use std::arch::x86_64::*;
-    let n = dist.len();
-    assert!(relm.len() == n.div_ceil(64) && tot.len() <= 256);
-    assert_eq!(local.len(), ldist.len());
-    let mut all0 = [0u32; 256];
-    let mut all1 = [0u32; 256];
-    let mut rel = [0u32; 256];
-    let mut tail = [0u32; 64];
-    let mut k = 0usize;
-    for (w, &r) in relm.iter().enumerate() {
-        let b0 = w * 64;
-        let len = (n - b0).min(64);
-        let blk: &[u32] = if len == 64 {
-            &dist[b0..b0 + 64]
-        } else {
-            // Lanes past the database end hold 0; they lie above every relevant item's bit.
-            tail[..len].copy_from_slice(&dist[b0..n]);
-            &tail[..]
-        };
-        let p = blk.as_ptr() as *const i32;
-        let v0 = _mm512_cvtepi32_epi8(_mm512_loadu_epi32(p));
-        let v1 = _mm512_cvtepi32_epi8(_mm512_loadu_epi32(p.add(16)));
-        let v2 = _mm512_cvtepi32_epi8(_mm512_loadu_epi32(p.add(32)));
-        let v3 = _mm512_cvtepi32_epi8(_mm512_loadu_epi32(p.add(48)));
-        let dz = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(_mm256_set_m128i(v1, v0)), _mm256_set_m128i(v3, v2));
-        let mut rr = r;
-        while rr != 0 {
-            let t = rr.trailing_zeros() as usize;
-            let d = *blk.get_unchecked(t);
-            let du = d as usize & 255;
-            let eq = _mm512_cmpeq_epi8_mask(dz, _mm512_set1_epi8(d as u8 as i8));
-            let below = (eq & ((1u64 << t) - 1)).count_ones();
-            let pos = all0[du] + all1[du] + below;
-            let m = rel[du];
-            rel[du] = m + 1;
-            assert!(k < local.len());
-            *local.get_unchecked_mut(k) = ((m as u64) << 32) | pos as u64;
-            *ldist.get_unchecked_mut(k) = d;
-            k += 1;
-            rr &= rr - 1;
-        }
-        let mut t = 0;
-        while t + 2 <= len {
-            all0[*blk.get_unchecked(t) as usize & 255] += 1;
-            all1[*blk.get_unchecked(t + 1) as usize & 255] += 1;
-            t += 2;
-        }
-        if t < len {
-            all0[*blk.get_unchecked(t) as usize & 255] += 1;
-        }
-    }
-    assert_eq!(k, local.len());
-    for (d, x) in tot.iter_mut().enumerate() {
-        *x = ((rel[d] as u64) << 32) | (all0[d] + all1[d]) as u64;
-    }
-}
 
 /// One query's contribution to the means.
 struct QueryStats {
@@ -414,45 +367,6 @@ fn sum_ratios(hit_rank: &[u64]) -> f64 {
         }
     }
     sum_ratios_body(hit_rank)
-}
-
-/// hit_rank[i] = local[i] + base[ldist[i]], and Σ hits/rank over them summed exactly as
-/// [`sum_ratios`] does (8 lanes).
-fn fixup_sum_ratios(local: &[u64], ldist: &[u32], base: &[u64; 256], hit_rank: &mut [u64]) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    if Kernel::Avx512.is_available() && std::arch::is_x86_feature_detected!("avx512dq") {
-        // SAFETY: AVX-512 F/DQ checked just above.
-        return unsafe { fixup_sum_ratios_avx512(local, ldist, base, hit_rank) };
-    }
-    fixup_sum_ratios_body(local, ldist, base, hit_rank)
-}
-
-#[inline(always)]
-fn fixup_sum_ratios_body(local: &[u64], ldist: &[u32], base: &[u64; 256], hit_rank: &mut [u64]) -> f64 {
-    let ratio = |v: u64| (v >> 32) as i64 as f64 / (v & LO) as i64 as f64;
-    let mut acc = [0.0f64; 8];
-    let mut out = hit_rank.chunks_exact_mut(8);
-    let mut lc = local.chunks_exact(8);
-    let mut dc = ldist.chunks_exact(8);
-    for ((o, c), d) in (&mut out).zip(&mut lc).zip(&mut dc) {
-        for l in 0..8 {
-            let v = c[l] + base[d[l] as usize & 255];
-            o[l] = v;
-            acc[l] += ratio(v);
-        }
-    }
-    for ((o, &c), &d) in out.into_remainder().iter_mut().zip(lc.remainder()).zip(dc.remainder()) {
-        let v = c + base[d as usize & 255];
-        *o = v;
-        acc[0] += ratio(v);
-    }
-    acc.iter().sum()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq")]
-unsafe fn fixup_sum_ratios_avx512(local: &[u64], ldist: &[u32], base: &[u64; 256], hit_rank: &mut [u64]) -> f64 {
-    fixup_sum_ratios_body(local, ldist, base, hit_rank)
 }
 
 #[inline(always)]
@@ -505,8 +419,9 @@ fn query_stats(s: &mut Scratch, bits: usize, opts: &EvalOptions, fast: bool) -> 
     }
     #[cfg(target_arch = "x86_64")]
     if fast {
-        // SAFETY: `fast` is only set when the CPU has AVX-512 F/BW and POPCNT, and bits <= 255.
-        unsafe { count_avx512(&s.dist[..n], &s.relm, &mut s.local[..total_rel], &mut s.ldist[..total_rel], &mut s.tot[..nb]) };
+        // SAFETY: `fast` is only set when fast::available() holds and bits <= 255 (distances fit
+        // a byte); `s.d8` holds this query's distances, padded to whole blocks.
+        unsafe { fast::count(&s.d8, n, &s.relm, &mut s.local[..total_rel], &mut s.ldist8[..total_rel], &mut s.tot[..nb]) };
         return finish_stats(s, bits, opts, total_rel, None);
     }
     let _ = fast;
@@ -589,7 +504,14 @@ fn finish_stats(s: &mut Scratch, bits: usize, opts: &EvalOptions, total_rel: usi
         for (d, b) in base.iter_mut().enumerate().take(nb) {
             *b = (h1[d] << 32) + s1[d];
         }
-        let sum = fixup_sum_ratios(&s.local[..nr], &s.ldist[..nr], &base, &mut s.hit_rank[..nr]);
+        // hits / rank per relevant item; the packed pairs are kept only when AP@k or precision@N
+        // need them.
+        let keep = opts.topk.is_some() || !opts.precision_at.is_empty();
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the one-run layout (seg_start None) comes only from the fast path.
+        let sum = unsafe { fast::fixup_sum_ratios(&s.local[..nr], &s.ldist8[..nr], &base, keep.then(|| &mut s.hit_rank[..nr])) };
+        #[cfg(not(target_arch = "x86_64"))]
+        let sum = unreachable!("the one-run layout is x86-64 only");
         return other_metrics(s, bits, opts, total_rel, Some(sum));
     };
     // Per segment and distance, one packed addend: the segment's offset plus (H_d + 1, S_d + 1),
@@ -662,6 +584,159 @@ fn other_metrics(s: &Scratch, bits: usize, opts: &EvalOptions, total_rel: usize,
     let radius_counts =
         if opts.pr_curve { (0..=bits).map(|r| ((s1[r + 1] - 1) as usize, (h1[r + 1] - 1) as usize)).collect() } else { vec![] };
     QueryStats { ap: Some(ap), apk, hits_at, radius_counts, total_rel }
+}
+
+/// The AVX-512 evaluation path (distances up to 255): byte distances, one counting pass over
+/// 64-item blocks, and hits / rank by a refined reciprocal instead of a division.
+#[cfg(target_arch = "x86_64")]
+mod fast {
+    use std::arch::x86_64::*;
+
+    /// Everything the functions below use, checked at run time.
+    pub(super) fn available() -> bool {
+        super::Kernel::Avx512.is_available()
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("bmi1")
+            && std::arch::is_x86_feature_detected!("bmi2")
+    }
+
+    /// Hamming distances of one 64-bit query word to every 64-bit code of `db` (8 bytes per
+    /// code, little-endian words as `search` reads them), as bytes: XOR, VPOPCNTQ and a narrowing
+    /// store, 8 codes per step.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,popcnt")]
+    pub(super) unsafe fn distances_64(q: u64, db: &[u8], out: &mut [u8]) {
+        let n = db.len() / 8;
+        assert!(out.len() >= n);
+        let qv = _mm512_set1_epi64(q as i64);
+        let full = n / 8 * 8;
+        let mut i = 0;
+        while i < full {
+            let x = _mm512_loadu_si512(db.as_ptr().add(i * 8) as *const _);
+            let c = _mm512_popcnt_epi64(_mm512_xor_si512(x, qv));
+            _mm_storel_epi64(out.as_mut_ptr().add(i) as *mut __m128i, _mm512_cvtepi64_epi8(c));
+            i += 8;
+        }
+        for j in full..n {
+            let x = u64::from_le_bytes(db[j * 8..j * 8 + 8].try_into().unwrap());
+            out[j] = (x ^ q).count_ones() as u8;
+        }
+    }
+
+    /// `out[i] = dist[i]` as bytes (every distance is at most 255).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn narrow(dist: &[u32], out: &mut [u8]) {
+        let n = dist.len();
+        assert!(out.len() >= n);
+        let full = n / 16 * 16;
+        let mut i = 0;
+        while i < full {
+            let v = _mm512_loadu_si512(dist.as_ptr().add(i) as *const _);
+            _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, _mm512_cvtepi32_epi8(v));
+            i += 16;
+        }
+        for j in full..n {
+            out[j] = dist[j] as u8;
+        }
+    }
+
+    /// The counting pass for one query over byte distances `d8` (`n` items, padded to whole
+    /// 64-item blocks) and the relevance bitmask `relm`. Fills, for every relevant item in
+    /// database order, `local` = (relevant items of its distance bucket before it) << 32 |
+    /// (items of its bucket before it) and `ldist` = its distance, and `tot` = per distance,
+    /// relevant items << 32 | items.
+    ///
+    /// One table of packed counters (relevant << 32 | items). Per block, with its 64 distances in
+    /// one register: each relevant item (bits of the block's mask, in order) reads its bucket's
+    /// counter, which holds the items of the blocks before and the relevant items before it
+    /// (the relevant half is bumped item by item), and adds the items of its bucket below it in
+    /// this block (popcount of a byte-compare mask, BZHI'd at its lane); then every item of the
+    /// block bumps the item half of its counter.
+    #[target_feature(enable = "avx512f,avx512bw,popcnt,bmi1,bmi2")]
+    pub(super) unsafe fn count(d8: &[u8], n: usize, relm: &[u64], local: &mut [u64], ldist: &mut [u8], tot: &mut [u64]) {
+        assert!(relm.len() == n.div_ceil(64) && d8.len() >= relm.len() * 64 && tot.len() <= 256);
+        assert_eq!(local.len(), ldist.len());
+        let rel_total: usize = relm.iter().map(|w| w.count_ones() as usize).sum();
+        assert_eq!(rel_total, local.len(), "one output slot per relevant item");
+        let mut tab = [0u64; 256];
+        let mut k = 0usize;
+        for (w, &r) in relm.iter().enumerate() {
+            let p = d8.as_ptr().add(w * 64);
+            let dz = _mm512_loadu_si512(p as *const _);
+            let mut rr = r;
+            while rr != 0 {
+                let t = _tzcnt_u64(rr) as u32;
+                let d = *p.add(t as usize);
+                let eq = _mm512_cmpeq_epi8_mask(dz, _mm512_set1_epi8(d as i8));
+                let below = _bzhi_u64(eq, t).count_ones() as u64;
+                let slot = tab.get_unchecked_mut(d as usize);
+                let v = *slot;
+                *slot = v + (1 << 32);
+                // k < local.len(): one slot per set bit of relm (asserted above).
+                *local.get_unchecked_mut(k) = v + below;
+                *ldist.get_unchecked_mut(k) = d;
+                k += 1;
+                rr = _blsr_u64(rr);
+            }
+            let len = (n - w * 64).min(64);
+            let mut t = 0;
+            while t + 4 <= len {
+                *tab.get_unchecked_mut(*p.add(t) as usize) += 1;
+                *tab.get_unchecked_mut(*p.add(t + 1) as usize) += 1;
+                *tab.get_unchecked_mut(*p.add(t + 2) as usize) += 1;
+                *tab.get_unchecked_mut(*p.add(t + 3) as usize) += 1;
+                t += 4;
+            }
+            while t < len {
+                *tab.get_unchecked_mut(*p.add(t) as usize) += 1;
+                t += 1;
+            }
+        }
+        let nt = tot.len();
+        tot.copy_from_slice(&tab[..nt]);
+    }
+
+    /// Σ hits / rank over the relevant items, (hits, rank) = local[i] + base[ldist[i]] (packed
+    /// hits << 32 | rank), 8 lanes at a time; also stores the packed pairs when `hit_rank` is
+    /// given. 1 / rank is VRCP14PD refined by two Newton steps (relative error below 2^-50, far
+    /// inside the 1e-9 agreement with a sorted ranking), so the divider is not the bottleneck.
+    #[target_feature(enable = "avx512f,avx512dq,avx512bw")]
+    pub(super) unsafe fn fixup_sum_ratios(local: &[u64], ldist: &[u8], base: &[u64; 256], mut hit_rank: Option<&mut [u64]>) -> f64 {
+        let n = local.len();
+        assert_eq!(ldist.len(), n);
+        if let Some(h) = hit_rank.as_deref() {
+            assert!(h.len() >= n);
+        }
+        let lo = _mm512_set1_epi64(0xffff_ffff);
+        let two = _mm512_set1_pd(2.0);
+        let mut acc = _mm512_setzero_pd();
+        let full = n / 8 * 8;
+        let mut i = 0;
+        while i < full {
+            let l = _mm512_loadu_si512(local.as_ptr().add(i) as *const _);
+            let di = _mm512_cvtepu8_epi64(_mm_loadl_epi64(ldist.as_ptr().add(i) as *const __m128i));
+            let b = _mm512_i64gather_epi64::<8>(di, base.as_ptr() as *const i64);
+            let v = _mm512_add_epi64(l, b);
+            if let Some(h) = hit_rank.as_deref_mut() {
+                _mm512_storeu_si512(h.as_mut_ptr().add(i) as *mut _, v);
+            }
+            let hits = _mm512_cvtepu64_pd(_mm512_srli_epi64::<32>(v));
+            let rank = _mm512_cvtepu64_pd(_mm512_and_si512(v, lo));
+            let mut r = _mm512_rcp14_pd(rank);
+            r = _mm512_mul_pd(r, _mm512_fnmadd_pd(rank, r, two));
+            r = _mm512_mul_pd(r, _mm512_fnmadd_pd(rank, r, two));
+            acc = _mm512_fmadd_pd(hits, r, acc);
+            i += 8;
+        }
+        let mut sum = _mm512_reduce_add_pd(acc);
+        for j in full..n {
+            let v = local[j] + base[ldist[j] as usize];
+            if let Some(h) = hit_rank.as_deref_mut() {
+                h[j] = v;
+            }
+            sum += (v >> 32) as f64 / (v & 0xffff_ffff) as f64;
+        }
+        sum
+    }
 }
 
 #[cfg(test)]
@@ -923,6 +998,9 @@ mod tests {
             for kernel in Kernel::available() {
                 let got = evaluate_with(kernel, q.view(), db.view(), ql.view(), dl.view(), &opts).unwrap();
                 prop_assert!(close(&got, &want, 1e-12).is_ok(), "{:?} {:?}", kernel, close(&got, &want, 1e-12));
+                // mAP alone (the fast path then keeps no per-item ranks).
+                let plain = evaluate_with(kernel, q.view(), db.view(), ql.view(), dl.view(), &EvalOptions::default()).unwrap();
+                prop_assert!((plain.map - want.map).abs() <= 1e-12, "{:?} plain mAP {} vs {}", kernel, plain.map, want.map);
             }
         }
     }
