@@ -126,13 +126,10 @@ def rbf_features(model_dir, t, sigma, x):
 
 
 def encode_sch(model_dir, meta, t, x):
-    """SCH (eq. 26): b = sign(phi_t(x) W_t R); with params.intercept, b = sign((phi_t(x) W_t + c_t) R)."""
+    """SCH (eq. 26): b = sign(phi_t(x) W_t R)."""
     phi = rbf_features(model_dir, t, meta["sigma"][t], x)
-    r = np.load(os.path.join(model_dir, "R.npy"))
-    proj = np.load(os.path.join(model_dir, f"m{t}_W.npy")) @ r
-    cp = os.path.join(model_dir, f"m{t}_c.npy")
-    pc = np.load(cp) @ r if os.path.exists(cp) else np.zeros(proj.shape[1])
-    return phi @ proj + pc, np.abs(phi) @ np.abs(proj) + np.abs(pc)
+    proj = np.load(os.path.join(model_dir, f"m{t}_W.npy")) @ np.load(os.path.join(model_dir, "R.npy"))
+    return phi @ proj, np.abs(phi) @ np.abs(proj)
 
 
 def encode_cca_itq(model_dir, meta, t, x):

@@ -3,9 +3,7 @@
 against the ones cmh wrote. The recipe is the one a Python user copies:
 
     phi_t = exp(-||x - m{t}_anchors||^2 / (2 sigma[t]^2)) - m{t}_phi_mean
-    SCH:      codes = sign((phi_t @ m{t}_W + m{t}_c) @ R)   CCA-ITQ: codes = sign(phi_t @ m{t}_proj)
-              (m{t}_c = the hash function's intercept; zeros, or absent in older models, unless
-              params.intercept)
+    SCH:      codes = sign(phi_t @ m{t}_W @ R)        CCA-ITQ: codes = sign(phi_t @ m{t}_proj)
     sign(0) = +1
 
 usage: .venv/bin/python scripts/check_shallow_export.py MODEL_DIR [MODEL_DIR ...]
@@ -28,10 +26,7 @@ def encode(d, t, x):
     d2 = np.maximum((x * x).sum(1)[:, None] + (a * a).sum(1)[None] - 2 * x @ a.T, 0)
     phi = np.exp(-d2 / (2 * s * s)) - mean
     if m["method"] == "sch":
-        w = np.load(os.path.join(d, f"m{t}_W.npy"))
-        cp = os.path.join(d, f"m{t}_c.npy")
-        c = np.load(cp) if os.path.exists(cp) else np.zeros(w.shape[1])
-        h = (phi @ w + c) @ np.load(os.path.join(d, "R.npy"))
+        h = phi @ np.load(os.path.join(d, f"m{t}_W.npy")) @ np.load(os.path.join(d, "R.npy"))
     else:
         h = phi @ np.load(os.path.join(d, f"m{t}_proj.npy"))
     return np.where(h >= 0, 1, -1).astype(np.int8), h

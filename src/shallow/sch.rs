@@ -24,12 +24,9 @@
 //!   from the training rows to the anchors.
 //! - SCH needs labels: it trains on the rows labelled in every modality
 //!   ([`TrainSet::common_labelled`], labels = union over modalities). Training rows outside that
-//!   set still get a learned code in [`SchModel::train_codes`]: b = sgn((Σₜ λₜ φₜ(xₜ)Wₜ)R) (with
-//!   `intercept`, φₜ(xₜ)Wₜ + cₜᵀ in place of φₜ(xₜ)Wₜ), the minimiser over f of Σₜ λₜ‖f − φₜWₜ‖²
-//!   (what J fixes for F without labels), rotated and signed.
+//!   set still get a learned code in [`SchModel::train_codes`]: b = sgn((Σₜ λₜ φₜ(xₜ)Wₜ)R), the
+//!   minimiser over f of Σₜ λₜ‖f − φₜWₜ‖² (what J fixes for F without labels), rotated and signed.
 //! - Anchors, σ and the centring mean come from those same labelled rows.
-//! - Optional (`intercept = true`): an unpenalised intercept cₜ per hash function,
-//!   F ≈ ΦₜWₜ + 1cₜᵀ, coded b = sgn((φₜ(x)Wₜ + cₜᵀ)R); see [`update_c`].
 //!
 //! Cost: φᵀφ is computed once per modality and its ridge system (ΦₜᵀΦₜ + (ρ/λₜ)I) factorised once;
 //! a sweep then costs two n × c × k products per modality (ΦₜᵀF and ΦₜWₜ) plus O(nk(k + C)).
@@ -72,10 +69,6 @@ pub struct SchParams {
     /// The random class codes G of F₀ = YG: `hadamard` (distinct rows of a Hadamard matrix, so
     /// class codes are about k/2 bits apart) or `random` (fair coins).
     pub class_codes: ClassCodes,
-    /// Give every hash function an unpenalised intercept cₜ: the fit term becomes
-    /// λₜ‖F − ΦₜWₜ − 1cₜᵀ‖² and new items are coded b = sgn((φₜ(x)Wₜ + cₜᵀ)R). Not a paper
-    /// setting (see [`update_c`] for why the centred φ needs it). Default false.
-    pub intercept: bool,
 }
 
 /// How the class codes G of the initial F₀ = YG are drawn.
@@ -89,7 +82,7 @@ pub enum ClassCodes {
 
 impl Default for SchParams {
     fn default() -> Self {
-        Self { alpha: 4.5, beta: 0.01, mu: 0.5, lambda: vec![0.3, 0.7], rho: 0.01, anchors: 1000, max_iter: 20, tol: 1e-4, sigma_scale: vec![], class_codes: ClassCodes::Hadamard, intercept: false }
+        Self { alpha: 4.5, beta: 0.01, mu: 0.5, lambda: vec![0.3, 0.7], rho: 0.01, anchors: 1000, max_iter: 20, tol: 1e-4, sigma_scale: vec![], class_codes: ClassCodes::Hadamard }
     }
 }
 
@@ -191,19 +184,6 @@ pub fn update_w(factor: &SpdFactor, phi_t: ArrayView2<f64>, f: ArrayView2<f64>) 
     factor.solve(par_t_dot(phi_t, f).view()).context("SCH update_w (eq. 18)")
 }
 
-/// Intercept update (not in the paper; used with `intercept = true`). The paper's φ are raw RBF
-/// features, whose near-constant part lets φW carry a per-bit offset; here φ is centred with its
-/// training mean (module docs), so ΦₜWₜ has zero column means over the training rows and cannot
-/// follow the column means of F (F₀ = YG has mean ≈ Σ_c p_c G_c ≠ 0 when classes are unbalanced),
-/// while B = sgn(FR) keeps them. The unpenalised intercept restores that offset:
-/// ∂J/∂cₜ = −2λₜ(F − ΦₜWₜ − 1cₜᵀ)ᵀ1 = 0 ⇒ cₜ = column mean of (F − ΦₜWₜ) (`phi_w` = ΦₜWₜ).
-/// Because the training Φₜ is centred (Φₜᵀ1 = 0), the term 1cₜᵀ drops out of ∂J/∂Wₜ, so
-/// [`update_w`] is unchanged and (Wₜ, cₜ) is the joint block minimiser.
-pub fn update_c(phi_w: ArrayView2<f64>, f: ArrayView2<f64>) -> Array1<f64> {
-    let n = f.nrows().max(1) as f64;
-    (&f - &phi_w).sum_axis(Axis(0)) / n
-}
-
 /// R update (eq. 20). Only μ‖B − FR‖² depends on R; with RRᵀ = I it equals const − 2μ tr(RᵀFᵀB),
 /// maximised by the orthogonal Procrustes solution: FᵀB = PΣQᵀ ⇒ R = PQᵀ.
 pub fn update_r(f: ArrayView2<f64>, b: ArrayView2<f64>) -> Result<Array2<f64>> {
@@ -234,12 +214,9 @@ pub struct SchModel {
     params: SchParams,
     rbf: Vec<RbfMap>,
     w: Vec<Array2<f64>>,
-    /// Intercepts cₜ (k; zeros unless `intercept`).
-    c: Vec<Array1<f64>>,
     r: Array2<f64>,
-    /// Wₜ R per modality (c × k) and cₜR (k): codes = sgn(φₜ(x) · proj[t] + proj_c[t]).
+    /// Wₜ R per modality (c × k): codes = sgn(φₜ(x) · proj[t]).
     proj: Vec<Array2<f64>>,
-    proj_c: Vec<Array1<f64>>,
     train_codes: BinaryCodes,
     history: Vec<f64>,
     /// Training rows SCH fitted on (rows labelled in every modality).
@@ -262,10 +239,6 @@ impl SchModel {
     pub fn w(&self, t: usize) -> &Array2<f64> {
         &self.w[t]
     }
-    /// Intercept cₜ of modality t's hash function (k; zeros unless `intercept`).
-    pub fn c(&self, t: usize) -> &Array1<f64> {
-        &self.c[t]
-    }
     /// Rotation R (k × k).
     pub fn r(&self) -> &Array2<f64> {
         &self.r
@@ -284,10 +257,9 @@ impl SchModel {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn from_parts(bits: usize, params: SchParams, rbf: Vec<RbfMap>, w: Vec<Array2<f64>>, c: Vec<Array1<f64>>, r: Array2<f64>, train_codes: BinaryCodes, history: Vec<f64>, fitted_rows: usize) -> Self {
+    fn from_parts(bits: usize, params: SchParams, rbf: Vec<RbfMap>, w: Vec<Array2<f64>>, r: Array2<f64>, train_codes: BinaryCodes, history: Vec<f64>, fitted_rows: usize) -> Self {
         let proj = w.iter().map(|wt| wt.dot(&r)).collect();
-        let proj_c = c.iter().map(|ct| ct.dot(&r)).collect();
-        Self { bits, params, rbf, w, c, r, proj, proj_c, train_codes, history, fitted_rows, timings: FitTimings::default() }
+        Self { bits, params, rbf, w, r, proj, train_codes, history, fitted_rows, timings: FitTimings::default() }
     }
 
     /// Reads a model written by [`HashModel::save`].
@@ -304,26 +276,18 @@ impl SchModel {
         }
         let mut rbf = Vec::new();
         let mut w = Vec::new();
-        let mut c = Vec::new();
         for t in 0..mf.n_modalities {
             let map = RbfMap::load(dir, &format!("m{t}"), mf.sigma[t])?;
             let wt = super::common::load_matrix(&dir.join(format!("m{t}_W.npy")))?;
             super::common::expect_shape(dir, &format!("m{t}_W.npy"), &wt, (map.n_anchors(), k))?;
-            // Models written before the intercept option have no m{t}_c.npy: their intercept is 0.
-            let cpath = dir.join(format!("m{t}_c.npy"));
-            let ct = if cpath.exists() { super::common::load_vector(&cpath)? } else { Array1::zeros(k) };
-            if ct.len() != k {
-                bail!("{}: expected {k} values (one per bit), found {}", cpath.display(), ct.len());
-            }
             rbf.push(map);
             w.push(wt);
-            c.push(ct);
         }
         let r = super::common::load_matrix(&dir.join("R.npy"))?;
         super::common::expect_shape(dir, "R.npy", &r, (k, k))?;
         let train_codes = BinaryCodes::load_npy(&dir.join("B.npy"), Some(k))?;
         let history = super::common::load_vector(&dir.join("history.npy"))?.to_vec();
-        Ok(Self::from_parts(k, mf.params, rbf, w, c, r, train_codes, history, mf.fitted_rows))
+        Ok(Self::from_parts(k, mf.params, rbf, w, r, train_codes, history, mf.fitted_rows))
     }
 }
 
@@ -350,16 +314,14 @@ impl HashModel for SchModel {
     fn bits(&self) -> usize {
         self.bits
     }
-    /// b = sgn(φₜ(x) Wₜ R) (eq. 26); with `intercept`, b = sgn((φₜ(x)Wₜ + cₜᵀ)R).
+    /// b = sgn(φₜ(x) Wₜ R) (eq. 26).
     fn encode(&self, modality: usize, view: &View) -> Result<BinaryCodes> {
         if modality >= self.rbf.len() {
             bail!("SCH model has {} modalities; modality {modality} requested", self.rbf.len());
         }
         let x = view.features("sch", modality)?;
         let phi = self.rbf[modality].transform(x.view()).with_context(|| format!("SCH encode, modality {modality}"))?;
-        let mut z = par_dot(phi.view(), self.proj[modality].view());
-        z += &self.proj_c[modality];
-        Ok(sign_codes(z.view()))
+        Ok(sign_codes(par_dot(phi.view(), self.proj[modality].view()).view()))
     }
     fn train_codes(&self) -> Option<&BinaryCodes> {
         Some(&self.train_codes)
@@ -372,7 +334,6 @@ impl HashModel for SchModel {
         for (t, (map, wt)) in self.rbf.iter().zip(&self.w).enumerate() {
             map.save(dir, &format!("m{t}"))?;
             write_npy(&dir.join(format!("m{t}_W.npy")), wt)?;
-            write_npy(&dir.join(format!("m{t}_c.npy")), &self.c[t])?;
         }
         write_npy(&dir.join("R.npy"), &self.r)?;
         self.train_codes.save_npy(dir, "B")?;
@@ -386,13 +347,12 @@ impl HashModel for SchModel {
             fitted_rows: self.fitted_rows,
             iterations: self.iterations(),
             encode: "modality t (0 = image, 1 = text): phi = exp(-||x - m{t}_anchors||^2 / (2 sigma[t]^2)) - m{t}_phi_mean; \
-                     codes = sign((phi @ m{t}_W + m{t}_c) @ R) with sign(0) = +1"
+                     codes = sign(phi @ m{t}_W @ R) with sign(0) = +1"
                 .into(),
             files: serde_json::json!({
                 "m{t}_anchors.npy": "RBF anchors of modality t (c x d, float64)",
                 "m{t}_phi_mean.npy": "training mean of the RBF features of modality t (c)",
                 "m{t}_W.npy": "hash projection W_t (c x bits)",
-                "m{t}_c.npy": "intercept c_t of the hash function (bits; zeros unless params.intercept)",
                 "R.npy": "rotation R (bits x bits)",
                 "B.npy": "learned unified codes of the training rows (int8 +-1; B_packed.npy = numpy.packbits)",
                 "history.npy": "objective J after the initialisation and after each sweep",
@@ -508,16 +468,7 @@ impl Fit for SchParams {
         for t in 0..m {
             w.push(update_w(&wfac[t], phi[t].view(), f.view())?);
         }
-        // ΦₜWₜ (+ 1cₜᵀ with an intercept, eq. of `update_c`).
-        let fit_pw = |phi_t: ArrayView2<f64>, w_t: ArrayView2<f64>, f: ArrayView2<f64>| -> (Array2<f64>, Array1<f64>) {
-            let mut pw = par_dot(phi_t, w_t);
-            let c = if self.intercept { update_c(pw.view(), f) } else { Array1::zeros(k) };
-            if self.intercept {
-                pw += &c;
-            }
-            (pw, c)
-        };
-        let (mut pw, mut cs): (Vec<Array2<f64>>, Vec<Array1<f64>>) = (0..m).map(|t| fit_pw(phi[t].view(), w[t].view(), f.view())).unzip();
+        let mut pw: Vec<Array2<f64>> = (0..m).map(|t| par_dot(phi[t].view(), w[t].view())).collect();
         let mut r = update_r(f.view(), b0.view())?;
         let mut b = update_b(f.view(), r.view());
         let mut history = vec![objective(self, y.view(), f.view(), u.view(), v.view(), b.view(), r.view(), &w, &pw)];
@@ -528,7 +479,7 @@ impl Fit for SchParams {
             v = update_v(self, f.view(), y.view())?;
             for t in 0..m {
                 w[t] = update_w(&wfac[t], phi[t].view(), f.view())?;
-                (pw[t], cs[t]) = fit_pw(phi[t].view(), w[t].view(), f.view());
+                pw[t] = par_dot(phi[t].view(), w[t].view());
             }
             r = update_r(f.view(), b.view())?;
             b = update_b(f.view(), r.view());
@@ -562,9 +513,7 @@ impl Fit for SchParams {
                 for t in 0..m {
                     let x = data.views[t].features("sch", t)?.select(Axis(0), &others);
                     let ph = rbf[t].transform(x.view())?;
-                    let mut z = par_dot(ph.view(), w[t].view());
-                    z += &cs[t];
-                    fo.scaled_add(self.lambda[t], &z);
+                    fo.scaled_add(self.lambda[t], &par_dot(ph.view(), w[t].view()));
                 }
                 let bo = sgn(fo.dot(&r).view());
                 for (oi, &i) in others.iter().enumerate() {
@@ -574,7 +523,7 @@ impl Fit for SchParams {
             sign_codes(full.view())
         };
         timings.codes_s = clock.elapsed().as_secs_f64();
-        let mut model = SchModel::from_parts(k, self.clone(), rbf, w, cs, r, train_codes, history, rows.len());
+        let mut model = SchModel::from_parts(k, self.clone(), rbf, w, r, train_codes, history, rows.len());
         model.timings = timings;
         Ok(model)
     }
@@ -915,106 +864,6 @@ mod tests {
         let t2i = metrics::map(q_txt.view(), db.view(), tl.view(), labels.view()).unwrap();
         let i2t_enc = metrics::map(q_img.view(), db_txt.view(), tl.view(), labels.view()).unwrap();
         assert!(i2t > 0.9 && t2i > 0.9 && i2t_enc > 0.9, "{i2t} {t2i} {i2t_enc}");
-    }
-
-    /// Loop-based λ‖F − ΦW − 1cᵀ‖² + ρ‖W‖² (independent of the BLAS code).
-    fn naive_fit_term(lambda: f64, rho: f64, f: &Array2<f64>, phi: &Array2<f64>, w: &Array2<f64>, c: &Array1<f64>) -> f64 {
-        let (n, k) = f.dim();
-        let mut j = 0.0;
-        for i in 0..n {
-            for q in 0..k {
-                let pw: f64 = (0..phi.ncols()).map(|a| phi[[i, a]] * w[[a, q]]).sum();
-                j += lambda * (f[[i, q]] - pw - c[q]).powi(2);
-            }
-        }
-        j + rho * w.iter().map(|x| x * x).sum::<f64>()
-    }
-
-    #[test]
-    fn update_c_with_update_w_is_the_joint_minimiser_for_centred_phi() {
-        let mut rng = seeded_rng(40, 0);
-        let (n, d, k, lambda, rho) = (30, 5, 4, 0.7, 0.3);
-        let mut phi = randn(n, d, &mut rng);
-        let mean = phi.mean_axis(Axis(0)).unwrap();
-        phi -= &mean; // centred, as RbfMap makes it
-        // F with clearly non-zero column means, which a centred ΦW alone cannot follow.
-        let f = randn(n, k, &mut rng) + 2.0;
-        let p = SchParams { lambda: vec![lambda, 1.0 - lambda], rho, ..SchParams::default() };
-        let w = update_w(&w_factor(&p, phi.t().dot(&phi).view(), lambda).unwrap(), phi.view(), f.view()).unwrap();
-        let c = update_c(phi.dot(&w).view(), f.view());
-        // Hand check: c = column mean of F (Φ is centred).
-        let fmean = f.mean_axis(Axis(0)).unwrap();
-        assert!(c.iter().zip(fmean.iter()).all(|(a, b)| (a - b).abs() < 1e-12));
-        let j0 = naive_fit_term(lambda, rho, &f, &phi, &w, &c);
-        let h = 1e-5;
-        // Zero finite-difference gradient in every entry of W and c.
-        for a in 0..d {
-            for q in 0..k {
-                let (mut wp, mut wm) = (w.clone(), w.clone());
-                wp[[a, q]] += h;
-                wm[[a, q]] -= h;
-                let g = (naive_fit_term(lambda, rho, &f, &phi, &wp, &c) - naive_fit_term(lambda, rho, &f, &phi, &wm, &c)) / (2.0 * h);
-                assert!(g.abs() < 1e-6 * j0, "dJ/dW[{a},{q}] = {g}");
-            }
-        }
-        for q in 0..k {
-            let (mut cp, mut cm) = (c.clone(), c.clone());
-            cp[q] += h;
-            cm[q] -= h;
-            let g = (naive_fit_term(lambda, rho, &f, &phi, &w, &cp) - naive_fit_term(lambda, rho, &f, &phi, &w, &cm)) / (2.0 * h);
-            assert!(g.abs() < 1e-6 * j0, "dJ/dc[{q}] = {g}");
-        }
-        // Joint random perturbations of (W, c) never help, and dropping c costs a lot here.
-        for scale in [1e-3, 1e-1, 1.0] {
-            for _ in 0..10 {
-                let w2 = &w + &(randn(d, k, &mut rng) * scale);
-                let c2 = &c + &(randn(1, k, &mut rng).row(0).to_owned() * scale);
-                assert!(naive_fit_term(lambda, rho, &f, &phi, &w2, &c2) >= j0 - 1e-9 * j0);
-            }
-        }
-        assert!(naive_fit_term(lambda, rho, &f, &phi, &w, &Array1::zeros(k)) > 2.0 * j0);
-    }
-
-    #[test]
-    fn fit_with_intercept_decreases_the_objective_and_encodes_with_it() {
-        // Unbalanced classes (F₀ = YG then has non-zero column means).
-        let (views, labels) = clustered(240, 4, &[12, 8], 0.6, 8);
-        let keep: Vec<usize> = (0..240).filter(|&i| i % 4 != 3 || i % 3 == 0).collect();
-        let views: Vec<Array2<f32>> = views.iter().map(|x| x.select(Axis(0), &keep)).collect();
-        let labels = labels.select(Axis(0), &keep);
-        let data = train_set(views.clone(), labels.clone());
-        let p = SchParams { anchors: 60, max_iter: 10, tol: 0.0, intercept: true, ..SchParams::default() };
-        let model = p.fit(&data, &FitContext::new(16, 3)).unwrap();
-        for w in model.history().windows(2) {
-            assert!(w[1] <= w[0] * (1.0 + 1e-12), "objective rose: {w:?}");
-        }
-        assert!(model.c(0).iter().any(|v| v.abs() > 1e-3), "the intercept should be non-zero here");
-        let gap = (model.c(0) - model.c(1)).iter().fold(0.0f64, |a, v| a.max(v.abs()));
-        assert!(gap < 1e-9, "cₜ = column mean of F for every modality (centred Φ); gap {gap}");
-        // encode = sgn((φW + c)R), computed here from the model's parts.
-        for t in 0..2 {
-            let phi = model.rbf(t).transform(views[t].view()).unwrap();
-            let z = (phi.dot(model.w(t)) + model.c(t)).dot(model.r());
-            let want = sign_codes(z.view());
-            assert_eq!(model.encode(t, &View::Features(views[t].clone())).unwrap(), want);
-        }
-        // Without the intercept the model's c is zero and the codes differ.
-        let plain = SchParams { intercept: false, ..p.clone() }.fit(&data, &FitContext::new(16, 3)).unwrap();
-        assert!(plain.c(0).iter().all(|&v| v == 0.0));
-        assert_ne!(plain.train_codes(), model.train_codes());
-        // Save / load keeps the intercept; a model folder without m{t}_c.npy loads with c = 0.
-        let dir = tempfile::tempdir().unwrap();
-        model.save(dir.path()).unwrap();
-        let back = SchModel::load(dir.path()).unwrap();
-        assert_eq!(back.c(1), model.c(1));
-        let v1 = View::Features(views[1].clone());
-        assert_eq!(back.encode(1, &v1).unwrap(), model.encode(1, &v1).unwrap());
-        plain.save(dir.path()).unwrap();
-        for t in 0..2 {
-            std::fs::remove_file(dir.path().join(format!("m{t}_c.npy"))).unwrap();
-        }
-        let old = SchModel::load(dir.path()).unwrap();
-        assert_eq!(old.encode(1, &v1).unwrap(), plain.encode(1, &v1).unwrap());
     }
 
     #[test]
