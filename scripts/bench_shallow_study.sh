@@ -10,7 +10,7 @@ mkdir -p "$(dirname "$out")"
 [ -f data/raw/wiki/I_tr.npy ] || .venv/bin/python scripts/dump_shallow_data.py
 cargo bench --bench shallow_study --no-run 2>/dev/null
 run() { cargo bench -q --bench shallow_study -- "$@" 2>/dev/null; }
-VALIDATED=$'rho = 0.002\nmu = 1.0\nsigma_scale = [1.0, 0.7]'
+VALIDATED=$'rho = 0.002\nmu = 1.0\nsigma_scale = [1.0, 0.6]'
 {
   for ds in wiki uci; do
     run --dataset "$ds" --method sch --seeds 5
