@@ -59,9 +59,18 @@ STAGE6 = {
     "sigma_scale": [[1.0, 0.7], [1.0, 0.6]],
     "lambda": [[0.3, 0.7], [0.2, 0.8]],
 }
+STAGE7A = {
+    # Stage 7 (session 3, written before any figure of the option was seen): the out-of-sample refit
+    # of the hash functions to the learned codes (SchParams::refit_hash / refit_rho, needs a cmh
+    # built with it). Rows 1-2 re-measure the stage-3 setting (rule v2's reference row) and the
+    # validated setting (sigma (1.0, 0.6)); rows 3-4 add the refit to the validated setting.
+    "sigma_scale": [[1.0, 0.7], [1.0, 0.6]],
+}
+STAGE7B = {"sigma_scale": [[1.0, 0.6]], "refit_hash": [True], "refit_rho": [0.002, 0.01]}
 # A grid is a list of sub-grids whose products are concatenated (row numbers stay stable when a
 # later stage is appended, so earlier rows are read back from --work).
-GRIDS = {"sch-stage4": [STAGE4], "sch-stage4+5": [STAGE4, STAGE5], "sch-stage4-6": [STAGE4, STAGE5, STAGE6]}
+GRIDS = {"sch-stage4": [STAGE4], "sch-stage4+5": [STAGE4, STAGE5], "sch-stage4-6": [STAGE4, STAGE5, STAGE6],
+         "sch-stage7": [STAGE7A, STAGE7B]}
 COLS = [("i2t_B", "i2t"), ("t2i_B", "t2i"), ("i2t_enc", "i2t_encoded"), ("t2i_enc", "t2i_encoded")]
 PAPER = {"rho": 0.01, "mu": 0.5}  # the paper row: every other key at its default (= the paper)
 

@@ -15,6 +15,21 @@
 //! [`HashModel::history`] holds J after the initialisation and after every sweep.
 //! New items: b = sgn(φ(x)WₜR) (eq. 26); M > 2 modalities just add terms to the sums (eq. 25).
 //!
+//! Deviation offered as an option (`refit_hash`, default off; not in the paper): eq. 26 hashes with
+//! the Wₜ of eq. 18, which is fitted to the real-valued F, not to the codes B that form the
+//! learned-B database. With `refit_hash = true`, after the alternation each modality's projection
+//! is refitted directly to the learned codes, the usual out-of-sample step of two-step hashing
+//! (SCRATCH and DCH fit their projections to B):
+//!   W'ₜ = argmin_W ‖B − ΦₜW‖² + ρ'‖W‖² = (ΦₜᵀΦₜ + ρ'I)⁻¹ΦₜᵀB,  b = sgn(φₜ(x)W'ₜ),
+//! with ρ' = `refit_rho` (default ρ), reusing the cached ΦₜᵀΦₜ ([`refit_w`]). The model keeps the
+//! eq. 26 form: it stores Wₜ := W'ₜRᵀ, so Wₜ R = W'ₜ (R is orthogonal) and every consumer of
+//! `m{t}_W.npy` and `R.npy` encodes with the refit unchanged. U, V, R, B, the objective history and
+//! the learned training codes are those of the alternation. Known limitation: a bit that is constant
+//! in B (on Wikipedia the Hadamard F₀ gives one) cannot be fitted by the centred Φ (Φᵀ1 = 0, no
+//! intercept), so its refitted projection is rounding noise and the bit's sign is arbitrary for new
+//! items (harmless against the learned-B database, noise in the encoded one). On the Wikipedia
+//! validation split the refit lowered I→T and was not selected (benches/shallow_results.md, stage 7).
+//!
 //! Choices not fixed by the paper (each documented where it is made):
 //! - F₀ = YG with G ∈ {−1, 1}ᶜˣᵏ a random code per class; a random F₀ leaves codes near chance
 //!   at 64+ bits (the block descent is non-convex). By default G is c random distinct rows of a
@@ -72,6 +87,12 @@ pub struct SchParams {
     /// The random class codes G of F₀ = YG: `hadamard` (distinct rows of a Hadamard matrix, so
     /// class codes are about k/2 bits apart) or `random` (fair coins).
     pub class_codes: ClassCodes,
+    /// After the alternation, refit each modality's hash projection to the learned codes B
+    /// (W'ₜ = (ΦₜᵀΦₜ + ρ'I)⁻¹ΦₜᵀB, see [`refit_w`]) instead of using eq. 18's Wₜ in eq. 26.
+    /// Not a paper setting; default off.
+    pub refit_hash: bool,
+    /// ρ' of that refit; absent = `rho`. Not a paper setting.
+    pub refit_rho: Option<f64>,
 }
 
 /// How the class codes G of the initial F₀ = YG are drawn.
@@ -85,7 +106,7 @@ pub enum ClassCodes {
 
 impl Default for SchParams {
     fn default() -> Self {
-        Self { alpha: 4.5, beta: 0.01, mu: 0.5, lambda: vec![0.3, 0.7], rho: 0.01, anchors: 1000, modality_anchors: vec![], max_iter: 20, tol: 1e-4, sigma_scale: vec![], class_codes: ClassCodes::Hadamard }
+        Self { alpha: 4.5, beta: 0.01, mu: 0.5, lambda: vec![0.3, 0.7], rho: 0.01, anchors: 1000, modality_anchors: vec![], max_iter: 20, tol: 1e-4, sigma_scale: vec![], class_codes: ClassCodes::Hadamard, refit_hash: false, refit_rho: None }
     }
 }
 
@@ -205,6 +226,19 @@ pub fn update_b(f: ArrayView2<f64>, r: ArrayView2<f64>) -> Array2<f64> {
     sgn(par_dot(f, r).view())
 }
 
+/// Out-of-sample refit (option `refit_hash`, not in the paper; see the module docs): the ridge
+/// regression of the learned codes on the RBF features, W' = argmin_W ‖B − ΦₜW‖² + ρ'‖W‖² =
+/// (ΦₜᵀΦₜ + ρ'I)⁻¹ΦₜᵀB (∂/∂W = −2Φₜᵀ(B − ΦₜW) + 2ρ'W = 0), returned as W'Rᵀ so that the eq. 26
+/// form sgn(φ(x)·W·R) encodes with W' (R orthogonal: W'RᵀR = W'). `gram_t` = the cached ΦₜᵀΦₜ.
+pub fn refit_w(gram_t: ArrayView2<f64>, ridge: f64, phi_t: ArrayView2<f64>, b: ArrayView2<f64>, r: ArrayView2<f64>) -> Result<Array2<f64>> {
+    let mut a = gram_t.to_owned();
+    a.diag_mut().mapv_inplace(|d| d + ridge);
+    let fac = SpdFactor::new(a.view()).context("SCH refit_hash: factorising ΦᵀΦ + ρ'I")?;
+    // Φᵀ(BRᵀ) = (ΦᵀB)Rᵀ: solving with the rotated target gives W'Rᵀ directly.
+    let target = par_dot(b, r.t());
+    fac.solve(par_t_dot(phi_t, target.view()).view()).context("SCH refit_hash")
+}
+
 /// Wall-clock seconds of the phases of one fit (for the run log and the scale benchmark).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct FitTimings {
@@ -244,7 +278,7 @@ impl SchModel {
     pub fn rbf(&self, t: usize) -> &RbfMap {
         &self.rbf[t]
     }
-    /// Hash projection Wₜ (c × k).
+    /// Hash projection Wₜ (c × k); with `refit_hash` it is W'ₜRᵀ (see [`refit_w`]).
     pub fn w(&self, t: usize) -> &Array2<f64> {
         &self.w[t]
     }
@@ -323,7 +357,7 @@ impl HashModel for SchModel {
     fn bits(&self) -> usize {
         self.bits
     }
-    /// b = sgn(φₜ(x) Wₜ R) (eq. 26).
+    /// b = sgn(φₜ(x) Wₜ R) (eq. 26); with `refit_hash`, Wₜ R = W'ₜ, the refit of [`refit_w`].
     fn encode(&self, modality: usize, view: &View) -> Result<BinaryCodes> {
         if modality >= self.rbf.len() {
             bail!("SCH model has {} modalities; modality {modality} requested", self.rbf.len());
@@ -361,7 +395,7 @@ impl HashModel for SchModel {
             files: serde_json::json!({
                 "m{t}_anchors.npy": "RBF anchors of modality t (c x d, float64)",
                 "m{t}_phi_mean.npy": "training mean of the RBF features of modality t (c)",
-                "m{t}_W.npy": "hash projection W_t (c x bits)",
+                "m{t}_W.npy": "hash projection W_t (c x bits); when params.refit_hash is true it is W'_t R^T, W'_t = the ridge fit of B on phi_t, so phi @ W @ R = phi @ W'_t",
                 "R.npy": "rotation R (bits x bits)",
                 "B.npy": "learned unified codes of the training rows (int8 +-1; B_packed.npy = numpy.packbits)",
                 "history.npy": "objective J after the initialisation and after each sweep",
@@ -413,6 +447,9 @@ impl Fit for SchParams {
         for (t, &v) in self.sigma_scale.iter().enumerate() {
             ensure_pos(&format!("sch.sigma_scale[{t}]"), v)?;
         }
+        if let Some(rr) = self.refit_rho {
+            ensure_pos("sch.refit_rho", rr)?;
+        }
         for (t, v) in data.views.iter().enumerate() {
             v.features("sch", t)?;
         }
@@ -448,6 +485,7 @@ impl Fit for SchParams {
         let mut rbf = Vec::with_capacity(m);
         let mut phi = Vec::with_capacity(m);
         let mut wfac = Vec::with_capacity(m);
+        let mut grams = Vec::new(); // kept only for the refit
         for t in 0..m {
             let x = data.views[t].features("sch", t)?;
             let (map, ph) = if all_rows {
@@ -458,6 +496,9 @@ impl Fit for SchParams {
             .with_context(|| format!("SCH: RBF features of modality {t}"))?;
             let gram = par_gram(ph.view()); // cached φᵀφ
             wfac.push(w_factor(self, gram.view(), self.lambda[t])?);
+            if self.refit_hash {
+                grams.push(gram);
+            }
             rbf.push(map);
             phi.push(ph);
         }
@@ -503,7 +544,6 @@ impl Fit for SchParams {
                 break;
             }
         }
-        drop(phi);
         timings.sweeps_s = clock.elapsed().as_secs_f64();
         let clock = std::time::Instant::now();
 
@@ -535,6 +575,15 @@ impl Fit for SchParams {
             }
             sign_codes(full.view())
         };
+        // Optional out-of-sample refit to the learned codes (after the codes of unfitted rows,
+        // which use the alternation's Wₜ).
+        if self.refit_hash {
+            let ridge = self.refit_rho.unwrap_or(self.rho);
+            for t in 0..m {
+                w[t] = refit_w(grams[t].view(), ridge, phi[t].view(), b.view(), r.view()).with_context(|| format!("modality {t}"))?;
+            }
+        }
+        drop(phi);
         timings.codes_s = clock.elapsed().as_secs_f64();
         let mut model = SchModel::from_parts(k, self.clone(), rbf, w, r, train_codes, history, rows.len());
         model.timings = timings;
@@ -974,6 +1023,107 @@ mod tests {
         assert!(e.contains("R.npy"), "{e}");
         std::fs::write(dir.path().join("model.json"), r#"{"method": "segh"}"#).unwrap();
         assert!(SchModel::load(dir.path()).is_err());
+    }
+
+    /// Independent dense solve of A X = B (Gauss–Jordan with partial pivoting, plain loops).
+    fn naive_solve(a: &Array2<f64>, b: &Array2<f64>) -> Array2<f64> {
+        let n = a.nrows();
+        let (mut a, mut x) = (a.clone(), b.clone());
+        for col in 0..n {
+            let piv = (col..n).max_by(|&i, &j| a[[i, col]].abs().partial_cmp(&a[[j, col]].abs()).unwrap()).unwrap();
+            for j in 0..n {
+                a.swap([col, j], [piv, j]);
+            }
+            for j in 0..x.ncols() {
+                x.swap([col, j], [piv, j]);
+            }
+            let d = a[[col, col]];
+            for i in 0..n {
+                if i != col {
+                    let f = a[[i, col]] / d;
+                    for j in 0..n {
+                        a[[i, j]] -= f * a[[col, j]];
+                    }
+                    for j in 0..x.ncols() {
+                        x[[i, j]] -= f * x[[col, j]];
+                    }
+                }
+            }
+        }
+        for i in 0..n {
+            let d = a[[i, i]];
+            x.row_mut(i).mapv_inplace(|v| v / d);
+        }
+        x
+    }
+
+    #[test]
+    fn refit_hash_is_the_ridge_fit_of_the_learned_codes() {
+        let (views, labels) = clustered(60, 3, &[5, 4], 0.6, 11);
+        let data = train_set(views.clone(), labels);
+        let ctx = FitContext::new(6, 3);
+        let plain_p = SchParams { anchors: 12, max_iter: 5, ..SchParams::default() };
+        let p = SchParams { refit_hash: true, refit_rho: Some(0.05), ..plain_p.clone() };
+        let plain = plain_p.fit(&data, &ctx).unwrap();
+        let model = p.fit(&data, &ctx).unwrap();
+        // The alternation is untouched: same codes B, rotation and objective history.
+        assert_eq!(model.train_codes(), plain.train_codes());
+        assert_eq!((model.r(), model.history()), (plain.r(), plain.history()));
+        let b = model.train_codes().unwrap().to_pm1_f64();
+        let (n, k) = b.dim();
+        for (t, x) in views.iter().enumerate() {
+            let phi = model.rbf(t).transform(x.view()).unwrap();
+            let c = phi.ncols();
+            // Normal equations (ΦᵀΦ + ρ'I) W' = ΦᵀB by loops, solved independently.
+            let a = Array2::from_shape_fn((c, c), |(i, j)| (0..n).map(|r| phi[[r, i]] * phi[[r, j]]).sum::<f64>() + if i == j { 0.05 } else { 0.0 });
+            let rhs = Array2::from_shape_fn((c, k), |(i, j)| (0..n).map(|r| phi[[r, i]] * b[[r, j]]).sum::<f64>());
+            let w_ref = naive_solve(&a, &rhs);
+            let used = model.w(t).dot(model.r());
+            let err = (&used - &w_ref).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let scale = w_ref.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            assert!(err < 1e-8 * scale.max(1.0), "modality {t}: refit differs from the normal-equation solve by {err}");
+            // encode = sgn(φ W') (eq. 26 form with the refit), and the refit fits B at least as well
+            // as eq. 18's W R in the refit's own objective.
+            let h = phi.dot(&w_ref);
+            let codes = model.encode(t, &View::Features(x.clone())).unwrap().to_pm1_f64();
+            for ((&hv, &cv), _) in h.iter().zip(codes.iter()).zip(0..) {
+                assert!(hv.abs() < 1e-9 || (hv >= 0.0) == (cv > 0.0));
+            }
+            let cost = |wm: &Array2<f64>| (&b - &phi.dot(wm)).iter().map(|v| v * v).sum::<f64>() + 0.05 * wm.iter().map(|v| v * v).sum::<f64>();
+            let plain_w = plain.w(t).dot(plain.r());
+            assert!(cost(&w_ref) < cost(&plain_w), "refit must lower ‖B − ΦW‖² + ρ'‖W‖²");
+            assert!((&plain_w - &used).iter().any(|v| v.abs() > 1e-6), "refit changed nothing");
+        }
+        // refit_rho absent = ρ.
+        let by_rho = SchParams { refit_rho: None, rho: 0.05, ..p.clone() }.fit(&data, &ctx).unwrap();
+        let explicit = SchParams { refit_rho: Some(0.05), rho: 0.05, ..p.clone() }.fit(&data, &ctx).unwrap();
+        assert_eq!(by_rho.w(1), explicit.w(1));
+        // Save / load: the saved m{t}_W.npy and R.npy are what encode uses (φ·W·R, as a Python user
+        // computes it), and the loaded model encodes identically.
+        let dir = tempfile::tempdir().unwrap();
+        model.save(dir.path()).unwrap();
+        let back = SchModel::load(dir.path()).unwrap();
+        assert!(back.params().refit_hash && back.params().refit_rho == Some(0.05));
+        let r_saved = crate::shallow::common::load_matrix(&dir.path().join("R.npy")).unwrap();
+        for (t, x) in views.iter().enumerate() {
+            let v = View::Features(x.clone());
+            let codes = model.encode(t, &v).unwrap();
+            assert_eq!(back.encode(t, &v).unwrap(), codes);
+            let w_saved = crate::shallow::common::load_matrix(&dir.path().join(format!("m{t}_W.npy"))).unwrap();
+            assert_eq!(&w_saved, model.w(t));
+            let phi = model.rbf(t).transform(x.view()).unwrap();
+            // The Python order (φW)R rounds differently from φ(WR): signs may differ only at ties.
+            let h = phi.dot(&w_saved).dot(&r_saved);
+            for (&hv, &cv) in h.iter().zip(codes.to_pm1_f64().iter()) {
+                assert!(hv.abs() < 1e-9 || (hv >= 0.0) == (cv > 0.0), "modality {t}: φ·W·R = {hv} but code {cv}");
+            }
+        }
+        // TOML / --param spelling, and a bad ridge is refused.
+        let q: SchParams = toml::from_str("refit_hash = true\nrefit_rho = 0.01").unwrap();
+        assert_eq!((q.refit_hash, q.refit_rho), (true, Some(0.01)));
+        assert_eq!(toml::from_str::<SchParams>("refit_hash = true").unwrap().refit_rho, None);
+        let e = format!("{:#}", SchParams { refit_rho: Some(0.0), ..p }.fit(&data, &ctx).unwrap_err());
+        assert!(e.contains("sch.refit_rho"), "{e}");
     }
 
     #[test]
