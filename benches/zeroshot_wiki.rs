@@ -137,7 +137,13 @@ fn read_npy_f32(p: &Path) -> Result<Array2<f32>> {
 
 /// Builds (or reuses) the Wikipedia bundle with the chosen class embeddings.
 fn wiki_bundle(npy: &Path, emb: &str) -> Result<Bundle> {
-    let dir = npy.parent().unwrap_or(Path::new(".")).join(format!("wiki_bundle_{emb}"));
+    // One cached bundle per source folder and embedding (data/wiki_npy → data/wiki_bundle_EMB,
+    // any other folder X → X_bundle_EMB, e.g. the validation folder of scripts/wiki_val_npy.py).
+    let stem = match npy.file_name().and_then(|s| s.to_str()) {
+        Some("wiki_npy") | None => "wiki".to_string(),
+        Some(other) => other.to_string(),
+    };
+    let dir = npy.parent().unwrap_or(Path::new(".")).join(format!("{stem}_bundle_{emb}"));
     if dir.join("bundle.json").is_file() {
         return Bundle::load(&dir);
     }
