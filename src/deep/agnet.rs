@@ -77,6 +77,10 @@ pub struct AgnetParams {
     /// Network input: 0 = the standardised features; c > 0 = the centred RBF features of c
     /// training anchors, as SCH and CCA-ITQ use ([`zs_common::InputMap`]), then standardised.
     pub rbf_anchors: usize,
+    /// Express the class attributes in an orthonormal basis of the span of the training classes'
+    /// attributes ([`zs_common::span_basis`]: an isometry on that span), so the networks output
+    /// d ≤ K coordinates instead of e (384 for MiniLM).
+    pub attribute_span: bool,
     /// Train on unlabelled items too (through their predicted attributes).
     pub use_unlabelled: bool,
 }
@@ -97,6 +101,7 @@ impl Default for AgnetParams {
             pair_weight: 0.0,
             guide_predicted: false,
             rbf_anchors: 0,
+            attribute_span: false,
             use_unlabelled: true,
         }
     }
@@ -227,7 +232,7 @@ impl AgnetParams {
     pub fn fit_with_control(&self, data: &TrainSet, ctx: &FitContext, control: &RunControl) -> Result<AgnetModel> {
         data.validate()?;
         self.check(data, ctx.bits)?;
-        let (mut tr, prep) = zs_common::start(METHOD, data, ctx, self.epochs, control, self.use_unlabelled, self.rbf_anchors)?;
+        let (mut tr, prep) = zs_common::start(METHOD, data, ctx, self.epochs, control, self.use_unlabelled, self.rbf_anchors, self.attribute_span)?;
         let config = run_config(self, &prep, ctx.bits, data);
         let mut fit = Fitter::new(self, prep, ctx.bits, ctx.seed)?;
         zs_common::train(METHOD, &mut tr, &mut fit, &config)?;

@@ -121,6 +121,10 @@ pub struct CzhashParams {
     /// Network input: 0 = the standardised features; c > 0 = the centred RBF features of c
     /// training anchors, as SCH and CCA-ITQ use ([`zs_common::InputMap`]), then standardised.
     pub rbf_anchors: usize,
+    /// Express the class attributes in an orthonormal basis of the span of the training classes'
+    /// attributes ([`zs_common::span_basis`]: an isometry on that span), so the networks output
+    /// d ≤ K coordinates instead of e (384 for MiniLM).
+    pub attribute_span: bool,
     /// Train on unlabelled items too (CZHash); `false` is the CZHash-nFS ablation.
     pub use_unlabelled: bool,
     /// Centre the category representations before the coding matrices (eqs. 10–12 and new
@@ -147,6 +151,7 @@ impl Default for CzhashParams {
             normalise_distances: true,
             distance_scale: 1.0,
             rbf_anchors: 0,
+            attribute_span: false,
             use_unlabelled: true,
             centre: false,
             normalise_terms: true,
@@ -521,7 +526,7 @@ impl CzhashParams {
     pub fn fit_with_control(&self, data: &TrainSet, ctx: &FitContext, control: &RunControl) -> Result<CzhashModel> {
         data.validate()?;
         self.check(data, ctx.bits)?;
-        let (mut tr, prep) = zs_common::start(METHOD, data, ctx, self.epochs, control, self.use_unlabelled, self.rbf_anchors)?;
+        let (mut tr, prep) = zs_common::start(METHOD, data, ctx, self.epochs, control, self.use_unlabelled, self.rbf_anchors, self.attribute_span)?;
         let all_rows = prep.n() == data.len();
         let config = run_config(self, &prep, ctx.bits, data);
         let mut fit = Fitter::new(self, prep, ctx.bits, ctx.seed)?;
@@ -775,7 +780,7 @@ pub(crate) mod tests {
     #[test]
     fn batched_composite_rows_equal_the_scalar_equations() {
         let data = tiny_set();
-        let prep = prepare(&data, METHOD, (0..5).collect(), Device::Cpu, 0, 0).unwrap();
+        let prep = prepare(&data, METHOD, (0..5).collect(), Device::Cpu, 0, false, 0).unwrap();
         let scale = [1.7, 0.9];
         let sim = SimData::new(&prep, scale, false);
         let cached = SimData::new(&prep, scale, true);
@@ -815,7 +820,7 @@ pub(crate) mod tests {
         // The gradient of the batch loss w.r.t. the batch rows equals that of eq. 7 w.r.t. the
         // same rows of F⁽ᵛ⁾, and eq. 7 equals a plain loop computation.
         let data = tiny_set();
-        let prep = prepare(&data, METHOD, (0..5).collect(), Device::Cpu, 0, 0).unwrap();
+        let prep = prepare(&data, METHOD, (0..5).collect(), Device::Cpu, 0, false, 0).unwrap();
         let sim = SimData::new(&prep, [1.0, 1.0], true);
         let _lock = crate::deep::test_support::torch_rng_lock();
         tch::manual_seed(3);
@@ -995,7 +1000,7 @@ pub(crate) mod tests {
             }
         }
         let params = CzhashParams { centre: true, hidden: vec![8], ..quick_params() };
-        let prep = prepare(&data, METHOD, (0..40).collect(), Device::Cpu, 0, 0).unwrap();
+        let prep = prepare(&data, METHOD, (0..40).collect(), Device::Cpu, 0, false, 0).unwrap();
         let mut fit = Fitter::new(&params, prep, 6, 3).unwrap();
         let v = 1;
         let cbar = fit.cbar(v);

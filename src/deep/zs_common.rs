@@ -275,6 +275,26 @@ pub fn ridge_projector(a: &Array2<f32>, lambda: f64) -> Result<Array2<f32>> {
 }
 
 
+/// An orthonormal basis V (e × d) of the row space of `a` (K × e, d = its numerical rank ≤ K):
+/// a ↦ aV is an isometry on that span, so inner products, cosines and distances between the
+/// class attribute vectors (and any point of their span) are unchanged, while the attribute space
+/// shrinks from e coordinates (384 for MiniLM) to d ≤ K. The networks of CZHash and AgNet are only
+/// ever pulled towards points of that span (class attributes and their combinations: eq. 7's
+/// CA, AgNet's targets), and CZHash's new-item step c = fAᵀ(AAᵀ + λI)⁻¹ ignores everything
+/// outside it, so the e − d other output coordinates only carry initialisation noise.
+pub fn span_basis(a: &Array2<f32>) -> Result<Array2<f32>> {
+    use ndarray_linalg::SVD;
+    let a64 = a.mapv(|v| v as f64);
+    let (_, sv, vt) = a64.svd(false, true).map_err(|e| anyhow!("SVD of the class attributes failed: {e}"))?;
+    let vt = vt.ok_or_else(|| anyhow!("internal: SVD without V"))?;
+    let top = sv.iter().cloned().fold(0.0f64, f64::max);
+    let d = sv.iter().filter(|&&s| s > 1e-6 * top.max(1e-300)).count();
+    if d == 0 {
+        bail!("the class attributes are all zero");
+    }
+    Ok(vt.slice(ndarray::s![..d, ..]).t().mapv(|v| v as f32))
+}
+
 /// A training set made ready for a zero-shot method: standardised feature tensors, labels and
 /// masks as tensors, the class attribute matrix of each modality's classes.
 pub struct Prepared {
@@ -370,8 +390,10 @@ pub fn labelled_rows(data: &TrainSet) -> Vec<usize> {
 }
 
 /// Tensors of the training rows `rows` on `device` (call after [`check_zero_shot_data`]).
-/// `rbf_anchors` > 0 maps the features to centred RBF-anchor features first ([`InputMap`]).
-pub fn prepare(data: &TrainSet, method: &str, rows: Vec<usize>, device: Device, rbf_anchors: usize, seed: u64) -> Result<Prepared> {
+/// `rbf_anchors` > 0 maps the features to centred RBF-anchor features first ([`InputMap`]);
+/// `attribute_span` expresses the attributes in [`span_basis`] coordinates.
+#[allow(clippy::too_many_arguments)]
+pub fn prepare(data: &TrainSet, method: &str, rows: Vec<usize>, device: Device, rbf_anchors: usize, attribute_span: bool, seed: u64) -> Result<Prepared> {
     let emb = data.require_class_embeddings(method)?;
     let mut inputs = Vec::new();
     let mut x = Vec::new();
@@ -390,7 +412,14 @@ pub fn prepare(data: &TrainSet, method: &str, rows: Vec<usize>, device: Device, 
         let mask: Vec<f32> = rows.iter().map(|&i| if data.labelled[m][i] { 1.0 } else { 0.0 }).collect();
         labelled.push(Tensor::from_slice(&mask).to_device(device));
     }
-    let attributes = data.modality_classes.iter().map(|cls| l2_normalise_rows(&emb.select(Axis(0), cls))).collect();
+    let mut attributes: Vec<Array2<f32>> = data.modality_classes.iter().map(|cls| l2_normalise_rows(&emb.select(Axis(0), cls))).collect();
+    if attribute_span {
+        let mut union: Vec<usize> = data.modality_classes.concat();
+        union.sort_unstable();
+        union.dedup();
+        let basis = span_basis(&l2_normalise_rows(&emb.select(Axis(0), &union)))?;
+        attributes = attributes.iter().map(|a| a.dot(&basis)).collect();
+    }
     Ok(Prepared { rows, inputs, x, labels, labelled, classes: data.modality_classes.clone(), attributes, device })
 }
 
@@ -437,10 +466,10 @@ pub fn run_config<P: Serialize>(params: &P, prep: &Prepared, bits: usize, data: 
 /// progress, checkpoint folder) and the training tensors of every row, or of the labelled rows
 /// only when `use_unlabelled` is false (the nFS ablation).
 #[allow(clippy::too_many_arguments)]
-pub fn start(method: &'static str, data: &TrainSet, ctx: &FitContext, epochs: usize, control: &RunControl, use_unlabelled: bool, rbf_anchors: usize) -> Result<(Trainer, Prepared)> {
+pub fn start(method: &'static str, data: &TrainSet, ctx: &FitContext, epochs: usize, control: &RunControl, use_unlabelled: bool, rbf_anchors: usize, attribute_span: bool) -> Result<(Trainer, Prepared)> {
     let tr = Trainer::new(method, ctx, epochs, control)?;
     let rows = if use_unlabelled { (0..data.len()).collect() } else { labelled_rows(data) };
-    let prep = prepare(data, method, rows, tr.device, rbf_anchors, ctx.seed)?;
+    let prep = prepare(data, method, rows, tr.device, rbf_anchors, attribute_span, ctx.seed)?;
     Ok((tr, prep))
 }
 
@@ -610,6 +639,23 @@ mod tests {
         assert_eq!(back.apply(xn.view()).unwrap(), got);
         let e = format!("{:#}", InputMap::load(d.path(), "image", map.sigma(), 4).unwrap_err());
         assert!(e.contains("image_mean.npy"), "{e}");
+    }
+
+    #[test]
+    fn span_basis_is_an_isometry_on_the_attribute_span() {
+        // Three attributes in 4-d spanning a 2-d subspace: d = 2, V orthonormal, and the Gram
+        // matrix of the attributes (cosines) is unchanged.
+        let a = array![[1.0f32, 0.0, 0.0, 0.0], [0.6, 0.8, 0.0, 0.0], [0.8, 0.6, 0.0, 0.0]];
+        let v = span_basis(&a).unwrap();
+        assert_eq!(v.dim(), (4, 2));
+        let vtv = v.t().dot(&v);
+        assert!((&vtv - &Array2::<f32>::eye(2)).iter().all(|x| x.abs() < 1e-6));
+        let av = a.dot(&v);
+        let (g0, g1) = (a.dot(&a.t()), av.dot(&av.t()));
+        assert!((&g0 - &g1).iter().all(|x| x.abs() < 1e-6), "{g0:?} vs {g1:?}");
+        // One-hot attributes keep all K coordinates.
+        assert_eq!(span_basis(&Array2::<f32>::eye(3)).unwrap().ncols(), 3);
+        assert!(span_basis(&Array2::<f32>::zeros((2, 3))).is_err());
     }
 
     #[test]
