@@ -8,7 +8,18 @@
 //!   .venv/bin/python scripts/wiki_to_npy.py --src ../shared/data/wiki --out data/wiki_npy
 //!   (optional, MiniLM class embeddings: a JSON list of the class names → data/wiki_npy/minilm.npy
 //!    with the class-semantics script `embed_minilm.py --input data/wiki_npy/classes.json --out …`)
-//! Run (the README table):
+//!   (or copy the bundle's MiniLM class embeddings, same class order:
+//!    `np.save('data/wiki_npy/minilm.npy', np.load('data/wiki/class_embeddings.npy'))`)
+//! Validation (choosing settings without test queries, issue 5 session 3):
+//!   .venv/bin/python scripts/wiki_val_npy.py   (data/wiki_npy_val: the 2173 training rows split
+//!   1738 train = database / 435 queries), then the same command with `--npy data/wiki_npy_val
+//!   --seed0 100 --repeat 5`; scripts/zs_val_summary.py scores the JSON (benches/zeroshot_results.md).
+//! Run (the session-3 table, MiniLM attributes; CZHash's and AgNet's --params equal their defaults):
+//!   cargo bench --bench zeroshot_wiki -- --emb minilm --protocols b,c,d --bits 64 --repeat 10 \
+//!     --param czhash.attribute_span=true --param czhash.centre=true --param czhash.distance_scale=0.25 \
+//!     --param agnet.attribute_span=true --param agnet.epochs=20 \
+//!     --param 'sdch.hidden=[512,512]' --param sdch.epochs=10 --out runs/zs64.json
+//! Run (the earlier one-hot README table):
 //!   cargo bench --bench zeroshot_wiki -- --emb onehot --protocols b,c,d,a --bits 64 --repeat 10 \
 //!     --param agnet.epochs=20 --param 'sdch.hidden=[512,512]' --param sdch.epochs=10 --out runs/zs64.json
 //!   options: --methods czhash,czhash-nfs,agnet,sch,cca-itq,segh,sdch,random,cca-ref (default: all
@@ -137,7 +148,13 @@ fn read_npy_f32(p: &Path) -> Result<Array2<f32>> {
 
 /// Builds (or reuses) the Wikipedia bundle with the chosen class embeddings.
 fn wiki_bundle(npy: &Path, emb: &str) -> Result<Bundle> {
-    let dir = npy.parent().unwrap_or(Path::new(".")).join(format!("wiki_bundle_{emb}"));
+    // One cached bundle per source folder and embedding (data/wiki_npy → data/wiki_bundle_EMB,
+    // any other folder X → X_bundle_EMB, e.g. the validation folder of scripts/wiki_val_npy.py).
+    let stem = match npy.file_name().and_then(|s| s.to_str()) {
+        Some("wiki_npy") | None => "wiki".to_string(),
+        Some(other) => other.to_string(),
+    };
+    let dir = npy.parent().unwrap_or(Path::new(".")).join(format!("{stem}_bundle_{emb}"));
     if dir.join("bundle.json").is_file() {
         return Bundle::load(&dir);
     }

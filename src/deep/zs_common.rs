@@ -63,6 +63,89 @@ impl Standardizer {
     }
 }
 
+/// How a modality's raw features become its network's input (`rbf_anchors` of CZHash and AgNet):
+/// optionally the centred RBF-anchor features the shallow methods use (SCH, CCA-ITQ:
+/// φ(x) = exp(−‖x − aⱼ‖² / 2σ²) − φ̄, c anchors aⱼ drawn from the training rows, σ = mean
+/// training-row-to-anchor distance, φ̄ the training mean; [`crate::shallow::common::RbfMap`]),
+/// then per-dimension standardisation ([`Standardizer`]) fitted on the training rows.
+#[derive(Clone, Debug)]
+pub struct InputMap {
+    pub rbf: Option<crate::shallow::common::RbfMap>,
+    pub std: Standardizer,
+}
+
+impl InputMap {
+    /// Fits the map on the training features `x` (`anchors` = 0: standardisation only; otherwise
+    /// min(anchors, rows) RBF anchors drawn with `seed`); returns it with the mapped training rows.
+    pub fn fit(x: ArrayView2<f32>, anchors: usize, seed: u64) -> Result<(Self, Array2<f32>)> {
+        let (rbf, z) = if anchors == 0 {
+            (None, x.to_owned())
+        } else {
+            let mut rng = crate::shallow::common::seeded_rng(seed, 0x5A5A);
+            let (map, phi) = crate::shallow::common::RbfMap::fit(x, anchors.min(x.nrows()), 1.0, &mut rng)?;
+            (Some(map), phi.mapv(|v| v as f32))
+        };
+        let std = Standardizer::fit(z.view());
+        let out = std.apply(z.view());
+        Ok((Self { rbf, std }, out))
+    }
+
+    /// The network input of new rows.
+    pub fn apply(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        match &self.rbf {
+            None => Ok(self.std.apply(x)),
+            Some(m) => Ok(self.std.apply(m.transform(x)?.mapv(|v| v as f32).view())),
+        }
+    }
+
+    /// The raw feature dimension the map takes.
+    pub fn raw_dim(&self) -> usize {
+        self.rbf.as_ref().map(|m| m.dim()).unwrap_or(self.std.dim())
+    }
+
+    /// The network input dimension.
+    pub fn dim(&self) -> usize {
+        self.std.dim()
+    }
+
+    /// σ of the RBF map (None without one), for model.json.
+    pub fn sigma(&self) -> Option<f64> {
+        self.rbf.as_ref().map(|m| m.sigma)
+    }
+
+    /// Writes `{name}_mean.npy`, `{name}_std.npy` and, with an RBF map, `{name}_anchors.npy` and
+    /// `{name}_phi_mean.npy` (σ goes into model.json).
+    pub fn save(&self, dir: &Path, name: &str) -> Result<()> {
+        write_npy(&dir.join(format!("{name}_mean.npy")), &self.std.mean)?;
+        write_npy(&dir.join(format!("{name}_std.npy")), &self.std.std)?;
+        if let Some(m) = &self.rbf {
+            m.save(dir, name)?;
+        }
+        Ok(())
+    }
+
+    /// Reads what [`InputMap::save`] wrote; `sigma` = Some(σ) when the model has an RBF map.
+    /// `dim` is the network's input dimension the standardisation must match.
+    pub fn load(dir: &Path, name: &str, sigma: Option<f64>, dim: usize) -> Result<Self> {
+        let mean: Array1<f32> = read_f32(&dir.join(format!("{name}_mean.npy")), 1)?.into_dimensionality()?;
+        let std: Array1<f32> = read_f32(&dir.join(format!("{name}_std.npy")), 1)?.into_dimensionality()?;
+        if mean.len() != dim || std.len() != dim {
+            bail!("{}: {name}_mean.npy / {name}_std.npy must have {dim} entries (the network's inputs)", dir.display());
+        }
+        let rbf = match sigma {
+            None => None,
+            Some(s) => {
+                let m = crate::shallow::common::RbfMap::load(dir, name, s)?;
+                if m.n_anchors() != dim {
+                    bail!("{}: {name}_anchors.npy has {} anchors, but the network takes {dim} inputs", dir.display(), m.n_anchors());
+                }
+                Some(m)
+            }
+        };
+        Ok(Self { rbf, std: Standardizer { mean, std } })
+    }
+}
+
 /// An MLP's weights as plain matrices: layer k maps `h ↦ h Wₖᵀ + bₖ` (torch's Linear layout,
 /// `W` is out × in), ReLU between layers.
 #[derive(Clone, Debug, PartialEq)]
@@ -192,13 +275,33 @@ pub fn ridge_projector(a: &Array2<f32>, lambda: f64) -> Result<Array2<f32>> {
 }
 
 
+/// An orthonormal basis V (e × d) of the row space of `a` (K × e, d = its numerical rank ≤ K):
+/// a ↦ aV is an isometry on that span, so inner products, cosines and distances between the
+/// class attribute vectors (and any point of their span) are unchanged, while the attribute space
+/// shrinks from e coordinates (384 for MiniLM) to d ≤ K. The networks of CZHash and AgNet are only
+/// ever pulled towards points of that span (class attributes and their combinations: eq. 7's
+/// CA, AgNet's targets), and CZHash's new-item step c = fAᵀ(AAᵀ + λI)⁻¹ ignores everything
+/// outside it, so the e − d other output coordinates only carry initialisation noise.
+pub fn span_basis(a: &Array2<f32>) -> Result<Array2<f32>> {
+    use ndarray_linalg::SVD;
+    let a64 = a.mapv(|v| v as f64);
+    let (_, sv, vt) = a64.svd(false, true).map_err(|e| anyhow!("SVD of the class attributes failed: {e}"))?;
+    let vt = vt.ok_or_else(|| anyhow!("internal: SVD without V"))?;
+    let top = sv.iter().cloned().fold(0.0f64, f64::max);
+    let d = sv.iter().filter(|&&s| s > 1e-6 * top.max(1e-300)).count();
+    if d == 0 {
+        bail!("the class attributes are all zero");
+    }
+    Ok(vt.slice(ndarray::s![..d, ..]).t().mapv(|v| v as f32))
+}
+
 /// A training set made ready for a zero-shot method: standardised feature tensors, labels and
 /// masks as tensors, the class attribute matrix of each modality's classes.
 pub struct Prepared {
     /// Training-set rows used (all of them, or the labelled ones for an ablation).
     pub rows: Vec<usize>,
-    pub standardizers: Vec<Standardizer>,
-    /// Standardised features, n × d_v.
+    pub inputs: Vec<InputMap>,
+    /// Network inputs (standardised features or RBF-anchor features), n × d_v.
     pub x: Vec<Tensor>,
     /// Labels in the global class space, n × K (float 0/1).
     pub labels: Vec<Tensor>,
@@ -229,7 +332,7 @@ impl Prepared {
         self.rows.len()
     }
     pub fn dims(&self) -> Vec<usize> {
-        self.standardizers.iter().map(|s| s.dim()).collect()
+        self.inputs.iter().map(|s| s.dim()).collect()
     }
     pub fn attr_dim(&self) -> usize {
         self.attributes[0].ncols()
@@ -287,9 +390,12 @@ pub fn labelled_rows(data: &TrainSet) -> Vec<usize> {
 }
 
 /// Tensors of the training rows `rows` on `device` (call after [`check_zero_shot_data`]).
-pub fn prepare(data: &TrainSet, method: &str, rows: Vec<usize>, device: Device) -> Result<Prepared> {
+/// `rbf_anchors` > 0 maps the features to centred RBF-anchor features first ([`InputMap`]);
+/// `attribute_span` expresses the attributes in [`span_basis`] coordinates.
+#[allow(clippy::too_many_arguments)]
+pub fn prepare(data: &TrainSet, method: &str, rows: Vec<usize>, device: Device, rbf_anchors: usize, attribute_span: bool, seed: u64) -> Result<Prepared> {
     let emb = data.require_class_embeddings(method)?;
-    let mut standardizers = Vec::new();
+    let mut inputs = Vec::new();
     let mut x = Vec::new();
     let mut labels = Vec::new();
     let mut labelled = Vec::new();
@@ -298,16 +404,23 @@ pub fn prepare(data: &TrainSet, method: &str, rows: Vec<usize>, device: Device) 
             View::Features(f) => f.select(Axis(0), &rows),
             View::Images(_) => bail!("{method}: modality {m} holds raw images"),
         };
-        let s = Standardizer::fit(f.view());
-        x.push(tensor_from(s.apply(f.view()).view(), device));
-        standardizers.push(s);
+        let (map, z) = InputMap::fit(f.view(), rbf_anchors, seed ^ m as u64).with_context(|| format!("{method}: input features of modality {m}"))?;
+        x.push(tensor_from(z.view(), device));
+        inputs.push(map);
         let l = data.labels[m].select(Axis(0), &rows).mapv(|v| v as f32);
         labels.push(tensor_from(l.view(), device));
         let mask: Vec<f32> = rows.iter().map(|&i| if data.labelled[m][i] { 1.0 } else { 0.0 }).collect();
         labelled.push(Tensor::from_slice(&mask).to_device(device));
     }
-    let attributes = data.modality_classes.iter().map(|cls| l2_normalise_rows(&emb.select(Axis(0), cls))).collect();
-    Ok(Prepared { rows, standardizers, x, labels, labelled, classes: data.modality_classes.clone(), attributes, device })
+    let mut attributes: Vec<Array2<f32>> = data.modality_classes.iter().map(|cls| l2_normalise_rows(&emb.select(Axis(0), cls))).collect();
+    if attribute_span {
+        let mut union: Vec<usize> = data.modality_classes.concat();
+        union.sort_unstable();
+        union.dedup();
+        let basis = span_basis(&l2_normalise_rows(&emb.select(Axis(0), &union)))?;
+        attributes = attributes.iter().map(|a| a.dot(&basis)).collect();
+    }
+    Ok(Prepared { rows, inputs, x, labels, labelled, classes: data.modality_classes.clone(), attributes, device })
 }
 
 /// What a zero-shot method's fitter gives the shared training skeleton ([`train`]).
@@ -352,10 +465,11 @@ pub fn run_config<P: Serialize>(params: &P, prep: &Prepared, bits: usize, data: 
 /// The start of a zero-shot fit (after the method's own `check`): the trainer (device, seed,
 /// progress, checkpoint folder) and the training tensors of every row, or of the labelled rows
 /// only when `use_unlabelled` is false (the nFS ablation).
-pub fn start(method: &'static str, data: &TrainSet, ctx: &FitContext, epochs: usize, control: &RunControl, use_unlabelled: bool) -> Result<(Trainer, Prepared)> {
+#[allow(clippy::too_many_arguments)]
+pub fn start(method: &'static str, data: &TrainSet, ctx: &FitContext, epochs: usize, control: &RunControl, use_unlabelled: bool, rbf_anchors: usize, attribute_span: bool) -> Result<(Trainer, Prepared)> {
     let tr = Trainer::new(method, ctx, epochs, control)?;
     let rows = if use_unlabelled { (0..data.len()).collect() } else { labelled_rows(data) };
-    let prep = prepare(data, method, rows, tr.device)?;
+    let prep = prepare(data, method, rows, tr.device, rbf_anchors, attribute_span, ctx.seed)?;
     Ok((tr, prep))
 }
 
@@ -485,6 +599,63 @@ mod tests {
         // λ → 0 with orthonormal rows: c is the coordinates of f.
         let p = ridge_projector(&array![[1.0f32, 0.0], [0.0, 1.0]], 0.0).unwrap();
         assert_eq!(array![[2.0f32, -1.0]].dot(&p), array![[2.0f32, -1.0]]);
+    }
+
+    #[test]
+    fn input_map_rbf_hand_worked() {
+        // Three 1-d rows 0, 1, 2 and three anchors (all rows): distances [[0,1,2],[1,0,1],[2,1,0]],
+        // σ = mean distance = 8/9, φᵢⱼ = exp(−dᵢⱼ² / 2σ²), centred by the column means, then
+        // standardised per column.
+        let x = array![[0.0f32], [1.0], [2.0]];
+        let (map, z) = InputMap::fit(x.view(), 3, 7).unwrap();
+        let sigma = 8.0f64 / 9.0;
+        assert!((map.sigma().unwrap() - sigma).abs() < 1e-12);
+        let k = |d: f64| (-d * d / (2.0 * sigma * sigma)).exp();
+        let phi = Array2::from_shape_fn((3, 3), |(i, j)| k((i as f64 - j as f64).abs()));
+        let mean = phi.mean_axis(Axis(0)).unwrap();
+        let c = &phi - &mean;
+        let sd = c.mapv(|v| v * v).mean_axis(Axis(0)).unwrap().mapv(f64::sqrt);
+        let want = &c / &sd;
+        assert!(z.iter().zip(want.iter()).all(|(a, b)| (*a as f64 - b).abs() < 1e-5), "{z:?} vs {want:?}");
+        // New rows go through the same map; the training rows reproduce the fitted ones.
+        assert!((&map.apply(x.view()).unwrap() - &z).iter().all(|d| d.abs() < 1e-6));
+        let xn = array![[0.5f32]];
+        let got = map.apply(xn.view()).unwrap();
+        for j in 0..3 {
+            let want = (k((0.5 - j as f64).abs()) - mean[j]) / sd[j];
+            assert!((got[[0, j]] as f64 - want).abs() < 1e-5);
+        }
+        assert_eq!((map.raw_dim(), map.dim()), (1, 3));
+        // Without anchors: standardisation only.
+        let (plain, zp) = InputMap::fit(x.view(), 0, 7).unwrap();
+        assert!(plain.rbf.is_none() && plain.sigma().is_none());
+        assert_eq!(zp, Standardizer::fit(x.view()).apply(x.view()));
+        // More anchors than rows: capped at the rows.
+        assert_eq!(InputMap::fit(x.view(), 50, 7).unwrap().0.dim(), 3);
+        // Save / load round trip; a wrong input size is refused, naming the file.
+        let d = tempfile::tempdir().unwrap();
+        map.save(d.path(), "image").unwrap();
+        let back = InputMap::load(d.path(), "image", map.sigma(), 3).unwrap();
+        assert_eq!(back.apply(xn.view()).unwrap(), got);
+        let e = format!("{:#}", InputMap::load(d.path(), "image", map.sigma(), 4).unwrap_err());
+        assert!(e.contains("image_mean.npy"), "{e}");
+    }
+
+    #[test]
+    fn span_basis_is_an_isometry_on_the_attribute_span() {
+        // Three attributes in 4-d spanning a 2-d subspace: d = 2, V orthonormal, and the Gram
+        // matrix of the attributes (cosines) is unchanged.
+        let a = array![[1.0f32, 0.0, 0.0, 0.0], [0.6, 0.8, 0.0, 0.0], [0.8, 0.6, 0.0, 0.0]];
+        let v = span_basis(&a).unwrap();
+        assert_eq!(v.dim(), (4, 2));
+        let vtv = v.t().dot(&v);
+        assert!((&vtv - &Array2::<f32>::eye(2)).iter().all(|x| x.abs() < 1e-6));
+        let av = a.dot(&v);
+        let (g0, g1) = (a.dot(&a.t()), av.dot(&av.t()));
+        assert!((&g0 - &g1).iter().all(|x| x.abs() < 1e-6), "{g0:?} vs {g1:?}");
+        // One-hot attributes keep all K coordinates.
+        assert_eq!(span_basis(&Array2::<f32>::eye(3)).unwrap().ncols(), 3);
+        assert!(span_basis(&Array2::<f32>::zeros((2, 3))).is_err());
     }
 
     #[test]
