@@ -328,7 +328,6 @@ pub fn make_split(bundle: &Bundle, cfg: &SplitConfig) -> Result<Split> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bundle::{one_hot, BundleWriter, FixedSplit, NewModality};
 
     fn bundle(dir: &std::path::Path, fixed: bool) -> Bundle {
         crate::bundle::test_bundle(dir, "b", fixed, false)

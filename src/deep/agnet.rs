@@ -382,7 +382,7 @@ impl HashModel for AgnetModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deep::czhash::tests::synthetic;
+    use crate::deep::czhash::tests::{held_out_maps, synthetic};
     use crate::deep::zs_common::array_from;
     use crate::method::{DeviceChoice, IMAGE, TEXT};
     use tch::Device;
@@ -468,16 +468,9 @@ mod tests {
         }
         let ctx = FitContext { device: DeviceChoice::Cpu, ..FitContext::new(16, 7) };
         let model = AgnetParams { epochs: 30, batch_size: 16, learning_rate: 1e-2, ..quick() }.fit(&data, &ctx).unwrap();
-        let (test, tcls) = synthetic(60, 4, 99, 0.3);
-        let ql = crate::bundle::one_hot(&tcls, 4);
-        let qi = model.encode(IMAGE, &test.views[0]).unwrap();
-        let qt = model.encode(TEXT, &test.views[1]).unwrap();
-        let i2t = crate::metrics::map(qi.view(), qt.view(), ql.view(), ql.view()).unwrap();
-        let t2i = crate::metrics::map(qt.view(), qi.view(), ql.view(), ql.view()).unwrap();
+        let (i2t, t2i) = held_out_maps(&model);
         // The random-code floor on the same items.
-        let rnd = crate::pipeline::RandomCodes::default().fit(&data, &ctx).unwrap();
-        let (ri, rt) = (rnd.encode(IMAGE, &test.views[0]).unwrap(), rnd.encode(TEXT, &test.views[1]).unwrap());
-        let floor = crate::metrics::map(ri.view(), rt.view(), ql.view(), ql.view()).unwrap();
+        let (floor, _) = held_out_maps(&crate::pipeline::RandomCodes::default().fit(&data, &ctx).unwrap());
         assert!(i2t > 0.6 && t2i > 0.6 && i2t.min(t2i) > floor + 0.2, "i2t {i2t} t2i {t2i}, random codes {floor}");
         assert_eq!(model.history().len(), 30);
         assert!(model.train_codes().is_none());

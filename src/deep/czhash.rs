@@ -934,6 +934,18 @@ pub(crate) mod tests {
         (ts, cls)
     }
 
+    /// I→T and T→I mAP of `model` on 60 new items of [`synthetic`]'s 4 classes (same class
+    /// centres, seed 99).
+    pub(crate) fn held_out_maps<M: HashModel + ?Sized>(model: &M) -> (f64, f64) {
+        let (test, tcls) = synthetic(60, 4, 99, 0.3);
+        let ql = crate::bundle::one_hot(&tcls, 4);
+        let qi = model.encode(IMAGE, &test.views[0]).unwrap();
+        let qt = model.encode(TEXT, &test.views[1]).unwrap();
+        let i2t = crate::metrics::map(qi.view(), qt.view(), ql.view(), ql.view()).unwrap();
+        let t2i = crate::metrics::map(qt.view(), qi.view(), ql.view(), ql.view()).unwrap();
+        (i2t, t2i)
+    }
+
     fn quick_params() -> CzhashParams {
         CzhashParams { hidden: vec![32], epochs: 3, batch_size: 32, learning_rate: 1e-3, ..Default::default() }
     }
@@ -950,17 +962,10 @@ pub(crate) mod tests {
         }
         let ctx = FitContext { device: DeviceChoice::Cpu, ..FitContext::new(16, 7) };
         let model = CzhashParams { epochs: 30, batch_size: 16, learning_rate: 1e-2, ..quick_params() }.fit(&data, &ctx).unwrap();
-        let (test, tcls) = synthetic(60, 4, 99, 0.3); // same class centres, new items
         assert_eq!(cls.len(), 120);
-        let ql = crate::bundle::one_hot(&tcls, 4);
-        let qi = model.encode(IMAGE, &test.views[0]).unwrap();
-        let qt = model.encode(TEXT, &test.views[1]).unwrap();
-        let i2t = crate::metrics::map(qi.view(), qt.view(), ql.view(), ql.view()).unwrap();
-        let t2i = crate::metrics::map(qt.view(), qi.view(), ql.view(), ql.view()).unwrap();
+        let (i2t, t2i) = held_out_maps(&model);
         // The random-code floor on the same items.
-        let rnd = crate::pipeline::RandomCodes::default().fit(&data, &ctx).unwrap();
-        let (ri, rt) = (rnd.encode(IMAGE, &test.views[0]).unwrap(), rnd.encode(TEXT, &test.views[1]).unwrap());
-        let floor = crate::metrics::map(ri.view(), rt.view(), ql.view(), ql.view()).unwrap();
+        let (floor, _) = held_out_maps(&crate::pipeline::RandomCodes::default().fit(&data, &ctx).unwrap());
         assert!(i2t > 0.6 && t2i > 0.6 && i2t.min(t2i) > floor + 0.2, "i2t {i2t} t2i {t2i}, random codes {floor}");
         assert_eq!(model.history().len(), 30);
         let b = model.train_codes().unwrap();
@@ -1062,13 +1067,9 @@ pub(crate) mod tests {
         let ctx = FitContext { device: DeviceChoice::Cpu, ..FitContext::new(16, 7) };
         let p = CzhashParams { epochs: 20, batch_size: 16, centre: true, rbf_anchors: 40, distance_scale: 0.5, ..quick_params() };
         let model = p.fit(&data, &ctx).unwrap();
-        let (test, tcls) = synthetic(60, 4, 99, 0.3);
-        let ql = crate::bundle::one_hot(&tcls, 4);
-        let qi = model.encode(IMAGE, &test.views[0]).unwrap();
-        let qt = model.encode(TEXT, &test.views[1]).unwrap();
-        let i2t = crate::metrics::map(qi.view(), qt.view(), ql.view(), ql.view()).unwrap();
-        let t2i = crate::metrics::map(qt.view(), qi.view(), ql.view(), ql.view()).unwrap();
+        let (i2t, t2i) = held_out_maps(&model);
         assert!(i2t > 0.6 && t2i > 0.6, "i2t {i2t} t2i {t2i}");
+        let (test, _) = synthetic(60, 4, 99, 0.3);
         let d = tempfile::tempdir().unwrap();
         model.save(d.path()).unwrap();
         assert!(d.path().join("image_offset.npy").is_file() && d.path().join("text_anchors.npy").is_file());

@@ -795,31 +795,8 @@ mod tests {
     /// Cayley transform (I − S)⁻¹(I + S) of a skew-symmetric S (orthogonal), by Gaussian
     /// elimination written out (independent of LAPACK).
     fn cayley(s: &Array2<f64>) -> Array2<f64> {
-        let k = s.nrows();
-        let eye = Array2::<f64>::eye(k);
-        let mut a = &eye - s;
-        let mut b = &eye + s;
-        for col in 0..k {
-            let piv = (col..k).max_by(|&i, &j| a[[i, col]].abs().partial_cmp(&a[[j, col]].abs()).unwrap()).unwrap();
-            for c2 in 0..k {
-                a.swap([col, c2], [piv, c2]);
-                b.swap([col, c2], [piv, c2]);
-            }
-            let d = a[[col, col]];
-            for row in 0..k {
-                if row != col {
-                    let fct = a[[row, col]] / d;
-                    for c2 in 0..k {
-                        a[[row, c2]] -= fct * a[[col, c2]];
-                        b[[row, c2]] -= fct * b[[col, c2]];
-                    }
-                }
-            }
-        }
-        for row in 0..k {
-            let d = a[[row, row]];
-            b.row_mut(row).mapv_inplace(|v| v / d);
-        }
+        let eye = Array2::<f64>::eye(s.nrows());
+        let b = naive_solve(&(&eye - s), &(&eye + s));
         let err = b.t().dot(&b) - &eye;
         assert!(err.iter().all(|v| v.abs() < 1e-9), "Cayley transform not orthogonal");
         b
