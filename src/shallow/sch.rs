@@ -546,6 +546,18 @@ impl Fit for SchParams {
         }
         timings.sweeps_s = clock.elapsed().as_secs_f64();
         let clock = std::time::Instant::now();
+        // Optional out-of-sample refit to the learned codes; it replaces Wₜ only after the codes
+        // of unfitted rows below, which use the alternation's Wₜ. Φ is freed before those codes.
+        let refit = if self.refit_hash {
+            let ridge = self.refit_rho.unwrap_or(self.rho);
+            let ws = (0..m)
+                .map(|t| refit_w(grams[t].view(), ridge, phi[t].view(), b.view(), r.view()).with_context(|| format!("modality {t}")))
+                .collect::<Result<Vec<_>>>()?;
+            Some(ws)
+        } else {
+            None
+        };
+        drop((phi, grams));
 
         // Unified codes of every training row: B for the fitted rows; for rows outside them
         // sgn((Σₜ λₜ φₜWₜ) R) (see the module docs).
@@ -575,15 +587,9 @@ impl Fit for SchParams {
             }
             sign_codes(full.view())
         };
-        // Optional out-of-sample refit to the learned codes (after the codes of unfitted rows,
-        // which use the alternation's Wₜ).
-        if self.refit_hash {
-            let ridge = self.refit_rho.unwrap_or(self.rho);
-            for t in 0..m {
-                w[t] = refit_w(grams[t].view(), ridge, phi[t].view(), b.view(), r.view()).with_context(|| format!("modality {t}"))?;
-            }
+        if let Some(ws) = refit {
+            w = ws;
         }
-        drop(phi);
         timings.codes_s = clock.elapsed().as_secs_f64();
         let mut model = SchModel::from_parts(k, self.clone(), rbf, w, r, train_codes, history, rows.len());
         model.timings = timings;
