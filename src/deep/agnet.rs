@@ -323,10 +323,7 @@ impl AgnetModel {
 
     pub fn load(dir: &Path) -> Result<Self> {
         let (bits, params, history, v) = zs_common::read_model_json::<AgnetParams>(dir, METHOD)?;
-        let sigmas: Vec<Option<f64>> = serde_json::from_value(v["rbf_sigma"].clone()).unwrap_or_else(|_| vec![None, None]);
-        if sigmas.len() != 2 || sigmas.iter().any(|s| s.is_some() != (params.rbf_anchors > 0)) {
-            bail!("{}: field rbf_sigma must give two σ when rbf_anchors > 0, none otherwise", dir.join("model.json").display());
-        }
+        let sigmas = zs_common::rbf_sigmas(dir, &v, params.rbf_anchors)?;
         let hash_net = MlpWeights::load(dir, "hash", params.hash_hidden.len() + 1)?;
         if hash_net.layers.last().map(|l| l.0.nrows()) != Some(bits) {
             bail!("{}: hash_l{}_weight.npy must have {bits} rows (the code length)", dir.display(), params.hash_hidden.len());

@@ -649,10 +649,7 @@ impl CzhashModel {
             bail!("{}: field modality_classes must list two modalities", mp.display());
         }
         let mut nets = Vec::new();
-        let sigmas: Vec<Option<f64>> = serde_json::from_value(v["rbf_sigma"].clone()).unwrap_or_else(|_| vec![None, None]);
-        if sigmas.len() != 2 || sigmas.iter().any(|s| s.is_some() != (params.rbf_anchors > 0)) {
-            bail!("{}: field rbf_sigma must give two σ when rbf_anchors > 0, none otherwise", mp.display());
-        }
+        let sigmas = zs_common::rbf_sigmas(dir, &v, params.rbf_anchors)?;
         let mut inputs = Vec::new();
         let mut projectors = Vec::new();
         let mut w = Vec::new();
@@ -1054,11 +1051,7 @@ pub(crate) mod tests {
         let mean = array_from(&ct.matmul(&fit.w[v]).mean_dim(Some([0i64].as_slice()), true, Kind::Float)).unwrap();
         assert!(mean.iter().all(|x| x.abs() < 1e-4));
         // Without centring c̄ = 0.
-        assert_eq!(array_from(&cbar_of(&fit.c[v], false)).unwrap().sum(), 0.0);
-    }
-
-    fn cbar_of(c: &Tensor, centre: bool) -> Tensor {
-        super::cbar(c, centre)
+        assert_eq!(array_from(&super::cbar(&fit.c[v], false)).unwrap().sum(), 0.0);
     }
 
     #[test]

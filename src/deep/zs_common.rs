@@ -146,6 +146,17 @@ impl InputMap {
     }
 }
 
+/// The per-modality RBF σ of a model.json (`rbf_sigma`, written by the zero-shot models' save):
+/// two σ when the model was fitted with `rbf_anchors` > 0, none otherwise (a model written before
+/// the field existed reads as none).
+pub fn rbf_sigmas(dir: &Path, v: &serde_json::Value, rbf_anchors: usize) -> Result<Vec<Option<f64>>> {
+    let sigmas: Vec<Option<f64>> = serde_json::from_value(v["rbf_sigma"].clone()).unwrap_or_else(|_| vec![None, None]);
+    if sigmas.len() != 2 || sigmas.iter().any(|s| s.is_some() != (rbf_anchors > 0)) {
+        bail!("{}: field rbf_sigma must give two σ when rbf_anchors > 0, none otherwise", dir.join("model.json").display());
+    }
+    Ok(sigmas)
+}
+
 /// An MLP's weights as plain matrices: layer k maps `h ↦ h Wₖᵀ + bₖ` (torch's Linear layout,
 /// `W` is out × in), ReLU between layers.
 #[derive(Clone, Debug, PartialEq)]
