@@ -118,6 +118,9 @@ struct ParamState {
     scratch: Tensor,
 }
 
+/// An in-memory copy of an [`Optimizer`]'s state: per parameter (step, m, v).
+pub struct OptimizerSnapshot(BTreeMap<String, (u64, Tensor, Tensor)>);
+
 /// Adam / SGD over parameter groups, with state that can be checkpointed.
 pub struct Optimizer {
     cfg: OptimizerConfig,
@@ -165,6 +168,15 @@ impl Optimizer {
     /// tensors, as `autograd.grad`: nothing accumulates in `.grad`, so there is nothing to zero and
     /// switched-off groups cost no gradient computation) and applies one update to each.
     pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
+        self.backward_step_clipped(loss, None).map(|_| ())
+    }
+
+    /// [`Optimizer::backward_step`] with optional gradient-norm clipping (`torch.nn.utils.
+    /// clip_grad_norm_` semantics): when the Euclidean norm of all the enabled parameters'
+    /// gradients together exceeds `max_norm`, every gradient is scaled by max_norm / (norm + 1e-6)
+    /// before the update. Returns the norm before clipping (0 when nothing is enabled; only
+    /// computed when clipping).
+    pub fn backward_step_clipped(&mut self, loss: &Tensor, max_norm: Option<f64>) -> Result<f64> {
         let mut names: Vec<(String, Tensor, f64)> = Vec::new();
         for g in self.groups.iter().filter(|g| g.enabled) {
             for (name, p) in &g.params {
@@ -172,10 +184,22 @@ impl Optimizer {
             }
         }
         if names.is_empty() {
-            return Ok(());
+            return Ok(0.0);
         }
         let inputs: Vec<&Tensor> = names.iter().map(|(_, p, _)| p).collect();
-        let grads = Tensor::f_run_backward(&[loss], &inputs, false, false)?;
+        let mut grads = Tensor::f_run_backward(&[loss], &inputs, false, false)?;
+        let mut norm = 0.0;
+        if let Some(max_norm) = max_norm {
+            norm = tch::no_grad(|| grads.iter().filter(|g| g.defined()).map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>()).sqrt();
+            if norm > max_norm {
+                let factor = max_norm / (norm + 1e-6);
+                tch::no_grad(|| {
+                    for g in grads.iter_mut().filter(|g| g.defined()) {
+                        let _ = g.g_mul_scalar_(factor);
+                    }
+                });
+            }
+        }
         tch::no_grad(|| {
             for ((name, p, lr), grad) in names.into_iter().zip(grads) {
                 if grad.defined() {
@@ -183,7 +207,31 @@ impl Optimizer {
                 }
             }
         });
+        Ok(norm)
+    }
+
+    /// Sets the learning rate of a group.
+    pub fn set_lr(&mut self, group: &str, lr: f64) -> Result<()> {
+        let g = self.groups.iter_mut().find(|g| g.name == group).ok_or_else(|| anyhow!("internal: no parameter group {group}"))?;
+        g.lr = lr;
         Ok(())
+    }
+
+    /// A deep copy of the optimiser state (moments and step counts), for [`Optimizer::restore_snapshot`].
+    pub fn snapshot(&self) -> OptimizerSnapshot {
+        OptimizerSnapshot(self.state.iter().map(|(n, s)| (n.clone(), (s.step, s.m.copy(), if s.v.defined() { s.v.copy() } else { Tensor::new() }))).collect())
+    }
+
+    /// Puts back the state of a [`Optimizer::snapshot`] (deep copies, so the snapshot can be reused).
+    pub fn restore_snapshot(&mut self, snap: &OptimizerSnapshot) {
+        self.state = snap
+            .0
+            .iter()
+            .map(|(n, (step, m, v))| {
+                let scratch = if v.defined() { v.zeros_like() } else { Tensor::new() };
+                (n.clone(), ParamState { step: *step, m: m.copy(), v: if v.defined() { v.copy() } else { Tensor::new() }, scratch })
+            })
+            .collect();
     }
 
     /// One update of parameter `p` with gradient `grad` (which it may overwrite).
@@ -701,6 +749,54 @@ mod tests {
             opt.backward_step(&(&p * &p).sum(Kind::Float)).unwrap();
             assert_eq!(before, Vec::<f32>::try_from(&p).unwrap());
         }
+    }
+
+    /// Clipping: f(p) = ½‖p‖² at p = (3, 4) has gradient norm 5; SGD (first step: buffer = g)
+    /// with max_norm 1 moves p by lr · g / (5 + 1e-6). A snapshot taken before two Adam steps,
+    /// restored (with the weights), gives the same two steps again.
+    #[test]
+    fn clipping_and_snapshots_match_hand_computation() {
+        let _lock = crate::deep::test_support::torch_rng_lock();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let p = vs.root().var_copy("w", &Tensor::from_slice(&[3.0f32, 4.0]));
+        let groups = groups_from_var_store(&vs, |_| Some(0), &[("all", 0.1)]).unwrap();
+        let mut opt = Optimizer::new(OptimizerConfig { kind: OptimizerKind::Sgd, weight_decay: 0.0 }, groups);
+        let norm = opt.backward_step_clipped(&((&p * &p).sum(Kind::Float) * 0.5), Some(1.0)).unwrap();
+        assert!((norm - 5.0).abs() < 1e-6, "{norm}");
+        let got = Vec::<f32>::try_from(&p).unwrap();
+        let f = 0.1 / (5.0 + 1e-6);
+        assert!((got[0] as f64 - (3.0 - 3.0 * f)).abs() < 1e-6 && (got[1] as f64 - (4.0 - 4.0 * f)).abs() < 1e-6, "{got:?}");
+        // Below the threshold nothing is scaled: a plain step.
+        let before = Vec::<f32>::try_from(&p).unwrap();
+        let n2 = opt.backward_step_clipped(&((&p * &p).sum(Kind::Float) * 0.5), Some(100.0)).unwrap();
+        let after = Vec::<f32>::try_from(&p).unwrap();
+        // SGD momentum: buf = 0.9 · g₁ + g₂.
+        let g1 = [3.0 / (5.0 + 1e-6), 4.0 / (5.0 + 1e-6)]; // the clipped first gradient (the buffer)
+        for i in 0..2 {
+            let g2 = before[i] as f64;
+            assert!((after[i] as f64 - (g2 - 0.1 * (0.9 * g1[i] + g2))).abs() < 1e-5);
+        }
+        assert!((n2 - (before[0] as f64).hypot(before[1] as f64)).abs() < 1e-5);
+        // Snapshots (Adam).
+        let vs = nn::VarStore::new(Device::Cpu);
+        let p = vs.root().var_copy("w", &Tensor::from_slice(&[1.0f32, -2.0]));
+        let mut opt = Optimizer::new(OptimizerConfig { kind: OptimizerKind::Adam, weight_decay: 0.0 }, groups_from_var_store(&vs, |_| Some(0), &[("all", 0.1)]).unwrap());
+        let step = |opt: &mut Optimizer| opt.backward_step(&(&p * &p * &p).sum(Kind::Float)).unwrap();
+        step(&mut opt);
+        let (snap, p0) = (opt.snapshot(), Vec::<f32>::try_from(&p).unwrap());
+        step(&mut opt);
+        step(&mut opt);
+        let p2 = Vec::<f32>::try_from(&p).unwrap();
+        opt.restore_snapshot(&snap);
+        tch::no_grad(|| p.shallow_clone().copy_(&Tensor::from_slice(&p0)));
+        step(&mut opt);
+        step(&mut opt);
+        assert_eq!(Vec::<f32>::try_from(&p).unwrap(), p2);
+        // set_lr: lr 0 freezes the weights.
+        opt.set_lr("all", 0.0).unwrap();
+        step(&mut opt);
+        assert_eq!(Vec::<f32>::try_from(&p).unwrap(), p2);
+        assert!(opt.set_lr("nope", 0.1).is_err());
     }
 
     #[test]
