@@ -657,11 +657,12 @@ mod tests {
         full
     }
 
-    /// Exact resume with free dimensions and the pair + decorrelation terms. Ignored: it passes
-    /// alone and with one libtorch thread (`OMP_NUM_THREADS=1`), but in the full suite with two
-    /// test threads the uninterrupted and the interrupted run differed from epoch 1 on in about
-    /// half the runs (session 4; cause not found — run it with
-    /// `cargo test --release --lib resume_with_free_dims -- --ignored`).
+    /// Exact resume with free dimensions and the pair + decorrelation terms. Ignored: in session 4
+    /// it failed in about half of the full-suite runs made while other builds loaded the machine
+    /// (two fresh fits already differed at epoch 1), although it passed alone, with one test thread
+    /// and with `OMP_NUM_THREADS=1`; a later check passed 5 of 5 full-suite runs (quiet, and with
+    /// two CPU hogs). Cause not found, so it stays out of the default run to keep CI deterministic:
+    /// `cargo test --release --lib resume_with_free_dims -- --ignored`.
     #[test]
     #[ignore]
     fn resume_with_free_dims_and_pair_equals_uninterrupted() {
