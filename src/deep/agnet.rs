@@ -257,8 +257,7 @@ impl<'a> Fitter<'a> {
         // Network outputs: the e attribute coordinates, then `free_dims` free ones.
         let e = (prep.attr_dim() + params.free_dims) as i64;
         let vs = nn::VarStore::new(dev);
-        let hidden: Vec<i64> = params.hidden.iter().map(|&h| h as i64).collect();
-        let g: Vec<Mlp> = prep.dims().into_iter().zip(MODALITY_NAMES).map(|(d, name)| Mlp::new(&vs.root(), name, d as i64, &hidden, e, params.dropout)).collect();
+        let g: Vec<Mlp> = prep.attribute_nets(&vs, &params.hidden, params.dropout, params.free_dims);
         let hh: Vec<i64> = params.hash_hidden.iter().map(|&h| h as i64).collect();
         let h = Mlp::new(&vs.root(), "hash", e, &hh, bits as i64, 0.0);
         init_default(&vs, seed, &[])?;

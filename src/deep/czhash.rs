@@ -413,7 +413,7 @@ impl<'a> Fitter<'a> {
         let dev = prep.device;
         let n = prep.n() as i64;
         let vs = nn::VarStore::new(dev);
-        let nets: Vec<Mlp> = prep.attribute_nets(&vs, &params.hidden, params.dropout);
+        let nets: Vec<Mlp> = prep.attribute_nets(&vs, &params.hidden, params.dropout, 0);
         init_default(&vs, seed, &[])?;
         let groups = groups_from_var_store(
             &vs,

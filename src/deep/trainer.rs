@@ -118,8 +118,16 @@ struct ParamState {
     scratch: Tensor,
 }
 
-/// An in-memory copy of an [`Optimizer`]'s state: per parameter (step, m, v).
-pub struct OptimizerSnapshot(BTreeMap<String, (u64, Tensor, Tensor)>);
+impl ParamState {
+    /// A deep copy (fresh scratch space).
+    fn deep_copy(&self) -> Self {
+        let copy = |t: &Tensor| if t.defined() { t.copy() } else { Tensor::new() };
+        Self { step: self.step, m: self.m.copy(), v: copy(&self.v), scratch: if self.scratch.defined() { self.scratch.zeros_like() } else { Tensor::new() } }
+    }
+}
+
+/// An in-memory copy of an [`Optimizer`]'s state (per parameter: step, moments).
+pub struct OptimizerSnapshot(BTreeMap<String, ParamState>);
 
 /// Adam / SGD over parameter groups, with state that can be checkpointed.
 pub struct Optimizer {
@@ -219,19 +227,12 @@ impl Optimizer {
 
     /// A deep copy of the optimiser state (moments and step counts), for [`Optimizer::restore_snapshot`].
     pub fn snapshot(&self) -> OptimizerSnapshot {
-        OptimizerSnapshot(self.state.iter().map(|(n, s)| (n.clone(), (s.step, s.m.copy(), if s.v.defined() { s.v.copy() } else { Tensor::new() }))).collect())
+        OptimizerSnapshot(self.state.iter().map(|(n, s)| (n.clone(), s.deep_copy())).collect())
     }
 
     /// Puts back the state of a [`Optimizer::snapshot`] (deep copies, so the snapshot can be reused).
     pub fn restore_snapshot(&mut self, snap: &OptimizerSnapshot) {
-        self.state = snap
-            .0
-            .iter()
-            .map(|(n, (step, m, v))| {
-                let scratch = if v.defined() { v.zeros_like() } else { Tensor::new() };
-                (n.clone(), ParamState { step: *step, m: m.copy(), v: if v.defined() { v.copy() } else { Tensor::new() }, scratch })
-            })
-            .collect();
+        self.state = snap.0.iter().map(|(n, s)| (n.clone(), s.deep_copy())).collect();
     }
 
     /// One update of parameter `p` with gradient `grad` (which it may overwrite).

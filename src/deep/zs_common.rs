@@ -329,10 +329,11 @@ pub struct Prepared {
 pub const MODALITY_NAMES: [&str; 2] = ["image", "text"];
 
 impl Prepared {
-    /// One MLP per modality (named "image", "text"), inputs → `hidden` → the attribute space.
-    pub fn attribute_nets(&self, vs: &nn::VarStore, hidden: &[usize], dropout: f64) -> Vec<super::mlp::Mlp> {
+    /// One MLP per modality (named "image", "text"), inputs → `hidden` → the attribute space,
+    /// followed by `extra_outputs` further outputs (AgNet's free embedding dimensions).
+    pub fn attribute_nets(&self, vs: &nn::VarStore, hidden: &[usize], dropout: f64, extra_outputs: usize) -> Vec<super::mlp::Mlp> {
         let hidden: Vec<i64> = hidden.iter().map(|&h| h as i64).collect();
-        let e = self.attr_dim() as i64;
+        let e = (self.attr_dim() + extra_outputs) as i64;
         self.dims()
             .into_iter()
             .zip(MODALITY_NAMES)
