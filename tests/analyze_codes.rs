@@ -132,6 +132,8 @@ fn analyze_codes_agrees_with_cmh_eval_and_reencodes_the_codes() {
         assert!(s["distinct_codes"].as_u64().unwrap() >= 1 && s["largest_bucket"].as_u64().unwrap() <= 200);
     }
 
+    check_sch_t2i_analysis(&runs.join("sch"), d.path());
+
     // The checks can fail: a report figure off by 1e-7, and a tampered hash function.
     let sch = runs.join("sch/bits16-seed0");
     let rp = sch.join("report.json");
@@ -158,4 +160,49 @@ fn analyze_codes_agrees_with_cmh_eval_and_reencodes_the_codes() {
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let hard = v["runs"]["."]["encode"]["query_image"]["not_at_a_tie"].as_u64().unwrap();
     assert!(hard >= 30, "bit 0 of ~40 queries should differ, found {hard}");
+}
+
+/// `scripts/sch_t2i_analysis.py` on a small SCH run: its learned-B text→image mAP is report.json's,
+/// the per-class-code database gives the same figure whenever B is one code per class, the shares
+/// are shares, and multi-label runs are refused.
+fn check_sch_t2i_analysis(sch_runs: &Path, tmp: &Path) {
+    let json = tmp.join("t2i.json");
+    let run_analysis = || {
+        Command::new(python().unwrap())
+            .arg(repo().join("scripts/sch_t2i_analysis.py"))
+            .arg(sch_runs)
+            .args(["--designs", "3", "--json"])
+            .arg(&json)
+            .output()
+            .unwrap()
+    };
+    let out = run_analysis();
+    assert!(out.status.success(), "sch_t2i_analysis.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let runs = v.as_object().unwrap();
+    assert_eq!(runs.len(), 1);
+    let (run, r) = runs.iter().next().unwrap();
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(run).join("report.json")).unwrap()).unwrap();
+    let f = |k: &str| r[k].as_f64().unwrap();
+    assert!((f("t2i_B") - report["t2i"]["map"].as_f64().unwrap()).abs() < 1e-9, "{r}");
+    for k in ["purity", "acc", "tied_top", "t2i_real", "sim_actual", "sim_random_mean", "sim_random_max"] {
+        assert!((0.0..=1.0).contains(&f(k)), "{k}: {r}");
+    }
+    assert!(f("sim_random_max") >= f("sim_random_mean"), "{r}");
+    if f("purity") == 1.0 {
+        assert!((f("t2i_classB") - f("t2i_B")).abs() < 1e-12, "B is one code per class: {r}");
+    }
+    // A second label on one database row: refused, naming the run.
+    let labels = Path::new(run).join("db_labels.npy");
+    let original = std::fs::read(&labels).unwrap();
+    let st = Command::new(python().unwrap())
+        .args(["-c", "import numpy as np, sys; l = np.load(sys.argv[1]); l[0, :] = 1; np.save(sys.argv[1], l)"])
+        .arg(&labels)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = run_analysis();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("multi-label"), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&labels, original).unwrap();
 }
