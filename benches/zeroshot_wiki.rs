@@ -313,9 +313,12 @@ fn means(v: &[(f64, f64)]) -> (f64, f64) {
     (v.iter().map(|x| x.0).sum::<f64>() / n, v.iter().map(|x| x.1).sum::<f64>() / n)
 }
 
+/// Mean mAP pairs (I→T, T→I) per (protocol, method, bits), one per split seed.
+type Table = BTreeMap<(String, String, usize), Vec<(f64, f64)>>;
+
 /// The targets at 64 bits: under (b), (c), (d) CZHash and AgNet beat SCH and CCA-ITQ in
 /// both directions; under (c), (d) CZHash beats CZHash-nFS. Prints each comparison with its margin.
-fn print_targets(table: &BTreeMap<(String, String, usize), Vec<(f64, f64)>>) -> Vec<serde_json::Value> {
+fn print_targets(table: &Table) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     println!("\nTargets at 64 bits (mean mAP; margin = method − rival):");
     for p in ["b", "c", "d"] {
@@ -365,7 +368,7 @@ fn main() -> Result<()> {
     let (run_t0, run_c0) = (Instant::now(), cpu_seconds());
     let mut rows: Vec<serde_json::Value> = Vec::new();
     // (protocol, method, bits) → per seed (i2t, t2i)
-    let mut table: BTreeMap<(String, String, usize), Vec<(f64, f64)>> = BTreeMap::new();
+    let mut table: Table = BTreeMap::new();
     // Runs of an earlier (possibly interrupted) invocation: kept, and not run again.
     let mut done: std::collections::BTreeSet<(String, u64, usize, String)> = Default::default();
     if let Some(r) = &a.resume {

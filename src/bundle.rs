@@ -226,8 +226,8 @@ impl Bundle {
             labels.push(l);
         }
         if manifest.modality_labels.is_some() {
-            for i in 0..n {
-                if !unlabelled[i] && labels.iter().all(|l| l.row(i).iter().all(|&v| v == 0)) {
+            for (i, &unl) in unlabelled.iter().enumerate().take(n) {
+                if !unl && labels.iter().all(|l| l.row(i).iter().all(|&v| v == 0)) {
                     bail!("{}: item {i} has no label in any modality and is not declared unlabelled", mpath.display());
                 }
             }

@@ -214,13 +214,13 @@ pub trait Fit {
 
 /// Helper for `check`: a hyper-parameter that must be positive / non-negative.
 pub fn ensure_nonneg(name: &str, v: f64) -> Result<()> {
-    if !(v >= 0.0) || !v.is_finite() {
+    if !v.is_finite() || v < 0.0 {
         bail!("hyper-parameter {name} must be a finite number >= 0, found {v}");
     }
     Ok(())
 }
 pub fn ensure_pos(name: &str, v: f64) -> Result<()> {
-    if !(v > 0.0) || !v.is_finite() {
+    if !v.is_finite() || v <= 0.0 {
         bail!("hyper-parameter {name} must be a finite number > 0, found {v}");
     }
     Ok(())

@@ -253,7 +253,7 @@ mod tests {
         let hlen = header.len() + pad + 1;
         bytes.extend_from_slice(&(hlen as u16).to_le_bytes());
         bytes.extend_from_slice(header.as_bytes());
-        bytes.extend(std::iter::repeat(b' ').take(pad));
+        bytes.extend(std::iter::repeat_n(b' ', pad));
         bytes.push(b'\n');
         for v in [1.0f64, 4.0, 2.0, 5.0, 3.0, 6.0] {
             bytes.extend_from_slice(&v.to_le_bytes());

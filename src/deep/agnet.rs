@@ -646,7 +646,7 @@ mod tests {
     fn resume_equals_uninterrupted(p: &AgnetParams, data: &TrainSet, ctx: &FitContext, ck: &Path) -> AgnetModel {
         let full = p.fit(data, ctx).unwrap();
         let ctx1 = FitContext { checkpoint_dir: Some(ck.to_path_buf()), ..ctx.clone() };
-        let e = p.fit_with_control(data, &ctx1, &RunControl { stop_after_epoch: Some(1) }).err().expect("interrupted");
+        let e = p.fit_with_control(data, &ctx1, &RunControl { stop_after_epoch: Some(1) }).expect_err("interrupted");
         assert!(e.downcast_ref::<crate::deep::trainer::Interrupted>().is_some(), "{e:#}");
         let resumed = p.fit(data, &FitContext { resume: true, ..ctx1 }).unwrap();
         assert_eq!(resumed.history(), full.history());

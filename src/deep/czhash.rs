@@ -985,8 +985,8 @@ pub(crate) mod tests {
         };
         for v in 0..2 {
             let rows = sim.composite_rows(v, &index_tensor(&[0, 1, 2, 3, 4], Device::Cpu));
-            for u in 0..2 {
-                let s = array_from(&rows[u]).unwrap();
+            for (u, row) in rows.iter().enumerate() {
+                let s = array_from(row).unwrap();
                 for i in 0..5 {
                     for j in 0..5 {
                         let lab = (data.labelled[v][i] && data.labelled[u][j])
@@ -1150,7 +1150,7 @@ pub(crate) mod tests {
         // Interrupted after epoch 1 (as a kill would), then resumed to 3.
         let ck = d.path().join("ck");
         let ctx1 = FitContext { checkpoint_dir: Some(ck.clone()), ..ctx.clone() };
-        let e = quick_params().fit_with_control(&data, &ctx1, &RunControl { stop_after_epoch: Some(1) }).err().expect("interrupted");
+        let e = quick_params().fit_with_control(&data, &ctx1, &RunControl { stop_after_epoch: Some(1) }).expect_err("interrupted");
         assert!(e.downcast_ref::<crate::deep::trainer::Interrupted>().is_some(), "{e:#}");
         assert!(ck.join("checkpoint.safetensors").is_file() && ck.join("train.log").is_file());
         let resumed = quick_params().fit(&data, &FitContext { resume: true, ..ctx1.clone() }).unwrap();

@@ -6,6 +6,10 @@
 //!   checkpointed, and atomic resumable checkpoints — shared by every deep method;
 //! - [`sdch`]: Semantic Deep Cross-modal Hashing; [`itq`]: ITQ rotation (SDCH's B initialisation);
 //! - [`features`]: `cmh features` (fc7 image features into a new bundle).
+//!
+//! Loss sums are written `loss = loss + term`, not `loss += term`: on a tch `Tensor`, `+=` is the
+//! in-place `add_`, which autograd refuses on a tensor an earlier operation saved for backward.
+#![allow(clippy::assign_op_pattern)]
 
 pub mod agnet;
 pub mod alexnet;
