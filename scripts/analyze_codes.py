@@ -58,12 +58,17 @@ def mean_average_precision(q, db, q_labels, db_labels, k=None):
       0 when the top k holds none (DCMH's calc_map_k);
     - queries with no relevant database item (R = 0) are excluded from both means and counted.
     """
-    n_db = db.shape[0]
-    dist = hamming(q, db)
     relevant = (q_labels.astype(np.int64) @ db_labels.astype(np.int64).T) > 0
+    return map_from_distances(hamming(q, db), relevant, k)
+
+
+def map_from_distances(dist, relevant, k=None):
+    """mean_average_precision for any distances: dist and relevant (bool) are n_query x n_db; every
+    ranking is by (distance, database index). Returns (map, map_at_k or None, excluded)."""
+    n_db = dist.shape[1]
     positions = np.arange(1, n_db + 1)
     aps, apks, excluded = [], [], 0
-    for i in range(q.shape[0]):
+    for i in range(dist.shape[0]):
         # lexsort sorts by the last key first: distance, then database index.
         order = np.lexsort((np.arange(n_db), dist[i]))
         rel = relevant[i, order]

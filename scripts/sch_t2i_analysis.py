@@ -35,21 +35,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from analyze_codes import encode_sch, find_bundle, hamming, load_bundle_features, load_codes, mean_average_precision  # noqa: E402
-
-
-def ranked_map(scores, q_labels, db_labels):
-    """mAP when every database item is ranked by -scores[q, item] (ties: database index)."""
-    n_db = db_labels.shape[0]
-    relevant = (q_labels.astype(np.int64) @ db_labels.astype(np.int64).T) > 0
-    positions = np.arange(1, n_db + 1)
-    aps = []
-    for i in range(scores.shape[0]):
-        order = np.lexsort((np.arange(n_db), -scores[i]))
-        rel = relevant[i, order]
-        if rel.any():
-            aps.append((np.cumsum(rel) / positions)[rel].sum() / rel.sum())
-    return float(np.mean(aps))
+from analyze_codes import encode_sch, find_bundle, hamming, load_bundle_features, load_codes, map_from_distances, mean_average_precision  # noqa: E402
 
 
 def simulate_designs(h, cent, y, ql, dl, n_designs, seed):
@@ -100,7 +86,8 @@ def analyse(run, bundle, n_designs):
     h, _ = encode_sch(model, meta, 1, text)
     if not (np.where(h >= 0, 1, -1) == qt).mean() > 0.999:
         raise SystemExit(f"{run}: re-encoded text queries differ from query_text.npy")
-    t2i_real = ranked_map((h @ cent.T)[:, y], ql, dl)
+    relevant = (ql.astype(np.int64) @ dl.astype(np.int64).T) > 0
+    t2i_real = map_from_distances(-(h @ cent.T)[:, y], relevant)[0]
     out = dict(t2i_B=t2i_b, t2i_classB=t2i_class, purity=purity, acc=acc, tied_top=tied, t2i_real=t2i_real)
     if n_designs:
         out.update(simulate_designs(h, cent, y, ql, dl, n_designs, seed=len(y)))

@@ -27,25 +27,22 @@ usage: .venv/bin/python scripts/zs_linear_probe.py [--npy data/wiki_npy_val]
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from analyze_codes import map_from_distances  # noqa: E402
+
 
 def average_precision_map(q, d, qy, dy):
-    """mAP of ranking d's rows by Hamming distance (±1 codes) or |difference| (1-d scores) to q's."""
+    """mAP of ranking d's rows by Hamming distance (±1 codes) or |difference| (1-d scores) to q's
+    (ties by database index); relevant = same class index."""
     if q.ndim == 1:
         dist = np.abs(q[:, None] - d[None, :])
     else:
         dist = 0.5 * (q.shape[1] - q @ d.T)
-    aps = []
-    for i in range(len(q)):
-        order = np.argsort(dist[i], kind="stable")
-        rel = dy[order] == qy[i]
-        if not rel.any():
-            continue
-        hits = np.cumsum(rel)[rel]
-        aps.append(np.mean(hits / (np.flatnonzero(rel) + 1)))
-    return float(np.mean(aps))
+    return map_from_distances(dist, qy[:, None] == dy[None, :])[0]
 
 
 def rbf_features(x, rows, n_anchors, rng):

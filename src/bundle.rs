@@ -226,7 +226,7 @@ impl Bundle {
             labels.push(l);
         }
         if manifest.modality_labels.is_some() {
-            for (i, &unl) in unlabelled.iter().enumerate().take(n) {
+            for (i, &unl) in unlabelled.iter().enumerate() {
                 if !unl && labels.iter().all(|l| l.row(i).iter().all(|&v| v == 0)) {
                     bail!("{}: item {i} has no label in any modality and is not declared unlabelled", mpath.display());
                 }

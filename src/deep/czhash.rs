@@ -500,10 +500,15 @@ impl<'a> Fitter<'a> {
         cbar(&self.c[v], self.params.centre)
     }
 
+    /// C̃⁽ᵛ⁾ = C⁽ᵛ⁾ − c̄⁽ᵛ⁾ (= C⁽ᵛ⁾ without `centre`): what the coding matrices act on.
+    fn centred_c(&self, v: usize) -> Tensor {
+        &self.c[v] - self.cbar(v)
+    }
+
     /// Eq. 11: W⁽ᵛ⁾ = (C̃⁽ᵛ⁾ᵀC̃⁽ᵛ⁾ + λI)⁻¹ C̃⁽ᵛ⁾ᵀ B, C̃ = C − c̄ (= C without `centre`).
     fn update_w(&mut self) {
         for v in 0..2 {
-            let c = &(&self.c[v] - self.cbar(v));
+            let c = &self.centred_c(v);
             let k = c.size()[1];
             let g = c.tr().matmul(c) + Tensor::eye(k, (Kind::Float, c.device())) * self.params.ridge;
             // Row-major, as a checkpoint restores it (see update_c).
@@ -513,7 +518,7 @@ impl<'a> Fitter<'a> {
 
     /// Eq. 12: B = sign(C̃⁽¹⁾W⁽¹⁾ + C̃⁽²⁾W⁽²⁾).
     fn update_b(&mut self) {
-        let c: Vec<Tensor> = (0..2).map(|v| &self.c[v] - self.cbar(v)).collect();
+        let c: Vec<Tensor> = (0..2).map(|v| self.centred_c(v)).collect();
         self.b = sign_pm1(&(c[0].matmul(&self.w[0]) + c[1].matmul(&self.w[1])));
     }
 

@@ -198,7 +198,11 @@ impl Optimizer {
         let mut grads = Tensor::f_run_backward(&[loss], &inputs, false, false)?;
         let mut norm = 0.0;
         if let Some(max_norm) = max_norm {
-            norm = tch::no_grad(|| grads.iter().filter(|g| g.defined()).map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>()).sqrt();
+            // One device-to-host read per step (not one per parameter tensor).
+            let squares: Vec<Tensor> = tch::no_grad(|| grads.iter().filter(|g| g.defined()).map(|g| g.square().sum(Kind::Double)).collect());
+            if !squares.is_empty() {
+                norm = tch::no_grad(|| Tensor::stack(&squares, 0).sum(Kind::Double).double_value(&[])).sqrt();
+            }
             if norm > max_norm {
                 let factor = max_norm / (norm + 1e-6);
                 tch::no_grad(|| {

@@ -199,11 +199,16 @@ pub fn update_v(p: &SchParams, f: ArrayView2<f64>, y: ArrayView2<f64>) -> Result
     SpdFactor::new(a.view())?.solve(rhs.view()).context("SCH update_v (eq. 15)")
 }
 
+/// The factor of the ridge system ΦₜᵀΦₜ + ridge · I (`gram_t` = the cached ΦₜᵀΦₜ).
+fn ridge_factor(gram_t: ArrayView2<f64>, ridge: f64) -> Result<SpdFactor> {
+    let mut a = gram_t.to_owned();
+    a.diag_mut().mapv_inplace(|d| d + ridge);
+    SpdFactor::new(a.view())
+}
+
 /// The fixed system matrix of the Wₜ update, factorised once: ΦₜᵀΦₜ + (ρ/λₜ) I.
 pub fn w_factor(p: &SchParams, gram_t: ArrayView2<f64>, lambda_t: f64) -> Result<SpdFactor> {
-    let mut a = gram_t.to_owned();
-    a.diag_mut().mapv_inplace(|d| d + p.rho / lambda_t);
-    SpdFactor::new(a.view()).context("SCH: factorising ΦᵀΦ + (ρ/λ)I for update_w (eq. 18)")
+    ridge_factor(gram_t, p.rho / lambda_t).context("SCH: factorising ΦᵀΦ + (ρ/λ)I for update_w (eq. 18)")
 }
 
 /// Wₜ update (eq. 18). ∂J/∂Wₜ = −2λₜΦₜᵀ(F − ΦₜWₜ) + 2ρWₜ = 0 ⇒
@@ -231,9 +236,7 @@ pub fn update_b(f: ArrayView2<f64>, r: ArrayView2<f64>) -> Array2<f64> {
 /// (ΦₜᵀΦₜ + ρ'I)⁻¹ΦₜᵀB (∂/∂W = −2Φₜᵀ(B − ΦₜW) + 2ρ'W = 0), returned as W'Rᵀ so that the eq. 26
 /// form sgn(φ(x)·W·R) encodes with W' (R orthogonal: W'RᵀR = W'). `gram_t` = the cached ΦₜᵀΦₜ.
 pub fn refit_w(gram_t: ArrayView2<f64>, ridge: f64, phi_t: ArrayView2<f64>, b: ArrayView2<f64>, r: ArrayView2<f64>) -> Result<Array2<f64>> {
-    let mut a = gram_t.to_owned();
-    a.diag_mut().mapv_inplace(|d| d + ridge);
-    let fac = SpdFactor::new(a.view()).context("SCH refit_hash: factorising ΦᵀΦ + ρ'I")?;
+    let fac = ridge_factor(gram_t, ridge).context("SCH refit_hash: factorising ΦᵀΦ + ρ'I")?;
     // Φᵀ(BRᵀ) = (ΦᵀB)Rᵀ: solving with the rotated target gives W'Rᵀ directly.
     let target = par_dot(b, r.t());
     fac.solve(par_t_dot(phi_t, target.view()).view()).context("SCH refit_hash")
@@ -1069,7 +1072,7 @@ mod tests {
             // as eq. 18's W R in the refit's own objective.
             let h = phi.dot(&w_ref);
             let codes = model.encode(t, &View::Features(x.clone())).unwrap().to_pm1_f64();
-            for ((&hv, &cv), _) in h.iter().zip(codes.iter()).zip(0..) {
+            for (&hv, &cv) in h.iter().zip(codes.iter()) {
                 assert!(hv.abs() < 1e-9 || (hv >= 0.0) == (cv > 0.0));
             }
             let cost = |wm: &Array2<f64>| (&b - &phi.dot(wm)).iter().map(|v| v * v).sum::<f64>() + 0.05 * wm.iter().map(|v| v * v).sum::<f64>();
