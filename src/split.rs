@@ -55,6 +55,28 @@ pub struct SplitConfig {
     pub modality_class_fraction: f64,
     /// Query fraction of the unseen items when the bundle has no fixed split (zero-shot).
     pub zero_shot_query_fraction: f64,
+    /// Evaluate on a validation split carved from the training items only (see
+    /// [`validation_split`]); the split's queries and database are then never read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<ValidationConfig>,
+}
+
+/// How a validation split is carved from a split's training items.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// Standard protocol: the fraction of the (labelled) training items held out as validation
+    /// queries, stratified by class. Zero-shot protocols: the fraction of the seen classes held
+    /// out as validation-unseen classes (at least one).
+    pub fraction: f64,
+    /// Seed of the carving (independent of the split's own seed).
+    pub seed: u64,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        Self { fraction: 0.2, seed: 12345 }
+    }
 }
 
 impl Default for SplitConfig {
@@ -70,6 +92,7 @@ impl Default for SplitConfig {
             mask_fraction: 0.7,
             modality_class_fraction: 0.8,
             zero_shot_query_fraction: 0.2,
+            validation: None,
         }
     }
 }
@@ -177,8 +200,132 @@ fn draw(rng: &mut ChaCha8Rng, pool: &[usize], k: usize) -> Vec<usize> {
     p
 }
 
-/// Realises a split of `bundle` under `cfg`.
+/// Realises a split of `bundle` under `cfg` (the validation split of it when `cfg.validation`
+/// is set).
 pub fn make_split(bundle: &Bundle, cfg: &SplitConfig) -> Result<Split> {
+    let split = make_test_split(bundle, &SplitConfig { validation: None, ..cfg.clone() })?;
+    match &cfg.validation {
+        None => Ok(split),
+        Some(v) => {
+            let mut val = validation_split(bundle, &split, v)?;
+            val.config = cfg.clone();
+            Ok(val)
+        }
+    }
+}
+
+/// The primary class of an item for stratification: its rarest label among `classes`.
+fn primary_class(labels: ndarray::ArrayView1<u8>, counts: &[usize]) -> Option<usize> {
+    labels.iter().enumerate().filter(|&(_, &v)| v != 0).map(|(c, _)| c).min_by_key(|&c| (counts[c], c))
+}
+
+/// Carves a validation split from `split`'s training items only; its queries and database are
+/// never looked at, so settings chosen on the result never see the test queries.
+///
+/// - Standard protocol: a class-stratified `fraction` of the labelled training items (grouped by
+///   each item's rarest label, at least one item of every group with two or more) become the
+///   validation queries; the remaining training items are both the validation training set and
+///   its retrieval database.
+/// - Zero-shot protocols: a `fraction` of the seen classes (at least one, at least one left) become
+///   validation-unseen classes. The training items whose labels are all still seen train; the
+///   training items touching a held-out class are split into queries (`zero_shot_query_fraction`)
+///   and database, as in a zero-shot split without a fixed split. Label masks and per-modality
+///   class subsets carry over, restricted to the remaining seen classes.
+pub fn validation_split(bundle: &Bundle, split: &Split, v: &ValidationConfig) -> Result<Split> {
+    if !(v.fraction > 0.0 && v.fraction < 1.0) {
+        bail!("validation split: fraction must be in (0, 1), found {}", v.fraction);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(v.seed);
+    let labels = bundle.union_labels();
+    let c = bundle.n_classes();
+    let n_mod = split.train_labelled.len();
+    // Positions (into split.train) that every modality sees labelled: the only candidates for
+    // validation queries (their relevance is judged on labels training must not lose).
+    let labelled_pos = |r: usize| split.train_labelled.iter().all(|l| l[r]);
+    let zero_shot = split.config.protocol != Protocol::Standard;
+    let (train_pos, query_pos, database_pos, seen, held_out) = if !zero_shot {
+        let mut counts = vec![0usize; c];
+        for &i in &split.train {
+            for (k, &x) in labels.row(i).iter().enumerate() {
+                counts[k] += (x != 0) as usize;
+            }
+        }
+        let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+        for (r, &i) in split.train.iter().enumerate() {
+            if labelled_pos(r) {
+                if let Some(k) = primary_class(labels.row(i), &counts) {
+                    groups.entry(k).or_default().push(r);
+                }
+            }
+        }
+        let mut query = Vec::new();
+        for rows in groups.values() {
+            if rows.len() < 2 {
+                continue;
+            }
+            let k = ((rows.len() as f64 * v.fraction).round() as usize).clamp(1, rows.len() - 1);
+            query.extend(draw(&mut rng, rows, k));
+        }
+        if query.is_empty() {
+            bail!("validation split: no class has two labelled training items to hold one out");
+        }
+        query.sort_unstable();
+        let train: Vec<usize> = (0..split.train.len()).filter(|r| query.binary_search(r).is_err()).collect();
+        (train.clone(), query, train, split.seen_classes.clone(), vec![])
+    } else {
+        let s = &split.seen_classes;
+        if s.len() < 2 {
+            bail!("validation split: zero-shot validation holds out seen classes, but only {} class is seen", s.len());
+        }
+        let k = ((s.len() as f64 * v.fraction).round() as usize).clamp(1, s.len() - 1);
+        let mut held = draw(&mut rng, s, k);
+        held.sort_unstable();
+        let is_held: Vec<bool> = (0..c).map(|x| held.contains(&x)).collect();
+        let touches = |i: usize| labels.row(i).iter().enumerate().any(|(k, &x)| x != 0 && is_held[k]);
+        let train: Vec<usize> = (0..split.train.len()).filter(|&r| !touches(split.train[r])).collect();
+        let mut pool: Vec<usize> = (0..split.train.len()).filter(|&r| touches(split.train[r]) && labelled_pos(r)).collect();
+        pool.shuffle(&mut rng);
+        let q = ((pool.len() as f64 * split.config.zero_shot_query_fraction).round() as usize).max(1).min(pool.len());
+        let mut query = pool[..q].to_vec();
+        let mut database = pool[q..].to_vec();
+        query.sort_unstable();
+        database.sort_unstable();
+        if query.is_empty() || database.is_empty() || train.is_empty() {
+            bail!(
+                "validation split: holding out the seen classes {:?} leaves {} training items, {} queries and {} database items; each needs at least one",
+                held.iter().map(|&k| &bundle.class_names()[k]).collect::<Vec<_>>(),
+                train.len(),
+                query.len(),
+                database.len()
+            );
+        }
+        let seen: Vec<usize> = s.iter().copied().filter(|x| !is_held[*x]).collect();
+        (train, query, database, seen, held)
+    };
+    let pick = |pos: &[usize]| pos.iter().map(|&r| split.train[r]).collect::<Vec<_>>();
+    let mut modality_classes: Vec<Vec<usize>> =
+        split.modality_classes.iter().map(|mc| mc.iter().copied().filter(|x| !held_out.contains(x)).collect()).collect();
+    for mc in modality_classes.iter_mut() {
+        if mc.is_empty() {
+            // A modality whose classes were all held out keeps the remaining seen classes.
+            *mc = seen.clone();
+        }
+    }
+    debug_assert_eq!(modality_classes.len(), n_mod);
+    Ok(Split {
+        config: split.config.clone(),
+        train: pick(&train_pos),
+        query: pick(&query_pos),
+        database: pick(&database_pos),
+        seen_classes: seen,
+        unseen_classes: held_out,
+        train_labelled: split.train_labelled.iter().map(|l| train_pos.iter().map(|&r| l[r]).collect()).collect(),
+        modality_classes,
+    })
+}
+
+/// Realises the evaluation split of `bundle` under `cfg` (ignores `cfg.validation`).
+fn make_test_split(bundle: &Bundle, cfg: &SplitConfig) -> Result<Split> {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let n = bundle.n_items();
     let c = bundle.n_classes();
@@ -379,5 +526,42 @@ mod tests {
         assert_eq!((s.query.len(), s.database.len(), s.train.len()), (10, 80, 50));
         assert!(s.train.iter().all(|i| s.database.contains(i)));
         assert!(s.query.iter().all(|i| !s.database.contains(i)));
+    }
+
+    #[test]
+    fn validation_split_reads_training_items_only() {
+        let d = tempfile::tempdir().unwrap();
+        let b = bundle(d.path(), true);
+        let v = ValidationConfig { fraction: 0.25, seed: 7 };
+        // Standard: stratified queries from the 80 training items, database = the rest.
+        let test = make_split(&b, &SplitConfig::default()).unwrap();
+        let cfg = SplitConfig { validation: Some(v.clone()), ..Default::default() };
+        let s = make_split(&b, &cfg).unwrap();
+        assert!(s.query.iter().chain(&s.train).all(|i| test.train.contains(i)));
+        assert!(s.query.iter().all(|i| !s.train.contains(i)));
+        assert_eq!(s.train, s.database);
+        assert_eq!(s.train.len() + s.query.len(), test.train.len());
+        // 16 training items per class (i % 5), a quarter of each held out.
+        for k in 0..5 {
+            assert_eq!(s.query.iter().filter(|&&i| i % 5 == k).count(), 4, "class {k}");
+        }
+        assert_eq!(s.config.validation, Some(v.clone()));
+        assert_eq!(make_split(&b, &cfg).unwrap(), s, "seeded");
+        // Zero-shot: a quarter of the 4 seen classes (one) is held out; the test's unseen class
+        // and its items never appear.
+        let zs = SplitConfig { protocol: Protocol::ZeroShot, unseen_classes: vec!["c1".into()], validation: Some(v.clone()), ..Default::default() };
+        let s = make_split(&b, &zs).unwrap();
+        assert_eq!(s.unseen_classes.len(), 1);
+        let held = s.unseen_classes[0];
+        assert_ne!(held, 1);
+        assert_eq!(s.seen_classes.len(), 3);
+        assert!(!s.seen_classes.contains(&1) && !s.seen_classes.contains(&held));
+        assert!(s.train.iter().all(|&i| i >= 20 && i % 5 != 1 && i % 5 != held));
+        assert!(s.query.iter().chain(&s.database).all(|&i| i >= 20 && i % 5 == held));
+        assert!(!s.query.is_empty() && !s.database.is_empty());
+        assert_eq!(s.train_labelled[0].len(), s.train.len());
+        // Bad fractions are refused.
+        let bad = SplitConfig { validation: Some(ValidationConfig { fraction: 1.0, seed: 0 }), ..Default::default() };
+        assert!(make_split(&b, &bad).unwrap_err().to_string().contains("fraction"));
     }
 }
