@@ -1,0 +1,77 @@
+"""Plotting helpers (matplotlib, imported only when a function here is called).
+
+Each function takes metrics in report.json's form (a direction of ``report.json``, or what
+:func:`cmh_tools.evaluate` returns), keyed by a label, and draws onto ``ax`` (a new figure when
+None); it returns the axes.
+"""
+
+__all__ = ["plot_pr_curve", "plot_precision_at_n", "plot_run"]
+
+
+def _axes(ax):
+    if ax is not None:
+        return ax
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("plotting needs matplotlib: pip install matplotlib (or cmh-tools[plot])") from None
+    return plt.subplots(figsize=(5, 4))[1]
+
+
+def plot_pr_curve(curves, ax=None, title=None):
+    """Precision against recall by Hamming radius, one line per label (metrics need
+    ``pr_curve``: report.json has it, :func:`cmh_tools.evaluate` with ``pr_curve=True``)."""
+    ax = _axes(ax)
+    for label, m in curves.items():
+        if "pr_curve" not in m:
+            raise ValueError(f"{label}: these metrics have no pr_curve")
+        pts = m["pr_curve"]
+        ax.plot([p["recall"] for p in pts], [p["precision"] for p in pts], marker=".", label=label)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_precision_at_n(curves, ax=None, title=None):
+    """Precision@N against N (logarithmic N axis), one line per label (metrics need
+    ``precision_at_n``)."""
+    ax = _axes(ax)
+    for label, m in curves.items():
+        if "precision_at_n" not in m:
+            raise ValueError(f"{label}: these metrics have no precision_at_n")
+        pts = m["precision_at_n"]
+        ax.plot([n for n, _ in pts], [p for _, p in pts], marker=".", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("N")
+    ax.set_ylabel("precision@N")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_run(runs, key="i2t", out=None):
+    """Both curves of report.json's direction ``key`` for several runs (:class:`cmh_tools.Run`
+    objects or report dicts), side by side; saved to ``out`` (any matplotlib format) when given.
+    Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    metrics = {}
+    for r in runs:
+        rep = getattr(r, "report", r)
+        metrics[f"{rep['method']} {rep['bits']} bits"] = rep[key]
+    plot_pr_curve(metrics, a, f"{key}: precision-recall by Hamming radius")
+    plot_precision_at_n(metrics, b, f"{key}: precision@N")
+    fig.tight_layout()
+    if out:
+        fig.savefig(out)
+    return fig
