@@ -18,6 +18,17 @@ def _axes(ax):
     return plt.subplots(figsize=(5, 4))[1]
 
 
+def _finish(ax, xlabel, ylabel, title):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
 def plot_pr_curve(curves, ax=None, title=None):
     """Precision against recall by Hamming radius, one line per label (metrics need
     ``pr_curve``: report.json has it, :func:`cmh_tools.evaluate` with ``pr_curve=True``)."""
@@ -27,15 +38,8 @@ def plot_pr_curve(curves, ax=None, title=None):
             raise ValueError(f"{label}: these metrics have no pr_curve")
         pts = m["pr_curve"]
         ax.plot([p["recall"] for p in pts], [p["precision"] for p in pts], marker=".", label=label)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    if title:
-        ax.set_title(title)
-    return ax
+    return _finish(ax, "recall", "precision", title)
 
 
 def plot_precision_at_n(curves, ax=None, title=None):
@@ -48,14 +52,7 @@ def plot_precision_at_n(curves, ax=None, title=None):
         pts = m["precision_at_n"]
         ax.plot([n for n, _ in pts], [p for _, p in pts], marker=".", label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("N")
-    ax.set_ylabel("precision@N")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    if title:
-        ax.set_title(title)
-    return ax
+    return _finish(ax, "N", "precision@N", title)
 
 
 def plot_run(runs, key="i2t", out=None):
