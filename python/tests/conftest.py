@@ -15,12 +15,14 @@ sys.path.insert(0, PYTHON_DIR)
 
 import cmh_tools  # noqa: E402
 
-# Small settings per method: seconds each.
+# Small runs, by folder name: (method, settings); seconds each. SeGH twice: on raw features and on
+# RBF anchor features.
 SMALL_RUNS = {
-    "sch": ["anchors=60"],
-    "cca-itq": ["anchors=60"],
-    "segh": ["k=5"],
-    "sdch": ["epochs=3", "hidden=[32]", "feature_dim=16"],
+    "sch": ("sch", ["anchors=60"]),
+    "cca-itq": ("cca-itq", ["anchors=60"]),
+    "segh": ("segh", ["k=5"]),
+    "segh-rbf": ("segh", ["k=5", "anchors=60"]),
+    "sdch": ("sdch", ["epochs=3", "hidden=[32]", "feature_dim=16"]),
 }
 TOPK = 15
 
@@ -73,23 +75,23 @@ def bundle(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def train_runs(cmh, bundle, tmp_path_factory):
-    """{method: `cmh train --out` folder} of 16-bit runs of the four methods (seed 0, --topk 15)."""
+    """{name: `cmh train --out` folder} of the 16-bit SMALL_RUNS (seed 0, --topk 15)."""
     root = tmp_path_factory.mktemp("runs")
     out = {}
-    for method, params in SMALL_RUNS.items():
-        d = root / method
+    for name, (method, params) in SMALL_RUNS.items():
+        d = root / name
         args = ["train", "--method", method, "--data", bundle.path, "--bits", "16", "--topk", TOPK, "--device", "cpu", "--quiet", "--out", d]
         for p in params:
             args += ["--param", p]
         cmh(*args)
-        out[method] = str(d)
+        out[name] = str(d)
     return out
 
 
 @pytest.fixture(scope="session")
 def runs(train_runs):
-    """{method: Run} for the runs of `train_runs`."""
-    return {m: cmh_tools.Run(os.path.join(d, "bits16-seed0")) for m, d in train_runs.items()}
+    """{name: Run} for the runs of `train_runs`."""
+    return {name: cmh_tools.Run(os.path.join(d, "bits16-seed0")) for name, d in train_runs.items()}
 
 
 def cmh_eval_json(cmh, q, db, ql, dl, topk=None):

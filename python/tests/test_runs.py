@@ -26,16 +26,17 @@ def assert_same_metrics(got, want, what):
             assert abs(a["precision"] - b["precision"]) < 1e-9 and abs(a["recall"] - b["recall"]) < 1e-9, f"{what} radius {a['radius']}"
 
 
-@pytest.mark.parametrize("method", list(SMALL_RUNS))
-def test_report_figures_are_recomputed(runs, method):
-    run = runs[method]
+@pytest.mark.parametrize("name", list(SMALL_RUNS))
+def test_report_figures_are_recomputed(runs, name):
+    run, method = runs[name], SMALL_RUNS[name][0]
+    assert run.method == method
     assert run.convention == ("encoded" if method == "cca-itq" else "learned-B")
     assert (run.train_codes() is None) == (method == "cca-itq")
     for key in KEYS:
         want = run.report[key]
         assert want["k"] == TOPK and want["pr_curve"] and want["precision_at_n"], key
         got = run.evaluate(key, topk=TOPK, precision_at=[n for n, _ in want["precision_at_n"]], pr_curve=True)
-        assert_same_metrics(got, want, f"{method} {key}")
+        assert_same_metrics(got, want, f"{name} {key}")
 
 
 def test_equals_cmh_eval_on_the_run_files(cmh, runs):
@@ -46,11 +47,13 @@ def test_equals_cmh_eval_on_the_run_files(cmh, runs):
         assert_same_metrics(run.evaluate(key, topk=TOPK), want, key)
 
 
-@pytest.mark.parametrize("method", list(SMALL_RUNS))
-def test_numpy_encoder_reproduces_the_exported_codes(runs, bundle, method):
-    run = runs[method]
+@pytest.mark.parametrize("name", list(SMALL_RUNS))
+def test_numpy_encoder_reproduces_the_exported_codes(runs, bundle, name):
+    run, method = runs[name], SMALL_RUNS[name][0]
     model = run.model()
     assert (model.method, model.bits) == (method, 16)
+    if method == "segh":
+        assert bool(model.meta.get("sigma")) == (name == "segh-rbf"), "segh-rbf uses anchor features, segh raw ones"
     if method != "cca-itq":
         assert np.array_equal(model.train_codes(), run.train_codes())
     for t in ("image", "text"):
@@ -60,13 +63,13 @@ def test_numpy_encoder_reproduces_the_exported_codes(runs, bundle, method):
             ours = model.encode(t, x)
             assert np.array_equal(ours, np.where(h >= 0, 1, -1))
             differ = ours != exported
-            assert not (differ & (np.abs(h) > model.tie_tolerance * scale)).any(), f"{method} {part} {t}: {differ.sum()} bits differ"
+            assert not (differ & (np.abs(h) > model.tie_tolerance * scale)).any(), f"{name} {part} {t}: {differ.sum()} bits differ"
 
 
-@pytest.mark.parametrize("method", list(SMALL_RUNS))
-def test_numpy_encoder_equals_cmh_encode_on_new_items(cmh, runs, bundle, tmp_path, method):
+@pytest.mark.parametrize("name", list(SMALL_RUNS))
+def test_numpy_encoder_equals_cmh_encode_on_new_items(cmh, runs, bundle, tmp_path, name):
     """Items the model never saw (training features perturbed and scaled), both modalities."""
-    run = runs[method]
+    run = runs[name]
     model = run.model()
     rng = np.random.default_rng(7)
     for t in ("image", "text"):
@@ -76,14 +79,14 @@ def test_numpy_encoder_equals_cmh_encode_on_new_items(cmh, runs, bundle, tmp_pat
         want = ct.load_codes(tmp_path / f"c_{t}.npy")
         h, scale = model.project(t, x, with_scale=True)
         differ = model.encode(t, x) != want
-        assert not (differ & (np.abs(h) > model.tie_tolerance * scale)).any(), f"{method} {t}"
+        assert not (differ & (np.abs(h) > model.tie_tolerance * scale)).any(), f"{name} {t}"
         # The encoder is not trivially right: a tampered projection disagrees.
         assert (np.where(-h >= 0, 1, -1) != want).mean() > 0.9
 
 
 def test_runs_are_found_and_errors_name_the_folder(train_runs, tmp_path):
     found = ct.find_runs(os.path.dirname(train_runs["sch"]))
-    assert sorted(r.method for r in found) == sorted(SMALL_RUNS)
+    assert sorted(r.method for r in found) == sorted(method for method, _ in SMALL_RUNS.values())
     assert ct.read_report(train_runs["sch"])["runs"][0]["method"] == "sch"
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         ct.Run(tmp_path)
