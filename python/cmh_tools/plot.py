@@ -56,16 +56,24 @@ def plot_precision_at_n(curves, ax=None, title=None):
 
 
 def plot_run(runs, key="i2t", out=None):
-    """Both curves of report.json's direction ``key`` for several runs (:class:`cmh_tools.Run`
-    objects or report dicts), side by side; saved to ``out`` (any matplotlib format) when given.
-    Returns the figure."""
+    """Both curves of report.json's direction ``key`` for several runs side by side: ``runs`` is
+    a dict {label: run} or a list of runs (labelled "method, bits"), each a :class:`cmh_tools.Run`
+    or a report dict. Saved to ``out`` (any matplotlib format) when given. Returns the figure."""
     import matplotlib.pyplot as plt
 
+    if not isinstance(runs, dict):
+        labelled = {}
+        for r in runs:
+            rep = getattr(r, "report", r)
+            label = base = f"{rep['method']}, {rep['bits']} bits"
+            n = 1
+            while label in labelled:
+                n += 1
+                label = f"{base} ({n})"
+            labelled[label] = r
+        runs = labelled
+    metrics = {label: getattr(r, "report", r)[key] for label, r in runs.items()}
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    metrics = {}
-    for r in runs:
-        rep = getattr(r, "report", r)
-        metrics[f"{rep['method']} {rep['bits']} bits"] = rep[key]
     plot_pr_curve(metrics, a, f"{key}: precision-recall by Hamming radius")
     plot_precision_at_n(metrics, b, f"{key}: precision@N")
     fig.tight_layout()

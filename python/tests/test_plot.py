@@ -26,3 +26,6 @@ def test_curves_hold_the_metrics(runs, tmp_path):
         plot.plot_pr_curve({"t2i": m})
     fig = plot.plot_run(list(runs.values()), "t2i", out=tmp_path / "t2i.png")
     assert len(fig.axes[0].lines) == len(runs) and os.path.getsize(tmp_path / "t2i.png") > 1000
+    # Two SeGH runs of one length get two labels.
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "segh, 16 bits" in labels and "segh, 16 bits (2)" in labels, labels
