@@ -20,7 +20,7 @@ sort keeps database order within a distance), an independent way to the same fig
 
 import numpy as np
 
-from .codes import as_packed, hamming_distances
+from .codes import _words, as_packed, hamming_distances
 
 __all__ = ["evaluate", "evaluate_distances", "relevance"]
 
@@ -35,8 +35,12 @@ def relevance(query_labels, db_labels):
         raise ValueError(f"labels must be 2-d (items × classes), found shapes {ql.shape} and {dl.shape}")
     if ql.shape[1] != dl.shape[1]:
         raise ValueError(f"query labels have {ql.shape[1]} classes, database labels {dl.shape[1]}")
-    # Exact in float32 up to 2^24 shared labels.
-    return (ql.astype(np.float32) @ dl.astype(np.float32).T) > 0
+    # Label rows as bitsets: relevant when the AND of two rows is non-zero.
+    qw, dw = _words(np.packbits(ql != 0, axis=1)), _words(np.packbits(dl != 0, axis=1))
+    out = np.zeros((qw.shape[0], dw.shape[0]), dtype=bool)
+    for w in range(qw.shape[1]):
+        out |= (qw[:, w, None] & dw[None, :, w]) != 0
+    return out
 
 
 def evaluate(query_codes, db_codes, query_labels, db_labels, topk=None, precision_at=(), pr_curve=False, bits=None):
@@ -75,6 +79,10 @@ def evaluate_distances(dist, relevant, topk=None, precision_at=(), radii=None):
     if any(v < 1 for v in precision_at):
         raise ValueError("precision@N needs N >= 1")
     radii = None if radii is None else list(radii)
+    if np.issubdtype(dist.dtype, np.integer) and dist.min() >= 0 and dist.max() < 65536:
+        # Small non-negative integers (Hamming distances): numpy's stable sort is a radix sort.
+        dist = dist.astype(np.uint8 if dist.max() < 256 else np.uint16)
+    top_value = np.iinfo(dist.dtype).max if np.issubdtype(dist.dtype, np.integer) else None
     positions = np.arange(1, n + 1)
     ap, apk, counted = [], [], []
     hits_at = [[] for _ in precision_at]
@@ -89,7 +97,7 @@ def evaluate_distances(dist, relevant, topk=None, precision_at=(), radii=None):
         keep = total > 0
         counted.append(keep)
         rel, total = rel[keep], total[keep]
-        hits = np.cumsum(rel, axis=1)                     # relevant items in the top r, every r
+        hits = np.cumsum(rel, axis=1, dtype=np.int32)     # relevant items in the top r, every r
         precision = hits / positions                      # P@r
         ap.append((precision * rel).sum(1) / total)
         if topk is not None:
@@ -102,7 +110,7 @@ def evaluate_distances(dist, relevant, topk=None, precision_at=(), radii=None):
         if radii:
             sorted_d = np.take_along_axis(d[keep], order[keep], axis=1)
             for i, r in enumerate(radii):
-                retrieved = (sorted_d <= r).sum(1)
+                retrieved = (sorted_d <= (r if top_value is None else min(r, top_value))).sum(1)
                 rel_within = np.where(retrieved > 0, hits[np.arange(len(hits)), np.maximum(retrieved, 1) - 1], 0)
                 pr_prec[i].append((rel_within[retrieved > 0] / retrieved[retrieved > 0]))
                 pr_rec[i].append(rel_within / total)
