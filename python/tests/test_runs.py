@@ -68,11 +68,12 @@ def test_numpy_encoder_reproduces_the_exported_codes(runs, bundle, name):
 
 @pytest.mark.parametrize("name", list(SMALL_RUNS))
 def test_numpy_encoder_equals_cmh_encode_on_new_items(cmh, runs, bundle, tmp_path, name):
-    """Items the model never saw (training features perturbed and scaled), both modalities."""
+    """Items the model never saw (training features perturbed and scaled); one modality per run,
+    alternating (the other is checked against the exported codes above)."""
     run = runs[name]
     model = run.model()
     rng = np.random.default_rng(7)
-    for t in ("image", "text"):
+    for t in [("image", "text")[list(SMALL_RUNS).index(name) % 2]]:
         x = bundle.features(t)[:50] * 1.3 + rng.normal(0, 0.5, (50, bundle.features(t).shape[1])).astype(np.float32)
         np.save(tmp_path / f"x_{t}.npy", x.astype(np.float32))
         cmh("encode", "--model", os.path.join(run.path, "model"), "--modality", t, "--features", tmp_path / f"x_{t}.npy", "--out", tmp_path / f"c_{t}")
