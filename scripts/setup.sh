@@ -44,7 +44,11 @@ pkg_stamp=.venv/.cmh-python-package
 pkg_want="$(pwd)/python $(cksum < python/pyproject.toml)"
 if [ "$(cat "$pkg_stamp" 2>/dev/null)" != "$pkg_want" ]; then
   echo "setup: installing the Python package (python/, import cmh_tools)"
-  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e python/
+  log=$(mktemp)
+  # setuptools warns about editable installs on every run; its output is shown only on failure.
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e python/ >"$log" 2>&1 \
+    || { cat "$log" >&2; rm -f "$log"; exit 1; }
+  rm -f "$log"
   printf '%s\n' "$pkg_want" > "$pkg_stamp"
 fi
 purelib=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
