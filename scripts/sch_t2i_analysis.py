@@ -34,8 +34,13 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from analyze_codes import encode_sch, find_bundle, hamming, load_bundle_features, load_codes, map_from_distances, mean_average_precision  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
+import cmh_tools  # noqa: E402
+from cmh_tools import evaluate, evaluate_distances, hamming_distances, relevance  # noqa: E402
+
+
+def mean_ap(q, db, ql, dl):
+    return evaluate(q, db, ql, dl)["map"]
 
 
 def simulate_designs(h, cent, y, ql, dl, n_designs, seed):
@@ -49,7 +54,7 @@ def simulate_designs(h, cent, y, ql, dl, n_designs, seed):
     designs = [np.stack([rng.permutation(half) for _ in range(bits)], axis=1) for _ in range(n_designs)]
 
     def score(g, rows):
-        return mean_average_precision(np.where(p[rows] @ g >= 0, 1, -1), g[y], ql[rows], dl)[0]
+        return mean_ap(np.where(p[rows] @ g >= 0, 1, -1).astype(np.int8), g[y].astype(np.int8), ql[rows], dl)
 
     every = np.arange(len(p))
     scores = [score(g, every) for g in designs]
@@ -63,31 +68,27 @@ def simulate_designs(h, cent, y, ql, dl, n_designs, seed):
                 sim_heldout_gain=float(np.mean(gains)))
 
 
-def analyse(run, bundle, n_designs):
-    b = load_codes(run, "train_B").astype(np.int64)
-    qt = load_codes(run, "query_text").astype(np.int64)
-    ql, dl = np.load(os.path.join(run, "query_labels.npy")), np.load(os.path.join(run, "db_labels.npy"))
+def analyse(path, bundle, n_designs):
+    run = cmh_tools.Run(path)
+    if run.train_codes() is None:
+        raise SystemExit(f"{path}: the database is not the training set (no learned-B convention)")
+    b, qt = run.train_codes(), run.query_codes("text")
+    ql, dl = run.labels("query"), run.labels("db")
     if (dl.sum(1) != 1).any() or (ql.sum(1) != 1).any():
-        raise SystemExit(f"{run}: multi-label or unlabelled rows; this analysis needs one class per item")
-    if len(np.load(os.path.join(run, "split_database.npy"))) != b.shape[0]:
-        raise SystemExit(f"{run}: the database is not the training set (no learned-B convention)")
+        raise SystemExit(f"{path}: multi-label or unlabelled rows; this analysis needs one class per item")
     y, qy = dl.argmax(1), ql.argmax(1)
     classes = dl.shape[1]
-    cent = np.stack([np.where(b[y == c].sum(0) >= 0, 1, -1) for c in range(classes)])
+    cent = np.stack([np.where(b[y == c].sum(0) >= 0, 1, -1) for c in range(classes)]).astype(np.int8)
     purity = float((b == cent[y]).all(1).mean())
-    t2i_b = mean_average_precision(qt, b, ql, dl)[0]
-    t2i_class = mean_average_precision(qt, cent[y], ql, dl)[0]
-    d = hamming(qt, cent)
+    t2i_b = mean_ap(qt, b, ql, dl)
+    t2i_class = mean_ap(qt, cent[y], ql, dl)
+    d = hamming_distances(qt, cent)
     acc = float((d.argmin(1) == qy).mean())
     tied = float(((d == d.min(1, keepdims=True)).sum(1) > 1).mean())
-    model = os.path.join(run, "model")
-    meta = json.load(open(os.path.join(model, "model.json")))
-    text = load_bundle_features(bundle)[1][np.load(os.path.join(run, "split_query.npy"))]
-    h, _ = encode_sch(model, meta, 1, text)
+    h = run.model().project("text", bundle.features("text")[run.split("query")])
     if not (np.where(h >= 0, 1, -1) == qt).mean() > 0.999:
-        raise SystemExit(f"{run}: re-encoded text queries differ from query_text.npy")
-    relevant = (ql.astype(np.int64) @ dl.astype(np.int64).T) > 0
-    t2i_real = map_from_distances(-(h @ cent.T)[:, y], relevant)[0]
+        raise SystemExit(f"{path}: re-encoded text queries differ from query_text.npy")
+    t2i_real = evaluate_distances(-(h @ cent.T)[:, y], relevance(ql, dl))["map"]
     out = dict(t2i_B=t2i_b, t2i_classB=t2i_class, purity=purity, acc=acc, tied_top=tied, t2i_real=t2i_real)
     if n_designs:
         out.update(simulate_designs(h, cent, y, ql, dl, n_designs, seed=len(y)))
@@ -103,17 +104,18 @@ def main():
     a = ap.parse_args()
     dump = {}
     for root in a.runs:
-        bundle, _ = find_bundle(os.path.join(root, "x"), a.data)
+        runs = sorted(glob.glob(os.path.join(root, "bits*-seed*")))
+        bundle = cmh_tools.Run(runs[0]).bundle(a.data) if runs else None
         if bundle is None:
             raise SystemExit(f"{root}: cannot find the bundle; pass --data")
         per_len = {}
-        for run in sorted(glob.glob(os.path.join(root, "bits*-seed*"))):
+        for run in runs:
             bits = int(re.search(r"bits(\d+)-seed", run).group(1))
             r = analyse(run, bundle, a.designs)
             dump[os.path.abspath(run)] = r
             per_len.setdefault(bits, []).append(r)
         keys = list(next(iter(per_len.values()))[0])
-        print(f"{root} ({bundle})")
+        print(f"{root} ({bundle.path})")
         print("bits seeds " + " ".join(f"{k:>15}" for k in keys))
         for bits in sorted(per_len):
             rows = per_len[bits]

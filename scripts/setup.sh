@@ -4,6 +4,7 @@
 #     demo fetches its emoji packages with it on first use) when no npm is on PATH;
 #   - a project venv .venv with torch==2.13.0 (libtorch for tch) and the scripts' packages
 #     (scripts/requirements.txt), reinstalled only when that file changes;
+#   - the Python package python/ (`import cmh_tools`), installed editable into the venv;
 #   - .libtorch -> the venv's torch folder (.cargo/config.toml points LIBTORCH at it);
 #   - a release build (target/release/cmh).
 # Re-running it when everything is present takes seconds.
@@ -36,6 +37,19 @@ if ! cat scripts/requirements.txt scripts/requirements-nodeps.txt | cmp -s - "$s
   .venv/bin/python -m pip install -q -r scripts/requirements.txt
   .venv/bin/python -m pip install -q --no-deps -r scripts/requirements-nodeps.txt
   cat scripts/requirements.txt scripts/requirements-nodeps.txt > "$stamp"
+fi
+# The Python package, editable (an edit to python/cmh_tools needs no reinstall); redone when this
+# checkout's path or python/pyproject.toml changes.
+pkg_stamp=.venv/.cmh-python-package
+pkg_want="$(pwd)/python $(cksum < python/pyproject.toml)"
+if [ "$(cat "$pkg_stamp" 2>/dev/null)" != "$pkg_want" ]; then
+  echo "setup: installing the Python package (python/, import cmh_tools)"
+  log=$(mktemp)
+  # setuptools warns about editable installs on every run; its output is shown only on failure.
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e python/ >"$log" 2>&1 \
+    || { cat "$log" >&2; rm -f "$log"; exit 1; }
+  rm -f "$log"
+  printf '%s\n' "$pkg_want" > "$pkg_stamp"
 fi
 purelib=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 [ -d "$purelib/torch/lib" ] || { echo "setup: $purelib/torch/lib is missing; is torch installed?" >&2; exit 1; }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How much unseen-class information each signal carries on Wikipedia's zero-shot protocol (b).
 
-An analysis for issue 5, not a method of cmh: numpy only, closed-form linear models on the same
+An analysis, not a method of cmh: numpy only, closed-form linear models on the same
 centred RBF-anchor features that cmh's SCH and CCA-ITQ use. For each class split of protocol (b)
 (two unseen classes; training = the seen classes' training rows; queries = the unseen classes'
 query rows; database = the unseen classes' training rows) it scores, at BITS bits, mAP I→T / T→I:
@@ -19,7 +19,8 @@ query rows; database = the unseen classes' training rows) it scores, at BITS bit
 
 The split seeds and unseen classes are read from a zeroshot_wiki JSON (`--runs`, field `unseen` of
 the protocol-(b) runs), so the splits are exactly cmh's. Default: the validation roles
-(data/wiki_npy_val, scripts/wiki_val_npy.py) and the session-4 validation references.
+(data/wiki_npy_val, scripts/wiki_val_npy.py) and the validation references of
+benches/zeroshot_val_refs_s4.json.
 
 usage: .venv/bin/python scripts/zs_linear_probe.py [--npy data/wiki_npy_val]
            [--runs benches/zeroshot_val_refs_s4.json] [--bits 64] [--anchors 1000]
@@ -31,8 +32,9 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from analyze_codes import map_from_distances  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
+from cmh_tools import evaluate_distances, rbf_features  # noqa: E402
+from cmh_tools.models import sq_distances  # noqa: E402
 
 
 def average_precision_map(q, d, qy, dy):
@@ -42,16 +44,14 @@ def average_precision_map(q, d, qy, dy):
         dist = np.abs(q[:, None] - d[None, :])
     else:
         dist = 0.5 * (q.shape[1] - q @ d.T)
-    return map_from_distances(dist, qy[:, None] == dy[None, :])[0]
+    return evaluate_distances(dist, qy[:, None] == dy[None, :])["map"]
 
 
-def rbf_features(x, rows, n_anchors, rng):
+def fit_rbf_features(x, rows, n_anchors, rng):
     """Centred RBF features to anchors drawn from `rows`, σ = mean row-to-anchor distance."""
     anchors = x[rng.choice(rows, min(n_anchors, len(rows)), replace=False)]
-    sq = (x * x).sum(1)[:, None] + (anchors * anchors).sum(1)[None, :] - 2 * x @ anchors.T
-    dist = np.sqrt(np.clip(sq, 0, None))
-    sigma = dist[rows].mean()
-    phi = np.exp(-dist**2 / (2 * sigma**2))
+    sigma = np.sqrt(sq_distances(x[rows], anchors)).mean()
+    phi = rbf_features(x, anchors, sigma, 0.0)
     return phi - phi[rows].mean(0)
 
 
@@ -109,7 +109,7 @@ def main():
         tr = train[~np.isin(y[train], un)]
         q, db = query[np.isin(y[query], un)], train[np.isin(y[train], un)]
         rng = np.random.default_rng(seed)
-        phi = [rbf_features(img, tr, a.anchors, rng), rbf_features(txt, tr, a.anchors, rng)]
+        phi = [fit_rbf_features(img, tr, a.anchors, rng), fit_rbf_features(txt, tr, a.anchors, rng)]
         # label-free: CCA + ITQ
         px, py = cca(phi[0][tr], phi[1][tr], a.bits, a.reg)
         proj = [phi[0] @ px, phi[1] @ py]

@@ -13,6 +13,16 @@ use ndarray::{Array2, ArrayView2};
 use std::path::Path;
 
 /// Owned packed codes (n items × `bits` bits).
+///
+/// ```
+/// use cmh::codes::BinaryCodes;
+/// use ndarray::array;
+///
+/// // sgn with sgn(0) = +1; bit j is bit 7 - j % 8 of byte j / 8 (numpy.packbits order).
+/// let codes = BinaryCodes::from_signs(array![[0.5, -1.0, 0.0, 2.0, -3.0, -0.5, -0.1, -2.0, 1.0]].view());
+/// assert_eq!(codes.as_bytes(), &[0b1011_0000, 0b1000_0000]);
+/// assert_eq!(codes.to_pm1(), array![[1i8, -1, 1, 1, -1, -1, -1, -1, 1]]);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BinaryCodes {
     n: usize,

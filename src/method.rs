@@ -196,6 +196,35 @@ pub trait HashModel: Send + Sync {
 }
 
 /// A method's hyper-parameters: checked, then fitted.
+///
+/// Fit, encode, search and evaluate (`examples/train_sch_and_search.rs` does the same on a bundle):
+///
+/// ```
+/// use cmh::method::{Fit, FitContext, HashModel, TrainSet, View, IMAGE, TEXT};
+/// use cmh::metrics::{evaluate, EvalOptions};
+/// use cmh::shallow::sch::SchParams;
+/// use ndarray::Array2;
+///
+/// // 60 items of 3 classes; both modalities' features carry the class, plus noise.
+/// let class: Vec<usize> = (0..60).map(|i| i % 3).collect();
+/// let features = |d: usize| {
+///     Array2::from_shape_fn((60, d), |(i, j)| (class[i] == j % 3) as u8 as f32 + 0.1 * ((i * 7 + j * 3) % 5) as f32)
+/// };
+/// let labels = cmh::bundle::one_hot(&class, 3);
+/// let views = vec![View::Features(features(6)), View::Features(features(4))];
+/// let train = TrainSet::supervised(views, labels.clone(), vec!["a".into(), "b".into(), "c".into()]);
+///
+/// let model = SchParams { anchors: 30, ..Default::default() }.fit(&train, &FitContext::new(16, 0))?;
+/// let text_codes = model.encode(TEXT, &train.views[TEXT])?;
+/// let image_codes = model.encode(IMAGE, &train.views[IMAGE])?;
+///
+/// // The 5 nearest images of every text, ranked by (Hamming distance, index).
+/// let nearest = cmh::search::topk(text_codes.view(), image_codes.view(), 5)?;
+/// assert_eq!(nearest.indices.dim(), (60, 5));
+/// let m = evaluate(text_codes.view(), image_codes.view(), labels.view(), labels.view(), &EvalOptions::default())?;
+/// assert!(m.map > 0.9, "text queries find the images of their class: mAP {}", m.map);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 pub trait Fit {
     type Model: HashModel + 'static;
     /// Refuses bad hyper-parameters or data the method cannot use, with a clear message.
