@@ -8,6 +8,10 @@ use anyhow::{bail, Result};
 use ndarray::{Array2, Array4, ArrayView2};
 use std::path::{Path, PathBuf};
 
+/// The largest code length any method trains (see [`Fit::fit`]): far beyond what cross-modal
+/// hashing uses (16–128 bits), small enough that bits × bits matrices stay small (128 MiB in f64).
+pub const MAX_BITS: usize = 4096;
+
 /// Index of the image modality in every [`TrainSet`] and bundle.
 pub const IMAGE: usize = 0;
 /// Index of the text modality.
@@ -206,6 +210,9 @@ pub trait Fit {
         data.validate()?;
         if ctx.bits == 0 {
             bail!("bits must be at least 1");
+        }
+        if ctx.bits > MAX_BITS {
+            bail!("bits = {}: code lengths above {MAX_BITS} bits are not supported; use at most {MAX_BITS}", ctx.bits);
         }
         self.check(data, ctx.bits)?;
         self.fit_checked(data, ctx)
