@@ -239,7 +239,7 @@ impl Bundle {
                         other => bail!("{}: images must be uint8, found {}", p.display(), other.dtype_name()),
                     };
                     if a.ndim() != 4 || a.shape()[3] != 3 || a.shape()[0] != n {
-                        bail!("{}: images must be {n}×H×W×3 uint8, found shape {:?}", p.display(), a.shape());
+                        bail!("{}: images must be {n}×H×W×3 uint8, found shape {}", p.display(), crate::npy::shape_str(a.shape()));
                     }
                     Some(a.into_dimensionality()?)
                 }
@@ -265,7 +265,7 @@ impl Bundle {
                     .to_i64()
                     .ok_or_else(|| anyhow!("{}: unlabelled must be bool (items), found a float array", p.display()))?;
                 if a.shape() != [n] || a.iter().any(|&v| v != 0 && v != 1) {
-                    bail!("{}: unlabelled must be a bool vector of {n} entries, found shape {:?}", p.display(), a.shape());
+                    bail!("{}: unlabelled must be a bool vector of {n} entries (0/1), found shape {}", p.display(), crate::npy::shape_str(a.shape()));
                 }
                 a.iter().map(|&v| v == 1).collect()
             }
@@ -283,7 +283,7 @@ impl Bundle {
             let p = file_in(dir, f, field)?;
             let l = read_binary_matrix(&p, "labels")?;
             if l.dim() != (n, c) {
-                bail!("{}: labels must be {n}×{c} (items × classes), found {:?}", p.display(), l.dim());
+                bail!("{}: labels must be {n}×{c} (items × classes), found {}×{}", p.display(), l.nrows(), l.ncols());
             }
             for (i, row) in l.outer_iter().enumerate() {
                 let has = row.iter().any(|&v| v != 0);
@@ -309,7 +309,7 @@ impl Bundle {
                 let p = file_in(dir, &spec.file, "class_embeddings.file")?;
                 let e = read_features(&p)?;
                 if e.dim() != (c, spec.dim) {
-                    bail!("{}: class embeddings must be {c}×{} (classes × class_embeddings.dim), found {:?}", p.display(), spec.dim, e.dim());
+                    bail!("{}: class embeddings must be {c}×{} (classes × class_embeddings.dim), found {}×{}", p.display(), spec.dim, e.nrows(), e.ncols());
                 }
                 Some(e)
             }

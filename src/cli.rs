@@ -186,6 +186,12 @@ pub fn main() -> i32 {
     if cli.command.may_use_cuda() {
         crate::deep::trainer::load_cuda_backend();
     }
+    if matches!(cli.command, Command::Train(_) | Command::Demo(_)) {
+        // SIGINT / SIGTERM during a training: finish the mini-batch, checkpoint, exit 130.
+        if let Err(e) = crate::deep::trainer::install_stop_handler() {
+            eprintln!("warning: {e:#}; an interrupted training resumes from its last epoch");
+        }
+    }
     if let Some(n) = cli.threads {
         if n == 0 {
             eprintln!("error: --threads must be at least 1, found 0");
@@ -197,8 +203,14 @@ pub fn main() -> i32 {
     }
     match run(cli) {
         Ok(()) => 0,
+        Err(e) if pipeline::is_stop(&e) => {
+            eprintln!("interrupted: {}", crate::deep::strip_backtrace(&format!("{e:#}")));
+            130
+        }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // One line: which file or flag, what was found, what was expected (libtorch's C++
+            // backtraces are dropped).
+            eprintln!("error: {}", crate::deep::strip_backtrace(&format!("{e:#}")));
             1
         }
     }
@@ -352,6 +364,11 @@ fn eval(a: &EvalArgs) -> Result<()> {
 }
 
 fn encode(a: &EncodeArgs) -> Result<()> {
+    let stem = a.out.file_name().and_then(|s| s.to_str()).ok_or_else(|| anyhow!("--out {}: needs a file stem, e.g. codes/text", a.out.display()))?;
+    let stem = stem.trim_end_matches(".npy");
+    let dir = a.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let outputs = [dir.join(format!("{stem}.npy")), dir.join(format!("{stem}_packed.npy"))];
+    crate::outdir::refuse_overwriting_inputs(&outputs, &[("--features", &a.features), ("--model", &a.model)])?;
     let model = pipeline::load_model(&a.model)?;
     let m = match a.modality.as_str() {
         "image" => crate::method::IMAGE,
@@ -360,9 +377,6 @@ fn encode(a: &EncodeArgs) -> Result<()> {
     };
     let x = crate::npy::read_features(&a.features)?;
     let codes = model.encode(m, &crate::method::View::Features(x))?;
-    let stem = a.out.file_name().and_then(|s| s.to_str()).ok_or_else(|| anyhow!("--out needs a file stem"))?;
-    let stem = stem.trim_end_matches(".npy");
-    let dir = a.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     codes.save_npy(dir, stem)?;
     Ok(())
 }

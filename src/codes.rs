@@ -194,7 +194,7 @@ impl BinaryCodes {
         let arr = read_npy(path)?;
         let shape = arr.shape().to_vec();
         if shape.len() != 2 {
-            bail!("{}: codes must be a 2-d array (items × bits), found shape {:?}", path.display(), shape);
+            bail!("{}: codes must be a 2-d array (items × bits), found shape {}", path.display(), crate::npy::shape_str(&shape));
         }
         let (n, cols) = (shape[0], shape[1]);
         if cols == 0 {

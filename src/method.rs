@@ -219,6 +219,41 @@ pub trait Fit {
     }
 }
 
+/// Memory the machine can give a fit: `MemAvailable` plus free swap from `/proc/meminfo`
+/// (`None` where that cannot be read).
+pub fn available_memory() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |key: &str| -> Option<f64> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(1)?.parse::<f64>().ok()
+    };
+    Some((kib("MemAvailable:")? + kib("SwapFree:").unwrap_or(0.0)) * 1024.0)
+}
+
+/// Helper for `check`: refuses a fit whose estimated working memory (`bytes`, the largest arrays
+/// the method allocates, described by `what`) exceeds the memory available, before anything is
+/// allocated.
+pub fn ensure_memory(method: &str, bits: usize, bytes: f64, what: &str) -> Result<()> {
+    match available_memory() {
+        Some(avail) => ensure_memory_within(method, bits, bytes, what, avail),
+        None => Ok(()),
+    }
+}
+
+/// [`ensure_memory`] against a given amount of available memory.
+pub fn ensure_memory_within(method: &str, bits: usize, bytes: f64, what: &str, available: f64) -> Result<()> {
+    if bytes > available {
+        let gib = |b: f64| b / (1u64 << 30) as f64;
+        bail!(
+            "{method} at {bits} bits needs about {:.1} GiB of memory ({what}), but {:.1} GiB are available; use fewer bits, \
+             fewer anchors or fewer training items",
+            gib(bytes),
+            gib(available)
+        );
+    }
+    Ok(())
+}
+
 /// Helper for `check`: a hyper-parameter that must be positive / non-negative.
 pub fn ensure_nonneg(name: &str, v: f64) -> Result<()> {
     if !v.is_finite() || v < 0.0 {

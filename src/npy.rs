@@ -238,7 +238,7 @@ pub fn write_atomic(path: &Path, f: impl FnOnce(&mut BufWriter<&mut File>) -> Re
     {
         let mut w = BufWriter::new(tmp.as_file_mut());
         f(&mut w).with_context(|| format!("writing {}", path.display()))?;
-        w.flush()?;
+        w.flush().with_context(|| format!("writing {} (is the disk full?)", path.display()))?;
     }
     // tempfile creates 0600; outputs are ordinary files (0644 before the umask).
     set_mode(tmp.path(), 0o644)?;

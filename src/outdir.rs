@@ -67,6 +67,46 @@ pub enum Prepared {
     Existing,
 }
 
+/// Checks, without creating anything, that [`prepare`] would accept `dir` (without `force`).
+pub fn check(dir: &Path, kind: Kind, flag: &str) -> Result<()> {
+    let p = dir.display();
+    if dir.exists() && !dir.is_dir() {
+        bail!("{flag} {p}: is a file, not a folder; give a folder path");
+    }
+    if dir.is_dir() && !is_empty_dir(dir)? {
+        match marked_kind(dir) {
+            Some(k) if k == kind.name() => {}
+            Some(k) => bail!("{flag} {p}: holds cmh output of another kind ({k}), not a {}; choose another folder", kind.name()),
+            None => bail!(
+                "{flag} {p}: the folder is not empty and was not created by cmh (it has no {MARKER} file); cmh never deletes \
+                 or mixes into such a folder: choose a new or empty folder"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Refuses outputs that would overwrite an input: `outputs` are the files a command will write,
+/// `inputs` the (flag, path) pairs it reads.
+pub fn refuse_overwriting_inputs(outputs: &[std::path::PathBuf], inputs: &[(&str, &Path)]) -> Result<()> {
+    // The same file by any spelling: canonical paths of existing files, else of the parent folder.
+    let canon = |p: &Path| -> Option<std::path::PathBuf> {
+        std::fs::canonicalize(p).ok().or_else(|| {
+            let parent = p.parent().filter(|q| !q.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            Some(std::fs::canonicalize(parent).ok()?.join(p.file_name()?))
+        })
+    };
+    for out in outputs {
+        let Some(o) = canon(out) else { continue };
+        for (flag, input) in inputs {
+            if canon(input).is_some_and(|i| i == o) {
+                bail!("{flag} {}: would be overwritten by the output {}; write the output elsewhere", input.display(), out.display());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Prepares the output folder `dir` of a command writing `kind` (`flag` names the option in
 /// messages, e.g. `--out`): see the module documentation. With `force`, an existing marked folder
 /// of the same kind is deleted and made again.

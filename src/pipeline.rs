@@ -419,7 +419,16 @@ pub fn run_with(cfg: &RunConfig, out: &Path, opts: &RunOptions) -> Result<Vec<Re
                 reports.push(r);
                 continue;
             }
-            let r = run_one(&bundle, &cfg, bits, seed, out, resume, opts.progress)?;
+            if crate::deep::trainer::stop_requested() {
+                return Err(Stopped { finished: reports.len(), out: out.to_path_buf() }.into());
+            }
+            let r = run_one(&bundle, &cfg, bits, seed, out, resume, opts.progress).map_err(|e| {
+                if e.chain().any(|c| c.is::<crate::deep::trainer::Interrupted>()) {
+                    e.context(format!("continue with `cmh train --resume {}`", out.display()))
+                } else {
+                    e
+                }
+            })?;
             if opts.progress {
                 eprintln!(
                     "{} {bits} bits seed {seed}: I→T {:.4}  T→I {:.4} ({}), encoded {:.4} / {:.4}, fit {:.1}s",
@@ -432,6 +441,26 @@ pub fn run_with(cfg: &RunConfig, out: &Path, opts: &RunOptions) -> Result<Vec<Re
     write_summary(out, &reports)?;
     crate::outdir::clean_partials(out)?;
     Ok(reports)
+}
+
+/// A run stopped by SIGINT / SIGTERM between two (bits, seed) runs: the finished ones are saved.
+#[derive(Debug)]
+pub struct Stopped {
+    pub finished: usize,
+    pub out: PathBuf,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stopped by a signal after {} finished runs (saved in {}); continue with `cmh train --resume {}`", self.finished, self.out.display(), self.out.display())
+    }
+}
+impl std::error::Error for Stopped {}
+
+/// Whether an error is a stop asked for by a signal or a [`crate::deep::trainer::RunControl`]
+/// (the `cmh` command then exits with 130, the convention for an interrupted program).
+pub fn is_stop(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<Stopped>() || c.is::<crate::deep::trainer::Interrupted>())
 }
 
 /// `report.json` at the top of a run folder: the summary table and every run's report. With a single
