@@ -119,6 +119,73 @@ fn file_in(dir: &Path, name: &str, field: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// The modality names a bundle may use, in role order (modality 0 is the image side).
+pub const MODALITY_NAMES: [&str; 2] = ["image", "text"];
+
+/// Puts the manifest's modalities (and per-modality label files) in role order by their names:
+/// roles follow the names, never the order in the file. Unknown or repeated names, and a bundle
+/// without an image modality, are refused.
+fn order_modalities(mpath: &Path, manifest: &mut Manifest) -> Result<()> {
+    let names: Vec<&str> = manifest.modalities.iter().map(|m| m.name.as_str()).collect();
+    for (i, name) in names.iter().enumerate() {
+        if !MODALITY_NAMES.contains(name) {
+            bail!("{}: modalities[{i}].name is {name:?}; expected \"image\" or \"text\" (the name gives the modality's role)", mpath.display());
+        }
+        if names[..i].contains(name) {
+            bail!("{}: modalities[{i}].name {name:?} appears twice; a bundle has at most one image and one text modality", mpath.display());
+        }
+    }
+    if names[0] != "image" {
+        if names.len() == 1 {
+            bail!("{}: the only modality is \"text\"; cmh's methods pair an image modality with a text modality: add the image modality", mpath.display());
+        }
+        manifest.modalities.swap(0, 1);
+        if let Some(l) = manifest.modality_labels.as_mut() {
+            if l.len() == 2 {
+                l.swap(0, 1);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an index file that lists an item twice.
+fn refuse_duplicates(path: &Path, field: &str, idx: &[usize]) -> Result<()> {
+    let mut seen = std::collections::HashMap::with_capacity(idx.len());
+    for (k, &i) in idx.iter().enumerate() {
+        if let Some(first) = seen.insert(i, k) {
+            bail!("{}: field {field}: item {i} is listed twice (entries {first} and {k}); each item may appear once in a split part", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// SHA-256 (hex) of a bundle's contents: `bundle.json` and every file it names, in name order
+/// (names and bytes). Run folders record it so that a resume on changed data is refused.
+pub fn content_hash(dir: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mpath = dir.join(MANIFEST);
+    let text = std::fs::read(&mpath).with_context(|| format!("{}: cannot read the bundle manifest", mpath.display()))?;
+    let m: Manifest = serde_json::from_slice(&text).map_err(|e| anyhow!("{}: invalid manifest: {e}", mpath.display()))?;
+    let mut files: Vec<&String> = m.modalities.iter().flat_map(|s| s.features.iter().chain(s.images.iter())).collect();
+    files.extend(m.labels.iter().chain(m.modality_labels.iter().flatten()).chain(m.unlabelled.iter()));
+    files.extend(m.class_embeddings.iter().map(|e| &e.file));
+    files.extend(m.split.iter().flat_map(|s| [&s.train, &s.query, &s.database]));
+    files.sort();
+    files.dedup();
+    let mut h = Sha256::new();
+    h.update((text.len() as u64).to_le_bytes());
+    h.update(&text);
+    for f in files {
+        let p = file_in(dir, f, "files")?;
+        let mut r = std::fs::File::open(&p).with_context(|| format!("{}: cannot open", p.display()))?;
+        h.update((f.len() as u64).to_le_bytes());
+        h.update(f.as_bytes());
+        std::io::copy(&mut r, &mut h).with_context(|| format!("{}: cannot read", p.display()))?;
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 impl Bundle {
     /// Loads and validates a bundle folder.
     pub fn load(dir: &Path) -> Result<Self> {
@@ -128,7 +195,7 @@ impl Bundle {
         Self::load_with(dir, manifest)
     }
 
-    fn load_with(dir: &Path, manifest: Manifest) -> Result<Self> {
+    fn load_with(dir: &Path, mut manifest: Manifest) -> Result<Self> {
         let mpath = dir.join(MANIFEST);
         let n = manifest.n_items;
         let c = manifest.classes.len();
@@ -138,6 +205,11 @@ impl Bundle {
         if c == 0 {
             bail!("{}: field classes: at least one class is needed", mpath.display());
         }
+        if let Some((i, name)) = manifest.classes.iter().enumerate().find(|(i, name)| manifest.classes[..*i].contains(name)) {
+            let first = manifest.classes.iter().position(|x| x == name).unwrap_or(0);
+            bail!("{}: field classes: {name:?} appears twice (classes {first} and {i}); class names must be unique", mpath.display());
+        }
+        order_modalities(&mpath, &mut manifest)?;
         let mut modalities = Vec::new();
         for (m, spec) in manifest.modalities.iter().enumerate() {
             if spec.features.is_none() && spec.images.is_none() {
@@ -167,7 +239,7 @@ impl Bundle {
                         other => bail!("{}: images must be uint8, found {}", p.display(), other.dtype_name()),
                     };
                     if a.ndim() != 4 || a.shape()[3] != 3 || a.shape()[0] != n {
-                        bail!("{}: images must be {n}×H×W×3 uint8, found shape {:?}", p.display(), a.shape());
+                        bail!("{}: images must be {n}×H×W×3 uint8, found shape {}", p.display(), crate::npy::shape_str(a.shape()));
                     }
                     Some(a.into_dimensionality()?)
                 }
@@ -193,7 +265,7 @@ impl Bundle {
                     .to_i64()
                     .ok_or_else(|| anyhow!("{}: unlabelled must be bool (items), found a float array", p.display()))?;
                 if a.shape() != [n] || a.iter().any(|&v| v != 0 && v != 1) {
-                    bail!("{}: unlabelled must be a bool vector of {n} entries, found shape {:?}", p.display(), a.shape());
+                    bail!("{}: unlabelled must be a bool vector of {n} entries (0/1), found shape {}", p.display(), crate::npy::shape_str(a.shape()));
                 }
                 a.iter().map(|&v| v == 1).collect()
             }
@@ -211,7 +283,7 @@ impl Bundle {
             let p = file_in(dir, f, field)?;
             let l = read_binary_matrix(&p, "labels")?;
             if l.dim() != (n, c) {
-                bail!("{}: labels must be {n}×{c} (items × classes), found {:?}", p.display(), l.dim());
+                bail!("{}: labels must be {n}×{c} (items × classes), found {}×{}", p.display(), l.nrows(), l.ncols());
             }
             for (i, row) in l.outer_iter().enumerate() {
                 let has = row.iter().any(|&v| v != 0);
@@ -237,7 +309,7 @@ impl Bundle {
                 let p = file_in(dir, &spec.file, "class_embeddings.file")?;
                 let e = read_features(&p)?;
                 if e.dim() != (c, spec.dim) {
-                    bail!("{}: class embeddings must be {c}×{} (classes × class_embeddings.dim), found {:?}", p.display(), spec.dim, e.dim());
+                    bail!("{}: class embeddings must be {c}×{} (classes × class_embeddings.dim), found {}×{}", p.display(), spec.dim, e.nrows(), e.ncols());
                 }
                 Some(e)
             }
@@ -250,6 +322,9 @@ impl Bundle {
                 let database = read_indices(&file_in(dir, &s.database, "split.database")?, n)?;
                 if query.is_empty() || database.is_empty() || train.is_empty() {
                     bail!("{}: field split: train, query and database must each hold at least one item", mpath.display());
+                }
+                for (field, file, idx) in [("split.train", &s.train, &train), ("split.query", &s.query, &query), ("split.database", &s.database, &database)] {
+                    refuse_duplicates(&dir.join(file), field, idx)?;
                 }
                 Some(FixedSplit { train, query, database })
             }
@@ -341,6 +416,7 @@ impl BundleWriter {
         if dir.exists() && !overwrite {
             bail!("{} already exists; pass --force to replace it", dir.display());
         }
+        check_replaceable(dir)?;
         let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create folder", parent.display()))?;
         let tmp = tempfile::Builder::new().prefix(".bundle-").tempdir_in(parent)?;
@@ -422,6 +498,7 @@ impl BundleWriter {
             split,
         };
         write_manifest(t, &manifest)?;
+        crate::outdir::mark(t, crate::outdir::Kind::Bundle)?;
         // Validate before the folder becomes visible under its final name.
         Bundle::load_with(t, manifest).context("the converted bundle failed validation")?;
         crate::npy::set_mode(tmp.path(), 0o755)?;
@@ -436,6 +513,27 @@ impl BundleWriter {
         }
         Bundle::load(dir)
     }
+}
+
+/// Refuses to replace `dir` unless it is absent, empty, or a bundle: marked as written by cmh, or
+/// holding a `bundle.json` that reads as a bundle manifest. cmh never deletes other folders.
+pub fn check_replaceable(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    if !dir.is_dir() {
+        bail!("{}: is a file, not a bundle folder; give a folder path", dir.display());
+    }
+    let empty = std::fs::read_dir(dir).with_context(|| format!("{}: cannot list the folder", dir.display()))?.next().is_none();
+    let manifest_ok = std::fs::read_to_string(dir.join(MANIFEST)).ok().is_some_and(|t| serde_json::from_str::<Manifest>(&t).is_ok());
+    if empty || manifest_ok || crate::outdir::is_marked(dir, crate::outdir::Kind::Bundle) {
+        return Ok(());
+    }
+    bail!(
+        "{}: exists and is not a cmh bundle (no readable {MANIFEST}); --force replaces only bundles, and cmh never deletes \
+         other folders: choose another output folder",
+        dir.display()
+    )
 }
 
 /// One-hot labels from 0-based class indices.

@@ -127,8 +127,12 @@ pub struct TrainArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in this folder (its run.json gives the configuration).
-    #[arg(long, conflicts_with_all = ["method", "data", "out"])]
+    #[arg(long, conflicts_with_all = ["method", "data", "out", "force"])]
     pub resume: Option<PathBuf>,
+    /// Replace an existing run folder (--out) that holds a run of another configuration; only a
+    /// folder cmh created is ever replaced.
+    #[arg(long)]
+    pub force: bool,
     /// No progress output.
     #[arg(long, short)]
     pub quiet: bool,
@@ -182,6 +186,12 @@ pub fn main() -> i32 {
     if cli.command.may_use_cuda() {
         crate::deep::trainer::load_cuda_backend();
     }
+    if matches!(cli.command, Command::Train(_) | Command::Demo(_)) {
+        // SIGINT / SIGTERM during a training: finish the mini-batch, checkpoint, exit 130.
+        if let Err(e) = crate::deep::trainer::install_stop_handler() {
+            eprintln!("warning: {e:#}; an interrupted training resumes from its last epoch");
+        }
+    }
     if let Some(n) = cli.threads {
         if n == 0 {
             eprintln!("error: --threads must be at least 1, found 0");
@@ -193,8 +203,14 @@ pub fn main() -> i32 {
     }
     match run(cli) {
         Ok(()) => 0,
+        Err(e) if pipeline::is_stop(&e) => {
+            eprintln!("interrupted: {}", crate::deep::strip_backtrace(&format!("{e:#}")));
+            130
+        }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // One line: which file or flag, what was found, what was expected (libtorch's C++
+            // backtraces are dropped).
+            eprintln!("error: {}", crate::deep::strip_backtrace(&format!("{e:#}")));
             1
         }
     }
@@ -220,12 +236,9 @@ fn data_info(dir: &Path) -> Result<()> {
     println!("{} ({} items, {} classes): {}", b.manifest.name, b.n_items(), b.n_classes(), b.manifest.source);
     for (m, spec) in b.manifest.modalities.iter().enumerate() {
         let md = &b.modalities[m];
-        println!(
-            "  modality {m} {}: features {:?}, images {:?}",
-            spec.name,
-            md.features.as_ref().map(|x| x.dim()),
-            md.images.as_ref().map(|x| x.shape().to_vec())
-        );
+        let features = md.features.as_ref().map_or("none".to_string(), |x| format!("{}×{}", x.nrows(), x.ncols()));
+        let images = md.images.as_ref().map_or("none".to_string(), |x| crate::npy::shape_str(x.shape()));
+        println!("  modality {m} {}: features {features}, images {images}", spec.name);
     }
     if let Some(s) = &b.split {
         println!("  fixed split: {} train, {} query, {} database", s.train.len(), s.query.len(), s.database.len());
@@ -269,7 +282,8 @@ fn train(a: &TrainArgs) -> Result<()> {
         let p = dir.join("run.json");
         let text = std::fs::read_to_string(&p).with_context(|| format!("{}: no run to resume here", p.display()))?;
         let cfg: RunConfig = serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid run description: {e}", p.display()))?;
-        return finish_train(pipeline::run(&cfg, dir, true, progress)?, dir);
+        let opts = pipeline::RunOptions { resume: true, force: false, progress };
+        return finish_train(pipeline::run_with(&cfg, dir, &opts)?, dir);
     }
     let method = a.method.clone().ok_or_else(|| anyhow!("--method is required (one of {})", pipeline::METHODS.join(", ")))?;
     let data = a.data.clone().ok_or_else(|| anyhow!("--data BUNDLE is required"))?;
@@ -297,7 +311,7 @@ fn train(a: &TrainArgs) -> Result<()> {
         images: !a.features_only,
         same_modality: a.same_modality,
     };
-    finish_train(pipeline::run(&cfg, &out, false, progress)?, &out)
+    finish_train(pipeline::run_with(&cfg, &out, &pipeline::RunOptions { resume: false, force: a.force, progress })?, &out)
 }
 
 fn finish_train(reports: Vec<crate::report::Report>, out: &Path) -> Result<()> {
@@ -308,9 +322,18 @@ fn finish_train(reports: Vec<crate::report::Report>, out: &Path) -> Result<()> {
 
 fn eval(a: &EvalArgs) -> Result<()> {
     let qf = open_codes(&a.query_codes, a.bits)?;
-    let dbf = open_codes(&a.db_codes, a.bits.or(Some(qf.view().bits)))
-        .with_context(|| format!("the database codes must match the query codes ({} bits)", qf.view().bits))?;
+    // Packed database codes take the query codes' length unless --bits says otherwise.
+    let dbf = open_codes(&a.db_codes, a.bits.or(Some(qf.view().bits)))?;
     let (q, db) = (qf.view(), dbf.view());
+    if q.bits != db.bits {
+        bail!(
+            "--db-codes {}: holds {}-bit codes, but --query-codes {} holds {}-bit codes; both must come from the same model and code length",
+            a.db_codes.display(),
+            db.bits,
+            a.query_codes.display(),
+            q.bits
+        );
+    }
     let ql = read_binary_matrix(&a.query_labels, "query labels")?;
     let dl = read_binary_matrix(&a.db_labels, "database labels")?;
     let opts = if a.plot.is_some() { pipeline::eval_options(a.topk) } else { EvalOptions { topk: a.topk, ..Default::default() } };
@@ -341,6 +364,11 @@ fn eval(a: &EvalArgs) -> Result<()> {
 }
 
 fn encode(a: &EncodeArgs) -> Result<()> {
+    let stem = a.out.file_name().and_then(|s| s.to_str()).ok_or_else(|| anyhow!("--out {}: needs a file stem, e.g. codes/text", a.out.display()))?;
+    let stem = stem.trim_end_matches(".npy");
+    let dir = a.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let outputs = [dir.join(format!("{stem}.npy")), dir.join(format!("{stem}_packed.npy"))];
+    crate::outdir::refuse_overwriting_inputs(&outputs, &[("--features", &a.features), ("--model", &a.model)])?;
     let model = pipeline::load_model(&a.model)?;
     let m = match a.modality.as_str() {
         "image" => crate::method::IMAGE,
@@ -349,9 +377,6 @@ fn encode(a: &EncodeArgs) -> Result<()> {
     };
     let x = crate::npy::read_features(&a.features)?;
     let codes = model.encode(m, &crate::method::View::Features(x))?;
-    let stem = a.out.file_name().and_then(|s| s.to_str()).ok_or_else(|| anyhow!("--out needs a file stem"))?;
-    let stem = stem.trim_end_matches(".npy");
-    let dir = a.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     codes.save_npy(dir, stem)?;
     Ok(())
 }

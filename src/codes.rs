@@ -204,13 +204,21 @@ impl BinaryCodes {
         let arr = read_npy(path)?;
         let shape = arr.shape().to_vec();
         if shape.len() != 2 {
-            bail!("{}: codes must be a 2-d array (items × bits), found shape {:?}", path.display(), shape);
+            bail!("{}: codes must be a 2-d array (items × bits), found shape {}", path.display(), crate::npy::shape_str(&shape));
         }
         let (n, cols) = (shape[0], shape[1]);
+        if cols == 0 {
+            bail!(
+                "{}: codes have 0 columns ({n}×0 {}); a code needs at least one bit: write n × bits int8 ±1, bool 0/1, or packed uint8",
+                path.display(),
+                arr.dtype_name()
+            );
+        }
         let codes = match arr {
             NpyData::I8(a) => Self::from_pm1(a.view().into_dimensionality().unwrap()),
             NpyData::Bool(a) => Self::from_bits(a.view().into_dimensionality().unwrap()),
             NpyData::U8(a) => {
+                check_not_unpacked(path, a.as_slice().unwrap_or(&[]), cols)?;
                 let bits = bits.unwrap_or(cols * 8);
                 if stride_of(bits) != cols {
                     bail!("{}: packed uint8 codes of {bits} bits need {} columns, found {cols}", path.display(), stride_of(bits));
@@ -226,7 +234,7 @@ impl BinaryCodes {
         .with_context(|| format!("reading codes from {}", path.display()))?;
         if let Some(b) = bits {
             if b != codes.bits {
-                bail!("{}: expected {b}-bit codes, found {}", path.display(), codes.bits);
+                bail!("{}: holds {}-bit codes, expected {b}-bit codes (the length given or of the other code file); use codes of one model and length", path.display(), codes.bits);
             }
         }
         Ok(codes)
@@ -238,6 +246,25 @@ impl BinaryCodes {
         crate::npy::write_npy(&dir.join(format!("{stem}_packed.npy")), &self.to_packed())?;
         Ok(())
     }
+}
+
+/// Bytes of a uint8 code file that [`check_not_unpacked`] looks at (the first rows).
+pub const UNPACKED_PROBE_BYTES: usize = 1 << 16;
+
+/// Refuses a uint8 code file that holds unpacked 0/1 bits instead of `numpy.packbits` rows: when
+/// the first [`UNPACKED_PROBE_BYTES`] bytes (at least 8 of them) are all 0 or 1 and some are 1. Packed
+/// codes of any real code set have other byte values (each byte is 0 or 1 with chance 2/256).
+pub fn check_not_unpacked(path: &Path, data: &[u8], cols: usize) -> Result<()> {
+    let probe = &data[..data.len().min(UNPACKED_PROBE_BYTES)];
+    if probe.len() >= 8 && probe.iter().all(|&b| b <= 1) && probe.contains(&1) {
+        bail!(
+            "{}: uint8 codes are read as numpy.packbits rows ({cols} columns = {} bits), but every byte is 0 or 1, \
+             which looks like unpacked bits; save unpacked codes as bool (x.astype(bool)) or int8 ±1, or pack them with np.packbits(x, axis=1)",
+            path.display(),
+            cols * 8
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

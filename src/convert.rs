@@ -619,6 +619,7 @@ pub fn convert(args: &ConvertArgs) -> Result<Converted> {
     if args.out.exists() && !args.force {
         bail!("{} already exists; pass --force to replace it", args.out.display());
     }
+    crate::bundle::check_replaceable(&args.out)?;
     if args.split_seed.is_none() && (args.query_size.is_some() || args.train_size.is_some()) {
         bail!("--query-size / --train-size set the random split drawn with --split-seed; give --split-seed too");
     }

@@ -20,6 +20,7 @@ pub mod demo;
 pub mod method;
 pub mod metrics;
 pub mod npy;
+pub mod outdir;
 pub mod pipeline;
 pub mod plot;
 pub mod report;

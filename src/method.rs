@@ -8,6 +8,10 @@ use anyhow::{bail, Result};
 use ndarray::{Array2, Array4, ArrayView2};
 use std::path::{Path, PathBuf};
 
+/// The largest code length any method trains (see [`Fit::fit`]): far beyond what cross-modal
+/// hashing uses (16–128 bits), small enough that bits × bits matrices stay small (128 MiB in f64).
+pub const MAX_BITS: usize = 4096;
+
 /// Index of the image modality in every [`TrainSet`] and bundle.
 pub const IMAGE: usize = 0;
 /// Index of the text modality.
@@ -236,9 +240,47 @@ pub trait Fit {
         if ctx.bits == 0 {
             bail!("bits must be at least 1");
         }
+        if ctx.bits > MAX_BITS {
+            bail!("bits = {}: code lengths above {MAX_BITS} bits are not supported; use at most {MAX_BITS}", ctx.bits);
+        }
         self.check(data, ctx.bits)?;
         self.fit_checked(data, ctx)
     }
+}
+
+/// Memory the machine can give a fit: `MemAvailable` plus free swap from `/proc/meminfo`
+/// (`None` where that cannot be read).
+pub fn available_memory() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |key: &str| -> Option<f64> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(1)?.parse::<f64>().ok()
+    };
+    Some((kib("MemAvailable:")? + kib("SwapFree:").unwrap_or(0.0)) * 1024.0)
+}
+
+/// Helper for `check`: refuses a fit whose estimated working memory (`bytes`, the largest arrays
+/// the method allocates, described by `what`) exceeds the memory available, before anything is
+/// allocated.
+pub fn ensure_memory(method: &str, bits: usize, bytes: f64, what: &str) -> Result<()> {
+    match available_memory() {
+        Some(avail) => ensure_memory_within(method, bits, bytes, what, avail),
+        None => Ok(()),
+    }
+}
+
+/// [`ensure_memory`] against a given amount of available memory.
+pub fn ensure_memory_within(method: &str, bits: usize, bytes: f64, what: &str, available: f64) -> Result<()> {
+    if bytes > available {
+        let gib = |b: f64| b / (1u64 << 30) as f64;
+        bail!(
+            "{method} at {bits} bits needs about {:.1} GiB of memory ({what}), but {:.1} GiB are available; use fewer bits, \
+             fewer anchors or fewer training items",
+            gib(bytes),
+            gib(available)
+        );
+    }
+    Ok(())
 }
 
 /// Helper for `check`: a hyper-parameter that must be positive / non-negative.

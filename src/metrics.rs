@@ -96,6 +96,9 @@ pub(crate) fn check_inputs(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: Ar
     if q.bits != db.bits {
         bail!("code length mismatch: query codes have {} bits but database codes have {}", q.bits, db.bits);
     }
+    if q.bits == 0 {
+        bail!("codes have 0 bits; a code needs at least one bit");
+    }
     if ql.nrows() != q.n {
         bail!("{} query codes but {} query label rows", q.n, ql.nrows());
     }

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{Array2, ArrayD, IxDyn};
 use npyz::{NpyFile, Order, WriterBuilder};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Seek, Write};
 use std::path::Path;
 
 /// An array read from `.npy`, by its stored dtype.
@@ -105,11 +105,20 @@ fn read_typed<T: npyz::Deserialize + Clone, R: std::io::Read>(npy: NpyFile<R>, p
     })
 }
 
-/// Reads any numeric `.npy` file, keeping its dtype.
+/// Reads any numeric `.npy` file, keeping its dtype. The data must be exactly as long as the
+/// header's shape and dtype say (checked before anything is allocated): a truncated file, or one
+/// with bytes after the declared array, is refused.
 pub fn read_npy(path: &Path) -> Result<NpyData> {
     let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let npy = NpyFile::new(BufReader::new(file))
-        .map_err(|e| anyhow!("{}: not a valid .npy file ({e})", path.display()))?;
+    let file_len = file.metadata().with_context(|| format!("{}: cannot read its size", path.display()))?.len();
+    if file.metadata().is_ok_and(|m| m.is_dir()) {
+        bail!("{}: is a folder; expected a .npy file", path.display());
+    }
+    let mut reader = BufReader::new(file);
+    let header = npyz::NpyHeader::from_reader(&mut reader).map_err(|e| anyhow!("{}: not a valid .npy file ({e})", path.display()))?;
+    let data_start = reader.stream_position().with_context(|| format!("{}: cannot read", path.display()))?;
+    let npy = NpyFile::with_header(header, reader);
+    check_data_length(path, npy.shape(), npy.dtype().num_bytes(), file_len.saturating_sub(data_start))?;
     let descr = npy.dtype().descr();
     let code = descr.trim_matches('\'').to_string();
     let kind = code.trim_start_matches(['<', '|', '=']).to_string();
@@ -132,9 +141,38 @@ pub fn read_npy(path: &Path) -> Result<NpyData> {
     })
 }
 
+/// Refuses a `.npy` whose data length is not exactly the shape's element count times the item size.
+fn check_data_length(path: &Path, shape: &[u64], item: Option<usize>, have: u64) -> Result<()> {
+    let p = path.display();
+    let Some(item) = item else { bail!("{p}: unsupported dtype (variable-size or object items)") };
+    let need = shape
+        .iter()
+        .try_fold(item as u64, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| anyhow!("{p}: the header's shape {} is too large to exist", shape_str(shape)))?;
+    if have < need {
+        bail!("{p}: the data is truncated: the header declares shape {} ({need} bytes of data) but {have} bytes follow the header; write the file again", shape_str(shape));
+    }
+    if have > need {
+        bail!(
+            "{p}: {} bytes follow the {} array the header declares ({need} bytes of data); the header and the data disagree (a header edited by hand?); write the file again with np.save",
+            have - need,
+            shape_str(shape)
+        );
+    }
+    Ok(())
+}
+
+/// A shape as users write it: `2866×128` (`scalar` for 0-d).
+pub fn shape_str<T: std::fmt::Display>(shape: &[T]) -> String {
+    if shape.is_empty() {
+        return "scalar".into();
+    }
+    shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×")
+}
+
 fn dims2(path: &Path, what: &str, shape: &[usize]) -> Result<(usize, usize)> {
     if shape.len() != 2 {
-        bail!("{}: {what} must be a 2-d array, found shape {shape:?}", path.display());
+        bail!("{}: {what} must be a 2-d array (rows × columns), found shape {}", path.display(), shape_str(shape));
     }
     Ok((shape[0], shape[1]))
 }
@@ -163,7 +201,7 @@ pub fn read_binary_matrix(path: &Path, what: &str) -> Result<Array2<u8>> {
     }
     let a = data.to_i64().unwrap();
     if let Some((idx, v)) = a.indexed_iter().find(|(_, &v)| v != 0 && v != 1) {
-        bail!("{}: {what} must be 0 or 1; found {v} at {:?}", path.display(), idx);
+        bail!("{}: {what} must be 0 or 1; found {v} at row {}, column {}", path.display(), idx[0], idx[1]);
     }
     Ok(a.mapv(|v| v as u8).into_dimensionality()?)
 }
@@ -175,7 +213,7 @@ pub fn read_indices(path: &Path, upper: usize) -> Result<Vec<usize>> {
         .to_i64()
         .ok_or_else(|| anyhow!("{}: index arrays must be integers (int64), found {}", path.display(), data.dtype_name()))?;
     if a.ndim() != 1 {
-        bail!("{}: index arrays must be 1-d, found shape {:?}", path.display(), a.shape());
+        bail!("{}: index arrays must be 1-d, found shape {}", path.display(), shape_str(a.shape()));
     }
     a.iter()
         .enumerate()
@@ -200,7 +238,7 @@ pub fn write_atomic(path: &Path, f: impl FnOnce(&mut BufWriter<&mut File>) -> Re
     {
         let mut w = BufWriter::new(tmp.as_file_mut());
         f(&mut w).with_context(|| format!("writing {}", path.display()))?;
-        w.flush()?;
+        w.flush().with_context(|| format!("writing {} (is the disk full?)", path.display()))?;
     }
     // tempfile creates 0600; outputs are ordinary files (0644 before the umask).
     set_mode(tmp.path(), 0o644)?;

@@ -258,7 +258,7 @@ pub fn run_one(bundle: &Bundle, cfg: &RunConfig, bits: usize, seed: u64, out: &P
     };
     // Write everything into a hidden folder, then rename it into place.
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create the run folder", out.display()))?;
-    let tmp = tempfile::Builder::new().prefix(&format!(".partial-{name}-")).tempdir_in(out)?;
+    let tmp = tempfile::Builder::new().prefix(&format!(".partial-{name}-")).tempdir_in(out).with_context(|| format!("{}: cannot write into the run folder", out.display()))?;
     let t = tmp.path();
     model.save(&t.join("model"))?;
     for (m, mname) in [(IMAGE, "image"), (TEXT, "text")] {
@@ -276,39 +276,160 @@ pub fn run_one(bundle: &Bundle, cfg: &RunConfig, bits: usize, seed: u64, out: &P
     write_json(&t.join("report.json"), &report)?;
     let final_dir = out.join(&name);
     if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir)?;
+        // An unfinished run's folder never exists under the final name; this is a finished run
+        // of the same configuration being redone (a resume whose report.json was removed).
+        std::fs::remove_dir_all(&final_dir).with_context(|| format!("{}: cannot replace the earlier result", final_dir.display()))?;
     }
     crate::npy::set_mode(tmp.path(), 0o755)?;
-    std::fs::rename(tmp.keep(), &final_dir)?;
+    std::fs::rename(tmp.keep(), &final_dir).with_context(|| format!("{}: cannot move the finished run into place", final_dir.display()))?;
+    // The run is complete: its checkpoint is no longer needed (train.log stays).
+    if let Some(ck) = &ctx.checkpoint_dir {
+        let f = ck.join(crate::deep::trainer::CHECKPOINT_FILE);
+        if f.is_file() {
+            std::fs::remove_file(&f).with_context(|| format!("{}: cannot remove the finished run's checkpoint", f.display()))?;
+        }
+    }
     Ok(report)
+}
+
+/// How [`run_with`] treats the output folder.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// Continue the run in the folder (its `run.json` gave the configuration): finished runs are
+    /// read back, unfinished ones continue from their checkpoints.
+    pub resume: bool,
+    /// Replace an existing run folder of another configuration (only a folder cmh created).
+    pub force: bool,
+    /// Progress bars and per-run lines on stderr.
+    pub progress: bool,
 }
 
 /// Runs every (bits, seed) of `cfg` into `out`; with `resume`, finished runs are read back and
 /// unfinished ones continue from their checkpoints. Writes `out/run.json` and `out/report.json`.
 pub fn run(cfg: &RunConfig, out: &Path, resume: bool, progress: bool) -> Result<Vec<Report>> {
+    run_with(cfg, out, &RunOptions { resume, force: false, progress })
+}
+
+/// The largest code length cmh trains: far beyond what cross-modal hashing uses (16–128 bits),
+/// and small enough that every method's bits × bits matrices fit in memory.
+pub use crate::method::MAX_BITS;
+
+/// Checks the parts of a configuration that need no data: code lengths, seeds, method.
+pub fn check_config(cfg: &RunConfig) -> Result<()> {
     if cfg.bits.is_empty() || cfg.bits.contains(&0) {
         bail!("--bits needs one or more code lengths >= 1");
+    }
+    if let Some(&b) = cfg.bits.iter().find(|&&b| b > MAX_BITS) {
+        bail!("--bits {b}: code lengths above {MAX_BITS} bits are not supported (cross-modal hashing uses 16 to 128); use at most {MAX_BITS}");
+    }
+    if let Some(&b) = cfg.bits.iter().enumerate().find(|(i, b)| cfg.bits[..*i].contains(b)).map(|(_, b)| b) {
+        bail!("--bits lists {b} more than once; give each code length once");
     }
     if cfg.repeat == 0 {
         bail!("--repeat must be at least 1");
     }
+    if cfg.seed.checked_add(cfg.repeat as u64 - 1).is_none() {
+        bail!("--seed {} with --repeat {} needs seeds past {} (the largest seed); use a smaller --seed", cfg.seed, cfg.repeat, u64::MAX);
+    }
     if !METHODS.contains(&cfg.method.as_str()) {
         bail!("unknown method {:?}; methods are {}", cfg.method, METHODS.join(", "));
     }
-    let bundle = Bundle::load(&cfg.data)?;
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create the run folder", out.display()))?;
-    write_json(&out.join("run.json"), cfg)?;
+    Ok(())
+}
+
+/// The key of `run.json` holding the bundle's content hash ([`crate::bundle::content_hash`]).
+const DATA_HASH_KEY: &str = "data_sha256";
+
+/// Top-level keys whose values differ between two run descriptions.
+fn differing_keys(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
+    let (Some(x), Some(y)) = (a.as_object(), b.as_object()) else { return vec!["(everything)".into()] };
+    let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter().filter(|k| x.get(*k) != y.get(*k)).cloned().collect()
+}
+
+/// [`run`] with [`RunOptions`]. A new run (`resume` false) goes into a new or empty folder, which
+/// is marked as cmh's; a folder holding a run of the same configuration (and the same bundle
+/// contents) is continued; any other existing run folder is refused unless `force`, which
+/// replaces it; a non-empty folder cmh did not create is always refused. Resuming refuses a
+/// bundle whose contents changed since the run started.
+pub fn run_with(cfg: &RunConfig, out: &Path, opts: &RunOptions) -> Result<Vec<Report>> {
+    check_config(cfg)?;
+    if cfg.device == DeviceChoice::Cuda && !is_deep(&cfg.method) {
+        eprintln!("note: {} runs on the CPU; --device cuda applies to the deep methods (sdch, czhash, agnet)", cfg.method);
+    }
+    let data = std::fs::canonicalize(&cfg.data).with_context(|| format!("--data {}: no such bundle folder", cfg.data.display()))?;
+    let bundle = Bundle::load(&data)?;
+    let hash = crate::bundle::content_hash(&data)?;
+    let cfg = RunConfig { data, ..cfg.clone() };
+    let mut description = serde_json::to_value(&cfg)?;
+    description[DATA_HASH_KEY] = serde_json::Value::String(hash.clone());
+    let run_json = out.join("run.json");
+    let stored = || -> Result<serde_json::Value> {
+        let text = std::fs::read_to_string(&run_json).with_context(|| format!("{}: cannot read the run description", run_json.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid run description", run_json.display()))
+    };
+    let resume = if opts.resume {
+        let old = stored()?;
+        if let Some(h) = old.get(DATA_HASH_KEY).and_then(|h| h.as_str()) {
+            if h != hash {
+                bail!(
+                    "{}: the bundle {} changed since this run started (contents SHA-256 {h}, now {hash}); resume with the bundle the run \
+                     started on, or start a new run with --out",
+                    run_json.display(),
+                    cfg.data.display()
+                );
+            }
+        }
+        if crate::outdir::marked_kind(out).is_none() {
+            crate::outdir::mark(out, crate::outdir::Kind::Run)?;
+        }
+        true
+    } else {
+        match crate::outdir::prepare(out, crate::outdir::Kind::Run, "--out", opts.force)? {
+            crate::outdir::Prepared::Fresh => false,
+            crate::outdir::Prepared::Existing => {
+                let old = stored().map_err(|e| anyhow!("--out {}: holds an unfinished cmh run without a readable run.json ({e:#}); use --force to replace it", out.display()))?;
+                let diff = differing_keys(&old, &description);
+                if !diff.is_empty() {
+                    bail!(
+                        "--out {}: holds a run of another configuration (differs in {}); use --force to replace it, --resume {} to continue it, or another --out",
+                        out.display(),
+                        diff.join(", "),
+                        out.display()
+                    );
+                }
+                if opts.progress {
+                    eprintln!("continuing the run in {} (same configuration and data; --force starts it again)", out.display());
+                }
+                true
+            }
+        }
+    };
+    crate::outdir::clean_partials(out)?;
+    write_json(&run_json, &description)?;
     let mut reports = Vec::new();
+    let last_seed = cfg.seed + (cfg.repeat as u64 - 1);
     for &bits in &cfg.bits {
-        for seed in cfg.seed..cfg.seed + cfg.repeat as u64 {
+        for seed in cfg.seed..=last_seed {
             let done = out.join(run_name(bits, seed)).join("report.json");
             if resume && done.is_file() {
                 let r: Report = serde_json::from_str(&std::fs::read_to_string(&done)?).with_context(|| format!("{}: unreadable report", done.display()))?;
                 reports.push(r);
                 continue;
             }
-            let r = run_one(&bundle, cfg, bits, seed, out, resume, progress)?;
-            if progress {
+            if crate::deep::trainer::stop_requested() {
+                return Err(Stopped { finished: reports.len(), out: out.to_path_buf() }.into());
+            }
+            let r = run_one(&bundle, &cfg, bits, seed, out, resume, opts.progress).map_err(|e| {
+                if e.chain().any(|c| c.is::<crate::deep::trainer::Interrupted>()) {
+                    e.context(format!("continue with `cmh train --resume {}`", out.display()))
+                } else {
+                    e
+                }
+            })?;
+            if opts.progress {
                 eprintln!(
                     "{} {bits} bits seed {seed}: I→T {:.4}  T→I {:.4} ({}), encoded {:.4} / {:.4}, fit {:.1}s",
                     cfg.method, r.i2t.map, r.t2i.map, r.database_convention, r.i2t_encoded.map, r.t2i_encoded.map, r.timings.fit_s
@@ -318,7 +439,28 @@ pub fn run(cfg: &RunConfig, out: &Path, resume: bool, progress: bool) -> Result<
         }
     }
     write_summary(out, &reports)?;
+    crate::outdir::clean_partials(out)?;
     Ok(reports)
+}
+
+/// A run stopped by SIGINT / SIGTERM between two (bits, seed) runs: the finished ones are saved.
+#[derive(Debug)]
+pub struct Stopped {
+    pub finished: usize,
+    pub out: PathBuf,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stopped by a signal after {} finished runs (saved in {}); continue with `cmh train --resume {}`", self.finished, self.out.display(), self.out.display())
+    }
+}
+impl std::error::Error for Stopped {}
+
+/// Whether an error is a stop asked for by a signal or a [`crate::deep::trainer::RunControl`]
+/// (the `cmh` command then exits with 130, the convention for an interrupted program).
+pub fn is_stop(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<Stopped>() || c.is::<crate::deep::trainer::Interrupted>())
 }
 
 /// `report.json` at the top of a run folder: the summary table and every run's report. With a single

@@ -173,7 +173,14 @@ pub fn read_roles(files: &[PathBuf], roles: &BTreeMap<String, Vec<Candidate>>, w
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let msg = stderr.lines().rev().find(|l| l.starts_with("mat2npy: ")).map(|l| l.trim_start_matches("mat2npy: ").to_string());
-        let msg = msg.unwrap_or_else(|| format!("the .mat reader failed: {}", stderr.trim()));
+        let msg = msg.unwrap_or_else(|| format!("the .mat reader failed: {}", stderr.trim().lines().last().unwrap_or("")));
+        // Every message names the input: the helper's own messages do; others get the file names.
+        let msg = if abs.iter().any(|f| msg.contains(f.as_str())) || files.iter().any(|f| msg.contains(&f.display().to_string())) {
+            msg
+        } else {
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            format!("{}: {msg}", names.join(", "))
+        };
         if output.status.code() == Some(EXIT_MISSING_PACKAGE) {
             bail!("{msg} (python used: {}; set CMH_PYTHON to choose another)", python.display());
         }

@@ -297,6 +297,11 @@ impl ZsFitter for Fitter<'_> {
     fn epoch(&mut self, tr: &mut Trainer) -> Result<(f64, String)> {
         let p = self.params;
         for batch in tr.batches(self.prep.n(), p.batch_size) {
+            if tr.replaying() {
+                // Trained before the checkpoint this run resumed from: only its random draws.
+                let _ = tch::no_grad(|| self.batch_terms(&batch));
+                continue;
+            }
             let [la, ls, lq, lp, ld] = self.batch_terms(&batch);
             let mut loss = la * p.attr_weight + ls * p.sim_weight + lq * p.quant_weight;
             if p.pair_weight > 0.0 {
@@ -307,6 +312,7 @@ impl ZsFitter for Fitter<'_> {
             }
             self.opt.backward_step(&loss)?;
             tr.batch_done(loss.double_value(&[]));
+            tr.step_end(&self.vs, &self.opt, &[], serde_json::Value::Null)?;
         }
         Ok((tr.mean_batch_loss(), String::new()))
     }
@@ -646,7 +652,7 @@ mod tests {
     fn resume_equals_uninterrupted(p: &AgnetParams, data: &TrainSet, ctx: &FitContext, ck: &Path) -> AgnetModel {
         let full = p.fit(data, ctx).unwrap();
         let ctx1 = FitContext { checkpoint_dir: Some(ck.to_path_buf()), ..ctx.clone() };
-        let e = p.fit_with_control(data, &ctx1, &RunControl { stop_after_epoch: Some(1) }).expect_err("interrupted");
+        let e = p.fit_with_control(data, &ctx1, &RunControl { stop_after_epoch: Some(1), ..Default::default() }).expect_err("interrupted");
         assert!(e.downcast_ref::<crate::deep::trainer::Interrupted>().is_some(), "{e:#}");
         let resumed = p.fit(data, &FitContext { resume: true, ..ctx1 }).unwrap();
         assert_eq!(resumed.history(), full.history());

@@ -1155,7 +1155,7 @@ pub(crate) mod tests {
         // Interrupted after epoch 1 (as a kill would), then resumed to 3.
         let ck = d.path().join("ck");
         let ctx1 = FitContext { checkpoint_dir: Some(ck.clone()), ..ctx.clone() };
-        let e = quick_params().fit_with_control(&data, &ctx1, &RunControl { stop_after_epoch: Some(1) }).expect_err("interrupted");
+        let e = quick_params().fit_with_control(&data, &ctx1, &RunControl { stop_after_epoch: Some(1), ..Default::default() }).expect_err("interrupted");
         assert!(e.downcast_ref::<crate::deep::trainer::Interrupted>().is_some(), "{e:#}");
         assert!(ck.join("checkpoint.safetensors").is_file() && ck.join("train.log").is_file());
         let resumed = quick_params().fit(&data, &FitContext { resume: true, ..ctx1.clone() }).unwrap();
@@ -1242,7 +1242,7 @@ pub(crate) mod tests {
         assert!(log.contains("eq. 7 rose from"), "no rejected round: the test would not cover the lr scale\n{log}");
         let ck = d.path().join("ck");
         let ctx1 = FitContext { checkpoint_dir: Some(ck.clone()), ..ctx.clone() };
-        let e = p.fit_with_control(&data, &ctx1, &RunControl { stop_after_epoch: Some(6) }).expect_err("interrupted");
+        let e = p.fit_with_control(&data, &ctx1, &RunControl { stop_after_epoch: Some(6), ..Default::default() }).expect_err("interrupted");
         assert!(e.downcast_ref::<crate::deep::trainer::Interrupted>().is_some(), "{e:#}");
         let resumed = p.fit(&data, &FitContext { resume: true, ..ctx1 }).unwrap();
         assert_eq!(resumed.history().len(), full.history().len());

@@ -80,6 +80,7 @@ pub fn run_features(args: &FeaturesArgs) -> Result<()> {
     if args.out.exists() && !args.force {
         bail!("{} already exists; pass --force to replace it", args.out.display());
     }
+    crate::bundle::check_replaceable(&args.out)?;
     if same_path(&args.out, &args.data) {
         bail!("--out must differ from --data");
     }

@@ -24,6 +24,21 @@ pub mod tensors;
 pub mod trainer;
 pub mod zs_common;
 
+/// A libtorch error as one line: its message without the C++ backtrace that libtorch appends
+/// ("Exception raised from …" and the "frame #N" lines).
+pub fn torch_message(e: &tch::TchError) -> String {
+    strip_backtrace(&e.to_string())
+}
+
+/// Drops libtorch's C++ backtrace from a message and joins what is left into one line.
+pub fn strip_backtrace(msg: &str) -> String {
+    msg.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Exception raised from") && !l.starts_with("frame #"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Helpers for tests that call the project's Python (scripts/ only).
 #[cfg(test)]
 pub(crate) mod test_support {

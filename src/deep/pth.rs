@@ -317,15 +317,7 @@ fn reduce(func: Value, args: Value) -> Result<Value> {
             }
             let size = as_int_tuple(size, "tensor size")?;
             let stride = as_int_tuple(stride, "tensor stride")?;
-            if size.len() != stride.len() || size.iter().chain(&stride).any(|&v| v < 0) {
-                bail!("inconsistent tensor size {size:?} / stride {stride:?}");
-            }
-            // Every element the view reaches must lie inside the storage.
-            let reach: i64 = size.iter().zip(&stride).map(|(&s, &st)| if s == 0 { 0 } else { (s - 1) * st }).sum();
-            let empty = size.contains(&0);
-            if !empty && (offset + reach) as usize >= storage.numel {
-                bail!("tensor of size {size:?} stride {stride:?} offset {offset} overruns its storage of {} elements", storage.numel);
-            }
+            // Checked against the storage by `tensor_entries`, which knows the tensor's name.
             Ok(Value::Tensor(TensorRef { storage: storage.clone(), offset: offset as usize, size, stride }))
         }
         ("torch._utils", "_rebuild_parameter") | ("torch._utils", "_rebuild_parameter_with_state") => match args.into_iter().next() {
@@ -343,7 +335,10 @@ fn tensor_entries(v: Value) -> Result<Vec<(String, TensorRef)>> {
         return items
             .into_iter()
             .map(|(k, v)| match (k, v) {
-                (Value::Str(k), Value::Tensor(t)) => Ok((k, t)),
+                (Value::Str(k), Value::Tensor(t)) => {
+                    check_view(&t).with_context(|| format!("tensor {k}"))?;
+                    Ok((k, t))
+                }
                 (k, _) => bail!("state_dict key {k:?} is not a string"),
             })
             .collect();
@@ -358,6 +353,33 @@ fn tensor_entries(v: Value) -> Result<Vec<(String, TensorRef)>> {
     bail!("the file holds a dict whose values are not all tensors and that has no `state_dict` entry")
 }
 
+/// Checks a tensor view against its storage before anything is allocated: sizes and strides
+/// non-negative and of one length, every element inside the storage, no stride 0 over a dimension
+/// longer than 1 and no more elements than the storage holds (a view that repeats stored values
+/// would make a tensor larger than the file).
+fn check_view(t: &TensorRef) -> Result<()> {
+    let (size, stride) = (&t.size, &t.stride);
+    if size.len() != stride.len() || size.iter().chain(stride).any(|&v| v < 0) {
+        bail!("size {size:?} and stride {stride:?} do not describe a tensor (one non-negative stride per dimension expected)");
+    }
+    if size.contains(&0) {
+        return Ok(());
+    }
+    if let Some(d) = (0..size.len()).find(|&d| size[d] > 1 && stride[d] == 0) {
+        bail!("size {size:?} has stride 0 in dimension {d}, which repeats stored values; save plain tensors (t.contiguous()) in the state_dict");
+    }
+    let numel = size.iter().try_fold(1u64, |a, &s| a.checked_mul(s as u64)).filter(|&n| n <= t.storage.numel as u64);
+    let Some(numel) = numel else {
+        bail!("size {size:?} has more elements than its storage of {} (overlapping strides); save plain tensors (t.contiguous())", t.storage.numel);
+    };
+    // Every element the view reaches must lie inside the storage.
+    let reach = size.iter().zip(stride).try_fold(t.offset as u64, |a, (&s, &st)| (s as u64 - 1).checked_mul(st as u64).and_then(|r| a.checked_add(r)));
+    match reach {
+        Some(last) if last < t.storage.numel as u64 => Ok(()),
+        _ => bail!("size {size:?} stride {stride:?} offset {} overruns its storage of {} elements ({numel} elements)", t.offset, t.storage.numel),
+    }
+}
+
 fn materialise(t: &TensorRef, bytes: &[u8]) -> Result<Tensor> {
     let el = t.storage.kind.elt_size_in_bytes();
     if bytes.len() != t.storage.numel * el {
@@ -370,10 +392,11 @@ fn materialise(t: &TensorRef, bytes: &[u8]) -> Result<Tensor> {
     }
     let numel: i64 = t.size.iter().product();
     if t.offset == 0 && numel as usize == t.storage.numel && (t.stride == contiguous || numel <= 1) {
-        return Ok(Tensor::f_from_data_size(bytes, &t.size, t.storage.kind)?);
+        return Tensor::f_from_data_size(bytes, &t.size, t.storage.kind).map_err(|e| anyhow!(super::torch_message(&e)));
     }
-    let flat = Tensor::f_from_data_size(bytes, &[t.storage.numel as i64], t.storage.kind)?;
-    Ok(flat.f_as_strided(t.size.as_slice(), t.stride.as_slice(), t.offset as i64)?.f_contiguous()?)
+    let torch = |e: tch::TchError| anyhow!(super::torch_message(&e));
+    let flat = Tensor::f_from_data_size(bytes, &[t.storage.numel as i64], t.storage.kind).map_err(torch)?;
+    flat.f_as_strided(t.size.as_slice(), t.stride.as_slice(), t.offset as i64).and_then(|v| v.f_contiguous()).map_err(torch)
 }
 
 /// Reads every tensor of a `torch.save`d state dict, on the CPU, contiguous, in file order.
@@ -506,7 +529,8 @@ mod tests {
         let at = p.windows(6).position(|w| w == b"K\x01K\x02K\x02").unwrap();
         let mut bad = p.clone();
         bad[at + 1] = 3;
-        assert!(format!("{:#}", unpickle(&bad).unwrap_err()).contains("overruns"));
+        let e = format!("{:#}", tensor_entries(unpickle(&bad).unwrap().0).unwrap_err());
+        assert!(e.contains("tensor w") && e.contains("overruns"), "{e}");
     }
 
     #[test]

@@ -160,6 +160,21 @@ pub struct SdchArch {
     pub dropout: f64,
 }
 
+impl SdchArch {
+    /// Weights and biases of the networks (AlexNet without its last layer: 57,003,840).
+    pub fn parameter_count(&self) -> f64 {
+        let mlp = |input: usize| -> f64 {
+            let widths: Vec<f64> = std::iter::once(input).chain(self.hidden.iter().copied()).chain([self.feature_dim]).map(|w| w as f64).collect();
+            widths.windows(2).map(|w| (w[0] + 1.0) * w[1]).sum()
+        };
+        let image = match self.image {
+            ImageInput::Features { dim } => mlp(dim),
+            ImageInput::Images { .. } => 57_003_840.0 + 4097.0 * self.feature_dim as f64,
+        };
+        image + mlp(self.text_dim) + (self.feature_dim as f64 + 1.0) * self.bits as f64
+    }
+}
+
 enum ImageNet {
     Mlp(Mlp),
     AlexNet(Box<AlexNet>),
@@ -397,6 +412,8 @@ pub struct SdchRun<'a> {
     /// Training rows labelled in both modalities (the only ones the losses see).
     rows: Vec<usize>,
     seed: u64,
+    /// After a resume within an epoch: the sums of L_f and L_h of the epoch's trained batches.
+    resumed_sums: Option<(f64, f64)>,
 }
 
 impl<'a> SdchRun<'a> {
@@ -444,13 +461,18 @@ impl<'a> SdchRun<'a> {
         let img_in = Input::new(IMAGE, &data.views[IMAGE], &arch, device)?;
         let txt_in = Input::new(TEXT, &data.views[TEXT], &arch, device)?;
         let mut b = None;
+        let mut resumed_sums = None;
         if let Some(ck) = trainer.load_for_resume(&config)? {
             ck.restore_vars(&net.vs)?;
             opt.restore(&ck)?;
             b = restore_b(&ck, n, arch.bits, device)?;
             trainer.restore(&ck)?;
+            if ck.meta.step > 0 {
+                let sum = |k: &str| ck.meta.extra.get(k).and_then(|v| v.as_f64()).ok_or_else(|| anyhow!("{}: corrupt checkpoint: {k} missing", ck.path.display()));
+                resumed_sums = Some((sum("sum_f")?, sum("sum_h")?));
+            }
         }
-        Ok(Self { params, trainer, net, b, opt, data, config, img_in, txt_in, lx, ly, rows, seed: ctx.seed })
+        Ok(Self { params, trainer, net, b, opt, data, config, img_in, txt_in, lx, ly, rows, seed: ctx.seed, resumed_sums })
     }
 
     /// One epoch of the schedule: B's ITQ initialisation when first needed, the mini-batches,
@@ -482,13 +504,19 @@ impl<'a> SdchRun<'a> {
         }
         let device = self.trainer.device;
         let beta = [self.params.beta1, self.params.beta2, self.params.beta3];
-        let (mut sum_f, mut sum_h) = (0.0, 0.0);
+        let (mut sum_f, mut sum_h) = self.resumed_sums.take().unwrap_or((0.0, 0.0));
         for batch in self.trainer.batches(self.rows.len(), self.params.batch_size) {
+            let replay = self.trainer.replaying();
             let idx: Vec<usize> = batch.iter().map(|&i| self.rows[i]).collect();
             let it = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
             let (bx, by) = (self.lx.index_select(0, &it), self.ly.index_select(0, &it));
             let x = self.img_in.batch(&idx, device)?;
             let y = self.txt_in.batch(&idx, device)?;
+            if replay {
+                // Trained before the checkpoint this run resumed from: only its random draws.
+                tch::no_grad(|| self.batch_losses(phase, &x, &y, &bx, &by, &it, beta));
+                continue;
+            }
             let (lf, lh) = self.batch_losses(phase, &x, &y, &bx, &by, &it, beta);
             let loss = match (&lf, &lh) {
                 (Some(f), Some(h)) => f + h * self.params.gamma,
@@ -504,6 +532,10 @@ impl<'a> SdchRun<'a> {
             sum_f += lf.map_or(0.0, |t| t.double_value(&[]));
             sum_h += lh.map_or(0.0, |t| t.double_value(&[]));
             self.trainer.batch_done(v);
+            let b = self.b.as_ref().map(|b| b.shallow_clone());
+            let state: Vec<(&str, &Tensor)> = b.as_ref().map(|b| vec![("B", b)]).unwrap_or_default();
+            let extra = serde_json::json!({ "b_initialised": b.is_some(), "sum_f": sum_f, "sum_h": sum_h });
+            self.trainer.step_end(&self.net.vs, &self.opt, &state, extra)?;
         }
         Ok((sum_f, sum_h))
     }
@@ -631,7 +663,17 @@ impl Fit for SdchParams {
                 }
             }
         }
-        self.arch(data, bits)?;
+        let arch = self.arch(data, bits)?;
+        // f32 parameters with their Adam moments and gradients (4 copies), the inputs on the
+        // device, B and the encoded outputs (n × bits).
+        let params = arch.parameter_count();
+        let n = data.len() as f64;
+        let inputs: f64 = data.views.iter().map(|v| match v {
+            View::Features(x) => x.len() as f64,
+            View::Images(_) => 0.0,
+        }).sum();
+        let bytes = 4.0 * (4.0 * params + inputs + 4.0 * n * bits as f64);
+        crate::method::ensure_memory("sdch", bits, bytes, "network weights with their optimiser state, inputs and codes")?;
         Ok(())
     }
 
@@ -715,8 +757,18 @@ pub fn load_on(dir: &Path, device: Device) -> Result<SdchModel> {
     if mf.arch.bits != mf.bits {
         bail!("{}: bits {} but the architecture has {}", mp.display(), mf.bits, mf.arch.bits);
     }
-    let net = SdchNet::new(&mf.arch, device);
     let wp = dir.join("weights.safetensors");
+    // The networks model.json describes must fit the weights file before they are built.
+    let file_len = std::fs::metadata(&wp).with_context(|| format!("{}: cannot read", wp.display()))?.len() as f64;
+    let needed = 4.0 * mf.arch.parameter_count();
+    if needed > file_len {
+        bail!(
+            "{}: the architecture needs {needed:.0} bytes of float32 weights, but {} holds {file_len:.0}; model.json and the weights do not belong together",
+            mp.display(),
+            wp.display()
+        );
+    }
+    let net = SdchNet::new(&mf.arch, device);
     let (tensors, _) = read_safetensors(&wp)?;
     let mut targets: Vec<(String, Tensor)> = net.vs.variables().into_iter().collect();
     targets.sort_by(|a, b| a.0.cmp(&b.0));
@@ -872,6 +924,34 @@ mod tests {
     /// A run stopped after epoch 1 (B not yet initialised) or 2 (after the hash-only epoch) and
     /// resumed ends with exactly the weights and codes of an uninterrupted run.
     #[test]
+    fn runs_stopped_within_an_epoch_resume_to_the_uninterrupted_model() {
+        let data = toy(30, 4);
+        // Batches of 4: 7 per epoch; dropout draws from libtorch's generator in every batch.
+        let p = SdchParams { dropout: 0.2, batch_size: 4, ..small() };
+        let ctx = |dir: &Path, resume: bool| FitContext { checkpoint_dir: Some(dir.to_path_buf()), resume, device: crate::method::DeviceChoice::Cpu, ..FitContext::new(8, 11) };
+        let d = tempfile::tempdir().unwrap();
+        let full = p.fit(&data, &ctx(&d.path().join("full"), false)).unwrap();
+        // Checkpoints every 2 batches change nothing.
+        let every = RunControl { checkpoint_steps: Some(2), ..Default::default() };
+        let checked = p.fit_with_control(&data, &ctx(&d.path().join("every"), false), &every).unwrap();
+        assert_eq!(weights(&checked), weights(&full));
+        // Stopped after 3 batches of epoch 1 (features only) and of epoch 3 (all layers, B set).
+        for (epoch, step) in [(1, 3), (3, 5)] {
+            let dir = d.path().join(format!("stop{epoch}"));
+            let stop = RunControl { stop_after_step: Some((epoch, step)), ..Default::default() };
+            let e = p.fit_with_control(&data, &ctx(&dir, false), &stop).err().expect("interrupted");
+            let i = e.downcast_ref::<Interrupted>().expect("Interrupted");
+            assert_eq!((i.epoch, i.step), (epoch - 1, step));
+            let ck = Checkpoint::load(&dir.join(crate::deep::trainer::CHECKPOINT_FILE)).unwrap();
+            assert_eq!((ck.meta.epoch, ck.meta.step), (epoch - 1, step));
+            let resumed = p.fit(&data, &ctx(&dir, true)).unwrap();
+            assert_eq!(resumed.history(), full.history(), "stopped in epoch {epoch}");
+            assert_eq!(weights(&resumed), weights(&full), "stopped in epoch {epoch}");
+            assert_eq!(resumed.train_codes(), full.train_codes());
+        }
+    }
+
+    #[test]
     fn resumed_runs_equal_uninterrupted_runs() {
         let data = toy(30, 4);
         let p = SdchParams { dropout: 0.2, ..small() };
@@ -882,7 +962,7 @@ mod tests {
         assert_eq!(log.lines().filter(|l| l.contains("epoch ")).count(), 4, "{log}");
         for stop in [1, 2] {
             let dir = d.path().join(format!("stop{stop}"));
-            let e = p.fit_with_control(&data, &ctx(&dir, false), &RunControl { stop_after_epoch: Some(stop) }).err().expect("interrupted");
+            let e = p.fit_with_control(&data, &ctx(&dir, false), &RunControl { stop_after_epoch: Some(stop), ..Default::default() }).err().expect("interrupted");
             assert_eq!(e.downcast_ref::<Interrupted>().map(|i| i.epoch), Some(stop));
             let resumed = p.fit(&data, &ctx(&dir, true)).unwrap();
             assert_eq!(resumed.history(), full.history(), "stop {stop}");

@@ -117,7 +117,16 @@ pub fn read_safetensors(path: &Path) -> Result<NamedTensorsWithMeta> {
         if view.data().len() != numel * kind.elt_size_in_bytes() {
             bail!("{}: tensor {name}: data length does not match its shape", path.display());
         }
-        out.push((name, Tensor::f_from_data_size(view.data(), &shape, kind)?));
+        let t = Tensor::f_from_data_size(view.data(), &shape, kind).map_err(|e| anyhow!("{}: tensor {name}: {}", path.display(), super::torch_message(&e)))?;
+        if t.is_floating_point() && t.numel() > 0 && t.isfinite().all().int64_value(&[]) == 0 {
+            let bad = t.isfinite().logical_not().sum(Kind::Int64).int64_value(&[]);
+            bail!(
+                "{}: tensor {name} holds {bad} NaN or infinite values (of {numel}); the weights are corrupt or the training diverged: \
+                 train again (with lower learning rates if it diverged)",
+                path.display()
+            );
+        }
+        out.push((name, t));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((out, meta.metadata().clone().unwrap_or_default()))
@@ -126,8 +135,11 @@ pub fn read_safetensors(path: &Path) -> Result<NamedTensorsWithMeta> {
 /// Reads a weights file by its extension: `.safetensors`, or a `torch.save` state dict (`.pth`,
 /// `.pt`, `.bin`, `.tar`). Verifies the SHA-256 prefix first when the name carries one.
 pub fn read_weights(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    if path.is_dir() {
+        bail!("{}: is a folder; expected a weights file (a torch.save .pth/.pt or a .safetensors file), e.g. alexnet-owt-7be5be79.pth (see pretrained/README.md)", path.display());
+    }
     if !path.is_file() {
-        bail!("{}: weights file not found", path.display());
+        bail!("{}: weights file not found; give the path of a .pth/.pt or .safetensors file (see pretrained/README.md)", path.display());
     }
     verify_hash_prefix(path)?;
     match path.extension().and_then(|e| e.to_str()) {

@@ -349,8 +349,16 @@ pub struct CheckpointMeta {
     pub epoch: usize,
     /// Per-epoch losses so far.
     pub history: Vec<f64>,
-    /// Word position of the batch generator (ChaCha8, seeded with `seed`), as a decimal string.
+    /// Word position of the batch generator (ChaCha8, seeded with `seed`), as a decimal string:
+    /// where the next epoch's permutation is drawn (for a checkpoint within an epoch, where the
+    /// current epoch's was drawn).
     pub rng_word_pos: String,
+    /// Mini-batches of epoch `epoch + 1` already trained (0: the checkpoint ends an epoch).
+    #[serde(default)]
+    pub step: usize,
+    /// Within an epoch: the sum and count of the batch losses so far.
+    #[serde(default)]
+    pub batch_losses: (f64, usize),
     pub optimizer_steps: BTreeMap<String, u64>,
     /// Method-specific state that is not a tensor.
     pub extra: serde_json::Value,
@@ -390,23 +398,88 @@ impl Checkpoint {
     }
 }
 
-/// Interrupts a run after an epoch (the run returns [`Interrupted`] after writing its checkpoint),
-/// as a kill would; used by tests and by callers that budget time.
+/// When a run writes checkpoints within an epoch, and where it stops early (the run returns
+/// [`Interrupted`] after writing its checkpoint, as a kill would; tests and callers that budget
+/// time use it).
 #[derive(Clone, Debug, Default)]
 pub struct RunControl {
     pub stop_after_epoch: Option<usize>,
+    /// Stop after this many mini-batches of this epoch (1-based epoch, batches).
+    pub stop_after_step: Option<(usize, usize)>,
+    /// Also checkpoint every this many mini-batches within an epoch (default: time only).
+    pub checkpoint_steps: Option<usize>,
+    /// Checkpoint within an epoch when this many minutes passed since the last checkpoint
+    /// (default [`DEFAULT_CHECKPOINT_MINUTES`]).
+    pub checkpoint_minutes: Option<f64>,
 }
 
-/// The error of a run stopped by [`RunControl`].
+/// Minutes of training between two checkpoints within a long epoch.
+pub const DEFAULT_CHECKPOINT_MINUTES: f64 = 10.0;
+
+/// Set by SIGINT / SIGTERM while a training runs ([`install_stop_handler`]).
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Trainings alive in this process: a signal stops gracefully only while one runs.
+static ARMED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Makes SIGINT and SIGTERM stop a training gracefully: the current mini-batch finishes, a
+/// checkpoint is written and the run returns [`Interrupted`] (`cmh` exits with 130). Outside a
+/// training, or at a second signal, the signal acts as usual (the process ends at once; every file
+/// cmh writes is written under a temporary name and renamed, so nothing partial is left under a
+/// final name). Called once by the `cmh` commands that train.
+pub fn install_stop_handler() -> Result<()> {
+    use std::sync::atomic::Ordering::SeqCst;
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // SAFETY: the action only touches atomics and calls signal-hook's async-signal-safe
+        // default-action emulation.
+        unsafe {
+            signal_hook::low_level::register(sig, move || {
+                if ARMED.load(SeqCst) > 0 && !STOP.swap(true, SeqCst) {
+                    return;
+                }
+                let _ = signal_hook::low_level::emulate_default_handler(sig);
+            })
+        }
+        .map_err(|e| anyhow!("cannot install the signal handler: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Whether a stop was asked for by a signal.
+pub fn stop_requested() -> bool {
+    STOP.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Counts a live training in [`ARMED`] for its lifetime.
+struct Armed;
+impl Armed {
+    fn new() -> Self {
+        ARMED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Armed
+    }
+}
+impl Drop for Armed {
+    fn drop(&mut self) {
+        ARMED.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The error of a run stopped by [`RunControl`] or a signal.
 #[derive(Debug)]
 pub struct Interrupted {
+    /// Epochs completed.
     pub epoch: usize,
+    /// Mini-batches of the next epoch completed (0 when the stop came at an epoch's end).
+    pub step: usize,
     pub checkpoint: Option<PathBuf>,
 }
 
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "training stopped after epoch {}", self.epoch)?;
+        if self.step > 0 {
+            write!(f, "training stopped after {} mini-batches of epoch {}", self.step, self.epoch + 1)?;
+        } else {
+            write!(f, "training stopped after epoch {}", self.epoch)?;
+        }
         if let Some(p) = &self.checkpoint {
             write!(f, "; resume from {}", p.display())?;
         }
@@ -434,6 +507,19 @@ pub struct Trainer {
     control: RunControl,
     epoch_start: std::time::Instant,
     batch_losses: (f64, usize),
+    /// Mini-batches of the current epoch done (trained or replayed).
+    step: usize,
+    /// Batch generator position where the current epoch's permutation was drawn.
+    epoch_rng_pos: u128,
+    /// `batches` calls in the current epoch (checkpoints within an epoch need exactly one).
+    batch_calls: usize,
+    /// After a resume within an epoch: mini-batches of the epoch to replay, and their losses.
+    replay: usize,
+    resumed_losses: Option<(f64, usize)>,
+    last_checkpoint: std::time::Instant,
+    /// The configuration checkpoints carry (from [`Trainer::load_for_resume`]).
+    config: Option<serde_json::Value>,
+    _armed: Armed,
     /// Held for the whole run: see [`torch_rng_lock`].
     _rng_lock: std::sync::MutexGuard<'static, ()>,
 }
@@ -486,6 +572,14 @@ impl Trainer {
             control: control.clone(),
             epoch_start: std::time::Instant::now(),
             batch_losses: (0.0, 0),
+            step: 0,
+            epoch_rng_pos: 0,
+            batch_calls: 0,
+            replay: 0,
+            resumed_losses: None,
+            last_checkpoint: std::time::Instant::now(),
+            config: None,
+            _armed: Armed::new(),
             _rng_lock: rng_lock,
         })
     }
@@ -496,8 +590,10 @@ impl Trainer {
 
     /// When resuming: the checkpoint, after checking it was written by this method with the same
     /// `config` and seed. `None` when not resuming.
-    pub fn load_for_resume(&self, config: &serde_json::Value) -> Result<Option<Checkpoint>> {
+    pub fn load_for_resume(&mut self, config: &serde_json::Value) -> Result<Option<Checkpoint>> {
+        self.config = Some(config.clone());
         if !self.resume {
+            self.log(&format!("training started: seed {}", self.seed))?;
             return Ok(None);
         }
         let path = self.checkpoint_path().expect("checked in new");
@@ -533,7 +629,16 @@ impl Trainer {
         if self.history.len() != self.epoch {
             bail!("{}: corrupt checkpoint: {} losses for {} epochs", ck.path.display(), self.history.len(), self.epoch);
         }
-        self.log(&format!("resumed from {} after epoch {}", ck.path.display(), self.epoch))?;
+        if ck.meta.step > 0 && self.epoch >= self.total_epochs {
+            bail!("{}: corrupt checkpoint: within epoch {} of {}", ck.path.display(), self.epoch + 1, self.total_epochs);
+        }
+        self.replay = ck.meta.step;
+        self.resumed_losses = (ck.meta.step > 0).then_some(ck.meta.batch_losses);
+        if ck.meta.step > 0 {
+            self.log(&format!("resumed from {} after {} mini-batches of epoch {}", ck.path.display(), ck.meta.step, self.epoch + 1))?;
+        } else {
+            self.log(&format!("resumed from {} after epoch {}", ck.path.display(), self.epoch))?;
+        }
         Ok(())
     }
 
@@ -549,13 +654,19 @@ impl Trainer {
         let e = self.epoch + 1;
         tch::manual_seed(torch_seed(self.seed, e));
         self.epoch_start = std::time::Instant::now();
-        self.batch_losses = (0.0, 0);
+        self.batch_losses = self.resumed_losses.take().unwrap_or((0.0, 0));
+        self.step = 0;
+        self.batch_calls = 0;
         Some(e)
     }
 
     /// Mini-batches of `0..n` for this epoch: a fresh permutation cut into `batch`-sized pieces
     /// (the last one may be smaller; a last piece of one item is merged into the previous one).
     pub fn batches(&mut self, n: usize, batch: usize) -> Vec<Vec<usize>> {
+        if self.batch_calls == 0 {
+            self.epoch_rng_pos = self.rng.get_word_pos();
+        }
+        self.batch_calls += 1;
         let mut perm: Vec<usize> = (0..n).collect();
         perm.shuffle(&mut self.rng);
         let mut out: Vec<Vec<usize>> = perm.chunks(batch.max(1)).map(|c| c.to_vec()).collect();
@@ -572,8 +683,25 @@ impl Trainer {
         out
     }
 
+    /// For each mini-batch of an epoch, in order, before training it: true when the run resumed
+    /// from a checkpoint written after this batch. The method then repeats only the batch's random
+    /// draws (its forward pass, without a gradient step), so that libtorch's generator (dropout)
+    /// reaches the state it had when the checkpoint was written, and goes on to the next batch.
+    pub fn replaying(&mut self) -> bool {
+        if self.replay == 0 {
+            return false;
+        }
+        self.replay -= 1;
+        self.step += 1;
+        if let Some(pb) = &self.progress {
+            pb.inc(1);
+        }
+        true
+    }
+
     /// Records a mini-batch loss (progress bar message: epoch and running mean loss).
     pub fn batch_done(&mut self, loss: f64) {
+        self.step += 1;
         self.batch_losses.0 += loss;
         self.batch_losses.1 += 1;
         if let Some(pb) = &self.progress {
@@ -611,12 +739,58 @@ impl Trainer {
     }
 
     /// Writes the checkpoint of the epoch just ended (atomically; no-op without a folder), then
-    /// returns [`Interrupted`] if the run was asked to stop here.
+    /// returns [`Interrupted`] if the run was asked to stop here (by [`RunControl`] or a signal).
     pub fn checkpoint(&mut self, vs: &nn::VarStore, opt: &Optimizer, config: &serde_json::Value, state: &[(&str, &Tensor)], extra: serde_json::Value) -> Result<()> {
+        self.write_checkpoint(vs, opt, config, state, extra, 0)?;
+        let stop = self.control.stop_after_epoch == Some(self.epoch) || stop_requested();
+        if stop && self.epoch < self.total_epochs {
+            return Err(self.interrupted(0));
+        }
+        Ok(())
+    }
+
+    /// Called by a method after each trained mini-batch (after [`Trainer::batch_done`]): writes a
+    /// checkpoint within the epoch when one is due ([`RunControl`]: every N batches or M minutes)
+    /// or a stop was asked for, and then returns [`Interrupted`] if so. `state` and `extra` are the
+    /// method's state as [`Trainer::checkpoint`] takes them; the configuration is the one given to
+    /// [`Trainer::load_for_resume`]. Only methods that draw one permutation per epoch can resume
+    /// within one; others stop at the epoch's end.
+    pub fn step_end(&mut self, vs: &nn::VarStore, opt: &Optimizer, state: &[(&str, &Tensor)], extra: serde_json::Value) -> Result<()> {
+        let epoch = self.epoch + 1;
+        let stop = stop_requested() || self.control.stop_after_step == Some((epoch, self.step));
+        let minutes = self.control.checkpoint_minutes.unwrap_or(DEFAULT_CHECKPOINT_MINUTES);
+        let due = stop
+            || self.control.checkpoint_steps.is_some_and(|n| n > 0 && self.step % n == 0)
+            || self.last_checkpoint.elapsed().as_secs_f64() >= minutes * 60.0;
+        if !due || self.batch_calls != 1 {
+            return Ok(());
+        }
+        let config = self.config.clone().ok_or_else(|| anyhow!("internal: {} checkpoints within an epoch before load_for_resume", self.method))?;
+        self.write_checkpoint(vs, opt, &config, state, extra, self.step)?;
+        if stop {
+            return Err(self.interrupted(self.step));
+        }
+        Ok(())
+    }
+
+    /// The error of a stop after `step` mini-batches of the current epoch (0: at an epoch's end).
+    fn interrupted(&mut self, step: usize) -> anyhow::Error {
+        if let Some(pb) = &self.progress {
+            pb.abandon();
+        }
+        let what = if step > 0 { format!("stopped after {step} mini-batches of epoch {}", self.epoch + 1) } else { format!("stopped after epoch {}", self.epoch) };
+        let _ = self.log(&what);
+        Interrupted { epoch: self.epoch, step, checkpoint: self.checkpoint_path() }.into()
+    }
+
+    /// Writes a checkpoint: after `step` mini-batches of the current epoch, or at an epoch's end (0).
+    fn write_checkpoint(&mut self, vs: &nn::VarStore, opt: &Optimizer, config: &serde_json::Value, state: &[(&str, &Tensor)], extra: serde_json::Value, step: usize) -> Result<()> {
+        self.last_checkpoint = std::time::Instant::now();
         if let Some(path) = self.checkpoint_path() {
             let mut tensors: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
             tensors.extend(opt.state_tensors());
             tensors.extend(state.iter().map(|(n, t)| (format!("state.{n}"), t.shallow_clone())));
+            let rng_pos = if step > 0 { self.epoch_rng_pos } else { self.rng.get_word_pos() };
             let meta = CheckpointMeta {
                 format: FORMAT.into(),
                 method: self.method.into(),
@@ -624,19 +798,14 @@ impl Trainer {
                 seed: self.seed,
                 epoch: self.epoch,
                 history: self.history.clone(),
-                rng_word_pos: self.rng.get_word_pos().to_string(),
+                rng_word_pos: rng_pos.to_string(),
+                step,
+                batch_losses: if step > 0 { self.batch_losses } else { (0.0, 0) },
                 optimizer_steps: opt.steps(),
                 extra,
             };
             let json = serde_json::to_string(&meta)?;
             super::tensors::write_safetensors(&path, &tensors, HashMap::from([("cmh".to_string(), json)]))?;
-        }
-        if self.control.stop_after_epoch == Some(self.epoch) && self.epoch < self.total_epochs {
-            if let Some(pb) = &self.progress {
-                pb.abandon();
-            }
-            self.log(&format!("stopped after epoch {}", self.epoch))?;
-            return Err(Interrupted { epoch: self.epoch, checkpoint: self.checkpoint_path() }.into());
         }
         Ok(())
     }

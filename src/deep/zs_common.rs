@@ -458,6 +458,12 @@ pub fn check_fit(method: &str, data: &TrainSet, bits: usize, use_unlabelled: boo
         bail!("bits must be at least 1");
     }
     check_zero_shot_data(method, data)?;
+    // f32 inputs on the device and n × bits codes and relaxed outputs (the networks are small).
+    let inputs: f64 = data.views.iter().map(|v| match v {
+        View::Features(x) => x.len() as f64,
+        View::Images(x) => x.len() as f64,
+    }).sum();
+    crate::method::ensure_memory(method, bits, 4.0 * (inputs + 4.0 * data.len() as f64 * bits as f64), "inputs and codes")?;
     if !use_unlabelled && labelled_rows(data).len() < 2 {
         bail!("{method} with use_unlabelled = false needs at least two labelled training items, found {}", labelled_rows(data).len());
     }

@@ -181,6 +181,7 @@ impl MappedCodes {
         if have > data_len {
             bail!("{p}: {} unexpected bytes after the {n} × {cols} codes the header declares", have - data_len);
         }
+        crate::codes::check_not_unpacked(path, &map[h.data_offset..h.data_offset + data_len], cols)?;
         #[cfg(unix)]
         let _ = map.advise(memmap2::Advice::Sequential);
         Ok(Self { path: path.to_path_buf(), map, offset: h.data_offset, n, bits })

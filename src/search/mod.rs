@@ -334,6 +334,9 @@ pub fn run(args: &SearchArgs) -> Result<()> {
         Some(s) => Some(Kernel::from_name(s).with_context(|| format!("--kernel {s}: expected portable, popcnt, avx2 or avx512"))?),
         None => None,
     };
+    let outputs: Vec<PathBuf> = ["indices.npy", "distances.npy", "offsets.npy"].iter().map(|f| args.out.join(f)).collect();
+    crate::outdir::refuse_overwriting_inputs(&outputs, &[("--db", &args.db), ("--query", &args.query)])?;
+    crate::outdir::check(&args.out, crate::outdir::Kind::Search, "--out")?;
     let db = open_codes(&args.db, args.bits)?;
     let q = open_codes(&args.query, args.bits)?;
     if q.view().bits != db.view().bits {
@@ -348,7 +351,7 @@ pub fn run(args: &SearchArgs) -> Result<()> {
     let opts = SearchOptions { kernel, ..Default::default() };
     let t = std::time::Instant::now();
     let (nq, n) = (q.view().n, db.view().n);
-    let mkdir = || std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create the output folder", args.out.display()));
+    let mkdir = || crate::outdir::prepare(&args.out, crate::outdir::Kind::Search, "--out", false).map(|_| ());
     match (args.k, args.radius) {
         (Some(k), None) => {
             let res = topk_with(q.view(), db.view(), k, &opts)
@@ -357,6 +360,11 @@ pub fn run(args: &SearchArgs) -> Result<()> {
             mkdir()?;
             crate::npy::write_npy(&args.out.join("indices.npy"), &res.indices)?;
             crate::npy::write_npy(&args.out.join("distances.npy"), &res.distances)?;
+            // A radius search's offsets.npy from an earlier search would not belong to these results.
+            let stale = args.out.join("offsets.npy");
+            if stale.is_file() {
+                std::fs::remove_file(&stale).with_context(|| format!("{}: cannot remove the earlier radius search's offsets", stale.display()))?;
+            }
             eprintln!("top-{k} of {nq} queries over {n} codes in {secs:.3} s -> {}", args.out.display());
         }
         (None, Some(r)) => {

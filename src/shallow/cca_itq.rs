@@ -189,6 +189,11 @@ impl Fit for CcaItqParams {
         if bits > self.anchors {
             bail!("CCA-ITQ yields at most cca-itq.anchors = {} dimensions; {bits} bits requested", self.anchors);
         }
+        // Largest f64 arrays: two n × anchors RBF feature matrices, the CCA covariances and
+        // projections (anchors², 2 × anchors × bits), the projected data and ITQ (2n × bits, bits²).
+        let (n, a, k) = (data.len() as f64, self.anchors as f64, bits as f64);
+        let bytes = 8.0 * (2.0 * n * a + 6.0 * a * a + 2.0 * a * k + 4.0 * n * k + 3.0 * k * k);
+        crate::method::ensure_memory("cca-itq", bits, bytes, "RBF features, CCA and ITQ matrices")?;
         Ok(())
     }
 

@@ -472,6 +472,16 @@ impl Fit for SchParams {
                 bail!("{name} = {a} but only {} training rows are labelled in every modality; use at most {}", rows.len(), rows.len());
             }
         }
+        // Largest f64 arrays: Φₜ (n × aₜ), ΦₜᵀΦₜ and its factor, Wₜ, B, F and their products
+        // (n × bits), R and the Hadamard class codes (≥ bits × bits).
+        let (n, c, k) = (data.len() as f64, data.n_classes() as f64, bits as f64);
+        let big = ((data.n_classes() + 1).max(bits).next_power_of_two()) as f64;
+        let per_modality: f64 = (0..m)
+            .map(|t| if self.modality_anchors.is_empty() { self.anchors } else { self.modality_anchors[t] } as f64)
+            .map(|a| n * a + 2.0 * a * a + a * k)
+            .sum();
+        let bytes = 8.0 * (per_modality + 4.0 * n * k + 2.0 * big * big + 2.0 * k * k + n * c);
+        crate::method::ensure_memory("sch", bits, bytes, "RBF features, code and rotation matrices")?;
         Ok(())
     }
 

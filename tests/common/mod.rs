@@ -12,3 +12,12 @@ pub fn python() -> Option<PathBuf> {
     let p = repo().join(".venv/bin/python");
     p.is_file().then_some(p)
 }
+
+/// The `cmh` binary under test: the one cargo built, or `$CMH_BIN` (to run these checks against
+/// another build or an installed binary).
+pub fn cmh() -> std::process::Command {
+    match std::env::var_os("CMH_BIN") {
+        Some(b) => std::process::Command::new(b),
+        None => std::process::Command::new(env!("CARGO_BIN_EXE_cmh")),
+    }
+}
