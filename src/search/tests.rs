@@ -322,7 +322,8 @@ fn cli_run_writes_topk_and_radius() {
     q.save_npy(dir.path(), "q").unwrap();
     let out = dir.path().join("out");
     let args = SearchArgs {
-        db: dir.path().join("db_packed.npy"),
+        db: Some(dir.path().join("db_packed.npy")),
+        index: None,
         query: dir.path().join("q.npy"),
         k: Some(2),
         radius: None,
@@ -344,6 +345,21 @@ fn cli_run_writes_topk_and_radius() {
     let e = run(&SearchArgs { k: Some(9), out: out3.clone(), ..args.clone() }).unwrap_err();
     assert!(format!("{e:#}").contains("exceeds the database size"), "{e:#}");
     assert!(!out3.exists());
-    let e = run(&SearchArgs { bits: None, out: out3.clone(), ..args }).unwrap_err();
+    let e = run(&SearchArgs { bits: None, out: out3.clone(), ..args.clone() }).unwrap_err();
     assert!(format!("{e:#}").contains("mismatch"), "{e:#}");
+    // The same searches through a multi-index hashing index write the same files.
+    let ix = dir.path().join("db.cmhidx");
+    crate::search::mih::build_index_file(db.view(), &crate::search::mih::BuildOptions::default(), &ix).unwrap();
+    let with_index = |a: &SearchArgs, out: &std::path::Path| SearchArgs { db: None, index: Some(ix.clone()), bits: None, out: out.to_path_buf(), ..a.clone() };
+    let out4 = dir.path().join("out4");
+    run(&with_index(&args, &out4)).unwrap();
+    run(&with_index(&SearchArgs { k: None, radius: Some(1), ..args.clone() }, &out4.join("r"))).unwrap();
+    for f in ["indices.npy", "distances.npy"] {
+        assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(out4.join(f)).unwrap(), "{f}");
+    }
+    for f in ["indices.npy", "distances.npy", "offsets.npy"] {
+        assert_eq!(std::fs::read(out2.join(f)).unwrap(), std::fs::read(out4.join("r").join(f)).unwrap(), "{f}");
+    }
 }
+
+mod mih;
