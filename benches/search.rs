@@ -35,6 +35,10 @@ struct Common {
     /// Popcount kernel (portable, popcnt, avx2, avx512).
     #[arg(long)]
     kernel: Option<String>,
+    /// Queries per scan task (1: each query scans the database alone, as when queries arrive
+    /// one at a time).
+    #[arg(long)]
+    query_block: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -202,7 +206,7 @@ fn main() -> Result<()> {
     if !kernel.is_available() {
         bail!("kernel {} not available here", kernel.name());
     }
-    let opts = SearchOptions { kernel: Some(kernel), ..Default::default() };
+    let opts = SearchOptions { kernel: Some(kernel), query_block: common.query_block, ..Default::default() };
     let mut out = json!({ "threads": threads, "kernel": kernel.name() });
     match cli.cmd {
         Cmd::Topk { db, queries, k, bits, out_prefix, .. } => {

@@ -161,8 +161,8 @@ pub fn write_faiss(codes: CodesRef, ivf: Option<&IvfOptions>, path: &Path) -> Re
     }
     // Items of each list in database order (a counting sort by list).
     let mut start = vec![0usize; nlist + 1];
-    for c in 0..nlist {
-        start[c + 1] = start[c] + sizes[c];
+    for (c, &s) in sizes.iter().enumerate() {
+        start[c + 1] = start[c] + s;
     }
     let mut order = vec![0u32; codes.n];
     let mut cur = start.clone();
@@ -200,8 +200,8 @@ pub fn write_faiss(codes: CodesRef, ivf: Option<&IvfOptions>, path: &Path) -> Re
                 w.write_all(&(s as u64).to_le_bytes())?;
             }
         }
-        for c in 0..nlist {
-            let items = &order[start[c]..start[c + 1]];
+        for bounds in start.windows(2) {
+            let items = &order[bounds[0]..bounds[1]];
             for &i in items {
                 w.write_all(codes.row(i as usize))?;
             }

@@ -20,7 +20,7 @@
 //!
 //! When the codes are spread out (uniformly random codes, long codes over small collections) the
 //! probes and candidates would cost more than reading every code. Each query therefore has a work
-//! budget, a fraction of what a scan of the database costs; a query that exceeds it is answered by
+//! budget, half of what a scan of the database costs; a query that exceeds it is answered by
 //! the linear scan ([`super::topk_with`]) together with the other such queries, and when most of
 //! the first queries do, the rest go straight to the scan. Results are identical either way.
 //!
@@ -379,7 +379,8 @@ impl std::fmt::Debug for MihIndex {
 #[derive(Clone, Debug)]
 pub struct MihOptions {
     /// Work allowed per query before it is handed to the linear scan, as a fraction of the cost
-    /// of scanning the database once (default 0.25; `f64::INFINITY` never hands over, 0 always).
+    /// of scanning the database once (default 0.5, so a handed-over query costs at most 1.5
+    /// scans; `f64::INFINITY` never hands over, 0 always).
     pub budget: f64,
     /// Options of the linear scan used for handed-over queries.
     pub scan: SearchOptions,
@@ -387,7 +388,7 @@ pub struct MihOptions {
 
 impl Default for MihOptions {
     fn default() -> Self {
-        Self { budget: 0.25, scan: SearchOptions::default() }
+        Self { budget: 0.5, scan: SearchOptions::default() }
     }
 }
 
@@ -403,12 +404,14 @@ pub struct MihStats {
     pub candidates: u64,
 }
 
-/// Relative costs, in units of one candidate verification (a 64-bit code read contiguously from a
-/// bucket, XOR + popcount + compare): a table lookup (a random read of the offsets array, usually
-/// a cache miss) and one code of the linear scan (the AVX-512 kernels compare a 64-bit code with a
-/// query in about a fiftieth of a candidate verification; measured by `scripts/bench_mih.py`).
-const PROBE_COST: f64 = 4.0;
-const SCAN_COST_PER_WORD: f64 = 0.03;
+/// Relative costs, in units of one candidate verification (a 64-bit code read from a bucket, XOR +
+/// popcount + compare; buckets lie at random places, so this is mostly a cache miss): a table
+/// lookup (a random read of the offsets array) and one 64-bit word of the linear scan, which
+/// streams the database once per block of queries. Measured with `scripts/bench_mih.py` and
+/// `perf` on 10^7 64-bit codes: a verification costs about as much as 100 codes of the scan, a
+/// lookup about five verifications.
+const PROBE_COST: f64 = 5.0;
+const SCAN_COST_PER_WORD: f64 = 0.01;
 /// Queries answered before deciding whether the index pays off for this batch at all.
 const TRIAL_QUERIES: usize = 32;
 
@@ -432,8 +435,6 @@ impl MihIndex {
         let file = std::fs::File::open(path).with_context(|| format!("{p}: cannot open"))?;
         // SAFETY: mapped read-only; the file must not be modified while it is mapped.
         let map = unsafe { Mmap::map(&file) }.with_context(|| format!("{p}: cannot memory-map"))?;
-        #[cfg(unix)]
-        let _ = map.advise(memmap2::Advice::Random);
         Self::from_storage(Storage::Mapped(map), Some(path.to_path_buf())).with_context(|| format!("{p}: not a valid cmh index"))
     }
 
@@ -748,44 +749,56 @@ fn search_body<const W: usize>(idx: &MihIndex, qw: &[u64], goal: Goal, budget: f
         for (j, &(_, len)) in lay.subs.iter().enumerate() {
             let (offsets, ids, words) = tables[j];
             if r as usize <= len {
-                // Every `len`-bit mask with r bits set (Gosper's hack), in batches: the offsets
-                // and then the first codes of a batch's buckets are prefetched before any is read,
-                // so their cache misses overlap.
+                // Every `len`-bit mask with r bits set (Gosper's hack), in batches, software-
+                // pipelined: the offsets of the next batch are requested before the current
+                // batch's codes are verified, and each bucket's first codes before that, so
+                // the cache misses of many lookups overlap.
                 let top = 1u64 << len;
                 let mut mask: u64 = (1u64 << r) - 1;
-                let mut batch = [0usize; PROBE_BATCH];
+                let mut next = [0usize; PROBE_BATCH];
                 let mut ranges = [(0usize, 0usize); PROBE_BATCH];
-                while mask < top {
+                let fill = |next: &mut [usize; PROBE_BATCH], mask: &mut u64| -> usize {
                     let mut cnt = 0;
-                    while cnt < PROBE_BATCH && mask < top {
-                        batch[cnt] = (qsub[j] as u64 ^ mask) as usize;
-                        prefetch(offsets.as_ptr().wrapping_add(batch[cnt]));
+                    while cnt < PROBE_BATCH && *mask < top {
+                        next[cnt] = (qsub[j] as u64 ^ *mask) as usize;
+                        prefetch(offsets.as_ptr().wrapping_add(next[cnt]));
                         cnt += 1;
-                        if mask == 0 {
-                            mask = top;
+                        if *mask == 0 {
+                            *mask = top;
                             break;
                         }
-                        let c = mask & mask.wrapping_neg();
-                        let rr = mask + c;
-                        mask = (((rr ^ mask) >> 2) / c) | rr;
+                        let c = *mask & mask.wrapping_neg();
+                        let rr = *mask + c;
+                        *mask = (((rr ^ *mask) >> 2) / c) | rr;
                     }
-                    for (range, &v) in ranges.iter_mut().zip(&batch[..cnt]) {
+                    cnt
+                };
+                let mut cnt_next = fill(&mut next, &mut mask);
+                while cnt_next > 0 {
+                    let cnt = cnt_next;
+                    for (range, &v) in ranges.iter_mut().zip(&next[..cnt]) {
                         *range = (offsets[v] as usize, offsets[v + 1] as usize);
                         if range.1 > range.0 {
                             prefetch(words.as_ptr().wrapping_add(range.0 * w));
                         }
                     }
+                    cnt_next = fill(&mut next, &mut mask);
                     probes += cnt as u64;
                     for &(lo, hi) in &ranges[..cnt] {
                         candidates += (hi - lo) as u64;
                         for t in lo..hi {
                             let x = &words[t * w..(t + 1) * w];
                             let d = dist::<W>(x, qw);
+                            // The id is read only for codes that can enter the result.
                             match goal {
                                 Goal::TopK(k) => {
+                                    let full = heap.len() == k;
+                                    if full && d as u64 > *heap.peek().unwrap() >> 32 {
+                                        continue;
+                                    }
                                     let kk = key(d, ids[t]);
-                                    if (heap.len() < k || kk < *heap.peek().unwrap()) && first_reached(&idx.masks, x, qw, j, r) {
-                                        if heap.len() == k {
+                                    if (!full || kk < *heap.peek().unwrap()) && first_reached(&idx.masks, x, qw, j, r) {
+                                        if full {
                                             heap.pop();
                                         }
                                         heap.push(kk);

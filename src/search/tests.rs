@@ -63,6 +63,14 @@ fn gen_codes(rng: &mut ChaCha8Rng, n: usize, bits: usize, pool: usize, flips: us
     data
 }
 
+/// A database of `n` and `nq` queries from one seed: queries have one more flipped bit.
+fn gen_pair(seed: u64, n: usize, nq: usize, bits: usize, pool: usize, flips: usize, dirty: bool) -> (Vec<u8>, Vec<u8>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let dbd = gen_codes(&mut rng, n, bits, pool, flips, dirty);
+    let qd = gen_codes(&mut rng, nq, bits, pool, flips + 1, dirty);
+    (dbd, qd)
+}
+
 fn option_sets() -> Vec<SearchOptions> {
     let mut v = vec![];
     for kernel in Kernel::available() {
@@ -85,9 +93,7 @@ proptest! {
         bits in bits_strategy(), n in 1usize..=900, nq in 1usize..=20, pool in 1usize..=40,
         flips in 0usize..=6, kfrac in 0.0f64..=1.0, dirty in any::<bool>(), seed in any::<u64>(),
     ) {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let dbd = gen_codes(&mut rng, n, bits, pool, flips, dirty);
-        let qd = gen_codes(&mut rng, nq, bits, pool, flips + 1, dirty);
+        let (dbd, qd) = gen_pair(seed, n, nq, bits, pool, flips, dirty);
         let db = CodesRef::new(n, bits, &dbd).unwrap();
         let qs = CodesRef::new(nq, bits, &qd).unwrap();
         let k = ((kfrac * n as f64) as usize).clamp(1, n);
@@ -104,9 +110,7 @@ proptest! {
         bits in bits_strategy(), n in 1usize..=900, nq in 1usize..=12, pool in 1usize..=40,
         flips in 0usize..=6, rfrac in 0.0f64..=1.0, dirty in any::<bool>(), seed in any::<u64>(),
     ) {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let dbd = gen_codes(&mut rng, n, bits, pool, flips, dirty);
-        let qd = gen_codes(&mut rng, nq, bits, pool, flips + 1, dirty);
+        let (dbd, qd) = gen_pair(seed, n, nq, bits, pool, flips, dirty);
         let db = CodesRef::new(n, bits, &dbd).unwrap();
         let qs = CodesRef::new(nq, bits, &qd).unwrap();
         // Radii concentrated where results are neither empty nor everything.
