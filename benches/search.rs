@@ -5,6 +5,8 @@
 //!   cargo bench --bench search -- topk  --db D.npy --queries Q.npy -k 100 --threads 1
 //!   cargo bench --bench search -- limit --db D.npy --queries Q.npy --threads 1
 //!   cargo bench --bench search -- eval  --qcodes Q.npy --dbcodes D.npy --qlabels QL.npy --dblabels DL.npy
+//!   cargo bench --bench search -- index-build --db D.npy --out D.cmhidx [--substrings M]
+//!   cargo bench --bench search -- mih   --index D.cmhidx --queries Q.npy -k 10 --threads 1
 //!
 //! Times are wall-clock seconds of the computation only (files are opened first; packed uint8
 //! code files are memory-mapped). `peak_rss_bytes` is the process's VmHWM at exit.
@@ -33,6 +35,10 @@ struct Common {
     /// Popcount kernel (portable, popcnt, avx2, avx512).
     #[arg(long)]
     kernel: Option<String>,
+    /// Queries per scan task (1: each query scans the database alone, as when queries arrive
+    /// one at a time).
+    #[arg(long)]
+    query_block: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -70,6 +76,33 @@ enum Cmd {
         db: PathBuf,
         #[arg(long)]
         queries: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Multi-index hashing index build (scripts/bench_mih.py).
+    IndexBuild {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        substrings: Option<usize>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Top-k search through a multi-index hashing index.
+    Mih {
+        #[arg(long)]
+        index: PathBuf,
+        #[arg(long)]
+        queries: PathBuf,
+        #[arg(short = 'k', long)]
+        k: usize,
+        /// Work budget per query as a fraction of a scan (default: the library's).
+        #[arg(long)]
+        budget: Option<f64>,
+        #[arg(long)]
+        out_prefix: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
@@ -155,7 +188,12 @@ fn main() -> Result<()> {
     }
     let cli = Cli::parse_from(args);
     let common = match &cli.cmd {
-        Cmd::Topk { common, .. } | Cmd::Radius { common, .. } | Cmd::Limit { common, .. } | Cmd::Eval { common, .. } => {
+        Cmd::Topk { common, .. }
+        | Cmd::Radius { common, .. }
+        | Cmd::Limit { common, .. }
+        | Cmd::Eval { common, .. }
+        | Cmd::IndexBuild { common, .. }
+        | Cmd::Mih { common, .. } => {
             common.clone()
         }
     };
@@ -168,7 +206,7 @@ fn main() -> Result<()> {
     if !kernel.is_available() {
         bail!("kernel {} not available here", kernel.name());
     }
-    let opts = SearchOptions { kernel: Some(kernel), ..Default::default() };
+    let opts = SearchOptions { kernel: Some(kernel), query_block: common.query_block, ..Default::default() };
     let mut out = json!({ "threads": threads, "kernel": kernel.name() });
     match cli.cmd {
         Cmd::Topk { db, queries, k, bits, out_prefix, .. } => {
@@ -207,6 +245,37 @@ fn main() -> Result<()> {
             put_times(&mut out, &times);
             out["checksum"] = json!(s);
             out["cpu_ns_per_comparison"] = json!(times.cpu[0] * 1e9 / (q.n as f64 * d.n as f64));
+        }
+        Cmd::IndexBuild { db, out: path, substrings, .. } => {
+            let dbf = open_codes(&db, None)?;
+            let bo = cmh::search::mih::BuildOptions { substrings, progress: false };
+            let (times, s) = pool.install(|| time(1, || cmh::search::mih::build_index_file(dbf.view(), &bo, &path)))?;
+            put_times(&mut out, &times);
+            out["summary"] = json!(s);
+        }
+        Cmd::Mih { index, queries, k, budget, out_prefix, .. } => {
+            let ix = cmh::search::MihIndex::open(&index)?;
+            let qf = open_codes(&queries, Some(ix.bits()))?;
+            let q = qf.view();
+            let mut mo = cmh::search::MihOptions { scan: opts.clone(), ..Default::default() };
+            if let Some(b) = budget {
+                mo.budget = b;
+            }
+            let (times, (res, stats)) = pool.install(|| time(common.repeat, || ix.topk_with(q, k, &mo)))?;
+            out["n_db"] = json!(ix.len());
+            out["n_queries"] = json!(q.n);
+            out["bits"] = json!(ix.bits());
+            out["k"] = json!(k);
+            out["substrings"] = json!(ix.substrings().len());
+            out["stats"] = json!(stats);
+            put_times(&mut out, &times);
+            out["qps"] = json!(q.n as f64 / times.wall[0]);
+            out["qps_per_cpu_second"] = json!(q.n as f64 / times.cpu[0]);
+            if let Some(p) = out_prefix {
+                let s = p.to_string_lossy();
+                cmh::npy::write_npy(&PathBuf::from(format!("{s}_indices.npy")), &res.indices)?;
+                cmh::npy::write_npy(&PathBuf::from(format!("{s}_distances.npy")), &res.distances)?;
+            }
         }
         Cmd::Eval { qcodes, dbcodes, qlabels, dblabels, .. } => {
             let qf = open_codes(&qcodes, None)?;

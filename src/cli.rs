@@ -34,6 +34,13 @@ pub enum Command {
     Eval(EvalArgs),
     /// Hamming search: top-k (or all within a radius) of each query in a code database.
     Search(crate::search::SearchArgs),
+    /// Multi-index hashing indexes: exact search that reads only the codes near each query.
+    #[command(subcommand)]
+    Index(IndexCommand),
+    /// Write codes in the formats other search engines load (faiss, Milvus, Elasticsearch,
+    /// OpenSearch; Lance datasets come from `python -m cmh_tools.lance_export`).
+    #[command(subcommand)]
+    Export(ExportCommand),
     /// Encode new items with a trained model folder (`RUN/bitsB-seedS/model`).
     Encode(EncodeArgs),
     /// The main job: emoji image–text benchmark, every method at 32 and 64 bits, standard and
@@ -51,7 +58,12 @@ impl Command {
             Command::Train(a) => a.device != DeviceChoice::Cpu,
             Command::Demo(a) => a.device != DeviceChoice::Cpu,
             Command::Features(a) => a.device != DeviceChoice::Cpu,
-            Command::Data(_) | Command::Eval(_) | Command::Search(_) | Command::Encode(_) => false,
+            Command::Data(_)
+            | Command::Eval(_)
+            | Command::Search(_)
+            | Command::Index(_)
+            | Command::Export(_)
+            | Command::Encode(_) => false,
         }
     }
 }
@@ -69,6 +81,85 @@ pub enum DataCommand {
     EmbedClasses(crate::semantics::EmbedClassesArgs),
     /// Build the emoji image–text benchmark bundle from the npm packages.
     Emoji(crate::semantics::BuildEmojiArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IndexCommand {
+    /// Build a multi-index hashing index of a code file (search it with `cmh search --index`).
+    Build(IndexBuildArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct IndexBuildArgs {
+    /// Database codes (.npy: packed uint8 rows, int8 ±1 or bool 0/1).
+    #[arg(long)]
+    pub codes: PathBuf,
+    /// Index file to write (DB.cmhidx); it holds the codes too, so search needs nothing else.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of substrings m (one hash table each). Default: bits / log2(n), the rule of
+    /// Norouzi et al., with substrings of at most 28 bits.
+    #[arg(long)]
+    pub substrings: Option<usize>,
+    /// Code length in bits, for packed uint8 files whose length is not 8 × columns.
+    #[arg(long)]
+    pub bits: Option<usize>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExportCommand {
+    /// faiss binary index file (faiss.read_index_binary): IndexBinaryFlat, or IndexBinaryIVF
+    /// with --ivf NLIST.
+    Faiss(ExportFaissArgs),
+    /// Milvus bulk-insert JSON ({"rows": [...]}) for a BINARY_VECTOR field named `code`.
+    Milvus(ExportRowsArgs),
+    /// Elasticsearch _bulk NDJSON for a dense_vector field `code` with element_type bit (hex).
+    Elasticsearch(ExportBulkArgs),
+    /// OpenSearch _bulk NDJSON for a knn_vector field `code` with data_type binary (int8 bytes).
+    Opensearch(ExportBulkArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExportFaissArgs {
+    /// Codes (.npy: packed uint8 rows, int8 ±1 or bool 0/1); the code length must be a
+    /// multiple of 8.
+    #[arg(long)]
+    pub codes: PathBuf,
+    /// Index file to write (DB.faiss).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Write an IndexBinaryIVF with this many inverted lists (binary k-means as faiss trains
+    /// it: at most 256 points per list, 25 iterations).
+    #[arg(long, value_name = "NLIST")]
+    pub ivf: Option<usize>,
+    /// Seed of the training sample and initial centroids.
+    #[arg(long, default_value_t = 1234)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportRowsArgs {
+    /// Codes (.npy); the code length must be a multiple of 8.
+    #[arg(long)]
+    pub codes: PathBuf,
+    /// Optional labels (.npy, items × classes, 0/1): written as each item's class indices.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// File to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportBulkArgs {
+    #[command(flatten)]
+    pub rows: ExportRowsArgs,
+    /// Index name in the action lines.
+    #[arg(long, default_value = "cmh-codes")]
+    pub index: String,
 }
 
 #[derive(Args, Debug)]
@@ -170,12 +261,21 @@ pub struct EncodeArgs {
     /// image or text.
     #[arg(long)]
     pub modality: String,
-    /// Feature matrix (.npy float32/float64, items × dim).
+    /// Feature matrix (.npy float32/float64, items × dim), memory-mapped and encoded chunk by chunk.
     #[arg(long)]
     pub features: PathBuf,
     /// Output stem: writes STEM.npy (int8 ±1) and STEM_packed.npy (uint8).
     #[arg(long)]
     pub out: PathBuf,
+    /// Write only STEM_packed.npy (8× smaller than the int8 ±1 file).
+    #[arg(long)]
+    pub packed_only: bool,
+    /// Items encoded per chunk: memory stays bounded by the chunk, whatever the number of items.
+    #[arg(long, default_value_t = 65_536)]
+    pub chunk: usize,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// Entry point: runs the command, prints errors, returns the exit code.
@@ -227,8 +327,56 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train(&a),
         Command::Eval(a) => eval(&a),
         Command::Search(a) => crate::search::run(&a),
+        Command::Index(IndexCommand::Build(a)) => index_build(&a),
+        Command::Export(a) => export(&a),
         Command::Encode(a) => encode(&a),
     }
+}
+
+fn index_build(a: &IndexBuildArgs) -> Result<()> {
+    let codes = open_codes(&a.codes, a.bits)?;
+    let t = std::time::Instant::now();
+    let opts = crate::search::mih::BuildOptions { substrings: a.substrings, progress: !a.quiet };
+    let s = crate::search::mih::build_index_file(codes.view(), &opts, &a.out)?;
+    eprintln!(
+        "indexed {} codes of {} bits in {} tables (substrings of {:?} bits) in {:.2} s: {} ({:.1} MB)",
+        s.n,
+        s.bits,
+        s.substrings,
+        s.substring_bits,
+        t.elapsed().as_secs_f64(),
+        a.out.display(),
+        s.bytes as f64 / 1e6
+    );
+    Ok(())
+}
+
+fn export(cmd: &ExportCommand) -> Result<()> {
+    use crate::export::{write_bulk_ndjson, write_faiss, write_milvus_json, BulkFlavour, IvfOptions};
+    let labels = |r: &ExportRowsArgs| r.labels.as_ref().map(|p| read_binary_matrix(p, "labels")).transpose();
+    match cmd {
+        ExportCommand::Faiss(a) => {
+            let codes = open_codes(&a.codes, None)?;
+            let ivf = a.ivf.map(|nlist| IvfOptions { seed: a.seed, ..IvfOptions::new(nlist) });
+            let s = write_faiss(codes.view(), ivf.as_ref(), &a.out).with_context(|| format!("exporting {}", a.codes.display()))?;
+            eprintln!("wrote {} ({}, {} codes of {} bits)", a.out.display(), s.kind, s.n, s.bits);
+        }
+        ExportCommand::Milvus(r) => {
+            let codes = open_codes(&r.codes, None)?;
+            let l = labels(r)?;
+            write_milvus_json(codes.view(), l.as_ref().map(|l| l.view()), &r.out).with_context(|| format!("exporting {}", r.codes.display()))?;
+            eprintln!("wrote {}", r.out.display());
+        }
+        ExportCommand::Elasticsearch(a) | ExportCommand::Opensearch(a) => {
+            let flavour = if matches!(cmd, ExportCommand::Elasticsearch(_)) { BulkFlavour::Elasticsearch } else { BulkFlavour::OpenSearch };
+            let codes = open_codes(&a.rows.codes, None)?;
+            let l = labels(&a.rows)?;
+            write_bulk_ndjson(codes.view(), l.as_ref().map(|l| l.view()), &a.index, flavour, &a.rows.out)
+                .with_context(|| format!("exporting {}", a.rows.codes.display()))?;
+            eprintln!("wrote {}", a.rows.out.display());
+        }
+    }
+    Ok(())
 }
 
 fn data_info(dir: &Path) -> Result<()> {
@@ -375,8 +523,11 @@ fn encode(a: &EncodeArgs) -> Result<()> {
         "text" => crate::method::TEXT,
         other => bail!("--modality must be image or text, found {other:?}"),
     };
-    let x = crate::npy::read_features(&a.features)?;
-    let codes = model.encode(m, &crate::method::View::Features(x))?;
-    codes.save_npy(dir, stem)?;
+    let opts = crate::encode::EncodeOptions { chunk: a.chunk, packed_only: a.packed_only, progress: !a.quiet };
+    let t = std::time::Instant::now();
+    let s = crate::encode::encode_file(model.as_ref(), m, &a.features, &a.out, &opts)?;
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!("encoded {} items ({} bits) in {secs:.2} s ({:.0} items/s) -> {}", s.items, s.bits, s.items as f64 / secs.max(1e-9),
+        s.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! - [`method`]: the `Fit` / `HashModel` traits; [`shallow`] (SCH, SeGH, CCA-ITQ) and [`deep`]
 //!   (SDCH, CZHash, AgNet) implement them.
 //! - [`codes`]: packed binary codes; [`search`]: Hamming ranking; [`metrics`]: mAP and curves.
+//! - [`export`]: codes in the formats faiss, Milvus, Elasticsearch and OpenSearch load.
 //! - [`pipeline`] runs the whole flow and writes [`report`]s; [`cli`] is a thin layer over it.
 extern crate openblas_src;
 
@@ -17,6 +18,8 @@ pub mod codes;
 pub mod convert;
 pub mod deep;
 pub mod demo;
+pub mod encode;
+pub mod export;
 pub mod method;
 pub mod metrics;
 pub mod npy;

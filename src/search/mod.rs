@@ -14,13 +14,18 @@
 //!   too few query blocks to keep every thread busy, and merged per query by the same counting.
 //! - Databases larger than memory: [`MappedCodes`] memory-maps a packed uint8 `.npy` file; the
 //!   search reads it in place, so resident memory stays near the pages being scanned.
+//! - Sublinear exact search: [`MihIndex`] (multi-index hashing, [`mih`]) returns the same top-k
+//!   and radius results while reading only the codes near each query, and hands queries to this
+//!   scan when reading near codes would cost more.
 
 mod kernels;
-mod mapped;
+pub(crate) mod mapped;
+pub mod mih;
 mod select;
 
 pub use kernels::Kernel;
 pub use mapped::{open_codes, CodeFile, MappedCodes};
+pub use mih::{MihIndex, MihOptions, MihStats};
 
 use crate::codes::CodesRef;
 use anyhow::{bail, Context, Result};
@@ -303,8 +308,12 @@ fn execute(queries: CodesRef, db: CodesRef, mode: Mode, opts: &SearchOptions) ->
 pub struct SearchArgs {
     /// Database codes (.npy): uint8 rows in numpy.packbits order (memory-mapped, never loaded),
     /// int8 ±1 or bool 0/1 (n × bits).
+    #[arg(long, required_unless_present = "index", conflicts_with = "index")]
+    pub db: Option<PathBuf>,
+    /// Search a multi-index hashing index (`cmh index build`) instead of scanning --db: the same
+    /// results, reading only the codes near each query.
     #[arg(long)]
-    pub db: PathBuf,
+    pub index: Option<PathBuf>,
     /// Query codes, same formats and code length as the database.
     #[arg(long)]
     pub query: PathBuf,
@@ -334,28 +343,51 @@ pub fn run(args: &SearchArgs) -> Result<()> {
         Some(s) => Some(Kernel::from_name(s).with_context(|| format!("--kernel {s}: expected portable, popcnt, avx2 or avx512"))?),
         None => None,
     };
+    let opts = SearchOptions { kernel, ..Default::default() };
+    let inputs: Vec<(&str, &PathBuf)> = [("--db", args.db.as_ref()), ("--index", args.index.as_ref()), ("--query", Some(&args.query))]
+        .into_iter()
+        .filter_map(|(n, p)| p.map(|p| (n, p)))
+        .collect();
     let outputs: Vec<PathBuf> = ["indices.npy", "distances.npy", "offsets.npy"].iter().map(|f| args.out.join(f)).collect();
-    crate::outdir::refuse_overwriting_inputs(&outputs, &[("--db", &args.db), ("--query", &args.query)])?;
+    let inputs: Vec<(&str, &std::path::Path)> = inputs.iter().map(|(n, p)| (*n, p.as_path())).collect();
+    crate::outdir::refuse_overwriting_inputs(&outputs, &inputs)?;
     crate::outdir::check(&args.out, crate::outdir::Kind::Search, "--out")?;
-    let db = open_codes(&args.db, args.bits)?;
-    let q = open_codes(&args.query, args.bits)?;
-    if q.view().bits != db.view().bits {
+    let (db_file, index) = match (&args.db, &args.index) {
+        (Some(db), None) => (Some(open_codes(db, args.bits)?), None),
+        (None, Some(ix)) => (None, Some(MihIndex::open(ix)?)),
+        _ => bail!("give exactly one of --db and --index"),
+    };
+    let (db, db_path) = match (&db_file, &index) {
+        (Some(f), _) => (f.view(), args.db.as_ref().unwrap()),
+        (_, Some(ix)) => (ix.codes(), args.index.as_ref().unwrap()),
+        _ => unreachable!(),
+    };
+    let q = open_codes(&args.query, args.bits.or(index.as_ref().map(|ix| ix.bits())))?;
+    if q.view().bits != db.bits {
         bail!(
             "code length mismatch: {} holds {}-bit codes but {} holds {}-bit codes",
             args.query.display(),
             q.view().bits,
-            args.db.display(),
-            db.view().bits
+            db_path.display(),
+            db.bits
         );
     }
-    let opts = SearchOptions { kernel, ..Default::default() };
+    let mih = MihOptions { scan: opts.clone(), ..Default::default() };
     let t = std::time::Instant::now();
-    let (nq, n) = (q.view().n, db.view().n);
+    let (nq, n) = (q.view().n, db.n);
+    let ctx = || format!("searching {} in {}", args.query.display(), db_path.display());
     let mkdir = || crate::outdir::prepare(&args.out, crate::outdir::Kind::Search, "--out", false).map(|_| ());
+    let note = |stats: Option<MihStats>| match stats {
+        Some(s) => format!(" ({} from the index, {} by scan)", s.indexed, s.scanned),
+        None => String::new(),
+    };
     match (args.k, args.radius) {
         (Some(k), None) => {
-            let res = topk_with(q.view(), db.view(), k, &opts)
-                .with_context(|| format!("searching {} in {}", args.query.display(), args.db.display()))?;
+            let (res, stats) = match &index {
+                Some(ix) => ix.topk_with(q.view(), k, &mih).map(|(r, s)| (r, Some(s))),
+                None => topk_with(q.view(), db, k, &opts).map(|r| (r, None)),
+            }
+            .with_context(ctx)?;
             let secs = t.elapsed().as_secs_f64();
             mkdir()?;
             crate::npy::write_npy(&args.out.join("indices.npy"), &res.indices)?;
@@ -365,11 +397,14 @@ pub fn run(args: &SearchArgs) -> Result<()> {
             if stale.is_file() {
                 std::fs::remove_file(&stale).with_context(|| format!("{}: cannot remove the earlier radius search's offsets", stale.display()))?;
             }
-            eprintln!("top-{k} of {nq} queries over {n} codes in {secs:.3} s -> {}", args.out.display());
+            eprintln!("top-{k} of {nq} queries over {n} codes in {secs:.3} s{} -> {}", note(stats), args.out.display());
         }
         (None, Some(r)) => {
-            let res = radius_with(q.view(), db.view(), r, &opts)
-                .with_context(|| format!("searching {} in {}", args.query.display(), args.db.display()))?;
+            let (res, stats) = match &index {
+                Some(ix) => ix.radius_with(q.view(), r, &mih).map(|(r, s)| (r, Some(s))),
+                None => radius_with(q.view(), db, r, &opts).map(|r| (r, None)),
+            }
+            .with_context(ctx)?;
             let secs = t.elapsed().as_secs_f64();
             let mut offsets = Vec::with_capacity(nq + 1);
             offsets.push(0i64);
@@ -385,7 +420,7 @@ pub fn run(args: &SearchArgs) -> Result<()> {
             crate::npy::write_npy(&args.out.join("indices.npy"), &Array1::from(idx))?;
             crate::npy::write_npy(&args.out.join("distances.npy"), &Array1::from(dist))?;
             crate::npy::write_npy(&args.out.join("offsets.npy"), &Array1::from(offsets))?;
-            eprintln!("radius {r} for {nq} queries over {n} codes in {secs:.3} s -> {}", args.out.display());
+            eprintln!("radius {r} for {nq} queries over {n} codes in {secs:.3} s{} -> {}", note(stats), args.out.display());
         }
         _ => bail!("give exactly one of -k/--k and --radius"),
     }

@@ -63,6 +63,14 @@ fn gen_codes(rng: &mut ChaCha8Rng, n: usize, bits: usize, pool: usize, flips: us
     data
 }
 
+/// A database of `n` and `nq` queries from one seed: queries have one more flipped bit.
+fn gen_pair(seed: u64, n: usize, nq: usize, bits: usize, pool: usize, flips: usize, dirty: bool) -> (Vec<u8>, Vec<u8>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let dbd = gen_codes(&mut rng, n, bits, pool, flips, dirty);
+    let qd = gen_codes(&mut rng, nq, bits, pool, flips + 1, dirty);
+    (dbd, qd)
+}
+
 fn option_sets() -> Vec<SearchOptions> {
     let mut v = vec![];
     for kernel in Kernel::available() {
@@ -85,9 +93,7 @@ proptest! {
         bits in bits_strategy(), n in 1usize..=900, nq in 1usize..=20, pool in 1usize..=40,
         flips in 0usize..=6, kfrac in 0.0f64..=1.0, dirty in any::<bool>(), seed in any::<u64>(),
     ) {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let dbd = gen_codes(&mut rng, n, bits, pool, flips, dirty);
-        let qd = gen_codes(&mut rng, nq, bits, pool, flips + 1, dirty);
+        let (dbd, qd) = gen_pair(seed, n, nq, bits, pool, flips, dirty);
         let db = CodesRef::new(n, bits, &dbd).unwrap();
         let qs = CodesRef::new(nq, bits, &qd).unwrap();
         let k = ((kfrac * n as f64) as usize).clamp(1, n);
@@ -104,9 +110,7 @@ proptest! {
         bits in bits_strategy(), n in 1usize..=900, nq in 1usize..=12, pool in 1usize..=40,
         flips in 0usize..=6, rfrac in 0.0f64..=1.0, dirty in any::<bool>(), seed in any::<u64>(),
     ) {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let dbd = gen_codes(&mut rng, n, bits, pool, flips, dirty);
-        let qd = gen_codes(&mut rng, nq, bits, pool, flips + 1, dirty);
+        let (dbd, qd) = gen_pair(seed, n, nq, bits, pool, flips, dirty);
         let db = CodesRef::new(n, bits, &dbd).unwrap();
         let qs = CodesRef::new(nq, bits, &qd).unwrap();
         // Radii concentrated where results are neither empty nor everything.
@@ -322,7 +326,8 @@ fn cli_run_writes_topk_and_radius() {
     q.save_npy(dir.path(), "q").unwrap();
     let out = dir.path().join("out");
     let args = SearchArgs {
-        db: dir.path().join("db_packed.npy"),
+        db: Some(dir.path().join("db_packed.npy")),
+        index: None,
         query: dir.path().join("q.npy"),
         k: Some(2),
         radius: None,
@@ -344,6 +349,21 @@ fn cli_run_writes_topk_and_radius() {
     let e = run(&SearchArgs { k: Some(9), out: out3.clone(), ..args.clone() }).unwrap_err();
     assert!(format!("{e:#}").contains("exceeds the database size"), "{e:#}");
     assert!(!out3.exists());
-    let e = run(&SearchArgs { bits: None, out: out3.clone(), ..args }).unwrap_err();
+    let e = run(&SearchArgs { bits: None, out: out3.clone(), ..args.clone() }).unwrap_err();
     assert!(format!("{e:#}").contains("mismatch"), "{e:#}");
+    // The same searches through a multi-index hashing index write the same files.
+    let ix = dir.path().join("db.cmhidx");
+    crate::search::mih::build_index_file(db.view(), &crate::search::mih::BuildOptions::default(), &ix).unwrap();
+    let with_index = |a: &SearchArgs, out: &std::path::Path| SearchArgs { db: None, index: Some(ix.clone()), bits: None, out: out.to_path_buf(), ..a.clone() };
+    let out4 = dir.path().join("out4");
+    run(&with_index(&args, &out4)).unwrap();
+    run(&with_index(&SearchArgs { k: None, radius: Some(1), ..args.clone() }, &out4.join("r"))).unwrap();
+    for f in ["indices.npy", "distances.npy"] {
+        assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(out4.join(f)).unwrap(), "{f}");
+    }
+    for f in ["indices.npy", "distances.npy", "offsets.npy"] {
+        assert_eq!(std::fs::read(out2.join(f)).unwrap(), std::fs::read(out4.join("r").join(f)).unwrap(), "{f}");
+    }
 }
+
+mod mih;

@@ -1,0 +1,835 @@
+//! Exact sublinear Hamming search by multi-index hashing (Norouzi, Punjani & Fleet, "Fast search
+//! in Hamming space with multi-index hashing", CVPR 2012).
+//!
+//! Each code is cut into `m` disjoint substrings (bits `start..start + len` of the packbits bit
+//! order, lengths differing by at most one). Table `j` sorts the database by substring `j`: an
+//! offsets array over all `2^len` substring values points into the item ids and the full codes,
+//! stored in that order so a bucket's codes are read contiguously.
+//!
+//! Search probes the tables radius by radius: at radius `r`, table `j` looks up every substring
+//! value at Hamming distance exactly `r` from the query's substring and verifies each code found
+//! with its full distance. Pigeonhole (the paper's Proposition 1, generalised to the probing
+//! order): a code at distance `D` from the query has some substring within `floor(D / m)`;
+//! precisely, once table `j` has been probed at radius `r` (tables after `j` at `r - 1`), every
+//! code with `D <= m·r + j` has been seen. Top-k search stops as soon as the k-th best distance is
+//! within that bound, so the result is exactly the linear scan's: every code at a distance up to
+//! the k-th best has been seen, and the k best are taken by (distance, database index), the scan's
+//! tie rule. A code can appear in several tables; it is counted only where it is first reached
+//! (the earliest (radius, table) pair in probing order at which one of its substrings matches),
+//! which needs only its substring distances, no visited set.
+//!
+//! When the codes are spread out (uniformly random codes, long codes over small collections) the
+//! probes and candidates would cost more than reading every code. Each query therefore has a work
+//! budget, half of what a scan of the database costs; a query that exceeds it is answered by
+//! the linear scan ([`super::topk_with`]) together with the other such queries, and when most of
+//! the first queries do, the rest go straight to the scan. Results are identical either way.
+//!
+//! File format (little-endian; sections aligned to 64 bytes; the file is memory-mapped):
+//! ```text
+//! 0   magic  b"CMHMIH\0\0"        8   version u32 (1)      12  header bytes u32
+//! 16  bits u64   24  n u64   32  m u64   40  words per code u64   48  file length u64   56  0 u64
+//! 64  m × (substring start u64, substring length u64)
+//! codes      n × ceil(bits/8) bytes: the database in its original order (numpy.packbits rows)
+//! per table  offsets (2^len + 1) u32, ids n u32, codes n × words u64 in bucket order
+//! ```
+//! Codes inside the tables are 64-bit words holding the bits in packbits order (bit `j` of the
+//! code is bit `63 - j % 64` of word `j / 64`), padding bits cleared.
+
+use super::{topk_with, radius_with, SearchOptions, SearchResult};
+use crate::codes::{stride_of, CodesRef};
+use anyhow::{bail, Context, Result};
+use memmap2::Mmap;
+use ndarray::Array2;
+use rayon::prelude::*;
+use std::collections::BinaryHeap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"CMHMIH\0\0";
+const VERSION: u32 = 1;
+const ALIGN: usize = 64;
+/// Longest substring: the offsets array of a table has `2^len + 1` entries (1 GiB at 28 bits).
+pub const MAX_SUBSTRING_BITS: usize = 28;
+
+/// The number of substrings the paper recommends, `m ≈ bits / log2 n`, kept within what the
+/// tables allow (`bits / m <= MAX_SUBSTRING_BITS`, `1 <= m <= bits`).
+pub fn auto_substrings(n: usize, bits: usize) -> usize {
+    let log_n = (n.max(2) as f64).log2();
+    let m = (bits as f64 / log_n).round().max(1.0) as usize;
+    m.max(bits.div_ceil(MAX_SUBSTRING_BITS)).min(bits).max(1)
+}
+
+/// Substring `(start, length)` pairs: `m` consecutive bit ranges, the first `bits % m` one longer.
+pub fn substrings(bits: usize, m: usize) -> Vec<(usize, usize)> {
+    let (base, extra) = (bits / m, bits % m);
+    let mut start = 0;
+    (0..m)
+        .map(|j| {
+            let len = base + (j < extra) as usize;
+            let s = (start, len);
+            start += len;
+            s
+        })
+        .collect()
+}
+
+fn check_substrings(bits: usize, m: usize) -> Result<()> {
+    if bits == 0 {
+        bail!("codes must have at least one bit");
+    }
+    if m == 0 || m > bits {
+        bail!("the number of substrings must be between 1 and the code length ({bits}), found {m}");
+    }
+    let longest = bits.div_ceil(m);
+    if longest > MAX_SUBSTRING_BITS {
+        bail!(
+            "{m} substrings of {bits}-bit codes are {longest} bits long; at most {MAX_SUBSTRING_BITS} are supported (use at least {} substrings)",
+            bits.div_ceil(MAX_SUBSTRING_BITS)
+        );
+    }
+    Ok(())
+}
+
+/// Word layout of a code: `w` big-endian words of packbits bytes, padding bits cleared.
+#[derive(Clone, Copy, Debug)]
+struct Words {
+    w: usize,
+    stride: usize,
+    last_mask: u64,
+}
+
+impl Words {
+    fn new(bits: usize) -> Self {
+        let w = bits.div_ceil(64);
+        let valid = bits - 64 * (w - 1);
+        Self { w, stride: stride_of(bits), last_mask: if valid == 64 { u64::MAX } else { u64::MAX << (64 - valid) } }
+    }
+
+    fn push(&self, row: &[u8], out: &mut Vec<u64>) {
+        for wi in 0..self.w {
+            let s = 8 * wi;
+            let mut b = [0u8; 8];
+            let e = (s + 8).min(self.stride);
+            b[..e - s].copy_from_slice(&row[s..e]);
+            let v = u64::from_be_bytes(b);
+            out.push(if wi + 1 == self.w { v & self.last_mask } else { v });
+        }
+    }
+}
+
+/// Bits `start..start + len` (`len <= 32`) of a code in word form, as an integer whose most
+/// significant bit is the code's bit `start`.
+#[inline(always)]
+fn substring(words: &[u64], start: usize, len: usize) -> u32 {
+    let (wi, off) = (start / 64, start % 64);
+    let mut v = words[wi] << off;
+    if off > 0 && wi + 1 < words.len() {
+        v |= words[wi + 1] >> (64 - off);
+    }
+    (v >> (64 - len)) as u32
+}
+
+/// Word masks selecting substring `(start, len)`.
+fn substring_mask(w: usize, start: usize, len: usize) -> Vec<u64> {
+    let mut m = vec![0u64; w];
+    for b in start..start + len {
+        m[b / 64] |= 1u64 << (63 - b % 64);
+    }
+    m
+}
+
+fn align(x: usize) -> usize {
+    x.div_ceil(ALIGN) * ALIGN
+}
+
+/// Byte positions of the sections of an index file.
+#[derive(Clone, Debug)]
+struct Layout {
+    bits: usize,
+    n: usize,
+    w: usize,
+    subs: Vec<(usize, usize)>,
+    header: usize,
+    codes: usize,
+    /// Per table: (offsets, ids, words) byte positions.
+    tables: Vec<(usize, usize, usize)>,
+    len: usize,
+}
+
+impl Layout {
+    fn new(bits: usize, n: usize, m: usize) -> Self {
+        let w = bits.div_ceil(64);
+        let subs = substrings(bits, m);
+        let header = align(64 + 16 * m);
+        let codes = header;
+        let mut pos = align(codes + n * stride_of(bits));
+        let mut tables = Vec::with_capacity(m);
+        for &(_, len) in &subs {
+            let offsets = pos;
+            let ids = align(offsets + 4 * ((1usize << len) + 1));
+            let words = align(ids + 4 * n);
+            pos = align(words + 8 * w * n);
+            tables.push((offsets, ids, words));
+        }
+        Self { bits, n, w, subs, header, codes, tables, len: pos }
+    }
+}
+
+/// Settings of `cmh index build`.
+#[derive(Clone, Debug, Default)]
+pub struct BuildOptions {
+    /// Number of substrings (default [`auto_substrings`]).
+    pub substrings: Option<usize>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// What an index build produced.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct IndexSummary {
+    pub n: usize,
+    pub bits: usize,
+    pub substrings: usize,
+    pub substring_bits: Vec<usize>,
+    pub bytes: usize,
+}
+
+/// A writer that counts the bytes written (to pad sections to their positions).
+struct Counting<'a, W: Write> {
+    out: &'a mut W,
+    pos: usize,
+}
+
+impl<W: Write> Counting<'_, W> {
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out.write_all(bytes)?;
+        self.pos += bytes.len();
+        Ok(())
+    }
+
+    fn pad_to(&mut self, at: usize) -> Result<()> {
+        debug_assert!(at >= self.pos && at - self.pos < ALIGN);
+        self.put(&[0u8; ALIGN][..at - self.pos])
+    }
+}
+
+/// Writes the index of `codes` to `w` (the file format of the module documentation).
+fn write_index<W: Write>(codes: CodesRef, m: usize, progress: bool, out: &mut W) -> Result<IndexSummary> {
+    check_substrings(codes.bits, m)?;
+    if codes.n > u32::MAX as usize {
+        bail!("the database holds {} codes; at most {} are supported (32-bit indices)", codes.n, u32::MAX);
+    }
+    let lay = Layout::new(codes.bits, codes.n, m);
+    let (n, w) = (codes.n, lay.w);
+    let wl = Words::new(codes.bits);
+    let mut out = Counting { out, pos: 0 };
+    let mut head = Vec::with_capacity(lay.header);
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&VERSION.to_le_bytes());
+    head.extend_from_slice(&(lay.header as u32).to_le_bytes());
+    for v in [codes.bits, n, m, w, lay.len, 0] {
+        head.extend_from_slice(&(v as u64).to_le_bytes());
+    }
+    for &(s, l) in &lay.subs {
+        head.extend_from_slice(&(s as u64).to_le_bytes());
+        head.extend_from_slice(&(l as u64).to_le_bytes());
+    }
+    head.resize(lay.header, 0);
+    out.put(&head)?;
+    // Original codes with padding bits cleared.
+    let rem = codes.bits % 8;
+    let pad_mask = if rem == 0 { 0xff } else { 0xffu8 << (8 - rem) };
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    for i in 0..n {
+        buf.extend_from_slice(codes.row(i));
+        let l = buf.len();
+        buf[l - 1] &= pad_mask;
+        if buf.len() >= 1 << 20 {
+            out.put(&buf)?;
+            buf.clear();
+        }
+    }
+    out.put(&buf)?;
+    let pb = if progress {
+        let pb = indicatif::ProgressBar::new((m * n) as u64);
+        pb.set_style(indicatif::ProgressStyle::with_template("index {bar:40} {pos}/{len} codes × tables, {elapsed}").unwrap());
+        pb
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut rw = Vec::with_capacity(w);
+    for (t, &(start, len)) in lay.subs.iter().enumerate() {
+        let (off_pos, ids_pos, words_pos) = lay.tables[t];
+        out.pad_to(off_pos)?;
+        // Counting sort of the items by substring value (stable: ids ascend within a bucket).
+        let mut keys = Vec::with_capacity(n);
+        let mut offsets = vec![0u32; (1usize << len) + 1];
+        for i in 0..n {
+            rw.clear();
+            wl.push(codes.row(i), &mut rw);
+            let key = substring(&rw, start, len);
+            keys.push(key);
+            offsets[key as usize + 1] += 1;
+        }
+        for v in 1..offsets.len() {
+            offsets[v] += offsets[v - 1];
+        }
+        let mut cursor = offsets.clone();
+        let mut ids = vec![0u32; n];
+        for (i, &key) in keys.iter().enumerate() {
+            let c = &mut cursor[key as usize];
+            ids[*c as usize] = i as u32;
+            *c += 1;
+        }
+        drop(keys);
+        drop(cursor);
+        buf.clear();
+        for &o in &offsets {
+            buf.extend_from_slice(&o.to_le_bytes());
+        }
+        out.put(&buf)?;
+        out.pad_to(ids_pos)?;
+        buf.clear();
+        for &id in &ids {
+            buf.extend_from_slice(&id.to_le_bytes());
+        }
+        out.put(&buf)?;
+        out.pad_to(words_pos)?;
+        buf.clear();
+        for (r, &id) in ids.iter().enumerate() {
+            rw.clear();
+            wl.push(codes.row(id as usize), &mut rw);
+            for &x in &rw {
+                buf.extend_from_slice(&x.to_le_bytes());
+            }
+            if buf.len() >= 1 << 20 {
+                out.put(&buf)?;
+                buf.clear();
+            }
+            if r % (1 << 16) == 0 {
+                pb.set_position((t * n + r) as u64);
+            }
+        }
+        out.put(&buf)?;
+        buf.clear();
+    }
+    let end = lay.len;
+    out.pad_to(end)?;
+    pb.finish_and_clear();
+    debug_assert_eq!(out.pos, lay.len);
+    Ok(IndexSummary {
+        n,
+        bits: codes.bits,
+        substrings: m,
+        substring_bits: lay.subs.iter().map(|s| s.1).collect(),
+        bytes: lay.len,
+    })
+}
+
+/// Builds the index of `codes` and writes it to `path` (a temporary file renamed when complete).
+pub fn build_index_file(codes: CodesRef, opts: &BuildOptions, path: &Path) -> Result<IndexSummary> {
+    let m = opts.substrings.unwrap_or_else(|| auto_substrings(codes.n, codes.bits));
+    check_substrings(codes.bits, m).with_context(|| format!("building {}", path.display()))?;
+    let mut summary = None;
+    crate::npy::write_atomic(path, |w| {
+        summary = Some(write_index(codes, m, opts.progress, w)?);
+        Ok(())
+    })?;
+    Ok(summary.expect("written"))
+}
+
+enum Storage {
+    Mapped(Mmap),
+    /// u64 backing keeps the sections' alignment.
+    Owned(Vec<u64>, usize),
+}
+
+impl Storage {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Mapped(m) => m,
+            Storage::Owned(v, len) => {
+                // SAFETY: a u64 buffer viewed as its first `len` bytes (len <= 8 × v.len()).
+                unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, *len) }
+            }
+        }
+    }
+}
+
+/// A multi-index hashing index, memory-mapped from its file (or built in memory).
+pub struct MihIndex {
+    storage: Storage,
+    path: Option<PathBuf>,
+    lay: Layout,
+    masks: Vec<Vec<u64>>,
+}
+
+impl std::fmt::Debug for MihIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MihIndex")
+            .field("path", &self.path)
+            .field("n", &self.lay.n)
+            .field("bits", &self.lay.bits)
+            .field("substrings", &self.lay.subs)
+            .finish()
+    }
+}
+
+/// Tuning of an index search.
+#[derive(Clone, Debug)]
+pub struct MihOptions {
+    /// Work allowed per query before it is handed to the linear scan, as a fraction of the cost
+    /// of scanning the database once (default 0.5, so a handed-over query costs at most 1.5
+    /// scans; `f64::INFINITY` never hands over, 0 always).
+    pub budget: f64,
+    /// Options of the linear scan used for handed-over queries.
+    pub scan: SearchOptions,
+}
+
+impl Default for MihOptions {
+    fn default() -> Self {
+        Self { budget: 0.5, scan: SearchOptions::default() }
+    }
+}
+
+/// How a batch of queries was answered.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MihStats {
+    /// Queries answered from the index.
+    pub indexed: usize,
+    /// Queries answered by the linear scan (over budget, or after most earlier queries were).
+    pub scanned: usize,
+    /// Table lookups and codes verified, over the indexed queries and the abandoned attempts.
+    pub probes: u64,
+    pub candidates: u64,
+}
+
+/// Relative costs, in units of one candidate verification (a 64-bit code read from a bucket, XOR +
+/// popcount + compare; buckets lie at random places, so this is mostly a cache miss): a table
+/// lookup (a random read of the offsets array) and one 64-bit word of the linear scan, which
+/// streams the database once per block of queries. Measured with `scripts/bench_mih.py` and
+/// `perf` on 10^7 64-bit codes: a verification costs about as much as 100 codes of the scan, a
+/// lookup about five verifications.
+const PROBE_COST: f64 = 5.0;
+const SCAN_COST_PER_WORD: f64 = 0.01;
+/// Queries answered before deciding whether the index pays off for this batch at all.
+const TRIAL_QUERIES: usize = 32;
+
+impl MihIndex {
+    /// Builds an index in memory (tests and small databases; [`build_index_file`] writes one).
+    pub fn build(codes: CodesRef, substrings: Option<usize>) -> Result<Self> {
+        let m = substrings.unwrap_or_else(|| auto_substrings(codes.n, codes.bits));
+        let mut bytes = Vec::new();
+        write_index(codes, m, false, &mut bytes)?;
+        let len = bytes.len();
+        let mut words = vec![0u64; len.div_ceil(8)];
+        // SAFETY: the u64 buffer holds at least `len` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr() as *mut u8, len) };
+        Self::from_storage(Storage::Owned(words, len), None)
+    }
+
+    /// Memory-maps an index file written by [`build_index_file`], checking its header, length
+    /// and offsets arrays.
+    pub fn open(path: &Path) -> Result<Self> {
+        let p = path.display();
+        let file = std::fs::File::open(path).with_context(|| format!("{p}: cannot open"))?;
+        // SAFETY: mapped read-only; the file must not be modified while it is mapped.
+        let map = unsafe { Mmap::map(&file) }.with_context(|| format!("{p}: cannot memory-map"))?;
+        Self::from_storage(Storage::Mapped(map), Some(path.to_path_buf())).with_context(|| format!("{p}: not a valid cmh index"))
+    }
+
+    fn from_storage(storage: Storage, path: Option<PathBuf>) -> Result<Self> {
+        if cfg!(target_endian = "big") {
+            bail!("index files are little-endian; this machine is big-endian");
+        }
+        let b = storage.bytes();
+        if b.len() < 64 || &b[..8] != MAGIC {
+            bail!("missing the CMHMIH magic (not an index written by `cmh index build`)");
+        }
+        let version = u32::from_le_bytes(b[8..12].try_into().unwrap());
+        if version != VERSION {
+            bail!("index format version {version}; this cmh reads version {VERSION} (rebuild the index)");
+        }
+        let u = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap()) as usize;
+        let (bits, n, m, w, len) = (u(16), u(24), u(32), u(40), u(48));
+        check_substrings(bits, m).context("header")?;
+        if n > u32::MAX as usize || w != bits.div_ceil(64) {
+            bail!("inconsistent header (n = {n}, bits = {bits}, words = {w})");
+        }
+        if b.len() < 64 + 16 * m {
+            bail!("truncated header");
+        }
+        let lay = Layout::new(bits, n, m);
+        for (j, &(s, l)) in lay.subs.iter().enumerate() {
+            if (u(64 + 16 * j), u(72 + 16 * j)) != (s, l) {
+                bail!("substring {j} is not the standard split of {bits} bits into {m}");
+            }
+        }
+        if len != lay.len || b.len() != lay.len {
+            bail!("expected {} bytes for {n} codes of {bits} bits in {m} tables, the header says {len} and the file holds {}", lay.len, b.len());
+        }
+        let masks = lay.subs.iter().map(|&(s, l)| substring_mask(w, s, l)).collect();
+        let idx = Self { storage, path, lay, masks };
+        for j in 0..m {
+            let off = idx.offsets(j);
+            if off[0] != 0 || off[off.len() - 1] as usize != n || off.windows(2).any(|p| p[0] > p[1]) {
+                bail!("table {j}: the offsets array is not a non-decreasing sequence from 0 to {n}");
+            }
+        }
+        Ok(idx)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lay.n
+    }
+    pub fn is_empty(&self) -> bool {
+        self.lay.n == 0
+    }
+    pub fn bits(&self) -> usize {
+        self.lay.bits
+    }
+    pub fn substrings(&self) -> &[(usize, usize)] {
+        &self.lay.subs
+    }
+    /// Size of the index in bytes.
+    pub fn bytes(&self) -> usize {
+        self.lay.len
+    }
+
+    /// The database codes in their original order (packbits rows).
+    pub fn codes(&self) -> CodesRef<'_> {
+        let l = &self.lay;
+        CodesRef { n: l.n, bits: l.bits, data: &self.storage.bytes()[l.codes..l.codes + l.n * stride_of(l.bits)] }
+    }
+
+    fn u32s(&self, at: usize, count: usize) -> &[u32] {
+        let b = &self.storage.bytes()[at..at + 4 * count];
+        // SAFETY: sections start at multiples of 64 bytes of a page-aligned map or u64 buffer.
+        let (pre, mid, post) = unsafe { b.align_to::<u32>() };
+        assert!(pre.is_empty() && post.is_empty(), "misaligned index section");
+        mid
+    }
+
+    fn offsets(&self, j: usize) -> &[u32] {
+        self.u32s(self.lay.tables[j].0, (1usize << self.lay.subs[j].1) + 1)
+    }
+
+    fn ids(&self, j: usize) -> &[u32] {
+        self.u32s(self.lay.tables[j].1, self.lay.n)
+    }
+
+    fn words(&self, j: usize) -> &[u64] {
+        let at = self.lay.tables[j].2;
+        let b = &self.storage.bytes()[at..at + 8 * self.lay.w * self.lay.n];
+        // SAFETY: as in `u32s`.
+        let (pre, mid, post) = unsafe { b.align_to::<u64>() };
+        assert!(pre.is_empty() && post.is_empty(), "misaligned index section");
+        mid
+    }
+
+    fn check_queries(&self, queries: CodesRef) -> Result<()> {
+        if queries.bits != self.lay.bits {
+            bail!("code length mismatch: query codes have {} bits but the index holds {}-bit codes", queries.bits, self.lay.bits);
+        }
+        if queries.data.len() != queries.n * queries.stride() {
+            bail!("query codes: expected {} bytes for {} codes of {} bits, found {}", queries.n * queries.stride(), queries.n, queries.bits, queries.data.len());
+        }
+        Ok(())
+    }
+
+    /// Work budget of one query, in candidate verifications.
+    fn budget(&self, opts: &MihOptions) -> f64 {
+        opts.budget * self.lay.n as f64 * self.lay.w as f64 * SCAN_COST_PER_WORD
+    }
+
+    /// Exact top-k: identical to [`super::topk`] over [`MihIndex::codes`].
+    pub fn topk(&self, queries: CodesRef, k: usize) -> Result<SearchResult> {
+        self.topk_with(queries, k, &MihOptions::default()).map(|r| r.0)
+    }
+
+    pub fn topk_with(&self, queries: CodesRef, k: usize, opts: &MihOptions) -> Result<(SearchResult, MihStats)> {
+        self.check_queries(queries)?;
+        if k == 0 {
+            bail!("k must be at least 1");
+        }
+        if k > self.lay.n {
+            bail!("k = {k} exceeds the database size ({} codes)", self.lay.n);
+        }
+        let (lists, stats) = self.run(queries, Goal::TopK(k), opts)?;
+        let mut indices = Array2::<i64>::zeros((queries.n, k));
+        let mut distances = Array2::<i32>::zeros((queries.n, k));
+        for (i, list) in lists.iter().enumerate() {
+            for (r, &(j, d)) in list.iter().enumerate() {
+                indices[[i, r]] = j as i64;
+                distances[[i, r]] = d as i32;
+            }
+        }
+        Ok((SearchResult { indices, distances }, stats))
+    }
+
+    /// Exact radius search: identical to [`super::radius`] over [`MihIndex::codes`].
+    pub fn radius(&self, queries: CodesRef, r: usize) -> Result<Vec<Vec<(u32, u32)>>> {
+        self.radius_with(queries, r, &MihOptions::default()).map(|r| r.0)
+    }
+
+    pub fn radius_with(&self, queries: CodesRef, r: usize, opts: &MihOptions) -> Result<(Vec<Vec<(u32, u32)>>, MihStats)> {
+        self.check_queries(queries)?;
+        self.run(queries, Goal::Radius(r.min(self.lay.bits)), opts)
+    }
+
+    fn run(&self, queries: CodesRef, goal: Goal, opts: &MihOptions) -> Result<(Vec<Vec<(u32, u32)>>, MihStats)> {
+        let nq = queries.n;
+        let mut stats = MihStats::default();
+        if nq == 0 {
+            return Ok((vec![], stats));
+        }
+        if self.lay.n == 0 {
+            stats.indexed = nq;
+            return Ok((vec![vec![]; nq], stats));
+        }
+        let budget = self.budget(opts);
+        let popcnt = has_popcnt();
+        let one = |i: usize| -> Outcome {
+            let mut qw = Vec::with_capacity(self.lay.w);
+            Words::new(self.lay.bits).push(queries.row(i), &mut qw);
+            self.search_one(&qw, goal, budget, popcnt)
+        };
+        // A trial batch decides whether the index pays off at all for these queries.
+        let trial = nq.min(TRIAL_QUERIES);
+        let mut outcomes: Vec<Outcome> = (0..trial).into_par_iter().map(one).collect();
+        let over = outcomes.iter().filter(|o| o.result.is_none()).count();
+        if trial < nq {
+            if 4 * over >= 3 * trial {
+                outcomes.extend((trial..nq).map(|_| Outcome { result: None, probes: 0, candidates: 0 }));
+            } else {
+                outcomes.par_extend((trial..nq).into_par_iter().map(one));
+            }
+        }
+        let mut lists: Vec<Vec<(u32, u32)>> = Vec::with_capacity(nq);
+        let mut rescan = Vec::new();
+        for (i, o) in outcomes.into_iter().enumerate() {
+            stats.probes += o.probes;
+            stats.candidates += o.candidates;
+            match o.result {
+                Some(list) => {
+                    stats.indexed += 1;
+                    lists.push(list);
+                }
+                None => {
+                    rescan.push(i);
+                    lists.push(vec![]);
+                }
+            }
+        }
+        stats.scanned = rescan.len();
+        if !rescan.is_empty() {
+            let s = queries.stride();
+            let mut data = Vec::with_capacity(rescan.len() * s);
+            for &i in &rescan {
+                data.extend_from_slice(queries.row(i));
+            }
+            let sub = CodesRef { n: rescan.len(), bits: queries.bits, data: &data };
+            let found: Vec<Vec<(u32, u32)>> = match goal {
+                Goal::TopK(k) => {
+                    let r = topk_with(sub, self.codes(), k, &opts.scan)?;
+                    (0..sub.n).map(|i| (0..k).map(|c| (r.indices[[i, c]] as u32, r.distances[[i, c]] as u32)).collect()).collect()
+                }
+                Goal::Radius(r) => radius_with(sub, self.codes(), r, &opts.scan)?,
+            };
+            for (&i, list) in rescan.iter().zip(found) {
+                lists[i] = list;
+            }
+        }
+        Ok((lists, stats))
+    }
+
+    fn search_one(&self, qw: &[u64], goal: Goal, budget: f64, popcnt: bool) -> Outcome {
+        #[cfg(target_arch = "x86_64")]
+        if popcnt {
+            // SAFETY: POPCNT is available (checked by `has_popcnt`).
+            return unsafe {
+                match self.lay.w {
+                    1 => search_popcnt::<1>(self, qw, goal, budget),
+                    2 => search_popcnt::<2>(self, qw, goal, budget),
+                    _ => search_popcnt::<0>(self, qw, goal, budget),
+                }
+            };
+        }
+        let _ = popcnt;
+        match self.lay.w {
+            1 => search_body::<1>(self, qw, goal, budget),
+            2 => search_body::<2>(self, qw, goal, budget),
+            _ => search_body::<0>(self, qw, goal, budget),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Goal {
+    TopK(usize),
+    Radius(usize),
+}
+
+struct Outcome {
+    /// `(index, distance)` in (distance, index) order; `None` when the query went over budget.
+    result: Option<Vec<(u32, u32)>>,
+    probes: u64,
+    candidates: u64,
+}
+
+/// Table lookups issued together (see `search_body`).
+const PROBE_BATCH: usize = 32;
+
+/// Hints the CPU to load the cache line at `p` (no effect where unsupported; `p` may be anywhere).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint and never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+fn has_popcnt() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("popcnt");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "popcnt")]
+unsafe fn search_popcnt<const W: usize>(idx: &MihIndex, qw: &[u64], goal: Goal, budget: f64) -> Outcome {
+    search_body::<W>(idx, qw, goal, budget)
+}
+
+/// Hamming distance of two codes in word form; `W` words when known at compile time (0: any).
+#[inline(always)]
+fn dist<const W: usize>(a: &[u64], b: &[u64]) -> u32 {
+    if W > 0 {
+        (0..W).map(|i| (a[i] ^ b[i]).count_ones()).sum()
+    } else {
+        a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones()).sum()
+    }
+}
+
+/// Whether a code first reached in table `j` at radius `r` (its substring `j` is at distance `r`)
+/// is reached there for the first time: no earlier table has it within `r`, no later one within
+/// `r - 1` (tables are probed radius by radius, in table order).
+#[inline(always)]
+fn first_reached(masks: &[Vec<u64>], x: &[u64], q: &[u64], j: usize, r: u32) -> bool {
+    for (t, mask) in masks.iter().enumerate() {
+        if t == j {
+            continue;
+        }
+        let d: u32 = mask.iter().zip(x.iter().zip(q)).map(|(m, (a, b))| ((a ^ b) & m).count_ones()).sum();
+        if d < r || (d == r && t < j) {
+            return false;
+        }
+    }
+    true
+}
+
+#[inline(always)]
+fn search_body<const W: usize>(idx: &MihIndex, qw: &[u64], goal: Goal, budget: f64) -> Outcome {
+    let lay = &idx.lay;
+    let (m, w, bits) = (lay.subs.len(), lay.w, lay.bits);
+    let qsub: Vec<u32> = lay.subs.iter().map(|&(s, l)| substring(qw, s, l)).collect();
+    let tables: Vec<(&[u32], &[u32], &[u64])> = (0..m).map(|j| (idx.offsets(j), idx.ids(j), idx.words(j))).collect();
+    let max_len = lay.subs.iter().map(|s| s.1).max().unwrap_or(0);
+    let (mut probes, mut candidates) = (0u64, 0u64);
+    let over = |probes: u64, candidates: u64| probes as f64 * PROBE_COST + candidates as f64 > budget;
+    // Top-k: a max-heap of keys (distance << 32 | index); radius: every key within the radius.
+    let mut heap: BinaryHeap<u64> = BinaryHeap::new();
+    let mut found: Vec<u64> = Vec::new();
+    let key = |d: u32, id: u32| ((d as u64) << 32) | id as u64;
+    for r in 0..=max_len as u32 {
+        for (j, &(_, len)) in lay.subs.iter().enumerate() {
+            let (offsets, ids, words) = tables[j];
+            if r as usize <= len {
+                // Every `len`-bit mask with r bits set (Gosper's hack), in batches, software-
+                // pipelined: the offsets of the next batch are requested before the current
+                // batch's codes are verified, and each bucket's first codes before that, so
+                // the cache misses of many lookups overlap.
+                let top = 1u64 << len;
+                let mut mask: u64 = (1u64 << r) - 1;
+                let mut next = [0usize; PROBE_BATCH];
+                let mut ranges = [(0usize, 0usize); PROBE_BATCH];
+                let fill = |next: &mut [usize; PROBE_BATCH], mask: &mut u64| -> usize {
+                    let mut cnt = 0;
+                    while cnt < PROBE_BATCH && *mask < top {
+                        next[cnt] = (qsub[j] as u64 ^ *mask) as usize;
+                        prefetch(offsets.as_ptr().wrapping_add(next[cnt]));
+                        cnt += 1;
+                        if *mask == 0 {
+                            *mask = top;
+                            break;
+                        }
+                        let c = *mask & mask.wrapping_neg();
+                        let rr = *mask + c;
+                        *mask = (((rr ^ *mask) >> 2) / c) | rr;
+                    }
+                    cnt
+                };
+                let mut cnt_next = fill(&mut next, &mut mask);
+                while cnt_next > 0 {
+                    let cnt = cnt_next;
+                    for (range, &v) in ranges.iter_mut().zip(&next[..cnt]) {
+                        *range = (offsets[v] as usize, offsets[v + 1] as usize);
+                        if range.1 > range.0 {
+                            prefetch(words.as_ptr().wrapping_add(range.0 * w));
+                        }
+                    }
+                    cnt_next = fill(&mut next, &mut mask);
+                    probes += cnt as u64;
+                    for &(lo, hi) in &ranges[..cnt] {
+                        candidates += (hi - lo) as u64;
+                        for t in lo..hi {
+                            let x = &words[t * w..(t + 1) * w];
+                            let d = dist::<W>(x, qw);
+                            // The id is read only for codes that can enter the result.
+                            match goal {
+                                Goal::TopK(k) => {
+                                    let full = heap.len() == k;
+                                    if full && d as u64 > *heap.peek().unwrap() >> 32 {
+                                        continue;
+                                    }
+                                    let kk = key(d, ids[t]);
+                                    if (!full || kk < *heap.peek().unwrap()) && first_reached(&idx.masks, x, qw, j, r) {
+                                        if full {
+                                            heap.pop();
+                                        }
+                                        heap.push(kk);
+                                    }
+                                }
+                                Goal::Radius(rad) => {
+                                    if d as usize <= rad && first_reached(&idx.masks, x, qw, j, r) {
+                                        found.push(key(d, ids[t]));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    if over(probes, candidates) {
+                        return Outcome { result: None, probes, candidates };
+                    }
+                }
+            }
+            // Every code within m·r + j of the query has now been reached.
+            let reached = m * r as usize + j;
+            let done = match goal {
+                Goal::TopK(k) => heap.len() == k && (*heap.peek().unwrap() >> 32) as usize <= reached,
+                Goal::Radius(rad) => reached >= rad,
+            };
+            if done || reached >= bits {
+                let mut keys = if let Goal::TopK(_) = goal { heap.into_sorted_vec() } else { found };
+                keys.sort_unstable();
+                let list = keys.into_iter().map(|k| ((k & 0xffff_ffff) as u32, (k >> 32) as u32)).collect();
+                return Outcome { result: Some(list), probes, candidates };
+            }
+        }
+    }
+    unreachable!("the last radius reaches every code")
+}
