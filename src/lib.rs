@@ -17,6 +17,7 @@ pub mod codes;
 pub mod convert;
 pub mod deep;
 pub mod demo;
+pub mod mapped;
 pub mod method;
 pub mod metrics;
 pub mod npy;

@@ -16,7 +16,7 @@
 //!   search reads it in place, so resident memory stays near the pages being scanned.
 
 mod kernels;
-mod mapped;
+pub(crate) mod mapped;
 mod select;
 
 pub use kernels::Kernel;
