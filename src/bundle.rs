@@ -10,11 +10,13 @@
 //!
 //! Loading validates everything and each error names the file and what was expected.
 
+use crate::mapped::{MappedArray, MappedKind, MappedRows};
 use crate::npy::{read_binary_matrix, read_features, read_indices, read_npy, write_npy, write_text_atomic, NpyData};
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{Array1, Array2, Array4};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const MANIFEST: &str = "bundle.json";
 
@@ -84,6 +86,10 @@ pub struct ModalityData {
     pub name: String,
     pub features: Option<Array2<f32>>,
     pub images: Option<Array4<u8>>,
+    /// The features, memory-mapped instead of loaded ([`Bundle::load_mapped`]).
+    pub mapped_features: Option<MappedRows>,
+    /// The images, memory-mapped instead of loaded.
+    pub mapped_images: Option<MappedRows>,
 }
 
 /// The fixed split stored with a bundle.
@@ -106,6 +112,47 @@ pub struct Bundle {
     pub unlabelled: Vec<bool>,
     pub class_embeddings: Option<Array2<f32>>,
     pub split: Option<FixedSplit>,
+}
+
+/// One modality's files memory-mapped and checked like [`Bundle::load`] checks them.
+fn map_modality(dir: &Path, spec: &ModalitySpec, m: usize, n: usize) -> Result<ModalityData> {
+    let open = |f: &str, field: String| -> Result<(PathBuf, MappedRows)> {
+        let p = file_in(dir, f, &field)?;
+        let a = MappedArray::open(&p)?;
+        Ok((p, MappedRows::new(Arc::new(a))))
+    };
+    let mapped_features = match &spec.features {
+        Some(f) => {
+            let (p, x) = open(f, format!("modalities[{m}].features"))?;
+            let a = x.array();
+            if a.kind() != MappedKind::F32 || a.shape().len() != 2 {
+                bail!("{}: features must be a 2-d float32 matrix, found shape {:?}", p.display(), a.shape());
+            }
+            if a.nrows() != n {
+                bail!("{}: expected {n} rows (n_items), found {}", p.display(), a.nrows());
+            }
+            if let Some(d) = spec.dim {
+                if a.row_len() != d {
+                    bail!("{}: expected {d} columns (modalities[{m}].dim), found {}", p.display(), a.row_len());
+                }
+            }
+            a.check_finite()?;
+            Some(x)
+        }
+        None => None,
+    };
+    let mapped_images = match &spec.images {
+        Some(f) => {
+            let (p, x) = open(f, format!("modalities[{m}].images"))?;
+            let a = x.array();
+            if a.kind() != MappedKind::U8 || a.shape().len() != 4 || a.shape()[3] != 3 || a.nrows() != n {
+                bail!("{}: images must be {n}×H×W×3 uint8, found shape {:?}", p.display(), a.shape());
+            }
+            Some(x)
+        }
+        None => None,
+    };
+    Ok(ModalityData { name: spec.name.clone(), features: None, images: None, mapped_features, mapped_images })
 }
 
 fn file_in(dir: &Path, name: &str, field: &str) -> Result<PathBuf> {
@@ -192,10 +239,21 @@ impl Bundle {
         let mpath = dir.join(MANIFEST);
         let text = std::fs::read_to_string(&mpath).with_context(|| format!("{}: cannot read the bundle manifest", mpath.display()))?;
         let manifest: Manifest = serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid manifest: {e}", mpath.display()))?;
-        Self::load_with(dir, manifest)
+        Self::load_with(dir, manifest, false)
     }
 
-    fn load_with(dir: &Path, mut manifest: Manifest) -> Result<Self> {
+    /// Loads a bundle with its feature matrices and image stacks memory-mapped rather than read
+    /// ([`crate::mapped`]): they are validated (shape, dtype, finiteness) in one streaming pass and
+    /// read row by row when used, so a bundle larger than memory can be trained on by the deep
+    /// methods. Labels, masks, embeddings and the split are loaded as by [`Bundle::load`].
+    pub fn load_mapped(dir: &Path) -> Result<Self> {
+        let mpath = dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&mpath).with_context(|| format!("{}: cannot read the bundle manifest", mpath.display()))?;
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid manifest: {e}", mpath.display()))?;
+        Self::load_with(dir, manifest, true)
+    }
+
+    fn load_with(dir: &Path, mut manifest: Manifest, mapped: bool) -> Result<Self> {
         let mpath = dir.join(MANIFEST);
         let n = manifest.n_items;
         let c = manifest.classes.len();
@@ -214,6 +272,10 @@ impl Bundle {
         for (m, spec) in manifest.modalities.iter().enumerate() {
             if spec.features.is_none() && spec.images.is_none() {
                 bail!("{}: modality {m} ({}) names neither features nor images", mpath.display(), spec.name);
+            }
+            if mapped {
+                modalities.push(map_modality(dir, spec, m, n)?);
+                continue;
             }
             let features = match &spec.features {
                 Some(f) => {
@@ -245,7 +307,7 @@ impl Bundle {
                 }
                 None => None,
             };
-            modalities.push(ModalityData { name: spec.name.clone(), features, images });
+            modalities.push(ModalityData { name: spec.name.clone(), features, images, mapped_features: None, mapped_images: None });
         }
         let label_files: Vec<(String, String)> = match (&manifest.labels, &manifest.modality_labels) {
             (Some(f), None) => vec![(f.clone(), "labels".into()); manifest.modalities.len()],
@@ -500,7 +562,7 @@ impl BundleWriter {
         write_manifest(t, &manifest)?;
         crate::outdir::mark(t, crate::outdir::Kind::Bundle)?;
         // Validate before the folder becomes visible under its final name.
-        Bundle::load_with(t, manifest).context("the converted bundle failed validation")?;
+        Bundle::load_with(t, manifest, false).context("the converted bundle failed validation")?;
         crate::npy::set_mode(tmp.path(), 0o755)?;
         let tmp_path = tmp.keep();
         if dir.exists() {

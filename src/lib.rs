@@ -20,6 +20,7 @@ pub mod deep;
 pub mod demo;
 pub mod encode;
 pub mod export;
+pub mod mapped;
 pub mod method;
 pub mod metrics;
 pub mod npy;

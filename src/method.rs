@@ -4,6 +4,7 @@
 //! files, bundles or the CLI beyond saving their own learned state into a folder.
 
 use crate::codes::BinaryCodes;
+use crate::mapped::MappedRows;
 use anyhow::{bail, Result};
 use ndarray::{Array2, Array4, ArrayView2};
 use std::path::{Path, PathBuf};
@@ -24,6 +25,9 @@ pub enum View {
     Features(Array2<f32>),
     /// Raw RGB images, N × H × W × 3, uint8.
     Images(Array4<u8>),
+    /// Rows of a memory-mapped feature matrix or image stack, read when used (the deep methods
+    /// stream their mini-batches from it; see [`crate::mapped`]).
+    Mapped(MappedRows),
 }
 
 impl View {
@@ -31,6 +35,7 @@ impl View {
         match self {
             View::Features(x) => x.nrows(),
             View::Images(x) => x.shape()[0],
+            View::Mapped(x) => x.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -44,6 +49,11 @@ impl View {
                 "{method} needs feature vectors for modality {modality}, but the data holds raw images; \
                  extract features first (`cmh features`) or use a deep method"
             ),
+            View::Mapped(x) => bail!(
+                "{method} needs the features of modality {modality} in memory, but {} is memory-mapped; \
+                 load the bundle without memory-mapping (only the deep methods stream from mapped files)",
+                x.array().path().display()
+            ),
         }
     }
     /// Rows `idx` of this view.
@@ -51,6 +61,14 @@ impl View {
         match self {
             View::Features(x) => View::Features(x.select(ndarray::Axis(0), idx)),
             View::Images(x) => View::Images(x.select(ndarray::Axis(0), idx)),
+            View::Mapped(x) => View::Mapped(x.select(idx)),
+        }
+    }
+    /// Rows `idx` as feature vectors (copied; read from the file for a mapped view).
+    pub fn feature_rows(&self, method: &str, modality: usize, idx: &[usize]) -> Result<Array2<f32>> {
+        match self {
+            View::Mapped(x) if !x.is_images() => x.features(idx),
+            _ => Ok(self.features(method, modality)?.select(ndarray::Axis(0), idx)),
         }
     }
 }

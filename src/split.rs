@@ -179,11 +179,26 @@ pub fn bundle_views(bundle: &Bundle, idx: &[usize], prefer_images: bool) -> Resu
     bundle
         .modalities
         .iter()
-        .map(|m| match (&m.features, &m.images, prefer_images) {
-            (_, Some(im), true) => Ok(View::Images(im.select(Axis(0), idx))),
-            (Some(x), _, _) => Ok(View::Features(x.select(Axis(0), idx))),
-            (None, Some(im), false) => Ok(View::Images(im.select(Axis(0), idx))),
-            (None, None, _) => bail!("modality {} has no data", m.name),
+        .map(|m| {
+            let has_images = m.images.is_some() || m.mapped_images.is_some();
+            let has_features = m.features.is_some() || m.mapped_features.is_some();
+            if !has_images && !has_features {
+                bail!("modality {} has no data", m.name);
+            }
+            // Mapped arrays stay mapped: the selection only records the rows.
+            Ok(if has_images && (prefer_images || !has_features) {
+                match (&m.images, &m.mapped_images) {
+                    (Some(im), _) => View::Images(im.select(Axis(0), idx)),
+                    (None, Some(mp)) => View::Mapped(mp.select(idx)),
+                    (None, None) => unreachable!("has images"),
+                }
+            } else {
+                match (&m.features, &m.mapped_features) {
+                    (Some(x), _) => View::Features(x.select(Axis(0), idx)),
+                    (None, Some(mp)) => View::Mapped(mp.select(idx)),
+                    (None, None) => unreachable!("has features"),
+                }
+            })
         })
         .collect()
 }

@@ -48,9 +48,10 @@ use super::mlp::Mlp;
 use super::tensors::{array_to_tensor, copy_named, read_safetensors, tensor_to_array, write_safetensors};
 use super::trainer::{groups_from_var_store, init_default, Checkpoint, Optimizer, OptimizerConfig, OptimizerKind, RunControl, Trainer};
 use crate::codes::BinaryCodes;
+use crate::mapped::MappedRows;
 use crate::method::{ensure_fraction, ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View, IMAGE, TEXT};
 use anyhow::{anyhow, bail, Context, Result};
-use ndarray::{Array2, ArrayView4, Axis};
+use ndarray::{Array1, Array2, ArrayView2, ArrayView4, Axis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -232,15 +233,31 @@ impl SdchNet {
         f.apply(&self.fc4)
     }
 
-    /// Sets the input standardisation from training features (std 0 → 1).
-    fn set_input_stats(&self, modality: usize, x: &Array2<f32>) {
-        let mean = x.mean_axis(Axis(0)).unwrap();
-        let std = x.std_axis(Axis(0), 0.0).mapv(|s| if s > 1e-12 { s } else { 1.0 });
+    /// Sets the input standardisation from the training features (std 0 → 1): column means and
+    /// standard deviations accumulated in f64 over blocks of rows (two passes), so a memory-mapped
+    /// view gives the same statistics as the same rows in memory.
+    fn set_input_stats(&self, modality: usize, view: &View) -> Result<()> {
+        let n = view.len();
+        let blocks = || (0..n).step_by(STATS_BLOCK).map(move |s| (s..(s + STATS_BLOCK).min(n)).collect::<Vec<usize>>());
+        let d = view.feature_rows(METHOD, modality, &[])?.ncols();
+        let mut sum = Array1::<f64>::zeros(d);
+        for idx in blocks() {
+            sum += &view.feature_rows(METHOD, modality, &idx)?.mapv(f64::from).sum_axis(Axis(0));
+        }
+        let mean = sum / n.max(1) as f64;
+        let mut sq = Array1::<f64>::zeros(d);
+        for idx in blocks() {
+            let xc = view.feature_rows(METHOD, modality, &idx)?.mapv(f64::from) - &mean;
+            sq += &(&xc * &xc).sum_axis(Axis(0));
+        }
+        let std = (sq / n.max(1) as f64).mapv(|v| { let s = v.sqrt() as f32; if s > 1e-12 { s } else { 1.0 } });
+        let mean = mean.mapv(|v| v as f32);
         let (m, s) = if modality == IMAGE { (&self.img_mean, &self.img_std) } else { (&self.txt_mean, &self.txt_std) };
         tch::no_grad(|| {
             m.shallow_clone().copy_(&Tensor::from_slice(mean.as_slice().unwrap()));
             s.shallow_clone().copy_(&Tensor::from_slice(std.as_slice().unwrap()));
         });
+        Ok(())
     }
 
     /// fc4 outputs (n × r) of every item of a view, in eval mode, `chunk` items at a time.
@@ -262,10 +279,17 @@ impl SdchNet {
     }
 }
 
-/// A modality's training or encoding input on the device.
+/// Rows per block of the input statistics.
+const STATS_BLOCK: usize = 4096;
+
+/// A modality's training or encoding input: each mini-batch's rows are copied into a tensor on
+/// the device when the batch is built (features from memory or from a memory-mapped file; images
+/// also resized and normalised), so the data are never copied into tensors as a whole.
 enum Input<'a> {
-    Features(Tensor),
+    Features(ArrayView2<'a, f32>),
     Images(ArrayView4<'a, u8>, usize),
+    MappedFeatures(&'a MappedRows),
+    MappedImages(&'a MappedRows, usize),
 }
 
 impl<'a> Input<'a> {
@@ -275,33 +299,47 @@ impl<'a> Input<'a> {
             TEXT => "text",
             _ => bail!("sdch: modality {modality} does not exist (0 = image, 1 = text)"),
         };
-        match view {
-            View::Features(x) => {
-                let want = match (modality, &arch.image) {
-                    (IMAGE, ImageInput::Features { dim }) => *dim,
-                    (IMAGE, ImageInput::Images { .. }) => bail!("sdch: the image input holds feature vectors, but the model's image network is AlexNet, which reads images"),
-                    _ => arch.text_dim,
-                };
-                if x.ncols() != want {
-                    bail!("sdch: the {name} input has {}-d features, the model expects {want}-d", x.ncols());
-                }
-                Ok(Input::Features(array_to_tensor(x.view(), device)))
-            }
-            View::Images(im) => match (modality, &arch.image) {
-                (IMAGE, ImageInput::Images { size }) => Ok(Input::Images(im.view(), *size)),
+        let _ = device;
+        let images = match view {
+            View::Images(_) => true,
+            View::Mapped(m) => m.is_images(),
+            View::Features(_) => false,
+        };
+        if images {
+            let size = match (modality, &arch.image) {
+                (IMAGE, ImageInput::Images { size }) => *size,
                 _ => bail!("sdch: the {name} input holds raw images, but the model's {name} network reads feature vectors"),
-            },
+            };
+            return Ok(match view {
+                View::Mapped(m) => Input::MappedImages(m, size),
+                View::Images(im) => Input::Images(im.view(), size),
+                View::Features(_) => unreachable!("features are not images"),
+            });
         }
+        let want = match (modality, &arch.image) {
+            (IMAGE, ImageInput::Features { dim }) => *dim,
+            (IMAGE, ImageInput::Images { .. }) => bail!("sdch: the image input holds feature vectors, but the model's image network is AlexNet, which reads images"),
+            _ => arch.text_dim,
+        };
+        let (input, dim) = match view {
+            View::Features(x) => (Input::Features(x.view()), x.ncols()),
+            View::Mapped(m) => (Input::MappedFeatures(m), m.array().row_len()),
+            View::Images(_) => unreachable!("images handled above"),
+        };
+        if dim != want {
+            bail!("sdch: the {name} input has {dim}-d features, the model expects {want}-d");
+        }
+        Ok(input)
     }
+
 
     /// Rows `idx` on `device`: features as they are, images preprocessed (resized, normalised).
     fn batch(&self, idx: &[usize], device: Device) -> Result<Tensor> {
         match self {
-            Input::Features(x) => {
-                let i = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(x.device());
-                Ok(x.index_select(0, &i).to_device(device))
-            }
+            Input::Features(x) => Ok(array_to_tensor(x.select(Axis(0), idx).view(), device)),
             Input::Images(im, size) => preprocess(im.select(Axis(0), idx).view(), Some(*size), device),
+            Input::MappedFeatures(m) => Ok(array_to_tensor(m.features(idx)?.view(), device)),
+            Input::MappedImages(m, size) => preprocess(m.images(idx)?.view(), Some(*size), device),
         }
     }
 }
@@ -374,11 +412,13 @@ impl SdchParams {
     pub fn arch(&self, data: &TrainSet, bits: usize) -> Result<SdchArch> {
         let image = match &data.views[IMAGE] {
             View::Features(x) => ImageInput::Features { dim: x.ncols() },
-            View::Images(_) => ImageInput::Images { size: self.image_size },
+            View::Mapped(m) if !m.is_images() => ImageInput::Features { dim: m.array().row_len() },
+            View::Images(_) | View::Mapped(_) => ImageInput::Images { size: self.image_size },
         };
         let text_dim = match &data.views[TEXT] {
             View::Features(x) => x.ncols(),
-            View::Images(_) => bail!("sdch: the text modality must hold feature vectors (bag of words), not images"),
+            View::Mapped(m) if !m.is_images() => m.array().row_len(),
+            View::Images(_) | View::Mapped(_) => bail!("sdch: the text modality must hold feature vectors (bag of words), not images"),
         };
         Ok(SdchArch { image, text_dim, hidden: self.hidden.clone(), feature_dim: self.feature_dim, bits, dropout: self.dropout })
     }
@@ -427,10 +467,10 @@ impl<'a> SdchRun<'a> {
         let net = SdchNet::new(&arch, device);
         init_default(&net.vs, ctx.seed, &[])?;
         if params.standardize {
-            if let View::Features(x) = &data.views[IMAGE] {
-                net.set_input_stats(IMAGE, x);
+            if let ImageInput::Features { .. } = arch.image {
+                net.set_input_stats(IMAGE, &data.views[IMAGE])?;
             }
-            net.set_input_stats(TEXT, data.views[TEXT].features(METHOD, TEXT)?);
+            net.set_input_stats(TEXT, &data.views[TEXT])?;
         }
         let pretrained: Vec<String> = match (&params.pretrained, &arch.image) {
             (Some(p), ImageInput::Images { .. }) => super::pretrained::load_alexnet(&net.vs, "img.", p, &["classifier.6.weight", "classifier.6.bias"])?,
@@ -646,8 +686,13 @@ impl Fit for SdchParams {
             bail!("sdch works on two modalities (image, text), found {}", data.n_modalities());
         }
         let _ = bits;
-        match &data.views[IMAGE] {
-            View::Images(_) => {
+        let images = match &data.views[IMAGE] {
+            View::Images(_) => true,
+            View::Mapped(m) => m.is_images(),
+            View::Features(_) => false,
+        };
+        match images {
+            true => {
                 if self.image_size < 63 {
                     bail!("sdch: AlexNet needs images of at least 63×63 pixels; image_size is {}", self.image_size);
                 }
@@ -657,7 +702,7 @@ impl Fit for SdchParams {
                     }
                 }
             }
-            View::Features(_) => {
+            false => {
                 if let Some(p) = &self.pretrained {
                     bail!("sdch.pretrained ({}) is given, but the image modality holds feature vectors, not images", p.display());
                 }
@@ -670,7 +715,8 @@ impl Fit for SdchParams {
         let n = data.len() as f64;
         let inputs: f64 = data.views.iter().map(|v| match v {
             View::Features(x) => x.len() as f64,
-            View::Images(_) => 0.0,
+            // Images and mapped rows are read batch by batch.
+            View::Images(_) | View::Mapped(_) => 0.0,
         }).sum();
         let bytes = 4.0 * (4.0 * params + inputs + 4.0 * n * bits as f64);
         crate::method::ensure_memory("sdch", bits, bytes, "network weights with their optimiser state, inputs and codes")?;
@@ -865,6 +911,40 @@ mod tests {
 
     fn small() -> SdchParams {
         SdchParams { epochs: 4, batch_size: 8, feature_dim: 8, hidden: vec![16], ..Default::default() }
+    }
+
+    #[test]
+    fn memory_mapped_bundle_trains_like_the_loaded_one() {
+        // The same bundle loaded and memory-mapped, the same split: identical losses, codes and
+        // encodings (every batch holds the same values, only read from the file).
+        let data = toy(90, 4);
+        let dir = tempfile::tempdir().unwrap();
+        let nm = |m: usize| crate::bundle::NewModality { name: ["image", "text"][m].into(), features: Some(data.views[m].features("t", m).unwrap().clone()), ..Default::default() };
+        crate::bundle::BundleWriter { name: "toy".into(), source: "test".into(), classes: data.class_names.clone(), modalities: vec![nm(0), nm(1)], labels: vec![data.labels[0].clone()], ..Default::default() }
+            .write(&dir.path().join("toy"), false)
+            .unwrap();
+        let loaded = crate::bundle::Bundle::load(&dir.path().join("toy")).unwrap();
+        let mapped = crate::bundle::Bundle::load_mapped(&dir.path().join("toy")).unwrap();
+        assert!(mapped.modalities.iter().all(|m| m.features.is_none() && m.mapped_features.is_some()));
+        let train: Vec<usize> = (0..90).filter(|i| i % 5 != 0).collect();
+        let set = |b: &crate::bundle::Bundle| {
+            let views = crate::split::bundle_views(b, &train, false).unwrap();
+            TrainSet::supervised(views, b.labels[0].select(Axis(0), &train), b.class_names().to_vec())
+        };
+        let (a, b) = (set(&loaded), set(&mapped));
+        assert!(matches!(b.views[IMAGE], View::Mapped(_)) && matches!(a.views[IMAGE], View::Features(_)));
+        let p = SdchParams { epochs: 6, ..small() };
+        let ctx = FitContext::new(8, 3);
+        let (ma, mb) = (p.fit(&a, &ctx).unwrap(), p.fit(&b, &ctx).unwrap());
+        assert_eq!(ma.history(), mb.history());
+        assert_eq!(ma.train_codes(), mb.train_codes());
+        for m in [IMAGE, TEXT] {
+            assert_eq!(ma.encode(m, &b.views[m]).unwrap(), ma.encode(m, &a.views[m]).unwrap());
+            assert_eq!(mb.hash_outputs(m, &b.views[m]).unwrap(), ma.hash_outputs(m, &a.views[m]).unwrap());
+        }
+        // Shallow methods need the features in memory and say so.
+        let e = format!("{:#}", crate::shallow::sch::SchParams { anchors: 5, ..Default::default() }.fit(&b, &ctx).unwrap_err());
+        assert!(e.contains("memory-mapped") && e.contains("image_features.npy"), "{e}");
     }
 
     #[test]

@@ -358,7 +358,7 @@ pub fn check_zero_shot_data(method: &str, data: &TrainSet) -> Result<()> {
         bail!("{method} needs exactly two modalities (image, text); the training set has {}", data.n_modalities());
     }
     for (m, v) in data.views.iter().enumerate() {
-        if let View::Images(_) = v {
+        if matches!(v, View::Images(_)) || matches!(v, View::Mapped(m) if m.is_images()) {
             bail!(
                 "{method}: modality {m} holds raw images; {method} trains its networks on feature vectors \
                  (extract fc7 features into a new bundle with `cmh features` first, or run without --images)"
@@ -414,7 +414,8 @@ pub fn prepare(data: &TrainSet, method: &str, rows: Vec<usize>, device: Device, 
     for m in 0..2 {
         let f = match &data.views[m] {
             View::Features(f) => f.select(Axis(0), &rows),
-            View::Images(_) => bail!("{method}: modality {m} holds raw images"),
+            View::Mapped(f) if !f.is_images() => f.features(&rows)?,
+            View::Images(_) | View::Mapped(_) => bail!("{method}: modality {m} holds raw images"),
         };
         let (map, z) = InputMap::fit(f.view(), rbf_anchors, seed ^ m as u64).with_context(|| format!("{method}: input features of modality {m}"))?;
         x.push(tensor_from(z.view(), device));
@@ -462,6 +463,8 @@ pub fn check_fit(method: &str, data: &TrainSet, bits: usize, use_unlabelled: boo
     let inputs: f64 = data.views.iter().map(|v| match v {
         View::Features(x) => x.len() as f64,
         View::Images(x) => x.len() as f64,
+        // Mapped rows are read into memory before training.
+        View::Mapped(x) => (x.len() * x.array().shape()[1..].iter().product::<usize>()) as f64,
     }).sum();
     crate::method::ensure_memory(method, bits, 4.0 * (inputs + 4.0 * data.len() as f64 * bits as f64), "inputs and codes")?;
     if !use_unlabelled && labelled_rows(data).len() < 2 {
@@ -550,6 +553,26 @@ pub fn fingerprint(data: &TrainSet) -> String {
                     h.update((*s as u64).to_le_bytes());
                 }
                 h.update(im.as_standard_layout().as_slice().unwrap_or(&[]));
+            }
+            View::Mapped(m) => {
+                // The same bytes as the rows in memory would give, read a block at a time.
+                let shape = m.array().shape();
+                let (n, d) = (m.len(), m.array().row_len());
+                if m.is_images() {
+                    h.update((n as u64).to_le_bytes());
+                    shape[1..].iter().for_each(|s| h.update((*s as u64).to_le_bytes()));
+                } else {
+                    h.update((n as u64).to_le_bytes());
+                    h.update((d as u64).to_le_bytes());
+                }
+                for start in (0..n).step_by(4096) {
+                    let idx: Vec<usize> = (start..(start + 4096).min(n)).collect();
+                    if m.is_images() {
+                        m.images(&idx).into_iter().for_each(|im| h.update(im.as_slice().unwrap_or(&[])));
+                    } else {
+                        m.features(&idx).into_iter().for_each(|f| f.iter().for_each(|x| h.update(x.to_le_bytes())));
+                    }
+                }
             }
         }
     }

@@ -22,7 +22,7 @@ use crate::codes::BinaryCodes;
 use crate::npy::{read_npy, write_npy};
 use anyhow::{bail, Context, Result};
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array1, Array2, ArrayView2, Axis};
+use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut2, Axis};
 use ndarray_linalg::{Cholesky, Diag, Eigh, SolveTriangular, QR, SVD, UPLO};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -119,7 +119,7 @@ pub fn random_class_codes(c: usize, k: usize, rng: &mut ShallowRng) -> Array2<f6
 
 /// Rows per BLAS call in the blocked products: large enough for BLAS to run at full speed,
 /// bounded so that the f64 copy of a block of raw features stays small.
-const BLOCK_ROWS: usize = 4096;
+pub(crate) const BLOCK_ROWS: usize = 4096;
 /// Below this many multiply-adds a product runs as one BLAS call on the calling thread.
 const PAR_MIN_WORK: usize = 1 << 22;
 /// Reductions over rows (aᵀb, aᵀa, sums) split the rows into this many fixed contiguous parts,
@@ -129,9 +129,33 @@ const PAR_MIN_WORK: usize = 1 << 22;
 const PARTS: usize = 8;
 
 /// The fixed contiguous row ranges of the parallel reductions (empty ones dropped).
-fn parts(n: usize) -> Vec<(usize, usize)> {
+pub(crate) fn parts(n: usize) -> Vec<(usize, usize)> {
     let len = n.div_ceil(PARTS).max(1);
     (0..n).step_by(len).map(|s0| (s0, (s0 + len).min(n))).collect()
+}
+
+/// The BLOCK_ROWS-sized blocks of one part, in order.
+pub(crate) fn part_blocks(s0: usize, e0: usize) -> impl Iterator<Item = (usize, usize)> {
+    (s0..e0).step_by(BLOCK_ROWS).map(move |s| (s, (s + BLOCK_ROWS).min(e0)))
+}
+
+/// [`fold_parts`] with each block's rows of `a` (n × ·) passed mutably: `f(start, end, a[start..end], acc)`.
+pub(crate) fn fold_parts_mut<A: Send>(
+    a: &mut Array2<f64>,
+    init: impl Fn() -> A + Sync,
+    f: impl Fn(usize, usize, ArrayViewMut2<f64>, &mut A) + Sync,
+) -> Vec<A> {
+    let n = a.nrows();
+    let chunks: Vec<_> = a.axis_chunks_iter_mut(Axis(0), n.div_ceil(PARTS).max(1)).collect();
+    parts(n)
+        .into_par_iter()
+        .zip(chunks)
+        .map(|((s0, e0), mut chunk)| {
+            let mut acc = init();
+            part_blocks(s0, e0).for_each(|(s, e)| f(s, e, chunk.slice_mut(s![s - s0..e - s0, ..]), &mut acc));
+            acc
+        })
+        .collect()
 }
 
 /// Rows per parallel task of the row-wise (non-reducing) products: a fixed function of n.
@@ -139,22 +163,28 @@ fn task_rows(n: usize) -> usize {
     n.div_ceil(PARTS).clamp(1, BLOCK_ROWS)
 }
 
+/// Runs `f(start, end, acc)` over the blocks of each part ([`part_blocks`]), the parts in
+/// parallel, each with its own accumulator from `init`; returns the accumulators in part order.
+/// Every reduction over rows goes through this, so its summation order is a fixed function of n.
+pub(crate) fn fold_parts<A: Send>(n: usize, init: impl Fn() -> A + Sync, f: impl Fn(usize, usize, &mut A) + Sync) -> Vec<A> {
+    parts(n)
+        .into_par_iter()
+        .map(|(s0, e0)| {
+            let mut acc = init();
+            part_blocks(s0, e0).for_each(|(s, e)| f(s, e, &mut acc));
+            acc
+        })
+        .collect()
+}
+
 /// Runs `f(start, end, acc)` over the BLOCK_ROWS-sized blocks of each part, the parts in
 /// parallel, then adds the parts' accumulators in order.
 fn reduce_rows(n: usize, shape: (usize, usize), f: impl Fn(usize, usize, &mut Array2<f64>) + Sync) -> Array2<f64> {
-    let partials: Vec<Array2<f64>> = parts(n)
-        .into_par_iter()
-        .map(|(s0, e0)| {
-            let mut acc = Array2::<f64>::zeros(shape);
-            let mut s = s0;
-            while s < e0 {
-                let e = (s + BLOCK_ROWS).min(e0);
-                f(s, e, &mut acc);
-                s = e;
-            }
-            acc
-        })
-        .collect();
+    sum_in_order(fold_parts(n, || Array2::<f64>::zeros(shape), f), shape)
+}
+
+/// The sum of per-part matrices, added in order (zeros of `shape` when there are none).
+pub(crate) fn sum_in_order(partials: Vec<Array2<f64>>, shape: (usize, usize)) -> Array2<f64> {
     let mut it = partials.into_iter();
     let mut total = it.next().unwrap_or_else(|| Array2::zeros(shape));
     for p in it {
@@ -193,37 +223,49 @@ pub fn par_t_dot(a: ArrayView2<f64>, b: ArrayView2<f64>) -> Array2<f64> {
     })
 }
 
+/// acc += blkᵀblk on acc's upper triangle, by `dsyrk` when both are in standard layout (the
+/// whole of acc otherwise); [`mirror_upper`] completes the matrix after the last block.
+pub(crate) fn gram_add(blk: ArrayView2<f64>, acc: &mut Array2<f64>) {
+    let (r, mm) = blk.dim();
+    match (c_int::try_from(mm), c_int::try_from(r)) {
+        (Ok(mi), Ok(ri)) if blk.is_standard_layout() && acc.is_standard_layout() => {
+            // SAFETY: blk is a standard-layout r × m block (lda = m), acc an owned standard
+            // m × m matrix (ldc = m); dsyrk writes only acc's upper triangle.
+            unsafe {
+                cblas_dsyrk(
+                    CBLAS_ROW_MAJOR,
+                    CBLAS_UPPER,
+                    CBLAS_TRANS,
+                    mi,
+                    ri,
+                    1.0,
+                    blk.as_ptr(),
+                    mi.max(1),
+                    1.0,
+                    acc.as_mut_ptr(),
+                    mi.max(1),
+                )
+            }
+        }
+        _ => general_mat_mul(1.0, &blk.t(), &blk, 1.0, acc),
+    }
+}
+
+/// Copies the upper triangle of a square matrix onto its lower triangle.
+pub(crate) fn mirror_upper(g: &mut Array2<f64>) {
+    for i in 0..g.nrows() {
+        for j in 0..i {
+            g[[i, j]] = g[[j, i]];
+        }
+    }
+}
+
 /// aᵀa (m × m) for a tall a (n × m), by `dsyrk` on row blocks (half the work of a general
 /// product), summed in a fixed order.
 pub fn par_gram(a: ArrayView2<f64>) -> Array2<f64> {
     let (n, m) = a.dim();
     let a = a.as_standard_layout();
-    let syrk = |s0: usize, e: usize, acc: &mut Array2<f64>| {
-        let blk = a.slice(s![s0..e, ..]);
-        let (r, mm) = blk.dim();
-        match (c_int::try_from(mm), c_int::try_from(r)) {
-            (Ok(mi), Ok(ri)) if blk.is_standard_layout() && acc.is_standard_layout() => {
-                // SAFETY: blk is a standard-layout r × m block (lda = m), acc an owned standard
-                // m × m matrix (ldc = m); dsyrk writes only acc's upper triangle.
-                unsafe {
-                    cblas_dsyrk(
-                        CBLAS_ROW_MAJOR,
-                        CBLAS_UPPER,
-                        CBLAS_TRANS,
-                        mi,
-                        ri,
-                        1.0,
-                        blk.as_ptr(),
-                        mi.max(1),
-                        1.0,
-                        acc.as_mut_ptr(),
-                        mi.max(1),
-                    )
-                }
-            }
-            _ => general_mat_mul(1.0, &blk.t(), &blk, 1.0, acc),
-        }
-    };
+    let syrk = |s0: usize, e: usize, acc: &mut Array2<f64>| gram_add(a.slice(s![s0..e, ..]), acc);
     let mut g = if n * m * m < PAR_MIN_WORK {
         let mut acc = Array2::<f64>::zeros((m, m));
         if n > 0 {
@@ -234,11 +276,7 @@ pub fn par_gram(a: ArrayView2<f64>) -> Array2<f64> {
         reduce_rows(n, (m, m), syrk)
     };
     // dsyrk filled the upper triangle (the fallback the whole matrix): mirror upper onto lower.
-    for i in 0..m {
-        for j in 0..i {
-            g[[i, j]] = g[[j, i]];
-        }
-    }
+    mirror_upper(&mut g);
     g
 }
 
@@ -318,6 +356,63 @@ impl RbfMap {
         Ok((Self { anchors, sigma, mean }, phi))
     }
 
+    /// [`RbfMap::fit`] without ever holding the n × c features: the same anchors (same random
+    /// draws), σ and centring mean, computed over the row blocks of [`fold_parts`] in two passes
+    /// that recompute one block's distances at a time (the result equals `fit`'s up to the order
+    /// of floating-point sums). `rows` selects the training rows of `x` (all rows when `None`).
+    pub fn fit_streamed(x: ArrayView2<f32>, rows: Option<&[usize]>, n_anchors: usize, sigma_scale: f64, rng: &mut ShallowRng) -> Result<Self> {
+        if !(sigma_scale.is_finite() && sigma_scale > 0.0) {
+            bail!("the RBF bandwidth scale must be a finite number > 0, found {sigma_scale}");
+        }
+        let n = rows.map_or(x.nrows(), |r| r.len());
+        if n_anchors == 0 {
+            bail!("RBF features need at least one anchor");
+        }
+        if n_anchors > n {
+            bail!("{n_anchors} anchors requested but only {n} training rows to draw them from; use at most {n}");
+        }
+        let mut idx = rand::seq::index::sample(rng, n, n_anchors).into_vec();
+        idx.sort_unstable();
+        let anchors = row_block(x, rows, 0, n).select(Axis(0), &idx).mapv(|v| v as f64);
+        let c = anchors.nrows();
+        // Pass 1: finiteness and Σ ‖x − a‖ (σ), summed as `fit` sums it (per part, row-major).
+        let sums = fold_parts(n, || Ok(0.0f64), |s, e, acc: &mut Result<f64>| {
+            let Ok(sum) = acc else { return };
+            let xb = row_block(x, rows, s, e);
+            if let Some(((i, j), v)) = xb.indexed_iter().find(|(_, v)| !v.is_finite()) {
+                *acc = Err(anyhow::anyhow!("feature value {v} at row {}, column {j} is not finite", rows.map_or(s + i, |r| r[s + i])));
+                return;
+            }
+            *sum = sq_distances(xb.view(), anchors.view()).iter().fold(*sum, |a, &v| a + v.sqrt());
+        });
+        let mut total = 0.0;
+        for part in sums {
+            total += part?;
+        }
+        let mean_dist = total / ((n * c) as f64);
+        if !(mean_dist.is_finite() && mean_dist > 0.0) {
+            bail!("RBF bandwidth: every training row equals every anchor (mean distance {mean_dist}); the features are constant");
+        }
+        let mut map = Self { anchors, sigma: sigma_scale * mean_dist, mean: Array1::zeros(c) };
+        // Pass 2: the mean of the uncentred features.
+        let ones = Array2::<f64>::ones((BLOCK_ROWS, 1));
+        let partials = fold_parts(n, || Array2::<f64>::zeros((c, 1)), |s, e, acc| {
+            let mut phi = sq_distances(row_block(x, rows, s, e).view(), map.anchors.view());
+            kernel_inplace(&mut phi, map.sigma);
+            general_mat_mul(1.0, &phi.t(), &ones.slice(s![..e - s, ..]), 1.0, acc);
+        });
+        map.mean = sum_in_order(partials, (c, 1)).index_axis_move(Axis(1), 0) / n as f64;
+        Ok(map)
+    }
+
+    /// Centred features of rows already known to be finite (the streamed fits' blocks).
+    pub(crate) fn features_of(&self, x: ArrayView2<f32>) -> Array2<f64> {
+        let mut phi = sq_distances(x, self.anchors.view());
+        kernel_inplace(&mut phi, self.sigma);
+        phi -= &self.mean;
+        phi
+    }
+
     pub fn n_anchors(&self) -> usize {
         self.anchors.nrows()
     }
@@ -364,6 +459,14 @@ impl RbfMap {
     }
 }
 
+/// Rows s..e of x, or of x's rows `rows[s..e]` (copied) when a row selection is given.
+pub(crate) fn row_block<'a>(x: ArrayView2<'a, f32>, rows: Option<&[usize]>, s: usize, e: usize) -> ndarray::CowArray<'a, f32, ndarray::Ix2> {
+    match rows {
+        None => x.slice_move(s![s..e, ..]).into(),
+        Some(r) => x.select(Axis(0), &r[s..e]).into(),
+    }
+}
+
 /// Refuses NaN / infinite features, naming the first position.
 fn check_finite(x: ArrayView2<f32>) -> Result<()> {
     let bad = parts(x.nrows()).into_par_iter().any(|(s0, e)| x.slice(s![s0..e, ..]).iter().any(|v| !v.is_finite()));
@@ -389,6 +492,11 @@ fn kernel_inplace(d2: &mut Array2<f64>, sigma: f64) {
 pub fn solve_right_spd(b: ArrayView2<f64>, a: ArrayView2<f64>) -> Result<Array2<f64>> {
     // X A = B ⇔ A Xᵀ = Bᵀ (A symmetric).
     let l = a.cholesky(UPLO::Lower).context("Cholesky factorisation failed: the system matrix is not positive definite")?;
+    solve_right_cholesky(b, &l)
+}
+
+/// X with X · (L Lᵀ) = B, for the lower Cholesky factor L of a small k × k matrix and B (n × k).
+pub fn solve_right_cholesky(b: ArrayView2<f64>, l: &Array2<f64>) -> Result<Array2<f64>> {
     let z = l.solve_triangular(UPLO::Lower, Diag::NonUnit, &b.t().to_owned())?;
     let xt = l.t().to_owned().solve_triangular(UPLO::Upper, Diag::NonUnit, &z)?;
     Ok(xt.reversed_axes().as_standard_layout().into_owned())

@@ -47,12 +47,17 @@
 //! a sweep then costs two n × c × k products per modality (ΦₜᵀF and ΦₜWₜ) plus O(nk(k + C)).
 //! Nothing n × n is ever formed, so training is linear in n.
 
-use super::common::{hadamard_class_codes, par_dot, par_gram, par_t_dot, procrustes, random_class_codes, seeded_rng, sgn, sign_codes, solve_right_spd, RbfMap, SpdFactor};
+use super::common::{
+    fold_parts, fold_parts_mut, gram_add, hadamard_class_codes, mirror_upper, par_dot, par_gram, par_t_dot, procrustes, random_class_codes, row_block, seeded_rng, sgn,
+    sign_codes, solve_right_cholesky, solve_right_spd, sum_in_order, RbfMap, SpdFactor,
+};
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View};
 use crate::npy::{write_npy, write_text_atomic};
 use anyhow::{bail, Context, Result};
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{s, Array1, Array2, ArrayView2, Axis};
+use ndarray_linalg::{Cholesky, UPLO};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -148,13 +153,35 @@ pub fn objective(
     w: &[Array2<f64>],
     phi_w: &[Array2<f64>],
 ) -> f64 {
-    let sq = |a: ArrayView2<f64>| a.iter().map(|x| x * x).sum::<f64>();
+    objective_rows(p, y, f, u, v, b, r, phi_w) + p.rho * ridge(u, v, w)
+}
+
+fn sq(a: ArrayView2<f64>) -> f64 {
+    a.iter().map(|x| x * x).sum::<f64>()
+}
+
+/// ‖U‖² + ‖V‖² + Σₜ‖Wₜ‖², the ridge part of J.
+fn ridge(u: ArrayView2<f64>, v: ArrayView2<f64>, w: &[Array2<f64>]) -> f64 {
+    sq(u) + sq(v) + w.iter().map(|wt| sq(wt.view())).sum::<f64>()
+}
+
+/// The terms of J that sum over rows (all but the ridge), for the rows given (all, or a block).
+#[allow(clippy::too_many_arguments)]
+fn objective_rows(
+    p: &SchParams,
+    y: ArrayView2<f64>,
+    f: ArrayView2<f64>,
+    u: ArrayView2<f64>,
+    v: ArrayView2<f64>,
+    b: ArrayView2<f64>,
+    r: ArrayView2<f64>,
+    phi_w: &[Array2<f64>],
+) -> f64 {
     let label = sq((&y - &f.dot(&u)).view());
     let embed = sq((&f - &y.dot(&v)).view());
     let quant = sq((&b - &f.dot(&r)).view());
     let hash: f64 = p.lambda.iter().zip(phi_w).map(|(&l, pw)| l * sq((&f - pw).view())).sum();
-    let ridge = sq(u) + sq(v) + w.iter().map(|wt| sq(wt.view())).sum::<f64>();
-    p.alpha * label + p.beta * embed + p.mu * quant + hash + p.rho * ridge
+    p.alpha * label + p.beta * embed + p.mu * quant + hash
 }
 
 /// F update (eq. 9). ∂J/∂F = 0 with RRᵀ = I (so ‖B − FR‖² = ‖BRᵀ − F‖²):
@@ -172,30 +199,49 @@ pub fn update_f(
     r: ArrayView2<f64>,
     phi_w: &[Array2<f64>],
 ) -> Result<Array2<f64>> {
-    let k = u.nrows();
+    let rhs = f_rhs(p, y, u, v, b, r, phi_w);
+    solve_right_spd(rhs.view(), f_system(p, u).view()).context("SCH update_f (eq. 9)")
+}
+
+/// The right-hand side αYUᵀ + βYV + μBRᵀ + Σₜ λₜ ΦₜWₜ of eq. 9 for the rows given.
+fn f_rhs(p: &SchParams, y: ArrayView2<f64>, u: ArrayView2<f64>, v: ArrayView2<f64>, b: ArrayView2<f64>, r: ArrayView2<f64>, phi_w: &[Array2<f64>]) -> Array2<f64> {
     let mut rhs = y.dot(&u.t()) * p.alpha + y.dot(&v) * p.beta + b.dot(&r.t()) * p.mu;
     for (&l, pw) in p.lambda.iter().zip(phi_w) {
         rhs.scaled_add(l, pw);
     }
+    rhs
+}
+
+/// The system matrix αUUᵀ + (β + μ + Σₜλₜ) I of eq. 9 (k × k).
+fn f_system(p: &SchParams, u: ArrayView2<f64>) -> Array2<f64> {
     let mut a = u.dot(&u.t()) * p.alpha;
     a.diag_mut().mapv_inplace(|d| d + p.beta + p.mu + p.lambda_sum());
-    debug_assert_eq!(a.dim(), (k, k));
-    solve_right_spd(rhs.view(), a.view()).context("SCH update_f (eq. 9)")
+    a
 }
 
 /// U update (eq. 12). ∂J/∂U = −2αFᵀ(Y − FU) + 2ρU = 0 ⇒ U = (αFᵀF + ρI)⁻¹ αFᵀY.
 pub fn update_u(p: &SchParams, f: ArrayView2<f64>, y: ArrayView2<f64>) -> Result<Array2<f64>> {
-    let mut a = par_gram(f) * p.alpha;
+    u_from_sums(p, par_gram(f), par_t_dot(f, y))
+}
+
+/// Eq. 12 from the sums FᵀF and FᵀY.
+fn u_from_sums(p: &SchParams, ftf: Array2<f64>, fty: Array2<f64>) -> Result<Array2<f64>> {
+    let mut a = ftf * p.alpha;
     a.diag_mut().mapv_inplace(|d| d + p.rho);
-    let rhs = par_t_dot(f, y) * p.alpha;
+    let rhs = fty * p.alpha;
     SpdFactor::new(a.view())?.solve(rhs.view()).context("SCH update_u (eq. 12)")
 }
 
 /// V update (eq. 15). ∂J/∂V = −2βYᵀ(F − YV) + 2ρV = 0 ⇒ V = (βYᵀY + ρI)⁻¹ βYᵀF.
 pub fn update_v(p: &SchParams, f: ArrayView2<f64>, y: ArrayView2<f64>) -> Result<Array2<f64>> {
-    let mut a = par_gram(y) * p.beta;
+    v_from_sums(p, par_gram(y), par_t_dot(y, f))
+}
+
+/// Eq. 15 from the sums YᵀY and YᵀF.
+fn v_from_sums(p: &SchParams, yty: Array2<f64>, ytf: Array2<f64>) -> Result<Array2<f64>> {
+    let mut a = yty * p.beta;
     a.diag_mut().mapv_inplace(|d| d + p.rho);
-    let rhs = par_t_dot(y, f) * p.beta;
+    let rhs = ytf * p.beta;
     SpdFactor::new(a.view())?.solve(rhs.view()).context("SCH update_v (eq. 15)")
 }
 
@@ -236,10 +282,15 @@ pub fn update_b(f: ArrayView2<f64>, r: ArrayView2<f64>) -> Array2<f64> {
 /// (ΦₜᵀΦₜ + ρ'I)⁻¹ΦₜᵀB (∂/∂W = −2Φₜᵀ(B − ΦₜW) + 2ρ'W = 0), returned as W'Rᵀ so that the eq. 26
 /// form sgn(φ(x)·W·R) encodes with W' (R orthogonal: W'RᵀR = W'). `gram_t` = the cached ΦₜᵀΦₜ.
 pub fn refit_w(gram_t: ArrayView2<f64>, ridge: f64, phi_t: ArrayView2<f64>, b: ArrayView2<f64>, r: ArrayView2<f64>) -> Result<Array2<f64>> {
-    let fac = ridge_factor(gram_t, ridge).context("SCH refit_hash: factorising ΦᵀΦ + ρ'I")?;
     // Φᵀ(BRᵀ) = (ΦᵀB)Rᵀ: solving with the rotated target gives W'Rᵀ directly.
     let target = par_dot(b, r.t());
-    fac.solve(par_t_dot(phi_t, target.view()).view()).context("SCH refit_hash")
+    refit_w_from_sum(gram_t, ridge, par_t_dot(phi_t, target.view()).view())
+}
+
+/// [`refit_w`] from the sum Φᵀ(BRᵀ).
+fn refit_w_from_sum(gram_t: ArrayView2<f64>, ridge: f64, phi_t_target: ArrayView2<f64>) -> Result<Array2<f64>> {
+    let fac = ridge_factor(gram_t, ridge).context("SCH refit_hash: factorising ΦᵀΦ + ρ'I")?;
+    fac.solve(phi_t_target).context("SCH refit_hash")
 }
 
 /// Wall-clock seconds of the phases of one fit (for the run log and the scale benchmark).
@@ -459,12 +510,12 @@ impl Fit for SchParams {
         if data.n_classes() == 0 {
             bail!("SCH needs class labels, but the data has no classes");
         }
-        let (rows, y) = data.common_labelled();
+        let rows = fitted_rows(data);
         if rows.is_empty() {
             bail!("SCH needs labelled training rows, but no row is labelled in every modality");
         }
-        if let Some(i) = y.outer_iter().position(|r| r.iter().all(|&v| v == 0.0)) {
-            bail!("SCH: training row {} is marked labelled but has no class", rows[i]);
+        if let Some(&i) = rows.iter().find(|&&i| data.labels.iter().all(|l| l.row(i).iter().all(|&v| v == 0))) {
+            bail!("SCH: training row {i} is marked labelled but has no class");
         }
         for t in 0..m {
             let (name, a) = if self.modality_anchors.is_empty() { ("sch.anchors".to_string(), self.anchors) } else { (format!("sch.modality_anchors[{t}]"), self.modality_anchors[t]) };
@@ -485,7 +536,277 @@ impl Fit for SchParams {
         Ok(())
     }
 
+    /// Keeps the RBF features Φₜ in memory when they take at most [`STREAM_FEATURES_ABOVE_BYTES`];
+    /// above, recomputes them block by block in every pass ([`SchParams::fit_streamed`]).
     fn fit_checked(&self, data: &TrainSet, ctx: &FitContext) -> Result<SchModel> {
+        let rows = fitted_rows(data).len();
+        let bytes: usize = (0..data.n_modalities()).map(|t| rows * self.anchors_of(t) * std::mem::size_of::<f64>()).sum();
+        if bytes > STREAM_FEATURES_ABOVE_BYTES {
+            self.fit_streamed_checked(data, ctx)
+        } else {
+            self.fit_in_memory(data, ctx)
+        }
+    }
+}
+
+/// Above this many bytes of RBF features (Σₜ n cₜ × 8, n = fitted rows, cₜ = anchors), SCH does
+/// not keep Φₜ but recomputes it block by block in each pass ([`SchParams::fit_streamed`]).
+pub const STREAM_FEATURES_ABOVE_BYTES: usize = 2 << 30;
+
+/// The rows SCH fits on: labelled in every modality.
+fn fitted_rows(data: &TrainSet) -> Vec<usize> {
+    (0..data.len()).filter(|&i| data.labelled.iter().all(|l| l[i])).collect()
+}
+
+/// Rows s..e of Y (fitted rows, labels = union over modalities, as [`TrainSet::common_labelled`]).
+fn label_block(data: &TrainSet, rows: Option<&[usize]>, s: usize, e: usize) -> Array2<f64> {
+    let mut y = Array2::<f64>::zeros((e - s, data.n_classes()));
+    for (mut out, i) in y.outer_iter_mut().zip(s..e) {
+        let i = rows.map_or(i, |r| r[i]);
+        for l in &data.labels {
+            for (o, &v) in out.iter_mut().zip(l.row(i)) {
+                if v != 0 {
+                    *o = 1.0;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Per-part sums of one streamed pass over the fitted rows.
+struct Sums {
+    /// Row terms of J (all but the ridge) at the state the pass started from.
+    j: f64,
+    /// Φₜᵀ F per modality (cₜ × k).
+    phi_t_f: Vec<Array2<f64>>,
+    ftf: Array2<f64>,
+    fty: Array2<f64>,
+    ytf: Array2<f64>,
+    ftb: Array2<f64>,
+    /// The first error met in this part.
+    err: Option<anyhow::Error>,
+}
+
+impl Sums {
+    fn zeros(anchors: &[usize], k: usize, c: usize) -> Self {
+        let z = |r, q| Array2::<f64>::zeros((r, q));
+        Self { j: 0.0, phi_t_f: anchors.iter().map(|&a| z(a, k)).collect(), ftf: z(k, k), fty: z(k, c), ytf: z(c, k), ftb: z(k, k), err: None }
+    }
+    /// Adds F's block sums: FᵀF (upper triangle), FᵀY, YᵀF, FᵀB.
+    fn add_f(&mut self, f: ArrayView2<f64>, y: ArrayView2<f64>, b: ArrayView2<f64>) {
+        gram_add(f, &mut self.ftf);
+        general_mat_mul(1.0, &f.t(), &y, 1.0, &mut self.fty);
+        general_mat_mul(1.0, &y.t(), &f, 1.0, &mut self.ytf);
+        general_mat_mul(1.0, &f.t(), &b, 1.0, &mut self.ftb);
+    }
+    /// The parts' sums added in part order (the first error wins).
+    fn total(parts: Vec<Sums>) -> Result<Sums> {
+        let mut it = parts.into_iter();
+        let mut t = it.next().expect("at least one row");
+        for p in it {
+            if t.err.is_some() {
+                break;
+            }
+            t.j += p.j;
+            t.phi_t_f.iter_mut().zip(&p.phi_t_f).for_each(|(a, b)| *a += b);
+            t.ftf += &p.ftf;
+            t.fty += &p.fty;
+            t.ytf += &p.ytf;
+            t.ftb += &p.ftb;
+            t.err = p.err;
+        }
+        if let Some(e) = t.err.take() {
+            return Err(e);
+        }
+        mirror_upper(&mut t.ftf);
+        Ok(t)
+    }
+}
+
+impl SchParams {
+    /// Fits SCH without keeping the n × cₜ RBF features: every pass over the rows recomputes
+    /// φₜ for one block of rows at a time ([`RbfMap::fit_streamed`], [`fold_parts`] blocks), so
+    /// memory is O(n(k + d) + c² + block × c) instead of O(n Σcₜ), and nothing n × C is formed
+    /// either (Y is built per block from the labels). The updates are those of the in-memory fit,
+    /// fused so that one pass per sweep suffices: the pass that computes ΦₜWₜ for J (and F's
+    /// right-hand side) also solves the rows of the next F (eq. 9 is row-wise) and accumulates
+    /// ΦₜᵀF, FᵀF, FᵀY, YᵀF and FᵀB for the next U, V, Wₜ and R; when J says stop, that next F is
+    /// discarded. Results equal the in-memory fit's up to the order of floating-point sums.
+    /// `fit` chooses this path by itself above [`STREAM_FEATURES_ABOVE_BYTES`].
+    pub fn fit_streamed(&self, data: &TrainSet, ctx: &FitContext) -> Result<SchModel> {
+        data.validate()?;
+        self.check(data, ctx.bits)?;
+        self.fit_streamed_checked(data, ctx)
+    }
+
+    fn fit_streamed_checked(&self, data: &TrainSet, ctx: &FitContext) -> Result<SchModel> {
+        let k = ctx.bits;
+        let rows = fitted_rows(data);
+        let n = rows.len();
+        let sel = if n == data.len() { None } else { Some(rows.as_slice()) };
+        let m = data.n_modalities();
+        let nc = data.n_classes();
+        let xs: Vec<ArrayView2<f32>> = (0..m).map(|t| data.views[t].features("sch", t).map(|x| x.view())).collect::<Result<_>>()?;
+        let mut rng = seeded_rng(ctx.seed, 0);
+        let mut timings = FitTimings::default();
+        let clock = std::time::Instant::now();
+
+        // RBF maps: the same anchor draws as the in-memory fit, σ and mean by streaming.
+        let rbf = (0..m)
+            .map(|t| RbfMap::fit_streamed(xs[t], sel, self.anchors_of(t), self.sigma_scale(t), &mut rng).with_context(|| format!("SCH: RBF features of modality {t}")))
+            .collect::<Result<Vec<_>>>()?;
+        let anchors: Vec<usize> = rbf.iter().map(|r| r.n_anchors()).collect();
+        let phi_block = |t: usize, s: usize, e: usize| rbf[t].features_of(row_block(xs[t], sel, s, e).view());
+
+        // F₀ = YG and its sums (see the in-memory fit for the initialisation).
+        let g = match self.class_codes {
+            ClassCodes::Hadamard => hadamard_class_codes(nc, k, &mut rng),
+            ClassCodes::Random => random_class_codes(nc, k, &mut rng),
+        };
+        let mut f = Array2::<f64>::zeros((n, k));
+        let init = fold_parts_mut(&mut f, || (Sums::zeros(&[], k, nc), Array2::<f64>::zeros((nc, nc))), |s, e, mut fb, (sums, yty)| {
+            let y = label_block(data, sel, s, e);
+            general_mat_mul(1.0, &y, &g, 0.0, &mut fb);
+            sums.add_f(fb.view(), y.view(), sgn(fb.view()).view());
+            gram_add(y.view(), yty);
+        });
+        let (init, yty): (Vec<Sums>, Vec<Array2<f64>>) = init.into_iter().unzip();
+        let init = Sums::total(init)?;
+        let mut yty = sum_in_order(yty, (nc, nc));
+        mirror_upper(&mut yty);
+        let mut u = u_from_sums(self, init.ftf, init.fty)?;
+        let mut v = v_from_sums(self, yty.clone(), init.ytf)?;
+        let mut r = procrustes(init.ftb.view()).context("SCH update_r (eq. 20)")?;
+
+        // ΦₜᵀΦₜ (cached, factorised for eq. 18) and ΦₜᵀF₀, one pass per modality.
+        let mut wfac = Vec::with_capacity(m);
+        let mut grams = Vec::new(); // kept only for the refit
+        let mut w = Vec::with_capacity(m);
+        for (t, &c) in anchors.iter().enumerate() {
+            let parts = fold_parts(n, || (Array2::<f64>::zeros((c, c)), Array2::<f64>::zeros((c, k))), |s, e, (gram, ptf)| {
+                let ph = phi_block(t, s, e);
+                gram_add(ph.view(), gram);
+                general_mat_mul(1.0, &ph.t(), &f.slice(s![s..e, ..]), 1.0, ptf);
+            });
+            let (gram, ptf): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
+            let mut gram = sum_in_order(gram, (c, c));
+            mirror_upper(&mut gram);
+            wfac.push(w_factor(self, gram.view(), self.lambda[t])?);
+            w.push(wfac[t].solve(sum_in_order(ptf, (c, k)).view()).context("SCH update_w (eq. 18)")?);
+            if self.refit_hash {
+                grams.push(gram);
+            }
+        }
+        timings.features_s = clock.elapsed().as_secs_f64();
+        let clock = std::time::Instant::now();
+        let mut b = Array2::<f64>::zeros((n, k));
+        let set_b = |b: &mut Array2<f64>, f: &Array2<f64>, r: &Array2<f64>| {
+            fold_parts_mut(b, || (), |s, e, mut bb, _| bb.assign(&sgn(f.slice(s![s..e, ..]).dot(r).view())));
+        };
+        set_b(&mut b, &f, &r);
+
+        // Sweeps. Pass i computes J of the current state and, unless the sweeps are used up, the
+        // rows of the next F with the sums of the rest of the sweep.
+        let mut history = Vec::new();
+        let mut sweeps = 0;
+        loop {
+            let update = sweeps < self.max_iter;
+            let chol = f_system(self, u.view()).cholesky(UPLO::Lower).context("SCH update_f (eq. 9): the system matrix is not positive definite")?;
+            let parts = fold_parts_mut(&mut f, || Sums::zeros(&anchors, k, nc), |s, e, mut fb, sums| {
+                if sums.err.is_some() {
+                    return;
+                }
+                let y = label_block(data, sel, s, e);
+                let bb = b.slice(s![s..e, ..]);
+                let phi: Vec<Array2<f64>> = (0..m).map(|t| phi_block(t, s, e)).collect();
+                let pw: Vec<Array2<f64>> = phi.iter().zip(&w).map(|(ph, wt)| ph.dot(wt)).collect();
+                sums.j += objective_rows(self, y.view(), fb.view(), u.view(), v.view(), bb, r.view(), &pw);
+                if !update {
+                    return;
+                }
+                match solve_right_cholesky(f_rhs(self, y.view(), u.view(), v.view(), bb, r.view(), &pw).view(), &chol) {
+                    Ok(next) => fb.assign(&next),
+                    Err(e) => {
+                        sums.err = Some(e.context("SCH update_f (eq. 9)"));
+                        return;
+                    }
+                }
+                for (ptf, ph) in sums.phi_t_f.iter_mut().zip(&phi) {
+                    general_mat_mul(1.0, &ph.t(), &fb, 1.0, ptf);
+                }
+                sums.add_f(fb.view(), y.view(), bb);
+            });
+            let sums = Sums::total(parts)?;
+            let j = sums.j + self.rho * ridge(u.view(), v.view(), &w);
+            let prev = history.last().copied();
+            history.push(j);
+            if prev.is_some_and(|p: f64| p - j <= self.tol * p.abs()) || !update {
+                break;
+            }
+            u = u_from_sums(self, sums.ftf, sums.fty)?;
+            v = v_from_sums(self, yty.clone(), sums.ytf)?;
+            for (t, ptf) in sums.phi_t_f.iter().enumerate() {
+                w[t] = wfac[t].solve(ptf.view()).context("SCH update_w (eq. 18)")?;
+            }
+            r = procrustes(sums.ftb.view()).context("SCH update_r (eq. 20)")?;
+            set_b(&mut b, &f, &r);
+            sweeps += 1;
+        }
+        drop(f);
+        timings.sweeps_s = clock.elapsed().as_secs_f64();
+        let clock = std::time::Instant::now();
+
+        // Optional refit to the learned codes: one more pass for Φₜᵀ(BRᵀ).
+        let refit = if self.refit_hash {
+            let ridge_w = self.refit_rho.unwrap_or(self.rho);
+            let mut ws = Vec::with_capacity(m);
+            for (t, &c) in anchors.iter().enumerate() {
+                let parts = fold_parts(n, || Array2::<f64>::zeros((c, k)), |s, e, acc| {
+                    let target = b.slice(s![s..e, ..]).dot(&r.t());
+                    general_mat_mul(1.0, &phi_block(t, s, e).t(), &target, 1.0, acc);
+                });
+                ws.push(refit_w_from_sum(grams[t].view(), ridge_w, sum_in_order(parts, (c, k)).view()).with_context(|| format!("modality {t}"))?);
+            }
+            Some(ws)
+        } else {
+            None
+        };
+
+        // Codes of every training row: B for the fitted rows, sgn((Σₜ λₜ φₜWₜ) R) for the others,
+        // block by block.
+        let mut codes = BinaryCodes::from_signs(b.view());
+        if let Some(rows) = sel {
+            let mut full = Array2::<f64>::zeros((data.len(), k));
+            for (ri, &i) in rows.iter().enumerate() {
+                full.row_mut(i).assign(&b.row(ri));
+            }
+            drop(b);
+            let mut fitted = vec![false; data.len()];
+            rows.iter().for_each(|&i| fitted[i] = true);
+            let others: Vec<usize> = (0..data.len()).filter(|&i| !fitted[i]).collect();
+            for chunk in others.chunks(super::common::BLOCK_ROWS) {
+                let mut fo = Array2::<f64>::zeros((chunk.len(), k));
+                for t in 0..m {
+                    let ph = rbf[t].transform(xs[t].select(Axis(0), chunk).view())?;
+                    fo.scaled_add(self.lambda[t], &par_dot(ph.view(), w[t].view()));
+                }
+                for (row, &i) in sgn(fo.dot(&r).view()).outer_iter().zip(chunk) {
+                    full.row_mut(i).assign(&row);
+                }
+            }
+            codes = sign_codes(full.view());
+        }
+        if let Some(ws) = refit {
+            w = ws;
+        }
+        timings.codes_s = clock.elapsed().as_secs_f64();
+        let mut model = SchModel::from_parts(k, self.clone(), rbf, w, r, codes, history, n);
+        model.timings = timings;
+        Ok(model)
+    }
+
+    fn fit_in_memory(&self, data: &TrainSet, ctx: &FitContext) -> Result<SchModel> {
         let k = ctx.bits;
         let (rows, y) = data.common_labelled();
         let all_rows = rows.len() == data.len();
@@ -922,6 +1243,73 @@ mod tests {
         let t2i = metrics::map(q_txt.view(), db.view(), tl.view(), labels.view()).unwrap();
         let i2t_enc = metrics::map(q_img.view(), db_txt.view(), tl.view(), labels.view()).unwrap();
         assert!(i2t > 0.9 && t2i > 0.9 && i2t_enc > 0.9, "{i2t} {t2i} {i2t_enc}");
+    }
+
+    /// Largest |a − b| relative to the largest |b|.
+    fn rel_diff(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
+        let d = (a - b).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        d / b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300)
+    }
+
+    #[test]
+    fn streamed_fit_equals_the_in_memory_fit() {
+        // n = 40,000 gives parts of several blocks (the streamed passes' in-part accumulation).
+        // Single-label data: with multi-label rows F₀ = YG has exact zeros (class codes disagree),
+        // so sgn(F₀R) can tie and either path may round a tie to the other side.
+        let check = |n: usize, hide_text_labels: bool, p: SchParams| {
+            let (views, labels) = clustered(n, 5, &[7, 5], 0.8, 21);
+            let mut data = train_set(views.clone(), labels);
+            if hide_text_labels {
+                for i in (0..n).step_by(7) {
+                    data.labelled[1][i] = false;
+                    data.labels[1].row_mut(i).fill(0);
+                }
+            }
+            let ctx = FitContext::new(12, 4);
+            let dense = p.fit(&data, &ctx).unwrap();
+            let streamed = p.fit_streamed(&data, &ctx).unwrap();
+            assert_eq!(dense.history().len(), streamed.history().len(), "same number of sweeps");
+            for (a, b) in dense.history().iter().zip(streamed.history()) {
+                assert!((a - b).abs() <= 1e-10 * a.abs(), "J {a} vs {b}");
+            }
+            assert_eq!(dense.fitted_rows(), streamed.fitted_rows());
+            assert_eq!(dense.train_codes(), streamed.train_codes(), "learned codes");
+            assert!(rel_diff(streamed.r(), dense.r()) < 1e-9);
+            for t in 0..2 {
+                assert!(rel_diff(streamed.w(t), dense.w(t)) < 1e-8, "W of modality {t}: {}", rel_diff(streamed.w(t), dense.w(t)));
+                let (a, b) = (streamed.rbf(t), dense.rbf(t));
+                assert_eq!(a.anchors, b.anchors, "same anchor draws");
+                assert!((a.sigma - b.sigma).abs() <= 1e-12 * b.sigma);
+                assert!((&a.mean - &b.mean).iter().all(|d| d.abs() < 1e-12));
+                let v = View::Features(views[t].clone());
+                assert_eq!(streamed.encode(t, &v).unwrap(), dense.encode(t, &v).unwrap());
+            }
+            dense.history().len()
+        };
+        let sweeps = check(40_000, false, SchParams { anchors: 40, max_iter: 3, tol: 0.0, refit_hash: true, ..SchParams::default() });
+        assert_eq!(sweeps, 4);
+        // Partially labelled rows and the stopping rule (a loose tol stops before max_iter).
+        let sweeps = check(3_000, true, SchParams { anchors: 30, max_iter: 30, tol: 1e-3, ..SchParams::default() });
+        assert!(sweeps < 31, "the stopping rule ended the sweeps");
+        // The streamed Y blocks are the rows of the in-memory Y (union over modalities), also
+        // for multi-label and partially labelled rows.
+        let (views, mut labels) = clustered(50, 4, &[3, 3], 0.5, 2);
+        for i in (0..50).step_by(3) {
+            labels[[i, (i / 3) % 4]] = 1;
+        }
+        let mut data = train_set(views, labels);
+        data.labels[1][[5, 3]] = 1;
+        data.labelled[0][7] = false;
+        data.labels[0].row_mut(7).fill(0);
+        let (rows, y) = data.common_labelled();
+        assert_eq!(rows, fitted_rows(&data));
+        assert_eq!(label_block(&data, Some(&rows), 0, rows.len()), y);
+        assert_eq!(label_block(&data, Some(&rows), 10, 20), y.slice(s![10..20, ..]));
+        // A bad feature value is refused by the streamed path too, naming its position.
+        let (mut views, labels) = clustered(50, 3, &[4, 4], 0.5, 2);
+        views[1][[17, 2]] = f32::NAN;
+        let e = format!("{:#}", SchParams { anchors: 10, ..SchParams::default() }.fit_streamed(&train_set(views, labels), &FitContext::new(8, 0)).unwrap_err());
+        assert!(e.contains("row 17, column 2"), "{e}");
     }
 
     #[test]

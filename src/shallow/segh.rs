@@ -104,11 +104,12 @@
 
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, to_f64, Fit, FitContext, HashModel, TrainSet, View};
-use super::common::{seeded_rng, RbfMap};
+use super::common::{fold_parts, fold_parts_mut, seeded_rng, sum_in_order, RbfMap};
 use crate::npy::{read_npy, write_npy, write_text_atomic};
 use anyhow::{anyhow, bail, Context, Result};
+use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
-use ndarray_linalg::{Cholesky, Diag, Eigh, InverseC, JobSvd, SolveTriangular, SVDDC, UPLO};
+use ndarray_linalg::{Cholesky, Diag, Eigh, InverseC, JobSvd, QRInto, SolveTriangular, SVDDC, UPLO};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -525,8 +526,9 @@ impl Fit for SeghParams {
         Ok(())
     }
 
+    /// In memory up to [`STREAM_INPUTS_ABOVE_BYTES`] of inputs, streamed above ([`SeghParams::fit_streamed`]).
     fn fit_checked(&self, data: &TrainSet, ctx: &FitContext) -> Result<SeghModel> {
-        fit_impl(self, data, ctx, Solver::Cg)
+        fit_impl(self, data, ctx, Solver::Cg, self.in_memory_bytes(data) > STREAM_INPUTS_ABOVE_BYTES)
     }
 }
 
@@ -544,7 +546,38 @@ fn labelled_rows(data: &TrainSet, m: usize) -> Vec<usize> {
     (0..data.len()).filter(|&i| data.labelled[m][i] && data.labels[m].row(i).iter().any(|&v| v != 0)).collect()
 }
 
-fn fit_impl(params: &SeghParams, data: &TrainSet, ctx: &FitContext, solver: Solver) -> Result<SeghModel> {
+/// Above this many bytes of step-1 inputs and projections (n × Σₘ(dₘ + e) × 8, dₘ = the raw
+/// dimension or the anchor count), SeGH streams: it recomputes the inputs block by block instead of
+/// keeping them ([`SeghParams::fit_streamed`]).
+pub const STREAM_INPUTS_ABOVE_BYTES: usize = 2 << 30;
+
+/// Right-hand sides per conjugate-gradient solve in the streamed fit (the solve's memory is a few
+/// n × this arrays; each column's iterates do not depend on the other columns).
+const CG_COLUMN_GROUP: usize = 8;
+
+impl SeghParams {
+    /// Fits SeGH with bounded memory: the inputs ψₘ(X) (raw or RBF features) are recomputed block by
+    /// block for each pass of step 1 and never held n × dₘ; Zₘ is held for one modality at a time,
+    /// turned in place into its kNN coordinates; step 2 keeps only Rz = Σₘ μₘZₘ and
+    /// Gz = Σₘ μₘZₘᵀZₘ (eq. 8's data term is (Σμ)‖H‖² − 2⟨HᵀRz, P⟩ + ⟨P Gz, P⟩, and tr(HᵀLH) is
+    /// summed row by row), solves the H system for [`CG_COLUMN_GROUP`] columns at a time, and takes
+    /// the polar factor through a thin QR. The result equals the in-memory fit's up to the order of
+    /// floating-point sums. `fit` chooses this path by itself above [`STREAM_INPUTS_ABOVE_BYTES`].
+    pub fn fit_streamed(&self, data: &TrainSet, ctx: &FitContext) -> Result<SeghModel> {
+        data.validate()?;
+        self.check(data, ctx.bits)?;
+        fit_impl(self, data, ctx, Solver::Cg, true)
+    }
+
+    /// Bytes the in-memory fit holds for the step-1 inputs and projections.
+    fn in_memory_bytes(&self, data: &TrainSet) -> usize {
+        let e = data.class_embeddings.as_ref().map_or(0, |c| c.ncols().min(data.n_classes()));
+        let dims: usize = data.views.iter().map(|v| if self.anchors > 0 { self.anchors } else { v.features(METHOD, 0).map_or(0, |x| x.ncols()) } + e).sum();
+        data.len() * dims * std::mem::size_of::<f64>()
+    }
+}
+
+fn fit_impl(params: &SeghParams, data: &TrainSet, ctx: &FitContext, solver: Solver, streamed: bool) -> Result<SeghModel> {
     let bits = ctx.bits;
     let n = data.len();
     let nm = data.n_modalities();
@@ -564,68 +597,65 @@ fn fit_impl(params: &SeghParams, data: &TrainSet, ctx: &FitContext, solver: Solv
         bail!("segh: the class embeddings of the training classes are all zero");
     }
     let emb_q = emb.dot(&q_basis);
+    let e = q_basis.ncols();
 
-    // ---- Step 1 (eqs. 1, 2, 7) ----
-    let t0 = Instant::now();
+    // ---- Step 1 (eqs. 1, 2, 7), and per modality its kNN graph (eqs. 3–5) ----
     let mut means = Vec::with_capacity(nm);
-    let mut xs = Vec::with_capacity(nm);
     let mut ws_q = Vec::with_capacity(nm);
     let mut rbf = Vec::new();
-    for m in 0..nm {
-        let raw = data.views[m].features(METHOD, m)?;
-        let x = if params.anchors > 0 {
-            // Xₘ := φₘ(Xₘ), centred RBF features to anchors drawn from the training rows (its own
-            // random stream, so the raw-feature path is unchanged).
-            let scale = params.sigma_scale.get(m).copied().unwrap_or(1.0);
-            let mut arng = seeded_rng(ctx.seed, 0x5e6 + m as u64);
-            let (map, phi) = RbfMap::fit(raw.view(), params.anchors, scale, &mut arng).with_context(|| format!("segh: RBF features of modality {m}"))?;
-            rbf.push(map);
-            phi
-        } else {
-            to_f64(raw.view())
-        };
-        let mean = x.mean_axis(Axis(0)).expect("n > 0");
-        let xc = x - &mean;
-        let rows = labelled_rows(data, m);
-        let s = semantic_matrix(&data.labels[m], &rows, &emb_q);
-        let w =
-            update_w(&s, &xc.select(Axis(0), &rows), params.lambda[m]).with_context(|| format!("segh step 1 (eq. 7) for modality {m}"))?;
-        means.push(mean);
-        xs.push(xc);
-        ws_q.push(w);
-    }
-    // Zₘ = Wₘ Xₘ (rows, q coordinates: n × q).
-    let zs: Vec<Array2<f64>> = xs.iter().zip(&ws_q).map(|(x, w)| x.dot(&w.t())).collect();
-    drop(xs);
-    info.seconds_step1 = t0.elapsed().as_secs_f64();
-
-    // ---- Graph (eqs. 3–6) ----
-    let t1 = Instant::now();
+    // Σ μₘ Zₘ (rows), G = Σ μₘ Zₘ Zₘᵀ + ηI and Gz = Σ μₘ Zₘ Zₘᵀ; the Zₘ themselves only in memory mode.
+    let mut rz = Array2::<f64>::zeros((n, e));
+    let mut g = Array2::<f64>::eye(e) * params.eta;
+    let mut gz = Array2::<f64>::zeros((e, e));
+    let mut zs = Vec::new();
     let mut knn_parts = Vec::with_capacity(nm);
-    for (m, z) in zs.iter().enumerate() {
-        let coords = semantic_coordinates(z)?;
+    for m in 0..nm {
+        let t0 = Instant::now();
+        let raw = data.views[m].features(METHOD, m)?;
+        // With anchors, Xₘ := φₘ(Xₘ), centred RBF features to anchors drawn from the training rows
+        // (their own random stream, so the raw-feature path is unchanged).
+        let scale = params.sigma_scale.get(m).copied().unwrap_or(1.0);
+        let mut arng = seeded_rng(ctx.seed, 0x5e6 + m as u64);
+        let rows = labelled_rows(data, m);
+        let (map, mean, w, z) = if streamed {
+            step1_streamed(params, raw.view(), &data.labels[m], &rows, &emb_q, params.lambda[m], scale, &mut arng)
+        } else {
+            step1_in_memory(params, raw.view(), &data.labels[m], &rows, &emb_q, params.lambda[m], scale, &mut arng)
+        }
+        .with_context(|| format!("segh step 1 (eq. 7) for modality {m}"))?;
+        rbf.extend(map);
+        means.push(mean);
+        ws_q.push(w);
+        let ztz = z.t().dot(&z);
+        rz.scaled_add(params.mu[m], &z);
+        g.scaled_add(params.mu[m], &ztz);
+        gz.scaled_add(params.mu[m], &ztz);
+        info.seconds_step1 += t0.elapsed().as_secs_f64();
+
+        let t1 = Instant::now();
+        let coords = if streamed {
+            semantic_coordinates_in_place(z, &ztz)?
+        } else {
+            let c = semantic_coordinates(&z)?;
+            zs.push(z);
+            c
+        };
         let nn = if n <= params.knn_exact_up_to {
             knn(&coords, params.k)
         } else {
-            knn_approx(&coords, params.k, ctx.seed.wrapping_add(m as u64))
+            knn_approx(coords, params.k, ctx.seed.wrapping_add(m as u64))
         };
         knn_parts.push(knn_affinity(&nn));
+        info.seconds_graph += t1.elapsed().as_secs_f64();
     }
+    let t1 = Instant::now();
     let graph = Graph::new(n, knn_parts, &data.labels, &data.labelled);
-    info.seconds_graph = t1.elapsed().as_secs_f64();
+    info.seconds_graph += t1.elapsed().as_secs_f64();
 
     // ---- Step 2 (eqs. 8–10) ----
     let t2 = Instant::now();
-    let e = q_basis.ncols();
     let mu_sum: f64 = params.mu.iter().sum();
     let system = System { graph: &graph, c: mu_sum, gamma: params.gamma };
-    // Σ μₘ Zₘ (rows) and G = Σ μₘ Zₘ Zₘᵀ + ηI.
-    let mut rz = Array2::<f64>::zeros((n, e));
-    let mut g = Array2::<f64>::eye(e) * params.eta;
-    for (z, &mu) in zs.iter().zip(&params.mu) {
-        rz.scaled_add(mu, z);
-        g.scaled_add(mu, &z.t().dot(z));
-    }
     let g_inv = g.invc().context("segh: Σμ Zₘ Zₘᵀ + ηI is not positive definite")?;
     let rank = numerical_rank(&rz.t().dot(&rz))?;
     if rank == 0 {
@@ -635,10 +665,20 @@ fn fit_impl(params: &SeghParams, data: &TrainSet, ctx: &FitContext, solver: Solv
     info.semantic_rank = r;
 
     let mut history = Vec::with_capacity(params.iterations);
-    let solve = |b: &Array2<f64>, info: &mut FitInfo| -> Result<Array2<f64>> {
-        let (x, iters) = solve_system(&system, b, solver, params.cg_tol, params.cg_max_iter)?;
+    let group = if streamed { CG_COLUMN_GROUP } else { usize::MAX };
+    // Solves M X = B for the columns of B that `rhs(j0, j1)` gives, `cols` in all.
+    let solve = |rhs: &dyn Fn(usize, usize) -> Array2<f64>, cols: usize, info: &mut FitInfo| -> Result<Array2<f64>> {
+        let (x, iters) = solve_columns(&system, rhs, cols, group, solver, params.cg_tol, params.cg_max_iter)?;
         info.cg_iterations.push(iters);
         Ok(x)
+    };
+    let project = |a: Array2<f64>| if streamed { polar_tall(a, true) } else { polar(&a, true) };
+    let objective = |h: &Array2<f64>, p: &Array2<f64>| {
+        if streamed {
+            objective_from_sums(h, p, &rz, &gz, mu_sum, &system, params.eta)
+        } else {
+            objective(h, p, &zs, &params.mu, &system, params.eta)
+        }
     };
     let converged = |history: &[f64]| -> bool {
         let k = history.len();
@@ -651,11 +691,12 @@ fn fit_impl(params: &SeghParams, data: &TrainSet, ctx: &FitContext, solver: Solv
             // side is Rz Pᵀ R = Rz Pᵥᵀ, and the P update (eq. 9) gives Pᵥ = Vᵀ Rz G⁻¹. So the
             // iterations run in r dimensions, and R is fitted once at the end (ITQ), P = R Pᵥ.
             let mut pv: Array2<f64> = Array2::from_shape_simple_fn((r, e), || rng.sample(StandardNormal));
-            let mut v = Array2::<f64>::zeros((n, r));
+            let mut v = Array2::<f64>::zeros((0, r));
             for _ in 0..params.iterations {
-                v = update_v(&rz, &pv, |b| solve(b, &mut info))?;
+                drop(v);
+                v = update_v(&rz, &pv, |b, cols| solve(b, cols, &mut info), project)?;
                 pv = update_p(&v, &rz, &g_inv);
-                history.push(objective(&v, &pv, &zs, &params.mu, &system, params.eta));
+                history.push(objective(&v, &pv));
                 if converged(&history) {
                     break;
                 }
@@ -670,9 +711,9 @@ fn fit_impl(params: &SeghParams, data: &TrainSet, ctx: &FitContext, solver: Solv
             let mut h = Array2::<f64>::zeros((n, bits));
             for _ in 0..params.iterations {
                 // Eq. 10 as printed: H = (Σ μₘ P Zₘ)((Σμ)I + γL)⁻¹ (rows: M⁻¹ Rz Pᵀ).
-                h = solve(&rz.dot(&p.t()), &mut info)?;
+                h = solve(&|j0, j1| rz.dot(&p.slice(s![j0..j1, ..]).t()), bits, &mut info)?;
                 p = update_p(&h, &rz, &g_inv);
-                history.push(objective(&h, &p, &zs, &params.mu, &system, params.eta));
+                history.push(objective(&h, &p));
                 if converged(&history) {
                     break;
                 }
@@ -686,6 +727,66 @@ fn fit_impl(params: &SeghParams, data: &TrainSet, ctx: &FitContext, solver: Solv
     let ws = ws_q.iter().map(|w| q_basis.dot(w)).collect();
     let p = p.dot(&q_basis.t());
     Ok(SeghModel::new(params.clone(), bits, rbf, means, ws, p, train_codes, history, info))
+}
+
+/// The result of step 1 for one modality: its RBF map (with anchors), the mean x̄ₘ of its inputs,
+/// W̃ₘ (q × dₘ) and Zₘ = (ψₘ(Xₘ) − x̄ₘ) W̃ₘᵀ (n × q).
+type Step1 = (Option<RbfMap>, Array1<f64>, Array2<f64>, Array2<f64>);
+
+/// Step 1 with the inputs ψₘ(Xₘ) (raw or RBF features) in memory.
+#[allow(clippy::too_many_arguments)]
+fn step1_in_memory(params: &SeghParams, raw: ArrayView2<f32>, labels: &Array2<u8>, rows: &[usize], emb_q: &Array2<f64>, lambda: f64, scale: f64, arng: &mut ChaCha8Rng) -> Result<Step1> {
+    let (map, x) = if params.anchors > 0 {
+        let (map, phi) = RbfMap::fit(raw, params.anchors, scale, arng).context("RBF features")?;
+        (Some(map), phi)
+    } else {
+        (None, to_f64(raw))
+    };
+    let mean = x.mean_axis(Axis(0)).expect("n > 0");
+    let xc = x - &mean;
+    let s = semantic_matrix(labels, rows, emb_q);
+    let w = update_w(&s, &xc.select(Axis(0), rows), lambda)?;
+    let z = xc.dot(&w.t());
+    Ok((map, mean, w, z))
+}
+
+/// Step 1 without the n × dₘ inputs: ψₘ(X) is recomputed for one block of rows at a time in each
+/// pass (the mean, then the sums SᵀS, XᵀX and SᵀX of eq. 7 over the labelled rows, then Zₘ).
+#[allow(clippy::too_many_arguments)]
+fn step1_streamed(params: &SeghParams, raw: ArrayView2<f32>, labels: &Array2<u8>, rows: &[usize], emb_q: &Array2<f64>, lambda: f64, scale: f64, arng: &mut ChaCha8Rng) -> Result<Step1> {
+    let n = raw.nrows();
+    let map = if params.anchors > 0 { Some(RbfMap::fit_streamed(raw, None, params.anchors, scale, arng).context("RBF features")?) } else { None };
+    let psi = |s0: usize, e0: usize| match &map {
+        Some(mp) => mp.features_of(raw.slice(s![s0..e0, ..])),
+        None => to_f64(raw.slice(s![s0..e0, ..])),
+    };
+    let d = map.as_ref().map_or(raw.ncols(), |mp| mp.n_anchors());
+    let q = emb_q.ncols();
+    let sums = fold_parts(n, || Array2::<f64>::zeros((1, d)), |s0, e0, acc| *acc += &psi(s0, e0).sum_axis(Axis(0)));
+    let mean = sum_in_order(sums, (1, d)).index_axis_move(Axis(0), 0) / n as f64;
+    let mut labelled = vec![false; n];
+    rows.iter().for_each(|&i| labelled[i] = true);
+    let sums = fold_parts(n, || (Array2::<f64>::zeros((d, d)), Array2::<f64>::zeros((q, d)), Array2::<f64>::zeros((q, q))), |s0, e0, (xtx, stx, sts)| {
+        let local: Vec<usize> = (s0..e0).filter(|&i| labelled[i]).collect();
+        if local.is_empty() {
+            return;
+        }
+        let xc = (psi(s0, e0) - &mean).select(Axis(0), &local.iter().map(|&i| i - s0).collect::<Vec<_>>());
+        let sb = semantic_matrix(labels, &local, emb_q);
+        general_mat_mul(1.0, &xc.t(), &xc, 1.0, xtx);
+        general_mat_mul(1.0, &sb.t(), &xc, 1.0, stx);
+        general_mat_mul(1.0, &sb.t(), &sb, 1.0, sts);
+    });
+    let (mut xtx, mut stx, mut sts) = (Array2::<f64>::zeros((d, d)), Array2::<f64>::zeros((q, d)), Array2::<f64>::zeros((q, q)));
+    for (a, b, c) in sums {
+        xtx += &a;
+        stx += &b;
+        sts += &c;
+    }
+    let w = solve_sylvester_psd(&sts, &(xtx * lambda), &(stx * (1.0 + lambda)))?;
+    let mut z = Array2::<f64>::zeros((n, q));
+    fold_parts_mut(&mut z, || (), |s0, e0, mut zb, _| general_mat_mul(1.0, &(psi(s0, e0) - &mean), &w.t(), 0.0, &mut zb));
+    Ok((map, mean, w, z))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -746,11 +847,35 @@ fn semantic_coordinates(z: &Array2<f64>) -> Result<Array2<f64>> {
     Ok(z.dot(&u.select(Axis(1), &keep)))
 }
 
+/// [`semantic_coordinates`] written over z's own buffer (row block by row block; a row's
+/// coordinates never reach past its own old values), given ZᵀZ.
+fn semantic_coordinates_in_place(z: Array2<f64>, ztz: &Array2<f64>) -> Result<Array2<f64>> {
+    let (n, e) = z.dim();
+    let (ev, u) = ztz.eigh(UPLO::Lower).context("eigendecomposition of Zᵀ Z")?;
+    let max = ev.iter().fold(0.0f64, |m, &v| m.max(v));
+    let keep: Vec<usize> = (0..ev.len()).filter(|&i| ev[i] > 1e-12 * max && max > 0.0).collect();
+    if keep.is_empty() {
+        return Ok(Array2::zeros((n, 1)));
+    }
+    let u = u.select(Axis(1), &keep);
+    let q = keep.len();
+    let z = if z.is_standard_layout() { z } else { z.as_standard_layout().into_owned() };
+    let (mut buf, offset) = z.into_raw_vec_and_offset();
+    buf.drain(..offset.unwrap_or(0));
+    for s0 in (0..n).step_by(super::common::BLOCK_ROWS) {
+        let e0 = (s0 + super::common::BLOCK_ROWS).min(n);
+        let c = ArrayView2::from_shape((e0 - s0, e), &buf[s0 * e..e0 * e]).expect("row-major block").dot(&u);
+        buf[s0 * q..e0 * q].copy_from_slice(c.as_slice().expect("standard layout"));
+    }
+    buf.truncate(n * q);
+    Ok(Array2::from_shape_vec((n, q), buf)?)
+}
+
 /// Eqs. 3–4: symmetrised kNN heat-kernel affinity, a_ij = ½(w_ij + w_ji) with
 /// w_ij = exp(−‖zᵢ − z_j‖²/σ²) when j is one of i's k nearest neighbours `nn[i]` (squared
 /// distance, index), σ² = mean squared kNN distance; as triplets (i, j, a_ij), duplicates summed
 /// later.
-fn knn_affinity(nn: &[Vec<(f64, usize)>]) -> Vec<(usize, usize, f64)> {
+fn knn_affinity(nn: &[Vec<(f64, usize)>]) -> Vec<(u32, u32, f64)> {
     let n = nn.len();
     let k = nn.first().map_or(0, |r| r.len());
     let total: f64 = nn.iter().flat_map(|row| row.iter().map(|&(d2, _)| d2)).sum();
@@ -761,6 +886,7 @@ fn knn_affinity(nn: &[Vec<(f64, usize)>]) -> Vec<(usize, usize, f64)> {
     for (i, row) in nn.iter().enumerate() {
         for &(d2, j) in row {
             let w = 0.5 * (-d2 / sigma2).exp();
+            let (i, j) = (i as u32, j as u32);
             t.push((i, j, w));
             t.push((j, i, w));
         }
@@ -768,13 +894,100 @@ fn knn_affinity(nn: &[Vec<(f64, usize)>]) -> Vec<(usize, usize, f64)> {
     t
 }
 
+/// The rows of a sparse n × C matrix: the L2-normalised label rows Ỹₘ (classes ascending; a row
+/// that is unlabelled or has no class is empty). Products go row by row over the non-zeros in a
+/// fixed order, so every column of a product is computed the same way whatever the other columns.
+struct LabelRows {
+    indptr: Vec<usize>,
+    class: Vec<u32>,
+    value: Vec<f64>,
+    classes: usize,
+}
+
+impl LabelRows {
+    fn new(l: &Array2<u8>, labelled: &[bool]) -> Self {
+        let mut t = Self { indptr: vec![0], class: Vec::new(), value: Vec::new(), classes: l.ncols() };
+        for (i, row) in l.outer_iter().enumerate() {
+            let norm = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
+            if labelled[i] && norm > 0.0 {
+                for (c, &v) in row.iter().enumerate().filter(|(_, &v)| v != 0) {
+                    t.class.push(c as u32);
+                    t.value.push(v as f64 / norm);
+                }
+            }
+            t.indptr.push(t.class.len());
+        }
+        t
+    }
+
+    fn row(&self, i: usize) -> impl Iterator<Item = (usize, f64)> + '_ {
+        let r = self.indptr[i]..self.indptr[i + 1];
+        self.class[r.clone()].iter().map(|&c| c as usize).zip(self.value[r].iter().copied())
+    }
+
+    /// Ỹᵀ V (C × r), rows summed in the fixed order of [`fold_parts`].
+    fn t_dot(&self, v: ArrayView2<f64>) -> Array2<f64> {
+        let n = self.indptr.len() - 1;
+        let shape = (self.classes, v.ncols());
+        let parts = fold_parts(n, || Array2::<f64>::zeros(shape), |s, e, acc| {
+            for i in s..e {
+                for (c, y) in self.row(i) {
+                    acc.row_mut(c).scaled_add(y, &v.row(i));
+                }
+            }
+        });
+        sum_in_order(parts, shape)
+    }
+
+    /// out += w · Ỹ T (T: C × r).
+    fn mul_add(&self, w: f64, t: &Array2<f64>, out: &mut Array2<f64>) {
+        out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(i, mut o)| {
+            let mut acc = Array1::<f64>::zeros(t.ncols());
+            for (c, y) in self.row(i) {
+                acc.scaled_add(y, &t.row(c));
+            }
+            o.scaled_add(w, &acc);
+        });
+    }
+
+    /// Σ_c Ỹᵢ꜀ Z̃ᵢ꜀ for each row i (both sparse rows with ascending classes).
+    fn row_dots(&self, other: &LabelRows) -> Array1<f64> {
+        Array1::from_shape_fn(self.indptr.len() - 1, |i| {
+            let mut theirs = other.row(i).peekable();
+            let mut sum = 0.0;
+            for (c, y) in self.row(i) {
+                while theirs.peek().is_some_and(|&(d, _)| d < c) {
+                    theirs.next();
+                }
+                if let Some(&(d, z)) = theirs.peek() {
+                    if d == c {
+                        sum += y * z;
+                    }
+                }
+            }
+            sum
+        })
+    }
+
+    fn to_dense(&self) -> Array2<f64> {
+        let n = self.indptr.len() - 1;
+        let mut y = Array2::<f64>::zeros((n, self.classes));
+        for i in 0..n {
+            for (c, v) in self.row(i) {
+                y[[i, c]] = v;
+            }
+        }
+        y
+    }
+}
+
 /// The affinity A = Σₘ A⁽ᵐ⁾ + Ŝ and its Laplacian L = D − A (eq. 6), kept as a sparse kNN part
 /// and low-rank label factors; Ŝ = mean over ordered modality pairs (a ≠ b) of Ỹₐ Ỹ_bᵀ (Ỹ = label
 /// rows L2-normalised, zero for unlabelled items), so for shared labels Ŝ_ij = cos(yᵢ, y_j).
 struct Graph {
     knn: Csr,
-    /// Ỹₘ (n × C) per modality.
-    y: Vec<Array2<f64>>,
+    /// Ỹₘ (n × C, sparse) per modality.
+    y: Vec<LabelRows>,
     pairs: Vec<(usize, usize)>,
     degree: Array1<f64>,
     /// Diagonal of A (self-affinities of the label term).
@@ -782,24 +995,9 @@ struct Graph {
 }
 
 impl Graph {
-    fn new(n: usize, knn_parts: Vec<Vec<(usize, usize, f64)>>, labels: &[Array2<u8>], labelled: &[Vec<bool>]) -> Self {
+    fn new(n: usize, knn_parts: Vec<Vec<(u32, u32, f64)>>, labels: &[Array2<u8>], labelled: &[Vec<bool>]) -> Self {
         let knn = Csr::from_triplets(n, knn_parts.into_iter().flatten().collect());
-        let y: Vec<Array2<f64>> = labels
-            .iter()
-            .zip(labelled)
-            .map(|(l, lab)| {
-                let mut y = l.mapv(|v| v as f64);
-                for (i, mut row) in y.outer_iter_mut().enumerate() {
-                    let norm = row.dot(&row).sqrt();
-                    if lab[i] && norm > 0.0 {
-                        row /= norm;
-                    } else {
-                        row.fill(0.0);
-                    }
-                }
-                y
-            })
-            .collect();
+        let y: Vec<LabelRows> = labels.iter().zip(labelled).map(|(l, lab)| LabelRows::new(l, lab)).collect();
         let nm = y.len();
         let pairs: Vec<(usize, usize)> =
             if nm == 1 { vec![(0, 0)] } else { (0..nm).flat_map(|a| (0..nm).filter(move |&b| b != a).map(move |b| (a, b))).collect() };
@@ -809,7 +1007,7 @@ impl Graph {
         let w = 1.0 / g.pairs.len() as f64;
         let mut diag = g.knn.diagonal();
         for &(a, b) in &g.pairs {
-            diag += &((&g.y[a] * &g.y[b]).sum_axis(Axis(1)) * w);
+            diag += &(g.y[a].row_dots(&g.y[b]) * w);
         }
         g.self_affinity = diag;
         g
@@ -824,10 +1022,29 @@ impl Graph {
         let mut out = self.knn.mul_dense(v);
         let w = 1.0 / self.pairs.len() as f64;
         for &(a, b) in &self.pairs {
-            let t = self.y[b].t().dot(&v);
-            ndarray::linalg::general_mat_mul(w, &self.y[a], &t, 1.0, &mut out);
+            let t = self.y[b].t_dot(v);
+            self.y[a].mul_add(w, &t, &mut out);
         }
         out
+    }
+
+    /// tr(Vᵀ L V) = Σᵢ dᵢ‖vᵢ‖² − Σᵢⱼ Aᵢⱼ vᵢ·vⱼ, without forming L V: the kNN part row by row, the
+    /// label part as Σ w ⟨Ỹₐᵀ V, Ỹ_bᵀ V⟩.
+    fn quadratic_form(&self, v: ArrayView2<f64>) -> f64 {
+        let parts = fold_parts(self.len(), || 0.0f64, |s, e, acc| {
+            for i in s..e {
+                let vi = v.row(i);
+                let mut a = self.degree[i] * vi.dot(&vi);
+                for p in self.knn.indptr[i]..self.knn.indptr[i + 1] {
+                    a -= self.knn.values[p] * vi.dot(&v.row(self.knn.indices[p] as usize));
+                }
+                *acc += a;
+            }
+        });
+        let w = 1.0 / self.pairs.len() as f64;
+        let t: Vec<Array2<f64>> = self.y.iter().map(|y| y.t_dot(v)).collect();
+        let label: f64 = self.pairs.iter().map(|&(a, b)| w * (&t[a] * &t[b]).sum()).sum();
+        parts.into_iter().sum::<f64>() - label
     }
 
     /// L V = D V − A V (eq. 6).
@@ -847,7 +1064,7 @@ impl Graph {
         let mut a = self.knn.to_dense();
         let w = 1.0 / self.pairs.len() as f64;
         for &(p, q) in &self.pairs {
-            a.scaled_add(w, &self.y[p].dot(&self.y[q].t()));
+            a.scaled_add(w, &self.y[p].to_dense().dot(&self.y[q].to_dense().t()));
         }
         a
     }
@@ -985,12 +1202,18 @@ fn col_dots(a: &Array2<f64>, b: &Array2<f64>) -> Vec<f64> {
 /// coordinates of R (`pv` = RᵀP, r × e). The unconstrained minimiser H̃ = M⁻¹ (Σμ Zₘ) Pᵀ is
 /// projected onto the constraint set: V = √n polar(centred H̃ R), the nearest V with VᵀV = nI
 /// (orthogonal Procrustes), where H̃ R = M⁻¹ Rz Pᵥᵀ needs only r right-hand sides. Returns V.
-fn update_v(rz: &Array2<f64>, pv: &Array2<f64>, mut solve: impl FnMut(&Array2<f64>) -> Result<Array2<f64>>) -> Result<Array2<f64>> {
+fn update_v(
+    rz: &Array2<f64>,
+    pv: &Array2<f64>,
+    mut solve: impl FnMut(&dyn Fn(usize, usize) -> Array2<f64>, usize) -> Result<Array2<f64>>,
+    project: impl Fn(Array2<f64>) -> Result<Array2<f64>>,
+) -> Result<Array2<f64>> {
     let n = rz.nrows();
-    let mut vt = solve(&rz.dot(&pv.t()))?;
+    // Columns j0..j1 of Rz Pᵥᵀ.
+    let mut vt = solve(&|j0, j1| rz.dot(&pv.slice(s![j0..j1, ..]).t()), pv.nrows())?;
     let mean = vt.mean_axis(Axis(0)).expect("n > 0");
     vt -= &mean;
-    Ok(polar(&vt, true)? * (n as f64).sqrt())
+    Ok(project(vt)? * (n as f64).sqrt())
 }
 
 /// P update (eq. 9): P = (Σₘ μₘ H Zₘᵀ)(Σₘ μₘ Zₘ Zₘᵀ + ηI)⁻¹ (rows: Hᵀ Rz G⁻¹, Rz = Σ μₘ Zₘ).
@@ -1008,6 +1231,32 @@ fn objective(h: &Array2<f64>, p: &Array2<f64>, zs: &[Array2<f64>], mu: &[f64], s
     let lh = sys.graph.laplacian_mul(h.view());
     f += sys.gamma * (h * &lh).sum();
     f + eta * p.iter().map(|v| v * v).sum::<f64>()
+}
+
+/// Eq. 8 from the sums the streamed fit keeps, Rz = Σₘ μₘZₘ and Gz = Σₘ μₘZₘᵀZₘ (rows):
+/// Σₘ μₘ‖H − ZₘPᵀ‖² = (Σμ)‖H‖² − 2⟨HᵀRz, P⟩ + ⟨P Gz, P⟩, plus γ tr(HᵀLH) + η‖P‖².
+fn objective_from_sums(h: &Array2<f64>, p: &Array2<f64>, rz: &Array2<f64>, gz: &Array2<f64>, mu_sum: f64, sys: &System, eta: f64) -> f64 {
+    let sq = |a: &Array2<f64>| a.iter().map(|v| v * v).sum::<f64>();
+    let data = mu_sum * sq(h) - 2.0 * (&h.t().dot(rz) * p).sum() + (&p.dot(gz) * p).sum();
+    data + sys.gamma * sys.graph.quadratic_form(h.view()) + eta * sq(p)
+}
+
+/// Solves M X = B column group by column group: `rhs(j0, j1)` gives columns j0..j1 of B (`cols`
+/// in all), `group` columns per solve. Returns X and the most iterations of any group (what one
+/// solve of all columns needs: conjugate gradient treats every column on its own).
+fn solve_columns(sys: &System, rhs: &dyn Fn(usize, usize) -> Array2<f64>, cols: usize, group: usize, solver: Solver, tol: f64, max_iter: usize) -> Result<(Array2<f64>, usize)> {
+    if group >= cols {
+        return solve_system(sys, &rhs(0, cols), solver, tol, max_iter);
+    }
+    let mut x = Array2::<f64>::zeros((sys.graph.len(), cols));
+    let mut iters = 0;
+    for j0 in (0..cols).step_by(group) {
+        let j1 = (j0 + group).min(cols);
+        let (xg, it) = solve_system(sys, &rhs(j0, j1), solver, tol, max_iter)?;
+        x.slice_mut(s![.., j0..j1]).assign(&xg);
+        iters = iters.max(it);
+    }
+    Ok((x, iters))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1046,6 +1295,13 @@ fn polar(a: &Array2<f64>, require_full_rank: bool) -> Result<Array2<f64>> {
     Ok(u.slice(s![.., ..s.len()]).dot(&vt.slice(s![..s.len(), ..])))
 }
 
+/// [`polar`] of a tall matrix through its thin QR (A = QR ⇒ polar(A) = Q polar(R), same singular
+/// values): the SVD works on the small R, so no n × r SVD workspace is needed.
+fn polar_tall(a: Array2<f64>, require_full_rank: bool) -> Result<Array2<f64>> {
+    let (q, r) = a.qr_into().context("segh: QR of the code matrix")?;
+    Ok(q.dot(&polar(&r, require_full_rank)?))
+}
+
 /// A random m × r matrix with orthonormal columns (m ≥ r).
 fn random_orthonormal(m: usize, r: usize, rng: &mut ChaCha8Rng) -> Result<Array2<f64>> {
     let g: Array2<f64> = Array2::from_shape_simple_fn((m, r), || rng.sample(StandardNormal));
@@ -1068,25 +1324,25 @@ fn itq_rotation(v: &Array2<f64>, mut rot: Array2<f64>, iterations: usize) -> Res
 struct Csr {
     n: usize,
     indptr: Vec<usize>,
-    indices: Vec<usize>,
+    indices: Vec<u32>,
     values: Vec<f64>,
 }
 
 impl Csr {
     /// From (row, column, value) triplets; duplicates are summed.
-    fn from_triplets(n: usize, mut t: Vec<(usize, usize, f64)>) -> Self {
+    fn from_triplets(n: usize, mut t: Vec<(u32, u32, f64)>) -> Self {
         t.par_sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         let mut indptr = vec![0usize; n + 1];
         let mut indices = Vec::with_capacity(t.len());
         let mut values: Vec<f64> = Vec::with_capacity(t.len());
-        let mut last: Option<(usize, usize)> = None;
+        let mut last: Option<(u32, u32)> = None;
         for (i, j, v) in t {
             if last == Some((i, j)) {
                 *values.last_mut().expect("entry") += v;
             } else {
                 indices.push(j);
                 values.push(v);
-                indptr[i + 1] += 1;
+                indptr[i as usize + 1] += 1;
                 last = Some((i, j));
             }
         }
@@ -1108,7 +1364,8 @@ impl Csr {
         out.as_slice_mut().expect("owned").par_chunks_mut(r).enumerate().for_each(|(i, row)| {
             for p in self.indptr[i]..self.indptr[i + 1] {
                 let w = self.values[p];
-                let src = &vs[self.indices[p] * r..(self.indices[p] + 1) * r];
+                let j = self.indices[p] as usize;
+                let src = &vs[j * r..(j + 1) * r];
                 for (o, &s) in row.iter_mut().zip(src) {
                     *o += w * s;
                 }
@@ -1119,7 +1376,7 @@ impl Csr {
 
     fn diagonal(&self) -> Array1<f64> {
         Array1::from_shape_fn(self.n, |i| {
-            (self.indptr[i]..self.indptr[i + 1]).filter(|&p| self.indices[p] == i).map(|p| self.values[p]).sum()
+            (self.indptr[i]..self.indptr[i + 1]).filter(|&p| self.indices[p] as usize == i).map(|p| self.values[p]).sum()
         })
     }
 
@@ -1127,7 +1384,7 @@ impl Csr {
         let mut a = Array2::zeros((self.n, self.n));
         for i in 0..self.n {
             for p in self.indptr[i]..self.indptr[i + 1] {
-                a[[i, self.indices[p]]] += self.values[p];
+                a[[i, self.indices[p] as usize]] += self.values[p];
             }
         }
         a
@@ -1147,13 +1404,14 @@ fn knn(pts: &Array2<f64>, k: usize) -> Vec<Vec<(f64, usize)>> {
 /// of ≤ max(2k + 2, 32) points), exact top k among them, then 2 rounds of neighbour exploring
 /// (the current neighbours, their neighbours and up to 2k reverse neighbours are candidates, as
 /// in NN-descent). O(n log n · dim + n (trees · leaf + k²) dim): near-linear. For memory
-/// locality the work runs on the points reordered by the leaves of the first tree.
-fn knn_approx(pts: &Array2<f64>, k: usize, seed: u64) -> Vec<Vec<(f64, usize)>> {
+/// locality the work runs on the points reordered by the leaves of the first tree (in place: the
+/// points are taken by value, so no second copy of them is made).
+fn knn_approx(pts: Array2<f64>, k: usize, seed: u64) -> Vec<Vec<(f64, usize)>> {
     const TREES: u64 = 8;
     const ROUNDS: usize = 2;
     let n = pts.nrows();
     let dim = pts.ncols();
-    let pts = pts.as_standard_layout();
+    let pts = if pts.is_standard_layout() { pts } else { pts.as_standard_layout().into_owned() };
     let leaf = (2 * k + 2).max(32);
     let forest: Vec<Vec<Vec<usize>>> = (0..TREES)
         .into_par_iter()
@@ -1171,7 +1429,10 @@ fn knn_approx(pts: &Array2<f64>, k: usize, seed: u64) -> Vec<Vec<(f64, usize)>> 
     for (p, &i) in perm.iter().enumerate() {
         pos[i] = p as u32;
     }
-    let ps: Vec<f64> = perm.iter().flat_map(|&i| pts.row(i).to_vec()).collect();
+    let (mut ps, offset) = pts.into_raw_vec_and_offset();
+    ps.drain(..offset.unwrap_or(0));
+    ps.truncate(n * dim);
+    permute_rows(&mut ps, dim, &perm);
     // Per tree, the leaf of each position, and the leaves as position lists.
     let leaves: Vec<(Vec<Vec<u32>>, Vec<u32>)> = forest
         .into_par_iter()
@@ -1251,6 +1512,30 @@ fn knn_approx(pts: &Array2<f64>, k: usize, seed: u64) -> Vec<Vec<(f64, usize)>> 
         out[perm[p]] = row.iter().map(|&(d2, q)| (d2, perm[q as usize])).collect();
     }
     out
+}
+
+/// Reorders the rows (of `dim` values each) of a row-major buffer in place so that new row p is
+/// old row `perm[p]` (perm a permutation), following its cycles with one row of scratch.
+fn permute_rows(buf: &mut [f64], dim: usize, perm: &[usize]) {
+    let mut done = vec![false; perm.len()];
+    let mut first = vec![0.0; dim];
+    for start in 0..perm.len() {
+        if done[start] {
+            continue;
+        }
+        first.copy_from_slice(&buf[start * dim..(start + 1) * dim]);
+        let mut p = start;
+        loop {
+            done[p] = true;
+            let src = perm[p];
+            if src == start {
+                buf[p * dim..(p + 1) * dim].copy_from_slice(&first);
+                break;
+            }
+            buf.copy_within(src * dim..(src + 1) * dim, p * dim);
+            p = src;
+        }
+    }
 }
 
 /// Splits `idx` recursively at the median projection on a random Gaussian direction until the

@@ -166,7 +166,7 @@ fn approximate_knn_has_high_recall() {
         pts.row_mut(i).scaled_add(1.0, &c);
     }
     let exact = knn(&pts, k);
-    let approx = knn_approx(&pts, k, 5);
+    let approx = knn_approx(pts.clone(), k, 5);
     let mut hits = 0;
     for (e, a) in exact.iter().zip(&approx) {
         assert_eq!(a.len(), k);
@@ -176,7 +176,7 @@ fn approximate_knn_has_high_recall() {
     let recall = hits as f64 / (n * k) as f64;
     assert!(recall > 0.95, "recall {recall:.3}");
     // Deterministic for a seed.
-    assert_eq!(approx, knn_approx(&pts, k, 5));
+    assert_eq!(approx, knn_approx(pts.clone(), k, 5));
 }
 
 /// A small two-modality graph with multi-label rows, per-modality label differences and
@@ -291,8 +291,8 @@ fn dense_and_scalable_solvers_give_the_same_model() {
     for bits in [6, 24] {
         let ctx = FitContext::new(bits, 5);
         params.check(&train, bits).unwrap();
-        let cg = fit_impl(&params, &train, &ctx, Solver::Cg).unwrap();
-        let dense = fit_impl(&params, &train, &ctx, Solver::Dense).unwrap();
+        let cg = fit_impl(&params, &train, &ctx, Solver::Cg, false).unwrap();
+        let dense = fit_impl(&params, &train, &ctx, Solver::Dense, false).unwrap();
         assert!(rel(cg.p(), dense.p()) < 1e-7, "bits {bits}: P differs by {}", rel(cg.p(), dense.p()));
         assert_eq!(cg.train_codes(), dense.train_codes());
         for (a, b) in cg.history().iter().zip(dense.history()) {
@@ -314,9 +314,9 @@ fn constrained_h_update_gives_balanced_decorrelated_codes() {
     for (bits, r) in [(6, 6), (10, 10), (32, 10)] {
         let p = randn(&mut rng, bits, 10);
         let rot = random_orthonormal(bits, r, &mut rng).unwrap();
-        let solve = |b: &Array2<f64>| Ok(solve_system(&sys, b, Solver::Dense, 0.0, 0)?.0);
+        let solve = |b: &dyn Fn(usize, usize) -> Array2<f64>, cols: usize| Ok(solve_system(&sys, &b(0, cols), Solver::Dense, 0.0, 0)?.0);
         let rot_p = rot.clone();
-        let v = update_v(&rz, &rot.t().dot(&p), solve).unwrap();
+        let v = update_v(&rz, &rot.t().dot(&p), solve, |a| polar(&a, true)).unwrap();
         let rot = itq_rotation(&v, rot, 20).unwrap();
         let h = v.dot(&rot.t());
         // Hᵀ H = n R Rᵀ (exactly n I when bits ≤ r), columns sum to 0.
@@ -329,11 +329,12 @@ fn constrained_h_update_gives_balanced_decorrelated_codes() {
         assert!(h.sum_axis(Axis(0)).iter().all(|v| v.abs() < 1e-8 * n as f64));
         // V is the Procrustes projection of the unconstrained eq.-10 minimiser (in R's coordinates,
         // T = M⁻¹ Rz Pᵥᵀ, centred) onto the constraint set: other feasible V' are farther from T.
-        let mut t = solve(&rz.dot(&p.t()).dot(&rot_p)).unwrap();
+        let b = rz.dot(&p.t()).dot(&rot_p);
+        let mut t = solve(&|_, _| b.clone(), r).unwrap();
         let tmean = t.mean_axis(Axis(0)).unwrap();
         t -= &tmean;
         let dist = |w: &Array2<f64>| (w - &t).iter().map(|x| x * x).sum::<f64>();
-        let v_r = update_v(&rz, &rot_p.t().dot(&p), solve).unwrap();
+        let v_r = update_v(&rz, &rot_p.t().dot(&p), solve, |a| polar(&a, true)).unwrap();
         for _ in 0..5 {
             let q = random_orthonormal(r, r, &mut rng).unwrap();
             let mut other = randn(&mut rng, n, r);
@@ -471,6 +472,72 @@ fn zero_shot_encodes_unseen_class_items_above_chance() {
     }
     // Two unseen classes: random ranking gives ≈ 0.5.
     assert!(i2t > 0.66 && t2i > 0.66, "zero-shot mAP (mean of 3 seeds) {i2t:.3} {t2i:.3}");
+}
+
+#[test]
+fn streamed_fit_equals_the_in_memory_fit() {
+    // Anchor and raw features, the orthogonal and the printed constraint (24 bits: three column
+    // groups of the streamed H solve), the exact and the approximate kNN, multi-label and
+    // partially labelled rows.
+    let (mut train, _) = small_problem(31, 900, 32);
+    for i in (0..train.len()).step_by(4) {
+        train.labels[0][[i, (i / 4) % 10]] = 1;
+    }
+    for i in (0..train.len()).step_by(9) {
+        train.labelled[1][i] = false;
+        train.labels[1].row_mut(i).fill(0);
+    }
+    let cases = [
+        (SeghParams { anchors: 120, sigma_scale: vec![1.0, 0.7], iterations: 3, objective_tol: 0.0, ..Default::default() }, 16),
+        (SeghParams { constraint: CodeConstraint::Printed, iterations: 3, knn_exact_up_to: 100, ..Default::default() }, 24),
+        (SeghParams { k: 6, ..Default::default() }, 8),
+    ];
+    for (params, bits) in cases {
+        let ctx = FitContext::new(bits, 3);
+        let in_memory = params.fit(&train, &ctx).unwrap();
+        let streamed = params.fit_streamed(&train, &ctx).unwrap();
+        let what = format!("{:?}, anchors {}, {bits} bits", params.constraint, params.anchors);
+        assert_eq!(in_memory.train_codes(), streamed.train_codes(), "{what}: learned codes");
+        assert_eq!(in_memory.history().len(), streamed.history().len(), "{what}");
+        for (a, b) in in_memory.history().iter().zip(streamed.history()) {
+            assert!((a - b).abs() <= 1e-9 * a.abs(), "{what}: objective {a} vs {b}");
+        }
+        assert!(rel(streamed.p(), in_memory.p()) < 1e-8, "{what}: P differs by {}", rel(streamed.p(), in_memory.p()));
+        assert_eq!(in_memory.info().cg_iterations, streamed.info().cg_iterations, "{what}");
+        for m in 0..2 {
+            assert!(rel(streamed.w(m), in_memory.w(m)) < 1e-8, "{what}: W of modality {m} differs by {}", rel(streamed.w(m), in_memory.w(m)));
+            let (a, b) = (streamed.mean(m), in_memory.mean(m));
+            assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12), "{what}: mean of modality {m}");
+            let v = train.views[m].clone();
+            assert_eq!(streamed.encode(m, &v).unwrap(), in_memory.encode(m, &v).unwrap(), "{what}: encoded modality {m}");
+        }
+    }
+}
+
+#[test]
+fn permute_rows_follows_the_permutation() {
+    let dim = 3;
+    let perm = vec![4, 0, 3, 1, 2, 6, 5];
+    let old: Vec<f64> = (0..perm.len() * dim).map(|v| v as f64).collect();
+    let mut buf = old.clone();
+    permute_rows(&mut buf, dim, &perm);
+    for (p, &src) in perm.iter().enumerate() {
+        assert_eq!(&buf[p * dim..(p + 1) * dim], &old[src * dim..(src + 1) * dim], "row {p}");
+    }
+}
+
+#[test]
+fn quadratic_form_and_tall_polar_match_their_definitions() {
+    let (g, a) = small_graph(6);
+    let n = a.nrows();
+    let l = Array2::from_diag(&a.sum_axis(Axis(1))) - &a;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let v = randn(&mut rng, n, 3);
+    let direct = (&v * &l.dot(&v)).sum();
+    assert!((g.quadratic_form(v.view()) - direct).abs() < 1e-10 * direct.abs());
+    let t = randn(&mut rng, n, 4);
+    assert!(rel(&polar_tall(t.clone(), true).unwrap(), &polar(&t, true).unwrap()) < 1e-12);
+    assert!(polar_tall(Array2::zeros((n, 2)), true).is_err(), "rank-deficient input is refused");
 }
 
 #[test]
