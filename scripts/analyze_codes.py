@@ -145,7 +145,10 @@ def encode_cca_itq(model_dir, meta, t, x):
 
 
 def encode_segh(model_dir, meta, t, x):
-    """SeGH: b = sign(P W_t (x - mean_t)), W_t from step 1 (eq. 7), P from step 2 (eq. 9)."""
+    """SeGH: b = sign(P W_t (psi_t(x) - mean_t)), W_t from step 1 (eq. 7), P from step 2 (eq. 9);
+    psi_t = the raw features, or the centred RBF features phi_t when the model has anchors."""
+    if meta.get("sigma"):
+        x = rbf_features(model_dir, t, meta["sigma"][t], x)
     xc = x - np.load(os.path.join(model_dir, f"mean_{t}.npy"))
     proj = np.load(os.path.join(model_dir, "P.npy")) @ np.load(os.path.join(model_dir, f"W_{t}.npy"))
     return xc @ proj.T, np.abs(xc) @ np.abs(proj.T)

@@ -8,7 +8,10 @@
 //! - [`method`]: the `Fit` / `HashModel` traits; [`shallow`] (SCH, SeGH, CCA-ITQ) and [`deep`]
 //!   (SDCH, CZHash, AgNet) implement them.
 //! - [`codes`]: packed binary codes; [`search`]: Hamming ranking; [`metrics`]: mAP and curves.
-//! - [`pipeline`] runs the whole flow and writes [`report`]s; [`cli`] is a thin layer over it.
+//! - [`pipeline`] runs the whole flow and writes [`report`]s, each with a [`health`] check of its
+//!   codes; [`cli`] is a thin layer over it.
+//! - [`params`]: defaults, presets, config files and overrides, and each method's search space;
+//!   [`tune`] searches it on a validation split of the training items.
 extern crate openblas_src;
 
 pub mod bundle;
@@ -17,9 +20,11 @@ pub mod codes;
 pub mod convert;
 pub mod deep;
 pub mod demo;
+pub mod health;
 pub mod method;
 pub mod metrics;
 pub mod npy;
+pub mod params;
 pub mod pipeline;
 pub mod plot;
 pub mod report;
@@ -27,3 +32,4 @@ pub mod search;
 pub mod semantics;
 pub mod shallow;
 pub mod split;
+pub mod tune;

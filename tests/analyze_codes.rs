@@ -71,7 +71,7 @@ fn analyze_codes_agrees_with_cmh_eval_and_reencodes_the_codes() {
     let small: &[(&str, &[&str])] = &[
         ("sch", &["anchors=60"]),
         ("cca-itq", &["anchors=60"]),
-        ("segh", &["k=5"]),
+        ("segh", &["k=5", "anchors=60"]),
         ("sdch", &["epochs=3", "hidden=[32]", "feature_dim=16"]),
     ];
     for (method, params) in small {
