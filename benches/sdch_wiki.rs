@@ -5,8 +5,9 @@
 //!     .venv/bin/python scripts/wiki_npy.py ../shared/data/wiki/raw_features_rasiwasia /tmp/wiki
 //!     cargo bench --bench sdch_wiki -- --data /tmp/wiki --bits 32,64 --seeds 0,1,2
 //!
-//! `--validation` trains on 1700 of the 2173 training items and queries with the other 473 (the
-//! test queries are never used to choose settings). `--params 'epochs = 20, hidden = [1024]'`
+//! `--validation` trains on 80 % of the 2173 training items and queries with the other 20 % (the
+//! validation split of `cmh::split`, as `cmh tune` carves it; the test queries are never used to
+//! choose settings). `--params 'epochs = 20, hidden = [1024]'`
 //! overrides SDCH settings (TOML inline-table syntax).
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -16,8 +17,6 @@ use cmh::method::{Fit, FitContext, HashModel, TrainSet, View, IMAGE, TEXT};
 use cmh::metrics::map;
 use cmh::npy::{read_binary_matrix, read_features};
 use ndarray::{Array2, Axis};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -94,13 +93,11 @@ fn main() -> Result<()> {
     eprintln!("settings: {}", serde_json::to_string(&p)?);
     let (mut xi, mut xt, mut l) = (load(&args.data, "I_tr")?, load(&args.data, "T_tr")?, read_binary_matrix(&args.data.join("L_tr.npy"), "labels")?);
     let (qi, qt, ql) = if args.validation {
-        let mut idx: Vec<usize> = (0..xi.nrows()).collect();
-        idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(12345));
-        let (val, tr) = idx.split_at(473);
-        let q = (xi.select(Axis(0), val), xt.select(Axis(0), val), l.select(Axis(0), val));
-        xi = xi.select(Axis(0), tr);
-        xt = xt.select(Axis(0), tr);
-        l = l.select(Axis(0), tr);
+        let (tr, val) = cmh::split::validation_positions(l.view(), &cmh::split::ValidationConfig::default())?;
+        let q = (xi.select(Axis(0), &val), xt.select(Axis(0), &val), l.select(Axis(0), &val));
+        xi = xi.select(Axis(0), &tr);
+        xt = xt.select(Axis(0), &tr);
+        l = l.select(Axis(0), &tr);
         q
     } else {
         (load(&args.data, "I_te")?, load(&args.data, "T_te")?, read_binary_matrix(&args.data.join("L_te.npy"), "labels")?)

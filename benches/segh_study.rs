@@ -17,8 +17,6 @@ use cmh::metrics::map;
 use cmh::npy::{read_binary_matrix, read_features};
 use cmh::shallow::segh::{CodeConstraint, SeghModel, SeghParams};
 use ndarray::{Array2, Axis};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -151,17 +149,16 @@ fn iterations_table(data: &[Data], seeds: u64) -> Result<()> {
     Ok(())
 }
 
-/// 20% of the training items (seeded) as validation queries, the other 80% as training set and
-/// database; the test queries are not touched.
-fn validation_split(d: &Data, seed: u64) -> (TrainSet, Vec<View>, Array2<u8>) {
-    let n = d.train.len();
-    let mut idx: Vec<usize> = (0..n).collect();
-    idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(1000 + seed));
-    let (val, tr) = idx.split_at(n / 5);
-    let views: Vec<View> = d.train.views.iter().map(|v| v.select(tr)).collect();
-    let labels = d.train.labels[0].select(Axis(0), tr);
-    let q: Vec<View> = d.train.views.iter().map(|v| v.select(val)).collect();
-    (trainset(views, labels), q, d.train.labels[0].select(Axis(0), val))
+/// The validation split of `cmh::split` (a class-stratified 20% of the training items as queries,
+/// carving seed 1000 + seed), the other 80% as training set and database; the test queries are not
+/// touched.
+fn validation_split(d: &Data, seed: u64) -> Result<(TrainSet, Vec<View>, Array2<u8>)> {
+    let v = cmh::split::ValidationConfig { fraction: 0.2, seed: 1000 + seed };
+    let (tr, val) = cmh::split::validation_positions(d.train.labels[0].view(), &v)?;
+    let views: Vec<View> = d.train.views.iter().map(|v| v.select(&tr)).collect();
+    let labels = d.train.labels[0].select(Axis(0), &tr);
+    let q: Vec<View> = d.train.views.iter().map(|v| v.select(&val)).collect();
+    Ok((trainset(views, labels), q, d.train.labels[0].select(Axis(0), &val)))
 }
 
 fn validation_table(data: &[Data], seeds: u64) -> Result<()> {
@@ -179,7 +176,7 @@ fn validation_table(data: &[Data], seeds: u64) -> Result<()> {
             for bits in [16, 64] {
                 let mut rows = Vec::new();
                 for seed in 0..seeds {
-                    let (tr, q, ql) = validation_split(d, seed);
+                    let (tr, q, ql) = validation_split(d, seed)?;
                     let model = params.fit(&tr, &FitContext::new(bits, seed))?;
                     rows.push(evaluate(&model, &tr, &q, &ql)?);
                 }

@@ -8,7 +8,8 @@
 //! Conventions: queries = test items, database = training items; relevance = sharing a label
 //! (crate::metrics). "B" = the database is the learned unified training codes (`train_codes()`),
 //! "enc" = the database is encoded by the other modality's hash function. With `--validation`, the
-//! test queries are never touched: 20 % of the TRAINING items (seeded permutation, seed 12345)
+//! test queries are never touched: the validation split of `cmh::split` (a class-stratified 20 % of
+//! the TRAINING items, seed 12345, as `cmh tune` and `cmh data split --validation` carve it)
 //! become the queries and the other 80 % the training set = database.
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -17,10 +18,9 @@ use cmh::method::{Fit, FitContext, HashModel, TrainSet, View, IMAGE, TEXT};
 use cmh::metrics;
 use cmh::npy::{read_binary_matrix, read_features};
 use cmh::shallow::cca_itq::CcaItqParams;
-use cmh::shallow::common::{seeded_rng, set_blas_threads};
+use cmh::shallow::common::set_blas_threads;
 use cmh::shallow::sch::SchParams;
 use ndarray::{Array2, Axis};
-use rand::seq::SliceRandom;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -73,16 +73,13 @@ fn load(args: &Args) -> Result<Split> {
     let (mut itr, mut ttr, mut ltr) = (f("I_tr")?, f("T_tr")?, l("L_tr")?);
     let (mut ite, mut tte, mut lte) = (f("I_te")?, f("T_te")?, l("L_te")?);
     if args.validation {
-        let mut idx: Vec<usize> = (0..itr.nrows()).collect();
-        idx.shuffle(&mut seeded_rng(12345, 0));
-        let nv = itr.nrows() / 5;
-        let (va, tr) = idx.split_at(nv);
-        ite = itr.select(Axis(0), va);
-        tte = ttr.select(Axis(0), va);
-        lte = ltr.select(Axis(0), va);
-        itr = itr.select(Axis(0), tr);
-        ttr = ttr.select(Axis(0), tr);
-        ltr = ltr.select(Axis(0), tr);
+        let (tr, va) = cmh::split::validation_positions(ltr.view(), &cmh::split::ValidationConfig::default())?;
+        ite = itr.select(Axis(0), &va);
+        tte = ttr.select(Axis(0), &va);
+        lte = ltr.select(Axis(0), &va);
+        itr = itr.select(Axis(0), &tr);
+        ttr = ttr.select(Axis(0), &tr);
+        ltr = ltr.select(Axis(0), &tr);
     }
     let classes = (0..ltr.ncols()).map(|c| format!("class{c}")).collect();
     let train = TrainSet::supervised(vec![View::Features(itr), View::Features(ttr)], ltr.clone(), classes);

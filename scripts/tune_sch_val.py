@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Stage 4 of SCH's setting choice on Wikipedia: a grid run with the `cmh train` CLI on a
-VALIDATION bundle carved from the training items (scripts/make_validation_bundle.py: 20 % of the
-training items, numpy default_rng(12345) permutation, as queries; the other 80 % training set and
-database). The test queries are never used here.
+VALIDATION bundle carved from the training items (`cmh data split data/wiki --validation --out
+VAL`: a class-stratified 20 % of the training items, seed 12345, as queries; the other 80 % training
+set and database; the recorded figures were measured with an earlier unstratified 20 % permutation).
+The test queries are never used here.
 
 Every configuration is scored at 16/32/64/128 bits over seeds 0..--seeds-1 in both directions and
 both database conventions (learned B, encoded), i.e. 4 columns x 4 lengths.

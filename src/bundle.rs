@@ -8,10 +8,12 @@
 //! - optionally class embeddings (float32, classes × E);
 //! - optionally a fixed split: `train`, `query`, `database` index files (int64).
 //!
-//! Loading validates everything and each error names the file and what was expected.
+//! Loading validates everything and each error names the file and what was expected; feature
+//! values are checked for NaN/Inf on the rows a run reads ([`crate::split::bundle_views`]), so a
+//! bundle whose unused rows (say, held-out test items) are not finite still serves.
 
 use crate::mapped::{MappedArray, MappedKind, MappedRows};
-use crate::npy::{read_binary_matrix, read_features, read_indices, read_npy, write_npy, write_text_atomic, NpyData};
+use crate::npy::{read_binary_matrix, read_features, read_float_matrix, read_indices, read_npy, write_npy, write_text_atomic, NpyData};
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{Array1, Array2, Array4};
 use serde::{Deserialize, Serialize};
@@ -280,7 +282,7 @@ impl Bundle {
             let features = match &spec.features {
                 Some(f) => {
                     let p = file_in(dir, f, &format!("modalities[{m}].features"))?;
-                    let x = read_features(&p)?;
+                    let x = read_float_matrix(&p)?;
                     if x.nrows() != n {
                         bail!("{}: expected {n} rows (n_items), found {}", p.display(), x.nrows());
                     }

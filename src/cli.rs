@@ -4,6 +4,7 @@ use crate::search::open_codes;
 use crate::method::DeviceChoice;
 use crate::metrics::{evaluate, EvalOptions};
 use crate::npy::read_binary_matrix;
+use crate::params;
 use crate::pipeline::{self, RunConfig};
 use crate::split::{Protocol, SplitConfig};
 use anyhow::{anyhow, bail, Context, Result};
@@ -30,6 +31,9 @@ pub enum Command {
     Data(DataCommand),
     /// Train a method on a bundle, encode queries and database, evaluate, write a run folder.
     Train(TrainArgs),
+    /// Fit a method's settings to a bundle on a validation split of its training items; writes
+    /// best.toml for `cmh train --config`.
+    Tune(TuneArgs),
     /// Evaluate query codes against database codes (mAP, mAP@k).
     Eval(EvalArgs),
     /// Hamming search: top-k (or all within a radius) of each query in a code database.
@@ -55,7 +59,8 @@ impl Command {
     /// libtorch's CUDA backend, so searches and evaluations stay small.
     fn may_use_cuda(&self) -> bool {
         match self {
-            Command::Train(a) => a.device != DeviceChoice::Cpu,
+            Command::Train(a) => a.device != DeviceChoice::Cpu && !a.show_params,
+            Command::Tune(a) => a.device != DeviceChoice::Cpu,
             Command::Demo(a) => a.device != DeviceChoice::Cpu,
             Command::Features(a) => a.device != DeviceChoice::Cpu,
             Command::Data(_)
@@ -81,6 +86,27 @@ pub enum DataCommand {
     EmbedClasses(crate::semantics::EmbedClassesArgs),
     /// Build the emoji image–text benchmark bundle from the npm packages.
     Emoji(crate::semantics::BuildEmojiArgs),
+    /// Write a validation bundle: the same data, with a split carved from the training items only.
+    Split(SplitArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SplitArgs {
+    /// The bundle folder.
+    pub bundle: PathBuf,
+    /// Carve a validation split (class-stratified queries from the training items; the rest train
+    /// and form the database). The bundle's test items are not used.
+    #[arg(long, required = true)]
+    pub validation: bool,
+    /// Fraction of the training items held out as validation queries.
+    #[arg(long, default_value_t = 0.2)]
+    pub fraction: f64,
+    /// Seed of the carving.
+    #[arg(long, default_value_t = 12345)]
+    pub seed: u64,
+    /// The new bundle folder (must not exist).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -181,12 +207,19 @@ pub struct TrainArgs {
     /// Repetitions (each with its own seed, split and model); the summary averages them.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
-    /// TOML file with a section per method, e.g. `[sch] alpha = 4.5`.
+    /// Named settings to start from instead of the defaults, e.g. `paper` (the paper's settings).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// TOML file with a section per method, e.g. `[sch] alpha = 4.5` (a `cmh tune` best.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Hyper-parameter override, `name=value` (TOML value), repeatable.
     #[arg(long = "param", value_name = "NAME=VALUE")]
     pub params: Vec<String>,
+    /// Print the effective parameters and where each came from (default, preset, config file,
+    /// --param), then exit.
+    #[arg(long)]
+    pub show_params: bool,
     /// Unseen classes by name, comma separated (zero-shot protocols).
     #[arg(long, value_delimiter = ',')]
     pub unseen: Vec<String>,
@@ -225,6 +258,65 @@ pub struct TrainArgs {
     #[arg(long)]
     pub force: bool,
     /// No progress output.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TuneArgs {
+    /// Method: sch, segh, cca-itq, sdch, czhash, agnet.
+    #[arg(long)]
+    pub method: String,
+    /// Bundle folder; only its training items are read.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Code lengths the score averages over.
+    #[arg(long, value_delimiter = ',', default_value = "32,64")]
+    pub bits: Vec<usize>,
+    #[arg(long, value_enum, default_value = "standard")]
+    pub protocol: Protocol,
+    /// Trials (settings tried).
+    #[arg(long, default_value_t = 20)]
+    pub budget: usize,
+    /// random: every trial in full; halving: successive halving over epochs (deep methods);
+    /// auto: halving when the method has epochs.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub strategy: crate::tune::Strategy,
+    /// Seed of the draws, the split and the fits.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder (run again with the same folder to resume).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Starting point: a preset instead of the defaults.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Starting point: a TOML file with a section per method; its keys are not varied.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Fixed hyper-parameter, `name=value`, repeatable; not varied.
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    /// Fraction of the training items held out as validation queries (standard protocol), or of
+    /// the seen classes held out as validation-unseen classes (zero-shot protocols).
+    #[arg(long, default_value_t = 0.2)]
+    pub validation_fraction: f64,
+    /// Seed of the validation carving.
+    #[arg(long, default_value_t = 12345)]
+    pub validation_seed: u64,
+    /// Unseen classes by name, comma separated (zero-shot protocols).
+    #[arg(long, value_delimiter = ',')]
+    pub unseen: Vec<String>,
+    #[arg(long, default_value_t = 0.2)]
+    pub unseen_fraction: f64,
+    #[arg(long, default_value_t = 0.7)]
+    pub mask_fraction: f64,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Deep methods read feature vectors even when the bundle has raw images.
+    #[arg(long)]
+    pub features_only: bool,
+    /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
 }
@@ -322,6 +414,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Data(DataCommand::Convert(a)) => crate::convert::run(&a),
         Command::Data(DataCommand::EmbedClasses(a)) => crate::semantics::run_embed_classes(&a),
         Command::Data(DataCommand::Emoji(a)) => crate::semantics::run_build_emoji(&a),
+        Command::Data(DataCommand::Split(a)) => data_split(&a),
+        Command::Tune(a) => tune(&a),
         Command::Demo(a) => crate::demo::run_demo(&a),
         Command::Features(a) => crate::deep::features::run_features(&a),
         Command::Train(a) => train(&a),
@@ -398,30 +492,23 @@ fn data_info(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Merges the method's TOML section from `--config` with `--param name=value` overrides.
+/// Merges the method's TOML section from `--config` with `--param name=value` overrides (the
+/// explicit settings only; [`resolve_params`] adds defaults and presets).
 pub fn method_params(method: &str, config: Option<&Path>, overrides: &[String]) -> Result<toml::Table> {
-    let mut table = toml::Table::new();
-    if let Some(p) = config {
-        let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read the config file", p.display()))?;
-        let all: toml::Table = text.parse().map_err(|e| anyhow!("{}: invalid TOML: {e}", p.display()))?;
-        for key in all.keys() {
-            if !pipeline::METHODS.contains(&key.as_str()) {
-                bail!("{}: section [{key}] is not a method; methods are {}", p.display(), pipeline::METHODS.join(", "));
-            }
-        }
-        if let Some(v) = all.get(method) {
-            table = v.as_table().cloned().ok_or_else(|| anyhow!("{}: [{method}] must be a table", p.display()))?;
-        }
-    }
-    for o in overrides {
-        let (k, v) = o.split_once('=').ok_or_else(|| anyhow!("--param {o:?}: expected NAME=VALUE"))?;
-        let value: toml::Value = format!("v = {v}")
-            .parse::<toml::Table>()
-            .map(|mut t| t.remove("v").unwrap())
-            .or_else(|_| Ok::<_, anyhow::Error>(toml::Value::String(v.to_string())))?;
-        table.insert(k.trim().to_string(), value);
-    }
+    let mut table = match config {
+        Some(p) => params::config_section(method, p, pipeline::METHODS)?,
+        None => toml::Table::new(),
+    };
+    table.extend(params::param_overrides(overrides)?);
     Ok(table)
+}
+
+/// The effective parameters of `method`: defaults, `preset`, the config file's section and
+/// `--param` overrides, each value with its source.
+pub fn resolve_params(method: &str, preset: Option<&str>, config: Option<&Path>, overrides: &[String]) -> Result<params::Resolved> {
+    let info = pipeline::method_info(method)?;
+    let section = config.map(|p| params::config_section(method, p, pipeline::METHODS).map(|t| (p, t))).transpose()?;
+    params::resolve(&info, preset, section.as_ref().map(|(p, t)| (*p, t)), &params::param_overrides(overrides)?)
 }
 
 fn train(a: &TrainArgs) -> Result<()> {
@@ -434,10 +521,15 @@ fn train(a: &TrainArgs) -> Result<()> {
         return finish_train(pipeline::run_with(&cfg, dir, &opts)?, dir);
     }
     let method = a.method.clone().ok_or_else(|| anyhow!("--method is required (one of {})", pipeline::METHODS.join(", ")))?;
+    let resolved = resolve_params(&method, a.preset.as_deref(), a.config.as_deref(), &a.params)?;
+    if a.show_params {
+        print!("{}", resolved.to_annotated_toml());
+        return Ok(());
+    }
     let data = a.data.clone().ok_or_else(|| anyhow!("--data BUNDLE is required"))?;
     let out = a.out.clone().ok_or_else(|| anyhow!("--out RUN_DIR is required"))?;
     let cfg = RunConfig {
-        params: method_params(&method, a.config.as_deref(), &a.params)?,
+        params: resolved.table,
         method,
         data,
         bits: a.bits.clone(),
@@ -464,7 +556,54 @@ fn train(a: &TrainArgs) -> Result<()> {
 
 fn finish_train(reports: Vec<crate::report::Report>, out: &Path) -> Result<()> {
     print!("{}", crate::report::format_table(&crate::report::summarize(&reports)));
+    print!("{}", crate::report::format_health(&reports));
     println!("wrote {}", out.join("report.json").display());
+    Ok(())
+}
+
+fn tune(a: &TuneArgs) -> Result<()> {
+    let resolved = resolve_params(&a.method, a.preset.as_deref(), a.config.as_deref(), &a.params)?;
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/tune-{}", a.method)));
+    let cfg = crate::tune::TuneConfig {
+        method: a.method.clone(),
+        data: a.data.clone(),
+        bits: a.bits.clone(),
+        split: SplitConfig {
+            protocol: a.protocol,
+            seed: a.seed,
+            unseen_classes: a.unseen.clone(),
+            unseen_fraction: a.unseen_fraction,
+            mask_fraction: a.mask_fraction,
+            ..SplitConfig::default()
+        },
+        validation: crate::split::ValidationConfig { fraction: a.validation_fraction, seed: a.validation_seed },
+        budget: a.budget,
+        seed: a.seed,
+        strategy: a.strategy,
+        base: resolved.table,
+        fixed: resolved.explicit,
+        device: a.device,
+        images: !a.features_only,
+    };
+    let o = crate::tune::tune(&cfg, &out, !a.quiet)?;
+    let info = pipeline::method_info(&a.method)?;
+    print!("{}", crate::tune::format_trials(&o, &info, ' '));
+    println!(
+        "best: trial {} (validation score {:.4}); wrote {} — train with: cmh train --method {} --data {} --config {} --out RUN",
+        o.best_trial,
+        o.best_score,
+        out.join("best.toml").display(),
+        a.method,
+        a.data.display(),
+        out.join("best.toml").display()
+    );
+    Ok(())
+}
+
+fn data_split(a: &SplitArgs) -> Result<()> {
+    let b = crate::bundle::Bundle::load(&a.bundle)?;
+    let s = crate::split::write_validation_bundle(&b, &crate::split::ValidationConfig { fraction: a.fraction, seed: a.seed }, &a.out)?;
+    println!("{}: {} validation queries, {} training = database items, all from the training items of {}", a.out.display(), s.query.len(), s.train.len(), a.bundle.display());
     Ok(())
 }
 

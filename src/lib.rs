@@ -9,7 +9,10 @@
 //!   (SDCH, CZHash, AgNet) implement them.
 //! - [`codes`]: packed binary codes; [`search`]: Hamming ranking; [`metrics`]: mAP and curves.
 //! - [`export`]: codes in the formats faiss, Milvus, Elasticsearch and OpenSearch load.
-//! - [`pipeline`] runs the whole flow and writes [`report`]s; [`cli`] is a thin layer over it.
+//! - [`pipeline`] runs the whole flow and writes [`report`]s, each with a [`health`] check of its
+//!   codes; [`cli`] is a thin layer over it.
+//! - [`params`]: defaults, presets, config files and overrides, and each method's search space;
+//!   [`tune`] searches it on a validation split of the training items.
 extern crate openblas_src;
 
 pub mod bundle;
@@ -20,11 +23,13 @@ pub mod deep;
 pub mod demo;
 pub mod encode;
 pub mod export;
+pub mod health;
 pub mod mapped;
 pub mod method;
 pub mod metrics;
 pub mod npy;
 pub mod outdir;
+pub mod params;
 pub mod pipeline;
 pub mod plot;
 pub mod report;
@@ -32,3 +37,4 @@ pub mod search;
 pub mod semantics;
 pub mod shallow;
 pub mod split;
+pub mod tune;

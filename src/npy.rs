@@ -179,17 +179,23 @@ fn dims2(path: &Path, what: &str, shape: &[usize]) -> Result<(usize, usize)> {
 
 /// A real matrix (float32 or float64 on disk) as f32, refusing NaN/Inf (naming the first one).
 pub fn read_features(path: &Path) -> Result<Array2<f32>> {
+    let a = read_float_matrix(path)?;
+    if let Some(((i, j), v)) = a.indexed_iter().find(|(_, v)| !v.is_finite()) {
+        bail!("{}: features must be finite; found {v} at row {i}, column {j} (of {}×{})", path.display(), a.nrows(), a.ncols());
+    }
+    Ok(a)
+}
+
+/// A real matrix (float32 or float64 on disk) as f32, NaN/Inf allowed: for callers that check
+/// finiteness on the rows they use.
+pub fn read_float_matrix(path: &Path) -> Result<Array2<f32>> {
     let data = read_npy(path)?;
-    let (n, d) = dims2(path, "a feature matrix", data.shape())?;
-    let a: Array2<f32> = match data {
+    dims2(path, "a feature matrix", data.shape())?;
+    Ok(match data {
         NpyData::F32(a) => a.into_dimensionality()?,
         NpyData::F64(a) => a.mapv(|v| v as f32).into_dimensionality()?,
         other => bail!("{}: features must be float32 or float64, found {}", path.display(), other.dtype_name()),
-    };
-    if let Some(((i, j), v)) = a.indexed_iter().find(|(_, v)| !v.is_finite()) {
-        bail!("{}: features must be finite; found {v} at row {i}, column {j} (of {n}×{d})", path.display());
-    }
-    Ok(a)
+    })
 }
 
 /// A 0/1 matrix (uint8, bool or any integer type holding 0/1) as u8.

@@ -6,10 +6,12 @@ use crate::codes::BinaryCodes;
 use crate::method::{DeviceChoice, Fit, FitContext, HashModel, TrainSet, View, IMAGE, TEXT};
 use crate::metrics::{evaluate, DirectionMetrics, EvalOptions};
 use crate::npy::write_npy;
+use crate::params::{MethodInfo, MethodParams, SearchSpace};
+use crate::health::{Health, HealthInput};
 use crate::report::{summarize, write_json, MapAtK, Report, Timings, Versions};
 use crate::split::{bundle_views, eval_labels, make_split, Split, SplitConfig};
 use anyhow::{anyhow, bail, Context, Result};
-use ndarray::Array1;
+use ndarray::{Array1, ArrayView2};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -54,6 +56,20 @@ pub fn fit_method(method: &str, table: &toml::Table, data: &TrainSet, ctx: &FitC
     }
 }
 
+/// A method's defaults, presets and search space ([`crate::params`]), by CLI name.
+pub fn method_info(method: &str) -> Result<MethodInfo> {
+    Ok(match method {
+        "random" => MethodInfo::of::<RandomCodes>(method),
+        "sch" => MethodInfo::of::<crate::shallow::sch::SchParams>(method),
+        "cca-itq" => MethodInfo::of::<crate::shallow::cca_itq::CcaItqParams>(method),
+        "sdch" => MethodInfo::of::<crate::deep::sdch::SdchParams>(method),
+        "segh" => MethodInfo::of::<crate::shallow::segh::SeghParams>(method),
+        "czhash" => MethodInfo::of::<crate::deep::czhash::CzhashParams>(method),
+        "agnet" => MethodInfo::of::<crate::deep::agnet::AgnetParams>(method),
+        other => bail!("unknown method {other:?}; methods are {}", METHODS.join(", ")),
+    })
+}
+
 /// Loads a saved model folder (written by `HashModel::save`).
 pub fn load_model(dir: &Path) -> Result<Box<dyn HashModel>> {
     let p = dir.join("model.json");
@@ -80,6 +96,15 @@ pub struct RandomCodes {}
 pub struct RandomModel {
     bits: usize,
     seed: u64,
+}
+
+impl MethodParams for RandomCodes {
+    fn presets() -> Vec<(&'static str, Self)> {
+        vec![]
+    }
+    fn search_space() -> SearchSpace {
+        SearchSpace::EMPTY
+    }
 }
 
 impl Fit for RandomCodes {
@@ -187,6 +212,17 @@ pub fn evaluate_split(enc: &EncodedSplit, bundle: &Bundle, split: &Split, opts: 
     })
 }
 
+/// The health check of one run's codes ([`crate::health`]).
+#[allow(clippy::too_many_arguments)]
+fn run_health<'a>(method: &'a str, data: &'a Path, bits: usize, seed: u64, enc: &'a EncodedSplit, ql: ArrayView2<'a, u8>, dl: ArrayView2<'a, u8>, ev: &Evaluation) -> Result<Health> {
+    let mut sets = vec![("query_image", &enc.query[IMAGE]), ("query_text", &enc.query[TEXT]), ("db_image", &enc.database[IMAGE]), ("db_text", &enc.database[TEXT])];
+    if let Some(b) = &enc.learned_db {
+        sets.push(("learned_b", b));
+    }
+    let classes = dl.columns().into_iter().filter(|c| c.iter().any(|&v| v != 0)).count();
+    crate::health::check(&HealthInput { method, data, bits, seed, sets, query_labels: ql, db_labels: dl, classes, i2t: ev.i2t_encoded.map, t2i: ev.t2i_encoded.map })
+}
+
 fn run_name(bits: usize, seed: u64) -> String {
     format!("bits{bits}-seed{seed}")
 }
@@ -226,9 +262,9 @@ pub fn run_one(bundle: &Bundle, cfg: &RunConfig, bits: usize, seed: u64, out: &P
     let t2 = Instant::now();
     let opts = eval_options(cfg.topk);
     let ev = evaluate_split(&enc, bundle, &split, &opts)?;
+    let ql = eval_labels(bundle, &split.query);
+    let dl = eval_labels(bundle, &split.database);
     let (i2i, t2i2) = if cfg.same_modality {
-        let ql = eval_labels(bundle, &split.query);
-        let dl = eval_labels(bundle, &split.database);
         (
             Some(evaluate(enc.query[IMAGE].view(), enc.database[IMAGE].view(), ql.view(), dl.view(), &opts)?),
             Some(evaluate(enc.query[TEXT].view(), enc.database[TEXT].view(), ql.view(), dl.view(), &opts)?),
@@ -236,6 +272,7 @@ pub fn run_one(bundle: &Bundle, cfg: &RunConfig, bits: usize, seed: u64, out: &P
     } else {
         (None, None)
     };
+    let health = run_health(&cfg.method, &cfg.data, bits, seed, &enc, ql.view(), dl.view(), &ev)?;
     let eval_s = t2.elapsed().as_secs_f64();
     let report = Report {
         method: cfg.method.clone(),
@@ -253,6 +290,7 @@ pub fn run_one(bundle: &Bundle, cfg: &RunConfig, bits: usize, seed: u64, out: &P
         t2t: t2i2,
         params,
         history: model.history().to_vec(),
+        health: Some(health),
         timings: Timings { fit_s, encode_s, eval_s },
         versions: Versions::current(),
     };
@@ -268,8 +306,8 @@ pub fn run_one(bundle: &Bundle, cfg: &RunConfig, bits: usize, seed: u64, out: &P
     if let Some(b) = &enc.learned_db {
         b.save_npy(t, "train_B")?;
     }
-    write_npy(&t.join("query_labels.npy"), &eval_labels(bundle, &split.query))?;
-    write_npy(&t.join("db_labels.npy"), &eval_labels(bundle, &split.database))?;
+    write_npy(&t.join("query_labels.npy"), &ql)?;
+    write_npy(&t.join("db_labels.npy"), &dl)?;
     for (f, idx) in [("split_train.npy", &split.train), ("split_query.npy", &split.query), ("split_database.npy", &split.database)] {
         write_npy(&t.join(f), &Array1::from_iter(idx.iter().map(|&i| i as i64)))?;
     }
@@ -429,6 +467,9 @@ pub fn run_with(cfg: &RunConfig, out: &Path, opts: &RunOptions) -> Result<Vec<Re
                     e
                 }
             })?;
+            for w in r.health.iter().flat_map(|h| &h.warnings) {
+                eprintln!("warning: {w}");
+            }
             if opts.progress {
                 eprintln!(
                     "{} {bits} bits seed {seed}: I→T {:.4}  T→I {:.4} ({}), encoded {:.4} / {:.4}, fit {:.1}s",

@@ -67,6 +67,10 @@ pub struct Report {
     pub params: serde_json::Value,
     /// Objective per iteration (shallow) or loss per epoch (deep).
     pub history: Vec<f64>,
+    /// Bit balance, correlation, distinct codes, mAP over the random floor, and warnings
+    /// ([`crate::health`]).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub health: Option<crate::health::Health>,
     pub timings: Timings,
     pub versions: Versions,
 }
@@ -99,6 +103,14 @@ pub struct SummaryRow {
     pub t2i_std: f64,
     pub i2t_encoded_map: f64,
     pub t2i_encoded_map: f64,
+    /// Encoded-database mAP over the random-code floor (means over the runs that have it).
+    #[serde(default)]
+    pub i2t_floor_ratio: f64,
+    #[serde(default)]
+    pub t2i_floor_ratio: f64,
+    /// Health warnings over the runs.
+    #[serde(default)]
+    pub warnings: usize,
     pub fit_s: f64,
 }
 
@@ -129,10 +141,31 @@ pub fn summarize(reports: &[Report]) -> Vec<SummaryRow> {
                 t2i_std,
                 i2t_encoded_map: mean_std(&col(&|r| r.i2t_encoded.map)).0,
                 t2i_encoded_map: mean_std(&col(&|r| r.t2i_encoded.map)).0,
+                i2t_floor_ratio: mean_std(&rs.iter().filter_map(|r| r.health.as_ref().map(|h| h.i2t.ratio)).collect::<Vec<_>>()).0,
+                t2i_floor_ratio: mean_std(&rs.iter().filter_map(|r| r.health.as_ref().map(|h| h.t2i.ratio)).collect::<Vec<_>>()).0,
+                warnings: rs.iter().filter_map(|r| r.health.as_ref()).map(|h| h.warnings.len()).sum(),
                 fit_s: mean_std(&col(&|r| r.timings.fit_s)).0,
             }
         })
         .collect()
+}
+
+/// The health table of `reports` and their warnings, for the end of a run.
+pub fn format_health(reports: &[Report]) -> String {
+    let rows: Vec<(&str, usize, u64, &crate::health::Health)> = reports.iter().filter_map(|r| r.health.as_ref().map(|h| (r.method.as_str(), r.bits, r.seed, h))).collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut s = crate::health::format_health(&rows);
+    let warnings: Vec<&String> = rows.iter().flat_map(|r| &r.3.warnings).collect();
+    if warnings.is_empty() {
+        s += "codes look healthy: no constant-bit, collapsed-code or near-random warnings\n";
+    } else {
+        for w in warnings {
+            s += &format!("warning: {w}\n");
+        }
+    }
+    s
 }
 
 /// A plain-text table of summary rows.

@@ -16,8 +16,9 @@
 
 use crate::bundle::Bundle;
 use crate::method::{TrainSet, View};
-use anyhow::{bail, Result};
-use ndarray::{Array2, Axis};
+use anyhow::{bail, Context, Result};
+use ndarray::{Array2, ArrayView2, Axis};
+use std::path::Path;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -174,18 +175,21 @@ impl Split {
     }
 }
 
-/// Each modality's view of the items `idx`: raw images when asked and present, else features.
+/// Each modality's view of the items `idx`: raw images when asked and present, else features
+/// (refused, naming the file, row and column, when a value is NaN or infinite).
 pub fn bundle_views(bundle: &Bundle, idx: &[usize], prefer_images: bool) -> Result<Vec<View>> {
     bundle
         .modalities
         .iter()
-        .map(|m| {
+        .enumerate()
+        .map(|(k, m)| {
             let has_images = m.images.is_some() || m.mapped_images.is_some();
             let has_features = m.features.is_some() || m.mapped_features.is_some();
             if !has_images && !has_features {
                 bail!("modality {} has no data", m.name);
             }
-            // Mapped arrays stay mapped: the selection only records the rows.
+            // Mapped arrays stay mapped: the selection only records the rows (their values were
+            // checked when the bundle was mapped).
             Ok(if has_images && (prefer_images || !has_features) {
                 match (&m.images, &m.mapped_images) {
                     (Some(im), _) => View::Images(im.select(Axis(0), idx)),
@@ -194,7 +198,14 @@ pub fn bundle_views(bundle: &Bundle, idx: &[usize], prefer_images: bool) -> Resu
                 }
             } else {
                 match (&m.features, &m.mapped_features) {
-                    (Some(x), _) => View::Features(x.select(Axis(0), idx)),
+                    (Some(x), _) => {
+                        let v = x.select(Axis(0), idx);
+                        if let Some(((r, j), val)) = v.indexed_iter().find(|(_, v)| !v.is_finite()) {
+                            let file = bundle.manifest.modalities[k].features.clone().unwrap_or_default();
+                            bail!("{}: features must be finite; found {val} at row {}, column {j} (an item this run reads)", bundle.dir.join(file).display(), idx[r]);
+                        }
+                        View::Features(v)
+                    }
                     (None, Some(mp)) => View::Mapped(mp.select(idx)),
                     (None, None) => unreachable!("has features"),
                 }
@@ -250,7 +261,6 @@ pub fn validation_split(bundle: &Bundle, split: &Split, v: &ValidationConfig) ->
     if !(v.fraction > 0.0 && v.fraction < 1.0) {
         bail!("validation split: fraction must be in (0, 1), found {}", v.fraction);
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(v.seed);
     let labels = bundle.union_labels();
     let c = bundle.n_classes();
     let n_mod = split.train_labelled.len();
@@ -259,35 +269,11 @@ pub fn validation_split(bundle: &Bundle, split: &Split, v: &ValidationConfig) ->
     let labelled_pos = |r: usize| split.train_labelled.iter().all(|l| l[r]);
     let zero_shot = split.config.protocol != Protocol::Standard;
     let (train_pos, query_pos, database_pos, seen, held_out) = if !zero_shot {
-        let mut counts = vec![0usize; c];
-        for &i in &split.train {
-            for (k, &x) in labels.row(i).iter().enumerate() {
-                counts[k] += (x != 0) as usize;
-            }
-        }
-        let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
-        for (r, &i) in split.train.iter().enumerate() {
-            if labelled_pos(r) {
-                if let Some(k) = primary_class(labels.row(i), &counts) {
-                    groups.entry(k).or_default().push(r);
-                }
-            }
-        }
-        let mut query = Vec::new();
-        for rows in groups.values() {
-            if rows.len() < 2 {
-                continue;
-            }
-            let k = ((rows.len() as f64 * v.fraction).round() as usize).clamp(1, rows.len() - 1);
-            query.extend(draw(&mut rng, rows, k));
-        }
-        if query.is_empty() {
-            bail!("validation split: no class has two labelled training items to hold one out");
-        }
-        query.sort_unstable();
+        let query = stratified_holdout(labels.view(), &split.train, &labelled_pos, v)?;
         let train: Vec<usize> = (0..split.train.len()).filter(|r| query.binary_search(r).is_err()).collect();
         (train.clone(), query, train, split.seen_classes.clone(), vec![])
     } else {
+        let mut rng = ChaCha8Rng::seed_from_u64(v.seed);
         let s = &split.seen_classes;
         if s.len() < 2 {
             bail!("validation split: zero-shot validation holds out seen classes, but only {} class is seen", s.len());
@@ -337,6 +323,98 @@ pub fn validation_split(bundle: &Bundle, split: &Split, v: &ValidationConfig) ->
         train_labelled: split.train_labelled.iter().map(|l| train_pos.iter().map(|&r| l[r]).collect()).collect(),
         modality_classes,
     })
+}
+
+/// The standard-protocol carving of [`validation_split`]: of the training items `train` (indices
+/// into `labels`), the positions (into `train`, sorted) held out as validation queries — a
+/// class-stratified `v.fraction` of the items with `labelled(position)`, grouped by each item's
+/// rarest label, at least one of every group with two or more items and never a whole group.
+pub fn stratified_holdout(labels: ArrayView2<u8>, train: &[usize], labelled: &dyn Fn(usize) -> bool, v: &ValidationConfig) -> Result<Vec<usize>> {
+    if !(v.fraction > 0.0 && v.fraction < 1.0) {
+        bail!("validation split: fraction must be in (0, 1), found {}", v.fraction);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(v.seed);
+    let mut counts = vec![0usize; labels.ncols()];
+    for &i in train {
+        for (k, &x) in labels.row(i).iter().enumerate() {
+            counts[k] += (x != 0) as usize;
+        }
+    }
+    let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for (r, &i) in train.iter().enumerate() {
+        if labelled(r) {
+            if let Some(k) = primary_class(labels.row(i), &counts) {
+                groups.entry(k).or_default().push(r);
+            }
+        }
+    }
+    let mut query = Vec::new();
+    for rows in groups.values() {
+        if rows.len() < 2 {
+            continue;
+        }
+        let k = ((rows.len() as f64 * v.fraction).round() as usize).clamp(1, rows.len() - 1);
+        query.extend(draw(&mut rng, rows, k));
+    }
+    if query.is_empty() {
+        bail!("validation split: no class has two labelled training items to hold one out");
+    }
+    query.sort_unstable();
+    Ok(query)
+}
+
+/// [`stratified_holdout`] over a fully labelled training matrix (one row per training item):
+/// (training positions, validation query positions), both sorted. For callers holding arrays
+/// rather than a bundle (benchmarks).
+pub fn validation_positions(labels: ArrayView2<u8>, v: &ValidationConfig) -> Result<(Vec<usize>, Vec<usize>)> {
+    let all: Vec<usize> = (0..labels.nrows()).collect();
+    let query = stratified_holdout(labels, &all, &|_| true, v)?;
+    let train = all.into_iter().filter(|r| query.binary_search(r).is_err()).collect();
+    Ok((train, query))
+}
+
+/// Writes a validation bundle of `bundle` into `out`: the same data files (linked, not copied) and
+/// a fixed split carved by [`validation_split`] from the training items of `bundle`'s standard
+/// split (validation queries; the other training items are training set and database). Training on
+/// it under any protocol never reads the test items. `out` must not exist; it appears complete or
+/// not at all.
+pub fn write_validation_bundle(bundle: &Bundle, v: &ValidationConfig, out: &Path) -> Result<Split> {
+    if out.exists() {
+        bail!("{}: already exists; choose another --out or remove it", out.display());
+    }
+    let split = make_split(bundle, &SplitConfig { validation: Some(v.clone()), ..SplitConfig::default() })?;
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
+    let tmp = tempfile::Builder::new().prefix(".partial-validation-").tempdir_in(parent).with_context(|| format!("{}: cannot write here", parent.display()))?;
+    let src = bundle.dir.canonicalize().with_context(|| format!("{}: cannot resolve", bundle.dir.display()))?;
+    let mut m = bundle.manifest.clone();
+    let names = ["split_train.npy", "split_query.npy", "split_database.npy"];
+    let old_split: Vec<String> = m.split.iter().flat_map(|s| [s.train.clone(), s.query.clone(), s.database.clone()]).collect();
+    for e in std::fs::read_dir(&src).with_context(|| format!("{}: cannot list", src.display()))? {
+        let name = e?.file_name().to_string_lossy().to_string();
+        if name == crate::bundle::MANIFEST || name.starts_with('.') || old_split.contains(&name) || names.contains(&name.as_str()) {
+            continue;
+        }
+        std::os::unix::fs::symlink(src.join(&name), tmp.path().join(&name)).with_context(|| format!("linking {name}"))?;
+    }
+    for (f, idx) in names.iter().zip([&split.train, &split.query, &split.database]) {
+        crate::npy::write_npy(&tmp.path().join(f), &ndarray::Array1::from_iter(idx.iter().map(|&i| i as i64)))?;
+    }
+    m.split = Some(crate::bundle::SplitSpec { train: names[0].into(), query: names[1].into(), database: names[2].into() });
+    m.name = format!("{}-validation", m.name);
+    m.source = format!(
+        "validation split of {}: {} of its {} training items as queries (class-stratified, fraction {}, seed {}), the other {} as training set and database; its test items are not used",
+        src.display(),
+        split.query.len(),
+        split.query.len() + split.train.len(),
+        v.fraction,
+        v.seed,
+        split.train.len()
+    );
+    crate::npy::write_text_atomic(&tmp.path().join(crate::bundle::MANIFEST), &(serde_json::to_string_pretty(&m)? + "\n"))?;
+    crate::npy::set_mode(tmp.path(), 0o755)?;
+    std::fs::rename(tmp.keep(), out).with_context(|| format!("{}: cannot create", out.display()))?;
+    Ok(split)
 }
 
 /// Realises the evaluation split of `bundle` under `cfg` (ignores `cfg.validation`).

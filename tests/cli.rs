@@ -160,3 +160,59 @@ fn train_refuses_bad_configuration() {
     let e = fails(&["train", "--method", "random", "--data", "x", "--out", "o", "--config", "c.toml"], d.path());
     assert!(e.contains("c.toml") && e.contains("nosuch"), "{e}");
 }
+
+/// `--show-params` names each value's source; `cmh tune` on a bundle whose test queries hold NaN
+/// writes a best.toml that `cmh train --config` takes on the validation bundle of `cmh data split`,
+/// while training on the bundle's own test split is refused naming the NaN row.
+#[test]
+fn show_params_tune_and_validation_bundle() {
+    use cmh::bundle::{one_hot, BundleWriter, FixedSplit, NewModality};
+    let d = tempfile::tempdir().unwrap();
+    let ok = |args: &[&str]| {
+        let out = cmh().current_dir(d.path()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let shown = ok(&["train", "--method", "sdch", "--preset", "paper", "--param", "epochs=3", "--show-params"]);
+    assert!(shown.starts_with("[sdch]\n"), "{shown}");
+    let line = |k: &str| shown.lines().find(|l| l.starts_with(&format!("{k} ="))).unwrap_or_else(|| panic!("{k}: {shown}")).to_string();
+    assert!(line("hidden").contains("[4096, 4096]") && line("hidden").ends_with("# preset paper"), "{shown}");
+    assert!(line("epochs").contains("= 3") && line("epochs").ends_with("# --param"), "{shown}");
+    assert!(line("batch_size").ends_with("# default"), "{shown}");
+    // A 120-item bundle, 4 classes; the 20 test queries hold NaN image features.
+    let n = 120;
+    let cls: Vec<usize> = (0..n).map(|i| i % 4).collect();
+    let noise = |i: usize, j: usize| (((i * 7919 + j * 104_729) % 1000) as f32 / 1000.0 - 0.5) * 0.8;
+    let mut img = ndarray::Array2::from_shape_fn((n, 6), |(i, j)| if j == cls[i] { 1.0 } else { 0.0 } + noise(i, j));
+    let txt = ndarray::Array2::from_shape_fn((n, 5), |(i, j)| if j == cls[i] { 1.0 } else { 0.0 } + noise(i + 500, j));
+    img[[3, 1]] = f32::NAN;
+    BundleWriter {
+        name: "t".into(),
+        source: "test".into(),
+        classes: (0..4).map(|k| format!("c{k}")).collect(),
+        modalities: vec![
+            NewModality { name: "image".into(), features: Some(img), ..Default::default() },
+            NewModality { name: "text".into(), features: Some(txt), ..Default::default() },
+        ],
+        labels: vec![one_hot(&cls, 4)],
+        split: Some(FixedSplit { train: (20..n).collect(), query: (0..20).collect(), database: (20..n).collect() }),
+        ..Default::default()
+    }
+    .write(&d.path().join("b"), false)
+    .unwrap();
+    let table = ok(&["--threads", "1", "tune", "--method", "cca-itq", "--data", "b", "--bits", "8,16", "--budget", "3", "--param", "anchors=20", "--out", "t", "-q"]);
+    assert!(table.contains("best: trial") && table.contains("t/best.toml"), "{table}");
+    assert!(d.path().join("t/best.toml").is_file() && d.path().join("t/trials.tsv").is_file());
+    let e = fails(&["--threads", "1", "train", "--method", "cca-itq", "--data", "b", "--bits", "8", "--config", "t/best.toml", "--out", "r0"], d.path());
+    assert!(e.contains("image_features.npy") && e.contains("NaN at row 3, column 1"), "{e}");
+    let split = ok(&["data", "split", "b", "--validation", "--out", "v"]);
+    assert!(split.contains("20 validation queries, 80 training = database items"), "{split}");
+    assert!(fails(&["data", "split", "b", "--validation", "--out", "v"], d.path()).contains("already exists"));
+    let shown = ok(&["train", "--method", "cca-itq", "--config", "t/best.toml", "--show-params"]);
+    assert!(shown.lines().filter(|l| l.contains("# config file t/best.toml")).count() >= 3, "{shown}");
+    let out = ok(&["--threads", "1", "train", "--method", "cca-itq", "--data", "v", "--bits", "8", "--config", "t/best.toml", "--out", "r1", "-q"]);
+    assert!(out.contains("mAP/floor"), "the end-of-run summary has the health table: {out}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("r1/report.json")).unwrap()).unwrap();
+    assert!(report["health"]["codes"]["db_text"]["distinct_codes"].as_u64().unwrap() > 1, "{}", report["health"]);
+    assert!(report["health"]["i2t"]["random_floor"].as_f64().unwrap() > 0.1);
+}

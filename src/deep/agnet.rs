@@ -84,6 +84,7 @@ use super::trainer::{groups_from_var_store, init_default, Optimizer, OptimizerCo
 use super::zs_common::{self, index_tensor, run_config, tensor_from, InputMap, MlpWeights, Prepared, ZsFitter};
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_fraction, ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View};
+use crate::params::{Dim, Range, SearchSpace};
 use anyhow::{bail, Context, Result};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
@@ -160,6 +161,38 @@ impl Default for AgnetParams {
             attribute_span: true,
             use_unlabelled: true,
         }
+    }
+}
+
+impl AgnetParams {
+    /// The model as the paper describes it, without the additions: no bit-decorrelation term,
+    /// attributes in their own coordinates (`--preset paper`).
+    pub fn paper() -> Self {
+        Self { decor_weight: 0.0, attribute_span: false, ..Self::default() }
+    }
+}
+
+/// What `cmh tune` varies for AgNet: learning rate, epochs (also the successive-halving budget),
+/// widths, dropout and the loss weights.
+pub const SEARCH_SPACE: SearchSpace = SearchSpace {
+    dims: &[
+        Dim { name: "learning_rate", range: Range::Float { lo: 1e-4, hi: 1e-2, log: true } },
+        Dim { name: "epochs", range: Range::Choice(&["10", "20", "40"]) },
+        Dim { name: "hidden", range: Range::Choice(&["[256]", "[512]", "[1024]"]) },
+        Dim { name: "hash_hidden", range: Range::Choice(&["[256]", "[512]"]) },
+        Dim { name: "dropout", range: Range::Choice(&["0.0", "0.2", "0.5"]) },
+        Dim { name: "quant_weight", range: Range::Float { lo: 0.01, hi: 1.0, log: true } },
+        Dim { name: "decor_weight", range: Range::Float { lo: 0.1, hi: 10.0, log: true } },
+    ],
+    fidelity: Some("epochs"),
+};
+
+impl crate::params::MethodParams for AgnetParams {
+    fn presets() -> Vec<(&'static str, Self)> {
+        vec![("paper", Self::paper())]
+    }
+    fn search_space() -> SearchSpace {
+        SEARCH_SPACE
     }
 }
 

@@ -132,6 +132,7 @@ use super::zs_common::{
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_fraction, ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View, IMAGE, TEXT};
 use crate::npy::write_npy;
+use crate::params::{Dim, Range, SearchSpace};
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{Array1, Array2};
 use rand::{Rng, SeedableRng};
@@ -228,6 +229,38 @@ impl Default for CzhashParams {
             lr_decay: 1.0,
             refresh_f: false,
         }
+    }
+}
+
+impl CzhashParams {
+    /// The paper's model without the choices the paper leaves open: raw feature distances in
+    /// ŝ = 1/(1 + d), the literal sums of eq. 7, uncentred category representations, attributes
+    /// in their own coordinates (`--preset paper`).
+    pub fn paper() -> Self {
+        Self { normalise_distances: false, attribute_span: false, centre: false, normalise_terms: false, ..Self::default() }
+    }
+}
+
+/// What `cmh tune` varies for CZHash: learning rate, rounds (also the successive-halving budget),
+/// widths, dropout, the ridge and the feature-similarity scale.
+pub const SEARCH_SPACE: SearchSpace = SearchSpace {
+    dims: &[
+        Dim { name: "learning_rate", range: Range::Float { lo: 1e-4, hi: 1e-2, log: true } },
+        Dim { name: "epochs", range: Range::Choice(&["10", "20", "40"]) },
+        Dim { name: "hidden", range: Range::Choice(&["[256]", "[512]", "[1024]"]) },
+        Dim { name: "dropout", range: Range::Choice(&["0.0", "0.2", "0.5"]) },
+        Dim { name: "ridge", range: Range::Float { lo: 1e-3, hi: 0.1, log: true } },
+        Dim { name: "distance_scale", range: Range::Float { lo: 0.1, hi: 1.0, log: true } },
+    ],
+    fidelity: Some("epochs"),
+};
+
+impl crate::params::MethodParams for CzhashParams {
+    fn presets() -> Vec<(&'static str, Self)> {
+        vec![("paper", Self::paper())]
+    }
+    fn search_space() -> SearchSpace {
+        SEARCH_SPACE
     }
 }
 

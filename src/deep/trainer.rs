@@ -520,6 +520,8 @@ pub struct Trainer {
     /// The configuration checkpoints carry (from [`Trainer::load_for_resume`]).
     config: Option<serde_json::Value>,
     _armed: Armed,
+    /// The first non-finite batch loss of this epoch: (batch number, value).
+    diverged: Option<(usize, f64)>,
     /// Held for the whole run: see [`torch_rng_lock`].
     _rng_lock: std::sync::MutexGuard<'static, ()>,
 }
@@ -580,6 +582,7 @@ impl Trainer {
             last_checkpoint: std::time::Instant::now(),
             config: None,
             _armed: Armed::new(),
+            diverged: None,
             _rng_lock: rng_lock,
         })
     }
@@ -657,6 +660,7 @@ impl Trainer {
         self.batch_losses = self.resumed_losses.take().unwrap_or((0.0, 0));
         self.step = 0;
         self.batch_calls = 0;
+        self.diverged = None;
         Some(e)
     }
 
@@ -702,6 +706,9 @@ impl Trainer {
     /// Records a mini-batch loss (progress bar message: epoch and running mean loss).
     pub fn batch_done(&mut self, loss: f64) {
         self.step += 1;
+        if !loss.is_finite() && self.diverged.is_none() {
+            self.diverged = Some((self.batch_losses.1 + 1, loss));
+        }
         self.batch_losses.0 += loss;
         self.batch_losses.1 += 1;
         if let Some(pb) = &self.progress {
@@ -711,7 +718,26 @@ impl Trainer {
     }
 
     /// Closes the epoch: records `loss` (e.g. the epoch's mean batch loss) and appends a log line.
+    /// Training that diverged (a batch loss or `loss` NaN or infinite) stops here with an error,
+    /// before this epoch's checkpoint: the last good one stays in place.
     pub fn end_epoch(&mut self, loss: f64, details: &str) -> Result<()> {
+        if let Some((batch, value)) = self.diverged.take().or((!loss.is_finite()).then_some((0, loss))) {
+            let at = if batch > 0 { format!("batch {batch} of epoch {}", self.epoch + 1) } else { format!("epoch {}", self.epoch + 1) };
+            let kept = match self.checkpoint_path() {
+                Some(p) if self.epoch > 0 && p.is_file() => format!("the last good checkpoint (epoch {}) is kept in {}", self.epoch, p.display()),
+                _ => "no earlier epoch left a checkpoint".to_string(),
+            };
+            self.log(&format!("diverged: loss {value} at {at}"))?;
+            if let Some(pb) = &self.progress {
+                pb.abandon();
+            }
+            bail!(
+                "{} diverged: the training loss became {value} at {at} (exploding gradients: the learning rate or a loss weight \
+                 is too large for this data); {kept}; lower the learning rate, or find settings with `cmh tune --method {}`",
+                self.method,
+                self.method
+            );
+        }
         self.epoch += 1;
         self.history.push(loss);
         let secs = self.epoch_start.elapsed().as_secs_f64();
@@ -991,6 +1017,36 @@ mod tests {
         let e = resolve_device(DeviceChoice::Cuda).unwrap_err().to_string();
         assert!(e.contains("CUDA is not available"), "{e}");
         assert_eq!(resolve_device(DeviceChoice::Auto).unwrap(), Device::Cpu);
+    }
+
+    /// A NaN batch loss stops the run at the end of its epoch with an error naming the epoch and
+    /// the kept checkpoint, which still holds the last good epoch.
+    #[test]
+    fn divergence_stops_with_an_error_and_keeps_the_last_checkpoint() {
+        let d = tempfile::tempdir().unwrap();
+        let ctx = FitContext { checkpoint_dir: Some(d.path().to_path_buf()), device: DeviceChoice::Cpu, ..FitContext::new(8, 0) };
+        let mut tr = Trainer::new("sdch", &ctx, 5, &RunControl::default()).unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _p = vs.root().var_copy("w", &Tensor::from_slice(&[1.0f32]));
+        let opt = Optimizer::new(OptimizerConfig { kind: OptimizerKind::Adam, weight_decay: 0.0 }, groups_from_var_store(&vs, |_| Some(0), &[("all", 0.1)]).unwrap());
+        let config = serde_json::json!({});
+        tr.next_epoch().unwrap();
+        tr.batch_done(1.0);
+        tr.end_epoch(1.0, "").unwrap();
+        tr.checkpoint(&vs, &opt, &config, &[], serde_json::Value::Null).unwrap();
+        tr.next_epoch().unwrap();
+        tr.batch_done(0.5);
+        tr.batch_done(f64::NAN);
+        tr.batch_done(0.5);
+        let e = tr.end_epoch(tr.mean_batch_loss(), "").unwrap_err().to_string();
+        assert!(e.contains("sdch diverged") && e.contains("NaN at batch 2 of epoch 2"), "{e}");
+        assert!(e.contains("the last good checkpoint (epoch 1) is kept in") && e.contains("cmh tune --method sdch"), "{e}");
+        assert_eq!(tr.epoch, 1);
+        assert_eq!(Checkpoint::load(&d.path().join(CHECKPOINT_FILE)).unwrap().meta.epoch, 1);
+        // An infinite epoch loss with finite batches (a method's own epoch objective) stops too.
+        tr.next_epoch().unwrap();
+        let e = tr.end_epoch(f64::INFINITY, "").unwrap_err().to_string();
+        assert!(e.contains("became inf at epoch 2"), "{e}");
     }
 
     #[test]

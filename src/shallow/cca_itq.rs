@@ -20,6 +20,7 @@ use super::common::{cca, itq_rotation, load_matrix, load_vector, par_dot, seeded
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View};
 use crate::npy::{write_npy, write_text_atomic};
+use crate::params::{Dim, MethodParams, Range, SearchSpace};
 use anyhow::{bail, Context, Result};
 use ndarray::{concatenate, Array1, Array2, Axis};
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,33 @@ impl Default for CcaItqParams {
         // reg and eig_power chosen on the Wikipedia validation split carved from the training items
         // (mean encoded mAP over both directions and 16–128 bits, 3 seeds): see the report / README.
         Self { anchors: 1000, reg: 3e-3, eig_power: 2.0, itq_iter: 50 }
+    }
+}
+
+impl CcaItqParams {
+    /// CCA-ITQ as first described (Gong & Lazebnik, CVPR 2011): the CCA projections unscaled
+    /// (p = 0) with a small ridge (`--preset paper`).
+    pub fn paper() -> Self {
+        Self { reg: 1e-4, eig_power: 0.0, ..Self::default() }
+    }
+}
+
+/// What `cmh tune` varies for CCA-ITQ: the CCA ridge, the eigenvalue power and the anchors.
+pub const SEARCH_SPACE: SearchSpace = SearchSpace {
+    dims: &[
+        Dim { name: "reg", range: Range::Float { lo: 1e-4, hi: 0.1, log: true } },
+        Dim { name: "eig_power", range: Range::Float { lo: 0.0, hi: 4.0, log: false } },
+        Dim { name: "anchors", range: Range::Choice(&["500", "1000"]) },
+    ],
+    fidelity: None,
+};
+
+impl MethodParams for CcaItqParams {
+    fn presets() -> Vec<(&'static str, Self)> {
+        vec![("paper", Self::paper())]
+    }
+    fn search_space() -> SearchSpace {
+        SEARCH_SPACE
     }
 }
 

@@ -106,6 +106,7 @@ use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, to_f64, Fit, FitContext, HashModel, TrainSet, View};
 use super::common::{fold_parts, fold_parts_mut, seeded_rng, sum_in_order, RbfMap};
 use crate::npy::{read_npy, write_npy, write_text_atomic};
+use crate::params::{Dim, MethodParams, Range, SearchSpace};
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
@@ -134,10 +135,14 @@ pub enum CodeConstraint {
     Printed,
 }
 
-/// SeGH hyper-parameters. Defaults are the paper's settings (λ = 10³, μ = 10⁻³, γ = η = 10⁻²);
-/// `k`, `iterations` and `itq_iterations` are not given by the paper (k = 10 chosen on a
-/// validation split carved from the Wikipedia and UCI training items; results vary by < 0.01 mAP
-/// for k in 5..40).
+/// SeGH hyper-parameters. Defaults: the paper's weights (λ = 10³, μ = 10⁻³, γ = η = 10⁻²) on centred
+/// RBF features to 1000 anchors with σ = 1.0 (image) and 0.7 (text) × the mean row-to-anchor
+/// distance, chosen on validation splits of the Wikipedia and UCI digits training items
+/// (`scripts/tune_segh.py`, benches/shallow_results.md) and confirmed on the emoji one
+/// (docs/methods.md); needs at least 1000 training rows (set `anchors` lower for less).
+/// [`SeghParams::paper`] = the paper's raw-feature settings. `k`, `iterations` and
+/// `itq_iterations` are not given by the paper (k = 10 chosen on a validation split carved from the
+/// Wikipedia and UCI training items; results vary by < 0.01 mAP for k in 5..40).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SeghParams {
@@ -176,6 +181,30 @@ pub struct SeghParams {
     pub sigma_scale: Vec<f64>,
 }
 
+/// What `cmh tune` varies for SeGH: the weights of eqs. 2 and 8, the graph's neighbours and the
+/// input representation (raw features or RBF anchors, with their bandwidths).
+pub const SEARCH_SPACE: SearchSpace = SearchSpace {
+    dims: &[
+        Dim { name: "lambda", range: Range::Choice(&["[1e2, 1e2]", "[1e3, 1e3]", "[1e4, 1e4]"]) },
+        Dim { name: "mu", range: Range::Choice(&["[1e-4, 1e-4]", "[1e-3, 1e-3]", "[1e-2, 1e-2]"]) },
+        Dim { name: "gamma", range: Range::Float { lo: 1e-3, hi: 1.0, log: true } },
+        Dim { name: "eta", range: Range::Float { lo: 1e-3, hi: 1.0, log: true } },
+        Dim { name: "k", range: Range::Choice(&["5", "10", "20"]) },
+        Dim { name: "anchors", range: Range::Choice(&["0", "500", "1000"]) },
+        Dim { name: "sigma_scale", range: Range::Choice(&["[1.0, 1.0]", "[1.0, 0.7]", "[1.0, 0.5]", "[0.8, 0.7]"]) },
+    ],
+    fidelity: None,
+};
+
+impl MethodParams for SeghParams {
+    fn presets() -> Vec<(&'static str, Self)> {
+        vec![("paper", Self::paper())]
+    }
+    fn search_space() -> SearchSpace {
+        SEARCH_SPACE
+    }
+}
+
 impl Default for SeghParams {
     fn default() -> Self {
         Self {
@@ -191,19 +220,17 @@ impl Default for SeghParams {
             cg_max_iter: 2000,
             knn_exact_up_to: 10_000,
             objective_tol: 1e-9,
-            anchors: 0,
-            sigma_scale: vec![],
+            anchors: 1000,
+            sigma_scale: vec![1.0, 0.7],
         }
     }
 }
 
 impl SeghParams {
-    /// The settings chosen on validation splits carved from the Wikipedia and UCI digits training
-    /// items (`scripts/tune_segh.py`; see `benches/shallow_results.md`): the paper's weights on
-    /// centred RBF features to 1000 anchors, σ = 1.0 (image) and 0.7 (text) × the mean
-    /// row-to-anchor distance (SCH's validated bandwidths too). Needs at least 1000 training rows.
-    pub fn validated() -> Self {
-        Self { anchors: 1000, sigma_scale: vec![1.0, 0.7], ..Self::default() }
+    /// The paper's settings: λ 10³, μ 10⁻³, γ 10⁻², η 10⁻² on the raw (centred) features
+    /// (`--preset paper`).
+    pub fn paper() -> Self {
+        Self { lambda: vec![1e3, 1e3], mu: vec![1e-3, 1e-3], gamma: 1e-2, eta: 1e-2, anchors: 0, sigma_scale: vec![], ..Self::default() }
     }
 
     /// Checks the hyper-parameters alone (for `n_modalities` modalities and `n` training items).

@@ -123,7 +123,7 @@ fn fitted_w_solves_eq7_in_the_embedding_space() {
     // The fit solves step 1 in the q-dimensional span of the class embeddings; the stored
     // Wₘ (e × dₘ) must satisfy eq. 7 with the full e-dimensional S.
     let (train, _) = small_problem(22, 120, 40);
-    let params = SeghParams { iterations: 1, ..Default::default() };
+    let params = SeghParams { iterations: 1, ..SeghParams::paper() };
     let model = params.fit(&train, &FitContext::new(8, 0)).unwrap();
     let emb = to_f64(train.class_embeddings.as_ref().unwrap().view());
     let rows: Vec<usize> = (0..train.len()).collect();
@@ -287,7 +287,7 @@ fn small_problem(seed: u64, n: usize, embedding_dim: usize) -> (TrainSet, TrainS
 #[test]
 fn dense_and_scalable_solvers_give_the_same_model() {
     let (train, _) = small_problem(8, 150, 0);
-    let params = SeghParams { cg_tol: 1e-13, iterations: 3, ..Default::default() };
+    let params = SeghParams { cg_tol: 1e-13, iterations: 3, ..SeghParams::paper() };
     for bits in [6, 24] {
         let ctx = FitContext::new(bits, 5);
         params.check(&train, bits).unwrap();
@@ -403,7 +403,7 @@ fn constrained_codes_do_not_degrade_with_iterations_but_printed_ones_collapse() 
     let (train, query) = small_problem(15, 300, 0);
     let bits = 32;
     let fit = |constraint, iterations, seed| {
-        SeghParams { constraint, iterations, ..Default::default() }.fit(&train, &FitContext::new(bits, seed)).unwrap()
+        SeghParams { constraint, iterations, ..SeghParams::paper() }.fit(&train, &FitContext::new(bits, seed)).unwrap()
     };
     // Mean mAP over 3 seeds (the ITQ start is random): [I→T, T→I] × [learned B, encoded].
     let mean_maps = |constraint, iterations| -> [f64; 4] {
@@ -445,7 +445,7 @@ fn constrained_codes_do_not_degrade_with_iterations_but_printed_ones_collapse() 
 #[test]
 fn segh_beats_random_codes_on_synthetic_data() {
     let (train, query) = small_problem(16, 300, 0);
-    let model = SeghParams::default().fit(&train, &FitContext::new(16, 1)).unwrap();
+    let model = SeghParams::paper().fit(&train, &FitContext::new(16, 1)).unwrap();
     for learned in [true, false] {
         let (i2t, t2i) = maps(&model, &query, &train, learned);
         eprintln!("learned={learned} {i2t:.3} {t2i:.3}");
@@ -466,7 +466,7 @@ fn zero_shot_encodes_unseen_class_items_above_chance() {
     let (q, db) = (subset(&test, &q_idx), subset(&test, &db_idx));
     let (mut i2t, mut t2i) = (0.0, 0.0);
     for seed in 0..3 {
-        let model = SeghParams::default().fit(&train, &FitContext::new(32, seed)).unwrap();
+        let model = SeghParams::paper().fit(&train, &FitContext::new(32, seed)).unwrap();
         let (a, b) = maps(&model, &q, &db, false);
         (i2t, t2i) = (i2t + a / 3.0, t2i + b / 3.0);
     }
@@ -544,8 +544,8 @@ fn quadratic_form_and_tall_polar_match_their_definitions() {
 fn approximate_knn_path_gives_a_comparable_model() {
     let (train, query) = small_problem(23, 600, 0);
     let ctx = FitContext::new(32, 1);
-    let exact = SeghParams::default().fit(&train, &ctx).unwrap();
-    let approx = SeghParams { knn_exact_up_to: 100, ..Default::default() }.fit(&train, &ctx).unwrap();
+    let exact = SeghParams::paper().fit(&train, &ctx).unwrap();
+    let approx = SeghParams { knn_exact_up_to: 100, ..SeghParams::paper() }.fit(&train, &ctx).unwrap();
     for learned in [true, false] {
         let (a, b) = maps(&exact, &query, &train, learned);
         let (c, d) = maps(&approx, &query, &train, learned);
@@ -565,7 +565,7 @@ fn semi_supervised_items_without_labels_are_used_through_knn_only() {
         }
     }
     let ctx = FitContext::new(16, 1);
-    let model = SeghParams::default().fit(&train, &ctx).unwrap();
+    let model = SeghParams::paper().fit(&train, &ctx).unwrap();
     // Relevance is judged on the true labels (`full`), also for the hidden rows.
     let (i2t, t2i) = maps(&model, &query, &full, false);
     assert!(i2t > 0.25 && t2i > 0.25, "encoded database: {i2t:.3} {t2i:.3}");
@@ -587,22 +587,22 @@ fn semi_supervised_items_without_labels_are_used_through_knn_only() {
 #[test]
 fn check_refuses_bad_hyper_parameters_and_data() {
     let (train, _) = small_problem(19, 60, 0);
-    let ok = SeghParams::default();
+    let ok = SeghParams::paper();
     ok.check(&train, 16).unwrap();
     let cases: Vec<(SeghParams, usize, &str)> = vec![
-        (SeghParams { gamma: -1.0, ..Default::default() }, 16, "gamma"),
-        (SeghParams { lambda: vec![1e3, -2.0], ..Default::default() }, 16, "lambda[1]"),
-        (SeghParams { mu: vec![1e-3], ..Default::default() }, 16, "one per modality"),
-        (SeghParams { mu: vec![0.0, 0.0], ..Default::default() }, 16, "must not all be 0"),
-        (SeghParams { eta: 0.0, ..Default::default() }, 16, "eta"),
-        (SeghParams { k: 60, ..Default::default() }, 16, "k = 60"),
-        (SeghParams { k: 0, ..Default::default() }, 16, "k (neighbours"),
-        (SeghParams { iterations: 0, ..Default::default() }, 16, "iterations"),
-        (SeghParams { cg_tol: 0.0, ..Default::default() }, 16, "cg_tol"),
-        (SeghParams::default(), 0, "bits"),
-        (SeghParams { anchors: 61, ..Default::default() }, 16, "only 60 rows"),
-        (SeghParams { anchors: 10, sigma_scale: vec![1.0], ..Default::default() }, 16, "sigma_scale"),
-        (SeghParams { anchors: 10, sigma_scale: vec![1.0, -0.5], ..Default::default() }, 16, "sigma_scale[1]"),
+        (SeghParams { gamma: -1.0, ..SeghParams::paper() }, 16, "gamma"),
+        (SeghParams { lambda: vec![1e3, -2.0], ..SeghParams::paper() }, 16, "lambda[1]"),
+        (SeghParams { mu: vec![1e-3], ..SeghParams::paper() }, 16, "one per modality"),
+        (SeghParams { mu: vec![0.0, 0.0], ..SeghParams::paper() }, 16, "must not all be 0"),
+        (SeghParams { eta: 0.0, ..SeghParams::paper() }, 16, "eta"),
+        (SeghParams { k: 60, ..SeghParams::paper() }, 16, "k = 60"),
+        (SeghParams { k: 0, ..SeghParams::paper() }, 16, "k (neighbours"),
+        (SeghParams { iterations: 0, ..SeghParams::paper() }, 16, "iterations"),
+        (SeghParams { cg_tol: 0.0, ..SeghParams::paper() }, 16, "cg_tol"),
+        (SeghParams::paper(), 0, "bits"),
+        (SeghParams { anchors: 61, ..SeghParams::paper() }, 16, "only 60 rows"),
+        (SeghParams { anchors: 10, sigma_scale: vec![1.0], ..SeghParams::paper() }, 16, "sigma_scale"),
+        (SeghParams { anchors: 10, sigma_scale: vec![1.0, -0.5], ..SeghParams::paper() }, 16, "sigma_scale[1]"),
     ];
     for (p, bits, want) in cases {
         let err = format!("{:#}", p.check(&train, bits).unwrap_err());
@@ -641,7 +641,7 @@ fn check_refuses_bad_hyper_parameters_and_data() {
 #[test]
 fn save_load_round_trip() {
     let (train, query) = small_problem(20, 120, 12);
-    let model = SeghParams { iterations: 2, ..Default::default() }.fit(&train, &FitContext::new(24, 4)).unwrap();
+    let model = SeghParams { iterations: 2, ..SeghParams::paper() }.fit(&train, &FitContext::new(24, 4)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     model.save(dir.path()).unwrap();
     let back = SeghModel::load(dir.path()).unwrap();
@@ -683,7 +683,7 @@ fn save_load_round_trip() {
 #[test]
 fn anchor_features_match_a_hand_computation_and_round_trip() {
     let (train, query) = small_problem(21, 120, 12);
-    let params = SeghParams { anchors: 40, sigma_scale: vec![1.0, 0.7], iterations: 2, ..Default::default() };
+    let params = SeghParams { anchors: 40, sigma_scale: vec![1.0, 0.7], iterations: 2, ..SeghParams::paper() };
     params.check(&train, 16).unwrap();
     let model = params.fit(&train, &FitContext::new(16, 3)).unwrap();
     assert_eq!(model.w(0).ncols(), 40, "W is learned on the 40 anchor features");
@@ -736,6 +736,6 @@ fn anchor_features_match_a_hand_computation_and_round_trip() {
         assert_eq!(back.encode(m, &query.views[m]).unwrap(), model.encode(m, &query.views[m]).unwrap());
     }
     // A model without anchors writes no `sigma` and has no maps.
-    let raw = SeghParams { iterations: 1, ..Default::default() }.fit(&train, &FitContext::new(8, 0)).unwrap();
+    let raw = SeghParams { iterations: 1, ..SeghParams::paper() }.fit(&train, &FitContext::new(8, 0)).unwrap();
     assert!(raw.rbf(0).is_none());
 }
