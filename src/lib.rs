@@ -27,3 +27,4 @@ pub mod search;
 pub mod semantics;
 pub mod shallow;
 pub mod split;
+pub mod text_features;

@@ -47,7 +47,7 @@
 //! a sweep then costs two n × c × k products per modality (ΦₜᵀF and ΦₜWₜ) plus O(nk(k + C)).
 //! Nothing n × n is ever formed, so training is linear in n.
 
-use super::common::{hadamard_class_codes, par_dot, par_gram, par_t_dot, procrustes, random_class_codes, seeded_rng, sgn, sign_codes, solve_right_spd, RbfMap, SpdFactor};
+use super::common::{capped_anchors, hadamard_class_codes, par_dot, par_gram, par_t_dot, procrustes, random_class_codes, seeded_rng, sgn, sign_codes, solve_right_spd, RbfMap, SpdFactor};
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View};
 use crate::npy::{write_npy, write_text_atomic};
@@ -466,12 +466,7 @@ impl Fit for SchParams {
         if let Some(i) = y.outer_iter().position(|r| r.iter().all(|&v| v == 0.0)) {
             bail!("SCH: training row {} is marked labelled but has no class", rows[i]);
         }
-        for t in 0..m {
-            let (name, a) = if self.modality_anchors.is_empty() { ("sch.anchors".to_string(), self.anchors) } else { (format!("sch.modality_anchors[{t}]"), self.modality_anchors[t]) };
-            if a > rows.len() {
-                bail!("{name} = {a} but only {} training rows are labelled in every modality; use at most {}", rows.len(), rows.len());
-            }
-        }
+        // More anchors than labelled rows are capped at the rows when fitting (capped_anchors).
         Ok(())
     }
 
@@ -491,10 +486,12 @@ impl Fit for SchParams {
         let mut grams = Vec::new(); // kept only for the refit
         for t in 0..m {
             let x = data.views[t].features("sch", t)?;
+            let name = if self.modality_anchors.is_empty() { "sch.anchors".to_string() } else { format!("sch.modality_anchors[{t}]") };
+            let anchors = capped_anchors(&name, self.anchors_of(t), rows.len());
             let (map, ph) = if all_rows {
-                RbfMap::fit(x.view(), self.anchors_of(t), self.sigma_scale(t), &mut rng)
+                RbfMap::fit(x.view(), anchors, self.sigma_scale(t), &mut rng)
             } else {
-                RbfMap::fit(x.select(Axis(0), &rows).view(), self.anchors_of(t), self.sigma_scale(t), &mut rng)
+                RbfMap::fit(x.select(Axis(0), &rows).view(), anchors, self.sigma_scale(t), &mut rng)
             }
             .with_context(|| format!("SCH: RBF features of modality {t}"))?;
             let gram = par_gram(ph.view()); // cached φᵀφ
@@ -1148,8 +1145,8 @@ mod tests {
         assert!(msg(SchParams { mu: -1.0, ..ok.clone() }, 8).contains("sch.mu"));
         assert!(msg(SchParams { anchors: 0, ..ok.clone() }, 8).contains("sch.anchors"));
         assert!(msg(ok.clone(), 0).contains("bits"));
-        assert!(msg(SchParams { anchors: 31, ..ok.clone() }, 8).contains("at most 30"));
-        assert!(msg(SchParams { modality_anchors: vec![10, 31], ..ok.clone() }, 8).contains("sch.modality_anchors[1] = 31"));
+        // More anchors than labelled rows are capped when fitting, not refused.
+        assert!(SchParams { anchors: 31, ..ok.clone() }.check(&data, 8).is_ok());
         assert!(msg(SchParams { modality_anchors: vec![10], ..ok.clone() }, 8).contains("2 modalities"));
         assert!(msg(SchParams { modality_anchors: vec![0, 10], ..ok.clone() }, 8).contains("modality_anchors[0]"));
         assert!(msg(SchParams { lambda: vec![0.5, 0.6], ..ok.clone() }, 8).contains("sum to 1"));

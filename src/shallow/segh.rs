@@ -104,7 +104,7 @@
 
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, to_f64, Fit, FitContext, HashModel, TrainSet, View};
-use super::common::{seeded_rng, RbfMap};
+use super::common::{capped_anchors, seeded_rng, RbfMap};
 use crate::npy::{read_npy, write_npy, write_text_atomic};
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
@@ -243,9 +243,6 @@ impl SeghParams {
         ensure_nonneg("segh objective_tol", self.objective_tol)?;
         if self.cg_max_iter == 0 {
             bail!("segh: cg_max_iter must be at least 1");
-        }
-        if self.anchors > n {
-            bail!("segh: anchors = {} but the training set has only {n} rows to draw them from; use at most {n} (or 0 for raw features)", self.anchors);
         }
         if !self.sigma_scale.is_empty() && self.sigma_scale.len() != n_modalities {
             bail!(
@@ -568,7 +565,8 @@ fn fit_impl(params: &SeghParams, data: &TrainSet, ctx: &FitContext, solver: Solv
             // random stream, so the raw-feature path is unchanged).
             let scale = params.sigma_scale.get(m).copied().unwrap_or(1.0);
             let mut arng = seeded_rng(ctx.seed, 0x5e6 + m as u64);
-            let (map, phi) = RbfMap::fit(raw.view(), params.anchors, scale, &mut arng).with_context(|| format!("segh: RBF features of modality {m}"))?;
+            let anchors = capped_anchors("segh.anchors", params.anchors, raw.nrows());
+            let (map, phi) = RbfMap::fit(raw.view(), anchors, scale, &mut arng).with_context(|| format!("segh: RBF features of modality {m}"))?;
             rbf.push(map);
             phi
         } else {

@@ -533,7 +533,6 @@ fn check_refuses_bad_hyper_parameters_and_data() {
         (SeghParams { iterations: 0, ..Default::default() }, 16, "iterations"),
         (SeghParams { cg_tol: 0.0, ..Default::default() }, 16, "cg_tol"),
         (SeghParams::default(), 0, "bits"),
-        (SeghParams { anchors: 61, ..Default::default() }, 16, "only 60 rows"),
         (SeghParams { anchors: 10, sigma_scale: vec![1.0], ..Default::default() }, 16, "sigma_scale"),
         (SeghParams { anchors: 10, sigma_scale: vec![1.0, -0.5], ..Default::default() }, 16, "sigma_scale[1]"),
     ];
