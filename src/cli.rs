@@ -88,6 +88,8 @@ pub enum DataCommand {
     Emoji(crate::semantics::BuildEmojiArgs),
     /// Write a validation bundle: the same data, with a split carved from the training items only.
     Split(SplitArgs),
+    /// Write a copy of a bundle whose text features are sentence embeddings of the item texts.
+    EmbedText(EmbedTextArgs),
 }
 
 #[derive(Args, Debug)]
@@ -189,8 +191,32 @@ pub struct ExportBulkArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct EmbedTextArgs {
+    /// The source bundle (not modified).
+    #[arg(value_name = "BUNDLE")]
+    pub bundle: PathBuf,
+    /// all-MiniLM-L6-v2 sentence embeddings (offline; the only encoder so far).
+    #[arg(long, required = true)]
+    pub minilm: bool,
+    /// The new bundle folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// JSON list with one text per item (default: the bundle's items.json records).
+    #[arg(long)]
+    pub texts: Option<PathBuf>,
+    /// Texts per embedding batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Cache of embedded batches (default: $XDG_CACHE_HOME/cmh/minilm-text).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Method: sch, segh, cca-itq, sdch, czhash, agnet (or random, the floor).
+    /// Method: sch, segh, cca-itq, attr-ridge, sdch, czhash, agnet (or random, the floor).
     #[arg(long)]
     pub method: Option<String>,
     /// Bundle folder.
@@ -416,6 +442,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Data(DataCommand::Emoji(a)) => crate::semantics::run_build_emoji(&a),
         Command::Data(DataCommand::Split(a)) => data_split(&a),
         Command::Tune(a) => tune(&a),
+        Command::Data(DataCommand::EmbedText(a)) => crate::text_features::run(&crate::text_features::EmbedText {
+            bundle: a.bundle,
+            out: a.out,
+            texts: a.texts,
+            batch: a.batch,
+            cache: a.cache.unwrap_or_else(crate::text_features::default_cache_dir),
+            progress: !a.quiet,
+        }),
         Command::Demo(a) => crate::demo::run_demo(&a),
         Command::Features(a) => crate::deep::features::run_features(&a),
         Command::Train(a) => train(&a),

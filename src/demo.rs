@@ -48,7 +48,7 @@ pub struct DemoArgs {
 }
 
 /// Methods the demo runs by default, in table order.
-pub const DEMO_METHODS: &[&str] = &["random", "cca-itq", "sch", "segh", "sdch", "czhash", "agnet"];
+pub const DEMO_METHODS: &[&str] = &["random", "cca-itq", "attr-ridge", "sch", "segh", "sdch", "czhash", "agnet"];
 
 fn demo_params(method: &str, user: Option<&Path>) -> Result<toml::Table> {
     let base: toml::Table = DEMO_CONFIG.parse().map_err(|e| anyhow!("built-in demo config: {e}"))?;
@@ -215,10 +215,11 @@ mod tests {
         }
         let s: crate::deep::sdch::SdchParams = parse("sdch");
         assert_eq!(s, crate::deep::sdch::SdchParams::default());
+        let _: crate::shallow::attr_ridge::AttrRidgeParams = parse("attr-ridge");
         let c: crate::deep::czhash::CzhashParams = parse("czhash");
-        assert_eq!((c.epochs, c.hidden.clone(), c.learning_rate), (10, vec![256], 1e-3));
+        assert_eq!(c, crate::deep::czhash::CzhashParams::default());
         let a: crate::deep::agnet::AgnetParams = parse("agnet");
-        assert_eq!((a.epochs, a.hidden.clone(), a.hash_hidden.clone()), (30, vec![256], vec![256]));
+        assert_eq!(a, crate::deep::agnet::AgnetParams::default());
     }
 
     /// A user's --config section overrides the built-in values key by key.
@@ -228,6 +229,9 @@ mod tests {
         let f = d.path().join("c.toml");
         std::fs::write(&f, "[czhash]\nepochs = 3\n").unwrap();
         let t = demo_params("czhash", Some(&f)).unwrap();
+        assert_eq!(t["epochs"].as_integer(), Some(3));
+        std::fs::write(&f, "[sdch]\nepochs = 3\n").unwrap();
+        let t = demo_params("sdch", Some(&f)).unwrap();
         assert_eq!(t["epochs"].as_integer(), Some(3));
         assert_eq!(t["hidden"].as_array().map(|a| a.len()), Some(1));
     }

@@ -37,4 +37,5 @@ pub mod search;
 pub mod semantics;
 pub mod shallow;
 pub mod split;
+pub mod text_features;
 pub mod tune;

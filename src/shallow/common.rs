@@ -488,6 +488,18 @@ fn kernel_inplace(d2: &mut Array2<f64>, sigma: f64) {
 // Linear algebra
 // ---------------------------------------------------------------------------------------------
 
+/// The anchor count a fit can use: `requested`, capped at the `rows` training rows the anchors are
+/// drawn from (with a note on stderr), so that a default suited to large training sets still fits
+/// a small one.
+pub fn capped_anchors(param: &str, requested: usize, rows: usize) -> usize {
+    if requested > rows {
+        eprintln!("note: {param} = {requested} capped at the {rows} training rows");
+        rows
+    } else {
+        requested
+    }
+}
+
 /// Solves X · A = B for X, A symmetric positive definite (k × k, small), B (n × k): X = B A⁻¹.
 pub fn solve_right_spd(b: ArrayView2<f64>, a: ArrayView2<f64>) -> Result<Array2<f64>> {
     // X A = B ⇔ A Xᵀ = Bᵀ (A symmetric).

@@ -48,7 +48,7 @@
 //! Nothing n × n is ever formed, so training is linear in n.
 
 use super::common::{
-    fold_parts, fold_parts_mut, gram_add, hadamard_class_codes, mirror_upper, par_dot, par_gram, par_t_dot, procrustes, random_class_codes, row_block, seeded_rng, sgn,
+    capped_anchors, fold_parts, fold_parts_mut, gram_add, hadamard_class_codes, mirror_upper, par_dot, par_gram, par_t_dot, procrustes, random_class_codes, row_block, seeded_rng, sgn,
     sign_codes, solve_right_cholesky, solve_right_spd, sum_in_order, RbfMap, SpdFactor,
 };
 use crate::codes::BinaryCodes;
@@ -541,12 +541,7 @@ impl Fit for SchParams {
         if let Some(&i) = rows.iter().find(|&&i| data.labels.iter().all(|l| l.row(i).iter().all(|&v| v == 0))) {
             bail!("SCH: training row {i} is marked labelled but has no class");
         }
-        for t in 0..m {
-            let (name, a) = if self.modality_anchors.is_empty() { ("sch.anchors".to_string(), self.anchors) } else { (format!("sch.modality_anchors[{t}]"), self.modality_anchors[t]) };
-            if a > rows.len() {
-                bail!("{name} = {a} but only {} training rows are labelled in every modality; use at most {}", rows.len(), rows.len());
-            }
-        }
+        // More anchors than labelled rows are capped at the rows when fitting (capped_anchors).
         // Largest f64 arrays: Φₜ (n × aₜ), ΦₜᵀΦₜ and its factor, Wₜ, B, F and their products
         // (n × bits), R and the Hadamard class codes (≥ bits × bits).
         let (n, c, k) = (data.len() as f64, data.n_classes() as f64, bits as f64);
@@ -678,7 +673,10 @@ impl SchParams {
 
         // RBF maps: the same anchor draws as the in-memory fit, σ and mean by streaming.
         let rbf = (0..m)
-            .map(|t| RbfMap::fit_streamed(xs[t], sel, self.anchors_of(t), self.sigma_scale(t), &mut rng).with_context(|| format!("SCH: RBF features of modality {t}")))
+            .map(|t| {
+                let name = if self.modality_anchors.is_empty() { "sch.anchors".to_string() } else { format!("sch.modality_anchors[{t}]") };
+                RbfMap::fit_streamed(xs[t], sel, capped_anchors(&name, self.anchors_of(t), n), self.sigma_scale(t), &mut rng)
+            }.with_context(|| format!("SCH: RBF features of modality {t}")))
             .collect::<Result<Vec<_>>>()?;
         let anchors: Vec<usize> = rbf.iter().map(|r| r.n_anchors()).collect();
         let phi_block = |t: usize, s: usize, e: usize| rbf[t].features_of(row_block(xs[t], sel, s, e).view());
@@ -846,10 +844,12 @@ impl SchParams {
         let mut grams = Vec::new(); // kept only for the refit
         for t in 0..m {
             let x = data.views[t].features("sch", t)?;
+            let name = if self.modality_anchors.is_empty() { "sch.anchors".to_string() } else { format!("sch.modality_anchors[{t}]") };
+            let anchors = capped_anchors(&name, self.anchors_of(t), rows.len());
             let (map, ph) = if all_rows {
-                RbfMap::fit(x.view(), self.anchors_of(t), self.sigma_scale(t), &mut rng)
+                RbfMap::fit(x.view(), anchors, self.sigma_scale(t), &mut rng)
             } else {
-                RbfMap::fit(x.select(Axis(0), &rows).view(), self.anchors_of(t), self.sigma_scale(t), &mut rng)
+                RbfMap::fit(x.select(Axis(0), &rows).view(), anchors, self.sigma_scale(t), &mut rng)
             }
             .with_context(|| format!("SCH: RBF features of modality {t}"))?;
             let gram = par_gram(ph.view()); // cached φᵀφ
@@ -1570,8 +1570,8 @@ mod tests {
         assert!(msg(SchParams { mu: -1.0, ..ok.clone() }, 8).contains("sch.mu"));
         assert!(msg(SchParams { anchors: 0, ..ok.clone() }, 8).contains("sch.anchors"));
         assert!(msg(ok.clone(), 0).contains("bits"));
-        assert!(msg(SchParams { anchors: 31, ..ok.clone() }, 8).contains("at most 30"));
-        assert!(msg(SchParams { modality_anchors: vec![10, 31], ..ok.clone() }, 8).contains("sch.modality_anchors[1] = 31"));
+        // More anchors than labelled rows are capped when fitting, not refused.
+        assert!(SchParams { anchors: 31, ..ok.clone() }.check(&data, 8).is_ok());
         assert!(msg(SchParams { modality_anchors: vec![10], ..ok.clone() }, 8).contains("2 modalities"));
         assert!(msg(SchParams { modality_anchors: vec![0, 10], ..ok.clone() }, 8).contains("modality_anchors[0]"));
         assert!(msg(SchParams { lambda: vec![0.5, 0.6], ..ok.clone() }, 8).contains("sum to 1"));

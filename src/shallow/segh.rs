@@ -104,7 +104,7 @@
 
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, to_f64, Fit, FitContext, HashModel, TrainSet, View};
-use super::common::{fold_parts, fold_parts_mut, seeded_rng, sum_in_order, RbfMap};
+use super::common::{capped_anchors, fold_parts, fold_parts_mut, seeded_rng, sum_in_order, RbfMap};
 use crate::npy::{read_npy, write_npy, write_text_atomic};
 use crate::params::{Dim, MethodParams, Range, SearchSpace};
 use anyhow::{anyhow, bail, Context, Result};
@@ -271,9 +271,6 @@ impl SeghParams {
         ensure_nonneg("segh objective_tol", self.objective_tol)?;
         if self.cg_max_iter == 0 {
             bail!("segh: cg_max_iter must be at least 1");
-        }
-        if self.anchors > n {
-            bail!("segh: anchors = {} but the training set has only {n} rows to draw them from; use at most {n} (or 0 for raw features)", self.anchors);
         }
         if !self.sigma_scale.is_empty() && self.sigma_scale.len() != n_modalities {
             bail!(
@@ -764,7 +761,7 @@ type Step1 = (Option<RbfMap>, Array1<f64>, Array2<f64>, Array2<f64>);
 #[allow(clippy::too_many_arguments)]
 fn step1_in_memory(params: &SeghParams, raw: ArrayView2<f32>, labels: &Array2<u8>, rows: &[usize], emb_q: &Array2<f64>, lambda: f64, scale: f64, arng: &mut ChaCha8Rng) -> Result<Step1> {
     let (map, x) = if params.anchors > 0 {
-        let (map, phi) = RbfMap::fit(raw, params.anchors, scale, arng).context("RBF features")?;
+        let (map, phi) = RbfMap::fit(raw, capped_anchors("segh.anchors", params.anchors, raw.nrows()), scale, arng).context("RBF features")?;
         (Some(map), phi)
     } else {
         (None, to_f64(raw))
@@ -782,7 +779,7 @@ fn step1_in_memory(params: &SeghParams, raw: ArrayView2<f32>, labels: &Array2<u8
 #[allow(clippy::too_many_arguments)]
 fn step1_streamed(params: &SeghParams, raw: ArrayView2<f32>, labels: &Array2<u8>, rows: &[usize], emb_q: &Array2<f64>, lambda: f64, scale: f64, arng: &mut ChaCha8Rng) -> Result<Step1> {
     let n = raw.nrows();
-    let map = if params.anchors > 0 { Some(RbfMap::fit_streamed(raw, None, params.anchors, scale, arng).context("RBF features")?) } else { None };
+    let map = if params.anchors > 0 { Some(RbfMap::fit_streamed(raw, None, capped_anchors("segh.anchors", params.anchors, raw.nrows()), scale, arng).context("RBF features")?) } else { None };
     let psi = |s0: usize, e0: usize| match &map {
         Some(mp) => mp.features_of(raw.slice(s![s0..e0, ..])),
         None => to_f64(raw.slice(s![s0..e0, ..])),
