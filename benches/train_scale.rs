@@ -11,7 +11,7 @@
 //! embeddings (SeGH) are 384-d Gaussian. Generated in parallel from one seeded stream per block of
 //! rows, so the data depend only on the seed and n.
 //!
-//! Settings: SCH with 1000 RBF anchors (the paper's), SeGH with `SeghParams::validated()` (1000 RBF
+//! Settings: SCH with 1000 RBF anchors (the paper's), SeGH with `SeghParams::default()` (1000 RBF
 //! anchors); a fixed number of iterations (`--sweeps`, no early stop) so that every size does the
 //! same work. OpenBLAS one thread per call, rayon over row blocks (as the CLI sets up).
 //!
@@ -189,7 +189,7 @@ fn child(args: &Args, n: usize) -> Result<()> {
             format!("features {:.1} s, {} sweeps {:.1} s, codes {:.1} s", tm.features_s, model.iterations(), tm.sweeps_s, tm.codes_s)
         }
         "segh" => {
-            let p = SeghParams { iterations: args.sweeps, objective_tol: 0.0, ..SeghParams::validated() };
+            let p = SeghParams { iterations: args.sweeps, objective_tol: 0.0, ..SeghParams::default() };
             let model = p.fit(&data, &ctx)?;
             let i = model.info();
             format!("step 1 {:.1} s, graph {:.1} s, step 2 {:.1} s, CG iterations {:?}", i.seconds_step1, i.seconds_graph, i.seconds_step2, i.cg_iterations)

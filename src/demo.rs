@@ -70,9 +70,9 @@ pub fn run_demo(a: &DemoArgs) -> Result<()> {
     if progress {
         eprintln!("demo: emoji bundle in {}", a.data.display());
     }
-    let bundle = crate::semantics::emoji_bundle(&crate::semantics::BuildEmojiArgs::new(&a.data))?;
     // The demo starts afresh: an earlier demo report in --out is replaced (only one cmh made).
     crate::outdir::prepare(&a.out, crate::outdir::Kind::Demo, "--out", true)?;
+    let bundle = crate::semantics::emoji_bundle(&crate::semantics::BuildEmojiArgs::new(&a.data))?;
     let mut reports: Vec<Report> = Vec::new();
     let mut dirs: Vec<(Report, PathBuf)> = Vec::new();
     for protocol in [Protocol::Standard, Protocol::ZeroShot] {

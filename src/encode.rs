@@ -216,7 +216,7 @@ mod tests {
         fn encode(&self, _m: usize, view: &View) -> Result<BinaryCodes> {
             match view {
                 View::Features(x) => Ok(BinaryCodes::from_signs(x.dot(&self.0).view())),
-                View::Images(_) => bail!("features only"),
+                View::Images(_) | View::Mapped(_) => bail!("features only"),
             }
         }
         fn save(&self, _dir: &Path) -> Result<()> {

@@ -111,27 +111,16 @@ pub fn refuse_overwriting_inputs(outputs: &[std::path::PathBuf], inputs: &[(&str
 /// messages, e.g. `--out`): see the module documentation. With `force`, an existing marked folder
 /// of the same kind is deleted and made again.
 pub fn prepare(dir: &Path, kind: Kind, flag: &str, force: bool) -> Result<Prepared> {
-    let p = dir.display();
-    if dir.exists() && !dir.is_dir() {
-        bail!("{flag} {p}: is a file, not a folder; give a folder path");
-    }
+    check(dir, kind, flag)?;
     if dir.is_dir() && !is_empty_dir(dir)? {
-        match marked_kind(dir) {
-            Some(k) if k == kind.name() => {
-                if !force {
-                    return Ok(Prepared::Existing);
-                }
-                std::fs::remove_dir_all(dir).with_context(|| format!("{flag} {p}: cannot remove the earlier output"))?;
-            }
-            Some(k) => bail!("{flag} {p}: holds cmh output of another kind ({k}), not a {}; choose another folder", kind.name()),
-            None => bail!(
-                "{flag} {p}: the folder is not empty and was not created by cmh (it has no {MARKER} file); cmh never deletes \
-                 or mixes into such a folder: choose a new or empty folder"
-            ),
+        // A marked folder of this kind (`check` refused every other non-empty folder).
+        if !force {
+            return Ok(Prepared::Existing);
         }
+        std::fs::remove_dir_all(dir).with_context(|| format!("{flag} {}: cannot remove the earlier output", dir.display()))?;
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("{flag} {p}: cannot create the folder"))?;
-    mark(dir, kind).with_context(|| format!("{flag} {p}: the folder is not writable"))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("{flag} {}: cannot create the folder", dir.display()))?;
+    mark(dir, kind).with_context(|| format!("{flag} {}: the folder is not writable", dir.display()))?;
     Ok(Prepared::Fresh)
 }
 

