@@ -257,9 +257,11 @@ mod tests {
         let s = code_stats(&codes(array![[1, 1, 1], [1, -1, -1], [1, 1, 1], [1, -1, -1]]));
         assert_eq!(s.mean_abs_correlation, Some(1.0));
         assert_eq!(s.distinct_codes, 2);
-        // 3 of 4 items +1 in bit 1 and bit 2 = −bit 1: mean 0.5, var 0.75, cov = −1 + 0.25 → |corr| 1.
+        // Bit 0 = (+,−,+,−): mean 0, var 1; bit 1 = (+,+,+,−): mean 0.5, var 0.75; bit 2 = −bit 1.
+        // cov(0, 1) = E[x0 x1] − 0 = (1 − 1 + 1 + 1)/4 = 0.5 → |corr| 0.5/√0.75 = 1/√3, the same for
+        // (0, 2); |corr(1, 2)| = 1. Mean over the 3 pairs: (2/√3 + 1)/3.
         let s = code_stats(&codes(array![[1, 1, -1], [-1, 1, -1], [1, 1, -1], [-1, -1, 1]]));
-        assert!((s.mean_abs_correlation.unwrap() - (0.0 + 0.0 + 1.0) / 3.0).abs() < 1e-12, "{s:?}");
+        assert!((s.mean_abs_correlation.unwrap() - (2.0 / 3f64.sqrt() + 1.0) / 3.0).abs() < 1e-12, "{s:?}");
         assert_eq!(s.constant_bits, 0.0);
     }
 
