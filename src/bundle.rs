@@ -483,7 +483,7 @@ impl BundleWriter {
         check_replaceable(dir)?;
         let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create folder", parent.display()))?;
-        let tmp = tempfile::Builder::new().prefix(".bundle-").tempdir_in(parent)?;
+        let tmp = tempfile::Builder::new().prefix(".bundle-").tempdir_in(parent).with_context(|| format!("{}: cannot write in {}", dir.display(), parent.display()))?;
         let t = tmp.path();
         let n = self.labels.first().map(|l| l.nrows()).ok_or_else(|| anyhow!("a bundle needs labels"))?;
         let mut specs = Vec::new();

@@ -462,6 +462,7 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn index_build(a: &IndexBuildArgs) -> Result<()> {
+    crate::outdir::refuse_overwriting_inputs(std::slice::from_ref(&a.out), &[("--codes", &a.codes)])?;
     let codes = open_codes(&a.codes, a.bits)?;
     let t = std::time::Instant::now();
     let opts = crate::search::mih::BuildOptions { substrings: a.substrings, progress: !a.quiet };
@@ -482,6 +483,13 @@ fn index_build(a: &IndexBuildArgs) -> Result<()> {
 fn export(cmd: &ExportCommand) -> Result<()> {
     use crate::export::{write_bulk_ndjson, write_faiss, write_milvus_json, BulkFlavour, IvfOptions};
     let labels = |r: &ExportRowsArgs| r.labels.as_ref().map(|p| read_binary_matrix(p, "labels")).transpose();
+    let (out, inputs): (&Path, Vec<(&str, &Path)>) = match cmd {
+        ExportCommand::Faiss(a) => (&a.out, vec![("--codes", &a.codes)]),
+        ExportCommand::Milvus(r) | ExportCommand::Elasticsearch(ExportBulkArgs { rows: r, .. }) | ExportCommand::Opensearch(ExportBulkArgs { rows: r, .. }) => {
+            (&r.out, [("--codes", Some(&r.codes)), ("--labels", r.labels.as_ref())].into_iter().filter_map(|(f, p)| Some((f, p?.as_path()))).collect())
+        }
+    };
+    crate::outdir::refuse_overwriting_inputs(&[out.to_path_buf()], &inputs)?;
     match cmd {
         ExportCommand::Faiss(a) => {
             let codes = open_codes(&a.codes, None)?;

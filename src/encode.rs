@@ -123,6 +123,7 @@ impl NpyOut {
     fn create(dest: &Path, descr: &str, rows: usize, cols: usize) -> Result<(Self, BufWriter<File>)> {
         let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        crate::npy::remove_stale_temporaries(dest);
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{}.", dest.file_name().and_then(|s| s.to_str()).unwrap_or("out")))
             .suffix(".tmp")
@@ -135,14 +136,17 @@ impl NpyOut {
         let pad = 64 - (10 + header.len() + 1) % 64;
         header.extend(std::iter::repeat_n(' ', pad % 64));
         header.push('\n');
-        w.write_all(b"\x93NUMPY\x01\x00")?;
-        w.write_all(&(header.len() as u16).to_le_bytes())?;
-        w.write_all(header.as_bytes())?;
+        let write = |w: &mut BufWriter<File>| -> std::io::Result<()> {
+            w.write_all(b"\x93NUMPY\x01\x00")?;
+            w.write_all(&(header.len() as u16).to_le_bytes())?;
+            w.write_all(header.as_bytes())
+        };
+        write(&mut w).with_context(|| format!("writing {} (is the disk full?)", dest.display()))?;
         Ok((Self { tmp, dest: dest.to_path_buf() }, w))
     }
 
     fn finish(self, w: BufWriter<File>) -> Result<()> {
-        let f = w.into_inner().map_err(|e| anyhow!("{}: write failed: {}", self.dest.display(), e.error()))?;
+        let f = w.into_inner().map_err(|e| anyhow!("writing {}: {} (is the disk full?)", self.dest.display(), e.error()))?;
         f.sync_all().ok();
         crate::npy::set_mode(self.tmp.path(), 0o644)?;
         self.tmp.persist(&self.dest).map_err(|e| anyhow!("{}: cannot rename into place ({e})", self.dest.display()))?;
@@ -179,11 +183,12 @@ pub fn encode_file(model: &dyn HashModel, modality: usize, features: &Path, out_
         if codes.len() != r1 - r0 || codes.bits() != bits {
             bail!("the model returned {} codes of {} bits for {} items (expected {bits} bits)", codes.len(), codes.bits(), r1 - r0);
         }
-        wp.write_all(codes.as_bytes())?;
+        let full = |p: &Path| format!("writing {} (is the disk full?)", p.display());
+        wp.write_all(codes.as_bytes()).with_context(|| full(&packed_path))?;
         if let Some((_, w)) = pm1.as_mut() {
             let v = codes.to_pm1();
             let bytes: Vec<u8> = v.iter().map(|&b| b as u8).collect();
-            w.write_all(&bytes)?;
+            w.write_all(&bytes).with_context(|| full(&pm1_path))?;
         }
         pb.set_position(r1 as u64);
     }

@@ -236,6 +236,7 @@ pub fn read_indices(path: &Path, upper: usize) -> Result<Vec<usize>> {
 pub fn write_atomic(path: &Path, f: impl FnOnce(&mut BufWriter<&mut File>) -> Result<()>) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    remove_stale_temporaries(path);
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{}.", path.file_name().and_then(|s| s.to_str()).unwrap_or("out")))
         .suffix(".tmp")
@@ -250,6 +251,25 @@ pub fn write_atomic(path: &Path, f: impl FnOnce(&mut BufWriter<&mut File>) -> Re
     set_mode(tmp.path(), 0o644)?;
     tmp.persist(path).map_err(|e| anyhow!("{}: cannot rename into place ({e})", path.display()))?;
     Ok(())
+}
+
+/// Removes the temporary files (`.NAME.XXXXXX.tmp`, as [`write_atomic`] names them) that an
+/// interrupted write of `path` left beside it. Best effort: a temporary that cannot be removed
+/// stays.
+pub fn remove_stale_temporaries(path: &Path) {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Some(name) = path.file_name().and_then(|s| s.to_str()) else { return };
+    let prefix = format!(".{name}.");
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(f) = file.to_str() else { continue };
+        let Some(mid) = f.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".tmp")) else { continue };
+        // tempfile's random part: 6 ASCII letters and digits.
+        if mid.len() == 6 && mid.bytes().all(|b| b.is_ascii_alphanumeric()) && e.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Sets the permission bits of a file or folder made through `tempfile` (which makes them private).

@@ -24,6 +24,8 @@ pub enum Kind {
     Bundle,
     /// `cmh search` results.
     Search,
+    /// A `cmh tune` search.
+    Tune,
 }
 
 impl Kind {
@@ -33,6 +35,7 @@ impl Kind {
             Kind::Demo => "demo",
             Kind::Bundle => "bundle",
             Kind::Search => "search",
+            Kind::Tune => "tune",
         }
     }
 }

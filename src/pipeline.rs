@@ -355,17 +355,30 @@ pub fn run(cfg: &RunConfig, out: &Path, resume: bool, progress: bool) -> Result<
 /// and small enough that every method's bits × bits matrices fit in memory.
 pub use crate::method::MAX_BITS;
 
-/// Checks the parts of a configuration that need no data: code lengths, seeds, method.
-pub fn check_config(cfg: &RunConfig) -> Result<()> {
-    if cfg.bits.is_empty() || cfg.bits.contains(&0) {
+/// Checks a `--bits` list: one or more code lengths in `1..=MAX_BITS`, each given once.
+pub fn check_bits(bits: &[usize]) -> Result<()> {
+    if bits.is_empty() || bits.contains(&0) {
         bail!("--bits needs one or more code lengths >= 1");
     }
-    if let Some(&b) = cfg.bits.iter().find(|&&b| b > MAX_BITS) {
+    if let Some(&b) = bits.iter().find(|&&b| b > MAX_BITS) {
         bail!("--bits {b}: code lengths above {MAX_BITS} bits are not supported (cross-modal hashing uses 16 to 128); use at most {MAX_BITS}");
     }
-    if let Some(&b) = cfg.bits.iter().enumerate().find(|(i, b)| cfg.bits[..*i].contains(b)).map(|(_, b)| b) {
+    if let Some(&b) = bits.iter().enumerate().find(|(i, b)| bits[..*i].contains(b)).map(|(_, b)| b) {
         bail!("--bits lists {b} more than once; give each code length once");
     }
+    Ok(())
+}
+
+/// Says so when `--device cuda` is given to a method that runs on the CPU.
+pub fn note_device(method: &str, device: DeviceChoice) {
+    if device == DeviceChoice::Cuda && !is_deep(method) {
+        eprintln!("note: {method} runs on the CPU; --device cuda applies to the deep methods (sdch, czhash, agnet)");
+    }
+}
+
+/// Checks the parts of a configuration that need no data: code lengths, seeds, method.
+pub fn check_config(cfg: &RunConfig) -> Result<()> {
+    check_bits(&cfg.bits)?;
     if cfg.repeat == 0 {
         bail!("--repeat must be at least 1");
     }
@@ -397,9 +410,7 @@ fn differing_keys(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
 /// bundle whose contents changed since the run started.
 pub fn run_with(cfg: &RunConfig, out: &Path, opts: &RunOptions) -> Result<Vec<Report>> {
     check_config(cfg)?;
-    if cfg.device == DeviceChoice::Cuda && !is_deep(&cfg.method) {
-        eprintln!("note: {} runs on the CPU; --device cuda applies to the deep methods (sdch, czhash, agnet)", cfg.method);
-    }
+    note_device(&cfg.method, cfg.device);
     let data = std::fs::canonicalize(&cfg.data).with_context(|| format!("--data {}: no such bundle folder", cfg.data.display()))?;
     let bundle = Bundle::load(&data)?;
     let hash = crate::bundle::content_hash(&data)?;

@@ -138,8 +138,8 @@ pub fn run(a: &EmbedText) -> Result<()> {
     let texts = item_texts(&bundle, a.texts.as_deref())?;
     let emb = embed_cached(&texts, a.batch, &a.cache, a.progress, &|t| crate::semantics::minilm_embed(t))?;
     let parent = a.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    let tmp = tempfile::Builder::new().prefix(".partial-embed-text-").tempdir_in(parent)?;
+    std::fs::create_dir_all(parent).with_context(|| format!("--out {}: cannot create {}", a.out.display(), parent.display()))?;
+    let tmp = tempfile::Builder::new().prefix(".partial-embed-text-").tempdir_in(parent).with_context(|| format!("--out {}: cannot write in {}", a.out.display(), parent.display()))?;
     for entry in std::fs::read_dir(&a.bundle)? {
         let entry = entry?;
         if entry.file_type()?.is_file() {

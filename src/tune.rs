@@ -267,13 +267,12 @@ fn append_finished(out: &Path, r: &TrialResult) -> Result<()> {
 
 /// Runs the search into `out` (resuming what it holds) and writes `best.toml`.
 pub fn tune(cfg: &TuneConfig, out: &Path, progress: bool) -> Result<TuneOutcome> {
-    if cfg.bits.is_empty() || cfg.bits.contains(&0) {
-        bail!("--bits needs one or more code lengths >= 1");
-    }
+    crate::pipeline::check_bits(&cfg.bits)?;
     if cfg.budget == 0 {
         bail!("--budget must be at least 1 trial");
     }
     let info = method_info(&cfg.method)?;
+    crate::pipeline::note_device(&cfg.method, cfg.device);
     if info.space.dims.is_empty() {
         bail!("{} has no hyper-parameters to tune", cfg.method);
     }
@@ -287,7 +286,10 @@ pub fn tune(cfg: &TuneConfig, out: &Path, progress: bool) -> Result<TuneOutcome>
             true
         }
     };
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create the tune folder", out.display()))?;
+    // A folder of this search is continued (its settings are compared below); a non-empty folder
+    // cmh did not create is refused.
+    crate::outdir::prepare(out, crate::outdir::Kind::Tune, "--out", false)?;
+    crate::outdir::clean_partials(out)?;
     let cfg_path = out.join(CONFIG_FILE);
     if cfg_path.is_file() {
         let text = std::fs::read_to_string(&cfg_path)?;

@@ -60,6 +60,14 @@ fn assert_only_complete_files(dir: &Path) {
         } else if name.ends_with(".json") {
             let text = std::fs::read_to_string(&p).unwrap();
             serde_json::from_str::<serde_json::Value>(&text).unwrap_or_else(|e| panic!("{}: partial JSON ({e})", p.display()));
+        } else if name.ends_with(".ndjson") {
+            let text = std::fs::read_to_string(&p).unwrap();
+            assert!(text.ends_with('\n'), "{}: partial last line", p.display());
+            for line in text.lines() {
+                serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{}: partial JSON line ({e})", p.display()));
+            }
+        } else if name.ends_with(".cmhidx") {
+            cmh::search::mih::MihIndex::open(&p).unwrap_or_else(|e| panic!("partial index under a final name: {e:#}"));
         }
     }
 }
@@ -80,6 +88,8 @@ fn every_command_with_an_unwritable_output_fails_cleanly() {
     write_npy(&d.path().join("x.npy"), &Array2::<f32>::ones((3, 10))).unwrap();
     let ok = common::cmh().current_dir(d.path()).args(["train", "--method", "random", "--data", bs, "--bits", "8", "--out", "model_run", "-q"]).output().unwrap();
     assert!(ok.status.success(), "{}", stderr(&ok));
+    let ok = common::cmh().current_dir(d.path()).args(["index", "build", "--codes", "db.npy", "--out", "db.cmhidx", "-q"]).output().unwrap();
+    assert!(ok.status.success(), "{}", stderr(&ok));
     std::fs::write(d.path().join("a_file"), "x").unwrap();
     // As root nothing is read-only, but no one can create folders in /proc or under a file.
     for out in ["/proc/cmh-unwritable/out", "a_file/out"] {
@@ -90,6 +100,15 @@ fn every_command_with_an_unwritable_output_fails_cleanly() {
             vec!["encode", "--model", "model_run/bits8-seed0/model", "--modality", "text", "--features", "x.npy", "--out", out],
             vec!["eval", "--query-codes", "q.npy", "--db-codes", "db.npy", "--query-labels", "ql.npy", "--db-labels", "dl.npy", "--plot", out],
             vec!["demo", "--data", bs, "--methods", "random", "--bits", "8", "--out", out, "-q"],
+            vec!["search", "--index", "db.cmhidx", "--query", "q.npy", "-k", "3", "--out", out],
+            vec!["index", "build", "--codes", "db.npy", "--out", out, "-q"],
+            vec!["export", "faiss", "--codes", "db.npy", "--out", out],
+            vec!["export", "faiss", "--codes", "db.npy", "--ivf", "2", "--out", out],
+            vec!["export", "milvus", "--codes", "db.npy", "--labels", "dl.npy", "--out", out],
+            vec!["export", "elasticsearch", "--codes", "db.npy", "--out", out],
+            vec!["export", "opensearch", "--codes", "db.npy", "--out", out],
+            vec!["tune", "--method", "cca-itq", "--data", bs, "--bits", "8", "--budget", "1", "--param", "anchors=20", "--out", out, "-q"],
+            vec!["data", "split", bs, "--validation", "--out", out],
         ];
         for args in commands {
             let o = common::cmh().current_dir(d.path()).args(&args).output().unwrap();
@@ -142,6 +161,44 @@ fn a_full_disk_leaves_no_partial_file_under_a_final_name() {
         assert_only_complete_files(&d.path().join(&res));
         assert!(!d.path().join(&res).join("distances.npy").exists());
     }
+    // Index, exports, encode, tune and validation split, each writing past the limit.
+    write_npy(&d.path().join("x.npy"), &Array2::<f32>::from_shape_fn((400, 10), |(i, j)| ((i * 7 + j) % 13) as f32)).unwrap();
+    write_npy(&d.path().join("dl.npy"), &one_hot(&(0..2000).map(|i| i % 4).collect::<Vec<_>>(), 4)).unwrap();
+    let ok = common::cmh().current_dir(d.path()).args(["train", "--method", "random", "--data", b.to_str().unwrap(), "--bits", "64", "--out", "m", "-q"]).output().unwrap();
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let bs = b.to_str().unwrap();
+    for limit in [600u64, 3000] {
+        let o = |name: &str| format!("{name}{limit}");
+        let cases: Vec<(Vec<String>, Vec<String>)> = vec![
+            (vec!["index".into(), "build".into(), "--codes".into(), "db.npy".into(), "--out".into(), o("db.cmhidx"), "-q".into()], vec![o("db.cmhidx")]),
+            (vec!["export".into(), "faiss".into(), "--codes".into(), "db.npy".into(), "--out".into(), o("flat.faiss")], vec![o("flat.faiss")]),
+            (vec!["export".into(), "milvus".into(), "--codes".into(), "db.npy".into(), "--labels".into(), "dl.npy".into(), "--out".into(), o("rows.json")], vec![o("rows.json")]),
+            (vec!["export".into(), "opensearch".into(), "--codes".into(), "db.npy".into(), "--out".into(), o("bulk.ndjson")], vec![o("bulk.ndjson")]),
+            (
+                ["encode", "--model", "m/bits64-seed0/model", "--modality", "text", "--features", "x.npy", "--out"].iter().map(|s| s.to_string()).chain([o("enc/codes")]).collect(),
+                vec![o("enc/codes.npy"), o("enc/codes_packed.npy")],
+            ),
+            (
+                ["tune", "--method", "cca-itq", "--data", bs, "--bits", "8", "--budget", "2", "--param", "anchors=20", "-q", "--out"].iter().map(|s| s.to_string()).chain([o("tune")]).collect(),
+                vec![o("tune/best.toml")],
+            ),
+            (["data", "split", bs, "--validation", "--out"].iter().map(|s| s.to_string()).chain([o("valid")]).collect(), vec![o("valid")]),
+        ];
+        for (args, finals) in cases {
+            if (args[0] == "tune" || args[0] == "data") && limit > 600 {
+                continue; // their files (a 2-trial search, split indices) are smaller than that
+            }
+            let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+            let out = with_disk_of(&args, d.path(), limit);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(1), "{args:?} limit {limit}: {err}");
+            assert!(!err.contains("panicked"), "{args:?}: {err}");
+            for f in finals {
+                assert!(!d.path().join(&f).exists(), "{args:?}: {f} exists after a failed write");
+            }
+            assert_only_complete_files(d.path());
+        }
+    }
     // An injected writer error inside the library: nothing under the final name, no temporary file.
     let target = d.path().join("inj/out.npy");
     let e = cmh::npy::write_atomic(&target, |w| {
@@ -171,6 +228,33 @@ fn sigterm_mid_write_leaves_only_complete_files() {
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         child.wait().unwrap();
         assert_only_complete_files(&d.path().join(&out));
+    }
+}
+
+#[test]
+fn sigterm_while_indexing_exporting_or_encoding_leaves_only_complete_files() {
+    let d = tempfile::tempdir().unwrap();
+    write_npy(&d.path().join("db.npy"), &codes(60000, 64, 4)).unwrap();
+    let b = bundle(d.path(), 60);
+    let ok = common::cmh().current_dir(d.path()).args(["train", "--method", "random", "--data", b.to_str().unwrap(), "--bits", "64", "--out", "m", "-q"]).output().unwrap();
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    write_npy(&d.path().join("x.npy"), &Array2::<f32>::from_shape_fn((100000, 10), |(i, j)| ((i * 7 + j) % 13) as f32)).unwrap();
+    for (i, delay_ms) in [5u64, 30, 80, 150].iter().enumerate() {
+        let out = d.path().join(format!("out{i}"));
+        std::fs::create_dir(&out).unwrap();
+        let commands: [&[&str]; 4] = [
+            &["index", "build", "--codes", "../db.npy", "--out", "db.cmhidx", "-q"],
+            &["export", "elasticsearch", "--codes", "../db.npy", "--out", "bulk.ndjson"],
+            &["export", "milvus", "--codes", "../db.npy", "--out", "rows.json"],
+            &["encode", "--model", "../m/bits64-seed0/model", "--modality", "text", "--features", "../x.npy", "--out", "codes", "-q"],
+        ];
+        for args in commands {
+            let mut child = common::cmh().current_dir(&out).arg("--threads").arg("1").args(args).stderr(Stdio::null()).spawn().unwrap();
+            std::thread::sleep(Duration::from_millis(*delay_ms));
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            child.wait().unwrap();
+        }
+        assert_only_complete_files(&out);
     }
 }
 

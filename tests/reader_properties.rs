@@ -349,3 +349,113 @@ fn mat_reader_survives_mutated_files() {
         (err_of(r), a)
     });
 }
+
+#[test]
+fn index_reader_survives_mutated_files() {
+    let d = tempfile::tempdir().unwrap();
+    let n = 30;
+    let bits = 16;
+    let data: Vec<u8> = (0..n * 2).map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(7) as u8).collect();
+    let codes = cmh::codes::CodesRef { n, bits, data: &data };
+    let f = d.path().join("db.cmhidx");
+    let opts = cmh::search::mih::BuildOptions { substrings: Some(2), progress: false };
+    cmh::search::mih::build_index_file(codes, &opts, &f).unwrap();
+    let valid = std::fs::read(&f).unwrap();
+    let queries = cmh::codes::CodesRef { n: 4, bits, data: &data[..8] };
+    let exact = cmh::search::topk(queries, codes, 3).unwrap();
+    assert_eq!(cmh::search::mih::MihIndex::open(&f).unwrap().topk(queries, 3).unwrap().indices, exact.indices);
+    property(150, &valid, &f, &[], |bytes| {
+        std::fs::write(&f, bytes).unwrap();
+        let (r, a) = measured(|| {
+            // An index that opens must answer both kinds of search with database indices.
+            cmh::search::mih::MihIndex::open(&f).map(|ix| {
+                let top = ix.topk(queries, 3).unwrap();
+                assert!(top.indices.iter().all(|&i| (i as usize) < ix.len()), "an index outside the database");
+                let within = ix.radius(queries, 3).unwrap();
+                assert!(within.iter().flatten().all(|&(i, _)| (i as usize) < ix.len()));
+            })
+        });
+        (err_of(r), a)
+    });
+    // Header fields whose sizes overflow are refused without laying anything out.
+    let mut b = valid.clone();
+    for (at, v) in [(16, 1u64 << 62), (32, 1u64 << 60)] {
+        b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(&f, &b).unwrap();
+    let e = format!("{:#}", cmh::search::mih::MihIndex::open(&f).unwrap_err());
+    assert!(e.contains("db.cmhidx") && e.contains("header"), "{e}");
+    // An item id listed twice: results would name the wrong items.
+    let ix = cmh::search::mih::MihIndex::open(&{
+        std::fs::write(&f, &valid).unwrap();
+        f.clone()
+    })
+    .unwrap();
+    drop(ix);
+    let mut b = valid.clone();
+    let first_table_ids = {
+        // Header 64 + 16 × 2 bytes, codes 30 × 2 bytes, offsets 257 u32: each section aligned to 64.
+        let al = |x: usize| x.div_ceil(64) * 64;
+        al(al(al(64 + 32) + n * 2) + 4 * 257)
+    };
+    let second = b[first_table_ids + 4..first_table_ids + 8].to_vec();
+    b[first_table_ids..first_table_ids + 4].copy_from_slice(&second);
+    std::fs::write(&f, &b).unwrap();
+    let e = format!("{:#}", cmh::search::mih::MihIndex::open(&f).unwrap_err());
+    assert!(e.contains("db.cmhidx") && e.contains("table 0") && e.contains("repeated"), "{e}");
+}
+
+#[test]
+fn streamed_and_mapped_feature_readers_survive_mutated_files() {
+    let d = tempfile::tempdir().unwrap();
+    let b = toy_bundle(d.path());
+    let bundle = Bundle::load(&b).unwrap();
+    let data = toy_train_set(&bundle);
+    let model = cmh::shallow::sch::SchParams { anchors: 8, ..Default::default() }.fit(&data, &FitContext::new(8, 1)).unwrap();
+    // `cmh encode` reads its features chunk by chunk from a memory map.
+    let valid_path = d.path().join("valid.npy");
+    cmh::npy::write_npy(&valid_path, &Array2::from_shape_fn((20, 3), |(i, j)| (i * 3 + j) as f32 * 0.25)).unwrap();
+    let valid = std::fs::read(&valid_path).unwrap();
+    let f = d.path().join("feats.npy");
+    let out = d.path().join("enc/codes");
+    let opts = cmh::encode::EncodeOptions { chunk: 7, packed_only: false, progress: false };
+    property(100, &valid, &f, &[], |bytes| {
+        std::fs::write(&f, bytes).unwrap();
+        let (r, a) = measured(|| cmh::encode::encode_file(&model, cmh::method::TEXT, &f, &out, &opts).map(|s| s.items));
+        (err_of(r), a)
+    });
+    // A shape whose byte size overflows, with no data: refused by every reader.
+    let huge = d.path().join("huge.npy");
+    let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 1), }".to_string();
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    std::fs::write(&huge, &bytes).unwrap();
+    assert!(format!("{:#}", cmh::mapped::MappedArray::open(&huge).unwrap_err()).contains("huge.npy"));
+    assert!(cmh::npy::read_features(&huge).is_err());
+    assert!(cmh::encode::encode_file(&model, cmh::method::TEXT, &huge, &out, &opts).is_err());
+    // A bundle's feature matrix, read whole and memory-mapped.
+    let feats = b.join(&bundle.manifest.modalities[0].features.clone().unwrap());
+    let valid = std::fs::read(&feats).unwrap();
+    let size: u64 = std::fs::read_dir(&b).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    property(100, &valid, &feats, &[], |bytes| {
+        std::fs::write(&feats, bytes).unwrap();
+        let (r, a) = measured(|| {
+            let whole = Bundle::load(&b);
+            let mapped = Bundle::load_mapped(&b);
+            // A file read whole is mapped to the same values (the mapped reader may accept more
+            // of a header's padding).
+            if let (Ok(w), Ok(m)) = (&whole, &mapped) {
+                let all: Vec<usize> = (0..w.n_items()).collect();
+                let rows = m.modalities[0].mapped_features.as_ref().unwrap().array().features(&all).unwrap();
+                assert_eq!(&rows, w.modalities[0].features.as_ref().unwrap());
+            }
+            mapped.and(whole).map(|x| x.n_items())
+        });
+        (err_of(r), a.saturating_sub(4 * size as usize))
+    });
+}

@@ -485,3 +485,101 @@ fn error_messages_name_the_file_without_internal_shapes() {
     let e = format!("{:#}", cmh::deep::tensors::read_weights(d.path()).unwrap_err());
     assert!(e.contains("is a folder") && e.contains(".pth"), "{e}");
 }
+
+#[test]
+fn index_and_export_refuse_to_overwrite_their_inputs() {
+    let d = tempfile::tempdir().unwrap();
+    write_npy(&d.path().join("db.npy"), &pm1(30, 16, 4)).unwrap();
+    write_npy(&d.path().join("l.npy"), &labels(30)).unwrap();
+    let before = std::fs::read(d.path().join("db.npy")).unwrap();
+    let e = fails(d.path(), &["index", "build", "--codes", "db.npy", "--out", "./db.npy", "-q"]);
+    assert!(e.contains("--codes db.npy") && e.contains("overwritten"), "{e}");
+    for args in [
+        &["export", "faiss", "--codes", "db.npy", "--out", "db.npy"][..],
+        &["export", "milvus", "--codes", "db.npy", "--labels", "l.npy", "--out", "l.npy"][..],
+        &["export", "elasticsearch", "--codes", "db.npy", "--out", "db.npy"][..],
+        &["export", "opensearch", "--codes", "db.npy", "--labels", "l.npy", "--out", "../x/../l.npy"][..],
+    ] {
+        let args: Vec<String> = args.iter().map(|a| a.replace("../x/../", &format!("../{}/", d.path().file_name().unwrap().to_string_lossy()))).collect();
+        let e = fails(d.path(), &args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+        assert!(e.contains("overwritten"), "{args:?}: {e}");
+    }
+    assert_eq!(std::fs::read(d.path().join("db.npy")).unwrap(), before);
+    assert_eq!(cmh::npy::read_binary_matrix(&d.path().join("l.npy"), "labels").unwrap(), labels(30));
+    // An index built elsewhere is searched; searching with --out at the index is refused.
+    succeeds(d.path(), &["index", "build", "--codes", "db.npy", "--out", "db.cmhidx", "-q"]);
+    let e = fails(d.path(), &["search", "--index", "db.cmhidx", "--query", "db.npy", "-k", "2", "--out", "."]);
+    assert!(e.contains("not created by cmh"), "{e}");
+}
+
+#[test]
+fn tune_continues_only_its_own_folder() {
+    let d = tempfile::tempdir().unwrap();
+    let b = bundle(d.path(), "b");
+    let bs = b.to_str().unwrap();
+    let mine = d.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "mine").unwrap();
+    let tune = |out: &str| -> Vec<String> {
+        ["--threads", "1", "tune", "--method", "cca-itq", "--data", bs, "--bits", "8", "--budget", "2", "--param", "anchors=20", "-q", "--out", out].iter().map(|s| s.to_string()).collect()
+    };
+    let e = fails(d.path(), &args(&tune("mine")));
+    assert!(e.contains("--out") && e.contains("mine") && e.contains("not created by cmh"), "{e}");
+    assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 1, "the folder is untouched");
+    // A train run folder is not a tune folder.
+    succeeds(d.path(), &["train", "--method", "random", "--data", bs, "--bits", "8", "--out", "run", "-q"]);
+    let e = fails(d.path(), &args(&tune("run")));
+    assert!(e.contains("another kind (run)"), "{e}");
+    // Its own folder continues, leftovers of interrupted writes removed.
+    succeeds(d.path(), &args(&tune("t")));
+    let trials = std::fs::read_to_string(d.path().join("t/trials.jsonl")).unwrap();
+    std::fs::write(d.path().join("t/.best.toml.ab12.tmp"), "x").unwrap();
+    succeeds(d.path(), &args(&tune("t")));
+    assert_eq!(std::fs::read_to_string(d.path().join("t/trials.jsonl")).unwrap(), trials, "finished trials are not run again");
+    assert!(!d.path().join("t/.best.toml.ab12.tmp").exists());
+}
+
+#[test]
+fn tune_checks_code_lengths_and_device_as_train_does() {
+    let d = tempfile::tempdir().unwrap();
+    let b = bundle(d.path(), "b");
+    let bs = b.to_str().unwrap();
+    let tune = |bits: &str, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["--threads", "1", "tune", "--method", "cca-itq", "--data", bs, "--bits", bits, "--budget", "1", "--param", "anchors=20", "-q", "--out", "t"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let e = fails(d.path(), &args(&tune("100000", &[])));
+    assert!(e.contains("--bits 100000") && e.contains("4096"), "{e}");
+    let e = fails(d.path(), &args(&tune("16,16", &[])));
+    assert!(e.contains("--bits") && e.contains("more than once"), "{e}");
+    assert!(!d.path().join("t").exists(), "nothing written");
+    let err = succeeds(d.path(), &args(&tune("8", &["--device", "cuda"])));
+    assert!(err.contains("cca-itq runs on the CPU") && err.contains("--device cuda"), "{err}");
+}
+
+#[test]
+fn the_next_write_of_a_file_removes_what_a_killed_write_of_it_left() {
+    let d = tempfile::tempdir().unwrap();
+    write_npy(&d.path().join("db.npy"), &pm1(30, 16, 4)).unwrap();
+    // Temporaries of this output and of another file (kept).
+    for f in [".db.cmhidx.a1B2c3.tmp", ".db.cmhidx.zz9Zz9.tmp", ".other.npy.a1B2c3.tmp", "notes.tmp"] {
+        std::fs::write(d.path().join(f), "partial").unwrap();
+    }
+    succeeds(d.path(), &["index", "build", "--codes", "db.npy", "--out", "db.cmhidx", "-q"]);
+    let mut left: Vec<String> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    left.sort();
+    assert_eq!(left, [".other.npy.a1B2c3.tmp", "db.cmhidx", "db.npy", "notes.tmp"]);
+    // Streamed encode outputs likewise.
+    let b = bundle(d.path(), "b");
+    succeeds(d.path(), &["train", "--method", "random", "--data", b.to_str().unwrap(), "--bits", "8", "--out", "run", "-q"]);
+    write_npy(&d.path().join("feats.npy"), &Array2::<f32>::ones((4, 5))).unwrap();
+    std::fs::create_dir(d.path().join("enc")).unwrap();
+    std::fs::write(d.path().join("enc/.codes_packed.npy.q1w2e3.tmp"), "partial").unwrap();
+    succeeds(d.path(), &["encode", "--model", "run/bits8-seed0/model", "--modality", "text", "--features", "feats.npy", "--out", "enc/codes", "-q"]);
+    let left: Vec<String> = std::fs::read_dir(d.path().join("enc")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+}

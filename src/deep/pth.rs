@@ -424,9 +424,12 @@ fn read_zip(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
         .ok_or_else(|| anyhow!("the zip archive has no data.pkl"))?;
     let prefix = pkl.strip_suffix("data.pkl").unwrap().to_string();
     let mut read = |name: &str| -> Result<Vec<u8>> {
-        let mut f = zip.by_name(name).map_err(|e| anyhow!("archive entry {name}: {e}"))?;
-        let mut v = Vec::with_capacity(f.size() as usize);
-        f.read_to_end(&mut v).map_err(|e| anyhow!("archive entry {name}: {e}"))?;
+        let f = zip.by_name(name).map_err(|e| anyhow!("archive entry {name}: {e}"))?;
+        // The declared size is not trusted for the allocation: an entry grows as it is read, up
+        // to its declared size.
+        let size = f.size();
+        let mut v = Vec::with_capacity((size as usize).min(bytes.len()));
+        f.take(size).read_to_end(&mut v).map_err(|e| anyhow!("archive entry {name}: {e}"))?;
         Ok(v)
     };
     if let Ok(order) = read(&format!("{prefix}byteorder")) {

@@ -211,6 +211,30 @@ impl SdchArch {
         };
         image + mlp(self.text_dim) + (self.feature_dim as f64 + 1.0) * self.bits as f64
     }
+
+    /// Refuses shapes no network can have (a width of 0, images smaller than AlexNet reads, a
+    /// dropout outside [0, 1)), naming the field.
+    pub fn check(&self) -> Result<()> {
+        let widths = [("text_dim", self.text_dim), ("feature_dim", self.feature_dim), ("bits", self.bits)];
+        if let Some((name, _)) = widths.iter().find(|(_, w)| *w == 0) {
+            bail!("arch.{name} is 0; it must be at least 1");
+        }
+        if let Some(i) = self.hidden.iter().position(|&w| w == 0) {
+            bail!("arch.hidden[{i}] is 0; layer widths must be at least 1");
+        }
+        match self.image {
+            ImageInput::Features { dim: 0 } => bail!("arch.image.dim is 0; it must be at least 1"),
+            ImageInput::Images { size } if !(63..=4096).contains(&size) => bail!("arch.image.size is {size}; AlexNet reads images of 63 to 4096 pixels"),
+            _ => {}
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("arch.dropout is {}; it must be in [0, 1)", self.dropout);
+        }
+        if self.bits > crate::method::MAX_BITS {
+            bail!("arch.bits is {}; at most {} are supported", self.bits, crate::method::MAX_BITS);
+        }
+        Ok(())
+    }
 }
 
 enum ImageNet {
@@ -840,6 +864,7 @@ pub fn load_on(dir: &Path, device: Device) -> Result<SdchModel> {
     if mf.arch.bits != mf.bits {
         bail!("{}: bits {} but the architecture has {}", mp.display(), mf.bits, mf.arch.bits);
     }
+    mf.arch.check().with_context(|| format!("{}: invalid architecture", mp.display()))?;
     let wp = dir.join("weights.safetensors");
     // The networks model.json describes must fit the weights file before they are built.
     let file_len = std::fs::metadata(&wp).with_context(|| format!("{}: cannot read", wp.display()))?.len() as f64;

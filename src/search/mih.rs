@@ -175,6 +175,21 @@ impl Layout {
     }
 }
 
+/// The file length [`Layout::new`] computes for `bits`, `n`, `m`, or `None` where an intermediate
+/// size overflows (a corrupted header); `m` substrings must be valid ([`check_substrings`]).
+fn layout_len(bits: usize, n: usize, m: usize) -> Option<usize> {
+    let al = |x: usize| x.checked_add(ALIGN - 1).map(|y| y / ALIGN * ALIGN);
+    let w = bits.div_ceil(64);
+    let header = al(m.checked_mul(16)?.checked_add(64)?)?;
+    let mut pos = al(header.checked_add(n.checked_mul(bits.div_ceil(8))?)?)?;
+    let words = n.checked_mul(w)?.checked_mul(8)?;
+    for (_, len) in substrings(bits, m) {
+        let offsets = 4usize.checked_mul((1usize << len) + 1)?;
+        pos = al(al(al(pos.checked_add(offsets)?)?.checked_add(4usize.checked_mul(n)?)?)?.checked_add(words)?)?;
+    }
+    Some(pos)
+}
+
 /// Settings of `cmh index build`.
 #[derive(Clone, Debug, Default)]
 pub struct BuildOptions {
@@ -456,8 +471,17 @@ impl MihIndex {
         if n > u32::MAX as usize || w != bits.div_ceil(64) {
             bail!("inconsistent header (n = {n}, bits = {bits}, words = {w})");
         }
-        if b.len() < 64 + 16 * m {
-            bail!("truncated header");
+        if m > (b.len() - 64) / 16 {
+            bail!("truncated header: {m} substrings need {} bytes or more, the file holds {}", 64u128 + 16 * m as u128, b.len());
+        }
+        // The sizes the header implies, without overflow, before anything is laid out.
+        match layout_len(bits, n, m) {
+            Some(expected) if expected == len && expected == b.len() => {}
+            Some(expected) => bail!(
+                "expected {expected} bytes for {n} codes of {bits} bits in {m} tables, the header says {len} and the file holds {}",
+                b.len()
+            ),
+            None => bail!("inconsistent header: {n} codes of {bits} bits in {m} tables would not fit in memory"),
         }
         let lay = Layout::new(bits, n, m);
         for (j, &(s, l)) in lay.subs.iter().enumerate() {
@@ -470,10 +494,20 @@ impl MihIndex {
         }
         let masks = lay.subs.iter().map(|&(s, l)| substring_mask(w, s, l)).collect();
         let idx = Self { storage, path, lay, masks };
+        // Each table's ids must list every item once: search results are database indices.
+        let mut seen = vec![0u64; n.div_ceil(64)];
         for j in 0..m {
             let off = idx.offsets(j);
             if off[0] != 0 || off[off.len() - 1] as usize != n || off.windows(2).any(|p| p[0] > p[1]) {
                 bail!("table {j}: the offsets array is not a non-decreasing sequence from 0 to {n}");
+            }
+            seen.iter_mut().for_each(|x| *x = 0);
+            for (t, &id) in idx.ids(j).iter().enumerate() {
+                let id = id as usize;
+                if id >= n || seen[id / 64] >> (id % 64) & 1 == 1 {
+                    bail!("table {j}: entry {t} holds item id {id}, which is out of range or repeated (expected each of 0..{n} once)");
+                }
+                seen[id / 64] |= 1 << (id % 64);
             }
         }
         Ok(idx)

@@ -376,7 +376,10 @@ pub fn run(args: &SearchArgs) -> Result<()> {
     let t = std::time::Instant::now();
     let (nq, n) = (q.view().n, db.n);
     let ctx = || format!("searching {} in {}", args.query.display(), db_path.display());
-    let mkdir = || crate::outdir::prepare(&args.out, crate::outdir::Kind::Search, "--out", false).map(|_| ());
+    let mkdir = || {
+        crate::outdir::prepare(&args.out, crate::outdir::Kind::Search, "--out", false)?;
+        crate::outdir::clean_partials(&args.out)
+    };
     let note = |stats: Option<MihStats>| match stats {
         Some(s) => format!(" ({} from the index, {} by scan)", s.indexed, s.scanned),
         None => String::new(),
