@@ -542,6 +542,26 @@ pub fn procrustes(m: ArrayView2<f64>) -> Result<Array2<f64>> {
     Ok(p.dot(&qt))
 }
 
+/// [`procrustes`] with a rule for the case where the maximiser is not unique. When M is rank
+/// deficient (singular values below 1e-9 σ_max count as zero), tr(RᵀM) is the same for every
+/// R = PᵣQᵣᵀ + P₀ZQ₀ᵀ, Z orthogonal (Pᵣ, Qᵣ: the singular vectors of the non-zero singular values;
+/// P₀, Q₀: those of the zero ones), and the SVD would pick Z from rounding noise. This takes the Z
+/// nearest `prev` (max tr((P₀ZQ₀ᵀ)ᵀ prev), itself a Procrustes problem: Z = polar(P₀ᵀ prev Q₀)),
+/// which depends only on the subspaces, not on the bases the SVD returns for them.
+pub fn procrustes_nearest(m: ArrayView2<f64>, prev: ArrayView2<f64>) -> Result<Array2<f64>> {
+    let (p, s, qt) = m.svd(true, true).context("SVD failed in the Procrustes rotation")?;
+    let (p, qt) = (p.expect("u requested"), qt.expect("vt requested"));
+    let smax = s.iter().fold(0.0f64, |a, &v| a.max(v));
+    let r = s.iter().filter(|&&v| v > 1e-9 * smax).count();
+    let mut rot = p.slice(s![.., ..r]).dot(&qt.slice(s![..r, ..]));
+    if r < s.len() {
+        let (p0, q0t) = (p.slice(s![.., r..]), qt.slice(s![r.., ..]));
+        let z = procrustes(p0.t().dot(&prev).dot(&q0t.t()).view())?;
+        rot += &p0.dot(&z).dot(&q0t);
+    }
+    Ok(rot)
+}
+
 /// ITQ (Gong & Lazebnik, CVPR 2011): the rotation R minimising the quantisation loss
 /// ‖sgn(VR) − VR‖² of the (centred, projected) data V (n × k), by alternating B = sgn(VR) and
 /// R = Procrustes(VᵀB), from a random orthogonal start. Returns R and the loss per iteration.
@@ -788,6 +808,39 @@ mod tests {
             assert!(q.t().dot(&m).diag().sum() <= best + 1e-12);
         }
         assert!(max_abs(&(r.t().dot(&r) - Array2::<f64>::eye(4))) < 1e-12);
+    }
+
+    #[test]
+    fn procrustes_nearest_breaks_ties_by_the_previous_rotation() {
+        // Full rank: the unique maximiser, whatever `prev` is.
+        let mut rng = seeded_rng(4, 0);
+        let m = randn(4, 4, &mut rng);
+        let prev = random_orthogonal(4, &mut rng).unwrap();
+        assert!(max_abs(&(procrustes_nearest(m.view(), prev.view()).unwrap() - procrustes(m.view()).unwrap())) < 1e-12);
+        // M = diag(2, 0): any R = diag(1, ±1) maximises tr(RᵀM) = 2; the one nearest prev is kept.
+        let m = array![[2.0, 0.0], [0.0, 0.0]];
+        let flip = array![[1.0, 0.0], [0.0, -1.0]];
+        assert!(max_abs(&(procrustes_nearest(m.view(), flip.view()).unwrap() - &flip)) < 1e-12);
+        assert!(max_abs(&(procrustes_nearest(m.view(), Array2::<f64>::eye(2).view()).unwrap() - Array2::<f64>::eye(2))) < 1e-12);
+        // Rank 2 of 5, M = FᵀB with B of two distinct rows: a maximiser (tr(RᵀM) = Σσ, orthogonal),
+        // and the same R when M carries rounding-sized noise, where the plain SVD's null-space
+        // vectors are noise.
+        let f = randn(40, 5, &mut rng);
+        let rows = randn(2, 5, &mut rng).mapv(|v| if v < 0.0 { -1.0 } else { 1.0 });
+        let b = Array2::from_shape_fn((40, 5), |(i, j)| rows[[i % 2, j]]);
+        let m = f.t().dot(&b);
+        let prev = random_orthogonal(5, &mut rng).unwrap();
+        let r = procrustes_nearest(m.view(), prev.view()).unwrap();
+        assert!(max_abs(&(r.t().dot(&r) - Array2::<f64>::eye(5))) < 1e-12);
+        let (_, s, _) = m.svd(false, false).unwrap();
+        assert!((r.t().dot(&m).diag().sum() - s.sum()).abs() < 1e-9 * s.sum());
+        let noisy = &m + &(randn(5, 5, &mut rng) * 1e-13 * s[0]);
+        let rn = procrustes_nearest(noisy.view(), prev.view()).unwrap();
+        assert!(max_abs(&(&rn - &r)) < 1e-8, "{}", max_abs(&(&rn - &r)));
+        // The tie-break matters: other maximisers are further from prev.
+        let plain = procrustes(m.view()).unwrap();
+        assert!((plain.t().dot(&m).diag().sum() - s.sum()).abs() < 1e-9 * s.sum());
+        assert!(r.t().dot(&prev).diag().sum() >= plain.t().dot(&prev).diag().sum() - 1e-12);
     }
 
     #[test]

@@ -48,7 +48,7 @@
 //! Nothing n × n is ever formed, so training is linear in n.
 
 use super::common::{
-    capped_anchors, fold_parts, fold_parts_mut, gram_add, hadamard_class_codes, mirror_upper, par_dot, par_gram, par_t_dot, procrustes, random_class_codes, row_block, seeded_rng, sgn,
+    capped_anchors, fold_parts, fold_parts_mut, gram_add, hadamard_class_codes, mirror_upper, par_dot, par_gram, par_t_dot, procrustes_nearest, random_class_codes, row_block, seeded_rng, sgn,
     sign_codes, solve_right_cholesky, solve_right_spd, sum_in_order, RbfMap, SpdFactor,
 };
 use crate::codes::BinaryCodes;
@@ -290,9 +290,12 @@ pub fn update_w(factor: &SpdFactor, phi_t: ArrayView2<f64>, f: ArrayView2<f64>) 
 }
 
 /// R update (eq. 20). Only μ‖B − FR‖² depends on R; with RRᵀ = I it equals const − 2μ tr(RᵀFᵀB),
-/// maximised by the orthogonal Procrustes solution: FᵀB = PΣQᵀ ⇒ R = PQᵀ.
-pub fn update_r(f: ArrayView2<f64>, b: ArrayView2<f64>) -> Result<Array2<f64>> {
-    procrustes(par_t_dot(f, b).view()).context("SCH update_r (eq. 20)")
+/// maximised by the orthogonal Procrustes solution: FᵀB = PΣQᵀ ⇒ R = PQᵀ. FᵀB is rank deficient
+/// when B has fewer distinct rows than bits (B₀ = sgn(YG) has one row per class); the maximiser is
+/// then not unique and the one nearest the previous R is taken ([`procrustes_nearest`]; `prev` = I
+/// for the first R).
+pub fn update_r(f: ArrayView2<f64>, b: ArrayView2<f64>, prev: ArrayView2<f64>) -> Result<Array2<f64>> {
+    procrustes_nearest(par_t_dot(f, b).view(), prev).context("SCH update_r (eq. 20)")
 }
 
 /// B update (eq. 24). ‖B − FR‖² = const − 2 tr(BᵀFR) over B ∈ {−1, 1}: each entry independently
@@ -699,7 +702,7 @@ impl SchParams {
         mirror_upper(&mut yty);
         let mut u = u_from_sums(self, init.ftf, init.fty)?;
         let mut v = v_from_sums(self, yty.clone(), init.ytf)?;
-        let mut r = procrustes(init.ftb.view()).context("SCH update_r (eq. 20)")?;
+        let mut r = procrustes_nearest(init.ftb.view(), Array2::<f64>::eye(k).view()).context("SCH update_r (eq. 20)")?;
 
         // ΦₜᵀΦₜ (cached, factorised for eq. 18) and ΦₜᵀF₀, one pass per modality.
         let mut wfac = Vec::with_capacity(m);
@@ -771,7 +774,7 @@ impl SchParams {
             for (t, ptf) in sums.phi_t_f.iter().enumerate() {
                 w[t] = wfac[t].solve(ptf.view()).context("SCH update_w (eq. 18)")?;
             }
-            r = procrustes(sums.ftb.view()).context("SCH update_r (eq. 20)")?;
+            r = procrustes_nearest(sums.ftb.view(), r.view()).context("SCH update_r (eq. 20)")?;
             set_b(&mut b, &f, &r);
             sweeps += 1;
         }
@@ -881,7 +884,7 @@ impl SchParams {
             w.push(update_w(&wfac[t], phi[t].view(), f.view())?);
         }
         let mut pw: Vec<Array2<f64>> = (0..m).map(|t| par_dot(phi[t].view(), w[t].view())).collect();
-        let mut r = update_r(f.view(), b0.view())?;
+        let mut r = update_r(f.view(), b0.view(), Array2::<f64>::eye(k).view())?;
         let mut b = update_b(f.view(), r.view());
         let mut history = vec![objective(self, y.view(), f.view(), u.view(), v.view(), b.view(), r.view(), &w, &pw)];
 
@@ -893,7 +896,7 @@ impl SchParams {
                 w[t] = update_w(&wfac[t], phi[t].view(), f.view())?;
                 pw[t] = par_dot(phi[t].view(), w[t].view());
             }
-            r = update_r(f.view(), b.view())?;
+            r = update_r(f.view(), b.view(), r.view())?;
             b = update_b(f.view(), r.view());
             let j = objective(self, y.view(), f.view(), u.view(), v.view(), b.view(), r.view(), &w, &pw);
             let prev = *history.last().expect("non-empty");
@@ -1133,7 +1136,7 @@ mod tests {
     #[test]
     fn update_r_is_the_best_rotation() {
         let mut toy = Toy::new(6);
-        toy.r = update_r(toy.f.view(), toy.b.view()).unwrap();
+        toy.r = update_r(toy.f.view(), toy.b.view(), toy.r.view()).unwrap();
         let k = toy.r.nrows();
         let orth = toy.r.t().dot(&toy.r) - Array2::<f64>::eye(k);
         assert!(orth.iter().all(|v| v.abs() < 1e-10));
@@ -1206,7 +1209,7 @@ mod tests {
         let w = update_w(&fac, phi.view(), fm.view()).unwrap();
         assert!((w[[0, 0]] - 2.0 / 3.0).abs() < 1e-12);
         // eq. 20 with k = 1: R = sign(FᵀB); FᵀB = −2 for B = [−1, 1]ᵀ ⇒ R = −1.
-        let r = update_r(fm.view(), array![[-1.0], [1.0]].view()).unwrap();
+        let r = update_r(fm.view(), array![[-1.0], [1.0]].view(), array![[1.0]].view()).unwrap();
         assert!((r[[0, 0]] + 1.0).abs() < 1e-12);
         // eq. 24: B = sgn(FR) = [−1, 1]ᵀ.
         assert_eq!(update_b(fm.view(), r.view()), array![[-1.0], [1.0]]);
@@ -1281,7 +1284,11 @@ mod tests {
         // Single-label data in 10 classes at 12 bits: then F₀ = YG has no zero entries and no two
         // bit columns of G are equal up to sign. (Multi-label rows, or fewer classes than that,
         // make entries of FR exactly 0 in exact arithmetic; their signs are then decided by
-        // rounding, in either path.)
+        // rounding, in either path.) B₀ has one distinct row per class, so F₀ᵀB₀ and F₁ᵀB₀ have
+        // rank 10 < 12 and the first two R updates go through the tie-break of
+        // `procrustes_nearest`. The sweeps amplify the rounding differences of the two summation
+        // orders (R from a nearly rank-deficient FᵀB, W from an ill-conditioned RBF Gram matrix):
+        // J agrees to 1e-8, as W does.
         let check = |n: usize, hide_text_labels: bool, p: SchParams| {
             let (views, labels) = clustered(n, 10, &[7, 5], 0.8, 21);
             let mut data = train_set(views.clone(), labels);
@@ -1296,7 +1303,7 @@ mod tests {
             let streamed = p.fit_streamed(&data, &ctx).unwrap();
             assert_eq!(dense.history().len(), streamed.history().len(), "same number of sweeps");
             for (a, b) in dense.history().iter().zip(streamed.history()) {
-                assert!((a - b).abs() <= 1e-10 * a.abs(), "J {a} vs {b}");
+                assert!((a - b).abs() <= 1e-8 * a.abs(), "J {a} vs {b}");
             }
             assert_eq!(dense.fitted_rows(), streamed.fitted_rows());
             assert_eq!(dense.train_codes(), streamed.train_codes(), "learned codes");
