@@ -44,15 +44,6 @@ struct Args {
     bench: bool,
 }
 
-/// CPU seconds (user + system) of this process so far (Linux; NaN elsewhere).
-fn cpu_secs() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return f64::NAN };
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 fn read_reports(dir: &std::path::Path) -> Vec<Report> {
     let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
     let mut out: Vec<Report> = entries
@@ -81,7 +72,7 @@ fn main() -> Result<()> {
         for d in &a.datasets {
             for m in &a.methods {
                 let dir = a.out.join(d).join(m);
-                let (t0, c0) = (Instant::now(), cpu_secs());
+                let (t0, c0) = (Instant::now(), cmh::report::cpu_secs());
                 for &bits in &a.bits {
                     for &seed in &a.seeds {
                         if dir.join(format!("bits{bits}-seed{seed}")).join("report.json").is_file() {
@@ -104,7 +95,7 @@ fn main() -> Result<()> {
                         pipeline::run(&cfg, &dir, false, false)?;
                     }
                 }
-                cost.push((d.clone(), m.clone(), t0.elapsed().as_secs_f64(), cpu_secs() - c0));
+                cost.push((d.clone(), m.clone(), t0.elapsed().as_secs_f64(), cmh::report::cpu_secs() - c0));
             }
         }
     }
