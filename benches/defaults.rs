@@ -93,7 +93,14 @@ fn main() -> Result<()> {
                             same_modality: false,
                         };
                         eprintln!("== {d} {m} {bits} bits seed {seed}");
-                        pipeline::run(&cfg, &dir, false, false)?;
+                        // One run folder per (bits, seed), its result moved up beside the others, so
+                        // runs of any seeds and lengths accumulate; an interrupted one resumes.
+                        let name = format!("bits{bits}-seed{seed}");
+                        let run_dir = dir.join(format!("run-{name}"));
+                        let resume = run_dir.join("run.json").is_file();
+                        pipeline::run(&cfg, &run_dir, resume, false)?;
+                        std::fs::rename(run_dir.join(&name), dir.join(&name))?;
+                        std::fs::remove_dir_all(&run_dir)?;
                     }
                 }
                 cost.push((d.clone(), m.clone(), t0.elapsed().as_secs_f64(), cmh::report::cpu_secs() - c0));
