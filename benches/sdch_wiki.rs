@@ -49,16 +49,6 @@ struct Args {
     bench: bool,
 }
 
-/// CPU seconds (user + system, all threads) this process has used so far (Linux; NaN elsewhere).
-fn cpu_secs() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return f64::NAN };
-    // Fields after the command name (which is in parentheses): utime is the 14th, stime the 15th.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 fn load(dir: &std::path::Path, name: &str) -> Result<Array2<f32>> {
     read_features(&dir.join(format!("{name}.npy")))
 }
@@ -111,9 +101,9 @@ fn main() -> Result<()> {
         for &seed in &args.seeds {
             let checkpoint_dir = args.run_dir.as_ref().map(|d| d.join(format!("b{bits}_s{seed}")));
             let ctx = FitContext { progress: args.progress, checkpoint_dir, ..FitContext::new(bits, seed) };
-            let (t0, c0) = (Instant::now(), cpu_secs());
+            let (t0, c0) = (Instant::now(), cmh::report::cpu_secs());
             let model = p.fit(&data, &ctx)?;
-            let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_secs() - c0);
+            let (secs, cpu) = (t0.elapsed().as_secs_f64(), cmh::report::cpu_secs() - c0);
             let enc = |m: usize, v: &View| -> Result<BinaryCodes> { model.encode(m, v) };
             let (cqi, cqt) = (enc(IMAGE, &qiv)?, enc(TEXT, &qtv)?);
             let (dbi, dbt) = (enc(IMAGE, &data.views[IMAGE])?, enc(TEXT, &data.views[TEXT])?);

@@ -59,8 +59,8 @@ impl Command {
     /// libtorch's CUDA backend, so searches and evaluations stay small.
     fn may_use_cuda(&self) -> bool {
         match self {
-            Command::Train(a) => a.device != DeviceChoice::Cpu && !a.show_params,
-            Command::Tune(a) => a.device != DeviceChoice::Cpu,
+            Command::Train(a) => a.run.device != DeviceChoice::Cpu && !a.show_params,
+            Command::Tune(a) => a.run.device != DeviceChoice::Cpu,
             Command::Demo(a) => a.device != DeviceChoice::Cpu,
             Command::Features(a) => a.device != DeviceChoice::Cpu,
             Command::Data(_)
@@ -214,6 +214,41 @@ pub struct EmbedTextArgs {
     pub quiet: bool,
 }
 
+/// Protocol and device options `cmh train` and `cmh tune` share.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[arg(long, value_enum, default_value = "standard")]
+    pub protocol: Protocol,
+    /// Unseen classes by name, comma separated (zero-shot protocols).
+    #[arg(long, value_delimiter = ',')]
+    pub unseen: Vec<String>,
+    /// Fraction of classes unseen when --unseen is not given.
+    #[arg(long, default_value_t = 0.2)]
+    pub unseen_fraction: f64,
+    /// Fraction of training labels masked (semi-supervised, label-spaces).
+    #[arg(long, default_value_t = 0.7)]
+    pub mask_fraction: f64,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Deep methods read feature vectors even when the bundle has raw images.
+    #[arg(long)]
+    pub features_only: bool,
+}
+
+impl RunArgs {
+    /// The split these options describe, with `seed` (other fields at their defaults).
+    fn split(&self, seed: u64) -> SplitConfig {
+        SplitConfig {
+            protocol: self.protocol,
+            seed,
+            unseen_classes: self.unseen.clone(),
+            unseen_fraction: self.unseen_fraction,
+            mask_fraction: self.mask_fraction,
+            ..SplitConfig::default()
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// Method: sch, segh, cca-itq, attr-ridge, sdch, czhash, agnet (or random, the floor).
@@ -225,8 +260,8 @@ pub struct TrainArgs {
     /// Code lengths, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "32")]
     pub bits: Vec<usize>,
-    #[arg(long, value_enum, default_value = "standard")]
-    pub protocol: Protocol,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// First seed; runs use seed, seed+1, … (--repeat of them).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -246,15 +281,6 @@ pub struct TrainArgs {
     /// --param), then exit.
     #[arg(long)]
     pub show_params: bool,
-    /// Unseen classes by name, comma separated (zero-shot protocols).
-    #[arg(long, value_delimiter = ',')]
-    pub unseen: Vec<String>,
-    /// Fraction of classes unseen when --unseen is not given.
-    #[arg(long, default_value_t = 0.2)]
-    pub unseen_fraction: f64,
-    /// Fraction of training labels masked (semi-supervised, label-spaces).
-    #[arg(long, default_value_t = 0.7)]
-    pub mask_fraction: f64,
     /// Random split sizes instead of the bundle's fixed split.
     #[arg(long)]
     pub query_size: Option<usize>,
@@ -265,14 +291,9 @@ pub struct TrainArgs {
     /// Also report mAP@k.
     #[arg(long)]
     pub topk: Option<usize>,
-    #[arg(long, value_enum, default_value = "auto")]
-    pub device: DeviceChoice,
     /// Also evaluate same-modality retrieval (image→image, text→text).
     #[arg(long)]
     pub same_modality: bool,
-    /// Deep methods read feature vectors even when the bundle has raw images.
-    #[arg(long)]
-    pub features_only: bool,
     /// Output run folder.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -299,8 +320,8 @@ pub struct TuneArgs {
     /// Code lengths the score averages over.
     #[arg(long, value_delimiter = ',', default_value = "32,64")]
     pub bits: Vec<usize>,
-    #[arg(long, value_enum, default_value = "standard")]
-    pub protocol: Protocol,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Trials (settings tried).
     #[arg(long, default_value_t = 20)]
     pub budget: usize,
@@ -330,18 +351,6 @@ pub struct TuneArgs {
     /// Seed of the validation carving.
     #[arg(long, default_value_t = 12345)]
     pub validation_seed: u64,
-    /// Unseen classes by name, comma separated (zero-shot protocols).
-    #[arg(long, value_delimiter = ',')]
-    pub unseen: Vec<String>,
-    #[arg(long, default_value_t = 0.2)]
-    pub unseen_fraction: f64,
-    #[arg(long, default_value_t = 0.7)]
-    pub mask_fraction: f64,
-    #[arg(long, value_enum, default_value = "auto")]
-    pub device: DeviceChoice,
-    /// Deep methods read feature vectors even when the bundle has raw images.
-    #[arg(long)]
-    pub features_only: bool,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -577,20 +586,10 @@ fn train(a: &TrainArgs) -> Result<()> {
         bits: a.bits.clone(),
         seed: a.seed,
         repeat: a.repeat,
-        split: SplitConfig {
-            protocol: a.protocol,
-            seed: a.seed,
-            query_size: a.query_size,
-            database_size: a.database_size,
-            train_size: a.train_size,
-            unseen_classes: a.unseen.clone(),
-            unseen_fraction: a.unseen_fraction,
-            mask_fraction: a.mask_fraction,
-            ..SplitConfig::default()
-        },
-        device: a.device,
+        split: SplitConfig { query_size: a.query_size, database_size: a.database_size, train_size: a.train_size, ..a.run.split(a.seed) },
+        device: a.run.device,
         topk: a.topk,
-        images: !a.features_only,
+        images: !a.run.features_only,
         same_modality: a.same_modality,
     };
     finish_train(pipeline::run_with(&cfg, &out, &pipeline::RunOptions { resume: false, force: a.force, progress })?, &out)
@@ -610,22 +609,15 @@ fn tune(a: &TuneArgs) -> Result<()> {
         method: a.method.clone(),
         data: a.data.clone(),
         bits: a.bits.clone(),
-        split: SplitConfig {
-            protocol: a.protocol,
-            seed: a.seed,
-            unseen_classes: a.unseen.clone(),
-            unseen_fraction: a.unseen_fraction,
-            mask_fraction: a.mask_fraction,
-            ..SplitConfig::default()
-        },
+        split: a.run.split(a.seed),
         validation: crate::split::ValidationConfig { fraction: a.validation_fraction, seed: a.validation_seed },
         budget: a.budget,
         seed: a.seed,
         strategy: a.strategy,
         base: resolved.table,
         fixed: resolved.explicit,
-        device: a.device,
-        images: !a.features_only,
+        device: a.run.device,
+        images: !a.run.features_only,
     };
     let o = crate::tune::tune(&cfg, &out, !a.quiet)?;
     let info = pipeline::method_info(&a.method)?;

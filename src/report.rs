@@ -75,6 +75,17 @@ pub struct Report {
     pub versions: Versions,
 }
 
+/// CPU seconds (user + system, all threads) this process has used so far (Linux; NaN elsewhere):
+/// for benchmarks on shared machines, where wall-clock time says little.
+pub fn cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return f64::NAN };
+    // Fields after the command name (which is in parentheses): utime is the 14th, stime the 15th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     write_text_atomic(path, &(serde_json::to_string_pretty(value)? + "\n"))
 }
