@@ -20,7 +20,7 @@ import cmh_tools  # noqa: E402
 SMALL_RUNS = {
     "sch": ("sch", ["anchors=60"]),
     "cca-itq": ("cca-itq", ["anchors=60"]),
-    "segh": ("segh", ["k=5", "anchors=0"]),
+    "segh": ("segh", ["k=5", "anchors=0", "sigma_scale=[]"]),
     "segh-rbf": ("segh", ["k=5", "anchors=60"]),
     "sdch": ("sdch", ["epochs=3", "hidden=[32]", "feature_dim=16"]),
 }
