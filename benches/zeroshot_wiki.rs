@@ -1,38 +1,29 @@
 //! Zero-shot measurement: every method under protocols (a) standard, (b) zero-shot,
 //! (c) semi-supervised zero-shot, (d) per-modality label spaces, over random class splits, with a
 //! random-code floor per split; prints the table (mean over splits, both directions, one column
-//! per code length), mean ± std, the targets with their margins, CZHash's divergence count, and
-//! the wall and CPU seconds; writes everything (per-run figures, fit times, histories) as JSON.
+//! per code length), mean ± std, the random floor of every split, the targets with their margins,
+//! CZHash's divergence count, and the wall and CPU seconds; writes everything (per-run figures, fit
+//! times, histories) as JSON.
 //!
 //! The whole benchmark, one command (emoji zero-shot over class splits 0–4, Wikipedia (b)–(d) over
-//! class splits 0–9, every method, 32 and 64 bits):
+//! class splits 0–9, every method at its defaults, 32 and 64 bits):
 //!   nice -n 10 cargo bench --bench zeroshot_wiki -- --suite --out runs/zs_suite.json
 //! The same on validation splits carved from the training classes only (what settings are chosen
 //! on; `split::validation_split`, 20% of the seen classes held out as validation-unseen classes):
 //!   nice -n 10 cargo bench --bench zeroshot_wiki -- --suite --validation --out runs/zs_suite_val.json
-//! One bundle: `--data data/emoji --protocols b --repeat 5` (any bundle with class embeddings).
+//! One bundle: `--data data/emoji --protocols b --repeat 5` (any bundle with class embeddings; the
+//! emoji figures of class split s equal those of `cmh demo --seed s`, which fits with the same
+//! split and seed).
 //!
-//! Setup (once):
-//!   .venv/bin/python scripts/wiki_to_npy.py --src ../shared/data/wiki --out data/wiki_npy
-//!   (optional, MiniLM class embeddings: a JSON list of the class names → data/wiki_npy/minilm.npy
-//!    with the class-semantics script `embed_minilm.py --input data/wiki_npy/classes.json --out …`)
-//!   (or copy the bundle's MiniLM class embeddings, same class order:
-//!    `np.save('data/wiki_npy/minilm.npy', np.load('data/wiki/class_embeddings.npy'))`)
-//! Validation (choosing settings without test queries, issue 5 session 3):
-//!   .venv/bin/python scripts/wiki_val_npy.py   (data/wiki_npy_val: the 2173 training rows split
-//!   1738 train = database / 435 queries), then the same command with `--npy data/wiki_npy_val
-//!   --seed0 100 --repeat 5`; scripts/zs_val_summary.py scores the JSON (benches/zeroshot_results.md).
-//! Run (the session-3 table, MiniLM attributes; CZHash's and AgNet's --params equal their defaults):
-//!   cargo bench --bench zeroshot_wiki -- --emb minilm --protocols b,c,d --bits 64 --repeat 10 \
-//!     --param czhash.attribute_span=true --param czhash.centre=true --param czhash.distance_scale=0.25 \
-//!     --param agnet.attribute_span=true --param agnet.epochs=20 \
-//!     --param 'sdch.hidden=[512,512]' --param sdch.epochs=10 --out runs/zs64.json
-//! Run (the earlier one-hot README table):
-//!   cargo bench --bench zeroshot_wiki -- --emb onehot --protocols b,c,d,a --bits 64 --repeat 10 \
-//!     --param agnet.epochs=20 --param 'sdch.hidden=[512,512]' --param sdch.epochs=10 --out runs/zs64.json
-//!   options: --methods czhash,czhash-nfs,agnet,sch,cca-itq,segh,sdch,random,cca-ref (default: all
-//!            but cca-ref)  --bits 16,32,64,128 (default)  --protocols a,b,c,d (default)  --seed0 0
-//!            --device cpu  --param czhash.epochs=40 (any hyper-parameter, TOML value)
+//! Without `--data` or `--suite` it runs a bundle built from a `.npy` folder of Wikipedia
+//! (`--npy data/wiki_npy`, written by `.venv/bin/python scripts/wiki_to_npy.py --src … --out
+//! data/wiki_npy`; `--emb onehot|minilm` picks the class attributes, the MiniLM ones read from
+//! `data/wiki_npy/minilm.npy`, e.g. a copy of `data/wiki/class_embeddings.npy`).
+//!
+//!   options: --methods czhash,czhash-nfs,agnet,attr-ridge,sch,cca-itq,segh,sdch,random,cca-ref
+//!            (default: all but cca-ref)  --bits 32,64 (default)  --protocols a,b,c,d (default)
+//!            --seed0 0  --repeat 10  --device cpu  --param czhash.epochs=40 (any hyper-parameter,
+//!            TOML value)
 //!            --out FILE.json (rewritten after every split, so an interrupted run keeps its figures)
 //!            --resume FILE.json (keep the runs of an earlier, possibly interrupted, JSON; run the rest)
 //!            --table-only (with --resume: print that JSON's table, run nothing)
