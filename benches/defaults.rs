@@ -99,6 +99,7 @@ fn main() -> Result<()> {
                             topk: None,
                             images: false,
                             same_modality: false,
+                            mmap: false,
                         };
                         eprintln!("== {d} {m} {bits} bits seed {seed}");
                         pipeline::run(&cfg, &dir, false, false)?;

@@ -273,6 +273,11 @@ pub struct TrainArgs {
     /// Deep methods read feature vectors even when the bundle has raw images.
     #[arg(long)]
     pub features_only: bool,
+    /// Memory-map the bundle's feature and image files instead of reading them: the deep methods
+    /// then stream their mini-batches from disk, so bundles larger than memory train (SCH, SeGH
+    /// and CCA-ITQ need the features in memory).
+    #[arg(long)]
+    pub mmap: bool,
     /// Output run folder.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -584,6 +589,7 @@ fn train(a: &TrainArgs) -> Result<()> {
         topk: a.topk,
         images: !a.features_only,
         same_modality: a.same_modality,
+        mmap: a.mmap,
     };
     finish_train(pipeline::run_with(&cfg, &out, &pipeline::RunOptions { resume: false, force: a.force, progress })?, &out)
 }
