@@ -91,6 +91,7 @@ fn main() -> Result<()> {
                             topk: None,
                             images: false,
                             same_modality: false,
+                            mmap: false,
                         };
                         eprintln!("== {d} {m} {bits} bits seed {seed}");
                         // One run folder per (bits, seed), its result moved up beside the others, so

@@ -294,6 +294,11 @@ pub struct TrainArgs {
     /// Also evaluate same-modality retrieval (image→image, text→text).
     #[arg(long)]
     pub same_modality: bool,
+    /// Memory-map the bundle's feature and image files instead of reading them: the deep methods
+    /// then stream their mini-batches from disk, so bundles larger than memory train (SCH, SeGH
+    /// and CCA-ITQ need the features in memory).
+    #[arg(long)]
+    pub mmap: bool,
     /// Output run folder.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -591,6 +596,7 @@ fn train(a: &TrainArgs) -> Result<()> {
         topk: a.topk,
         images: !a.run.features_only,
         same_modality: a.same_modality,
+        mmap: a.mmap,
     };
     finish_train(pipeline::run_with(&cfg, &out, &pipeline::RunOptions { resume: false, force: a.force, progress })?, &out)
 }

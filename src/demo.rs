@@ -90,6 +90,7 @@ pub fn run_demo(a: &DemoArgs) -> Result<()> {
                 topk: Some(100),
                 images: a.images,
                 same_modality: false,
+                mmap: false,
             };
             let dir = a.out.join(&pname).join(m);
             let rs = pipeline::run(&cfg, &dir, false, progress).with_context(|| format!("demo: {m} under {pname}"))?;

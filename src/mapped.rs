@@ -100,18 +100,25 @@ impl MappedArray {
         unsafe { std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len() / 4) }
     }
 
-    /// Rows `idx` of a float32 matrix.
-    pub fn features(&self, idx: &[usize]) -> Result<Array2<f32>> {
-        if self.kind != MappedKind::F32 || self.shape.len() != 2 {
-            bail!("{}: holds {:?} of shape {:?}, not a float32 feature matrix", self.path.display(), self.kind, self.shape);
-        }
-        let (d, data) = (self.row_len(), self.f32_data());
+    /// Rows `idx` of `data` (rows of [`MappedArray::row_len`] values), copied; the pages read are
+    /// released afterwards.
+    fn gather<T: Copy>(&self, data: &[T], idx: &[usize]) -> Vec<T> {
+        let d = self.row_len();
         let mut out = Vec::with_capacity(idx.len() * d);
         for &i in idx {
             out.extend_from_slice(&data[i * d..(i + 1) * d]);
         }
         self.release();
-        Ok(Array2::from_shape_vec((idx.len(), d), out)?)
+        out
+    }
+
+    /// Rows `idx` of a float32 matrix.
+    pub fn features(&self, idx: &[usize]) -> Result<Array2<f32>> {
+        if self.kind != MappedKind::F32 || self.shape.len() != 2 {
+            bail!("{}: holds {:?} of shape {:?}, not a float32 feature matrix", self.path.display(), self.kind, self.shape);
+        }
+        let d = self.row_len();
+        Ok(Array2::from_shape_vec((idx.len(), d), self.gather(self.f32_data(), idx))?)
     }
 
     /// Rows `idx` of a uint8 image stack.
@@ -119,13 +126,7 @@ impl MappedArray {
         if self.kind != MappedKind::U8 || self.shape.len() != 4 {
             bail!("{}: holds {:?} of shape {:?}, not a uint8 image stack", self.path.display(), self.kind, self.shape);
         }
-        let (d, data) = (self.row_len(), self.bytes());
-        let mut out = Vec::with_capacity(idx.len() * d);
-        for &i in idx {
-            out.extend_from_slice(&data[i * d..(i + 1) * d]);
-        }
-        self.release();
-        Ok(Array4::from_shape_vec((idx.len(), self.shape[1], self.shape[2], self.shape[3]), out)?)
+        Ok(Array4::from_shape_vec((idx.len(), self.shape[1], self.shape[2], self.shape[3]), self.gather(self.bytes(), idx))?)
     }
 
     /// Refuses NaN or infinite features, naming the file and the first bad position; one parallel

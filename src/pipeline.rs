@@ -167,6 +167,9 @@ pub struct RunConfig {
     /// Also evaluate same-modality retrieval (image→image, text→text, encoded database).
     #[serde(default)]
     pub same_modality: bool,
+    /// Memory-map the bundle's feature and image files ([`Bundle::load_mapped`]) instead of reading them.
+    #[serde(default)]
+    pub mmap: bool,
 }
 
 /// Evaluation options used for every run: mAP@k when asked, a precision@N curve, PR by radius.
@@ -412,7 +415,7 @@ pub fn run_with(cfg: &RunConfig, out: &Path, opts: &RunOptions) -> Result<Vec<Re
     check_config(cfg)?;
     note_device(&cfg.method, cfg.device);
     let data = std::fs::canonicalize(&cfg.data).with_context(|| format!("--data {}: no such bundle folder", cfg.data.display()))?;
-    let bundle = Bundle::load(&data)?;
+    let bundle = if cfg.mmap { Bundle::load_mapped(&data)? } else { Bundle::load(&data)? };
     let hash = crate::bundle::content_hash(&data)?;
     let cfg = RunConfig { data, ..cfg.clone() };
     let mut description = serde_json::to_value(&cfg)?;
@@ -569,6 +572,7 @@ mod tests {
             topk: Some(5),
             images: false,
             same_modality: true,
+            mmap: false,
         };
         let out = d.path().join("run");
         let reports = run(&cfg, &out, false, false).unwrap();

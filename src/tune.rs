@@ -545,6 +545,7 @@ mod tests {
             topk: None,
             images: false,
             same_modality: false,
+            mmap: false,
         };
         let e = format!("{:#}", crate::pipeline::run(&run, &d.path().join("run"), false, false).unwrap_err());
         assert!(e.contains("image_features.npy") && e.contains("NaN at row 0, column 2"), "{e}");

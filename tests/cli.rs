@@ -216,3 +216,34 @@ fn show_params_tune_and_validation_bundle() {
     assert!(report["health"]["codes"]["db_text"]["distinct_codes"].as_u64().unwrap() > 1, "{}", report["health"]);
     assert!(report["health"]["i2t"]["random_floor"].as_f64().unwrap() > 0.1);
 }
+
+#[test]
+fn train_streams_a_memory_mapped_bundle() {
+    let data = cmh_repo_data("uci");
+    if !data.join("bundle.json").is_file() {
+        eprintln!("skipped: {} is absent", data.display());
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        let mut args = vec!["--threads", "1", "train", "--method", "sdch", "--data", data.to_str().unwrap(), "--bits", "8", "--device", "cpu", "--out", out, "-q"];
+        args.extend(["--param", "epochs=2", "--param", "hidden=[32]", "--param", "feature_dim=16", "--param", "batch_size=128"]);
+        args.extend(extra);
+        let o = cmh().current_dir(d.path()).args(&args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read_to_string(d.path().join(out).join("bits8-seed0").join("report.json")).unwrap()
+    };
+    // The same figures from the mapped files as from the loaded ones (timings aside).
+    let strip = |r: String| {
+        let mut v: serde_json::Value = serde_json::from_str(&r).unwrap();
+        v.as_object_mut().unwrap().remove("timings");
+        v
+    };
+    assert_eq!(strip(run("loaded", &[])), strip(run("mapped", &["--mmap"])));
+    let e = fails(&["train", "--method", "sch", "--data", data.to_str().unwrap(), "--mmap", "--out", "s"], d.path());
+    assert!(e.contains("memory-mapped"), "{e}");
+}
+
+fn cmh_repo_data(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join(name)
+}

@@ -507,9 +507,6 @@ pub struct SdchRun<'a> {
     config: serde_json::Value,
     img_in: Input<'a>,
     txt_in: Input<'a>,
-    /// Label matrices (n × C, float) of the image and the text side.
-    lx: Tensor,
-    ly: Tensor,
     /// Training rows labelled in both modalities (the only ones the losses see).
     rows: Vec<usize>,
     seed: u64,
@@ -557,8 +554,6 @@ impl<'a> SdchRun<'a> {
         if rows.len() < 2 {
             bail!("sdch needs at least 2 training items labelled in both modalities, found {}", rows.len());
         }
-        let lab = |m: usize| array_to_tensor(data.labels[m].mapv(|v| v as f32).view(), device);
-        let (lx, ly) = (lab(IMAGE), lab(TEXT));
         let img_in = Input::new(IMAGE, &data.views[IMAGE], &arch, device)?;
         let txt_in = Input::new(TEXT, &data.views[TEXT], &arch, device)?;
         let mut b = None;
@@ -573,7 +568,7 @@ impl<'a> SdchRun<'a> {
                 resumed_sums = Some((sum("sum_f")?, sum("sum_h")?));
             }
         }
-        Ok(Self { params, trainer, net, b, opt, data, config, img_in, txt_in, lx, ly, rows, seed: ctx.seed, resumed_sums })
+        Ok(Self { params, trainer, net, b, opt, data, config, img_in, txt_in, rows, seed: ctx.seed, resumed_sums })
     }
 
     /// One epoch of the schedule: B's ITQ initialisation when first needed, the mini-batches,
@@ -610,7 +605,9 @@ impl<'a> SdchRun<'a> {
             let replay = self.trainer.replaying();
             let idx: Vec<usize> = batch.iter().map(|&i| self.rows[i]).collect();
             let it = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
-            let (bx, by) = (self.lx.index_select(0, &it), self.ly.index_select(0, &it));
+            // The batch's label rows (copied per batch, like its inputs).
+            let lab = |m: usize| array_to_tensor(self.data.labels[m].select(Axis(0), &idx).mapv(|v| v as f32).view(), device);
+            let (bx, by) = (lab(IMAGE), lab(TEXT));
             let x = self.img_in.batch(&idx, device)?;
             let y = self.txt_in.batch(&idx, device)?;
             if replay {
