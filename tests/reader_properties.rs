@@ -427,7 +427,7 @@ fn streamed_and_mapped_feature_readers_survive_mutated_files() {
     // A shape whose byte size overflows, with no data: refused by every reader.
     let huge = d.path().join("huge.npy");
     let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 1), }".to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');
@@ -439,7 +439,7 @@ fn streamed_and_mapped_feature_readers_survive_mutated_files() {
     assert!(cmh::npy::read_features(&huge).is_err());
     assert!(cmh::encode::encode_file(&model, cmh::method::TEXT, &huge, &out, &opts).is_err());
     // A bundle's feature matrix, read whole and memory-mapped.
-    let feats = b.join(&bundle.manifest.modalities[0].features.clone().unwrap());
+    let feats = b.join(bundle.manifest.modalities[0].features.clone().unwrap());
     let valid = std::fs::read(&feats).unwrap();
     let size: u64 = std::fs::read_dir(&b).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
     property(100, &valid, &feats, &[], |bytes| {
