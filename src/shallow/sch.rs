@@ -1323,7 +1323,7 @@ mod tests {
         let sweeps = check(40_000, false, SchParams { anchors: 40, max_iter: 3, tol: 0.0, refit_hash: true, ..SchParams::paper() });
         assert_eq!(sweeps, 4);
         // Partially labelled rows and the stopping rule (a loose tol stops before max_iter).
-        let sweeps = check(3_000, true, SchParams { anchors: 30, max_iter: 30, tol: 1e-3, ..SchParams::default() });
+        let sweeps = check(3_000, true, SchParams { anchors: 30, max_iter: 30, tol: 1e-3, ..SchParams::paper() });
         assert!(sweeps < 31, "the stopping rule ended the sweeps");
         // The streamed Y blocks are the rows of the in-memory Y (union over modalities), also
         // for multi-label and partially labelled rows.
