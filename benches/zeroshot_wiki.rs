@@ -160,7 +160,7 @@ fn read_npy_f32(p: &Path) -> Result<Array2<f32>> {
 /// Builds (or reuses) the Wikipedia bundle with the chosen class embeddings.
 fn wiki_bundle(npy: &Path, emb: &str) -> Result<Bundle> {
     // One cached bundle per source folder and embedding (data/wiki_npy → data/wiki_bundle_EMB,
-    // any other folder X → X_bundle_EMB, e.g. the validation folder of scripts/wiki_val_npy.py).
+    // any other folder X → X_bundle_EMB).
     let stem = match npy.file_name().and_then(|s| s.to_str()) {
         Some("wiki_npy") | None => "wiki".to_string(),
         Some(other) => other.to_string(),

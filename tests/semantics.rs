@@ -38,7 +38,7 @@ fn emoji_bundle_builds_and_serves_a_shallow_method() {
     let Some((b, summary)) = build(&args) else { return };
     eprintln!("built in {:.1} s: {summary}", t0.elapsed().as_secs_f64());
 
-    // The counts of the issue, and every file as src/bundle.rs expects (Bundle::load validated).
+    // The documented counts, and every file as src/bundle.rs expects (Bundle::load validated).
     assert_eq!(b.n_items(), EMOJI_ITEMS);
     assert_eq!(b.n_classes(), EMOJI_SUBCATEGORIES);
     assert_eq!(summary["categories"], EMOJI_CATEGORIES);

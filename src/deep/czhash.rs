@@ -63,9 +63,8 @@
 //! against A: c = argmin ‖f − cA⁽ᵛ⁾‖² + λ‖c‖² = f A⁽ᵛ⁾ᵀ(A⁽ᵛ⁾A⁽ᵛ⁾ᵀ + λI)⁻¹, code = sign(c W⁽ᵛ⁾).
 //!
 //! **Choices the paper leaves open, chosen on validation.** Settings were
-//! picked on a validation split carved from Wikipedia's training items (scripts/wiki_val_npy.py,
-//! class split seeds 100–104, protocols (b)–(d), 64 bits; grid and rule in
-//! benches/zeroshot_results.md), never on test queries:
+//! picked on a validation split carved from Wikipedia's training items (class
+//! split seeds 100–104, protocols (b)–(d), 64 bits), never on test queries:
 //! - `attribute_span` (default on): A⁽ᵛ⁾ is written in an orthonormal basis of the span of the
 //!   training classes' attributes ([`zs_common::span_basis`]). This is an isometry on that span:
 //!   AAᵀ, the targets CA of eq. 7's α term and the new-item step c = fAᵀ(AAᵀ + λI)⁻¹ are unchanged
@@ -100,8 +99,8 @@
 //!
 //! **Stabilisers of the alternation.** At lr 1e-2 some fits diverge: eq. 7
 //! falls to ~1e3 by round ~8, then its similarity term ω‖FFᵀ − S‖² (quartic in F) blows up by
-//! 10²–10⁴×, the attribute term following (Wikipedia test runs at 64 bits with the former settings: 2/10 class splits
-//! under (b), 6/10 under (c) and (d); CZHash-nFS none). The attribute term does not hold the
+//! 10²–10⁴×, the attribute term following (Wikipedia at 64 bits with lr 1e-2 and without the input options: 2/10
+//! class splits under (b), 6/10 under (c) and (d); CZHash-nFS none). The attribute term does not hold the
 //! unlabelled rows, whose free C follows F in eq. 10. Options, each tested:
 //! - `refresh_f`: after both networks' passes F is recomputed without dropout before eqs. 10–12
 //!   and eq. 7. Without it the stored F holds the outputs recorded batch by batch, with dropout,
@@ -117,8 +116,8 @@
 //!   hence the requirement.
 //! - `grad_clip`: clip the norm of each network's mini-batch gradient; `lr_decay`: lr · decay^(t−1).
 //!
-//! On the Wikipedia validation split (benches/zeroshot_s4_czhash.md, with the former lr 1e-2
-//! settings) none of them raised the score: baseline 0.5725; refresh_f 0.5708 (a tie); refresh_f +
+//! On the Wikipedia validation split (lr 1e-2, without the input
+//! options) none of them raised the score: baseline 0.5725; refresh_f 0.5708 (a tie); refresh_f +
 //! backtrack 0.5683; lr_decay 0.9 0.5666; grad_clip 6540 0.5570 (7/15 fits diverged: it binds in
 //! rounds 1–3). Refreshing, backtracking and the decay remove the divergence there (0/15 against
 //! the baseline's 1/15). `refresh_f` is on by default: with `predicted_coding` the codes are
@@ -162,7 +161,7 @@ use super::zs_common::MODALITY_NAMES;
 /// CZHash hyper-parameters; defaults follow the paper where it gives them (α = β = 1, batch 128,
 /// dropout 0.5). The network sizes, Adam learning rate, epoch count, `distance_scale`, `centre`
 /// and `attribute_span` are ours (feature mode on a CPU), checked or chosen on a validation split
-/// of Wikipedia's training items (benches/zeroshot_results.md), not on test queries.
+/// of Wikipedia's training items, not on test queries.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CzhashParams {

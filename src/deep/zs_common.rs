@@ -755,7 +755,7 @@ mod tests {
         crate::bundle::test_bundle(dir, if embeddings { "emb" } else { "plain" }, true, embeddings)
     }
 
-    /// Issue 5: bad configurations of the zero-shot protocols and methods are refused with a
+    /// Bad configurations of the zero-shot protocols and methods are refused with a
     /// message that says what is wrong, through the same path `cmh train` takes (split →
     /// training set → `pipeline::fit_method`).
     #[test]

@@ -28,13 +28,13 @@
 //! in B (on Wikipedia the Hadamard F₀ gives one) cannot be fitted by the centred Φ (Φᵀ1 = 0, no
 //! intercept), so its refitted projection is rounding noise and the bit's sign is arbitrary for new
 //! items (harmless against the learned-B database, noise in the encoded one). On the Wikipedia
-//! validation split the refit lowered I→T and was not selected (benches/shallow_results.md, stage 7).
+//! validation split the refit lowered I→T and was not selected.
 //!
 //! Choices not fixed by the paper (each documented where it is made):
 //! - F₀ = YG with G ∈ {−1, 1}ᶜˣᵏ a random code per class; a random F₀ leaves codes near chance
 //!   at 64+ bits (the block descent is non-convex). By default G is c random distinct rows of a
 //!   Hadamard matrix ([`ClassCodes::Hadamard`]: class codes k/2 bits apart; coin flips collide in
-//!   many bits at 16 bits), chosen on the Wikipedia validation split (scripts/tune_shallow.py).
+//!   many bits at 16 bits), chosen on the Wikipedia validation split.
 //! - φ is centred with its training mean; σₜ = `sigma_scale[t]` (default 1) × the mean distance
 //!   from the training rows to the anchors.
 //! - SCH needs labels: it trains on the rows labelled in every modality
@@ -114,8 +114,7 @@ pub enum ClassCodes {
 
 impl Default for SchParams {
     fn default() -> Self {
-        // ρ, μ and σ_text chosen on the Wikipedia validation split (stages 1–6 of
-        // benches/shallow_results.md) and confirmed on the UCI digits and emoji validation splits
+        // ρ, μ and σ_text chosen on the Wikipedia validation split and confirmed on the UCI digits and emoji validation splits
         // (docs/methods.md); the rest as in the paper.
         Self { alpha: 4.5, beta: 0.01, mu: 1.0, lambda: vec![0.3, 0.7], rho: 0.002, anchors: 1000, modality_anchors: vec![], max_iter: 20, tol: 1e-4, sigma_scale: vec![1.0, 0.6], class_codes: ClassCodes::Hadamard, refit_hash: false, refit_rho: None }
     }

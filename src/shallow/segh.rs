@@ -137,7 +137,7 @@ pub enum CodeConstraint {
 /// SeGH hyper-parameters. Defaults: the paper's weights (λ = 10³, μ = 10⁻³, γ = η = 10⁻²) on centred
 /// RBF features to 1000 anchors with σ = 1.0 (image) and 0.7 (text) × the mean row-to-anchor
 /// distance, chosen on validation splits of the Wikipedia and UCI digits training items
-/// (`scripts/tune_segh.py`, benches/shallow_results.md) and confirmed on the emoji one
+/// and confirmed on the emoji one
 /// (docs/methods.md); needs at least 1000 training rows (set `anchors` lower for less).
 /// [`SeghParams::paper`] = the paper's raw-feature settings. `k`, `iterations` and
 /// `itq_iterations` are not given by the paper (k = 10 chosen on a validation split carved from the
@@ -172,8 +172,8 @@ pub struct SeghParams {
     /// Input representation Xₘ of the step-1 encoders and of the hash functions. 0 (the paper):
     /// the raw features, centred. c > 0: the centred RBF features φ(x) to c anchors drawn from the
     /// training rows, as SCH and CCA-ITQ use ([`RbfMap`]); step 1 (eq. 7) then learns Wₘ on φ, so
-    /// hᵐ(x) = sign(P Wₘ φₘ(x)) is non-linear in x. Not in the paper: see `benches/shallow_results.md`
-    /// for the validation that chose it.
+    /// hᵐ(x) = sign(P Wₘ φₘ(x)) is non-linear in x. Not in the paper: chosen on
+    /// validation (docs/methods.md).
     pub anchors: usize,
     /// Per-modality factor on the RBF bandwidth heuristic (σₘ = scale × mean row-to-anchor
     /// distance; empty = 1 for every modality). Used only when `anchors > 0`.
