@@ -109,12 +109,16 @@ fn main() -> Result<()> {
         }
     }
     println!("mAP, database encoded, mean ± std over seeds {:?}; margin = method − CCA-ITQ (target ≥ 0.02 both directions)", a.seeds);
-    println!("{:<6} {:<10} {:>4}  {:>15} {:>15}  {:>7} {:>7}  {:>4}  {}", "data", "method", "bits", "I→T", "T→I", "ΔI→T", "ΔT→I", "runs", "verdict");
+    println!(
+        "{:<6} {:<10} {:>4}  {:>15} {:>15}  {:>7} {:>7}  {:>4}  {}",
+        "data", "method", "bits", "I→T", "T→I", "ΔI→T", "ΔT→I", "runs", "verdict"
+    );
     let mut misses = Vec::new();
     for d in &a.datasets {
         // (mean, std) of I→T and T→I over the finished seeds, and how many there are.
         let stats_of = |m: &str, bits: usize| -> Option<((f64, f64), (f64, f64), usize)> {
-            let rs: Vec<Report> = read_reports(&a.out.join(d).join(m)).into_iter().filter(|r| r.bits == bits && a.seeds.contains(&r.seed)).collect();
+            let rs: Vec<Report> =
+                read_reports(&a.out.join(d).join(m)).into_iter().filter(|r| r.bits == bits && a.seeds.contains(&r.seed)).collect();
             if rs.is_empty() {
                 return None;
             }

@@ -43,7 +43,14 @@ fn main() -> Result<()> {
     let l = read_binary_matrix(&a.data.join("L.npy"), "labels")?;
     let classes = (0..l.ncols()).map(|c| c.to_string()).collect();
     let data = TrainSet::supervised(vec![View::Features(x), View::Features(y)], l, classes);
-    let p = SdchParams { epochs: a.reps + 1, batch_size: a.batch, feature_dim: a.k, hidden: a.hidden.clone(), warmup_schedule: false, ..Default::default() };
+    let p = SdchParams {
+        epochs: a.reps + 1,
+        batch_size: a.batch,
+        feature_dim: a.k,
+        hidden: a.hidden.clone(),
+        warmup_schedule: false,
+        ..Default::default()
+    };
     let ctx = FitContext { device: DeviceChoice::Cpu, ..FitContext::new(a.bits, 0) };
     let mut run = SdchRun::new(&p, &data, &ctx, &RunControl::default())?;
     run.init_b()?;

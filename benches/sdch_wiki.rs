@@ -81,7 +81,8 @@ fn main() -> Result<()> {
     }
     let p = params(&args)?;
     eprintln!("settings: {}", serde_json::to_string(&p)?);
-    let (mut xi, mut xt, mut l) = (load(&args.data, "I_tr")?, load(&args.data, "T_tr")?, read_binary_matrix(&args.data.join("L_tr.npy"), "labels")?);
+    let (mut xi, mut xt, mut l) =
+        (load(&args.data, "I_tr")?, load(&args.data, "T_tr")?, read_binary_matrix(&args.data.join("L_tr.npy"), "labels")?);
     let (qi, qt, ql) = if args.validation {
         let (tr, val) = cmh::split::validation_positions(l.view(), &cmh::split::ValidationConfig::default())?;
         let q = (xi.select(Axis(0), &val), xt.select(Axis(0), &val), l.select(Axis(0), &val));

@@ -193,9 +193,7 @@ fn main() -> Result<()> {
         | Cmd::Limit { common, .. }
         | Cmd::Eval { common, .. }
         | Cmd::IndexBuild { common, .. }
-        | Cmd::Mih { common, .. } => {
-            common.clone()
-        }
+        | Cmd::Mih { common, .. } => common.clone(),
     };
     let threads = common.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;

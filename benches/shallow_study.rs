@@ -148,9 +148,8 @@ fn main() -> Result<()> {
         }
         let n = rows.len() as f64;
         let mean: Vec<f64> = (0..4).map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / n).collect();
-        let std: Vec<f64> = (0..4)
-            .map(|j| (rows.iter().map(|r| (r[j] - mean[j]).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt())
-            .collect();
+        let std: Vec<f64> =
+            (0..4).map(|j| (rows.iter().map(|r| (r[j] - mean[j]).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt()).collect();
         let cells: Vec<String> = (0..4).map(|j| format!("{:.4} ± {:.4}  ", mean[j], std[j])).collect();
         println!("{bits:>6}  {}{:>5.2}  {:>5.1}", cells.join(""), secs / n, iters / n);
         if args.json {

@@ -113,7 +113,8 @@ fn mixture(n: usize, dims: &[usize], classes: usize, embedding_dim: usize, seed:
         })
         .collect();
     let mut erng = seeded_rng(seed, 99);
-    let emb = Array2::from_shape_simple_fn((classes, embedding_dim), || erng.sample::<f32, _>(StandardNormal) / (embedding_dim as f32).sqrt());
+    let emb =
+        Array2::from_shape_simple_fn((classes, embedding_dim), || erng.sample::<f32, _>(StandardNormal) / (embedding_dim as f32).sqrt());
     let mut data = TrainSet::supervised(views, labels, (0..classes).map(|c| format!("class{c}")).collect());
     data.class_embeddings = Some(emb);
     data
@@ -130,7 +131,11 @@ fn cpu_seconds() -> f64 {
 /// Peak resident set size of this process so far, in bytes (VmHWM).
 fn peak_rss() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).map_or(f64::NAN, |kb| kb * 1024.0)
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb * 1024.0)
 }
 
 fn load_average() -> String {
@@ -157,7 +162,14 @@ fn generate(args: &Args, n: usize) -> Result<()> {
             _ => unreachable!("features"),
         })
         .collect();
-    let w = cmh::bundle::BundleWriter { name: "mixture".into(), source: "benches/train_scale.rs".into(), classes: data.class_names, modalities, labels: vec![data.labels[0].clone()], ..Default::default() };
+    let w = cmh::bundle::BundleWriter {
+        name: "mixture".into(),
+        source: "benches/train_scale.rs".into(),
+        classes: data.class_names,
+        modalities,
+        labels: vec![data.labels[0].clone()],
+        ..Default::default()
+    };
     w.write(&dir, true)?;
     Ok(())
 }
@@ -177,10 +189,24 @@ fn child(args: &Args, n: usize) -> Result<()> {
     let (t, c) = (Instant::now(), cpu_seconds());
     let detail = match args.method.as_str() {
         "sdch" => {
-            let p = cmh::deep::sdch::SdchParams { epochs: 1, hidden: vec![256], feature_dim: 64, batch_size: 256, encode_batch: 4096, ..Default::default() };
+            let p = cmh::deep::sdch::SdchParams {
+                epochs: 1,
+                hidden: vec![256],
+                feature_dim: 64,
+                batch_size: 256,
+                encode_batch: 4096,
+                ..Default::default()
+            };
             let model = p.fit(&data, &ctx)?;
-            let bytes: u64 = ["image_features.npy", "text_features.npy"].iter().map(|f| std::fs::metadata(sdch_bundle(args, n).join(f)).map_or(0, |m| m.len())).sum();
-            format!("1 epoch from the mapped bundle ({:.2} GB of features on disk), {} codes", bytes as f64 / 1e9, model.train_codes().map_or(0, |c| c.len()))
+            let bytes: u64 = ["image_features.npy", "text_features.npy"]
+                .iter()
+                .map(|f| std::fs::metadata(sdch_bundle(args, n).join(f)).map_or(0, |m| m.len()))
+                .sum();
+            format!(
+                "1 epoch from the mapped bundle ({:.2} GB of features on disk), {} codes",
+                bytes as f64 / 1e9,
+                model.train_codes().map_or(0, |c| c.len())
+            )
         }
         "sch" => {
             let p = SchParams { max_iter: args.sweeps, tol: 0.0, ..SchParams::default() };
@@ -192,7 +218,10 @@ fn child(args: &Args, n: usize) -> Result<()> {
             let p = SeghParams { iterations: args.sweeps, objective_tol: 0.0, ..SeghParams::default() };
             let model = p.fit(&data, &ctx)?;
             let i = model.info();
-            format!("step 1 {:.1} s, graph {:.1} s, step 2 {:.1} s, CG iterations {:?}", i.seconds_step1, i.seconds_graph, i.seconds_step2, i.cg_iterations)
+            format!(
+                "step 1 {:.1} s, graph {:.1} s, step 2 {:.1} s, CG iterations {:?}",
+                i.seconds_step1, i.seconds_graph, i.seconds_step2, i.cg_iterations
+            )
         }
         m => bail!("--method must be sch, segh or sdch, found {m}"),
     };
@@ -252,7 +281,12 @@ fn main() -> Result<()> {
     }
     for w in rows.windows(2) {
         let ((n1, t1, c1), (n2, t2, c2)) = (w[0], w[1]);
-        println!("t({n2})/t({n1}) = {:.3} wall, {:.3} CPU (size ratio {:.2}; goal <= 2.2 for a doubling)", t2 / t1, c2 / c1, n2 as f64 / n1 as f64);
+        println!(
+            "t({n2})/t({n1}) = {:.3} wall, {:.3} CPU (size ratio {:.2}; goal <= 2.2 for a doubling)",
+            t2 / t1,
+            c2 / c1,
+            n2 as f64 / n1 as f64
+        );
     }
     Ok(())
 }

@@ -94,7 +94,10 @@ fn parse_args() -> Result<Args> {
         bits: vec![32, 64],
         seed0: 0,
         repeat: 10,
-        methods: ["czhash", "czhash-nfs", "agnet", "attr-ridge", "sch", "cca-itq", "segh", "sdch", "random"].iter().map(|s| s.to_string()).collect(),
+        methods: ["czhash", "czhash-nfs", "agnet", "attr-ridge", "sch", "cca-itq", "segh", "sdch", "random"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         params: BTreeMap::new(),
         device: DeviceChoice::Cpu,
         out: None,
@@ -345,7 +348,10 @@ fn print_targets(table: &Table, bits: &[usize]) -> Vec<serde_json::Value> {
                 let Some((ai, at)) = get(m) else { continue };
                 let mut rivals: Vec<(String, (f64, f64), f64)> = Vec::new();
                 if emoji {
-                    let best = ["sch", "segh", "sdch", "cca-itq"].iter().filter_map(|r| get(r)).fold((f64::NAN, f64::NAN), |acc, x| (acc.0.max(x.0), acc.1.max(x.1)));
+                    let best = ["sch", "segh", "sdch", "cca-itq"]
+                        .iter()
+                        .filter_map(|r| get(r))
+                        .fold((f64::NAN, f64::NAN), |acc, x| (acc.0.max(x.0), acc.1.max(x.1)));
                     if best.0.is_finite() {
                         rivals.push(("max(sch,segh,sdch,cca-itq)".into(), best, 0.03));
                     }
@@ -361,7 +367,12 @@ fn print_targets(table: &Table, bits: &[usize]) -> Vec<serde_json::Value> {
                 }
                 for (r, (bi, bt), need) in rivals {
                     let ok = ai - bi >= need && at - bt >= need;
-                    println!("{g:<9} {b:>3} bits {m:>7} vs {r:<27} I→T {:+.4}  T→I {:+.4}  (need ≥ {need:+.2}) {}", ai - bi, at - bt, if ok { "met" } else { "NOT met" });
+                    println!(
+                        "{g:<9} {b:>3} bits {m:>7} vs {r:<27} I→T {:+.4}  T→I {:+.4}  (need ≥ {need:+.2}) {}",
+                        ai - bi,
+                        at - bt,
+                        if ok { "met" } else { "NOT met" }
+                    );
                     out.push(serde_json::json!({ "group": g, "bits": b, "method": m, "rival": r, "i2t_margin": ai - bi, "t2i_margin": at - bt, "need": need, "met": ok }));
                 }
             }
@@ -386,10 +397,18 @@ fn main() -> Result<()> {
     tch::set_num_threads(a.threads);
     let seeds = a.seed0..a.seed0 + a.repeat as u64;
     let jobs: Vec<Job> = if a.suite {
-        let load = |p: &str| Bundle::load(Path::new(p)).with_context(|| format!("{p}: the suite needs the emoji bundle (`cmh demo` builds it) and the Wikipedia bundle"));
+        let load = |p: &str| {
+            Bundle::load(Path::new(p))
+                .with_context(|| format!("{p}: the suite needs the emoji bundle (`cmh demo` builds it) and the Wikipedia bundle"))
+        };
         vec![
             Job { name: "emoji".into(), bundle: load("data/emoji")?, protocols: vec![Protocol::ZeroShot], seeds: 0..5 },
-            Job { name: "wiki".into(), bundle: load("data/wiki")?, protocols: vec![Protocol::ZeroShot, Protocol::SemiSupervised, Protocol::LabelSpaces], seeds: 0..10 },
+            Job {
+                name: "wiki".into(),
+                bundle: load("data/wiki")?,
+                protocols: vec![Protocol::ZeroShot, Protocol::SemiSupervised, Protocol::LabelSpaces],
+                seeds: 0..10,
+            },
         ]
     } else if let Some(d) = &a.data {
         let name = d.file_name().and_then(|s| s.to_str()).unwrap_or("data").to_string();
@@ -413,10 +432,13 @@ fn main() -> Result<()> {
     // Runs of an earlier (possibly interrupted) invocation: kept, and not run again.
     let mut done: std::collections::BTreeSet<(String, u64, usize, String)> = Default::default();
     if let Some(r) = &a.resume {
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(r).with_context(|| format!("{}: cannot read", r.display()))?)
-            .with_context(|| format!("{}: invalid JSON", r.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(r).with_context(|| format!("{}: cannot read", r.display()))?)
+                .with_context(|| format!("{}: invalid JSON", r.display()))?;
         for run in v["runs"].as_array().cloned().unwrap_or_default() {
-            let (Some(p), Some(seed), Some(bits), Some(m)) = (run["protocol"].as_str(), run["seed"].as_u64(), run["bits"].as_u64(), run["method"].as_str()) else {
+            let (Some(p), Some(seed), Some(bits), Some(m)) =
+                (run["protocol"].as_str(), run["seed"].as_u64(), run["bits"].as_u64(), run["method"].as_str())
+            else {
                 bail!("{}: a run lacks protocol, seed, bits or method", r.display());
             };
             // Older files name the protocol only (Wikipedia).
@@ -472,7 +494,8 @@ fn main() -> Result<()> {
                         };
                         let fit_s = t0.elapsed().as_secs_f64();
                         let fit_cpu_s = cpu_seconds() - c0;
-                        let enc = EncodedSplit { query: encode(model.as_ref(), &qv)?, database: encode(model.as_ref(), &dv)?, learned_db: None };
+                        let enc =
+                            EncodedSplit { query: encode(model.as_ref(), &qv)?, database: encode(model.as_ref(), &dv)?, learned_db: None };
                         let ev = evaluate_split(&enc, bundle, &split, &opts)?;
                         eprintln!(
                             "{group} seed {seed} unseen {} {method:>10} {bits:>3} bits: I→T {:.4} T→I {:.4}  [{} queries, {} db, fit {fit_s:.1}s wall, {fit_cpu_s:.1}s CPU]",
@@ -498,7 +521,11 @@ fn main() -> Result<()> {
         }
     }
     for r in &rows {
-        let (Some(d), Some(p), Some(seed), Some(bits), Some(m)) = (r["dataset"].as_str(), r["protocol"].as_str(), r["seed"].as_u64(), r["bits"].as_u64(), r["method"].as_str()) else { continue };
+        let (Some(d), Some(p), Some(seed), Some(bits), Some(m)) =
+            (r["dataset"].as_str(), r["protocol"].as_str(), r["seed"].as_u64(), r["bits"].as_u64(), r["method"].as_str())
+        else {
+            continue;
+        };
         let g = format!("{d}/{p}");
         if m == "random" {
             if let (Some(i), Some(t)) = (r["i2t"].as_f64(), r["t2i"].as_f64()) {

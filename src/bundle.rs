@@ -178,7 +178,10 @@ fn order_modalities(mpath: &Path, manifest: &mut Manifest) -> Result<()> {
     let names: Vec<&str> = manifest.modalities.iter().map(|m| m.name.as_str()).collect();
     for (i, name) in names.iter().enumerate() {
         if !MODALITY_NAMES.contains(name) {
-            bail!("{}: modalities[{i}].name is {name:?}; expected \"image\" or \"text\" (the name gives the modality's role)", mpath.display());
+            bail!(
+                "{}: modalities[{i}].name is {name:?}; expected \"image\" or \"text\" (the name gives the modality's role)",
+                mpath.display()
+            );
         }
         if names[..i].contains(name) {
             bail!("{}: modalities[{i}].name {name:?} appears twice; a bundle has at most one image and one text modality", mpath.display());
@@ -186,7 +189,10 @@ fn order_modalities(mpath: &Path, manifest: &mut Manifest) -> Result<()> {
     }
     if names[0] != "image" {
         if names.len() == 1 {
-            bail!("{}: the only modality is \"text\"; cmh's methods pair an image modality with a text modality: add the image modality", mpath.display());
+            bail!(
+                "{}: the only modality is \"text\"; cmh's methods pair an image modality with a text modality: add the image modality",
+                mpath.display()
+            );
         }
         manifest.modalities.swap(0, 1);
         if let Some(l) = manifest.modality_labels.as_mut() {
@@ -203,7 +209,10 @@ fn refuse_duplicates(path: &Path, field: &str, idx: &[usize]) -> Result<()> {
     let mut seen = std::collections::HashMap::with_capacity(idx.len());
     for (k, &i) in idx.iter().enumerate() {
         if let Some(first) = seen.insert(i, k) {
-            bail!("{}: field {field}: item {i} is listed twice (entries {first} and {k}); each item may appear once in a split part", path.display());
+            bail!(
+                "{}: field {field}: item {i} is listed twice (entries {first} and {k}); each item may appear once in a split part",
+                path.display()
+            );
         }
     }
     Ok(())
@@ -315,7 +324,12 @@ impl Bundle {
             (Some(f), None) => vec![(f.clone(), "labels".into()); manifest.modalities.len()],
             (None, Some(fs)) => {
                 if fs.len() != manifest.modalities.len() {
-                    bail!("{}: field modality_labels: one file per modality expected ({}), found {}", mpath.display(), manifest.modalities.len(), fs.len());
+                    bail!(
+                        "{}: field modality_labels: one file per modality expected ({}), found {}",
+                        mpath.display(),
+                        manifest.modalities.len(),
+                        fs.len()
+                    );
                 }
                 fs.iter().enumerate().map(|(m, f)| (f.clone(), format!("modality_labels[{m}]"))).collect()
             }
@@ -329,7 +343,11 @@ impl Bundle {
                     .to_i64()
                     .ok_or_else(|| anyhow!("{}: unlabelled must be bool (items), found a float array", p.display()))?;
                 if a.shape() != [n] || a.iter().any(|&v| v != 0 && v != 1) {
-                    bail!("{}: unlabelled must be a bool vector of {n} entries (0/1), found shape {}", p.display(), crate::npy::shape_str(a.shape()));
+                    bail!(
+                        "{}: unlabelled must be a bool vector of {n} entries (0/1), found shape {}",
+                        p.display(),
+                        crate::npy::shape_str(a.shape())
+                    );
                 }
                 a.iter().map(|&v| v == 1).collect()
             }
@@ -373,7 +391,13 @@ impl Bundle {
                 let p = file_in(dir, &spec.file, "class_embeddings.file")?;
                 let e = read_features(&p)?;
                 if e.dim() != (c, spec.dim) {
-                    bail!("{}: class embeddings must be {c}×{} (classes × class_embeddings.dim), found {}×{}", p.display(), spec.dim, e.nrows(), e.ncols());
+                    bail!(
+                        "{}: class embeddings must be {c}×{} (classes × class_embeddings.dim), found {}×{}",
+                        p.display(),
+                        spec.dim,
+                        e.nrows(),
+                        e.ncols()
+                    );
                 }
                 Some(e)
             }
@@ -387,7 +411,9 @@ impl Bundle {
                 if query.is_empty() || database.is_empty() || train.is_empty() {
                     bail!("{}: field split: train, query and database must each hold at least one item", mpath.display());
                 }
-                for (field, file, idx) in [("split.train", &s.train, &train), ("split.query", &s.query, &query), ("split.database", &s.database, &database)] {
+                for (field, file, idx) in
+                    [("split.train", &s.train, &train), ("split.query", &s.query, &query), ("split.database", &s.database, &database)]
+                {
                     refuse_duplicates(&dir.join(file), field, idx)?;
                 }
                 Some(FixedSplit { train, query, database })
@@ -483,7 +509,10 @@ impl BundleWriter {
         check_replaceable(dir)?;
         let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create folder", parent.display()))?;
-        let tmp = tempfile::Builder::new().prefix(".bundle-").tempdir_in(parent).with_context(|| format!("{}: cannot write in {}", dir.display(), parent.display()))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".bundle-")
+            .tempdir_in(parent)
+            .with_context(|| format!("{}: cannot write in {}", dir.display(), parent.display()))?;
         let t = tmp.path();
         let n = self.labels.first().map(|l| l.nrows()).ok_or_else(|| anyhow!("a bundle needs labels"))?;
         let mut specs = Vec::new();

@@ -1,11 +1,11 @@
 //! The `cmh` command line: a thin layer over the library.
 
-use crate::search::open_codes;
 use crate::method::DeviceChoice;
 use crate::metrics::{evaluate, EvalOptions};
 use crate::npy::read_binary_matrix;
 use crate::params;
 use crate::pipeline::{self, RunConfig};
+use crate::search::open_codes;
 use crate::split::{Protocol, SplitConfig};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -63,12 +63,7 @@ impl Command {
             Command::Tune(a) => a.run.device != DeviceChoice::Cpu,
             Command::Demo(a) => a.device != DeviceChoice::Cpu,
             Command::Features(a) => a.device != DeviceChoice::Cpu,
-            Command::Data(_)
-            | Command::Eval(_)
-            | Command::Search(_)
-            | Command::Index(_)
-            | Command::Export(_)
-            | Command::Encode(_) => false,
+            Command::Data(_) | Command::Eval(_) | Command::Search(_) | Command::Index(_) | Command::Export(_) | Command::Encode(_) => false,
         }
     }
 }
@@ -499,9 +494,15 @@ fn export(cmd: &ExportCommand) -> Result<()> {
     let labels = |r: &ExportRowsArgs| r.labels.as_ref().map(|p| read_binary_matrix(p, "labels")).transpose();
     let (out, inputs): (&Path, Vec<(&str, &Path)>) = match cmd {
         ExportCommand::Faiss(a) => (&a.out, vec![("--codes", &a.codes)]),
-        ExportCommand::Milvus(r) | ExportCommand::Elasticsearch(ExportBulkArgs { rows: r, .. }) | ExportCommand::Opensearch(ExportBulkArgs { rows: r, .. }) => {
-            (&r.out, [("--codes", Some(&r.codes)), ("--labels", r.labels.as_ref())].into_iter().filter_map(|(f, p)| Some((f, p?.as_path()))).collect())
-        }
+        ExportCommand::Milvus(r)
+        | ExportCommand::Elasticsearch(ExportBulkArgs { rows: r, .. })
+        | ExportCommand::Opensearch(ExportBulkArgs { rows: r, .. }) => (
+            &r.out,
+            [("--codes", Some(&r.codes)), ("--labels", r.labels.as_ref())]
+                .into_iter()
+                .filter_map(|(f, p)| Some((f, p?.as_path())))
+                .collect(),
+        ),
     };
     crate::outdir::refuse_overwriting_inputs(&[out.to_path_buf()], &inputs)?;
     match cmd {
@@ -514,7 +515,8 @@ fn export(cmd: &ExportCommand) -> Result<()> {
         ExportCommand::Milvus(r) => {
             let codes = open_codes(&r.codes, None)?;
             let l = labels(r)?;
-            write_milvus_json(codes.view(), l.as_ref().map(|l| l.view()), &r.out).with_context(|| format!("exporting {}", r.codes.display()))?;
+            write_milvus_json(codes.view(), l.as_ref().map(|l| l.view()), &r.out)
+                .with_context(|| format!("exporting {}", r.codes.display()))?;
             eprintln!("wrote {}", r.out.display());
         }
         ExportCommand::Elasticsearch(a) | ExportCommand::Opensearch(a) => {
@@ -643,7 +645,13 @@ fn tune(a: &TuneArgs) -> Result<()> {
 fn data_split(a: &SplitArgs) -> Result<()> {
     let b = crate::bundle::Bundle::load(&a.bundle)?;
     let s = crate::split::write_validation_bundle(&b, &crate::split::ValidationConfig { fraction: a.fraction, seed: a.seed }, &a.out)?;
-    println!("{}: {} validation queries, {} training = database items, all from the training items of {}", a.out.display(), s.query.len(), s.train.len(), a.bundle.display());
+    println!(
+        "{}: {} validation queries, {} training = database items, all from the training items of {}",
+        a.out.display(),
+        s.query.len(),
+        s.train.len(),
+        a.bundle.display()
+    );
     Ok(())
 }
 
@@ -683,7 +691,9 @@ fn eval(a: &EvalArgs) -> Result<()> {
     }
     if let Some(dir) = &a.plot {
         let label = a.query_codes.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-        for p in crate::plot::plot_direction(dir, "eval", &format!("{} vs {}", a.query_codes.display(), a.db_codes.display()), &[(label, &m)])? {
+        for p in
+            crate::plot::plot_direction(dir, "eval", &format!("{} vs {}", a.query_codes.display(), a.db_codes.display()), &[(label, &m)])?
+        {
             eprintln!("wrote {}.png and .svg", p.display());
         }
     }
@@ -691,7 +701,11 @@ fn eval(a: &EvalArgs) -> Result<()> {
 }
 
 fn encode(a: &EncodeArgs) -> Result<()> {
-    let stem = a.out.file_name().and_then(|s| s.to_str()).ok_or_else(|| anyhow!("--out {}: needs a file stem, e.g. codes/text", a.out.display()))?;
+    let stem = a
+        .out
+        .file_name()
+        .and_then(|s| s.to_str())
+        .ok_or_else(|| anyhow!("--out {}: needs a file stem, e.g. codes/text", a.out.display()))?;
     let stem = stem.trim_end_matches(".npy");
     let dir = a.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let outputs = [dir.join(format!("{stem}.npy")), dir.join(format!("{stem}_packed.npy"))];
@@ -706,7 +720,12 @@ fn encode(a: &EncodeArgs) -> Result<()> {
     let t = std::time::Instant::now();
     let s = crate::encode::encode_file(model.as_ref(), m, &a.features, &a.out, &opts)?;
     let secs = t.elapsed().as_secs_f64();
-    eprintln!("encoded {} items ({} bits) in {secs:.2} s ({:.0} items/s) -> {}", s.items, s.bits, s.items as f64 / secs.max(1e-9),
-        s.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
+    eprintln!(
+        "encoded {} items ({} bits) in {secs:.2} s ({:.0} items/s) -> {}",
+        s.items,
+        s.bits,
+        s.items as f64 / secs.max(1e-9),
+        s.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+    );
     Ok(())
 }

@@ -49,11 +49,7 @@ impl<'a> CodesRef<'a> {
             bail!("codes must have at least one bit");
         }
         if data.len() != n * stride_of(bits) {
-            bail!(
-                "packed codes: expected {} bytes for {n} codes of {bits} bits, found {}",
-                n * stride_of(bits),
-                data.len()
-            );
+            bail!("packed codes: expected {} bytes for {n} codes of {bits} bits, found {}", n * stride_of(bits), data.len());
         }
         Ok(Self { n, bits, data })
     }

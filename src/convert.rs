@@ -220,12 +220,7 @@ const PART_ROLES: [&str; 6] = ["image_train", "image_test", "text_train", "text_
 
 /// Default candidate variable names per role.
 fn default_roles(format: Format) -> Vec<(&'static str, Vec<&'static str>)> {
-    let wiki = vec![
-        ("image_train", vec!["I_tr"]),
-        ("image_test", vec!["I_te"]),
-        ("text_train", vec!["T_tr"]),
-        ("text_test", vec!["T_te"]),
-    ];
+    let wiki = vec![("image_train", vec!["I_tr"]), ("image_test", vec!["I_te"]), ("text_train", vec!["T_tr"]), ("text_test", vec!["T_te"])];
     match format {
         Format::Wiki => wiki,
         Format::WikiMat | Format::Uci => {
@@ -313,10 +308,8 @@ fn plan_roles(args: &ConvertArgs, files: &[PathBuf]) -> Result<(RoleCandidates, 
     } else {
         defaults.iter().map(|(r, _)| *r).collect()
     };
-    let mut roles: RoleCandidates = defaults
-        .iter()
-        .map(|(r, ks)| (r.to_string(), ks.iter().map(|k| Candidate { key: k.to_string(), file: None }).collect()))
-        .collect();
+    let mut roles: RoleCandidates =
+        defaults.iter().map(|(r, ks)| (r.to_string(), ks.iter().map(|k| Candidate { key: k.to_string(), file: None }).collect())).collect();
     let mut overridden = Vec::new();
     for kv in &args.keys {
         let (role, value) = kv.split_once('=').ok_or_else(|| anyhow!("--key {kv:?}: expected ROLE=NAME"))?;
@@ -333,9 +326,9 @@ fn plan_roles(args: &ConvertArgs, files: &[PathBuf]) -> Result<(RoleCandidates, 
                     .iter()
                     .position(|f| f == Path::new(file) || f.file_name().is_some_and(|n| n == std::ffi::OsStr::new(file)))
                     .ok_or_else(|| {
-                        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-                        anyhow!("--key {kv:?}: {file} is not one of the inputs ({})", names.join(", "))
-                    })?;
+                    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+                    anyhow!("--key {kv:?}: {file} is not one of the inputs ({})", names.join(", "))
+                })?;
                 Candidate { key: key.to_string(), file: Some(i) }
             }
             None => Candidate { key: value.to_string(), file: None },
@@ -409,7 +402,8 @@ fn wiki_list_labels(path: &Path) -> Result<MatVar> {
         if fields.len() != 3 {
             bail!("{}: line {}: expected `text_id image_id category`, found {} fields", path.display(), i + 1, fields.len());
         }
-        let c: i64 = fields[2].parse().map_err(|_| anyhow!("{}: line {}: category {:?} is not a whole number", path.display(), i + 1, fields[2]))?;
+        let c: i64 =
+            fields[2].parse().map_err(|_| anyhow!("{}: line {}: category {:?} is not a whole number", path.display(), i + 1, fields[2]))?;
         if c < 1 {
             bail!("{}: line {}: category {c} (categories are 1-based)", path.display(), i + 1);
         }
@@ -445,7 +439,12 @@ struct Assembled {
     label_kind: String,
 }
 
-fn assemble(parts: &mut [PartVars], args: &ConvertArgs, class_names: Option<Vec<String>>, default_names: &dyn Fn(usize) -> Vec<String>) -> Result<Assembled> {
+fn assemble(
+    parts: &mut [PartVars],
+    args: &ConvertArgs,
+    class_names: Option<Vec<String>>,
+    default_names: &dyn Fn(usize) -> Vec<String>,
+) -> Result<Assembled> {
     let mut images = Vec::new();
     let mut texts = Vec::new();
     let mut raws = Vec::new();
@@ -472,7 +471,11 @@ fn assemble(parts: &mut [PartVars], args: &ConvertArgs, class_names: Option<Vec<
         Some(names) => {
             if implied > names.len() {
                 let src = args.classes.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-                let kind = if raws.iter().any(|r| matches!(r, RawLabels::Index(_))) { format!(" (class indices read as {base}-based; see --label-base)") } else { String::new() };
+                let kind = if raws.iter().any(|r| matches!(r, RawLabels::Index(_))) {
+                    format!(" (class indices read as {base}-based; see --label-base)")
+                } else {
+                    String::new()
+                };
                 bail!("{src}: {} class names, but the labels use {implied} classes{kind}", names.len());
             }
             names
@@ -516,7 +519,13 @@ fn assemble(parts: &mut [PartVars], args: &ConvertArgs, class_names: Option<Vec<
     let views: Vec<_> = label_parts.iter().map(|a| a.view()).collect();
     let labels = concatenate(Axis(0), &views)?;
     if texts.windows(2).any(|w| w[0].ncols() != w[1].ncols()) {
-        bail!("{} and {}: the text parts have different widths ({} and {})", parts[0].text.what(), parts[1].text.what(), texts[0].ncols(), texts[1].ncols());
+        bail!(
+            "{} and {}: the text parts have different widths ({} and {})",
+            parts[0].text.what(),
+            parts[1].text.what(),
+            texts[0].ncols(),
+            texts[1].ncols()
+        );
     }
     let views: Vec<_> = texts.iter().map(|a| a.view()).collect();
     let text = concatenate(Axis(0), &views)?;
@@ -628,7 +637,10 @@ pub fn convert(args: &ConvertArgs) -> Result<Converted> {
     let class_names = match &args.classes {
         Some(p) => Some(read_class_names(p)?),
         None => match &wiki_dir {
-            Some(d) => Some(read_class_names(&d.join("categories.list")).context("--format wiki takes the class names from categories.list (or --classes FILE)")?),
+            Some(d) => Some(
+                read_class_names(&d.join("categories.list"))
+                    .context("--format wiki takes the class names from categories.list (or --classes FILE)")?,
+            ),
             None => None,
         },
     };
@@ -687,7 +699,10 @@ pub fn convert(args: &ConvertArgs) -> Result<Converted> {
     let from_file = !split_vars.is_empty();
     let fixed = layout == Layout::Parts || from_file;
     if fixed && (args.split_seed.is_some() || !args.split.is_empty()) {
-        bail!("the input already has a fixed split ({}); --split / --split-seed are for releases without one", if layout == Layout::Parts { "its training and test parts" } else { "index lists in the file" });
+        bail!(
+            "the input already has a fixed split ({}); --split / --split-seed are for releases without one",
+            if layout == Layout::Parts { "its training and test parts" } else { "index lists in the file" }
+        );
     }
     if args.split_seed.is_some() && !args.split.is_empty() {
         bail!("give either --split files or --split-seed, not both");
@@ -701,8 +716,12 @@ pub fn convert(args: &ConvertArgs) -> Result<Converted> {
             got.insert(r.clone(), arrays::indices(v, n, args.mat_index_base)?);
         }
         let what = split_vars.iter().map(|(r, v)| format!("{r} = {}", v.what())).collect::<Vec<_>>().join(", ");
-        let query = got.remove("query").ok_or_else(|| anyhow!("the input has split index lists ({what}) but no query list; name it with --key query=NAME"))?;
-        let database = got.remove("database").ok_or_else(|| anyhow!("the input has split index lists ({what}) but no database list; name it with --key database=NAME"))?;
+        let query = got
+            .remove("query")
+            .ok_or_else(|| anyhow!("the input has split index lists ({what}) but no query list; name it with --key query=NAME"))?;
+        let database = got
+            .remove("database")
+            .ok_or_else(|| anyhow!("the input has split index lists ({what}) but no database list; name it with --key database=NAME"))?;
         let train = got.remove("train").unwrap_or_else(|| database.clone());
         Some(FixedSplit { train, query, database })
     } else if let Some(seed) = args.split_seed {
@@ -711,7 +730,10 @@ pub fn convert(args: &ConvertArgs) -> Result<Converted> {
             Format::Mirflickr | Format::Iapr => (Some(2000), Some(10000)),
             _ => (None, None),
         };
-        let q = args.query_size.or(dq).ok_or_else(|| anyhow!("--split-seed with --format {}: give --query-size and --train-size", fmt.cli_name()))?;
+        let q = args
+            .query_size
+            .or(dq)
+            .ok_or_else(|| anyhow!("--split-seed with --format {}: give --query-size and --train-size", fmt.cli_name()))?;
         let t = args.train_size.or(dt).ok_or_else(|| anyhow!("--split-seed with --format {}: give --train-size", fmt.cli_name()))?;
         Some(random_split(n, q, t, seed)?)
     } else {
@@ -820,13 +842,35 @@ mod tests {
     fn parses_the_readme_command_and_options() {
         use clap::{CommandFactory, Parser};
         Cli::command().debug_assert();
-        let c = Cli::try_parse_from(["cmh", "--format", "wiki", "--input", "../shared/data/wiki/raw_features_rasiwasia", "--out", "data/wiki"]).unwrap();
+        let c =
+            Cli::try_parse_from(["cmh", "--format", "wiki", "--input", "../shared/data/wiki/raw_features_rasiwasia", "--out", "data/wiki"])
+                .unwrap();
         assert_eq!(c.a.format, Format::Wiki);
         assert_eq!(c.a.input, vec![PathBuf::from("../shared/data/wiki/raw_features_rasiwasia")]);
         assert_eq!((c.a.label_base, c.a.mat_index_base, c.a.force), (LabelBase::Auto, 1, false));
         let c = Cli::try_parse_from([
-            "cmh", "--format", "generic", "--input", "a.mat", "b.mat", "--out", "o", "--key", "image=X", "--key", "labels=b.mat:L",
-            "--label-base", "0", "--split-seed", "4", "--query-size", "10", "--train-size", "20", "--allow-unlabelled", "--force",
+            "cmh",
+            "--format",
+            "generic",
+            "--input",
+            "a.mat",
+            "b.mat",
+            "--out",
+            "o",
+            "--key",
+            "image=X",
+            "--key",
+            "labels=b.mat:L",
+            "--label-base",
+            "0",
+            "--split-seed",
+            "4",
+            "--query-size",
+            "10",
+            "--train-size",
+            "20",
+            "--allow-unlabelled",
+            "--force",
         ])
         .unwrap();
         assert_eq!(c.a.input.len(), 2);

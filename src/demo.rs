@@ -107,7 +107,12 @@ pub fn run_demo(a: &DemoArgs) -> Result<()> {
     for protocol in ["standard", "zero-shot"] {
         let rs: Vec<&Report> = reports.iter().filter(|r| r.protocol == protocol && r.bits == top).collect();
         if !rs.is_empty() {
-            for p in plot::plot_reports(&a.out.join("plots"), &format!("{protocol}_"), &rs, &format!(" ({protocol}, {top} bits, database encoded)"))? {
+            for p in plot::plot_reports(
+                &a.out.join("plots"),
+                &format!("{protocol}_"),
+                &rs,
+                &format!(" ({protocol}, {top} bits, database encoded)"),
+            )? {
                 pictures.push(p.with_extension("png"));
             }
         }
@@ -119,7 +124,12 @@ pub fn run_demo(a: &DemoArgs) -> Result<()> {
         .max_by(|x, y| (x.0.i2t_encoded.map + x.0.t2i_encoded.map).total_cmp(&(y.0.i2t_encoded.map + y.0.t2i_encoded.map)));
     if let Some((r, dir)) = best {
         let stem = a.out.join("plots").join("top_results");
-        top_results_picture(&bundle, dir, &stem, &format!("{} at {} bits: top results (standard protocol, database encoded)", r.method, r.bits))?;
+        top_results_picture(
+            &bundle,
+            dir,
+            &stem,
+            &format!("{} at {} bits: top results (standard protocol, database encoded)", r.method, r.bits),
+        )?;
         pictures.push(stem.with_extension("png"));
     }
     write_json(
@@ -135,7 +145,13 @@ pub fn run_demo(a: &DemoArgs) -> Result<()> {
     for w in warnings {
         println!("warning: {w}");
     }
-    println!("wrote {} and {} pictures under {} ({:.0} s)", a.out.join("report.json").display(), pictures.len(), a.out.join("plots").display(), t0.elapsed().as_secs_f64());
+    println!(
+        "wrote {} and {} pictures under {} ({:.0} s)",
+        a.out.join("report.json").display(),
+        pictures.len(),
+        a.out.join("plots").display(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -149,7 +165,11 @@ fn item_texts(bundle: &Bundle) -> Vec<String> {
             .iter()
             .map(|it| {
                 let name = it.get("name").and_then(|n| n.as_str()).unwrap_or("").to_lowercase();
-                let kws: Vec<String> = it.get("keywords").and_then(|k| k.as_array()).map(|k| k.iter().take(3).filter_map(|s| s.as_str().map(|s| s.replace('_', " "))).collect()).unwrap_or_default();
+                let kws: Vec<String> = it
+                    .get("keywords")
+                    .and_then(|k| k.as_array())
+                    .map(|k| k.iter().take(3).filter_map(|s| s.as_str().map(|s| s.replace('_', " "))).collect())
+                    .unwrap_or_default();
                 format!("{name} ({})", kws.join(", "))
             })
             .collect(),

@@ -69,7 +69,10 @@ impl Source {
         let need = n.checked_mul(d).and_then(|v| v.checked_mul(if f64 { 8 } else { 4 })).ok_or_else(|| anyhow!("{p}: shape overflows"))?;
         let have = map.len().saturating_sub(h.data_offset);
         if have != need {
-            bail!("{p}: the header declares {n} × {d} {} values ({need} bytes) but {have} bytes follow it", if f64 { "float64" } else { "float32" });
+            bail!(
+                "{p}: the header declares {n} × {d} {} values ({need} bytes) but {have} bytes follow it",
+                if f64 { "float64" } else { "float32" }
+            );
         }
         let _ = map.advise(memmap2::Advice::Sequential);
         Ok(Source::Mapped { map, offset: h.data_offset, n, d, f64 })
@@ -157,7 +160,13 @@ impl NpyOut {
 /// Encodes the features in `features` (items × dimensions, float32/float64 `.npy`) with `model`
 /// for `modality`, writing `STEM.npy` (int8 ±1, unless `packed_only`) and `STEM_packed.npy`
 /// (uint8 packbits rows) where `out_stem` is `DIR/STEM` (a trailing `.npy` is dropped).
-pub fn encode_file(model: &dyn HashModel, modality: usize, features: &Path, out_stem: &Path, opts: &EncodeOptions) -> Result<EncodeSummary> {
+pub fn encode_file(
+    model: &dyn HashModel,
+    modality: usize,
+    features: &Path,
+    out_stem: &Path,
+    opts: &EncodeOptions,
+) -> Result<EncodeSummary> {
     let stem = out_stem.file_name().and_then(|s| s.to_str()).ok_or_else(|| anyhow!("{}: needs a file stem", out_stem.display()))?;
     let stem = stem.trim_end_matches(".npy");
     let dir = out_stem.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -179,7 +188,8 @@ pub fn encode_file(model: &dyn HashModel, modality: usize, features: &Path, out_
     for r0 in (0..n).step_by(chunk) {
         let r1 = (r0 + chunk).min(n);
         let x = src.chunk(features, r0, r1)?;
-        let codes: BinaryCodes = model.encode(modality, &View::Features(x)).with_context(|| format!("encoding items {r0}..{r1} of {}", features.display()))?;
+        let codes: BinaryCodes =
+            model.encode(modality, &View::Features(x)).with_context(|| format!("encoding items {r0}..{r1} of {}", features.display()))?;
         if codes.len() != r1 - r0 || codes.bits() != bits {
             bail!("the model returned {} codes of {} bits for {} items (expected {bits} bits)", codes.len(), codes.bits(), r1 - r0);
         }
@@ -263,7 +273,10 @@ mod tests {
         let p = dir.path().join("x.npy");
         crate::npy::write_npy(&p, &x).unwrap();
         let model = Linear(Array2::ones((3, 8)));
-        let e = format!("{:#}", encode_file(&model, 0, &p, &dir.path().join("c"), &EncodeOptions { chunk: 100, ..Default::default() }).unwrap_err());
+        let e = format!(
+            "{:#}",
+            encode_file(&model, 0, &p, &dir.path().join("c"), &EncodeOptions { chunk: 100, ..Default::default() }).unwrap_err()
+        );
         assert!(e.contains("x.npy") && e.contains("row 257, column 2"), "{e}");
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left.len(), 1, "{left:?}");

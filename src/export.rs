@@ -339,12 +339,14 @@ mod tests {
         assert_eq!(v["rows"].as_array().unwrap().len(), 3);
         let p = dir.path().join("e.ndjson");
         write_bulk_ndjson(codes().view(), None, "codes", BulkFlavour::Elasticsearch, &p).unwrap();
-        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> =
+            std::fs::read_to_string(&p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 6);
         assert_eq!(lines[2], serde_json::json!({"index": {"_index": "codes", "_id": "1"}}));
         assert_eq!(lines[3], serde_json::json!({"id": 1, "code": "c2d9"}));
         write_bulk_ndjson(codes().view(), Some(labels.view()), "codes", BulkFlavour::OpenSearch, &p).unwrap();
-        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> =
+            std::fs::read_to_string(&p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines[1], serde_json::json!({"id": 0, "code": [95, -126], "labels": [0, 2]}));
         let e = format!("{:#}", write_milvus_json(codes().view(), Some(labels.slice(ndarray::s![..2, ..])), &p).unwrap_err());
         assert!(e.contains("labels have 2 rows but there are 3 codes"), "{e}");

@@ -295,7 +295,8 @@ mod tests {
     fn degenerate_codes_are_named_and_good_codes_pass() {
         let (ql, dl) = (labels(40, 4), labels(200, 4));
         // One bit that varies, unrelated to the classes (i % 4): two codes, mAP at the floor.
-        let collapse = |n: usize| BinaryCodes::from_signs(Array2::from_shape_fn((n, 16), |(i, j)| if j == 0 && i % 3 == 0 { 1i8 } else { -1 }).view());
+        let collapse =
+            |n: usize| BinaryCodes::from_signs(Array2::from_shape_fn((n, 16), |(i, j)| if j == 0 && i % 3 == 0 { 1i8 } else { -1 }).view());
         let (collapsed, q) = (collapse(200), collapse(40));
         let m = map(q.view(), collapsed.view(), ql.view(), dl.view()).unwrap();
         let input = HealthInput {
@@ -319,7 +320,9 @@ mod tests {
         assert!((h.i2t.random_floor - 0.25).abs() < 0.1, "{}", h.i2t.random_floor);
         // Class codes: every bit used, items of a class share a code (4 codes, 2% of the items, as
         // many as the classes: no warning), mAP 1.
-        let class_code = |n: usize| BinaryCodes::from_signs(Array2::from_shape_fn((n, 2), |(i, j)| if (((i % 4) >> j) & 1) == 1 { 1i8 } else { -1 }).view());
+        let class_code = |n: usize| {
+            BinaryCodes::from_signs(Array2::from_shape_fn((n, 2), |(i, j)| if (((i % 4) >> j) & 1) == 1 { 1i8 } else { -1 }).view())
+        };
         let (qc, dc) = (class_code(40), class_code(200));
         let m = map(qc.view(), dc.view(), ql.view(), dl.view()).unwrap();
         assert_eq!(m, 1.0);

@@ -60,7 +60,8 @@ impl MappedArray {
         if h.data_offset % elt != 0 {
             bail!("{p}: the .npy data does not start on a {elt}-byte boundary; save it again with numpy");
         }
-        let numel = h.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| anyhow!("{p}: shape {:?} overflows", h.shape))?;
+        let numel =
+            h.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| anyhow!("{p}: shape {:?} overflows", h.shape))?;
         let data_len = numel.checked_mul(elt).ok_or_else(|| anyhow!("{p}: shape {:?} overflows", h.shape))?;
         let have = map.len().saturating_sub(h.data_offset);
         if have != data_len {

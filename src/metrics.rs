@@ -343,7 +343,6 @@ unsafe fn relevance_mask_avx512(qm: u64, dm: &[u64], relm: &mut [u64]) {
     }
 }
 
-
 /// One query's contribution to the means.
 struct QueryStats {
     /// AP, or None when no database item is relevant (excluded query).
@@ -752,7 +751,13 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     /// The previous implementation (counting sort of each ranking), kept as a reference.
-        fn reference_counting(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: ArrayView2<u8>, opts: &EvalOptions) -> Result<DirectionMetrics> {
+    fn reference_counting(
+        q: CodesRef,
+        db: CodesRef,
+        ql: ArrayView2<u8>,
+        dl: ArrayView2<u8>,
+        opts: &EvalOptions,
+    ) -> Result<DirectionMetrics> {
         check_inputs(q, db, ql, dl)?;
         if opts.topk == Some(0) {
             bail!("mAP@k needs k >= 1");
@@ -862,7 +867,6 @@ mod tests {
         })
     }
 
-
     /// Plain O(n log n) reference: sort every ranking by (distance, index) and walk it.
     fn reference_sort(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: ArrayView2<u8>, opts: &EvalOptions) -> DirectionMetrics {
         let bits = q.bits;
@@ -920,11 +924,7 @@ mod tests {
             precision_at_n: opts.precision_at.iter().zip(&pn).map(|(&n, &s)| (n, s / denom)).collect(),
             pr_curve: if opts.pr_curve {
                 (0..=bits)
-                    .map(|r| PrPoint {
-                        radius: r,
-                        precision: if ppc[r] > 0 { pp[r] / ppc[r] as f64 } else { 0.0 },
-                        recall: pr[r] / denom,
-                    })
+                    .map(|r| PrPoint { radius: r, precision: if ppc[r] > 0 { pp[r] / ppc[r] as f64 } else { 0.0 }, recall: pr[r] / denom })
                     .collect()
             } else {
                 vec![]
@@ -949,7 +949,10 @@ mod tests {
             return Err(format!("P@N {:?} vs {:?}", a.precision_at_n, b.precision_at_n));
         }
         if a.pr_curve.len() != b.pr_curve.len()
-            || a.pr_curve.iter().zip(&b.pr_curve).any(|(x, y)| x.radius != y.radius || !near(x.precision, y.precision) || !near(x.recall, y.recall))
+            || a.pr_curve
+                .iter()
+                .zip(&b.pr_curve)
+                .any(|(x, y)| x.radius != y.radius || !near(x.precision, y.precision) || !near(x.recall, y.recall))
         {
             return Err("PR curve differs".into());
         }
@@ -958,7 +961,14 @@ mod tests {
 
     /// Codes from a few prototypes with flipped bits (ties, duplicates) and labels correlated
     /// with the prototypes, so that mAP is far from trivial.
-    fn gen_case(seed: u64, n: usize, nq: usize, bits: usize, classes: usize, density: f64) -> (BinaryCodes, BinaryCodes, Array2<u8>, Array2<u8>) {
+    fn gen_case(
+        seed: u64,
+        n: usize,
+        nq: usize,
+        bits: usize,
+        classes: usize,
+        density: f64,
+    ) -> (BinaryCodes, BinaryCodes, Array2<u8>, Array2<u8>) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let protos = 1 + rng.gen_range(0..6usize);
         let pbits: Vec<Vec<u8>> = (0..protos).map(|_| (0..bits).map(|_| rng.gen_range(0..2u8)).collect()).collect();

@@ -89,9 +89,9 @@ fn read_typed<T: npyz::Deserialize + Clone, R: std::io::Read>(npy: NpyFile<R>, p
     let shape: Vec<usize> = npy.shape().iter().map(|&s| s as usize).collect();
     let order = npy.order();
     let expected: usize = shape.iter().product();
-    let data = npy
-        .into_vec::<T>()
-        .map_err(|e| anyhow!("{}: the data is truncated or unreadable ({e}); expected {expected} values for shape {shape:?}", path.display()))?;
+    let data = npy.into_vec::<T>().map_err(|e| {
+        anyhow!("{}: the data is truncated or unreadable ({e}); expected {expected} values for shape {shape:?}", path.display())
+    })?;
     if data.len() != expected {
         bail!("{}: expected {expected} values for shape {shape:?}, found {}", path.display(), data.len());
     }
@@ -215,9 +215,8 @@ pub fn read_binary_matrix(path: &Path, what: &str) -> Result<Array2<u8>> {
 /// A 1-d integer index array as usize, each value checked against `upper` (exclusive).
 pub fn read_indices(path: &Path, upper: usize) -> Result<Vec<usize>> {
     let data = read_npy(path)?;
-    let a = data
-        .to_i64()
-        .ok_or_else(|| anyhow!("{}: index arrays must be integers (int64), found {}", path.display(), data.dtype_name()))?;
+    let a =
+        data.to_i64().ok_or_else(|| anyhow!("{}: index arrays must be integers (int64), found {}", path.display(), data.dtype_name()))?;
     if a.ndim() != 1 {
         bail!("{}: index arrays must be 1-d, found shape {}", path.display(), shape_str(a.shape()));
     }
@@ -275,7 +274,8 @@ pub fn remove_stale_temporaries(path: &Path) {
 /// Sets the permission bits of a file or folder made through `tempfile` (which makes them private).
 pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| format!("{}: cannot set permissions", path.display()))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("{}: cannot set permissions", path.display()))
 }
 
 /// Element types cmh writes.

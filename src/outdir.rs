@@ -138,9 +138,11 @@ pub fn clean_partials(dir: &Path) -> Result<()> {
         let name = e.file_name().to_string_lossy().to_string();
         let path = e.path();
         if name.starts_with(".partial-") && path.is_dir() {
-            std::fs::remove_dir_all(&path).with_context(|| format!("{}: cannot remove the leftover of an interrupted run", path.display()))?;
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("{}: cannot remove the leftover of an interrupted run", path.display()))?;
         } else if name.starts_with('.') && name.ends_with(".tmp") && path.is_file() {
-            std::fs::remove_file(&path).with_context(|| format!("{}: cannot remove the leftover of an interrupted write", path.display()))?;
+            std::fs::remove_file(&path)
+                .with_context(|| format!("{}: cannot remove the leftover of an interrupted write", path.display()))?;
         }
     }
     Ok(())

@@ -165,7 +165,12 @@ pub fn param_overrides(overrides: &[String]) -> Result<toml::Table> {
 
 /// Merges defaults, `preset`, the method's section of `config` and `overrides`, checks the result
 /// parses into the method's parameters, and records each value's source.
-pub fn resolve(info: &MethodInfo, preset: Option<&str>, config: Option<(&Path, &toml::Table)>, overrides: &toml::Table) -> Result<Resolved> {
+pub fn resolve(
+    info: &MethodInfo,
+    preset: Option<&str>,
+    config: Option<(&Path, &toml::Table)>,
+    overrides: &toml::Table,
+) -> Result<Resolved> {
     let mut table = info.defaults.clone();
     let mut sources: BTreeMap<String, Source> = table.keys().map(|k| (k.clone(), Source::Default)).collect();
     if let Some(name) = preset {
@@ -212,7 +217,8 @@ impl Resolved {
     /// The parameters as a `[method]` TOML section with each value's source as a comment; valid
     /// input for `--config`.
     pub fn to_annotated_toml(&self) -> String {
-        let lines: Vec<(String, String)> = self.table.iter().map(|(k, v)| (format!("{k} = {}", inline(v)), self.sources[k].to_string())).collect();
+        let lines: Vec<(String, String)> =
+            self.table.iter().map(|(k, v)| (format!("{k} = {}", inline(v)), self.sources[k].to_string())).collect();
         let w = lines.iter().map(|(l, _)| l.chars().count()).max().unwrap_or(0);
         let mut s = format!("[{}]\n", self.method);
         for (l, src) in lines {
@@ -274,7 +280,8 @@ mod tests {
         assert_eq!(r.table["mu"].as_float(), Some(0.75));
         assert_eq!(r.sources["mu"], Source::Param);
         // A key the preset changes and nothing overrides comes from the preset.
-        let by_preset: Vec<&String> = paper.keys().filter(|k| paper[*k] != info.defaults[*k] && !["alpha", "mu"].contains(&k.as_str())).collect();
+        let by_preset: Vec<&String> =
+            paper.keys().filter(|k| paper[*k] != info.defaults[*k] && !["alpha", "mu"].contains(&k.as_str())).collect();
         assert!(!by_preset.is_empty(), "the paper preset of sch changes nothing but alpha / mu");
         for k in by_preset {
             assert_eq!(r.sources[k], Source::Preset("paper".into()), "{k}");
@@ -285,7 +292,8 @@ mod tests {
         // The annotated TOML is a valid config that gives the same parameters back.
         let text = r.to_annotated_toml();
         std::fs::write(&cfg, &text).unwrap();
-        let again = resolve(&info, None, Some((cfg.as_path(), &config_section("sch", &cfg, METHODS).unwrap())), &toml::Table::new()).unwrap();
+        let again =
+            resolve(&info, None, Some((cfg.as_path(), &config_section("sch", &cfg, METHODS).unwrap())), &toml::Table::new()).unwrap();
         assert_eq!(again.table, r.table);
         assert!(text.contains("# --param") && text.contains("# preset paper") && text.contains("# default"), "{text}");
         // Unknown presets, keys and sections are refused by name.

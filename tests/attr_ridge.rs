@@ -70,7 +70,8 @@ fn attr_ridge_matches_an_independent_numpy_closed_form() {
     }
     write_npy(&d.join("labels.npy"), &labels).unwrap();
     write_npy(&d.join("emb.npy"), &emb).unwrap();
-    let mut data = TrainSet::supervised(views.iter().cloned().map(View::Features).collect(), labels, (0..c).map(|k| format!("c{k}")).collect());
+    let mut data =
+        TrainSet::supervised(views.iter().cloned().map(View::Features).collect(), labels, (0..c).map(|k| format!("c{k}")).collect());
     data.class_embeddings = Some(emb);
     let (lam, bits) = (0.3, 4);
     let model = AttrRidgeParams { ridge: lam, ..Default::default() }.fit(&data, &FitContext::new(bits, 1)).unwrap();

@@ -58,7 +58,20 @@ fn eval_matches_an_independent_numpy_map() {
     for (qf, df) in [("q.npy", "d_pm1.npy"), ("q_bool.npy", "d_packed.npy")] {
         let out = cmh()
             .current_dir(d.path())
-            .args(["eval", "--query-codes", qf, "--db-codes", df, "--query-labels", "ql.npy", "--db-labels", "dl.npy", "--topk", "10", "--json"])
+            .args([
+                "eval",
+                "--query-codes",
+                qf,
+                "--db-codes",
+                df,
+                "--query-labels",
+                "ql.npy",
+                "--db-labels",
+                "dl.npy",
+                "--topk",
+                "10",
+                "--json",
+            ])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -77,7 +90,11 @@ fn search_writes_numpy_readable_results_ordered_by_distance_then_index() {
     }
     let d = tempfile::tempdir().unwrap();
     run_py(NUMPY_SETUP, d.path());
-    let out = cmh().current_dir(d.path()).args(["search", "--db", "d_packed.npy", "--query", "q.npy", "-k", "15", "--out", "res"]).output().unwrap();
+    let out = cmh()
+        .current_dir(d.path())
+        .args(["search", "--db", "d_packed.npy", "--query", "q.npy", "-k", "15", "--out", "res"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     run_py(
         r#"
@@ -139,8 +156,11 @@ np.save("ql_two.npy", np.load("ql.npy") * 2)
     let e = eval("q.npy", "d_pm1.npy", "ql_two.npy");
     assert!(e.contains("ql_two.npy") && e.contains("0 or 1"), "{e}");
     // Search: k = 0, k larger than the database, and no partial outputs.
-    assert!(fails(&["search", "--db", "d_pm1.npy", "--query", "q.npy", "-k", "0", "--out", "r0"], d.path()).contains("k must be at least 1"));
-    assert!(fails(&["search", "--db", "d_pm1.npy", "--query", "q.npy", "-k", "999", "--out", "r1"], d.path()).contains("exceeds the database size"));
+    assert!(
+        fails(&["search", "--db", "d_pm1.npy", "--query", "q.npy", "-k", "0", "--out", "r0"], d.path()).contains("k must be at least 1")
+    );
+    assert!(fails(&["search", "--db", "d_pm1.npy", "--query", "q.npy", "-k", "999", "--out", "r1"], d.path())
+        .contains("exceeds the database size"));
     assert!(!d.path().join("r1").exists());
     let e = fails(&["search", "--db", "trunc.npy", "--query", "q.npy", "-k", "3", "--out", "r2"], d.path());
     assert!(e.contains("trunc.npy"), "{e}");
@@ -200,17 +220,52 @@ fn show_params_tune_and_validation_bundle() {
     }
     .write(&d.path().join("b"), false)
     .unwrap();
-    let table = ok(&["--threads", "1", "tune", "--method", "cca-itq", "--data", "b", "--bits", "8,16", "--budget", "3", "--param", "anchors=20", "--out", "t", "-q"]);
+    let table = ok(&[
+        "--threads",
+        "1",
+        "tune",
+        "--method",
+        "cca-itq",
+        "--data",
+        "b",
+        "--bits",
+        "8,16",
+        "--budget",
+        "3",
+        "--param",
+        "anchors=20",
+        "--out",
+        "t",
+        "-q",
+    ]);
     assert!(table.contains("best: trial") && table.contains("t/best.toml"), "{table}");
     assert!(d.path().join("t/best.toml").is_file() && d.path().join("t/trials.tsv").is_file());
-    let e = fails(&["--threads", "1", "train", "--method", "cca-itq", "--data", "b", "--bits", "8", "--config", "t/best.toml", "--out", "r0"], d.path());
+    let e = fails(
+        &["--threads", "1", "train", "--method", "cca-itq", "--data", "b", "--bits", "8", "--config", "t/best.toml", "--out", "r0"],
+        d.path(),
+    );
     assert!(e.contains("image_features.npy") && e.contains("NaN at row 3, column 1"), "{e}");
     let split = ok(&["data", "split", "b", "--validation", "--out", "v"]);
     assert!(split.contains("20 validation queries, 80 training = database items"), "{split}");
     assert!(fails(&["data", "split", "b", "--validation", "--out", "v"], d.path()).contains("already exists"));
     let shown = ok(&["train", "--method", "cca-itq", "--config", "t/best.toml", "--show-params"]);
     assert!(shown.lines().filter(|l| l.contains("# config file t/best.toml")).count() >= 3, "{shown}");
-    let out = ok(&["--threads", "1", "train", "--method", "cca-itq", "--data", "v", "--bits", "8", "--config", "t/best.toml", "--out", "r1", "-q"]);
+    let out = ok(&[
+        "--threads",
+        "1",
+        "train",
+        "--method",
+        "cca-itq",
+        "--data",
+        "v",
+        "--bits",
+        "8",
+        "--config",
+        "t/best.toml",
+        "--out",
+        "r1",
+        "-q",
+    ]);
     assert!(out.contains("mAP/floor"), "the end-of-run summary has the health table: {out}");
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("r1/report.json")).unwrap()).unwrap();
     assert!(report["health"]["codes"]["db_text"]["distinct_codes"].as_u64().unwrap() > 1, "{}", report["health"]);
@@ -226,7 +281,22 @@ fn train_streams_a_memory_mapped_bundle() {
     }
     let d = tempfile::tempdir().unwrap();
     let run = |out: &str, extra: &[&str]| {
-        let mut args = vec!["--threads", "1", "train", "--method", "sdch", "--data", data.to_str().unwrap(), "--bits", "8", "--device", "cpu", "--out", out, "-q"];
+        let mut args = vec![
+            "--threads",
+            "1",
+            "train",
+            "--method",
+            "sdch",
+            "--data",
+            data.to_str().unwrap(),
+            "--bits",
+            "8",
+            "--device",
+            "cpu",
+            "--out",
+            out,
+            "-q",
+        ];
         args.extend(["--param", "epochs=2", "--param", "hidden=[32]", "--param", "feature_dim=16", "--param", "batch_size=128"]);
         args.extend(extra);
         let o = cmh().current_dir(d.path()).args(&args).output().unwrap();

@@ -77,7 +77,8 @@ fn write_mats(mats: &[Mat]) {
             V::A(a) => serde_json::json!({"npy": save(a)}),
             V::Sparse(a) => serde_json::json!({"npy": save(a), "sparse": true}),
             V::Struct(fields) => {
-                let m: serde_json::Map<String, serde_json::Value> = fields.iter().map(|(k, v)| (k.to_string(), spec(v, dir, counter))).collect();
+                let m: serde_json::Map<String, serde_json::Value> =
+                    fields.iter().map(|(k, v)| (k.to_string(), spec(v, dir, counter))).collect();
                 serde_json::json!({ "struct": m })
             }
         }
@@ -85,7 +86,8 @@ fn write_mats(mats: &[Mat]) {
     let specs: Vec<serde_json::Value> = mats
         .iter()
         .map(|m| {
-            let vars: serde_json::Map<String, serde_json::Value> = m.vars.iter().map(|(k, v)| (k.to_string(), spec(v, dir.path(), &mut counter))).collect();
+            let vars: serde_json::Map<String, serde_json::Value> =
+                m.vars.iter().map(|(k, v)| (k.to_string(), spec(v, dir.path(), &mut counter))).collect();
             serde_json::json!({"path": m.path.to_string_lossy(), "format": m.format, "vars": vars})
         })
         .collect();
@@ -176,7 +178,16 @@ fn wiki_mat_variants_give_identical_exact_bundles() {
     let (ltr, lte) = (index_labels(ntr, 0, c), index_labels(nte, 1, c));
     let (otr, ote) = (one_hot(ntr, 0, c), one_hot(nte, 1, c));
     let p = |s: &str| d.path().join(s);
-    let base = |l_tr: V, l_te: V| vec![("I_tr", f64v(itr.clone())), ("I_te", f64v(ite.clone())), ("T_tr", f64v(ttr.clone())), ("T_te", f64v(tte.clone())), ("L_tr", l_tr), ("L_te", l_te)];
+    let base = |l_tr: V, l_te: V| {
+        vec![
+            ("I_tr", f64v(itr.clone())),
+            ("I_te", f64v(ite.clone())),
+            ("T_tr", f64v(ttr.clone())),
+            ("T_te", f64v(tte.clone())),
+            ("L_tr", l_tr),
+            ("L_te", l_te),
+        ]
+    };
     write_mats(&[
         mat(p("idx_v5.mat"), "v5", base(u8v(ltr.clone()), u8v(lte.clone()))),
         mat(p("onehot_v5z.mat"), "v5z", base(u8v(otr.clone()), u8v(ote.clone()))),
@@ -229,8 +240,13 @@ fn wiki_folder_layout_takes_labels_and_names_from_the_lists() {
     std::fs::create_dir(&rel).unwrap();
     let (ntr, nte, c) = (6, 3, 4);
     let (itr, ite, ttr, tte) = (feats(ntr, 3, 5), feats(nte, 3, 6), feats(ntr, 2, 7), feats(nte, 2, 8));
-    write_mats(&[mat(rel.join("raw_features.mat"), "v5", vec![("I_tr", f64v(itr.clone())), ("I_te", f64v(ite.clone())), ("T_tr", f64v(ttr.clone())), ("T_te", f64v(tte.clone()))])]);
-    let list = |n: usize, seed: usize| -> String { (0..n).map(|i| format!("txt{seed}_{i}\timg{seed}_{i}\t{}\n", cls(i, seed, c))).collect() };
+    write_mats(&[mat(
+        rel.join("raw_features.mat"),
+        "v5",
+        vec![("I_tr", f64v(itr.clone())), ("I_te", f64v(ite.clone())), ("T_tr", f64v(ttr.clone())), ("T_te", f64v(tte.clone()))],
+    )]);
+    let list =
+        |n: usize, seed: usize| -> String { (0..n).map(|i| format!("txt{seed}_{i}\timg{seed}_{i}\t{}\n", cls(i, seed, c))).collect() };
     std::fs::write(rel.join("trainset_txt_img_cat.list"), list(ntr, 0)).unwrap();
     std::fs::write(rel.join("testset_txt_img_cat.list"), list(nte, 1)).unwrap();
     std::fs::write(rel.join("categories.list"), "art\nbiology\ngeography\nhistory\n").unwrap();
@@ -263,7 +279,16 @@ fn uci_layout_names_digits_and_takes_the_pixel_view_on_request() {
     write_mats(&[mat(
         f.clone(),
         "v5",
-        vec![("I_tr", f64v(itr.clone())), ("T_tr", f64v(ttr.clone())), ("P_tr", u8v(ptr.clone())), ("L_tr", u8v(ltr)), ("I_te", f64v(ite.clone())), ("T_te", f64v(tte.clone())), ("L_te", u8v(lte)), ("P_te", u8v(pte.clone()))],
+        vec![
+            ("I_tr", f64v(itr.clone())),
+            ("T_tr", f64v(ttr.clone())),
+            ("P_tr", u8v(ptr.clone())),
+            ("L_tr", u8v(ltr)),
+            ("I_te", f64v(ite.clone())),
+            ("T_te", f64v(tte.clone())),
+            ("L_te", u8v(lte)),
+            ("P_te", u8v(pte.clone())),
+        ],
     )]);
     let b = convert(&args(Format::Uci, &[&f], &d.path().join("u"))).unwrap().bundle;
     assert_eq!(b.manifest.name, "uci-digits");
@@ -293,7 +318,11 @@ fn mirflickr_single_file_and_trio_give_the_same_images_and_labels() {
     let trio = d.path().join("trio");
     std::fs::create_dir(&trio).unwrap();
     write_mats(&[
-        mat(single.clone(), "v7.3", vec![("images", V::A(Arr::U8(ims_matlab.clone()))), ("YAll", f64v(tags.clone())), ("LAll", f64v(labels.mapv(f64::from)))]),
+        mat(
+            single.clone(),
+            "v7.3",
+            vec![("images", V::A(Arr::U8(ims_matlab.clone()))), ("YAll", f64v(tags.clone())), ("LAll", f64v(labels.mapv(f64::from)))],
+        ),
         mat(trio.join("mirflickr25k-iall.mat"), "v7.3", vec![("IAll", V::A(Arr::U8(ims_matlab.clone())))]),
         mat(trio.join("mirflickr25k-yall.mat"), "v5", vec![("YAll", V::A(Arr::F32(tags.mapv(|x| x as f32).into_dyn())))]),
         mat(trio.join("mirflickr25k-lall.mat"), "v5z", vec![("LAll", u8v(labels.clone()))]),
@@ -346,7 +375,14 @@ fn nus_wide_dcmh_file_with_param_split_and_separate_images() {
                 // Stored as a sparse logical matrix, as a bag of tags may be.
                 ("YAll", V::Sparse(Arr::F64(tags.clone().into_dyn()))),
                 ("LAll", V::A(Arr::Bool(labels.mapv(|x| x == 1).into_dyn()))),
-                ("param", V::Struct(vec![("indexTest", row(&[2, 5])), ("indexTrain", row(&[1, 3, 4])), ("indexDatabase", row(&[1, 3, 4, 6, 7, 8]))])),
+                (
+                    "param",
+                    V::Struct(vec![
+                        ("indexTest", row(&[2, 5])),
+                        ("indexTrain", row(&[1, 3, 4])),
+                        ("indexDatabase", row(&[1, 3, 4, 6, 7, 8])),
+                    ]),
+                ),
             ],
         ),
     ]);
@@ -411,7 +447,12 @@ fn generic_keys_orientation_label_bases_and_split_sources() {
     write_mats(&[mat(
         f.clone(),
         "v7.3",
-        vec![("img", f64v(img.clone())), ("txt", f64v(txt.clone().reversed_axes())), ("lab", V::A(Arr::U16(lab0.mapv(u16::from).into_dyn()))), ("q", f64v(Array2::from_shape_vec((2, 1), vec![7.0, 1.0]).unwrap()))],
+        vec![
+            ("img", f64v(img.clone())),
+            ("txt", f64v(txt.clone().reversed_axes())),
+            ("lab", V::A(Arr::U16(lab0.mapv(u16::from).into_dyn()))),
+            ("q", f64v(Array2::from_shape_vec((2, 1), vec![7.0, 1.0]).unwrap())),
+        ],
     )]);
     let mut a = args(Format::Generic, &[&f], &d.path().join("g"));
     a.keys = vec!["image=img".into(), "text=txt".into(), "labels=lab".into()];
@@ -466,7 +507,17 @@ fn generic_two_part_release_across_files() {
         mat(p("test_txt.mat"), "v5", vec![("test_txt", f64v(tte.clone())), ("lab", u8v(lte.clone()))]),
     ]);
     let mut a = args(Format::Generic, &[d.path()], &p("out"));
-    a.keys = ["image_train=train_img", "image_test=test_img", "text_train=train_txt", "text_test=test_txt", "labels_train=lab", "labels_test=lab"].iter().map(|s| s.to_string()).collect();
+    a.keys = [
+        "image_train=train_img",
+        "image_test=test_img",
+        "text_train=train_txt",
+        "text_test=test_txt",
+        "labels_train=lab",
+        "labels_test=lab",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let e = err_of(&a);
     assert!(e.contains("several inputs") && e.contains("--key labels_") && e.contains(":lab"), "{e}");
     a.keys[4] = "labels_train=train_txt.mat:lab".into();
@@ -492,7 +543,10 @@ fn unlabelled_rows_are_refused_unless_allowed() {
     write_mats(&[mat(f.clone(), "v5", vec![("IAll", f64v(feats(n, 2, 1))), ("YAll", f64v(feats(n, 3, 2))), ("LAll", u8v(l.clone()))])]);
     let mut a = args(Format::Mirflickr, &[&f], &d.path().join("out"));
     let e = err_of(&a);
-    assert!(e.contains("f.mat: LAll") && e.contains("1 of 6 rows have no label") && e.contains("row 4") && e.contains("--allow-unlabelled"), "{e}");
+    assert!(
+        e.contains("f.mat: LAll") && e.contains("1 of 6 rows have no label") && e.contains("row 4") && e.contains("--allow-unlabelled"),
+        "{e}"
+    );
     assert!(!d.path().join("out").exists());
     a.allow_unlabelled = true;
     let c = convert(&a).unwrap();
@@ -509,7 +563,16 @@ fn bad_inputs_are_refused_cleanly_with_nothing_written() {
     let (ntr, nte) = (5, 3);
     let mut nan = feats(ntr, 3, 1);
     nan[[2, 1]] = f64::NAN;
-    let good = |l_tr: Array2<u8>, i_tr: Array2<f64>| vec![("I_tr", f64v(i_tr)), ("I_te", f64v(feats(nte, 3, 2))), ("T_tr", f64v(feats(ntr, 2, 3))), ("T_te", f64v(feats(nte, 2, 4))), ("L_tr", u8v(l_tr)), ("L_te", u8v(index_labels(nte, 0, 3)))];
+    let good = |l_tr: Array2<u8>, i_tr: Array2<f64>| {
+        vec![
+            ("I_tr", f64v(i_tr)),
+            ("I_te", f64v(feats(nte, 3, 2))),
+            ("T_tr", f64v(feats(ntr, 2, 3))),
+            ("T_te", f64v(feats(nte, 2, 4))),
+            ("L_tr", u8v(l_tr)),
+            ("L_te", u8v(index_labels(nte, 0, 3))),
+        ]
+    };
     let p = |s: &str| d.path().join(s);
     let mut missing_key = good(index_labels(ntr, 0, 3), feats(ntr, 3, 1));
     missing_key.remove(5);
@@ -565,7 +628,12 @@ fn shared() -> Option<PathBuf> {
 }
 
 fn read_list(path: &Path) -> Vec<usize> {
-    std::fs::read_to_string(path).unwrap().lines().filter(|l| !l.trim().is_empty()).map(|l| l.split('\t').nth(2).unwrap().trim().parse().unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split('\t').nth(2).unwrap().trim().parse().unwrap())
+        .collect()
 }
 
 /// The four Wikipedia copies give the same bundle; labels match the .list files and the class
@@ -583,18 +651,23 @@ fn real_wiki_files_agree() {
     println!("{}", c.summary);
     let base = c.bundle;
     assert_eq!(base.n_items(), 2866);
-    assert_eq!(base.class_names(), ["art", "biology", "geography", "history", "literature", "media", "music", "royalty", "sport", "warfare"]);
+    assert_eq!(
+        base.class_names(),
+        ["art", "biology", "geography", "history", "literature", "media", "music", "royalty", "sport", "warfare"]
+    );
     assert_eq!(feats_of(&base, 0).dim(), (2866, 128));
     assert_eq!(feats_of(&base, 1).dim(), (2866, 10));
     let s = base.split.as_ref().unwrap();
     assert_eq!((s.train.len(), s.query.len(), s.database.len()), (2173, 693, 2173));
     // Labels = the .list category column, read here independently.
-    let cats: Vec<usize> = read_list(&rel.join("trainset_txt_img_cat.list")).into_iter().chain(read_list(&rel.join("testset_txt_img_cat.list"))).collect();
+    let cats: Vec<usize> =
+        read_list(&rel.join("trainset_txt_img_cat.list")).into_iter().chain(read_list(&rel.join("testset_txt_img_cat.list"))).collect();
     for (i, &k) in cats.iter().enumerate() {
         let row = base.labels[0].row(i);
         assert!(row[k - 1] == 1 && row.sum() == 1, "item {i}");
     }
-    let counts = |r: std::ops::Range<usize>| -> Vec<u32> { (0..10).map(|k| r.clone().map(|i| base.labels[0][[i, k]] as u32).sum()).collect() };
+    let counts =
+        |r: std::ops::Range<usize>| -> Vec<u32> { (0..10).map(|k| r.clone().map(|i| base.labels[0][[i, k]] as u32).sum()).collect() };
     assert_eq!(counts(0..2173), vec![138, 272, 244, 248, 202, 178, 186, 144, 214, 347]);
     assert_eq!(counts(2173..2866), vec![34, 88, 96, 85, 65, 58, 51, 41, 71, 104]);
     // Image rows are L1-normalised histograms.

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 fn bundle(dir: &Path, n: usize) -> PathBuf {
     let cls: Vec<usize> = (0..n).map(|i| i % 4).collect();
-    let feat = |d: usize, s: usize| Array2::from_shape_fn((n, d), |(i, j)| (((i * 13 + j * 7 + s) % 17) as f32) * 0.1 + (cls[i] * (j % 3)) as f32);
+    let feat =
+        |d: usize, s: usize| Array2::from_shape_fn((n, d), |(i, j)| (((i * 13 + j * 7 + s) % 17) as f32) * 0.1 + (cls[i] * (j % 3)) as f32);
     let q = n / 5;
     let path = dir.join("b");
     BundleWriter {
@@ -86,9 +87,14 @@ fn every_command_with_an_unwritable_output_fails_cleanly() {
     write_npy(&d.path().join("ql.npy"), &one_hot(&[0, 1, 2, 3, 0], 4)).unwrap();
     write_npy(&d.path().join("dl.npy"), &one_hot(&(0..40).map(|i| i % 4).collect::<Vec<_>>(), 4)).unwrap();
     write_npy(&d.path().join("x.npy"), &Array2::<f32>::ones((3, 10))).unwrap();
-    let ok = common::cmh().current_dir(d.path()).args(["train", "--method", "random", "--data", bs, "--bits", "8", "--out", "model_run", "-q"]).output().unwrap();
+    let ok = common::cmh()
+        .current_dir(d.path())
+        .args(["train", "--method", "random", "--data", bs, "--bits", "8", "--out", "model_run", "-q"])
+        .output()
+        .unwrap();
     assert!(ok.status.success(), "{}", stderr(&ok));
-    let ok = common::cmh().current_dir(d.path()).args(["index", "build", "--codes", "db.npy", "--out", "db.cmhidx", "-q"]).output().unwrap();
+    let ok =
+        common::cmh().current_dir(d.path()).args(["index", "build", "--codes", "db.npy", "--out", "db.cmhidx", "-q"]).output().unwrap();
     assert!(ok.status.success(), "{}", stderr(&ok));
     std::fs::write(d.path().join("a_file"), "x").unwrap();
     // As root nothing is read-only, but no one can create folders in /proc or under a file.
@@ -98,7 +104,19 @@ fn every_command_with_an_unwritable_output_fails_cleanly() {
             vec!["search", "--db", "db.npy", "--query", "q.npy", "-k", "3", "--out", out],
             vec!["search", "--db", "db.npy", "--query", "q.npy", "--radius", "3", "--out", out],
             vec!["encode", "--model", "model_run/bits8-seed0/model", "--modality", "text", "--features", "x.npy", "--out", out],
-            vec!["eval", "--query-codes", "q.npy", "--db-codes", "db.npy", "--query-labels", "ql.npy", "--db-labels", "dl.npy", "--plot", out],
+            vec![
+                "eval",
+                "--query-codes",
+                "q.npy",
+                "--db-codes",
+                "db.npy",
+                "--query-labels",
+                "ql.npy",
+                "--db-labels",
+                "dl.npy",
+                "--plot",
+                out,
+            ],
             vec!["demo", "--data", bs, "--methods", "random", "--bits", "8", "--out", out, "-q"],
             vec!["search", "--index", "db.cmhidx", "--query", "q.npy", "-k", "3", "--out", out],
             vec!["index", "build", "--codes", "db.npy", "--out", out, "-q"],
@@ -116,7 +134,13 @@ fn every_command_with_an_unwritable_output_fails_cleanly() {
             assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
             assert!(!err.contains("panicked"), "{args:?}: {err}");
             let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{args:?}: {err}"));
-            assert!(line.contains(out.split('/').next_back().unwrap()) || line.contains(out) || line.contains("a_file") || line.contains("/proc"), "{args:?}: {line}");
+            assert!(
+                line.contains(out.split('/').next_back().unwrap())
+                    || line.contains(out)
+                    || line.contains("a_file")
+                    || line.contains("/proc"),
+                "{args:?}: {line}"
+            );
         }
     }
     assert_eq!(std::fs::read_to_string(d.path().join("a_file")).unwrap(), "x");
@@ -149,7 +173,11 @@ fn a_full_disk_leaves_no_partial_file_under_a_final_name() {
     write_npy(&d.path().join("db.npy"), &codes(2000, 64, 2)).unwrap();
     for limit in [600u64, 3000, 20_000] {
         let run = format!("run{limit}");
-        let o = with_disk_of(&["train", "--method", "random", "--data", b.to_str().unwrap(), "--bits", "8,16", "--out", &run, "-q"], d.path(), limit);
+        let o = with_disk_of(
+            &["train", "--method", "random", "--data", b.to_str().unwrap(), "--bits", "8,16", "--out", &run, "-q"],
+            d.path(),
+            limit,
+        );
         assert_eq!(o.status.code(), Some(1), "limit {limit}: {}", stderr(&o));
         assert!(!stderr(&o).contains("panicked"));
         assert_only_complete_files(&d.path().join(&run));
@@ -164,22 +192,55 @@ fn a_full_disk_leaves_no_partial_file_under_a_final_name() {
     // Index, exports, encode, tune and validation split, each writing past the limit.
     write_npy(&d.path().join("x.npy"), &Array2::<f32>::from_shape_fn((400, 10), |(i, j)| ((i * 7 + j) % 13) as f32)).unwrap();
     write_npy(&d.path().join("dl.npy"), &one_hot(&(0..2000).map(|i| i % 4).collect::<Vec<_>>(), 4)).unwrap();
-    let ok = common::cmh().current_dir(d.path()).args(["train", "--method", "random", "--data", b.to_str().unwrap(), "--bits", "64", "--out", "m", "-q"]).output().unwrap();
+    let ok = common::cmh()
+        .current_dir(d.path())
+        .args(["train", "--method", "random", "--data", b.to_str().unwrap(), "--bits", "64", "--out", "m", "-q"])
+        .output()
+        .unwrap();
     assert!(ok.status.success(), "{}", stderr(&ok));
     let bs = b.to_str().unwrap();
     for limit in [600u64, 3000] {
         let o = |name: &str| format!("{name}{limit}");
         let cases: Vec<(Vec<String>, Vec<String>)> = vec![
-            (vec!["index".into(), "build".into(), "--codes".into(), "db.npy".into(), "--out".into(), o("db.cmhidx"), "-q".into()], vec![o("db.cmhidx")]),
-            (vec!["export".into(), "faiss".into(), "--codes".into(), "db.npy".into(), "--out".into(), o("flat.faiss")], vec![o("flat.faiss")]),
-            (vec!["export".into(), "milvus".into(), "--codes".into(), "db.npy".into(), "--labels".into(), "dl.npy".into(), "--out".into(), o("rows.json")], vec![o("rows.json")]),
-            (vec!["export".into(), "opensearch".into(), "--codes".into(), "db.npy".into(), "--out".into(), o("bulk.ndjson")], vec![o("bulk.ndjson")]),
             (
-                ["encode", "--model", "m/bits64-seed0/model", "--modality", "text", "--features", "x.npy", "--out"].iter().map(|s| s.to_string()).chain([o("enc/codes")]).collect(),
+                vec!["index".into(), "build".into(), "--codes".into(), "db.npy".into(), "--out".into(), o("db.cmhidx"), "-q".into()],
+                vec![o("db.cmhidx")],
+            ),
+            (
+                vec!["export".into(), "faiss".into(), "--codes".into(), "db.npy".into(), "--out".into(), o("flat.faiss")],
+                vec![o("flat.faiss")],
+            ),
+            (
+                vec![
+                    "export".into(),
+                    "milvus".into(),
+                    "--codes".into(),
+                    "db.npy".into(),
+                    "--labels".into(),
+                    "dl.npy".into(),
+                    "--out".into(),
+                    o("rows.json"),
+                ],
+                vec![o("rows.json")],
+            ),
+            (
+                vec!["export".into(), "opensearch".into(), "--codes".into(), "db.npy".into(), "--out".into(), o("bulk.ndjson")],
+                vec![o("bulk.ndjson")],
+            ),
+            (
+                ["encode", "--model", "m/bits64-seed0/model", "--modality", "text", "--features", "x.npy", "--out"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain([o("enc/codes")])
+                    .collect(),
                 vec![o("enc/codes.npy"), o("enc/codes_packed.npy")],
             ),
             (
-                ["tune", "--method", "cca-itq", "--data", bs, "--bits", "8", "--budget", "2", "--param", "anchors=20", "-q", "--out"].iter().map(|s| s.to_string()).chain([o("tune")]).collect(),
+                ["tune", "--method", "cca-itq", "--data", bs, "--bits", "8", "--budget", "2", "--param", "anchors=20", "-q", "--out"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain([o("tune")])
+                    .collect(),
                 vec![o("tune/best.toml")],
             ),
             (["data", "split", bs, "--validation", "--out"].iter().map(|s| s.to_string()).chain([o("valid")]).collect(), vec![o("valid")]),
@@ -236,7 +297,11 @@ fn sigterm_while_indexing_exporting_or_encoding_leaves_only_complete_files() {
     let d = tempfile::tempdir().unwrap();
     write_npy(&d.path().join("db.npy"), &codes(60000, 64, 4)).unwrap();
     let b = bundle(d.path(), 60);
-    let ok = common::cmh().current_dir(d.path()).args(["train", "--method", "random", "--data", b.to_str().unwrap(), "--bits", "64", "--out", "m", "-q"]).output().unwrap();
+    let ok = common::cmh()
+        .current_dir(d.path())
+        .args(["train", "--method", "random", "--data", b.to_str().unwrap(), "--bits", "64", "--out", "m", "-q"])
+        .output()
+        .unwrap();
     assert!(ok.status.success(), "{}", stderr(&ok));
     write_npy(&d.path().join("x.npy"), &Array2::<f32>::from_shape_fn((100000, 10), |(i, j)| ((i * 7 + j) % 13) as f32)).unwrap();
     for (i, delay_ms) in [5u64, 30, 80, 150].iter().enumerate() {
@@ -276,8 +341,30 @@ fn sigterm_during_training_checkpoints_exits_130_and_resumes_to_the_same_codes()
     let b = bundle(d.path(), 2500);
     let train = |out: &str| -> Vec<String> {
         [
-            "--threads", "1", "train", "--method", "sdch", "--data", b.to_str().unwrap(), "--bits", "16", "--device", "cpu", "--out", out, "-q",
-            "--param", "epochs=3", "--param", "batch_size=2", "--param", "hidden=[128]", "--param", "feature_dim=16", "--param", "dropout=0.2",
+            "--threads",
+            "1",
+            "train",
+            "--method",
+            "sdch",
+            "--data",
+            b.to_str().unwrap(),
+            "--bits",
+            "16",
+            "--device",
+            "cpu",
+            "--out",
+            out,
+            "-q",
+            "--param",
+            "epochs=3",
+            "--param",
+            "batch_size=2",
+            "--param",
+            "hidden=[128]",
+            "--param",
+            "feature_dim=16",
+            "--param",
+            "dropout=0.2",
         ]
         .iter()
         .map(|s| s.to_string())

@@ -130,7 +130,10 @@ fn property(cases: u32, valid: &[u8], file: &Path, also: &[&str], mut check: imp
             let bound = 8 * bytes.len().max(valid.len()) + (4 << 20);
             prop_assert!(allocated <= bound, "{name}: allocated {allocated} bytes for a {}-byte file (edits {e:?})", bytes.len());
             if let Some(msg) = err {
-                prop_assert!(msg.contains(&name) || also.iter().any(|a| msg.contains(a)), "{name}: the error does not name the file: {msg} (edits {e:?})");
+                prop_assert!(
+                    msg.contains(&name) || also.iter().any(|a| msg.contains(a)),
+                    "{name}: the error does not name the file: {msg} (edits {e:?})"
+                );
                 prop_assert!(!msg.contains("frame #"), "{name}: a backtrace in the message: {msg}");
             }
             Ok(())
@@ -153,8 +156,16 @@ fn toy_bundle(dir: &Path) -> PathBuf {
         source: "test".into(),
         classes: vec!["a".into(), "b".into(), "c".into()],
         modalities: vec![
-            NewModality { name: "image".into(), features: Some(Array2::from_shape_fn((n, 4), |(i, j)| (i * 3 + j * cls[i]) as f32 % 7.0)), ..Default::default() },
-            NewModality { name: "text".into(), features: Some(Array2::from_shape_fn((n, 3), |(i, j)| (i + j * (cls[i] + 1)) as f32 % 5.0)), ..Default::default() },
+            NewModality {
+                name: "image".into(),
+                features: Some(Array2::from_shape_fn((n, 4), |(i, j)| (i * 3 + j * cls[i]) as f32 % 7.0)),
+                ..Default::default()
+            },
+            NewModality {
+                name: "text".into(),
+                features: Some(Array2::from_shape_fn((n, 3), |(i, j)| (i + j * (cls[i] + 1)) as f32 % 5.0)),
+                ..Default::default()
+            },
         ],
         labels: vec![one_hot(&cls, 3)],
         class_embeddings: Some((Array2::from_shape_fn((3, 2), |(i, j)| (i + 2 * j) as f32 + 1.0), "test".into())),
@@ -237,7 +248,8 @@ fn model_description_readers_survive_mutated_files() {
         property(60, &valid, &mj, &[&inside], |bytes| {
             std::fs::write(&mj, bytes).unwrap();
             // A model that still loads must encode or refuse the features, without panicking.
-            let (r, a) = measured(|| cmh::pipeline::load_model(&dir).map(|m| m.encode(1, &View::Features(x.clone())).map(|c| c.len()).ok()));
+            let (r, a) =
+                measured(|| cmh::pipeline::load_model(&dir).map(|m| m.encode(1, &View::Features(x.clone())).map(|c| c.len()).ok()));
             (err_of(r), a.saturating_sub(4 * weights as usize))
         });
     }
@@ -250,7 +262,9 @@ fn checkpoint_reader_survives_mutated_files() {
     let data = toy_train_set(&b);
     let ck_dir = d.path().join("ck");
     let ctx = FitContext { device: cmh::method::DeviceChoice::Cpu, checkpoint_dir: Some(ck_dir.clone()), ..FitContext::new(8, 2) };
-    cmh::deep::sdch::SdchParams { epochs: 1, hidden: vec![8], feature_dim: 8, batch_size: 8, ..Default::default() }.fit(&data, &ctx).unwrap();
+    cmh::deep::sdch::SdchParams { epochs: 1, hidden: vec![8], feature_dim: 8, batch_size: 8, ..Default::default() }
+        .fit(&data, &ctx)
+        .unwrap();
     let ck = ck_dir.join(cmh::deep::trainer::CHECKPOINT_FILE);
     let valid = std::fs::read(&ck).unwrap();
     property(120, &valid, &ck, &[], |bytes| {
@@ -340,8 +354,10 @@ fn mat_reader_survives_mutated_files() {
         return;
     }
     let valid = std::fs::read(&f).unwrap();
-    let roles: std::collections::BTreeMap<String, Vec<cmh::convert::mat::Candidate>> =
-        [("features", "X"), ("labels", "L")].iter().map(|(r, k)| (r.to_string(), vec![cmh::convert::mat::Candidate { key: k.to_string(), file: None }])).collect();
+    let roles: std::collections::BTreeMap<String, Vec<cmh::convert::mat::Candidate>> = [("features", "X"), ("labels", "L")]
+        .iter()
+        .map(|(r, k)| (r.to_string(), vec![cmh::convert::mat::Candidate { key: k.to_string(), file: None }]))
+        .collect();
     property(12, &valid, &f, &[], |bytes| {
         std::fs::write(&f, bytes).unwrap();
         let work = tempfile::tempdir().unwrap();

@@ -86,7 +86,8 @@ fn eval_refuses_codes_of_zero_bits() {
     write_npy(&d.path().join("db.npy"), &Array2::<bool>::from_elem((7, 0), false)).unwrap();
     write_npy(&d.path().join("ql.npy"), &labels(5)).unwrap();
     write_npy(&d.path().join("dl.npy"), &labels(7)).unwrap();
-    let e = fails(d.path(), &["eval", "--query-codes", "q.npy", "--db-codes", "db.npy", "--query-labels", "ql.npy", "--db-labels", "dl.npy"]);
+    let e =
+        fails(d.path(), &["eval", "--query-codes", "q.npy", "--db-codes", "db.npy", "--query-labels", "ql.npy", "--db-labels", "dl.npy"]);
     assert!(e.contains("q.npy") && e.contains("0 columns"), "{e}");
     let e = fails(d.path(), &["search", "--db", "db.npy", "--query", "db.npy", "-k", "1", "--out", "res"]);
     assert!(e.contains("db.npy") && e.contains("0 columns"), "{e}");
@@ -117,7 +118,10 @@ fn code_lengths_beyond_the_limit_are_refused_before_allocating() {
 fn a_code_length_of_u64_max_is_refused() {
     let d = tempfile::tempdir().unwrap();
     let b = bundle(d.path(), "b");
-    let e = fails(d.path(), &["train", "--method", "sch", "--data", b.to_str().unwrap(), "--bits", "18446744073709551615", "--out", "run", "-q"]);
+    let e = fails(
+        d.path(),
+        &["train", "--method", "sch", "--data", b.to_str().unwrap(), "--bits", "18446744073709551615", "--out", "run", "-q"],
+    );
     assert!(e.contains("4096"), "{e}");
 }
 
@@ -125,11 +129,43 @@ fn a_code_length_of_u64_max_is_refused() {
 fn seed_ranges_past_the_largest_seed_are_refused() {
     let d = tempfile::tempdir().unwrap();
     let b = bundle(d.path(), "b");
-    let e = fails(d.path(), &["train", "--method", "random", "--data", b.to_str().unwrap(), "--seed", "18446744073709551615", "--repeat", "2", "--out", "run", "-q"]);
+    let e = fails(
+        d.path(),
+        &[
+            "train",
+            "--method",
+            "random",
+            "--data",
+            b.to_str().unwrap(),
+            "--seed",
+            "18446744073709551615",
+            "--repeat",
+            "2",
+            "--out",
+            "run",
+            "-q",
+        ],
+    );
     assert!(e.contains("--seed") && e.contains("--repeat"), "{e}");
     assert!(!d.path().join("run/report.json").exists());
     // The largest seed alone is fine.
-    succeeds(d.path(), &["train", "--method", "random", "--data", b.to_str().unwrap(), "--seed", "18446744073709551615", "--bits", "8", "--out", "run2", "-q"]);
+    succeeds(
+        d.path(),
+        &[
+            "train",
+            "--method",
+            "random",
+            "--data",
+            b.to_str().unwrap(),
+            "--seed",
+            "18446744073709551615",
+            "--bits",
+            "8",
+            "--out",
+            "run2",
+            "-q",
+        ],
+    );
     assert!(d.path().join("run2/bits8-seed18446744073709551615/report.json").is_file());
 }
 
@@ -206,8 +242,28 @@ fn non_finite_weights_in_models_and_checkpoints_are_refused() {
     succeeds(
         d.path(),
         &[
-            "--threads", "1", "train", "--method", "sdch", "--data", b.to_str().unwrap(), "--bits", "8", "--device", "cpu", "--out", "run", "-q",
-            "--param", "epochs=1", "--param", "hidden=[8]", "--param", "feature_dim=8", "--param", "batch_size=16",
+            "--threads",
+            "1",
+            "train",
+            "--method",
+            "sdch",
+            "--data",
+            b.to_str().unwrap(),
+            "--bits",
+            "8",
+            "--device",
+            "cpu",
+            "--out",
+            "run",
+            "-q",
+            "--param",
+            "epochs=1",
+            "--param",
+            "hidden=[8]",
+            "--param",
+            "feature_dim=8",
+            "--param",
+            "batch_size=16",
         ],
     );
     let model = d.path().join("run/bits8-seed0/model");
@@ -296,7 +352,10 @@ fn unpacked_zero_one_bytes_are_not_read_as_packed_codes() {
     let bits = pm1(20, 16, 3).mapv(|v| (v > 0) as u8);
     write_npy(&d.path().join("unpacked.npy"), &bits).unwrap();
     write_npy(&d.path().join("l.npy"), &labels(20)).unwrap();
-    let e = fails(d.path(), &["eval", "--query-codes", "unpacked.npy", "--db-codes", "unpacked.npy", "--query-labels", "l.npy", "--db-labels", "l.npy"]);
+    let e = fails(
+        d.path(),
+        &["eval", "--query-codes", "unpacked.npy", "--db-codes", "unpacked.npy", "--query-labels", "l.npy", "--db-labels", "l.npy"],
+    );
     assert!(e.contains("unpacked.npy") && e.contains("packbits") && e.contains("bool"), "{e}");
     let e = fails(d.path(), &["search", "--db", "unpacked.npy", "--query", "unpacked.npy", "-k", "2", "--out", "res"]);
     assert!(e.contains("unpacked.npy") && e.contains("0 or 1"), "{e}");
@@ -305,7 +364,10 @@ fn unpacked_zero_one_bytes_are_not_read_as_packed_codes() {
     let packed = cmh::codes::BinaryCodes::from_bits(bits.view()).unwrap();
     write_npy(&d.path().join("packed.npy"), &packed.to_packed()).unwrap();
     for f in ["bits.npy", "packed.npy"] {
-        let out = run(d.path(), &["eval", "--query-codes", f, "--db-codes", "packed.npy", "--query-labels", "l.npy", "--db-labels", "l.npy", "--json"]);
+        let out = run(
+            d.path(),
+            &["eval", "--query-codes", f, "--db-codes", "packed.npy", "--query-labels", "l.npy", "--db-labels", "l.npy", "--json"],
+        );
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["bits"], 16);
@@ -341,7 +403,25 @@ fn duplicate_split_indices_class_names_and_code_lengths_are_refused() {
 fn cuda_with_a_shallow_method_says_it_runs_on_the_cpu() {
     let d = tempfile::tempdir().unwrap();
     let b = bundle(d.path(), "b");
-    let err = succeeds(d.path(), &["train", "--method", "cca-itq", "--data", b.to_str().unwrap(), "--bits", "8", "--device", "cuda", "--param", "anchors=20", "--out", "run", "-q"]);
+    let err = succeeds(
+        d.path(),
+        &[
+            "train",
+            "--method",
+            "cca-itq",
+            "--data",
+            b.to_str().unwrap(),
+            "--bits",
+            "8",
+            "--device",
+            "cuda",
+            "--param",
+            "anchors=20",
+            "--out",
+            "run",
+            "-q",
+        ],
+    );
     assert!(err.contains("cca-itq runs on the CPU") && err.contains("--device cuda"), "{err}");
 }
 
@@ -351,7 +431,8 @@ fn run_folders_are_continued_or_replaced_only_when_cmh_made_them() {
     let b = bundle(d.path(), "b");
     let bs = b.to_str().unwrap();
     let train = |bits: &str, out: &str, extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = ["train", "--method", "random", "--data", bs, "--bits", bits, "--out", out, "-q"].iter().map(|s| s.to_string()).collect();
+        let mut v: Vec<String> =
+            ["train", "--method", "random", "--data", bs, "--bits", bits, "--out", out, "-q"].iter().map(|s| s.to_string()).collect();
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     };
@@ -378,18 +459,20 @@ fn run_folders_are_continued_or_replaced_only_when_cmh_made_them() {
     }
     assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 1, "the folder is untouched");
     // Bundles: --force replaces a bundle, never another folder.
-    let writer = |dir: &Path| BundleWriter {
-        name: "x".into(),
-        source: "test".into(),
-        classes: vec!["a".into(), "b".into()],
-        modalities: vec![
-            NewModality { name: "image".into(), features: Some(array![[1.0f32], [2.0]]), ..Default::default() },
-            NewModality { name: "text".into(), features: Some(array![[1.0f32], [0.0]]), ..Default::default() },
-        ],
-        labels: vec![array![[1u8, 0], [0, 1]]],
-        ..Default::default()
-    }
-    .write(dir, true);
+    let writer = |dir: &Path| {
+        BundleWriter {
+            name: "x".into(),
+            source: "test".into(),
+            classes: vec!["a".into(), "b".into()],
+            modalities: vec![
+                NewModality { name: "image".into(), features: Some(array![[1.0f32], [2.0]]), ..Default::default() },
+                NewModality { name: "text".into(), features: Some(array![[1.0f32], [0.0]]), ..Default::default() },
+            ],
+            labels: vec![array![[1u8, 0], [0, 1]]],
+            ..Default::default()
+        }
+        .write(dir, true)
+    };
     let e = format!("{:#}", writer(&mine).unwrap_err());
     assert!(e.contains("mine") && e.contains("not a cmh bundle"), "{e}");
     assert!(mine.join("notes.txt").is_file());
@@ -438,7 +521,11 @@ fn stale_results_and_leftovers_of_killed_runs_are_cleaned() {
     std::fs::create_dir_all(run.join(".partial-bits8-seed0-abc/model")).unwrap();
     std::fs::write(run.join(".report.json.x1y2.tmp"), "{").unwrap();
     succeeds(d.path(), &args);
-    let left: Vec<String> = std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).filter(|n| n.starts_with('.') && n != cmh::outdir::MARKER).collect();
+    let left: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with('.') && n != cmh::outdir::MARKER)
+        .collect();
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -479,7 +566,10 @@ fn error_messages_name_the_file_without_internal_shapes() {
     // An unreadable database file is reported as such, without an unrelated prefix.
     write_npy(&d.path().join("q.npy"), &pm1(5, 16, 5)).unwrap();
     write_npy(&d.path().join("l5.npy"), &labels(5)).unwrap();
-    let e = fails(d.path(), &["eval", "--query-codes", "q.npy", "--db-codes", "missing.npy", "--query-labels", "l5.npy", "--db-labels", "l5.npy"]);
+    let e = fails(
+        d.path(),
+        &["eval", "--query-codes", "q.npy", "--db-codes", "missing.npy", "--query-labels", "l5.npy", "--db-labels", "l5.npy"],
+    );
     assert!(e.contains("missing.npy") && !e.contains("must match"), "{e}");
     // A folder given as a weights file.
     let e = format!("{:#}", cmh::deep::tensors::read_weights(d.path()).unwrap_err());
@@ -500,7 +590,8 @@ fn index_and_export_refuse_to_overwrite_their_inputs() {
         &["export", "elasticsearch", "--codes", "db.npy", "--out", "db.npy"][..],
         &["export", "opensearch", "--codes", "db.npy", "--labels", "l.npy", "--out", "../x/../l.npy"][..],
     ] {
-        let args: Vec<String> = args.iter().map(|a| a.replace("../x/../", &format!("../{}/", d.path().file_name().unwrap().to_string_lossy()))).collect();
+        let args: Vec<String> =
+            args.iter().map(|a| a.replace("../x/../", &format!("../{}/", d.path().file_name().unwrap().to_string_lossy()))).collect();
         let e = fails(d.path(), &args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
         assert!(e.contains("overwritten"), "{args:?}: {e}");
     }
@@ -521,7 +612,27 @@ fn tune_continues_only_its_own_folder() {
     std::fs::create_dir(&mine).unwrap();
     std::fs::write(mine.join("notes.txt"), "mine").unwrap();
     let tune = |out: &str| -> Vec<String> {
-        ["--threads", "1", "tune", "--method", "cca-itq", "--data", bs, "--bits", "8", "--budget", "2", "--param", "anchors=20", "-q", "--out", out].iter().map(|s| s.to_string()).collect()
+        [
+            "--threads",
+            "1",
+            "tune",
+            "--method",
+            "cca-itq",
+            "--data",
+            bs,
+            "--bits",
+            "8",
+            "--budget",
+            "2",
+            "--param",
+            "anchors=20",
+            "-q",
+            "--out",
+            out,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
     let e = fails(d.path(), &args(&tune("mine")));
     assert!(e.contains("--out") && e.contains("mine") && e.contains("not created by cmh"), "{e}");
@@ -545,10 +656,27 @@ fn tune_checks_code_lengths_and_device_as_train_does() {
     let b = bundle(d.path(), "b");
     let bs = b.to_str().unwrap();
     let tune = |bits: &str, extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = ["--threads", "1", "tune", "--method", "cca-itq", "--data", bs, "--bits", bits, "--budget", "1", "--param", "anchors=20", "-q", "--out", "t"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut v: Vec<String> = [
+            "--threads",
+            "1",
+            "tune",
+            "--method",
+            "cca-itq",
+            "--data",
+            bs,
+            "--bits",
+            bits,
+            "--budget",
+            "1",
+            "--param",
+            "anchors=20",
+            "-q",
+            "--out",
+            "t",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     };
@@ -570,7 +698,8 @@ fn the_next_write_of_a_file_removes_what_a_killed_write_of_it_left() {
         std::fs::write(d.path().join(f), "partial").unwrap();
     }
     succeeds(d.path(), &["index", "build", "--codes", "db.npy", "--out", "db.cmhidx", "-q"]);
-    let mut left: Vec<String> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    let mut left: Vec<String> =
+        std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
     left.sort();
     assert_eq!(left, [".other.npy.a1B2c3.tmp", "db.cmhidx", "db.npy", "notes.tmp"]);
     // Streamed encode outputs likewise.
@@ -579,7 +708,11 @@ fn the_next_write_of_a_file_removes_what_a_killed_write_of_it_left() {
     write_npy(&d.path().join("feats.npy"), &Array2::<f32>::ones((4, 5))).unwrap();
     std::fs::create_dir(d.path().join("enc")).unwrap();
     std::fs::write(d.path().join("enc/.codes_packed.npy.q1w2e3.tmp"), "partial").unwrap();
-    succeeds(d.path(), &["encode", "--model", "run/bits8-seed0/model", "--modality", "text", "--features", "feats.npy", "--out", "enc/codes", "-q"]);
-    let left: Vec<String> = std::fs::read_dir(d.path().join("enc")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    succeeds(
+        d.path(),
+        &["encode", "--model", "run/bits8-seed0/model", "--modality", "text", "--features", "feats.npy", "--out", "enc/codes", "-q"],
+    );
+    let left: Vec<String> =
+        std::fs::read_dir(d.path().join("enc")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
     assert_eq!(left.len(), 2, "{left:?}");
 }

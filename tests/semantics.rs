@@ -4,9 +4,12 @@
 //! bundle: load, split, training set, features.
 
 use cmh::bundle::Bundle;
-use cmh::semantics::{build_emoji, BuildEmojiArgs, MiniLmUnavailable, MissingPythonPackage, PackagesUnavailable, EMOJI_CATEGORIES, EMOJI_ITEMS, EMOJI_SUBCATEGORIES};
-use cmh::split::{make_split, Protocol, SplitConfig};
 use cmh::method::View;
+use cmh::semantics::{
+    build_emoji, BuildEmojiArgs, MiniLmUnavailable, MissingPythonPackage, PackagesUnavailable, EMOJI_CATEGORIES, EMOJI_ITEMS,
+    EMOJI_SUBCATEGORIES,
+};
+use cmh::split::{make_split, Protocol, SplitConfig};
 use std::path::PathBuf;
 
 fn cache() -> PathBuf {
@@ -107,7 +110,13 @@ fn emoji_bundle_builds_and_serves_a_shallow_method() {
     let zs = make_split(&b, &SplitConfig { protocol: Protocol::ZeroShot, seed: 1, ..Default::default() }).unwrap();
     let zt = zs.train_set(&b, true).unwrap();
     assert!(matches!(&zt.views[0], View::Images(im) if im.shape()[1..] == [64, 64, 3]));
-    eprintln!("zero-shot: {} unseen classes, train {}, queries {}, database {}", zs.unseen_classes.len(), zt.len(), zs.query.len(), zs.database.len());
+    eprintln!(
+        "zero-shot: {} unseen classes, train {}, queries {}, database {}",
+        zs.unseen_classes.len(),
+        zt.len(),
+        zs.query.len(),
+        zs.database.len()
+    );
     assert!(!zs.query.is_empty() && !zs.database.is_empty());
 
     // The multi-label variant reuses the cached tarballs: 98 + 9 classes, two labels per item.

@@ -131,8 +131,12 @@ impl MatRead {
                         None => c.key.clone(),
                     })
                     .collect();
-                let which = if names.len() == 1 { format!("variable {}", names[0]) } else { format!("any of the variables {}", names.join(", ")) };
-                bail!("missing variable for {role}: no {which} in the input; {} (pick another with --key {role}=NAME)", self.describe_contents())
+                let which =
+                    if names.len() == 1 { format!("variable {}", names[0]) } else { format!("any of the variables {}", names.join(", ")) };
+                bail!(
+                    "missing variable for {role}: no {which} in the input; {} (pick another with --key {role}=NAME)",
+                    self.describe_contents()
+                )
             }
         }
     }
@@ -149,10 +153,8 @@ pub fn read_roles(files: &[PathBuf], roles: &BTreeMap<String, Vec<Candidate>>, w
     let script = work.join("mat2npy.py");
     std::fs::write(&script, MAT2NPY_PY).with_context(|| format!("{}: cannot write the helper script", script.display()))?;
     let out = work.join("dump");
-    let abs: Vec<String> = files
-        .iter()
-        .map(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.clone()).to_string_lossy().into_owned())
-        .collect();
+    let abs: Vec<String> =
+        files.iter().map(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.clone()).to_string_lossy().into_owned()).collect();
     let role_json: serde_json::Map<String, serde_json::Value> = roles
         .iter()
         .map(|(r, cands)| {
@@ -188,20 +190,17 @@ pub fn read_roles(files: &[PathBuf], roles: &BTreeMap<String, Vec<Candidate>>, w
     }
     let idx_path = out.join("index.json");
     let text = std::fs::read_to_string(&idx_path).with_context(|| format!("{}: the .mat reader wrote no index", idx_path.display()))?;
-    let index: Index = serde_json::from_str(&text).map_err(|e| anyhow!("{}: unreadable index from the .mat reader ({e})", idx_path.display()))?;
+    let index: Index =
+        serde_json::from_str(&text).map_err(|e| anyhow!("{}: unreadable index from the .mat reader ({e})", idx_path.display()))?;
     if let Some((role, a)) = index.ambiguous.iter().next() {
         let names: Vec<String> = a.files.iter().map(|&i| files[i].display().to_string()).collect();
         let first = files[a.files[0]].file_name().unwrap_or_default().to_string_lossy().into_owned();
-        bail!(
-            "variable {} (for {role}) is in several inputs: {}; choose one with --key {role}={first}:{}",
-            a.key,
-            names.join(", "),
-            a.key
-        );
+        bail!("variable {} (for {role}) is in several inputs: {}; choose one with --key {role}={first}:{}", a.key, names.join(", "), a.key);
     }
     let mut vars = BTreeMap::new();
     for (role, info) in index.roles {
-        let data = read_npy(&out.join(&info.file)).with_context(|| format!("reading variable {} of {}", info.key, files[info.file_index].display()))?;
+        let data = read_npy(&out.join(&info.file))
+            .with_context(|| format!("reading variable {} of {}", info.key, files[info.file_index].display()))?;
         vars.insert(role, MatVar { file: files[info.file_index].clone(), key: info.key, data });
     }
     // The dumps are read; free the disk space now (large image stacks).

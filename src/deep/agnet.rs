@@ -259,7 +259,14 @@ fn unit_rows(x: &Tensor) -> Tensor {
 /// `m[v]` labelled masks (b, float).
 /// `mu` (1 × e) the attribute centre; `guide_predicted`: â = the detached prediction for every item.
 /// L_pair = mean_i ‖H¹ᵢ − H²ᵢ‖² / r (the two codes of one item agree).
-pub fn batch_losses(g: [&Tensor; 2], h: [&Tensor; 2], t: [&Tensor; 2], m: [&Tensor; 2], mu: &Tensor, guide_predicted: bool) -> (Tensor, Tensor, Tensor, Tensor) {
+pub fn batch_losses(
+    g: [&Tensor; 2],
+    h: [&Tensor; 2],
+    t: [&Tensor; 2],
+    m: [&Tensor; 2],
+    mu: &Tensor,
+    guide_predicted: bool,
+) -> (Tensor, Tensor, Tensor, Tensor) {
     let r = h[0].size()[1] as f64;
     let mut l_attr = Tensor::zeros([], (Kind::Float, g[0].device()));
     let mut l_q = Tensor::zeros([], (Kind::Float, g[0].device()));
@@ -324,7 +331,11 @@ impl<'a> Fitter<'a> {
         init_default(&vs, seed, &[])?;
         zs_common::scale_last_layers(&vs, &MODALITY_NAMES, params.hidden.len() + 1, params.output_init_scale)?;
         // With `pca_hash` the hashing layer is fitted in closed form, never by the optimiser.
-        let groups = groups_from_var_store(&vs, |name| Some(usize::from(name.starts_with("hash-"))), &[("all", params.learning_rate), ("hash", params.learning_rate)])?;
+        let groups = groups_from_var_store(
+            &vs,
+            |name| Some(usize::from(name.starts_with("hash-"))),
+            &[("all", params.learning_rate), ("hash", params.learning_rate)],
+        )?;
         let mut opt = Optimizer::new(OptimizerConfig { kind: OptimizerKind::Adam, weight_decay: params.weight_decay }, groups);
         opt.set_enabled("hash", !params.pca_hash)?;
         let a: Vec<Tensor> = prep.attributes.iter().map(|a| tensor_from(a.view(), dev)).collect();
@@ -346,7 +357,8 @@ impl Fitter<'_> {
         let h: Vec<Tensor> = z.iter().map(|zv| self.h.forward_t(zv, true).tanh()).collect();
         let t: Vec<Tensor> = self.targets.iter().map(|t| t.index_select(0, &idx)).collect();
         let m: Vec<Tensor> = self.prep.labelled.iter().map(|m| m.index_select(0, &idx)).collect();
-        let (la, ls, lq, lp) = batch_losses([&g[0], &g[1]], [&h[0], &h[1]], [&t[0], &t[1]], [&m[0], &m[1]], &self.mu, self.params.guide_predicted);
+        let (la, ls, lq, lp) =
+            batch_losses([&g[0], &g[1]], [&h[0], &h[1]], [&t[0], &t[1]], [&m[0], &m[1]], &self.mu, self.params.guide_predicted);
         let ld = decorrelation_loss(&h[0]) + decorrelation_loss(&h[1]);
         [la, ls, lq, lp, ld]
     }
@@ -363,7 +375,8 @@ impl Fitter<'_> {
         let stacked = ndarray::concatenate(ndarray::Axis(0), &[z[0].view(), z[1].view()])?;
         let bits = self.h_bits;
         let mut rng = crate::shallow::common::seeded_rng(seed, 0xA6);
-        let (mean, basis, _) = crate::shallow::attr_ridge::pca_itq_basis(stacked.view(), bits, 50, &mut rng).context("agnet: PCA hashing layer")?;
+        let (mean, basis, _) =
+            crate::shallow::attr_ridge::pca_itq_basis(stacked.view(), bits, 50, &mut rng).context("agnet: PCA hashing layer")?;
         let proj = (&stacked - &mean).dot(&basis);
         let sd = proj.std_axis(ndarray::Axis(0), 0.0).mapv(|v| if v > 1e-12 { v } else { 1.0 });
         let w = (&basis / &sd).t().mapv(|v| v as f32); // r × e, torch's Linear layout
@@ -416,7 +429,17 @@ impl AgnetParams {
     pub fn fit_with_control(&self, data: &TrainSet, ctx: &FitContext, control: &RunControl) -> Result<AgnetModel> {
         data.validate()?;
         self.check(data, ctx.bits)?;
-        let (mut tr, prep) = zs_common::start(METHOD, data, ctx, self.epochs, control, self.use_unlabelled, self.rbf_anchors, self.attribute_span, self.input_clip)?;
+        let (mut tr, prep) = zs_common::start(
+            METHOD,
+            data,
+            ctx,
+            self.epochs,
+            control,
+            self.use_unlabelled,
+            self.rbf_anchors,
+            self.attribute_span,
+            self.input_clip,
+        )?;
         let config = run_config(self, &prep, ctx.bits, data);
         let mut fit = Fitter::new(self, prep, ctx.bits, ctx.seed)?;
         zs_common::train(METHOD, &mut tr, &mut fit, &config)?;
@@ -513,7 +536,12 @@ impl AgnetModel {
         let sigmas = zs_common::rbf_sigmas(dir, &v, params.rbf_anchors)?;
         let hash_net = MlpWeights::load(dir, "hash", params.hash_hidden.len() + 1)?;
         if hash_net.in_dim() <= params.free_dims {
-            bail!("{}: hash_l0_weight.npy has {} columns; with free_dims = {} it needs more (attribute coordinates + free ones)", dir.display(), hash_net.in_dim(), params.free_dims);
+            bail!(
+                "{}: hash_l0_weight.npy has {} columns; with free_dims = {} it needs more (attribute coordinates + free ones)",
+                dir.display(),
+                hash_net.in_dim(),
+                params.free_dims
+            );
         }
         if hash_net.layers.last().map(|l| l.0.nrows()) != Some(bits) {
             bail!("{}: hash_l{}_weight.npy must have {bits} rows (the code length)", dir.display(), params.hash_hidden.len());
@@ -597,7 +625,8 @@ mod tests {
             for i in 0..3 {
                 let d: f64 = (0..2).map(|k| (ga[v][[i, k]] - ta[v][[i, k]]) as f64).map(|x| x * x).sum();
                 s += ma[v][i] * d;
-                let raw: Vec<f64> = (0..2).map(|k| if ma[v][i] > 0.0 { ta[v][[i, k]] as f64 } else { ga[v][[i, k]] as f64 } - mua[k]).collect();
+                let raw: Vec<f64> =
+                    (0..2).map(|k| if ma[v][i] > 0.0 { ta[v][[i, k]] as f64 } else { ga[v][[i, k]] as f64 } - mua[k]).collect();
                 let norm = raw.iter().map(|x| x * x).sum::<f64>().sqrt();
                 for k in 0..2 {
                     guide[v][[i, k]] = raw[k] / norm;
@@ -756,7 +785,8 @@ mod tests {
     fn pair_with_decorrelation_and_free_dims_learns() {
         let (data, _) = synthetic(120, 4, 1, 0.3);
         let ctx = FitContext { device: DeviceChoice::Cpu, ..FitContext::new(16, 7) };
-        let p = AgnetParams { epochs: 30, batch_size: 16, learning_rate: 1e-2, pair_weight: 1.0, decor_weight: 1.0, free_dims: 8, ..quick() };
+        let p =
+            AgnetParams { epochs: 30, batch_size: 16, learning_rate: 1e-2, pair_weight: 1.0, decor_weight: 1.0, free_dims: 8, ..quick() };
         let model = p.fit(&data, &ctx).unwrap();
         let (i2t, t2i) = held_out_maps(&model);
         let (floor, _) = held_out_maps(&crate::pipeline::RandomCodes::default().fit(&data, &ctx).unwrap());
@@ -814,7 +844,10 @@ mod tests {
         let full = resume_equals_uninterrupted(&quick(), &data, &ctx, &d.path().join("ck"));
         // Resuming a checkpoint with other free_dims is refused (the configuration differs).
         let with_free = AgnetParams { free_dims: 5, ..quick() };
-        let e = format!("{:#}", with_free.fit(&data, &FitContext { checkpoint_dir: Some(d.path().join("ck")), resume: true, ..ctx.clone() }).unwrap_err());
+        let e = format!(
+            "{:#}",
+            with_free.fit(&data, &FitContext { checkpoint_dir: Some(d.path().join("ck")), resume: true, ..ctx.clone() }).unwrap_err()
+        );
         assert!(e.contains("other hyper-parameters") && e.contains("free_dims"), "{e}");
         let md = d.path().join("model");
         full.save(&md).unwrap();

@@ -138,10 +138,11 @@
 //! F, C, W, B) and exact resume on the CPU.
 
 use super::mlp::Mlp;
-use super::trainer::{groups_from_var_store, init_default, Checkpoint, Optimizer, OptimizerConfig, OptimizerKind, OptimizerSnapshot, RunControl, Trainer};
+use super::trainer::{
+    groups_from_var_store, init_default, Checkpoint, Optimizer, OptimizerConfig, OptimizerKind, OptimizerSnapshot, RunControl, Trainer,
+};
 use super::zs_common::{
-    self, array_from, index_tensor, ridge_projector, run_config, sign_pm1, tensor_from, MlpWeights,
-    InputMap, Prepared, ZsFitter,
+    self, array_from, index_tensor, ridge_projector, run_config, sign_pm1, tensor_from, InputMap, MlpWeights, Prepared, ZsFitter,
 };
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_fraction, ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View, IMAGE, TEXT};
@@ -511,7 +512,8 @@ impl<'a> Fitter<'a> {
             .collect();
         let f: Vec<Tensor> = (0..2).map(|v| tch::no_grad(|| nets[v].forward_t(&prep.x[v], false))).collect();
         // C starts at the labels for labelled rows and at the least-squares fit f P for the others.
-        let p: Vec<Tensor> = (0..2).map(|v| Ok(tensor_from(ridge_projector(&prep.attributes[v], params.ridge)?.view(), dev))).collect::<Result<_>>()?;
+        let p: Vec<Tensor> =
+            (0..2).map(|v| Ok(tensor_from(ridge_projector(&prep.attributes[v], params.ridge)?.view(), dev))).collect::<Result<_>>()?;
         let c: Vec<Tensor> = (0..2).map(|v| c_known[v].where_self(&prep.labelled[v].unsqueeze(1).gt(0.5), &f[v].matmul(&p[v]))).collect();
         // B starts random (seeded), then W (eq. 11) and B (eq. 12) follow.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xB0B0_B0B0);
@@ -520,7 +522,8 @@ impl<'a> Fitter<'a> {
         let w = vec![Tensor::zeros([1], (Kind::Float, dev)), Tensor::zeros([1], (Kind::Float, dev))];
         let (sim_scale, beta_eff) = if params.normalise_terms { (1.0 / n as f64, params.beta / bits as f64) } else { (1.0, params.beta) };
         let sim = SimData::new(&prep, scale, true);
-        let mut t = Self { params, prep, sim, sim_scale, beta_eff, vs, nets, opt, f, c, c_known, a, p, w, b, lr_scale: 1.0, current_obj: None };
+        let mut t =
+            Self { params, prep, sim, sim_scale, beta_eff, vs, nets, opt, f, c, c_known, a, p, w, b, lr_scale: 1.0, current_obj: None };
         t.update_w();
         t.update_b();
         Ok(t)
@@ -628,7 +631,8 @@ impl<'a> Fitter<'a> {
         let stacked = ndarray::concatenate(ndarray::Axis(0), &[x[0].view(), x[1].view()])?;
         let bits = self.b.size()[1] as usize;
         let mut rng = crate::shallow::common::seeded_rng(seed, 0xC0DE);
-        let (mean, proj, _) = crate::shallow::attr_ridge::pca_itq_basis(stacked.view(), bits, 50, &mut rng).context("czhash: initial codes")?;
+        let (mean, proj, _) =
+            crate::shallow::attr_ridge::pca_itq_basis(stacked.view(), bits, 50, &mut rng).context("czhash: initial codes")?;
         let sum = (&x[0] - &mean).dot(&proj) + (&x[1] - &mean).dot(&proj);
         self.b = sign_pm1(&tensor_from(sum.mapv(|t| t as f32).view(), self.prep.device));
         Ok(())
@@ -645,7 +649,19 @@ impl<'a> Fitter<'a> {
     fn objective_terms(&self) -> [f64; 3] {
         let cbar: Vec<Tensor> = (0..2).map(|v| self.cbar(v)).collect();
         let code_c: Vec<Tensor> = (0..2).map(|v| self.code_c(v)).collect();
-        objective_terms(&self.sim, &self.f, &self.c, &code_c, &cbar, &self.a, &self.w, &self.b, self.params.alpha, self.beta_eff, self.sim_scale)
+        objective_terms(
+            &self.sim,
+            &self.f,
+            &self.c,
+            &code_c,
+            &cbar,
+            &self.a,
+            &self.w,
+            &self.b,
+            self.params.alpha,
+            self.beta_eff,
+            self.sim_scale,
+        )
     }
 
     /// One alternation round (eqs. 8–12); returns eq. 7's terms and the mini-batch gradient norms.
@@ -698,7 +714,6 @@ impl<'a> Fitter<'a> {
         (self.f, self.c, self.w, self.b) = (s.f, s.c, s.w, s.b);
         Ok(())
     }
-
 }
 
 impl ZsFitter for Fitter<'_> {
@@ -740,7 +755,10 @@ impl ZsFitter for Fitter<'_> {
                 self.lr_scale *= 0.5;
                 self.current_obj = Some(prev);
                 let note = format!("(eq. 7 objective; round rejected: eq. 7 rose {prev:.6e} → {obj:.6e}, previous state restored, lr scale halved to {}; {details})", self.lr_scale);
-                tr.log(&format!("round {round}: eq. 7 rose from {prev:.6e} to {obj:.6e}; restored the previous round's state, lr scale now {}", self.lr_scale))?;
+                tr.log(&format!(
+                    "round {round}: eq. 7 rose from {prev:.6e} to {obj:.6e}; restored the previous round's state, lr scale now {}",
+                    self.lr_scale
+                ))?;
                 return Ok((prev, note));
             }
         }
@@ -804,14 +822,37 @@ fn cbar(c: &Tensor, centre: bool) -> Tensor {
 /// the similarity term (scale ω) accumulated over row blocks; the coding term uses C − c̄.
 #[allow(clippy::too_many_arguments)]
 #[cfg(test)]
-fn objective(sim: &SimData, f: &[Tensor], c: &[Tensor], cbar: &[Tensor], a: &[Tensor], w: &[Tensor], b: &Tensor, alpha: f64, beta: f64, sim_scale: f64) -> f64 {
+fn objective(
+    sim: &SimData,
+    f: &[Tensor],
+    c: &[Tensor],
+    cbar: &[Tensor],
+    a: &[Tensor],
+    w: &[Tensor],
+    b: &Tensor,
+    alpha: f64,
+    beta: f64,
+    sim_scale: f64,
+) -> f64 {
     objective_terms(sim, f, c, c, cbar, a, w, b, alpha, beta, sim_scale).iter().sum()
 }
 
 /// Eq. 7's three terms: [similarity, attribute, coding] (their sum is eq. 7); the coding term
 /// reads `code_c` (C, or Ĉ = FP with `predicted_coding`).
 #[allow(clippy::too_many_arguments)]
-fn objective_terms(sim: &SimData, f: &[Tensor], c: &[Tensor], code_c: &[Tensor], cbar: &[Tensor], a: &[Tensor], w: &[Tensor], b: &Tensor, alpha: f64, beta: f64, sim_scale: f64) -> [f64; 3] {
+fn objective_terms(
+    sim: &SimData,
+    f: &[Tensor],
+    c: &[Tensor],
+    code_c: &[Tensor],
+    cbar: &[Tensor],
+    a: &[Tensor],
+    w: &[Tensor],
+    b: &Tensor,
+    alpha: f64,
+    beta: f64,
+    sim_scale: f64,
+) -> [f64; 3] {
     tch::no_grad(|| {
         let n = f[0].size()[0] as usize;
         let dev = f[0].device();
@@ -838,7 +879,17 @@ impl CzhashParams {
     pub fn fit_with_control(&self, data: &TrainSet, ctx: &FitContext, control: &RunControl) -> Result<CzhashModel> {
         data.validate()?;
         self.check(data, ctx.bits)?;
-        let (mut tr, prep) = zs_common::start(METHOD, data, ctx, self.epochs, control, self.use_unlabelled, self.rbf_anchors, self.attribute_span, self.input_clip)?;
+        let (mut tr, prep) = zs_common::start(
+            METHOD,
+            data,
+            ctx,
+            self.epochs,
+            control,
+            self.use_unlabelled,
+            self.rbf_anchors,
+            self.attribute_span,
+            self.input_clip,
+        )?;
         let all_rows = prep.n() == data.len();
         let config = run_config(self, &prep, ctx.bits, data);
         let mut fit = Fitter::new(self, prep, ctx.bits, ctx.seed)?;
@@ -943,8 +994,8 @@ impl CzhashModel {
     pub fn load(dir: &Path) -> Result<Self> {
         let (bits, params, history, v) = zs_common::read_model_json::<CzhashParams>(dir, METHOD)?;
         let mp = dir.join("model.json");
-        let classes: Vec<Vec<usize>> = serde_json::from_value(v["modality_classes"].clone())
-            .map_err(|e| anyhow!("{}: field modality_classes: {e}", mp.display()))?;
+        let classes: Vec<Vec<usize>> =
+            serde_json::from_value(v["modality_classes"].clone()).map_err(|e| anyhow!("{}: field modality_classes: {e}", mp.display()))?;
         if classes.len() != 2 {
             bail!("{}: field modality_classes must list two modalities", mp.display());
         }
@@ -1246,7 +1297,14 @@ pub(crate) mod tests {
     /// Eq. 7's alternation as the paper writes it: coding on the label rows, the default
     /// initialisation and unclipped inputs (what the tests of the alternation itself use).
     fn literal_params() -> CzhashParams {
-        CzhashParams { attribute_coding: false, predicted_coding: false, refresh_f: false, input_clip: 0.0, output_init_scale: 1.0, ..Default::default() }
+        CzhashParams {
+            attribute_coding: false,
+            predicted_coding: false,
+            refresh_f: false,
+            input_clip: 0.0,
+            output_init_scale: 1.0,
+            ..Default::default()
+        }
     }
 
     fn quick_params() -> CzhashParams {
@@ -1306,7 +1364,9 @@ pub(crate) mod tests {
         // Interrupted after epoch 1 (as a kill would), then resumed to 3.
         let ck = d.path().join("ck");
         let ctx1 = FitContext { checkpoint_dir: Some(ck.clone()), ..ctx.clone() };
-        let e = quick_params().fit_with_control(&data, &ctx1, &RunControl { stop_after_epoch: Some(1), ..Default::default() }).expect_err("interrupted");
+        let e = quick_params()
+            .fit_with_control(&data, &ctx1, &RunControl { stop_after_epoch: Some(1), ..Default::default() })
+            .expect_err("interrupted");
         assert!(e.downcast_ref::<crate::deep::trainer::Interrupted>().is_some(), "{e:#}");
         assert!(ck.join("checkpoint.safetensors").is_file() && ck.join("train.log").is_file());
         let resumed = quick_params().fit(&data, &FitContext { resume: true, ..ctx1.clone() }).unwrap();
@@ -1322,7 +1382,8 @@ pub(crate) mod tests {
         }
         assert_eq!(resumed.train_codes(), full.train_codes());
         // A resume with other hyper-parameters is refused.
-        let e = format!("{:#}", CzhashParams { alpha: 2.0, ..quick_params() }.fit(&data, &FitContext { resume: true, ..ctx1 }).unwrap_err());
+        let e =
+            format!("{:#}", CzhashParams { alpha: 2.0, ..quick_params() }.fit(&data, &FitContext { resume: true, ..ctx1 }).unwrap_err());
         assert!(e.contains("params.alpha"), "{e}");
         // Save / load round trip.
         let md = d.path().join("model");

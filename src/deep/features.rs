@@ -53,7 +53,14 @@ pub struct FeaturesArgs {
 }
 
 /// fc7 features of uint8 images N×H×W×3 with a loaded AlexNet.
-pub fn alexnet_fc7(net: &AlexNet, images: ndarray::ArrayView4<u8>, size: usize, batch: usize, device: tch::Device, pb: Option<&indicatif::ProgressBar>) -> Result<Array2<f32>> {
+pub fn alexnet_fc7(
+    net: &AlexNet,
+    images: ndarray::ArrayView4<u8>,
+    size: usize,
+    batch: usize,
+    device: tch::Device,
+    pb: Option<&indicatif::ProgressBar>,
+) -> Result<Array2<f32>> {
     let n = images.shape()[0];
     let mut out = Array2::<f32>::zeros((n, super::alexnet::FC7_DIM as usize));
     tch::no_grad(|| -> Result<()> {
@@ -99,10 +106,15 @@ pub fn run_features(args: &FeaturesArgs) -> Result<()> {
     let mut modalities = Vec::new();
     for (m, md) in bundle.modalities.iter().enumerate() {
         let spec = &bundle.manifest.modalities[m];
-        let mut nm = NewModality { name: md.name.clone(), features: md.features.clone(), description: spec.description.clone(), images: None };
+        let mut nm =
+            NewModality { name: md.name.clone(), features: md.features.clone(), description: spec.description.clone(), images: None };
         if let Some(im) = &md.images {
             nm.features = Some(alexnet_fc7(&net, im.view(), args.size, args.batch_size, device, pb.as_ref())?);
-            nm.description = Some(format!("AlexNet fc7 (4096-d, after ReLU) of the images resized to {0}×{0}, weights {1}", args.size, file_name(&args.weights)));
+            nm.description = Some(format!(
+                "AlexNet fc7 (4096-d, after ReLU) of the images resized to {0}×{0}, weights {1}",
+                args.size,
+                file_name(&args.weights)
+            ));
             if args.keep_images {
                 nm.images = Some(im.clone());
             }
@@ -208,9 +220,17 @@ mod tests {
         let e = format!("{:#}", run_features(&FeaturesArgs { size: 32, out: d.path().join("o3"), ..args.clone() }).unwrap_err());
         assert!(e.contains("at least 63"), "{e}");
         let small = d.path().join("small.safetensors");
-        write_safetensors(&small, &[("features.0.weight".to_string(), tch::Tensor::zeros([2, 2], (tch::Kind::Float, tch::Device::Cpu)))], Default::default()).unwrap();
+        write_safetensors(
+            &small,
+            &[("features.0.weight".to_string(), tch::Tensor::zeros([2, 2], (tch::Kind::Float, tch::Device::Cpu)))],
+            Default::default(),
+        )
+        .unwrap();
         let e = format!("{:#}", run_features(&FeaturesArgs { weights: small, out: d.path().join("o4"), ..args.clone() }).unwrap_err());
-        assert!(e.contains("features.0.weight is [2, 2], expected [64, 3, 11, 11]") && e.contains("missing tensors: features.0.bias"), "{e}");
+        assert!(
+            e.contains("features.0.weight is [2, 2], expected [64, 3, 11, 11]") && e.contains("missing tensors: features.0.bias"),
+            "{e}"
+        );
         assert!(!d.path().join("o4").exists());
     }
 }

@@ -14,7 +14,11 @@ impl Mlp {
     /// `in_dim → hidden[0] → … → out_dim`, layers named `{name}-fc1` … under `p`.
     pub fn new(p: &nn::Path, name: &str, in_dim: i64, hidden: &[i64], out_dim: i64, dropout: f64) -> Mlp {
         let dims: Vec<i64> = std::iter::once(in_dim).chain(hidden.iter().copied()).chain(std::iter::once(out_dim)).collect();
-        let layers = dims.windows(2).enumerate().map(|(i, w)| nn::linear(p / format!("{name}-fc{}", i + 1), w[0], w[1], Default::default())).collect();
+        let layers = dims
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| nn::linear(p / format!("{name}-fc{}", i + 1), w[0], w[1], Default::default()))
+            .collect();
         Mlp { layers, dropout }
     }
 }

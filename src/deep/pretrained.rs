@@ -82,7 +82,10 @@ mod tests {
         let e = format!("{:#}", load_alexnet(&vs, "", &dir.join("missing.pth"), &[]).unwrap_err());
         assert!(e.contains("missing.pth") && e.contains("missing tensors: features.3.weight") && !e.contains("mis-shaped"), "{e}");
         let e = format!("{:#}", load_alexnet(&vs, "", &dir.join("misshaped.pth"), &[]).unwrap_err());
-        assert!(e.contains("mis-shaped tensors: classifier.4.weight is [4096, 4000], expected [4096, 4096]") && !e.contains("missing tensors"), "{e}");
+        assert!(
+            e.contains("mis-shaped tensors: classifier.4.weight is [4096, 4000], expected [4096, 4096]") && !e.contains("missing tensors"),
+            "{e}"
+        );
         // A file whose name carries a hash prefix that does not match is refused.
         let renamed = dir.join("alexnet-owt-00000000.safetensors");
         std::fs::copy(&converted, &renamed).unwrap();

@@ -100,7 +100,8 @@ fn unpickle(data: &[u8]) -> Result<(Value, usize)> {
         *pos += n;
         Ok(s)
     };
-    let pop = |stack: &mut Vec<Value>, at: usize| -> Result<Value> { stack.pop().ok_or_else(|| anyhow!("pickle stack underflow at byte {at}")) };
+    let pop =
+        |stack: &mut Vec<Value>, at: usize| -> Result<Value> { stack.pop().ok_or_else(|| anyhow!("pickle stack underflow at byte {at}")) };
     let pop_mark = |stack: &mut Vec<Value>, marks: &mut Vec<usize>, at: usize| -> Result<Vec<Value>> {
         let m = marks.pop().ok_or_else(|| anyhow!("pickle: no MARK before byte {at}"))?;
         if m > stack.len() {
@@ -169,7 +170,11 @@ fn unpickle(data: &[u8]) -> Result<(Value, usize)> {
                 stack.push(Value::Str(s.to_string()));
             }
             b'C' | b'B' => {
-                let n = if op == b'C' { take(&mut pos, 1)?[0] as usize } else { u32::from_le_bytes(take(&mut pos, 4)?.try_into().unwrap()) as usize };
+                let n = if op == b'C' {
+                    take(&mut pos, 1)?[0] as usize
+                } else {
+                    u32::from_le_bytes(take(&mut pos, 4)?.try_into().unwrap()) as usize
+                };
                 stack.push(Value::Bytes(take(&mut pos, n)?.to_vec()));
             }
             b'c' => {
@@ -370,20 +375,36 @@ fn check_view(t: &TensorRef) -> Result<()> {
     }
     let numel = size.iter().try_fold(1u64, |a, &s| a.checked_mul(s as u64)).filter(|&n| n <= t.storage.numel as u64);
     let Some(numel) = numel else {
-        bail!("size {size:?} has more elements than its storage of {} (overlapping strides); save plain tensors (t.contiguous())", t.storage.numel);
+        bail!(
+            "size {size:?} has more elements than its storage of {} (overlapping strides); save plain tensors (t.contiguous())",
+            t.storage.numel
+        );
     };
     // Every element the view reaches must lie inside the storage.
-    let reach = size.iter().zip(stride).try_fold(t.offset as u64, |a, (&s, &st)| (s as u64 - 1).checked_mul(st as u64).and_then(|r| a.checked_add(r)));
+    let reach = size
+        .iter()
+        .zip(stride)
+        .try_fold(t.offset as u64, |a, (&s, &st)| (s as u64 - 1).checked_mul(st as u64).and_then(|r| a.checked_add(r)));
     match reach {
         Some(last) if last < t.storage.numel as u64 => Ok(()),
-        _ => bail!("size {size:?} stride {stride:?} offset {} overruns its storage of {} elements ({numel} elements)", t.offset, t.storage.numel),
+        _ => bail!(
+            "size {size:?} stride {stride:?} offset {} overruns its storage of {} elements ({numel} elements)",
+            t.offset,
+            t.storage.numel
+        ),
     }
 }
 
 fn materialise(t: &TensorRef, bytes: &[u8]) -> Result<Tensor> {
     let el = t.storage.kind.elt_size_in_bytes();
     if bytes.len() != t.storage.numel * el {
-        bail!("storage {} holds {} bytes, expected {} ({} elements of {el} bytes)", t.storage.key, bytes.len(), t.storage.numel * el, t.storage.numel);
+        bail!(
+            "storage {} holds {} bytes, expected {} ({} elements of {el} bytes)",
+            t.storage.key,
+            bytes.len(),
+            t.storage.numel * el,
+            t.storage.numel
+        );
     }
     // The common case, a contiguous tensor filling its storage from the start: one copy.
     let mut contiguous = vec![1i64; t.size.len()];

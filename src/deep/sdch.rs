@@ -148,7 +148,17 @@ impl SdchParams {
     /// text network), 30 epochs, learning rates 10⁻³ (features) and 10⁻² (hash layer), γ 0.01,
     /// β (1, 1, 0.1) (`--preset paper`).
     pub fn paper() -> Self {
-        Self { epochs: 30, hidden: vec![4096, 4096], lr_features: 1e-3, lr_hash: 1e-2, gamma: 0.01, beta1: 1.0, beta2: 1.0, beta3: 0.1, ..Self::default() }
+        Self {
+            epochs: 30,
+            hidden: vec![4096, 4096],
+            lr_features: 1e-3,
+            lr_hash: 1e-2,
+            gamma: 0.01,
+            beta1: 1.0,
+            beta2: 1.0,
+            beta3: 0.1,
+            ..Self::default()
+        }
     }
 }
 
@@ -202,7 +212,8 @@ impl SdchArch {
     /// Weights and biases of the networks (AlexNet without its last layer: 57,003,840).
     pub fn parameter_count(&self) -> f64 {
         let mlp = |input: usize| -> f64 {
-            let widths: Vec<f64> = std::iter::once(input).chain(self.hidden.iter().copied()).chain([self.feature_dim]).map(|w| w as f64).collect();
+            let widths: Vec<f64> =
+                std::iter::once(input).chain(self.hidden.iter().copied()).chain([self.feature_dim]).map(|w| w as f64).collect();
             widths.windows(2).map(|w| (w[0] + 1.0) * w[1]).sum()
         };
         let image = match self.image {
@@ -224,7 +235,9 @@ impl SdchArch {
         }
         match self.image {
             ImageInput::Features { dim: 0 } => bail!("arch.image.dim is 0; it must be at least 1"),
-            ImageInput::Images { size } if !(63..=4096).contains(&size) => bail!("arch.image.size is {size}; AlexNet reads images of 63 to 4096 pixels"),
+            ImageInput::Images { size } if !(63..=4096).contains(&size) => {
+                bail!("arch.image.size is {size}; AlexNet reads images of 63 to 4096 pixels")
+            }
             _ => {}
         }
         if !(0.0..1.0).contains(&self.dropout) {
@@ -311,7 +324,14 @@ impl SdchNet {
             let xc = view.feature_rows(METHOD, modality, &idx)?.mapv(f64::from) - &mean;
             sq += &(&xc * &xc).sum_axis(Axis(0));
         }
-        let std = (sq / n.max(1) as f64).mapv(|v| { let s = v.sqrt() as f32; if s > 1e-12 { s } else { 1.0 } });
+        let std = (sq / n.max(1) as f64).mapv(|v| {
+            let s = v.sqrt() as f32;
+            if s > 1e-12 {
+                s
+            } else {
+                1.0
+            }
+        });
         let mean = mean.mapv(|v| v as f32);
         let (m, s) = if modality == IMAGE { (&self.img_mean, &self.img_std) } else { (&self.txt_mean, &self.txt_std) };
         tch::no_grad(|| {
@@ -379,7 +399,9 @@ impl<'a> Input<'a> {
         }
         let want = match (modality, &arch.image) {
             (IMAGE, ImageInput::Features { dim }) => *dim,
-            (IMAGE, ImageInput::Images { .. }) => bail!("sdch: the image input holds feature vectors, but the model's image network is AlexNet, which reads images"),
+            (IMAGE, ImageInput::Images { .. }) => {
+                bail!("sdch: the image input holds feature vectors, but the model's image network is AlexNet, which reads images")
+            }
             _ => arch.text_dim,
         };
         let (input, dim) = match view {
@@ -392,7 +414,6 @@ impl<'a> Input<'a> {
         }
         Ok(input)
     }
-
 
     /// Rows `idx` on `device`: features as they are, images preprocessed (resized, normalised).
     fn batch(&self, idx: &[usize], device: Device) -> Result<Tensor> {
@@ -531,7 +552,9 @@ impl<'a> SdchRun<'a> {
             net.set_input_stats(TEXT, &data.views[TEXT])?;
         }
         let pretrained: Vec<String> = match (&params.pretrained, &arch.image) {
-            (Some(p), ImageInput::Images { .. }) => super::pretrained::load_alexnet(&net.vs, "img.", p, &["classifier.6.weight", "classifier.6.bias"])?,
+            (Some(p), ImageInput::Images { .. }) => {
+                super::pretrained::load_alexnet(&net.vs, "img.", p, &["classifier.6.weight", "classifier.6.bias"])?
+            }
             _ => vec![],
         };
         // Parameter groups: 0 = feature networks, 1 = pretrained layers, 2 = hash layer.
@@ -564,7 +587,13 @@ impl<'a> SdchRun<'a> {
             b = restore_b(&ck, n, arch.bits, device)?;
             trainer.restore(&ck)?;
             if ck.meta.step > 0 {
-                let sum = |k: &str| ck.meta.extra.get(k).and_then(|v| v.as_f64()).ok_or_else(|| anyhow!("{}: corrupt checkpoint: {k} missing", ck.path.display()));
+                let sum = |k: &str| {
+                    ck.meta
+                        .extra
+                        .get(k)
+                        .and_then(|v| v.as_f64())
+                        .ok_or_else(|| anyhow!("{}: corrupt checkpoint: {k} missing", ck.path.display()))
+                };
                 resumed_sums = Some((sum("sum_f")?, sum("sum_h")?));
             }
         }
@@ -650,9 +679,22 @@ impl<'a> SdchRun<'a> {
 
     /// L_f and L_h of one batch as the phase needs them (L_h unscaled by γ).
     #[allow(clippy::too_many_arguments)]
-    fn batch_losses(&self, phase: Phase, x: &Tensor, y: &Tensor, lx: &Tensor, ly: &Tensor, idx: &Tensor, beta: [f64; 3]) -> (Option<Tensor>, Option<Tensor>) {
+    fn batch_losses(
+        &self,
+        phase: Phase,
+        x: &Tensor,
+        y: &Tensor,
+        lx: &Tensor,
+        ly: &Tensor,
+        idx: &Tensor,
+        beta: [f64; 3],
+    ) -> (Option<Tensor>, Option<Tensor>) {
         let feats = || (self.net.image_features(x, true), self.net.text_features(y, true));
-        let (fx, fy) = if phase == Phase::Hash { tch::no_grad(|| (self.net.image_features(x, false), self.net.text_features(y, false))) } else { feats() };
+        let (fx, fy) = if phase == Phase::Hash {
+            tch::no_grad(|| (self.net.image_features(x, false), self.net.text_features(y, false)))
+        } else {
+            feats()
+        };
         let lf = (phase != Phase::Hash).then(|| loss_f(&fx, &fy, &pair_similarity(lx, ly)));
         let lh = (phase != Phase::Features).then(|| {
             let z = self.net.hash(&Tensor::cat(&[&fx, &fy], 0));
@@ -707,7 +749,12 @@ impl<'a> SdchRun<'a> {
 }
 
 fn restore_b(ck: &Checkpoint, n: usize, bits: usize, device: Device) -> Result<Option<Tensor>> {
-    let has_b = ck.meta.extra.get("b_initialised").and_then(|v| v.as_bool()).ok_or_else(|| anyhow!("{}: corrupt checkpoint: b_initialised missing", ck.path.display()))?;
+    let has_b = ck
+        .meta
+        .extra
+        .get("b_initialised")
+        .and_then(|v| v.as_bool())
+        .ok_or_else(|| anyhow!("{}: corrupt checkpoint: b_initialised missing", ck.path.display()))?;
     if !has_b {
         return Ok(None);
     }
@@ -736,7 +783,14 @@ impl Fit for SdchParams {
         }
         ensure_pos("sdch.lr_features", self.lr_features)?;
         ensure_pos("sdch.lr_hash", self.lr_hash)?;
-        for (n, v) in [("gamma", self.gamma), ("beta1", self.beta1), ("beta2", self.beta2), ("beta3", self.beta3), ("pretrained_lr_factor", self.pretrained_lr_factor), ("weight_decay", self.weight_decay)] {
+        for (n, v) in [
+            ("gamma", self.gamma),
+            ("beta1", self.beta1),
+            ("beta2", self.beta2),
+            ("beta3", self.beta3),
+            ("pretrained_lr_factor", self.pretrained_lr_factor),
+            ("weight_decay", self.weight_decay),
+        ] {
             ensure_nonneg(&format!("sdch.{n}"), v)?;
         }
         ensure_fraction("sdch.dropout", self.dropout)?;
@@ -771,11 +825,15 @@ impl Fit for SdchParams {
         // device, B and the encoded outputs (n × bits).
         let params = arch.parameter_count();
         let n = data.len() as f64;
-        let inputs: f64 = data.views.iter().map(|v| match v {
-            View::Features(x) => x.len() as f64,
-            // Images and mapped rows are read batch by batch.
-            View::Images(_) | View::Mapped(_) => 0.0,
-        }).sum();
+        let inputs: f64 = data
+            .views
+            .iter()
+            .map(|v| match v {
+                View::Features(x) => x.len() as f64,
+                // Images and mapped rows are read batch by batch.
+                View::Images(_) | View::Mapped(_) => 0.0,
+            })
+            .sum();
         let bytes = 4.0 * (4.0 * params + inputs + 4.0 * n * bits as f64);
         crate::method::ensure_memory("sdch", bits, bytes, "network weights with their optimiser state, inputs and codes")?;
         Ok(())
@@ -836,7 +894,13 @@ impl HashModel for SdchModel {
     fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
         let net = self.net.lock().map_err(|_| anyhow!("sdch: model lock poisoned"))?;
-        let mf = ModelFile { method: METHOD.into(), bits: self.bits(), params: self.params.clone(), arch: net.arch.clone(), history: self.history.clone() };
+        let mf = ModelFile {
+            method: METHOD.into(),
+            bits: self.bits(),
+            params: self.params.clone(),
+            arch: net.arch.clone(),
+            history: self.history.clone(),
+        };
         let mut vars: Vec<(String, Tensor)> = net.vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         write_safetensors(&dir.join("weights.safetensors"), &vars, Default::default())?;
@@ -965,7 +1029,11 @@ mod tests {
         let cls: Vec<usize> = (0..n).map(|i| i % c).collect();
         let x = Array2::from_shape_fn((n, dx), |(i, j)| (px[[cls[i], j]] + rng.sample::<f64, _>(StandardNormal)) as f32);
         let y = Array2::from_shape_fn((n, dy), |(i, j)| (py[[cls[i], j]] + rng.sample::<f64, _>(StandardNormal)) as f32);
-        TrainSet::supervised(vec![View::Features(x), View::Features(y)], crate::bundle::one_hot(&cls, c), vec!["a".into(), "b".into(), "c".into()])
+        TrainSet::supervised(
+            vec![View::Features(x), View::Features(y)],
+            crate::bundle::one_hot(&cls, c),
+            vec!["a".into(), "b".into(), "c".into()],
+        )
     }
 
     fn small() -> SdchParams {
@@ -978,10 +1046,21 @@ mod tests {
         // encodings (every batch holds the same values, only read from the file).
         let data = toy(90, 4);
         let dir = tempfile::tempdir().unwrap();
-        let nm = |m: usize| crate::bundle::NewModality { name: ["image", "text"][m].into(), features: Some(data.views[m].features("t", m).unwrap().clone()), ..Default::default() };
-        crate::bundle::BundleWriter { name: "toy".into(), source: "test".into(), classes: data.class_names.clone(), modalities: vec![nm(0), nm(1)], labels: vec![data.labels[0].clone()], ..Default::default() }
-            .write(&dir.path().join("toy"), false)
-            .unwrap();
+        let nm = |m: usize| crate::bundle::NewModality {
+            name: ["image", "text"][m].into(),
+            features: Some(data.views[m].features("t", m).unwrap().clone()),
+            ..Default::default()
+        };
+        crate::bundle::BundleWriter {
+            name: "toy".into(),
+            source: "test".into(),
+            classes: data.class_names.clone(),
+            modalities: vec![nm(0), nm(1)],
+            labels: vec![data.labels[0].clone()],
+            ..Default::default()
+        }
+        .write(&dir.path().join("toy"), false)
+        .unwrap();
         let loaded = crate::bundle::Bundle::load(&dir.path().join("toy")).unwrap();
         let mapped = crate::bundle::Bundle::load_mapped(&dir.path().join("toy")).unwrap();
         assert!(mapped.modalities.iter().all(|m| m.features.is_none() && m.mapped_features.is_some()));
@@ -1032,7 +1111,11 @@ mod tests {
                 crate::npy::write_npy(&x, data.views[m].features("test", m).unwrap()).unwrap();
                 let out = dir.path().join(format!("{side}_codes.npy"));
                 let (xs, os) = (x.to_str().unwrap(), out.to_str().unwrap());
-                crate::deep::test_support::run_script(&py, "sdch_encode.py", &[dir.path().to_str().unwrap(), xs, "--side", side, "--out", os]);
+                crate::deep::test_support::run_script(
+                    &py,
+                    "sdch_encode.py",
+                    &[dir.path().to_str().unwrap(), xs, "--side", side, "--out", os],
+                );
                 let py_codes = BinaryCodes::load_npy(&out, Some(8)).unwrap();
                 let z = model.hash_outputs(m, &data.views[m]).unwrap();
                 let rust_codes = model.encode(m, &data.views[m]).unwrap();
@@ -1055,7 +1138,8 @@ mod tests {
 
     fn weights(m: &SdchModel) -> Vec<(String, Vec<f32>)> {
         let net = m.net.lock().unwrap();
-        let mut v: Vec<(String, Vec<f32>)> = net.vs.variables().into_iter().map(|(n, t)| (n, Vec::<f32>::try_from(t.view([-1])).unwrap())).collect();
+        let mut v: Vec<(String, Vec<f32>)> =
+            net.vs.variables().into_iter().map(|(n, t)| (n, Vec::<f32>::try_from(t.view([-1])).unwrap())).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
@@ -1067,7 +1151,12 @@ mod tests {
         let data = toy(30, 4);
         // Batches of 4: 7 per epoch; dropout draws from libtorch's generator in every batch.
         let p = SdchParams { dropout: 0.2, batch_size: 4, ..small() };
-        let ctx = |dir: &Path, resume: bool| FitContext { checkpoint_dir: Some(dir.to_path_buf()), resume, device: crate::method::DeviceChoice::Cpu, ..FitContext::new(8, 11) };
+        let ctx = |dir: &Path, resume: bool| FitContext {
+            checkpoint_dir: Some(dir.to_path_buf()),
+            resume,
+            device: crate::method::DeviceChoice::Cpu,
+            ..FitContext::new(8, 11)
+        };
         let d = tempfile::tempdir().unwrap();
         let full = p.fit(&data, &ctx(&d.path().join("full"), false)).unwrap();
         // Checkpoints every 2 batches change nothing.
@@ -1094,14 +1183,22 @@ mod tests {
     fn resumed_runs_equal_uninterrupted_runs() {
         let data = toy(30, 4);
         let p = SdchParams { dropout: 0.2, ..small() };
-        let ctx = |dir: &Path, resume: bool| FitContext { checkpoint_dir: Some(dir.to_path_buf()), resume, device: crate::method::DeviceChoice::Cpu, ..FitContext::new(8, 11) };
+        let ctx = |dir: &Path, resume: bool| FitContext {
+            checkpoint_dir: Some(dir.to_path_buf()),
+            resume,
+            device: crate::method::DeviceChoice::Cpu,
+            ..FitContext::new(8, 11)
+        };
         let d = tempfile::tempdir().unwrap();
         let full = p.fit(&data, &ctx(&d.path().join("full"), false)).unwrap();
         let log = std::fs::read_to_string(d.path().join("full").join(crate::deep::trainer::LOG_FILE)).unwrap();
         assert_eq!(log.lines().filter(|l| l.contains("epoch ")).count(), 4, "{log}");
         for stop in [1, 2] {
             let dir = d.path().join(format!("stop{stop}"));
-            let e = p.fit_with_control(&data, &ctx(&dir, false), &RunControl { stop_after_epoch: Some(stop), ..Default::default() }).err().expect("interrupted");
+            let e = p
+                .fit_with_control(&data, &ctx(&dir, false), &RunControl { stop_after_epoch: Some(stop), ..Default::default() })
+                .err()
+                .expect("interrupted");
             assert_eq!(e.downcast_ref::<Interrupted>().map(|i| i.epoch), Some(stop));
             let resumed = p.fit(&data, &ctx(&dir, true)).unwrap();
             assert_eq!(resumed.history(), full.history(), "stop {stop}");
@@ -1151,7 +1248,8 @@ mod tests {
             let e = format!("{:#}", p.fit(&data, &ctx).err().unwrap());
             assert!(e.contains(msg), "{e}");
         }
-        let e = format!("{:#}", small().fit(&data, &FitContext { device: crate::method::DeviceChoice::Cuda, ..ctx.clone() }).err().unwrap());
+        let e =
+            format!("{:#}", small().fit(&data, &FitContext { device: crate::method::DeviceChoice::Cuda, ..ctx.clone() }).err().unwrap());
         if !crate::deep::trainer::cuda_available() {
             assert!(e.contains("CUDA is not available"), "{e}");
         }
@@ -1170,7 +1268,11 @@ mod tests {
         let images = ndarray::Array4::from_shape_simple_fn((n, 64, 64, 3), || rng.gen::<u8>());
         let cls: Vec<usize> = (0..n).map(|i| i % 2).collect();
         let text = Array2::from_shape_fn((n, 4), |(i, j)| if j == cls[i] { 1.0f32 } else { 0.0 });
-        let data = TrainSet::supervised(vec![View::Images(images), View::Features(text)], crate::bundle::one_hot(&cls, 2), vec!["a".into(), "b".into()]);
+        let data = TrainSet::supervised(
+            vec![View::Images(images), View::Features(text)],
+            crate::bundle::one_hot(&cls, 2),
+            vec!["a".into(), "b".into()],
+        );
         let d = tempfile::tempdir().unwrap();
         let w = d.path().join("alexnet.safetensors");
         {
@@ -1179,7 +1281,17 @@ mod tests {
             let _a = AlexNet::new(&vs.root(), 1000);
             write_safetensors(&w, &vs.variables().into_iter().collect::<Vec<_>>(), Default::default()).unwrap();
         }
-        let p = SdchParams { epochs: 1, batch_size: 3, feature_dim: 8, hidden: vec![8], image_size: 64, pretrained: Some(w.clone()), pretrained_lr_factor: 0.0, warmup_schedule: false, ..Default::default() };
+        let p = SdchParams {
+            epochs: 1,
+            batch_size: 3,
+            feature_dim: 8,
+            hidden: vec![8],
+            image_size: 64,
+            pretrained: Some(w.clone()),
+            pretrained_lr_factor: 0.0,
+            warmup_schedule: false,
+            ..Default::default()
+        };
         let model = p.fit(&data, &FitContext::new(4, 0)).unwrap();
         let codes = model.encode(IMAGE, &data.views[IMAGE]).unwrap();
         assert_eq!((codes.len(), codes.bits()), (n, 4));

@@ -93,9 +93,11 @@ fn to_bytes(t: &Tensor) -> Result<Bytes> {
 /// Writes named tensors (from any device) and string metadata as one safetensors file, atomically
 /// (temporary file + rename), so a crash never leaves a half-written file under `path`.
 pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
-    let bytes: Vec<(String, Bytes)> = tensors.iter().map(|(n, t)| Ok((n.clone(), to_bytes(t).with_context(|| format!("tensor {n}"))?))).collect::<Result<_>>()?;
+    let bytes: Vec<(String, Bytes)> =
+        tensors.iter().map(|(n, t)| Ok((n.clone(), to_bytes(t).with_context(|| format!("tensor {n}"))?))).collect::<Result<_>>()?;
     let meta = if metadata.is_empty() { None } else { Some(metadata) };
-    let buf = safetensors::tensor::serialize(bytes.iter().map(|(n, b)| (n.as_str(), b)), &meta).map_err(|e| anyhow!("{}: cannot serialise: {e:?}", path.display()))?;
+    let buf = safetensors::tensor::serialize(bytes.iter().map(|(n, b)| (n.as_str(), b)), &meta)
+        .map_err(|e| anyhow!("{}: cannot serialise: {e:?}", path.display()))?;
     write_atomic(path, |w| Ok(w.write_all(&buf)?))
 }
 
@@ -117,7 +119,8 @@ pub fn read_safetensors(path: &Path) -> Result<NamedTensorsWithMeta> {
         if view.data().len() != numel * kind.elt_size_in_bytes() {
             bail!("{}: tensor {name}: data length does not match its shape", path.display());
         }
-        let t = Tensor::f_from_data_size(view.data(), &shape, kind).map_err(|e| anyhow!("{}: tensor {name}: {}", path.display(), super::torch_message(&e)))?;
+        let t = Tensor::f_from_data_size(view.data(), &shape, kind)
+            .map_err(|e| anyhow!("{}: tensor {name}: {}", path.display(), super::torch_message(&e)))?;
         if t.is_floating_point() && t.numel() > 0 && t.isfinite().all().int64_value(&[]) == 0 {
             let bad = t.isfinite().logical_not().sum(Kind::Int64).int64_value(&[]);
             bail!(
@@ -247,12 +250,15 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         // FIPS 180-2 test vector: SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad.
         let body = b"abc";
-        assert_eq!(&sha256_file(&{
-            let p = d.path().join("abc");
-            std::fs::write(&p, body).unwrap();
-            p
-        })
-        .unwrap()[..16], "ba7816bf8f01cfea");
+        assert_eq!(
+            &sha256_file(&{
+                let p = d.path().join("abc");
+                std::fs::write(&p, body).unwrap();
+                p
+            })
+            .unwrap()[..16],
+            "ba7816bf8f01cfea"
+        );
         let good = d.path().join("w-ba7816bf8f01.pth");
         std::fs::write(&good, body).unwrap();
         verify_hash_prefix(&good).unwrap();
@@ -264,11 +270,17 @@ mod tests {
 
     #[test]
     fn copy_named_lists_every_problem() {
-        let targets = vec![("a".to_string(), Tensor::zeros([2, 2], (Kind::Float, Device::Cpu))), ("b".to_string(), Tensor::zeros([3], (Kind::Float, Device::Cpu)))];
+        let targets = vec![
+            ("a".to_string(), Tensor::zeros([2, 2], (Kind::Float, Device::Cpu))),
+            ("b".to_string(), Tensor::zeros([3], (Kind::Float, Device::Cpu))),
+        ];
         let src = HashMap::from([("a".to_string(), Tensor::ones([2, 3], (Kind::Float, Device::Cpu)))]);
         let e = format!("{:#}", copy_named(&targets, &src, "ckpt").unwrap_err());
         assert!(e.contains("missing tensors: b") && e.contains("a is [2, 3], expected [2, 2]"), "{e}");
-        let src = HashMap::from([("a".to_string(), Tensor::ones([2, 2], (Kind::Double, Device::Cpu))), ("b".to_string(), Tensor::ones([3], (Kind::Float, Device::Cpu)))]);
+        let src = HashMap::from([
+            ("a".to_string(), Tensor::ones([2, 2], (Kind::Double, Device::Cpu))),
+            ("b".to_string(), Tensor::ones([3], (Kind::Float, Device::Cpu))),
+        ]);
         copy_named(&targets, &src, "ckpt").unwrap();
         assert_eq!(targets[0].1.sum(Kind::Float).double_value(&[]), 4.0);
     }

@@ -122,7 +122,12 @@ impl ParamState {
     /// A deep copy (fresh scratch space).
     fn deep_copy(&self) -> Self {
         let copy = |t: &Tensor| if t.defined() { t.copy() } else { Tensor::new() };
-        Self { step: self.step, m: self.m.copy(), v: copy(&self.v), scratch: if self.scratch.defined() { self.scratch.zeros_like() } else { Tensor::new() } }
+        Self {
+            step: self.step,
+            m: self.m.copy(),
+            v: copy(&self.v),
+            scratch: if self.scratch.defined() { self.scratch.zeros_like() } else { Tensor::new() },
+        }
     }
 }
 
@@ -144,7 +149,8 @@ const SGD_MOMENTUM: f64 = 0.9;
 /// Splits the trainable variables of `vs` into groups: `assign(name)` gives the index into
 /// `groups` ((name, learning rate) pairs) or `None` to leave a variable out.
 pub fn groups_from_var_store(vs: &nn::VarStore, assign: impl Fn(&str) -> Option<usize>, groups: &[(&str, f64)]) -> Result<Vec<ParamGroup>> {
-    let mut out: Vec<ParamGroup> = groups.iter().map(|&(n, lr)| ParamGroup { name: n.to_string(), lr, enabled: true, params: vec![] }).collect();
+    let mut out: Vec<ParamGroup> =
+        groups.iter().map(|&(n, lr)| ParamGroup { name: n.to_string(), lr, enabled: true, params: vec![] }).collect();
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, t) in vars {
@@ -199,7 +205,8 @@ impl Optimizer {
         let mut norm = 0.0;
         if let Some(max_norm) = max_norm {
             // One device-to-host read per step (not one per parameter tensor).
-            let squares: Vec<Tensor> = tch::no_grad(|| grads.iter().filter(|g| g.defined()).map(|g| g.square().sum(Kind::Double)).collect());
+            let squares: Vec<Tensor> =
+                tch::no_grad(|| grads.iter().filter(|g| g.defined()).map(|g| g.square().sum(Kind::Double)).collect());
             if !squares.is_empty() {
                 norm = tch::no_grad(|| Tensor::stack(&squares, 0).sum(Kind::Double).double_value(&[])).sqrt();
             }
@@ -310,7 +317,8 @@ impl Optimizer {
         self.state.clear();
         let params: HashMap<&str, &Tensor> = self.groups.iter().flat_map(|g| g.params.iter().map(|(n, t)| (n.as_str(), t))).collect();
         for (name, &step) in &ck.meta.optimizer_steps {
-            let p = params.get(name.as_str()).ok_or_else(|| anyhow!("{}: optimiser state for unknown parameter {name}", ck.path.display()))?;
+            let p =
+                params.get(name.as_str()).ok_or_else(|| anyhow!("{}: optimiser state for unknown parameter {name}", ck.path.display()))?;
             let get = |suffix: &str| -> Result<Tensor> {
                 let key = format!("optim.{name}.{suffix}");
                 let t = ck.tensors.get(&key).ok_or_else(|| anyhow!("{}: tensor {key} missing", ck.path.display()))?;
@@ -374,9 +382,11 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Reads a checkpoint file; a truncated, corrupt or foreign file is a clear error.
     pub fn load(path: &Path) -> Result<Self> {
-        let (tensors, meta) = super::tensors::read_safetensors(path).with_context(|| format!("{}: cannot read the checkpoint", path.display()))?;
+        let (tensors, meta) =
+            super::tensors::read_safetensors(path).with_context(|| format!("{}: cannot read the checkpoint", path.display()))?;
         let json = meta.get("cmh").ok_or_else(|| anyhow!("{}: not a cmh checkpoint (no cmh metadata)", path.display()))?;
-        let meta: CheckpointMeta = serde_json::from_str(json).map_err(|e| anyhow!("{}: corrupt checkpoint metadata: {e}", path.display()))?;
+        let meta: CheckpointMeta =
+            serde_json::from_str(json).map_err(|e| anyhow!("{}: corrupt checkpoint metadata: {e}", path.display()))?;
         if meta.format != FORMAT {
             bail!("{}: checkpoint format {:?}, this cmh reads {FORMAT:?}", path.display(), meta.format);
         }
@@ -556,7 +566,11 @@ impl Trainer {
         tch::manual_seed(torch_seed(ctx.seed, 0));
         let progress = ctx.progress.then(|| {
             let pb = ProgressBar::new(0);
-            pb.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} / ~{duration})").unwrap().progress_chars("=> "));
+            pb.set_style(
+                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} / ~{duration})")
+                    .unwrap()
+                    .progress_chars("=> "),
+            );
             pb.set_prefix(method);
             pb
         });
@@ -713,7 +727,12 @@ impl Trainer {
         self.batch_losses.1 += 1;
         if let Some(pb) = &self.progress {
             pb.inc(1);
-            pb.set_message(format!("epoch {}/{} loss {:.4}", self.epoch + 1, self.total_epochs, self.batch_losses.0 / self.batch_losses.1 as f64));
+            pb.set_message(format!(
+                "epoch {}/{} loss {:.4}",
+                self.epoch + 1,
+                self.total_epochs,
+                self.batch_losses.0 / self.batch_losses.1 as f64
+            ));
         }
     }
 
@@ -724,7 +743,9 @@ impl Trainer {
         if let Some((batch, value)) = self.diverged.take().or((!loss.is_finite()).then_some((0, loss))) {
             let at = if batch > 0 { format!("batch {batch} of epoch {}", self.epoch + 1) } else { format!("epoch {}", self.epoch + 1) };
             let kept = match self.checkpoint_path() {
-                Some(p) if self.epoch > 0 && p.is_file() => format!("the last good checkpoint (epoch {}) is kept in {}", self.epoch, p.display()),
+                Some(p) if self.epoch > 0 && p.is_file() => {
+                    format!("the last good checkpoint (epoch {}) is kept in {}", self.epoch, p.display())
+                }
                 _ => "no earlier epoch left a checkpoint".to_string(),
             };
             self.log(&format!("diverged: loss {value} at {at}"))?;
@@ -758,7 +779,8 @@ impl Trainer {
         if let Some(dir) = &self.dir {
             std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the checkpoint folder", dir.display()))?;
             let p = dir.join(LOG_FILE);
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p).with_context(|| format!("{}: cannot open", p.display()))?;
+            let mut f =
+                std::fs::OpenOptions::new().create(true).append(true).open(&p).with_context(|| format!("{}: cannot open", p.display()))?;
             writeln!(f, "{} {line}", self.method).with_context(|| format!("{}: cannot write", p.display()))?;
         }
         Ok(())
@@ -766,7 +788,14 @@ impl Trainer {
 
     /// Writes the checkpoint of the epoch just ended (atomically; no-op without a folder), then
     /// returns [`Interrupted`] if the run was asked to stop here (by [`RunControl`] or a signal).
-    pub fn checkpoint(&mut self, vs: &nn::VarStore, opt: &Optimizer, config: &serde_json::Value, state: &[(&str, &Tensor)], extra: serde_json::Value) -> Result<()> {
+    pub fn checkpoint(
+        &mut self,
+        vs: &nn::VarStore,
+        opt: &Optimizer,
+        config: &serde_json::Value,
+        state: &[(&str, &Tensor)],
+        extra: serde_json::Value,
+    ) -> Result<()> {
         self.write_checkpoint(vs, opt, config, state, extra, 0)?;
         let stop = self.control.stop_after_epoch == Some(self.epoch) || stop_requested();
         if stop && self.epoch < self.total_epochs {
@@ -791,7 +820,8 @@ impl Trainer {
         if !due || self.batch_calls != 1 {
             return Ok(());
         }
-        let config = self.config.clone().ok_or_else(|| anyhow!("internal: {} checkpoints within an epoch before load_for_resume", self.method))?;
+        let config =
+            self.config.clone().ok_or_else(|| anyhow!("internal: {} checkpoints within an epoch before load_for_resume", self.method))?;
         self.write_checkpoint(vs, opt, &config, state, extra, self.step)?;
         if stop {
             return Err(self.interrupted(self.step));
@@ -804,13 +834,25 @@ impl Trainer {
         if let Some(pb) = &self.progress {
             pb.abandon();
         }
-        let what = if step > 0 { format!("stopped after {step} mini-batches of epoch {}", self.epoch + 1) } else { format!("stopped after epoch {}", self.epoch) };
+        let what = if step > 0 {
+            format!("stopped after {step} mini-batches of epoch {}", self.epoch + 1)
+        } else {
+            format!("stopped after epoch {}", self.epoch)
+        };
         let _ = self.log(&what);
         Interrupted { epoch: self.epoch, step, checkpoint: self.checkpoint_path() }.into()
     }
 
     /// Writes a checkpoint: after `step` mini-batches of the current epoch, or at an epoch's end (0).
-    fn write_checkpoint(&mut self, vs: &nn::VarStore, opt: &Optimizer, config: &serde_json::Value, state: &[(&str, &Tensor)], extra: serde_json::Value, step: usize) -> Result<()> {
+    fn write_checkpoint(
+        &mut self,
+        vs: &nn::VarStore,
+        opt: &Optimizer,
+        config: &serde_json::Value,
+        state: &[(&str, &Tensor)],
+        extra: serde_json::Value,
+        step: usize,
+    ) -> Result<()> {
         self.last_checkpoint = std::time::Instant::now();
         if let Some(path) = self.checkpoint_path() {
             let mut tensors: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
@@ -980,7 +1022,10 @@ mod tests {
         // Snapshots (Adam).
         let vs = nn::VarStore::new(Device::Cpu);
         let p = vs.root().var_copy("w", &Tensor::from_slice(&[1.0f32, -2.0]));
-        let mut opt = Optimizer::new(OptimizerConfig { kind: OptimizerKind::Adam, weight_decay: 0.0 }, groups_from_var_store(&vs, |_| Some(0), &[("all", 0.1)]).unwrap());
+        let mut opt = Optimizer::new(
+            OptimizerConfig { kind: OptimizerKind::Adam, weight_decay: 0.0 },
+            groups_from_var_store(&vs, |_| Some(0), &[("all", 0.1)]).unwrap(),
+        );
         let step = |opt: &mut Optimizer| opt.backward_step(&(&p * &p * &p).sum(Kind::Float)).unwrap();
         step(&mut opt);
         let (snap, p0) = (opt.snapshot(), Vec::<f32>::try_from(&p).unwrap());
@@ -1028,7 +1073,10 @@ mod tests {
         let mut tr = Trainer::new("sdch", &ctx, 5, &RunControl::default()).unwrap();
         let vs = nn::VarStore::new(Device::Cpu);
         let _p = vs.root().var_copy("w", &Tensor::from_slice(&[1.0f32]));
-        let opt = Optimizer::new(OptimizerConfig { kind: OptimizerKind::Adam, weight_decay: 0.0 }, groups_from_var_store(&vs, |_| Some(0), &[("all", 0.1)]).unwrap());
+        let opt = Optimizer::new(
+            OptimizerConfig { kind: OptimizerKind::Adam, weight_decay: 0.0 },
+            groups_from_var_store(&vs, |_| Some(0), &[("all", 0.1)]).unwrap(),
+        );
         let config = serde_json::json!({});
         tr.next_epoch().unwrap();
         tr.batch_done(1.0);
@@ -1070,6 +1118,9 @@ mod tests {
     fn json_diff_names_the_keys() {
         let a = serde_json::json!({"arch": {"bits": 16, "hidden": [8]}, "lr": 0.1});
         let b = serde_json::json!({"arch": {"bits": 32, "hidden": [8]}, "lr": 0.1, "x": 1});
-        assert_eq!(json_diff(&a, &b, ""), vec!["arch.bits: checkpoint 16 vs now 32".to_string(), "x: checkpoint (absent) vs now 1".to_string()]);
+        assert_eq!(
+            json_diff(&a, &b, ""),
+            vec!["arch.bits: checkpoint 16 vs now 32".to_string(), "x: checkpoint (absent) vs now 1".to_string()]
+        );
     }
 }

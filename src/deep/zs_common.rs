@@ -12,8 +12,8 @@ use super::trainer::{Checkpoint, Optimizer, RunControl, Trainer};
 use crate::method::{FitContext, TrainSet, View};
 use crate::npy::{read_npy, write_npy, NpyData};
 use anyhow::{anyhow, bail, Context, Result};
-use serde::{de::DeserializeOwned, Serialize};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
+use serde::{de::DeserializeOwned, Serialize};
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -47,11 +47,8 @@ impl Standardizer {
     pub fn fit(x: ArrayView2<f32>) -> Self {
         let n = x.nrows().max(1) as f64;
         let mean64 = x.mapv(|v| v as f64).sum_axis(Axis(0)) / n;
-        let var = x
-            .mapv(|v| v as f64)
-            .outer_iter()
-            .fold(Array1::<f64>::zeros(x.ncols()), |acc, r| acc + (&r - &mean64).mapv(|d| d * d))
-            / n;
+        let var =
+            x.mapv(|v| v as f64).outer_iter().fold(Array1::<f64>::zeros(x.ncols()), |acc, r| acc + (&r - &mean64).mapv(|d| d * d)) / n;
         let std = var.mapv(|v| if v.sqrt() > 1e-12 { v.sqrt() as f32 } else { 1.0 });
         Self { mean: mean64.mapv(|v| v as f32), std }
     }
@@ -307,7 +304,6 @@ pub fn ridge_projector(a: &Array2<f32>, lambda: f64) -> Result<Array2<f32>> {
     Ok(x.t().mapv(|v| v as f32))
 }
 
-
 /// An orthonormal basis V (e × d) of the row space of `a` (K × e, d = its numerical rank ≤ K):
 /// a ↦ aV is an isometry on that span, so inner products, cosines and distances between the
 /// class attribute vectors (and any point of their span) are unchanged, while the attribute space
@@ -427,7 +423,16 @@ pub fn labelled_rows(data: &TrainSet) -> Vec<usize> {
 /// `rbf_anchors` > 0 maps the features to centred RBF-anchor features first ([`InputMap`]);
 /// `attribute_span` expresses the attributes in [`span_basis`] coordinates.
 #[allow(clippy::too_many_arguments)]
-pub fn prepare(data: &TrainSet, method: &str, rows: Vec<usize>, device: Device, rbf_anchors: usize, attribute_span: bool, seed: u64, input_clip: f64) -> Result<Prepared> {
+pub fn prepare(
+    data: &TrainSet,
+    method: &str,
+    rows: Vec<usize>,
+    device: Device,
+    rbf_anchors: usize,
+    attribute_span: bool,
+    seed: u64,
+    input_clip: f64,
+) -> Result<Prepared> {
     let emb = data.require_class_embeddings(method)?;
     let mut inputs = Vec::new();
     let mut x = Vec::new();
@@ -439,7 +444,8 @@ pub fn prepare(data: &TrainSet, method: &str, rows: Vec<usize>, device: Device, 
             View::Mapped(f) if !f.is_images() => f.features(&rows)?,
             View::Images(_) | View::Mapped(_) => bail!("{method}: modality {m} holds raw images"),
         };
-        let (map, z) = InputMap::fit(f.view(), rbf_anchors, seed ^ m as u64).with_context(|| format!("{method}: input features of modality {m}"))?;
+        let (map, z) =
+            InputMap::fit(f.view(), rbf_anchors, seed ^ m as u64).with_context(|| format!("{method}: input features of modality {m}"))?;
         let (map, z) = map.with_clip(input_clip, z);
         x.push(tensor_from(z.view(), device));
         inputs.push(map);
@@ -483,12 +489,16 @@ pub fn check_fit(method: &str, data: &TrainSet, bits: usize, use_unlabelled: boo
     }
     check_zero_shot_data(method, data)?;
     // f32 inputs on the device and n × bits codes and relaxed outputs (the networks are small).
-    let inputs: f64 = data.views.iter().map(|v| match v {
-        View::Features(x) => x.len() as f64,
-        View::Images(x) => x.len() as f64,
-        // Mapped rows are read into memory before training.
-        View::Mapped(x) => (x.len() * x.array().shape()[1..].iter().product::<usize>()) as f64,
-    }).sum();
+    let inputs: f64 = data
+        .views
+        .iter()
+        .map(|v| match v {
+            View::Features(x) => x.len() as f64,
+            View::Images(x) => x.len() as f64,
+            // Mapped rows are read into memory before training.
+            View::Mapped(x) => (x.len() * x.array().shape()[1..].iter().product::<usize>()) as f64,
+        })
+        .sum();
     crate::method::ensure_memory(method, bits, 4.0 * (inputs + 4.0 * data.len() as f64 * bits as f64), "inputs and codes")?;
     if !use_unlabelled && labelled_rows(data).len() < 2 {
         bail!("{method} with use_unlabelled = false needs at least two labelled training items, found {}", labelled_rows(data).len());
@@ -510,7 +520,17 @@ pub fn run_config<P: Serialize>(params: &P, prep: &Prepared, bits: usize, data: 
 /// progress, checkpoint folder) and the training tensors of every row, or of the labelled rows
 /// only when `use_unlabelled` is false (the nFS ablation).
 #[allow(clippy::too_many_arguments)]
-pub fn start(method: &'static str, data: &TrainSet, ctx: &FitContext, epochs: usize, control: &RunControl, use_unlabelled: bool, rbf_anchors: usize, attribute_span: bool, input_clip: f64) -> Result<(Trainer, Prepared)> {
+pub fn start(
+    method: &'static str,
+    data: &TrainSet,
+    ctx: &FitContext,
+    epochs: usize,
+    control: &RunControl,
+    use_unlabelled: bool,
+    rbf_anchors: usize,
+    attribute_span: bool,
+    input_clip: f64,
+) -> Result<(Trainer, Prepared)> {
     let tr = Trainer::new(method, ctx, epochs, control)?;
     let rows = if use_unlabelled { (0..data.len()).collect() } else { labelled_rows(data) };
     let prep = prepare(data, method, rows, tr.device, rbf_anchors, attribute_span, ctx.seed, input_clip)?;

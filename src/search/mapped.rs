@@ -87,10 +87,8 @@ pub(crate) fn parse_header(path: &Path, bytes: &[u8]) -> Result<NpyHeader> {
         bail!("{p}: unreadable 'fortran_order' in the .npy header");
     };
     let shape_v = dict_value(h, "shape").ok_or_else(|| anyhow!("{p}: the .npy header has no 'shape'"))?;
-    let inner = shape_v
-        .strip_prefix('(')
-        .and_then(|s| s.split(')').next())
-        .ok_or_else(|| anyhow!("{p}: unreadable 'shape' in the .npy header"))?;
+    let inner =
+        shape_v.strip_prefix('(').and_then(|s| s.split(')').next()).ok_or_else(|| anyhow!("{p}: unreadable 'shape' in the .npy header"))?;
     let shape = inner
         .split(',')
         .map(|s| s.trim().trim_end_matches('L'))

@@ -35,7 +35,7 @@
 //! Codes inside the tables are 64-bit words holding the bits in packbits order (bit `j` of the
 //! code is bit `63 - j % 64` of word `j / 64`), padding bits cleared.
 
-use super::{topk_with, radius_with, SearchOptions, SearchResult};
+use super::{radius_with, topk_with, SearchOptions, SearchResult};
 use crate::codes::{stride_of, CodesRef};
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
@@ -332,13 +332,7 @@ fn write_index<W: Write>(codes: CodesRef, m: usize, progress: bool, out: &mut W)
     out.pad_to(end)?;
     pb.finish_and_clear();
     debug_assert_eq!(out.pos, lay.len);
-    Ok(IndexSummary {
-        n,
-        bits: codes.bits,
-        substrings: m,
-        substring_bits: lay.subs.iter().map(|s| s.1).collect(),
-        bytes: lay.len,
-    })
+    Ok(IndexSummary { n, bits: codes.bits, substrings: m, substring_bits: lay.subs.iter().map(|s| s.1).collect(), bytes: lay.len })
 }
 
 /// Builds the index of `codes` and writes it to `path` (a temporary file renamed when complete).
@@ -490,7 +484,11 @@ impl MihIndex {
             }
         }
         if len != lay.len || b.len() != lay.len {
-            bail!("expected {} bytes for {n} codes of {bits} bits in {m} tables, the header says {len} and the file holds {}", lay.len, b.len());
+            bail!(
+                "expected {} bytes for {n} codes of {bits} bits in {m} tables, the header says {len} and the file holds {}",
+                lay.len,
+                b.len()
+            );
         }
         let masks = lay.subs.iter().map(|&(s, l)| substring_mask(w, s, l)).collect();
         let idx = Self { storage, path, lay, masks };
@@ -566,7 +564,13 @@ impl MihIndex {
             bail!("code length mismatch: query codes have {} bits but the index holds {}-bit codes", queries.bits, self.lay.bits);
         }
         if queries.data.len() != queries.n * queries.stride() {
-            bail!("query codes: expected {} bytes for {} codes of {} bits, found {}", queries.n * queries.stride(), queries.n, queries.bits, queries.data.len());
+            bail!(
+                "query codes: expected {} bytes for {} codes of {} bits, found {}",
+                queries.n * queries.stride(),
+                queries.n,
+                queries.bits,
+                queries.data.len()
+            );
         }
         Ok(())
     }

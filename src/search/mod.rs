@@ -133,8 +133,7 @@ pub fn distance_sum(queries: CodesRef, db: CodesRef, opts: &SearchOptions) -> Re
     let kernel = pick_kernel(opts)?;
     let (qb, shards, block_codes) = plan(queries.n, db.n, &geo, opts);
     let qw = query_words(&geo, queries);
-    let tasks: Vec<(usize, Range<usize>)> =
-        (0..queries.n.div_ceil(qb)).flat_map(|b| shards.iter().map(move |s| (b, s.clone()))).collect();
+    let tasks: Vec<(usize, Range<usize>)> = (0..queries.n.div_ceil(qb)).flat_map(|b| shards.iter().map(move |s| (b, s.clone()))).collect();
     Ok(tasks
         .into_par_iter()
         .map(|(b, shard)| {
@@ -251,8 +250,7 @@ fn execute(queries: CodesRef, db: CodesRef, mode: Mode, opts: &SearchOptions) ->
     let (qb, shards, block_codes) = plan(nq, db.n, &geo, opts);
     let qw = query_words(&geo, queries);
     let nshards = shards.len();
-    let tasks: Vec<(usize, Range<usize>)> =
-        (0..nq.div_ceil(qb)).flat_map(|b| shards.iter().map(move |s| (b, s.clone()))).collect();
+    let tasks: Vec<(usize, Range<usize>)> = (0..nq.div_ceil(qb)).flat_map(|b| shards.iter().map(move |s| (b, s.clone()))).collect();
     let new_cand = |_: usize| match mode {
         Mode::TopK(k) => Cand::topk(k, bits),
         Mode::Radius(r) => Cand::radius(r, bits),
@@ -398,7 +396,8 @@ pub fn run(args: &SearchArgs) -> Result<()> {
             // A radius search's offsets.npy from an earlier search would not belong to these results.
             let stale = args.out.join("offsets.npy");
             if stale.is_file() {
-                std::fs::remove_file(&stale).with_context(|| format!("{}: cannot remove the earlier radius search's offsets", stale.display()))?;
+                std::fs::remove_file(&stale)
+                    .with_context(|| format!("{}: cannot remove the earlier radius search's offsets", stale.display()))?;
             }
             eprintln!("top-{k} of {nq} queries over {n} codes in {secs:.3} s{} -> {}", note(stats), args.out.display());
         }

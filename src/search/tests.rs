@@ -354,7 +354,13 @@ fn cli_run_writes_topk_and_radius() {
     // The same searches through a multi-index hashing index write the same files.
     let ix = dir.path().join("db.cmhidx");
     crate::search::mih::build_index_file(db.view(), &crate::search::mih::BuildOptions::default(), &ix).unwrap();
-    let with_index = |a: &SearchArgs, out: &std::path::Path| SearchArgs { db: None, index: Some(ix.clone()), bits: None, out: out.to_path_buf(), ..a.clone() };
+    let with_index = |a: &SearchArgs, out: &std::path::Path| SearchArgs {
+        db: None,
+        index: Some(ix.clone()),
+        bits: None,
+        out: out.to_path_buf(),
+        ..a.clone()
+    };
     let out4 = dir.path().join("out4");
     run(&with_index(&args, &out4)).unwrap();
     run(&with_index(&SearchArgs { k: None, radius: Some(1), ..args.clone() }, &out4.join("r"))).unwrap();

@@ -23,7 +23,9 @@
 //! Closed form: seconds on thousands of items. No unified training codes are learned (both
 //! database conventions encode the database). Needs class embeddings (`cmh data embed-classes`).
 
-use super::common::{expect_shape, itq_rotation, load_matrix, load_vector, par_dot, par_gram, randn, seeded_rng, sign_codes, ShallowRng, SpdFactor};
+use super::common::{
+    expect_shape, itq_rotation, load_matrix, load_vector, par_dot, par_gram, randn, seeded_rng, sign_codes, ShallowRng, SpdFactor,
+};
 use crate::codes::BinaryCodes;
 use crate::deep::zs_common::{l2_normalise_rows, Standardizer};
 use crate::method::{ensure_pos, Fit, FitContext, HashModel, TrainSet, View};
@@ -56,10 +58,8 @@ impl Default for AttrRidgeParams {
 }
 
 /// What `cmh tune` searches for attr-ridge.
-pub const SEARCH_SPACE: SearchSpace = SearchSpace {
-    dims: &[Dim { name: "ridge", range: Range::Float { lo: 1e-2, hi: 10.0, log: true } }],
-    fidelity: None,
-};
+pub const SEARCH_SPACE: SearchSpace =
+    SearchSpace { dims: &[Dim { name: "ridge", range: Range::Float { lo: 1e-2, hi: 10.0, log: true } }], fidelity: None };
 
 impl MethodParams for AttrRidgeParams {
     /// No paper preset: the method is the linear reference, not a published hasher.
@@ -121,7 +121,12 @@ pub fn principal_directions(x: ArrayView2<f64>, mean: &Array1<f64>, max_k: usize
 /// sgn((x − μ) Pₖ [R G]) are the codes of steps 4–5 of the module docs (the top k = min(bits,
 /// rank) principal directions, their ITQ rotation R, random Gaussian directions G of the same
 /// subspace for the bits beyond k); also the ITQ loss per iteration.
-pub fn pca_itq_basis(x: ArrayView2<f64>, bits: usize, itq_iter: usize, rng: &mut ShallowRng) -> Result<(Array1<f64>, Array2<f64>, Vec<f64>)> {
+pub fn pca_itq_basis(
+    x: ArrayView2<f64>,
+    bits: usize,
+    itq_iter: usize,
+    rng: &mut ShallowRng,
+) -> Result<(Array1<f64>, Array2<f64>, Vec<f64>)> {
     let mean = x.mean_axis(Axis(0)).ok_or_else(|| anyhow::anyhow!("PCA of an empty matrix"))?;
     let (dirs, _) = principal_directions(x, &mean, bits)?;
     let k = dirs.ncols();
@@ -169,13 +174,15 @@ impl Fit for AttrRidgeParams {
             let rows: Vec<usize> = (0..data.len()).filter(|&i| data.labelled[m][i]).collect();
             let t = attribute_targets(data.labels[m].select(Axis(0), &rows).view(), &data.modality_classes[m], &emb);
             let zl = z.select(Axis(0), &rows);
-            let wm = ridge_regression(zl.view(), t.view(), self.ridge * rows.len() as f64).with_context(|| format!("attr-ridge: ridge regression of modality {m}"))?;
+            let wm = ridge_regression(zl.view(), t.view(), self.ridge * rows.len() as f64)
+                .with_context(|| format!("attr-ridge: ridge regression of modality {m}"))?;
             pred.push(par_dot(z.view(), wm.view()));
             std.push(s);
             w.push(wm);
         }
         let stacked = concatenate(Axis(0), &[pred[0].view(), pred[1].view()])?;
-        let (mean, basis, history) = pca_itq_basis(stacked.view(), ctx.bits, self.itq_iter, &mut seeded_rng(ctx.seed, 0)).context("attr-ridge")?;
+        let (mean, basis, history) =
+            pca_itq_basis(stacked.view(), ctx.bits, self.itq_iter, &mut seeded_rng(ctx.seed, 0)).context("attr-ridge")?;
         Ok(AttrRidgeModel::from_parts(ctx.bits, self.clone(), std, w, mean, basis, history))
     }
 }
@@ -208,7 +215,15 @@ struct AttrRidgeFile {
 }
 
 impl AttrRidgeModel {
-    fn from_parts(bits: usize, params: AttrRidgeParams, std: Vec<Standardizer>, w: Vec<Array2<f64>>, mean: Array1<f64>, basis: Array2<f64>, history: Vec<f64>) -> Self {
+    fn from_parts(
+        bits: usize,
+        params: AttrRidgeParams,
+        std: Vec<Standardizer>,
+        w: Vec<Array2<f64>>,
+        mean: Array1<f64>,
+        basis: Array2<f64>,
+        history: Vec<f64>,
+    ) -> Self {
         let proj = w.iter().map(|wm| wm.dot(&basis)).collect();
         let offset = mean.dot(&basis);
         Self { bits, params, std, w, mean, basis, proj, offset, history }

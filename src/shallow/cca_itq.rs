@@ -16,7 +16,7 @@
 //! ([`HashModel::train_codes`] is `None`: both database conventions encode the database).
 //! Exactly two modalities.
 
-use super::common::{capped_anchors, cca, itq_rotation, load_matrix, load_vector, par_dot, seeded_rng, sign_codes, expect_shape, RbfMap};
+use super::common::{capped_anchors, cca, expect_shape, itq_rotation, load_matrix, load_vector, par_dot, seeded_rng, sign_codes, RbfMap};
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View};
 use crate::npy::{write_npy, write_text_atomic};
@@ -102,7 +102,15 @@ struct CcaItqFile {
 }
 
 impl CcaItqModel {
-    fn from_parts(bits: usize, params: CcaItqParams, rbf: Vec<RbfMap>, w: Vec<Array2<f64>>, corr: Array1<f64>, r: Array2<f64>, history: Vec<f64>) -> Self {
+    fn from_parts(
+        bits: usize,
+        params: CcaItqParams,
+        rbf: Vec<RbfMap>,
+        w: Vec<Array2<f64>>,
+        corr: Array1<f64>,
+        r: Array2<f64>,
+        history: Vec<f64>,
+    ) -> Self {
         let scale = corr.mapv(|c| c.max(0.0).powf(params.eig_power));
         let proj = w.iter().map(|wt| (wt * &scale).dot(&r)).collect();
         Self { bits, params, rbf, w, corr, r, proj, history }
@@ -232,7 +240,8 @@ impl Fit for CcaItqParams {
         let anchors = capped_anchors("cca-itq.anchors", self.anchors, data.len());
         for t in 0..2 {
             let x = data.views[t].features("cca-itq", t)?;
-            let (map, ph) = RbfMap::fit(x.view(), anchors, 1.0, &mut rng).with_context(|| format!("CCA-ITQ: RBF features of modality {t}"))?;
+            let (map, ph) =
+                RbfMap::fit(x.view(), anchors, 1.0, &mut rng).with_context(|| format!("CCA-ITQ: RBF features of modality {t}"))?;
             rbf.push(map);
             phi.push(ph);
         }

@@ -218,9 +218,7 @@ pub fn par_t_dot(a: ArrayView2<f64>, b: ArrayView2<f64>) -> Array2<f64> {
     if n * m * k < PAR_MIN_WORK {
         return a.t().dot(&b);
     }
-    reduce_rows(n, (m, k), |s0, e, acc| {
-        general_mat_mul(1.0, &a.slice(s![s0..e, ..]).t(), &b.slice(s![s0..e, ..]), 1.0, acc)
-    })
+    reduce_rows(n, (m, k), |s0, e, acc| general_mat_mul(1.0, &a.slice(s![s0..e, ..]).t(), &b.slice(s![s0..e, ..]), 1.0, acc))
 }
 
 /// acc += blkᵀblk on acc's upper triangle, by `dsyrk` when both are in standard layout (the
@@ -360,7 +358,13 @@ impl RbfMap {
     /// draws), σ and centring mean, computed over the row blocks of [`fold_parts`] in two passes
     /// that recompute one block's distances at a time (the result equals `fit`'s up to the order
     /// of floating-point sums). `rows` selects the training rows of `x` (all rows when `None`).
-    pub fn fit_streamed(x: ArrayView2<f32>, rows: Option<&[usize]>, n_anchors: usize, sigma_scale: f64, rng: &mut ShallowRng) -> Result<Self> {
+    pub fn fit_streamed(
+        x: ArrayView2<f32>,
+        rows: Option<&[usize]>,
+        n_anchors: usize,
+        sigma_scale: f64,
+        rng: &mut ShallowRng,
+    ) -> Result<Self> {
         if !(sigma_scale.is_finite() && sigma_scale > 0.0) {
             bail!("the RBF bandwidth scale must be a finite number > 0, found {sigma_scale}");
         }
@@ -376,15 +380,19 @@ impl RbfMap {
         let anchors = row_block(x, rows, 0, n).select(Axis(0), &idx).mapv(|v| v as f64);
         let c = anchors.nrows();
         // Pass 1: finiteness and Σ ‖x − a‖ (σ), summed as `fit` sums it (per part, row-major).
-        let sums = fold_parts(n, || Ok(0.0f64), |s, e, acc: &mut Result<f64>| {
-            let Ok(sum) = acc else { return };
-            let xb = row_block(x, rows, s, e);
-            if let Some(((i, j), v)) = xb.indexed_iter().find(|(_, v)| !v.is_finite()) {
-                *acc = Err(anyhow::anyhow!("feature value {v} at row {}, column {j} is not finite", rows.map_or(s + i, |r| r[s + i])));
-                return;
-            }
-            *sum = sq_distances(xb.view(), anchors.view()).iter().fold(*sum, |a, &v| a + v.sqrt());
-        });
+        let sums = fold_parts(
+            n,
+            || Ok(0.0f64),
+            |s, e, acc: &mut Result<f64>| {
+                let Ok(sum) = acc else { return };
+                let xb = row_block(x, rows, s, e);
+                if let Some(((i, j), v)) = xb.indexed_iter().find(|(_, v)| !v.is_finite()) {
+                    *acc = Err(anyhow::anyhow!("feature value {v} at row {}, column {j} is not finite", rows.map_or(s + i, |r| r[s + i])));
+                    return;
+                }
+                *sum = sq_distances(xb.view(), anchors.view()).iter().fold(*sum, |a, &v| a + v.sqrt());
+            },
+        );
         let mut total = 0.0;
         for part in sums {
             total += part?;
@@ -396,11 +404,15 @@ impl RbfMap {
         let mut map = Self { anchors, sigma: sigma_scale * mean_dist, mean: Array1::zeros(c) };
         // Pass 2: the mean of the uncentred features.
         let ones = Array2::<f64>::ones((BLOCK_ROWS, 1));
-        let partials = fold_parts(n, || Array2::<f64>::zeros((c, 1)), |s, e, acc| {
-            let mut phi = sq_distances(row_block(x, rows, s, e).view(), map.anchors.view());
-            kernel_inplace(&mut phi, map.sigma);
-            general_mat_mul(1.0, &phi.t(), &ones.slice(s![..e - s, ..]), 1.0, acc);
-        });
+        let partials = fold_parts(
+            n,
+            || Array2::<f64>::zeros((c, 1)),
+            |s, e, acc| {
+                let mut phi = sq_distances(row_block(x, rows, s, e).view(), map.anchors.view());
+                kernel_inplace(&mut phi, map.sigma);
+                general_mat_mul(1.0, &phi.t(), &ones.slice(s![..e - s, ..]), 1.0, acc);
+            },
+        );
         map.mean = sum_in_order(partials, (c, 1)).index_axis_move(Axis(1), 0) / n as f64;
         Ok(map)
     }
@@ -460,7 +472,12 @@ impl RbfMap {
 }
 
 /// Rows s..e of x, or of x's rows `rows[s..e]` (copied) when a row selection is given.
-pub(crate) fn row_block<'a>(x: ArrayView2<'a, f32>, rows: Option<&[usize]>, s: usize, e: usize) -> ndarray::CowArray<'a, f32, ndarray::Ix2> {
+pub(crate) fn row_block<'a>(
+    x: ArrayView2<'a, f32>,
+    rows: Option<&[usize]>,
+    s: usize,
+    e: usize,
+) -> ndarray::CowArray<'a, f32, ndarray::Ix2> {
     match rows {
         None => x.slice_move(s![s..e, ..]).into(),
         Some(r) => x.select(Axis(0), &r[s..e]).into(),
@@ -617,9 +634,7 @@ pub fn cca(x: ArrayView2<f64>, y: ArrayView2<f64>, k: usize, reg: f64) -> Result
     let mean_y = y.mean_axis(Axis(0)).expect("n >= 2");
     let nf = n as f64;
     // C = (XᵀX − n x̄x̄ᵀ)/n, without copying the centred data.
-    let outer = |a: &Array1<f64>, b: &Array1<f64>| {
-        a.view().insert_axis(Axis(1)).dot(&b.view().insert_axis(Axis(0)))
-    };
+    let outer = |a: &Array1<f64>, b: &Array1<f64>| a.view().insert_axis(Axis(1)).dot(&b.view().insert_axis(Axis(0)));
     let mut cxx = (par_gram(x) - outer(&mean_x, &mean_x) * nf) / nf;
     let mut cyy = (par_gram(y) - outer(&mean_y, &mean_y) * nf) / nf;
     let cxy = (par_t_dot(x, y) - outer(&mean_x, &mean_y) * nf) / nf;

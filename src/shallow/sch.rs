@@ -48,8 +48,9 @@
 //! Nothing n × n is ever formed, so training is linear in n.
 
 use super::common::{
-    capped_anchors, fold_parts, fold_parts_mut, gram_add, hadamard_class_codes, mirror_upper, par_dot, par_gram, par_t_dot, procrustes_nearest, random_class_codes, row_block, seeded_rng, sgn,
-    sign_codes, solve_right_cholesky, solve_right_spd, sum_in_order, RbfMap, SpdFactor,
+    capped_anchors, fold_parts, fold_parts_mut, gram_add, hadamard_class_codes, mirror_upper, par_dot, par_gram, par_t_dot,
+    procrustes_nearest, random_class_codes, row_block, seeded_rng, sgn, sign_codes, solve_right_cholesky, solve_right_spd, sum_in_order,
+    RbfMap, SpdFactor,
 };
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View};
@@ -116,12 +117,25 @@ impl Default for SchParams {
     fn default() -> Self {
         // ρ, μ and σ_text chosen on the Wikipedia validation split and confirmed on the UCI digits and emoji validation splits
         // (docs/methods.md); the rest as in the paper.
-        Self { alpha: 4.5, beta: 0.01, mu: 1.0, lambda: vec![0.3, 0.7], rho: 0.002, anchors: 1000, modality_anchors: vec![], max_iter: 20, tol: 1e-4, sigma_scale: vec![1.0, 0.6], class_codes: ClassCodes::Hadamard, refit_hash: false, refit_rho: None }
+        Self {
+            alpha: 4.5,
+            beta: 0.01,
+            mu: 1.0,
+            lambda: vec![0.3, 0.7],
+            rho: 0.002,
+            anchors: 1000,
+            modality_anchors: vec![],
+            max_iter: 20,
+            tol: 1e-4,
+            sigma_scale: vec![1.0, 0.6],
+            class_codes: ClassCodes::Hadamard,
+            refit_hash: false,
+            refit_rho: None,
+        }
     }
 }
 
 impl SchParams {
-
     /// The paper's printed settings (α 4.5, β 0.01, μ 0.5, λ (0.3, 0.7), ρ 0.01, 1000 anchors, the
     /// bandwidth heuristic unscaled): `--preset paper`.
     pub fn paper() -> Self {
@@ -148,7 +162,10 @@ pub const SEARCH_SPACE: SearchSpace = SearchSpace {
         Dim { name: "mu", range: Range::Float { lo: 0.1, hi: 5.0, log: true } },
         Dim { name: "rho", range: Range::Float { lo: 1e-4, hi: 0.1, log: true } },
         Dim { name: "lambda", range: Range::Choice(&["[0.3, 0.7]", "[0.5, 0.5]", "[0.7, 0.3]"]) },
-        Dim { name: "sigma_scale", range: Range::Choice(&["[1.0, 1.0]", "[1.0, 0.8]", "[1.0, 0.6]", "[0.8, 0.6]", "[1.2, 0.6]", "[1.0, 0.4]"]) },
+        Dim {
+            name: "sigma_scale",
+            range: Range::Choice(&["[1.0, 1.0]", "[1.0, 0.8]", "[1.0, 0.6]", "[0.8, 0.6]", "[1.2, 0.6]", "[1.0, 0.4]"]),
+        },
         Dim { name: "anchors", range: Range::Choice(&["500", "1000"]) },
     ],
     fidelity: None,
@@ -227,7 +244,15 @@ pub fn update_f(
 }
 
 /// The right-hand side αYUᵀ + βYV + μBRᵀ + Σₜ λₜ ΦₜWₜ of eq. 9 for the rows given.
-fn f_rhs(p: &SchParams, y: ArrayView2<f64>, u: ArrayView2<f64>, v: ArrayView2<f64>, b: ArrayView2<f64>, r: ArrayView2<f64>, phi_w: &[Array2<f64>]) -> Array2<f64> {
+fn f_rhs(
+    p: &SchParams,
+    y: ArrayView2<f64>,
+    u: ArrayView2<f64>,
+    v: ArrayView2<f64>,
+    b: ArrayView2<f64>,
+    r: ArrayView2<f64>,
+    phi_w: &[Array2<f64>],
+) -> Array2<f64> {
     let mut rhs = y.dot(&u.t()) * p.alpha + y.dot(&v) * p.beta + b.dot(&r.t()) * p.mu;
     for (&l, pw) in p.lambda.iter().zip(phi_w) {
         rhs.scaled_add(l, pw);
@@ -380,7 +405,16 @@ impl SchModel {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn from_parts(bits: usize, params: SchParams, rbf: Vec<RbfMap>, w: Vec<Array2<f64>>, r: Array2<f64>, train_codes: BinaryCodes, history: Vec<f64>, fitted_rows: usize) -> Self {
+    fn from_parts(
+        bits: usize,
+        params: SchParams,
+        rbf: Vec<RbfMap>,
+        w: Vec<Array2<f64>>,
+        r: Array2<f64>,
+        train_codes: BinaryCodes,
+        history: Vec<f64>,
+        fitted_rows: usize,
+    ) -> Self {
         let proj = w.iter().map(|wt| wt.dot(&r)).collect();
         Self { bits, params, rbf, w, r, proj, train_codes, history, fitted_rows, timings: FitTimings::default() }
     }
@@ -516,7 +550,10 @@ impl Fit for SchParams {
             bail!("sch.anchors must be at least 1");
         }
         if !self.modality_anchors.is_empty() && self.modality_anchors.len() != m {
-            bail!("sch.modality_anchors has {} values but the data has {m} modalities; give one per modality or none", self.modality_anchors.len());
+            bail!(
+                "sch.modality_anchors has {} values but the data has {m} modalities; give one per modality or none",
+                self.modality_anchors.len()
+            );
         }
         if let Some(t) = self.modality_anchors.iter().position(|&a| a == 0) {
             bail!("sch.modality_anchors[{t}] must be at least 1");
@@ -612,7 +649,15 @@ struct Sums {
 impl Sums {
     fn zeros(anchors: &[usize], k: usize, c: usize) -> Self {
         let z = |r, q| Array2::<f64>::zeros((r, q));
-        Self { j: 0.0, phi_t_f: anchors.iter().map(|&a| z(a, k)).collect(), ftf: z(k, k), fty: z(k, c), ytf: z(c, k), ftb: z(k, k), err: None }
+        Self {
+            j: 0.0,
+            phi_t_f: anchors.iter().map(|&a| z(a, k)).collect(),
+            ftf: z(k, k),
+            fty: z(k, c),
+            ytf: z(c, k),
+            ftb: z(k, k),
+            err: None,
+        }
     }
     /// Adds F's block sums: FᵀF (upper triangle), FᵀY, YᵀF, FᵀB.
     fn add_f(&mut self, f: ArrayView2<f64>, y: ArrayView2<f64>, b: ArrayView2<f64>) {
@@ -676,9 +721,13 @@ impl SchParams {
         // RBF maps: the same anchor draws as the in-memory fit, σ and mean by streaming.
         let rbf = (0..m)
             .map(|t| {
-                let name = if self.modality_anchors.is_empty() { "sch.anchors".to_string() } else { format!("sch.modality_anchors[{t}]") };
-                RbfMap::fit_streamed(xs[t], sel, capped_anchors(&name, self.anchors_of(t), n), self.sigma_scale(t), &mut rng)
-            }.with_context(|| format!("SCH: RBF features of modality {t}")))
+                {
+                    let name =
+                        if self.modality_anchors.is_empty() { "sch.anchors".to_string() } else { format!("sch.modality_anchors[{t}]") };
+                    RbfMap::fit_streamed(xs[t], sel, capped_anchors(&name, self.anchors_of(t), n), self.sigma_scale(t), &mut rng)
+                }
+                .with_context(|| format!("SCH: RBF features of modality {t}"))
+            })
             .collect::<Result<Vec<_>>>()?;
         let anchors: Vec<usize> = rbf.iter().map(|r| r.n_anchors()).collect();
         let phi_block = |t: usize, s: usize, e: usize| rbf[t].features_of(row_block(xs[t], sel, s, e).view());
@@ -689,12 +738,16 @@ impl SchParams {
             ClassCodes::Random => random_class_codes(nc, k, &mut rng),
         };
         let mut f = Array2::<f64>::zeros((n, k));
-        let init = fold_parts_mut(&mut f, || (Sums::zeros(&[], k, nc), Array2::<f64>::zeros((nc, nc))), |s, e, mut fb, (sums, yty)| {
-            let y = label_block(data, sel, s, e);
-            general_mat_mul(1.0, &y, &g, 0.0, &mut fb);
-            sums.add_f(fb.view(), y.view(), sgn(fb.view()).view());
-            gram_add(y.view(), yty);
-        });
+        let init = fold_parts_mut(
+            &mut f,
+            || (Sums::zeros(&[], k, nc), Array2::<f64>::zeros((nc, nc))),
+            |s, e, mut fb, (sums, yty)| {
+                let y = label_block(data, sel, s, e);
+                general_mat_mul(1.0, &y, &g, 0.0, &mut fb);
+                sums.add_f(fb.view(), y.view(), sgn(fb.view()).view());
+                gram_add(y.view(), yty);
+            },
+        );
         let (init, yty): (Vec<Sums>, Vec<Array2<f64>>) = init.into_iter().unzip();
         let init = Sums::total(init)?;
         let mut yty = sum_in_order(yty, (nc, nc));
@@ -708,11 +761,15 @@ impl SchParams {
         let mut grams = Vec::new(); // kept only for the refit
         let mut w = Vec::with_capacity(m);
         for (t, &c) in anchors.iter().enumerate() {
-            let parts = fold_parts(n, || (Array2::<f64>::zeros((c, c)), Array2::<f64>::zeros((c, k))), |s, e, (gram, ptf)| {
-                let ph = phi_block(t, s, e);
-                gram_add(ph.view(), gram);
-                general_mat_mul(1.0, &ph.t(), &f.slice(s![s..e, ..]), 1.0, ptf);
-            });
+            let parts = fold_parts(
+                n,
+                || (Array2::<f64>::zeros((c, c)), Array2::<f64>::zeros((c, k))),
+                |s, e, (gram, ptf)| {
+                    let ph = phi_block(t, s, e);
+                    gram_add(ph.view(), gram);
+                    general_mat_mul(1.0, &ph.t(), &f.slice(s![s..e, ..]), 1.0, ptf);
+                },
+            );
             let (gram, ptf): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
             let mut gram = sum_in_order(gram, (c, c));
             mirror_upper(&mut gram);
@@ -736,31 +793,37 @@ impl SchParams {
         let mut sweeps = 0;
         loop {
             let update = sweeps < self.max_iter;
-            let chol = f_system(self, u.view()).cholesky(UPLO::Lower).context("SCH update_f (eq. 9): the system matrix is not positive definite")?;
-            let parts = fold_parts_mut(&mut f, || Sums::zeros(&anchors, k, nc), |s, e, mut fb, sums| {
-                if sums.err.is_some() {
-                    return;
-                }
-                let y = label_block(data, sel, s, e);
-                let bb = b.slice(s![s..e, ..]);
-                let phi: Vec<Array2<f64>> = (0..m).map(|t| phi_block(t, s, e)).collect();
-                let pw: Vec<Array2<f64>> = phi.iter().zip(&w).map(|(ph, wt)| ph.dot(wt)).collect();
-                sums.j += objective_rows(self, y.view(), fb.view(), u.view(), v.view(), bb, r.view(), &pw);
-                if !update {
-                    return;
-                }
-                match solve_right_cholesky(f_rhs(self, y.view(), u.view(), v.view(), bb, r.view(), &pw).view(), &chol) {
-                    Ok(next) => fb.assign(&next),
-                    Err(e) => {
-                        sums.err = Some(e.context("SCH update_f (eq. 9)"));
+            let chol = f_system(self, u.view())
+                .cholesky(UPLO::Lower)
+                .context("SCH update_f (eq. 9): the system matrix is not positive definite")?;
+            let parts = fold_parts_mut(
+                &mut f,
+                || Sums::zeros(&anchors, k, nc),
+                |s, e, mut fb, sums| {
+                    if sums.err.is_some() {
                         return;
                     }
-                }
-                for (ptf, ph) in sums.phi_t_f.iter_mut().zip(&phi) {
-                    general_mat_mul(1.0, &ph.t(), &fb, 1.0, ptf);
-                }
-                sums.add_f(fb.view(), y.view(), bb);
-            });
+                    let y = label_block(data, sel, s, e);
+                    let bb = b.slice(s![s..e, ..]);
+                    let phi: Vec<Array2<f64>> = (0..m).map(|t| phi_block(t, s, e)).collect();
+                    let pw: Vec<Array2<f64>> = phi.iter().zip(&w).map(|(ph, wt)| ph.dot(wt)).collect();
+                    sums.j += objective_rows(self, y.view(), fb.view(), u.view(), v.view(), bb, r.view(), &pw);
+                    if !update {
+                        return;
+                    }
+                    match solve_right_cholesky(f_rhs(self, y.view(), u.view(), v.view(), bb, r.view(), &pw).view(), &chol) {
+                        Ok(next) => fb.assign(&next),
+                        Err(e) => {
+                            sums.err = Some(e.context("SCH update_f (eq. 9)"));
+                            return;
+                        }
+                    }
+                    for (ptf, ph) in sums.phi_t_f.iter_mut().zip(&phi) {
+                        general_mat_mul(1.0, &ph.t(), &fb, 1.0, ptf);
+                    }
+                    sums.add_f(fb.view(), y.view(), bb);
+                },
+            );
             let sums = Sums::total(parts)?;
             let j = sums.j + self.rho * ridge(u.view(), v.view(), &w);
             let prev = history.last().copied();
@@ -786,11 +849,18 @@ impl SchParams {
             let ridge_w = self.refit_rho.unwrap_or(self.rho);
             let mut ws = Vec::with_capacity(m);
             for (t, &c) in anchors.iter().enumerate() {
-                let parts = fold_parts(n, || Array2::<f64>::zeros((c, k)), |s, e, acc| {
-                    let target = b.slice(s![s..e, ..]).dot(&r.t());
-                    general_mat_mul(1.0, &phi_block(t, s, e).t(), &target, 1.0, acc);
-                });
-                ws.push(refit_w_from_sum(grams[t].view(), ridge_w, sum_in_order(parts, (c, k)).view()).with_context(|| format!("modality {t}"))?);
+                let parts = fold_parts(
+                    n,
+                    || Array2::<f64>::zeros((c, k)),
+                    |s, e, acc| {
+                        let target = b.slice(s![s..e, ..]).dot(&r.t());
+                        general_mat_mul(1.0, &phi_block(t, s, e).t(), &target, 1.0, acc);
+                    },
+                );
+                ws.push(
+                    refit_w_from_sum(grams[t].view(), ridge_w, sum_in_order(parts, (c, k)).view())
+                        .with_context(|| format!("modality {t}"))?,
+                );
             }
             Some(ws)
         } else {
@@ -966,7 +1036,17 @@ mod tests {
 
     // ---- an independent, loop-based objective (no BLAS, no shared code) ------------------------
     #[allow(clippy::too_many_arguments)]
-    fn naive_objective(p: &SchParams, y: &Array2<f64>, f: &Array2<f64>, u: &Array2<f64>, v: &Array2<f64>, b: &Array2<f64>, r: &Array2<f64>, w: &[Array2<f64>], phi: &[Array2<f64>]) -> f64 {
+    fn naive_objective(
+        p: &SchParams,
+        y: &Array2<f64>,
+        f: &Array2<f64>,
+        u: &Array2<f64>,
+        v: &Array2<f64>,
+        b: &Array2<f64>,
+        r: &Array2<f64>,
+        w: &[Array2<f64>],
+        phi: &[Array2<f64>],
+    ) -> f64 {
         let (n, c) = y.dim();
         let k = f.ncols();
         let mut j = 0.0;
@@ -1036,7 +1116,17 @@ mod tests {
     fn fd_grad(toy: &Toy, set: SetEntry, shape: (usize, usize)) -> Array2<f64> {
         let h = 1e-5;
         Array2::from_shape_fn(shape, |ij| {
-            let mut a = Toy { f: toy.f.clone(), u: toy.u.clone(), v: toy.v.clone(), b: toy.b.clone(), r: toy.r.clone(), w: toy.w.clone(), phi: toy.phi.clone(), y: toy.y.clone(), p: toy.p.clone() };
+            let mut a = Toy {
+                f: toy.f.clone(),
+                u: toy.u.clone(),
+                v: toy.v.clone(),
+                b: toy.b.clone(),
+                r: toy.r.clone(),
+                w: toy.w.clone(),
+                phi: toy.phi.clone(),
+                y: toy.y.clone(),
+                p: toy.p.clone(),
+            };
             set(&mut a, ij, h);
             let jp = a.j();
             set(&mut a, ij, -2.0 * h);
@@ -1050,12 +1140,28 @@ mod tests {
         assert!(m < 1e-6 * scale.max(1.0), "{what}: gradient at the update is {m}, not 0");
     }
 
-    fn perturbation_never_helps(toy: &Toy, apply: &dyn Fn(&mut Toy, &Array2<f64>), shape: (usize, usize), rng: &mut ShallowRng, what: &str) {
+    fn perturbation_never_helps(
+        toy: &Toy,
+        apply: &dyn Fn(&mut Toy, &Array2<f64>),
+        shape: (usize, usize),
+        rng: &mut ShallowRng,
+        what: &str,
+    ) {
         let j0 = toy.j();
         for scale in [1e-3, 1e-1, 1.0] {
             for _ in 0..10 {
                 let e = randn(shape.0, shape.1, rng) * scale;
-                let mut a = Toy { f: toy.f.clone(), u: toy.u.clone(), v: toy.v.clone(), b: toy.b.clone(), r: toy.r.clone(), w: toy.w.clone(), phi: toy.phi.clone(), y: toy.y.clone(), p: toy.p.clone() };
+                let mut a = Toy {
+                    f: toy.f.clone(),
+                    u: toy.u.clone(),
+                    v: toy.v.clone(),
+                    b: toy.b.clone(),
+                    r: toy.r.clone(),
+                    w: toy.w.clone(),
+                    phi: toy.phi.clone(),
+                    y: toy.y.clone(),
+                    p: toy.p.clone(),
+                };
                 apply(&mut a, &e);
                 assert!(a.j() >= j0 - 1e-9 * j0.abs(), "{what}: perturbation {scale} lowered J from {j0} to {}", a.j());
             }
@@ -1193,7 +1299,16 @@ mod tests {
         let y = array![[1.0, 0.0], [0.0, 1.0]];
         // eq. 9 with U = [1 0], V = [1 0]ᵀ, B = [1 1]ᵀ, R = [1], ΦW = [2 0]ᵀ:
         // rhs = YUᵀ + YV + BRᵀ + ΦW = [1+1+1+2, 0+0+1+0] = [5, 1]; UUᵀ + (1 + 1 + 1) = 4 ⇒ F = [1.25, 0.25].
-        let f = update_f(&p, y.view(), array![[1.0, 0.0]].view(), array![[1.0], [0.0]].view(), array![[1.0], [1.0]].view(), array![[1.0]].view(), &[array![[2.0], [0.0]]]).unwrap();
+        let f = update_f(
+            &p,
+            y.view(),
+            array![[1.0, 0.0]].view(),
+            array![[1.0], [0.0]].view(),
+            array![[1.0], [1.0]].view(),
+            array![[1.0]].view(),
+            &[array![[2.0], [0.0]]],
+        )
+        .unwrap();
         assert!((f[[0, 0]] - 1.25).abs() < 1e-12 && (f[[1, 0]] - 0.25).abs() < 1e-12, "{f}");
         // eq. 12 with F = [1, −1]ᵀ: U = (FᵀF + 1)⁻¹FᵀY = [1, −1] / 3.
         let fm = array![[1.0], [-1.0]];
@@ -1217,7 +1332,14 @@ mod tests {
     /// Class-clustered two-modality data: modality t of class c is centre_{t,c} + noise.
     /// Centres come from `seed`, the noise from `seed` and `noise_stream`: the same seed with another
     /// stream gives fresh items of the same clusters.
-    pub(crate) fn clustered_items(n: usize, classes: usize, dims: &[usize], noise: f64, seed: u64, noise_stream: u64) -> (Vec<Array2<f32>>, Array2<u8>) {
+    pub(crate) fn clustered_items(
+        n: usize,
+        classes: usize,
+        dims: &[usize],
+        noise: f64,
+        seed: u64,
+        noise_stream: u64,
+    ) -> (Vec<Array2<f32>>, Array2<u8>) {
         let mut rng = seeded_rng(seed, 99);
         let mut nrng = seeded_rng(seed, 100 + noise_stream);
         let labels: Vec<usize> = (0..n).map(|i| i % classes).collect();
@@ -1341,7 +1463,10 @@ mod tests {
         // A bad feature value is refused by the streamed path too, naming its position.
         let (mut views, labels) = clustered(50, 3, &[4, 4], 0.5, 2);
         views[1][[17, 2]] = f32::NAN;
-        let e = format!("{:#}", SchParams { anchors: 10, ..SchParams::default() }.fit_streamed(&train_set(views, labels), &FitContext::new(8, 0)).unwrap_err());
+        let e = format!(
+            "{:#}",
+            SchParams { anchors: 10, ..SchParams::default() }.fit_streamed(&train_set(views, labels), &FitContext::new(8, 0)).unwrap_err()
+        );
         assert!(e.contains("row 17, column 2"), "{e}");
     }
 
@@ -1492,7 +1617,9 @@ mod tests {
             let phi = model.rbf(t).transform(x.view()).unwrap();
             let c = phi.ncols();
             // Normal equations (ΦᵀΦ + ρ'I) W' = ΦᵀB by loops, solved independently.
-            let a = Array2::from_shape_fn((c, c), |(i, j)| (0..n).map(|r| phi[[r, i]] * phi[[r, j]]).sum::<f64>() + if i == j { 0.05 } else { 0.0 });
+            let a = Array2::from_shape_fn((c, c), |(i, j)| {
+                (0..n).map(|r| phi[[r, i]] * phi[[r, j]]).sum::<f64>() + if i == j { 0.05 } else { 0.0 }
+            });
             let rhs = Array2::from_shape_fn((c, k), |(i, j)| (0..n).map(|r| phi[[r, i]] * b[[r, j]]).sum::<f64>());
             let w_ref = naive_solve(&a, &rhs);
             let used = model.w(t).dot(model.r());
@@ -1506,7 +1633,8 @@ mod tests {
             for (&hv, &cv) in h.iter().zip(codes.iter()) {
                 assert!(hv.abs() < 1e-9 || (hv >= 0.0) == (cv > 0.0));
             }
-            let cost = |wm: &Array2<f64>| (&b - &phi.dot(wm)).iter().map(|v| v * v).sum::<f64>() + 0.05 * wm.iter().map(|v| v * v).sum::<f64>();
+            let cost =
+                |wm: &Array2<f64>| (&b - &phi.dot(wm)).iter().map(|v| v * v).sum::<f64>() + 0.05 * wm.iter().map(|v| v * v).sum::<f64>();
             let plain_w = plain.w(t).dot(plain.r());
             assert!(cost(&w_ref) < cost(&plain_w), "refit must lower ‖B − ΦW‖² + ρ'‖W‖²");
             assert!((&plain_w - &used).iter().any(|v| v.abs() > 1e-6), "refit changed nothing");

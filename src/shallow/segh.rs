@@ -101,9 +101,9 @@
 // `!(x > 0.0)` is used on purpose: it is also true for NaN.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+use super::common::{capped_anchors, fold_parts, fold_parts_mut, seeded_rng, sum_in_order, RbfMap};
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, to_f64, Fit, FitContext, HashModel, TrainSet, View};
-use super::common::{capped_anchors, fold_parts, fold_parts_mut, seeded_rng, sum_in_order, RbfMap};
 use crate::npy::{read_npy, write_npy, write_text_atomic};
 use crate::params::{Dim, MethodParams, Range, SearchSpace};
 use anyhow::{anyhow, bail, Context, Result};
@@ -393,7 +393,8 @@ impl SeghModel {
         if !file.sigma.is_empty() && file.sigma.len() != m {
             bail!("{}: `sigma` has {} values but `feature_dims` lists {m} modalities", path.display(), file.sigma.len());
         }
-        let rbf: Vec<RbfMap> = file.sigma.iter().enumerate().map(|(i, &s)| RbfMap::load(dir, &format!("m{i}"), s)).collect::<Result<_>>()?;
+        let rbf: Vec<RbfMap> =
+            file.sigma.iter().enumerate().map(|(i, &s)| RbfMap::load(dir, &format!("m{i}"), s)).collect::<Result<_>>()?;
         for (i, map) in rbf.iter().enumerate() {
             if map.dim() != file.feature_dims[i] {
                 bail!("{}: m{i}_anchors.npy has {} columns but feature_dims[{i}] = {}", dir.display(), map.dim(), file.feature_dims[i]);
@@ -483,7 +484,11 @@ impl HashModel for SeghModel {
             method: METHOD.into(),
             bits: self.bits,
             params: self.params.clone(),
-            feature_dims: if self.rbf.is_empty() { self.means.iter().map(|v| v.len()).collect() } else { self.rbf.iter().map(|m| m.dim()).collect() },
+            feature_dims: if self.rbf.is_empty() {
+                self.means.iter().map(|v| v.len()).collect()
+            } else {
+                self.rbf.iter().map(|m| m.dim()).collect()
+            },
             sigma: self.rbf.iter().map(|m| m.sigma).collect(),
             embedding_dim: self.p.ncols(),
             history: self.history.clone(),
@@ -595,7 +600,11 @@ impl SeghParams {
     /// Bytes the in-memory fit holds for the step-1 inputs and projections.
     fn in_memory_bytes(&self, data: &TrainSet) -> usize {
         let e = data.class_embeddings.as_ref().map_or(0, |c| c.ncols().min(data.n_classes()));
-        let dims: usize = data.views.iter().map(|v| if self.anchors > 0 { self.anchors } else { v.features(METHOD, 0).map_or(0, |x| x.ncols()) } + e).sum();
+        let dims: usize = data
+            .views
+            .iter()
+            .map(|v| if self.anchors > 0 { self.anchors } else { v.features(METHOD, 0).map_or(0, |x| x.ncols()) } + e)
+            .sum();
         data.len() * dims * std::mem::size_of::<f64>()
     }
 }
@@ -758,9 +767,19 @@ type Step1 = (Option<RbfMap>, Array1<f64>, Array2<f64>, Array2<f64>);
 
 /// Step 1 with the inputs ψₘ(Xₘ) (raw or RBF features) in memory.
 #[allow(clippy::too_many_arguments)]
-fn step1_in_memory(params: &SeghParams, raw: ArrayView2<f32>, labels: &Array2<u8>, rows: &[usize], emb_q: &Array2<f64>, lambda: f64, scale: f64, arng: &mut ChaCha8Rng) -> Result<Step1> {
+fn step1_in_memory(
+    params: &SeghParams,
+    raw: ArrayView2<f32>,
+    labels: &Array2<u8>,
+    rows: &[usize],
+    emb_q: &Array2<f64>,
+    lambda: f64,
+    scale: f64,
+    arng: &mut ChaCha8Rng,
+) -> Result<Step1> {
     let (map, x) = if params.anchors > 0 {
-        let (map, phi) = RbfMap::fit(raw, capped_anchors("segh.anchors", params.anchors, raw.nrows()), scale, arng).context("RBF features")?;
+        let (map, phi) =
+            RbfMap::fit(raw, capped_anchors("segh.anchors", params.anchors, raw.nrows()), scale, arng).context("RBF features")?;
         (Some(map), phi)
     } else {
         (None, to_f64(raw))
@@ -776,9 +795,25 @@ fn step1_in_memory(params: &SeghParams, raw: ArrayView2<f32>, labels: &Array2<u8
 /// Step 1 without the n × dₘ inputs: ψₘ(X) is recomputed for one block of rows at a time in each
 /// pass (the mean, then the sums SᵀS, XᵀX and SᵀX of eq. 7 over the labelled rows, then Zₘ).
 #[allow(clippy::too_many_arguments)]
-fn step1_streamed(params: &SeghParams, raw: ArrayView2<f32>, labels: &Array2<u8>, rows: &[usize], emb_q: &Array2<f64>, lambda: f64, scale: f64, arng: &mut ChaCha8Rng) -> Result<Step1> {
+fn step1_streamed(
+    params: &SeghParams,
+    raw: ArrayView2<f32>,
+    labels: &Array2<u8>,
+    rows: &[usize],
+    emb_q: &Array2<f64>,
+    lambda: f64,
+    scale: f64,
+    arng: &mut ChaCha8Rng,
+) -> Result<Step1> {
     let n = raw.nrows();
-    let map = if params.anchors > 0 { Some(RbfMap::fit_streamed(raw, None, capped_anchors("segh.anchors", params.anchors, raw.nrows()), scale, arng).context("RBF features")?) } else { None };
+    let map = if params.anchors > 0 {
+        Some(
+            RbfMap::fit_streamed(raw, None, capped_anchors("segh.anchors", params.anchors, raw.nrows()), scale, arng)
+                .context("RBF features")?,
+        )
+    } else {
+        None
+    };
     let psi = |s0: usize, e0: usize| match &map {
         Some(mp) => mp.features_of(raw.slice(s![s0..e0, ..])),
         None => to_f64(raw.slice(s![s0..e0, ..])),
@@ -789,17 +824,21 @@ fn step1_streamed(params: &SeghParams, raw: ArrayView2<f32>, labels: &Array2<u8>
     let mean = sum_in_order(sums, (1, d)).index_axis_move(Axis(0), 0) / n as f64;
     let mut labelled = vec![false; n];
     rows.iter().for_each(|&i| labelled[i] = true);
-    let sums = fold_parts(n, || (Array2::<f64>::zeros((d, d)), Array2::<f64>::zeros((q, d)), Array2::<f64>::zeros((q, q))), |s0, e0, (xtx, stx, sts)| {
-        let local: Vec<usize> = (s0..e0).filter(|&i| labelled[i]).collect();
-        if local.is_empty() {
-            return;
-        }
-        let xc = (psi(s0, e0) - &mean).select(Axis(0), &local.iter().map(|&i| i - s0).collect::<Vec<_>>());
-        let sb = semantic_matrix(labels, &local, emb_q);
-        general_mat_mul(1.0, &xc.t(), &xc, 1.0, xtx);
-        general_mat_mul(1.0, &sb.t(), &xc, 1.0, stx);
-        general_mat_mul(1.0, &sb.t(), &sb, 1.0, sts);
-    });
+    let sums = fold_parts(
+        n,
+        || (Array2::<f64>::zeros((d, d)), Array2::<f64>::zeros((q, d)), Array2::<f64>::zeros((q, q))),
+        |s0, e0, (xtx, stx, sts)| {
+            let local: Vec<usize> = (s0..e0).filter(|&i| labelled[i]).collect();
+            if local.is_empty() {
+                return;
+            }
+            let xc = (psi(s0, e0) - &mean).select(Axis(0), &local.iter().map(|&i| i - s0).collect::<Vec<_>>());
+            let sb = semantic_matrix(labels, &local, emb_q);
+            general_mat_mul(1.0, &xc.t(), &xc, 1.0, xtx);
+            general_mat_mul(1.0, &sb.t(), &xc, 1.0, stx);
+            general_mat_mul(1.0, &sb.t(), &sb, 1.0, sts);
+        },
+    );
     let (mut xtx, mut stx, mut sts) = (Array2::<f64>::zeros((d, d)), Array2::<f64>::zeros((q, d)), Array2::<f64>::zeros((q, q)));
     for (a, b, c) in sums {
         xtx += &a;
@@ -952,13 +991,17 @@ impl LabelRows {
     fn t_dot(&self, v: ArrayView2<f64>) -> Array2<f64> {
         let n = self.indptr.len() - 1;
         let shape = (self.classes, v.ncols());
-        let parts = fold_parts(n, || Array2::<f64>::zeros(shape), |s, e, acc| {
-            for i in s..e {
-                for (c, y) in self.row(i) {
-                    acc.row_mut(c).scaled_add(y, &v.row(i));
+        let parts = fold_parts(
+            n,
+            || Array2::<f64>::zeros(shape),
+            |s, e, acc| {
+                for i in s..e {
+                    for (c, y) in self.row(i) {
+                        acc.row_mut(c).scaled_add(y, &v.row(i));
+                    }
                 }
-            }
-        });
+            },
+        );
         sum_in_order(parts, shape)
     }
 
@@ -1054,16 +1097,20 @@ impl Graph {
     /// tr(Vᵀ L V) = Σᵢ dᵢ‖vᵢ‖² − Σᵢⱼ Aᵢⱼ vᵢ·vⱼ, without forming L V: the kNN part row by row, the
     /// label part as Σ w ⟨Ỹₐᵀ V, Ỹ_bᵀ V⟩.
     fn quadratic_form(&self, v: ArrayView2<f64>) -> f64 {
-        let parts = fold_parts(self.len(), || 0.0f64, |s, e, acc| {
-            for i in s..e {
-                let vi = v.row(i);
-                let mut a = self.degree[i] * vi.dot(&vi);
-                for p in self.knn.indptr[i]..self.knn.indptr[i + 1] {
-                    a -= self.knn.values[p] * vi.dot(&v.row(self.knn.indices[p] as usize));
+        let parts = fold_parts(
+            self.len(),
+            || 0.0f64,
+            |s, e, acc| {
+                for i in s..e {
+                    let vi = v.row(i);
+                    let mut a = self.degree[i] * vi.dot(&vi);
+                    for p in self.knn.indptr[i]..self.knn.indptr[i + 1] {
+                        a -= self.knn.values[p] * vi.dot(&v.row(self.knn.indices[p] as usize));
+                    }
+                    *acc += a;
                 }
-                *acc += a;
-            }
-        });
+            },
+        );
         let w = 1.0 / self.pairs.len() as f64;
         let t: Vec<Array2<f64>> = self.y.iter().map(|y| y.t_dot(v)).collect();
         let label: f64 = self.pairs.iter().map(|&(a, b)| w * (&t[a] * &t[b]).sum()).sum();
@@ -1267,7 +1314,15 @@ fn objective_from_sums(h: &Array2<f64>, p: &Array2<f64>, rz: &Array2<f64>, gz: &
 /// Solves M X = B column group by column group: `rhs(j0, j1)` gives columns j0..j1 of B (`cols`
 /// in all), `group` columns per solve. Returns X and the most iterations of any group (what one
 /// solve of all columns needs: conjugate gradient treats every column on its own).
-fn solve_columns(sys: &System, rhs: &dyn Fn(usize, usize) -> Array2<f64>, cols: usize, group: usize, solver: Solver, tol: f64, max_iter: usize) -> Result<(Array2<f64>, usize)> {
+fn solve_columns(
+    sys: &System,
+    rhs: &dyn Fn(usize, usize) -> Array2<f64>,
+    cols: usize,
+    group: usize,
+    solver: Solver,
+    tol: f64,
+    max_iter: usize,
+) -> Result<(Array2<f64>, usize)> {
     if group >= cols {
         return solve_system(sys, &rhs(0, cols), solver, tol, max_iter);
     }

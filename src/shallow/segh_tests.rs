@@ -505,7 +505,11 @@ fn streamed_fit_equals_the_in_memory_fit() {
         assert!(rel(streamed.p(), in_memory.p()) < 1e-8, "{what}: P differs by {}", rel(streamed.p(), in_memory.p()));
         assert_eq!(in_memory.info().cg_iterations, streamed.info().cg_iterations, "{what}");
         for m in 0..2 {
-            assert!(rel(streamed.w(m), in_memory.w(m)) < 1e-8, "{what}: W of modality {m} differs by {}", rel(streamed.w(m), in_memory.w(m)));
+            assert!(
+                rel(streamed.w(m), in_memory.w(m)) < 1e-8,
+                "{what}: W of modality {m} differs by {}",
+                rel(streamed.w(m), in_memory.w(m))
+            );
             let (a, b) = (streamed.mean(m), in_memory.mean(m));
             assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12), "{what}: mean of modality {m}");
             let v = train.views[m].clone();
