@@ -1070,6 +1070,7 @@ mod tests {
         j + p.rho * (sq(u) + sq(v) + w.iter().map(sq).sum::<f64>())
     }
 
+    #[derive(Clone)]
     struct Toy {
         p: SchParams,
         y: Array2<f64>,
@@ -1116,17 +1117,7 @@ mod tests {
     fn fd_grad(toy: &Toy, set: SetEntry, shape: (usize, usize)) -> Array2<f64> {
         let h = 1e-5;
         Array2::from_shape_fn(shape, |ij| {
-            let mut a = Toy {
-                f: toy.f.clone(),
-                u: toy.u.clone(),
-                v: toy.v.clone(),
-                b: toy.b.clone(),
-                r: toy.r.clone(),
-                w: toy.w.clone(),
-                phi: toy.phi.clone(),
-                y: toy.y.clone(),
-                p: toy.p.clone(),
-            };
+            let mut a = toy.clone();
             set(&mut a, ij, h);
             let jp = a.j();
             set(&mut a, ij, -2.0 * h);
@@ -1151,17 +1142,7 @@ mod tests {
         for scale in [1e-3, 1e-1, 1.0] {
             for _ in 0..10 {
                 let e = randn(shape.0, shape.1, rng) * scale;
-                let mut a = Toy {
-                    f: toy.f.clone(),
-                    u: toy.u.clone(),
-                    v: toy.v.clone(),
-                    b: toy.b.clone(),
-                    r: toy.r.clone(),
-                    w: toy.w.clone(),
-                    phi: toy.phi.clone(),
-                    y: toy.y.clone(),
-                    p: toy.p.clone(),
-                };
+                let mut a = toy.clone();
                 apply(&mut a, &e);
                 assert!(a.j() >= j0 - 1e-9 * j0.abs(), "{what}: perturbation {scale} lowered J from {j0} to {}", a.j());
             }
