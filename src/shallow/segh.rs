@@ -544,10 +544,14 @@ impl Fit for SeghParams {
         // Largest f64 arrays per modality: the inputs ψ (n × p, p = anchors or the feature
         // dimension), pᵀp, the encoder (p × E and p × bits); for the codes: the kNN graph
         // (n × k, both directions) and n × bits iterates of the conjugate gradient.
+        // The streamed fit holds ψ for one block of rows per parallel part (8) and Zₘ (n × q, q ≤
+        // min(E, classes)) instead of ψ for every row.
+        let streamed = self.in_memory_bytes(data) > STREAM_INPUTS_ABOVE_BYTES;
+        let q = emb.ncols().min(data.n_classes()) as f64;
         let (n, k, e) = (n as f64, bits as f64, emb.ncols() as f64);
         let per_modality: f64 = (0..nm)
             .map(|m| if self.anchors > 0 { self.anchors } else { data.views[m].features(METHOD, m).map_or(0, |x| x.ncols()) } as f64)
-            .map(|p| 2.0 * n * p + 2.0 * p * p + p * (e + k))
+            .map(|p| if streamed { 16.0 * super::common::BLOCK_ROWS as f64 * p + n * q } else { 2.0 * n * p } + 2.0 * p * p + p * (e + k))
             .sum();
         let bytes = 8.0 * (per_modality + 4.0 * n * self.k as f64 + 8.0 * n * k + 2.0 * k * k);
         crate::method::ensure_memory("segh", bits, bytes, "inputs, kNN graph and code iterates")?;
