@@ -96,18 +96,3 @@ def test_sdch_encode_cli(runs, bundle, tmp_path):
     assert np.array_equal(np.load(tmp_path / "c.npy"), run.model().encode("text", x))
     p = script("sdch_encode.py", os.path.join(runs["sch"].path, "model"), tmp_path / "x.npy", "--side", "txt", "--out", tmp_path / "d.npy")
     assert p.returncode != 0 and "not an SDCH model" in p.stderr
-
-
-def test_check_shallow_export(runs, bundle, tmp_path):
-    """The folder layout of `cargo bench --bench shallow_study -- --save-dir`: a model plus query
-    features and cmh's codes of them."""
-    run = runs["cca-itq"]
-    d = tmp_path / "export"
-    shutil.copytree(os.path.join(run.path, "model"), d)
-    for t, name in enumerate(("image", "text")):
-        np.save(d / f"query_features_m{t}.npy", bundle.features(name)[run.split("query")])
-        ct.save_codes(d, f"query_codes_m{t}", run.query_codes(name))
-    p = script("check_shallow_export.py", d)
-    assert p.returncode == 0 and "0 not at a rounding-level tie" in p.stdout, p.stdout + p.stderr
-    ct.save_codes(d, "query_codes_m1", -run.query_codes("text"))
-    assert script("check_shallow_export.py", d).returncode == 1
