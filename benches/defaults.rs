@@ -64,7 +64,7 @@ fn main() -> Result<()> {
         tch::set_num_threads(n as i32);
     }
     for m in &a.methods {
-        if !pipeline::METHODS.contains(&m.as_str()) {
+        if !cmh::registry::names().contains(&m.as_str()) {
             bail!("unknown method {m}");
         }
     }

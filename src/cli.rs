@@ -554,7 +554,7 @@ fn data_info(dir: &Path) -> Result<()> {
 /// explicit settings only; [`resolve_params`] adds defaults and presets).
 pub fn method_params(method: &str, config: Option<&Path>, overrides: &[String]) -> Result<toml::Table> {
     let mut table = match config {
-        Some(p) => params::config_section(method, p, pipeline::METHODS)?,
+        Some(p) => params::config_section(method, p, &crate::registry::names())?,
         None => toml::Table::new(),
     };
     table.extend(params::param_overrides(overrides)?);
@@ -564,8 +564,8 @@ pub fn method_params(method: &str, config: Option<&Path>, overrides: &[String]) 
 /// The effective parameters of `method`: defaults, `preset`, the config file's section and
 /// `--param` overrides, each value with its source.
 pub fn resolve_params(method: &str, preset: Option<&str>, config: Option<&Path>, overrides: &[String]) -> Result<params::Resolved> {
-    let info = pipeline::method_info(method)?;
-    let section = config.map(|p| params::config_section(method, p, pipeline::METHODS).map(|t| (p, t))).transpose()?;
+    let info = crate::registry::method_info(method)?;
+    let section = config.map(|p| params::config_section(method, p, &crate::registry::names()).map(|t| (p, t))).transpose()?;
     params::resolve(&info, preset, section.as_ref().map(|(p, t)| (*p, t)), &params::param_overrides(overrides)?)
 }
 
@@ -578,7 +578,7 @@ fn train(a: &TrainArgs) -> Result<()> {
         let opts = pipeline::RunOptions { resume: true, force: false, progress };
         return finish_train(pipeline::run_with(&cfg, dir, &opts)?, dir);
     }
-    let method = a.method.clone().ok_or_else(|| anyhow!("--method is required (one of {})", pipeline::METHODS.join(", ")))?;
+    let method = a.method.clone().ok_or_else(|| anyhow!("--method is required (one of {})", crate::registry::names().join(", ")))?;
     let resolved = resolve_params(&method, a.preset.as_deref(), a.config.as_deref(), &a.params)?;
     if a.show_params {
         print!("{}", resolved.to_annotated_toml());
@@ -628,7 +628,7 @@ fn tune(a: &TuneArgs) -> Result<()> {
         images: !a.run.features_only,
     };
     let o = crate::tune::tune(&cfg, &out, !a.quiet)?;
-    let info = pipeline::method_info(&a.method)?;
+    let info = crate::registry::method_info(&a.method)?;
     print!("{}", crate::tune::format_trials(&o, &info, ' '));
     println!(
         "best: trial {} (validation score {:.4}); wrote {} — train with: cmh train --method {} --data {} --config {} --out RUN",
@@ -710,7 +710,7 @@ fn encode(a: &EncodeArgs) -> Result<()> {
     let dir = a.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let outputs = [dir.join(format!("{stem}.npy")), dir.join(format!("{stem}_packed.npy"))];
     crate::outdir::refuse_overwriting_inputs(&outputs, &[("--features", &a.features), ("--model", &a.model)])?;
-    let model = pipeline::load_model(&a.model)?;
+    let model = crate::registry::load_model(&a.model)?;
     let m = match a.modality.as_str() {
         "image" => crate::method::IMAGE,
         "text" => crate::method::TEXT,

@@ -9,7 +9,7 @@ use crate::pipeline::{self, RunConfig};
 use crate::plot::{self, Cell, GridRow};
 use crate::report::{format_table, summarize, write_json, Report};
 use crate::split::{Protocol, SplitConfig};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -47,9 +47,6 @@ pub struct DemoArgs {
     pub quiet: bool,
 }
 
-/// Methods the demo runs by default, in table order.
-pub const DEMO_METHODS: &[&str] = &["random", "cca-itq", "attr-ridge", "sch", "segh", "sdch", "czhash", "agnet"];
-
 fn demo_params(method: &str, user: Option<&Path>) -> Result<toml::Table> {
     let base: toml::Table = DEMO_CONFIG.parse().map_err(|e| anyhow!("built-in demo config: {e}"))?;
     let mut t = base.get(method).and_then(|v| v.as_table()).cloned().unwrap_or_default();
@@ -61,11 +58,10 @@ fn demo_params(method: &str, user: Option<&Path>) -> Result<toml::Table> {
 pub fn run_demo(a: &DemoArgs) -> Result<()> {
     let t0 = Instant::now();
     let progress = !a.quiet;
-    let methods: Vec<String> = if a.methods.is_empty() { DEMO_METHODS.iter().map(|s| s.to_string()).collect() } else { a.methods.clone() };
+    let methods: Vec<String> =
+        if a.methods.is_empty() { crate::registry::demo_methods().iter().map(|s| s.to_string()).collect() } else { a.methods.clone() };
     for m in &methods {
-        if !pipeline::METHODS.contains(&m.as_str()) {
-            bail!("unknown method {m:?}; methods are {}", pipeline::METHODS.join(", "));
-        }
+        crate::registry::get(m)?;
     }
     if progress {
         eprintln!("demo: emoji bundle in {}", a.data.display());
@@ -226,10 +222,7 @@ mod tests {
     fn demo_config_is_valid_for_every_method() {
         let base: toml::Table = DEMO_CONFIG.parse().unwrap();
         for k in base.keys() {
-            assert!(DEMO_METHODS.contains(&k.as_str()), "demo.toml section [{k}] is not a demo method");
-        }
-        for m in DEMO_METHODS {
-            assert!(pipeline::METHODS.contains(m), "{m}");
+            assert!(crate::registry::demo_methods().contains(&k.as_str()), "demo.toml section [{k}] is not a demo method");
         }
         for m in ["random", "sch", "segh", "cca-itq", "sdch"] {
             assert!(!base.contains_key(m), "the demo overrides the defaults of {m}");

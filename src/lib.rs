@@ -32,6 +32,8 @@ pub mod outdir;
 pub mod params;
 pub mod pipeline;
 pub mod plot;
+pub mod random_codes;
+pub mod registry;
 pub mod report;
 pub mod search;
 pub mod semantics;

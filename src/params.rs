@@ -6,7 +6,7 @@
 //! (`cmh train --show-params` prints it).
 //!
 //! Every method declares, next to its parameter struct, its presets and its search space by
-//! implementing [`MethodParams`]; [`crate::pipeline::method_info`] looks them up by CLI name.
+//! implementing [`MethodParams`]; [`crate::registry::method_info`] looks them up by CLI name.
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{de::DeserializeOwned, Serialize};
@@ -231,13 +231,13 @@ impl Resolved {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::{method_info, METHODS};
+    use crate::registry::{method_info, names};
 
     /// Every method's defaults and presets serialise to TOML and parse back unchanged, every preset
     /// differs from the defaults, and every searched name is a parameter whose values parse.
     #[test]
     fn presets_and_search_spaces_are_valid_for_every_method() {
-        for m in METHODS {
+        for m in &names() {
             let info = method_info(m).unwrap();
             assert_eq!((info.canonical)(&info.defaults).unwrap(), info.defaults, "{m} defaults");
             assert_eq!((info.canonical)(&toml::Table::new()).unwrap(), info.defaults, "{m}: an empty table means the defaults");
@@ -271,7 +271,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let cfg = d.path().join("c.toml");
         std::fs::write(&cfg, "[sch]\nalpha = 2.0\nmu = 0.25\n").unwrap();
-        let section = config_section("sch", &cfg, METHODS).unwrap();
+        let section = config_section("sch", &cfg, &names()).unwrap();
         let over = param_overrides(&["mu=0.75".into()]).unwrap();
         let r = resolve(&info, Some("paper"), Some((cfg.as_path(), &section)), &over).unwrap();
         let paper = info.preset("paper").unwrap();
@@ -293,7 +293,7 @@ mod tests {
         let text = r.to_annotated_toml();
         std::fs::write(&cfg, &text).unwrap();
         let again =
-            resolve(&info, None, Some((cfg.as_path(), &config_section("sch", &cfg, METHODS).unwrap())), &toml::Table::new()).unwrap();
+            resolve(&info, None, Some((cfg.as_path(), &config_section("sch", &cfg, &names()).unwrap())), &toml::Table::new()).unwrap();
         assert_eq!(again.table, r.table);
         assert!(text.contains("# --param") && text.contains("# preset paper") && text.contains("# default"), "{text}");
         // Unknown presets, keys and sections are refused by name.
@@ -301,6 +301,6 @@ mod tests {
         let e = resolve(&info, None, None, &param_overrides(&["alhpa=1".into()]).unwrap()).unwrap_err().to_string();
         assert!(e.contains("alhpa"), "{e}");
         std::fs::write(&cfg, "[schh]\nalpha = 1\n").unwrap();
-        assert!(config_section("sch", &cfg, METHODS).unwrap_err().to_string().contains("[schh]"));
+        assert!(config_section("sch", &cfg, &names()).unwrap_err().to_string().contains("[schh]"));
     }
 }

@@ -4,10 +4,9 @@
 use crate::bundle::Bundle;
 use crate::codes::BinaryCodes;
 use crate::health::{Health, HealthInput};
-use crate::method::{DeviceChoice, Fit, FitContext, HashModel, TrainSet, View, IMAGE, TEXT};
+use crate::method::{DeviceChoice, FitContext, HashModel, IMAGE, TEXT};
 use crate::metrics::{evaluate, DirectionMetrics, EvalOptions};
 use crate::npy::write_npy;
-use crate::params::{MethodInfo, MethodParams, SearchSpace};
 use crate::report::{summarize, write_json, MapAtK, Report, Timings, Versions};
 use crate::split::{bundle_views, eval_labels, make_split, Split, SplitConfig};
 use anyhow::{anyhow, bail, Context, Result};
@@ -16,135 +15,8 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Every method cmh can train, by CLI name.
-pub const METHODS: &[&str] = &["sch", "segh", "cca-itq", "attr-ridge", "sdch", "czhash", "agnet", "random"];
-
-/// Whether a method consumes raw images when the bundle has them.
-pub fn is_deep(method: &str) -> bool {
-    matches!(method, "sdch" | "czhash" | "agnet")
-}
-
-fn params_from<P: serde::de::DeserializeOwned>(method: &str, table: &toml::Table) -> Result<P> {
-    toml::Value::Table(table.clone()).try_into().map_err(|e| anyhow!("hyper-parameters of {method}: {e}"))
-}
-
-fn fit_boxed<P: Fit + serde::de::DeserializeOwned + Serialize>(
-    method: &str,
-    table: &toml::Table,
-    data: &TrainSet,
-    ctx: &FitContext,
-) -> Result<(Box<dyn HashModel>, serde_json::Value)> {
-    let p: P = params_from(method, table)?;
-    let json = serde_json::to_value(&p)?;
-    Ok((Box::new(p.fit(data, ctx)?), json))
-}
-
-/// Fits `method` with hyper-parameters `table` (the method's TOML section; missing keys take the
-/// paper's defaults). Returns the model and the full hyper-parameters used.
-pub fn fit_method(method: &str, table: &toml::Table, data: &TrainSet, ctx: &FitContext) -> Result<(Box<dyn HashModel>, serde_json::Value)> {
-    match method {
-        "random" => fit_boxed::<RandomCodes>(method, table, data, ctx),
-        "sch" => fit_boxed::<crate::shallow::sch::SchParams>(method, table, data, ctx),
-        "cca-itq" => fit_boxed::<crate::shallow::cca_itq::CcaItqParams>(method, table, data, ctx),
-        "attr-ridge" => fit_boxed::<crate::shallow::attr_ridge::AttrRidgeParams>(method, table, data, ctx),
-        "sdch" => fit_boxed::<crate::deep::sdch::SdchParams>(method, table, data, ctx),
-        "segh" => fit_boxed::<crate::shallow::segh::SeghParams>(method, table, data, ctx),
-        "czhash" => fit_boxed::<crate::deep::czhash::CzhashParams>(method, table, data, ctx),
-        "agnet" => fit_boxed::<crate::deep::agnet::AgnetParams>(method, table, data, ctx),
-        other => bail!("unknown method {other:?}; methods are {}", METHODS.join(", ")),
-    }
-}
-
-/// A method's defaults, presets and search space ([`crate::params`]), by CLI name.
-pub fn method_info(method: &str) -> Result<MethodInfo> {
-    Ok(match method {
-        "random" => MethodInfo::of::<RandomCodes>(method),
-        "sch" => MethodInfo::of::<crate::shallow::sch::SchParams>(method),
-        "cca-itq" => MethodInfo::of::<crate::shallow::cca_itq::CcaItqParams>(method),
-        "attr-ridge" => MethodInfo::of::<crate::shallow::attr_ridge::AttrRidgeParams>(method),
-        "sdch" => MethodInfo::of::<crate::deep::sdch::SdchParams>(method),
-        "segh" => MethodInfo::of::<crate::shallow::segh::SeghParams>(method),
-        "czhash" => MethodInfo::of::<crate::deep::czhash::CzhashParams>(method),
-        "agnet" => MethodInfo::of::<crate::deep::agnet::AgnetParams>(method),
-        other => bail!("unknown method {other:?}; methods are {}", METHODS.join(", ")),
-    })
-}
-
-/// Loads a saved model folder (written by `HashModel::save`).
-pub fn load_model(dir: &Path) -> Result<Box<dyn HashModel>> {
-    let p = dir.join("model.json");
-    let text = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read the model description", p.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", p.display()))?;
-    let method = v.get("method").and_then(|m| m.as_str()).ok_or_else(|| anyhow!("{}: field method is missing", p.display()))?;
-    match method {
-        "random" => Ok(Box::new(RandomModel::load(dir)?)),
-        "sch" => Ok(Box::new(crate::shallow::sch::SchModel::load(dir)?)),
-        "cca-itq" => Ok(Box::new(crate::shallow::cca_itq::CcaItqModel::load(dir)?)),
-        "attr-ridge" => Ok(Box::new(crate::shallow::attr_ridge::AttrRidgeModel::load(dir)?)),
-        "sdch" => Ok(Box::new(crate::deep::sdch::load(dir)?)),
-        "segh" => Ok(Box::new(crate::shallow::segh::SeghModel::load(dir)?)),
-        "czhash" => Ok(Box::new(crate::deep::czhash::CzhashModel::load(dir)?)),
-        "agnet" => Ok(Box::new(crate::deep::agnet::AgnetModel::load(dir)?)),
-        other => bail!("{}: method {other:?} cannot be loaded by this version of cmh", p.display()),
-    }
-}
-
-/// Random codes: the floor a learned method must clear under each protocol.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RandomCodes {}
-
-pub struct RandomModel {
-    bits: usize,
-    seed: u64,
-}
-
-impl MethodParams for RandomCodes {
-    fn presets() -> Vec<(&'static str, Self)> {
-        vec![]
-    }
-    fn search_space() -> SearchSpace {
-        SearchSpace::EMPTY
-    }
-}
-
-impl Fit for RandomCodes {
-    type Model = RandomModel;
-    fn check(&self, _: &TrainSet, _: usize) -> Result<()> {
-        Ok(())
-    }
-    fn fit_checked(&self, _: &TrainSet, ctx: &FitContext) -> Result<RandomModel> {
-        Ok(RandomModel { bits: ctx.bits, seed: ctx.seed })
-    }
-}
-
-impl RandomModel {
-    fn load(dir: &Path) -> Result<Self> {
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("model.json"))?)?;
-        Ok(Self {
-            bits: v["bits"].as_u64().ok_or_else(|| anyhow!("model.json: bits missing"))? as usize,
-            seed: v["seed"].as_u64().unwrap_or(0),
-        })
-    }
-}
-
-impl HashModel for RandomModel {
-    fn method(&self) -> &'static str {
-        "random"
-    }
-    fn bits(&self) -> usize {
-        self.bits
-    }
-    fn encode(&self, modality: usize, view: &View) -> Result<BinaryCodes> {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed ^ ((modality as u64 + 1) << 32) ^ view.len() as u64);
-        let x = ndarray::Array2::from_shape_fn((view.len(), self.bits), |_| if rng.gen::<bool>() { 1i8 } else { -1 });
-        BinaryCodes::from_pm1(x.view())
-    }
-    fn save(&self, dir: &Path) -> Result<()> {
-        write_json(&dir.join("model.json"), &serde_json::json!({"method": "random", "bits": self.bits, "seed": self.seed}))
-    }
-}
+pub use crate::random_codes::{RandomCodes, RandomModel};
+pub use crate::registry::{fit_method, is_deep, load_model, method_info};
 
 /// One training job: a method, its hyper-parameters, code lengths, seeds and the split protocol.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -410,9 +282,7 @@ pub fn check_config(cfg: &RunConfig) -> Result<()> {
     if cfg.seed.checked_add(cfg.repeat as u64 - 1).is_none() {
         bail!("--seed {} with --repeat {} needs seeds past {} (the largest seed); use a smaller --seed", cfg.seed, cfg.repeat, u64::MAX);
     }
-    if !METHODS.contains(&cfg.method.as_str()) {
-        bail!("unknown method {:?}; methods are {}", cfg.method, METHODS.join(", "));
-    }
+    crate::registry::get(&cfg.method)?;
     Ok(())
 }
 

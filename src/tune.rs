@@ -20,7 +20,7 @@ use crate::bundle::Bundle;
 use crate::method::{DeviceChoice, FitContext, IMAGE, TEXT};
 use crate::metrics::map;
 use crate::params::{inline, MethodInfo, Range};
-use crate::pipeline::{fit_method, is_deep, method_info};
+use crate::registry::{fit_method, is_deep, method_info};
 use crate::report::write_json;
 use crate::split::{bundle_views, eval_labels, make_split, SplitConfig, ValidationConfig};
 use anyhow::{anyhow, bail, Context, Result};
@@ -545,7 +545,7 @@ mod tests {
         assert_eq!(o.best_score, best);
         // best.toml parses as a config section and holds the best trial's parameters.
         let text = std::fs::read_to_string(out.join("best.toml")).unwrap();
-        let section = crate::params::config_section("cca-itq", &out.join("best.toml"), crate::pipeline::METHODS).unwrap();
+        let section = crate::params::config_section("cca-itq", &out.join("best.toml"), &crate::registry::names()).unwrap();
         assert_eq!((info.canonical)(&section).unwrap(), o.best_params, "{text}");
         // Training on the bundle's own split reads the NaN test rows and is refused by name.
         let run = crate::pipeline::RunConfig {
