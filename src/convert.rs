@@ -95,7 +95,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The release layouts `cmh data convert` reads (see the module docs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Format {
     /// Wikipedia: raw_features.mat + the .list files + categories.list (give the folder).
     #[default]
@@ -129,54 +129,40 @@ impl Format {
 }
 
 /// `cmh data convert` arguments.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(Debug, Clone)]
 pub struct ConvertArgs {
     /// Release layout.
-    #[arg(long, value_enum)]
     pub format: Format,
     /// Input .mat file(s), or a folder (wiki: the folder of raw_features.mat and the .list files;
     /// other formats: every .mat file in it).
-    #[arg(long, required = true, num_args = 1..)]
     pub input: Vec<PathBuf>,
     /// Bundle folder to write.
-    #[arg(long)]
     pub out: PathBuf,
     /// Bundle name (default: from the format, e.g. "wiki").
-    #[arg(long)]
     pub name: Option<String>,
     /// Class names, one per line (e.g. the Wikipedia release's categories.list).
-    #[arg(long)]
     pub classes: Option<PathBuf>,
     /// Variable name for a role, ROLE=NAME or ROLE=FILE.mat:NAME (repeatable). Roles: image,
     /// text, labels, train, query, database, or image_train, image_test, text_train, text_test,
     /// labels_train, labels_test.
-    #[arg(long = "key", value_name = "ROLE=NAME")]
     pub keys: Vec<String>,
     /// Replace an existing bundle folder.
-    #[arg(long)]
     pub force: bool,
     /// Keep rows without any label, declared unlabelled (refused otherwise).
-    #[arg(long)]
     pub allow_unlabelled: bool,
     /// Base of class-index labels (MATLAB releases default to 1; generic detects).
-    #[arg(long, value_enum, default_value = "auto")]
     pub label_base: LabelBase,
     /// Base of index-list variables inside .mat files (train/query/database).
-    #[arg(long, default_value_t = 1)]
     pub mat_index_base: i64,
     /// A fixed split from 0-based int .npy files, ROLE=FILE.npy with ROLE train, query or
     /// database (repeatable; train defaults to the database).
-    #[arg(long = "split", value_name = "ROLE=FILE.npy")]
     pub split: Vec<String>,
     /// Store a random split drawn with this seed (for releases without a fixed split).
-    #[arg(long)]
     pub split_seed: Option<u64>,
     /// Queries in the random split (default: 2000 MIRFlickr / IAPR, 2100 NUS-WIDE).
-    #[arg(long)]
     pub query_size: Option<usize>,
     /// Training items in the random split, drawn from the database (default: 10000 MIRFlickr /
     /// IAPR, 10500 NUS-WIDE).
-    #[arg(long)]
     pub train_size: Option<usize>,
 }
 
@@ -202,17 +188,10 @@ impl ConvertArgs {
     }
 }
 
-/// A written bundle and the one-line summary `run` prints.
+/// A written bundle and a one-line summary of it.
 pub struct Converted {
     pub bundle: Bundle,
     pub summary: String,
-}
-
-/// `cmh data convert`: converts and prints a one-line summary.
-pub fn run(args: &ConvertArgs) -> Result<()> {
-    let c = convert(args)?;
-    println!("{}", c.summary);
-    Ok(())
 }
 
 const ALL_ROLES: [&str; 6] = ["image", "text", "labels", "train", "query", "database"];
@@ -830,55 +809,6 @@ mod tests {
         assert!(a.train.iter().all(|i| a.database.binary_search(i).is_ok()), "train ⊂ database");
         assert!(random_split(50, 50, 1, 0).is_err());
         assert!(random_split(50, 10, 41, 0).is_err());
-    }
-
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        a: ConvertArgs,
-    }
-
-    #[test]
-    fn parses_the_readme_command_and_options() {
-        use clap::{CommandFactory, Parser};
-        Cli::command().debug_assert();
-        let c =
-            Cli::try_parse_from(["cmh", "--format", "wiki", "--input", "../shared/data/wiki/raw_features_rasiwasia", "--out", "data/wiki"])
-                .unwrap();
-        assert_eq!(c.a.format, Format::Wiki);
-        assert_eq!(c.a.input, vec![PathBuf::from("../shared/data/wiki/raw_features_rasiwasia")]);
-        assert_eq!((c.a.label_base, c.a.mat_index_base, c.a.force), (LabelBase::Auto, 1, false));
-        let c = Cli::try_parse_from([
-            "cmh",
-            "--format",
-            "generic",
-            "--input",
-            "a.mat",
-            "b.mat",
-            "--out",
-            "o",
-            "--key",
-            "image=X",
-            "--key",
-            "labels=b.mat:L",
-            "--label-base",
-            "0",
-            "--split-seed",
-            "4",
-            "--query-size",
-            "10",
-            "--train-size",
-            "20",
-            "--allow-unlabelled",
-            "--force",
-        ])
-        .unwrap();
-        assert_eq!(c.a.input.len(), 2);
-        assert_eq!(c.a.keys, vec!["image=X".to_string(), "labels=b.mat:L".to_string()]);
-        assert_eq!((c.a.label_base, c.a.split_seed, c.a.query_size, c.a.train_size), (LabelBase::Zero, Some(4), Some(10), Some(20)));
-        assert!(c.a.allow_unlabelled && c.a.force);
-        assert!(Cli::try_parse_from(["cmh", "--format", "wiki", "--out", "o"]).is_err(), "--input is required");
-        assert!(Cli::try_parse_from(["cmh", "--format", "flickr", "--input", "a", "--out", "o"]).is_err());
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! `cmh demo`: the main job. Builds (or reuses) the emoji image–text bundle, trains every method at
-//! 32 and 64 bits under the standard and zero-shot protocols, prints one table and writes a report
-//! folder with `report.json`, the codes, curves and a picture of top results.
+//! 32 and 64 bits under the standard and zero-shot protocols, writes a report folder with
+//! `report.json`, the codes, curves and a picture of top results, and returns the summary rows.
 
 use crate::bundle::Bundle;
 use crate::codes::BinaryCodes;
 use crate::method::DeviceChoice;
 use crate::pipeline::{self, RunConfig};
 use crate::plot::{self, Cell, GridRow};
-use crate::report::{format_table, summarize, write_json, Report};
+use crate::report::{summarize, write_json, Report, SummaryRow};
 use crate::split::{Protocol, SplitConfig};
 use anyhow::{anyhow, Context, Result};
 use std::path::{Path, PathBuf};
@@ -18,44 +18,48 @@ use std::time::Instant;
 /// file says otherwise. `--config` overrides them.
 pub const DEMO_CONFIG: &str = include_str!("demo.toml");
 
-#[derive(clap::Args, Debug, Clone)]
+#[derive(Debug, Clone)]
 pub struct DemoArgs {
     /// Report folder.
-    #[arg(long, default_value = "runs/demo")]
     pub out: PathBuf,
     /// The emoji bundle (built on first use; network only then, through npm).
-    #[arg(long, default_value = "data/emoji")]
     pub data: PathBuf,
     /// Code lengths.
-    #[arg(long, value_delimiter = ',', default_value = "32,64")]
     pub bits: Vec<usize>,
     /// Methods to run (default: all).
-    #[arg(long, value_delimiter = ',')]
     pub methods: Vec<String>,
     /// Deep methods train on the 64×64 images instead of the descriptor (slower on CPU; meant for
     /// `--device cuda`).
-    #[arg(long)]
     pub images: bool,
-    #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
-    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// TOML overrides of the demo's hyper-parameters (a section per method).
-    #[arg(long)]
     pub config: Option<PathBuf>,
-    #[arg(long, short)]
     pub quiet: bool,
 }
 
 fn demo_params(method: &str, user: Option<&Path>) -> Result<toml::Table> {
     let base: toml::Table = DEMO_CONFIG.parse().map_err(|e| anyhow!("built-in demo config: {e}"))?;
     let mut t = base.get(method).and_then(|v| v.as_table()).cloned().unwrap_or_default();
-    let user = crate::cli::method_params(method, user, &[])?;
+    let user = crate::params::method_params(method, user, &[])?;
     t.extend(user);
     Ok(t)
 }
 
-pub fn run_demo(a: &DemoArgs) -> Result<()> {
+/// What a demo produced: the summary rows (one per method, protocol and code length), every run's
+/// report, the health warnings, and the files written.
+pub struct DemoOutcome {
+    pub summary: Vec<SummaryRow>,
+    pub reports: Vec<Report>,
+    pub warnings: Vec<String>,
+    pub report_json: PathBuf,
+    pub pictures: Vec<PathBuf>,
+    pub seconds: f64,
+}
+
+/// Runs the demo: trains and evaluates every method in `a.methods` (default: the registry's demo
+/// methods) and writes the report folder `a.out`.
+pub fn run_demo(a: &DemoArgs) -> Result<DemoOutcome> {
     let t0 = Instant::now();
     let progress = !a.quiet;
     let methods: Vec<String> =
@@ -64,7 +68,7 @@ pub fn run_demo(a: &DemoArgs) -> Result<()> {
         crate::registry::get(m)?;
     }
     if progress {
-        eprintln!("demo: emoji bundle in {}", a.data.display());
+        log::info!("demo: emoji bundle in {}", a.data.display());
     }
     // The demo starts afresh: an earlier demo report in --out is replaced (only one cmh made).
     crate::outdir::prepare(&a.out, crate::outdir::Kind::Demo, "--out", true)?;
@@ -97,7 +101,6 @@ pub fn run_demo(a: &DemoArgs) -> Result<()> {
         }
     }
     let summary = summarize(&reports);
-    let table = format_table(&summary);
     let top = *a.bits.iter().max().unwrap_or(&64);
     let mut pictures = Vec::new();
     for protocol in ["standard", "zero-shot"] {
@@ -132,23 +135,8 @@ pub fn run_demo(a: &DemoArgs) -> Result<()> {
         &a.out.join("report.json"),
         &serde_json::json!({"summary": summary, "runs": reports, "pictures": pictures, "seconds": t0.elapsed().as_secs_f64()}),
     )?;
-    println!("{table}");
-    println!("learned-B: database codes are the learned training codes; 'enc' columns encode the database with the hash functions.");
-    let warnings: Vec<&String> = reports.iter().filter_map(|r| r.health.as_ref()).flat_map(|h| &h.warnings).collect();
-    if warnings.is_empty() {
-        println!("health: every run's codes look healthy (bit balance, distinct codes, mAP above the random floor)");
-    }
-    for w in warnings {
-        println!("warning: {w}");
-    }
-    println!(
-        "wrote {} and {} pictures under {} ({:.0} s)",
-        a.out.join("report.json").display(),
-        pictures.len(),
-        a.out.join("plots").display(),
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(())
+    let warnings = reports.iter().filter_map(|r| r.health.as_ref()).flat_map(|h| h.warnings.iter().cloned()).collect();
+    Ok(DemoOutcome { summary, reports, warnings, report_json: a.out.join("report.json"), pictures, seconds: t0.elapsed().as_secs_f64() })
 }
 
 /// Text of an item for pictures: its name and a few keywords, from the bundle's items.json.

@@ -10,13 +10,14 @@
 //! - [`codes`]: packed binary codes; [`search`]: Hamming ranking; [`metrics`]: mAP and curves.
 //! - [`export`]: codes in the formats faiss, Milvus, Elasticsearch and OpenSearch load.
 //! - [`pipeline`] runs the whole flow and writes [`report`]s, each with a [`health`] check of its
-//!   codes; [`cli`] is a thin layer over it.
+//!   codes; [`registry`] is the table of methods. The `cmh` binary (`src/main.rs`, `src/cli/`)
+//!   parses arguments and calls these modules; the library prints nothing (messages go through
+//!   the `log` crate) and never exits the process.
 //! - [`params`]: defaults, presets, config files and overrides, and each method's search space;
 //!   [`tune`] searches it on a validation split of the training items.
 extern crate openblas_src;
 
 pub mod bundle;
-pub mod cli;
 pub mod codes;
 pub mod convert;
 pub mod deep;

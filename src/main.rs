@@ -1,3 +1,7 @@
+//! The `cmh` binary: the command line ([`cli`]) over the `cmh` library.
+
+mod cli;
+
 fn main() {
-    std::process::exit(cmh::cli::main());
+    std::process::exit(cli::main());
 }

@@ -228,6 +228,25 @@ impl Resolved {
     }
 }
 
+/// Merges the method's TOML section from a config file with `name=value` overrides (the explicit
+/// settings only; [`resolve_params`] adds defaults and presets).
+pub fn method_params(method: &str, config: Option<&Path>, overrides: &[String]) -> Result<toml::Table> {
+    let mut table = match config {
+        Some(p) => config_section(method, p, &crate::registry::names())?,
+        None => toml::Table::new(),
+    };
+    table.extend(param_overrides(overrides)?);
+    Ok(table)
+}
+
+/// The effective parameters of `method`: defaults, `preset`, the config file's section and
+/// `name=value` overrides, each value with its source.
+pub fn resolve_params(method: &str, preset: Option<&str>, config: Option<&Path>, overrides: &[String]) -> Result<Resolved> {
+    let info = crate::registry::method_info(method)?;
+    let section = config.map(|p| config_section(method, p, &crate::registry::names()).map(|t| (p, t))).transpose()?;
+    resolve(&info, preset, section.as_ref().map(|(p, t)| (*p, t)), &param_overrides(overrides)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

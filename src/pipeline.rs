@@ -269,7 +269,7 @@ pub fn check_bits(bits: &[usize]) -> Result<()> {
 /// Says so when `--device cuda` is given to a method that runs on the CPU.
 pub fn note_device(method: &str, device: DeviceChoice) {
     if device == DeviceChoice::Cuda && !is_deep(method) {
-        eprintln!("note: {method} runs on the CPU; --device cuda applies to the deep methods (sdch, czhash, agnet)");
+        log::info!("note: {method} runs on the CPU; --device cuda applies to the deep methods (sdch, czhash, agnet)");
     }
 }
 
@@ -354,7 +354,7 @@ pub fn run_with(cfg: &RunConfig, out: &Path, opts: &RunOptions) -> Result<Vec<Re
                     );
                 }
                 if opts.progress {
-                    eprintln!("continuing the run in {} (same configuration and data; --force starts it again)", out.display());
+                    log::info!("continuing the run in {} (same configuration and data; --force starts it again)", out.display());
                 }
                 true
             }
@@ -384,12 +384,18 @@ pub fn run_with(cfg: &RunConfig, out: &Path, opts: &RunOptions) -> Result<Vec<Re
                 }
             })?;
             for w in r.health.iter().flat_map(|h| &h.warnings) {
-                eprintln!("warning: {w}");
+                log::warn!("{w}");
             }
             if opts.progress {
-                eprintln!(
+                log::info!(
                     "{} {bits} bits seed {seed}: I→T {:.4}  T→I {:.4} ({}), encoded {:.4} / {:.4}, fit {:.1}s",
-                    cfg.method, r.i2t.map, r.t2i.map, r.database_convention, r.i2t_encoded.map, r.t2i_encoded.map, r.timings.fit_s
+                    cfg.method,
+                    r.i2t.map,
+                    r.t2i.map,
+                    r.database_convention,
+                    r.i2t_encoded.map,
+                    r.t2i_encoded.map,
+                    r.timings.fit_s
                 );
             }
             reports.push(r);

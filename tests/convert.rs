@@ -3,7 +3,7 @@
 //! on the real Wikipedia / UCI files in ../shared (skipped with a notice when absent).
 
 use cmh::bundle::Bundle;
-use cmh::convert::{convert, run, ConvertArgs, Format, LabelBase};
+use cmh::convert::{convert, ConvertArgs, Format, LabelBase};
 use cmh::npy::write_npy;
 use ndarray::{Array2, Array4, ArrayD, Axis, IxDyn};
 use std::path::{Path, PathBuf};
@@ -605,7 +605,7 @@ fn bad_inputs_are_refused_cleanly_with_nothing_written() {
     assert_only(&work, &[]);
     // An existing output is kept unless --force.
     let a = args(Format::WikiMat, &[&p("ok.mat")], &out);
-    run(&a).unwrap();
+    convert(&a).unwrap();
     let e = err_of(&a);
     assert!(e.contains("already exists") && e.contains("--force"), "{e}");
     let mut a = a;

@@ -15,15 +15,13 @@ use anyhow::{bail, Result};
 use ndarray::{Array2, Array4, ArrayD, Axis, Ix2, Ix4, IxDyn};
 
 /// Base of class-index labels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum LabelBase {
     /// 0-based when a 0 appears in the index vectors, 1-based otherwise (formats from MATLAB
     /// releases use 1 unless this is set explicitly).
     #[default]
     Auto,
-    #[value(name = "0")]
     Zero,
-    #[value(name = "1")]
     One,
 }
 

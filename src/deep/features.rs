@@ -12,43 +12,33 @@ use anyhow::{bail, Result};
 use ndarray::Array2;
 use std::path::{Path, PathBuf};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backbone {
     /// torchvision AlexNet; features = fc7 (4096-d).
     Alexnet,
 }
 
-#[derive(clap::Args, Clone, Debug)]
+#[derive(Clone, Debug)]
 pub struct FeaturesArgs {
     /// Network that computes the image features.
-    #[arg(long, value_enum, default_value = "alexnet")]
     pub backbone: Backbone,
     /// torchvision weights: the official alexnet-owt-7be5be79.pth or a .safetensors file (see
     /// pretrained/README.md).
-    #[arg(long)]
     pub weights: PathBuf,
     /// Input bundle (its image modality must hold raw images).
-    #[arg(long)]
     pub data: PathBuf,
     /// Output bundle.
-    #[arg(long)]
     pub out: PathBuf,
     /// Side length images are resized to before the network.
-    #[arg(long, default_value_t = 224)]
     pub size: usize,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
-    #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
     /// Keep the raw images in the new bundle too.
-    #[arg(long)]
     pub keep_images: bool,
     /// Replace the output bundle if it exists.
-    #[arg(long)]
     pub force: bool,
     /// Show a progress bar.
-    #[arg(long)]
     pub progress: bool,
 }
 

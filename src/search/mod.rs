@@ -302,35 +302,27 @@ fn execute(queries: CodesRef, db: CodesRef, mode: Mode, opts: &SearchOptions) ->
 }
 
 /// `cmh search`: top-k or radius search between two code files.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(Debug, Clone)]
 pub struct SearchArgs {
     /// Database codes (.npy): uint8 rows in numpy.packbits order (memory-mapped, never loaded),
     /// int8 ±1 or bool 0/1 (n × bits).
-    #[arg(long, required_unless_present = "index", conflicts_with = "index")]
     pub db: Option<PathBuf>,
     /// Search a multi-index hashing index (`cmh index build`) instead of scanning --db: the same
     /// results, reading only the codes near each query.
-    #[arg(long)]
     pub index: Option<PathBuf>,
     /// Query codes, same formats and code length as the database.
-    #[arg(long)]
     pub query: PathBuf,
     /// Number of nearest codes per query, ranked by (Hamming distance, database index).
-    #[arg(short = 'k', long, required_unless_present = "radius", conflicts_with = "radius")]
     pub k: Option<usize>,
     /// Return every code within this Hamming distance instead of the top k.
-    #[arg(long)]
     pub radius: Option<usize>,
     /// Code length in bits, for packed uint8 files whose length is not 8 × columns.
-    #[arg(long)]
     pub bits: Option<usize>,
     /// Output folder. Top-k: indices.npy (int64, queries × k), distances.npy (int32, queries × k).
     /// Radius: indices.npy and distances.npy (1-d, all results) and offsets.npy (int64,
     /// queries + 1): query i's results are entries offsets[i]..offsets[i+1].
-    #[arg(long)]
     pub out: PathBuf,
     /// Popcount kernel: portable, popcnt, avx2 or avx512 (default: the fastest available).
-    #[arg(long)]
     pub kernel: Option<String>,
 }
 
@@ -399,7 +391,7 @@ pub fn run(args: &SearchArgs) -> Result<()> {
                 std::fs::remove_file(&stale)
                     .with_context(|| format!("{}: cannot remove the earlier radius search's offsets", stale.display()))?;
             }
-            eprintln!("top-{k} of {nq} queries over {n} codes in {secs:.3} s{} -> {}", note(stats), args.out.display());
+            log::info!("top-{k} of {nq} queries over {n} codes in {secs:.3} s{} -> {}", note(stats), args.out.display());
         }
         (None, Some(r)) => {
             let (res, stats) = match &index {
@@ -422,7 +414,7 @@ pub fn run(args: &SearchArgs) -> Result<()> {
             crate::npy::write_npy(&args.out.join("indices.npy"), &Array1::from(idx))?;
             crate::npy::write_npy(&args.out.join("distances.npy"), &Array1::from(dist))?;
             crate::npy::write_npy(&args.out.join("offsets.npy"), &Array1::from(offsets))?;
-            eprintln!("radius {r} for {nq} queries over {n} codes in {secs:.3} s{} -> {}", note(stats), args.out.display());
+            log::info!("radius {r} for {nq} queries over {n} codes in {secs:.3} s{} -> {}", note(stats), args.out.display());
         }
         _ => bail!("give exactly one of -k/--k and --radius"),
     }
