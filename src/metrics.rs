@@ -315,6 +315,8 @@ fn relevance_mask_general(rel: impl Fn(usize) -> bool, n: usize, relm: &mut [u64
 }
 
 #[cfg(target_arch = "x86_64")]
+/// # Safety
+/// The CPU must have AVX-512 F and BW (the lengths are asserted).
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn relevance_mask_avx512(qm: u64, dm: &[u64], relm: &mut [u64]) {
     use std::arch::x86_64::*;
@@ -388,6 +390,8 @@ fn sum_ratios_body(hit_rank: &[u64]) -> f64 {
 }
 
 #[cfg(target_arch = "x86_64")]
+/// # Safety
+/// The CPU must have AVX-512 F and DQ.
 #[target_feature(enable = "avx512f,avx512dq")]
 unsafe fn sum_ratios_avx512(hit_rank: &[u64]) -> f64 {
     sum_ratios_body(hit_rank)
@@ -605,6 +609,9 @@ mod fast {
     /// Hamming distances of one 64-bit query word to every 64-bit code of `db` (8 bytes per
     /// code, little-endian words as `search` reads them), as bytes: XOR, VPOPCNTQ and a narrowing
     /// store, 8 codes per step.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ and POPCNT (`out` holding a byte per code is asserted).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,popcnt")]
     pub(super) unsafe fn distances_64(q: u64, db: &[u8], out: &mut [u8]) {
         let n = db.len() / 8;
@@ -625,6 +632,9 @@ mod fast {
     }
 
     /// `out[i] = dist[i]` as bytes (every distance is at most 255).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F and BW (the lengths are asserted).
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn narrow(dist: &[u32], out: &mut [u8]) {
         let n = dist.len();
@@ -653,6 +663,9 @@ mod fast {
     /// (the relevant half is bumped item by item), and adds the items of its bucket below it in
     /// this block (popcount of a byte-compare mask, BZHI'd at its lane); then every item of the
     /// block bumps the item half of its counter.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, POPCNT, BMI1 and BMI2 (the lengths are asserted).
     #[target_feature(enable = "avx512f,avx512bw,popcnt,bmi1,bmi2")]
     pub(super) unsafe fn count(d8: &[u8], n: usize, relm: &[u64], local: &mut [u64], ldist: &mut [u8], tot: &mut [u64]) {
         assert!(relm.len() == n.div_ceil(64) && d8.len() >= relm.len() * 64 && tot.len() <= 256);
@@ -701,6 +714,9 @@ mod fast {
     /// hits << 32 | rank), 8 lanes at a time; also stores the packed pairs when `hit_rank` is
     /// given. 1 / rank is VRCP14PD refined by two Newton steps (relative error below 2^-50, far
     /// inside the 1e-9 agreement with a sorted ranking), so the divider is not the bottleneck.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, DQ and BW (the lengths are asserted).
     #[target_feature(enable = "avx512f,avx512dq,avx512bw")]
     pub(super) unsafe fn fixup_sum_ratios(local: &[u64], ldist: &[u8], base: &[u64; 256], mut hit_rank: Option<&mut [u64]>) -> f64 {
         let n = local.len();
