@@ -56,6 +56,9 @@ fn read_reports(dir: &std::path::Path) -> Vec<Report> {
     out
 }
 
+/// (mean, std) of I→T and T→I over the finished seeds, and how many there are.
+type SeedStats = ((f64, f64), (f64, f64), usize);
+
 fn main() -> Result<()> {
     let a = Args::parse();
     cmh::shallow::common::set_blas_threads(1);
@@ -110,13 +113,12 @@ fn main() -> Result<()> {
     }
     println!("mAP, database encoded, mean ± std over seeds {:?}; margin = method − CCA-ITQ (target ≥ 0.02 both directions)", a.seeds);
     println!(
-        "{:<6} {:<10} {:>4}  {:>15} {:>15}  {:>7} {:>7}  {:>4}  {}",
-        "data", "method", "bits", "I→T", "T→I", "ΔI→T", "ΔT→I", "runs", "verdict"
+        "{:<6} {:<10} {:>4}  {:>15} {:>15}  {:>7} {:>7}  {:>4}  verdict",
+        "data", "method", "bits", "I→T", "T→I", "ΔI→T", "ΔT→I", "runs"
     );
     let mut misses = Vec::new();
     for d in &a.datasets {
-        // (mean, std) of I→T and T→I over the finished seeds, and how many there are.
-        let stats_of = |m: &str, bits: usize| -> Option<((f64, f64), (f64, f64), usize)> {
+        let stats_of = |m: &str, bits: usize| -> Option<SeedStats> {
             let rs: Vec<Report> =
                 read_reports(&a.out.join(d).join(m)).into_iter().filter(|r| r.bits == bits && a.seeds.contains(&r.seed)).collect();
             if rs.is_empty() {

@@ -246,6 +246,31 @@ pub fn content_hash(dir: &Path) -> Result<String> {
 
 impl Bundle {
     /// Loads and validates a bundle folder.
+    ///
+    /// ```
+    /// use cmh::bundle::{one_hot, Bundle, BundleWriter, NewModality};
+    /// use ndarray::Array2;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let features = |d| Some(Array2::from_shape_fn((4, d), |(i, j)| (i + j) as f32));
+    /// BundleWriter {
+    ///     name: "tiny".into(),
+    ///     source: "doc example".into(),
+    ///     classes: vec!["cat".into(), "dog".into()],
+    ///     modalities: vec![
+    ///         NewModality { name: "image".into(), features: features(3), ..Default::default() },
+    ///         NewModality { name: "text".into(), features: features(2), ..Default::default() },
+    ///     ],
+    ///     labels: vec![one_hot(&[0, 1, 0, 1], 2)],
+    ///     ..Default::default()
+    /// }
+    /// .write(&dir.path().join("tiny"), false)?;
+    ///
+    /// let b = Bundle::load(&dir.path().join("tiny"))?;
+    /// assert_eq!((b.n_items(), b.n_classes()), (4, 2));
+    /// assert_eq!(b.modalities[1].features.as_ref().unwrap().ncols(), 2);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     pub fn load(dir: &Path) -> Result<Self> {
         let mpath = dir.join(MANIFEST);
         let text = std::fs::read_to_string(&mpath).with_context(|| format!("{}: cannot read the bundle manifest", mpath.display()))?;

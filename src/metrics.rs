@@ -120,6 +120,22 @@ pub(crate) fn check_inputs(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: Ar
 }
 
 /// Evaluates one direction: queries of one modality against a database of (usually) the other.
+///
+/// A hand-worked case: the database ranks (distance 0, 1, 2) an item of another class, then two
+/// of the query's class, so AP = (1/2 + 2/3) / 2 = 7/12.
+///
+/// ```
+/// use cmh::codes::BinaryCodes;
+/// use cmh::metrics::{evaluate, EvalOptions};
+/// use ndarray::array;
+///
+/// let q = BinaryCodes::from_pm1(array![[1i8, 1, 1, 1, 1, 1, 1, 1]].view())?;
+/// let db = BinaryCodes::from_pm1(array![[1i8, 1, 1, 1, 1, 1, 1, 1], [-1, 1, 1, 1, 1, 1, 1, 1], [-1, -1, 1, 1, 1, 1, 1, 1]].view())?;
+/// let (ql, dl) = (array![[1u8, 0]], array![[0u8, 1], [1, 0], [1, 0]]);
+/// let m = evaluate(q.view(), db.view(), ql.view(), dl.view(), &EvalOptions::default())?;
+/// assert!((m.map - 7.0 / 12.0).abs() < 1e-12);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 pub fn evaluate(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: ArrayView2<u8>, opts: &EvalOptions) -> Result<DirectionMetrics> {
     evaluate_with(Kernel::auto(), q, db, ql, dl, opts)
 }

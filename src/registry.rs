@@ -100,6 +100,27 @@ pub fn is_deep(method: &str) -> bool {
 
 /// Fits `method` with hyper-parameters `table` (the method's TOML section; missing keys take the
 /// defaults). Returns the model and the full hyper-parameters used.
+///
+/// Fit by name, save, load back ([`load_model`]) and encode:
+///
+/// ```
+/// use cmh::method::{FitContext, TrainSet, View, TEXT};
+/// use ndarray::Array2;
+///
+/// let class: Vec<usize> = (0..40).map(|i| i % 2).collect();
+/// let x = |d: usize| View::Features(Array2::from_shape_fn((40, d), |(i, j)| (class[i] == j % 2) as u8 as f32 + 0.01 * (i % 7) as f32));
+/// let train = TrainSet::supervised(vec![x(4), x(3)], cmh::bundle::one_hot(&class, 2), vec!["a".into(), "b".into()]);
+/// let table: toml::Table = "anchors = 20\nitq_iter = 10".parse()?;
+/// let (model, params) = cmh::registry::fit_method("cca-itq", &table, &train, &FitContext::new(8, 0))?;
+/// assert_eq!(params["itq_iter"], 10);
+///
+/// let dir = tempfile::tempdir()?;
+/// model.save(dir.path())?;
+/// let loaded = cmh::registry::load_model(dir.path())?;
+/// assert_eq!(loaded.method(), "cca-itq");
+/// assert_eq!(loaded.encode(TEXT, &train.views[TEXT])?, model.encode(TEXT, &train.views[TEXT])?);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 pub fn fit_method(method: &str, table: &toml::Table, data: &TrainSet, ctx: &FitContext) -> Result<Fitted> {
     (get(method)?.fit)(method, table, data, ctx)
 }

@@ -87,6 +87,19 @@ pub struct SearchOptions {
 
 /// Exhaustive top-k Hamming search: for each query, the k database codes nearest in Hamming
 /// distance, ties broken by smaller database index.
+///
+/// ```
+/// use cmh::codes::BinaryCodes;
+/// use ndarray::array;
+///
+/// let db = BinaryCodes::from_signs(array![[1.0, 1.0, -1.0, -1.0], [1.0, -1.0, -1.0, -1.0], [-1.0, 1.0, -1.0, 1.0]].view());
+/// let q = BinaryCodes::from_signs(array![[1.0, 1.0, -1.0, 1.0]].view());
+/// let r = cmh::search::topk(q.view(), db.view(), 2)?;
+/// // Items 0 and 2 are both at distance 1: the smaller index comes first.
+/// assert_eq!(r.indices, array![[0i64, 2]]);
+/// assert_eq!(r.distances, array![[1i32, 1]]);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 pub fn topk(queries: CodesRef, db: CodesRef, k: usize) -> Result<SearchResult> {
     topk_with(queries, db, k, &SearchOptions::default())
 }
