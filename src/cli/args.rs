@@ -5,6 +5,35 @@ use clap::{Args, Parser, Subcommand};
 use cmh::split::SplitConfig;
 use std::path::PathBuf;
 
+/// Conversions both ways between a clap value enum of the command line and the library enum it
+/// mirrors, variant for variant (a variant added on either side fails to compile here).
+macro_rules! mirror {
+    ($cli:ident, $lib:ty, [$($v:ident),+ $(,)?]) => {
+        const _: () = {
+            type Lib = $lib;
+            impl From<$cli> for Lib {
+                fn from(v: $cli) -> Self {
+                    match v {
+                        $($cli::$v => Lib::$v),+
+                    }
+                }
+            }
+            impl From<Lib> for $cli {
+                fn from(v: Lib) -> Self {
+                    match v {
+                        $(Lib::$v => $cli::$v),+
+                    }
+                }
+            }
+        };
+    };
+}
+
+/// `--method`'s help: the methods of the registry, in its order.
+fn method_help() -> String {
+    format!("Method: {}", cmh::registry::names().join(", "))
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "cmh", version, about = "Cross-modal hashing: train, encode, search and evaluate binary codes")]
 pub struct Cli {
@@ -240,8 +269,7 @@ impl RunArgs {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Method: sch, segh, cca-itq, attr-ridge, sdch, czhash, agnet (or random, the floor).
-    #[arg(long)]
+    #[arg(long, help = method_help())]
     pub method: Option<String>,
     /// Bundle folder.
     #[arg(long)]
@@ -305,8 +333,7 @@ pub struct TrainArgs {
 
 #[derive(Args, Debug)]
 pub struct TuneArgs {
-    /// Method: sch, segh, cca-itq, sdch, czhash, agnet.
-    #[arg(long)]
+    #[arg(long, help = method_help())]
     pub method: String,
     /// Bundle folder; only its training items are read.
     #[arg(long)]
@@ -463,33 +490,7 @@ pub enum Format {
     Generic,
 }
 
-impl From<Format> for cmh::convert::Format {
-    fn from(v: Format) -> Self {
-        match v {
-            Format::Wiki => cmh::convert::Format::Wiki,
-            Format::WikiMat => cmh::convert::Format::WikiMat,
-            Format::Uci => cmh::convert::Format::Uci,
-            Format::Mirflickr => cmh::convert::Format::Mirflickr,
-            Format::NusWide => cmh::convert::Format::NusWide,
-            Format::Iapr => cmh::convert::Format::Iapr,
-            Format::Generic => cmh::convert::Format::Generic,
-        }
-    }
-}
-
-impl From<cmh::convert::Format> for Format {
-    fn from(v: cmh::convert::Format) -> Self {
-        match v {
-            cmh::convert::Format::Wiki => Format::Wiki,
-            cmh::convert::Format::WikiMat => Format::WikiMat,
-            cmh::convert::Format::Uci => Format::Uci,
-            cmh::convert::Format::Mirflickr => Format::Mirflickr,
-            cmh::convert::Format::NusWide => Format::NusWide,
-            cmh::convert::Format::Iapr => Format::Iapr,
-            cmh::convert::Format::Generic => Format::Generic,
-        }
-    }
-}
+mirror!(Format, cmh::convert::Format, [Wiki, WikiMat, Uci, Mirflickr, NusWide, Iapr, Generic]);
 
 /// `cmh data convert` arguments.
 #[derive(clap::Args, Debug, Clone)]
@@ -576,25 +577,7 @@ pub enum LabelBase {
     One,
 }
 
-impl From<LabelBase> for cmh::convert::LabelBase {
-    fn from(v: LabelBase) -> Self {
-        match v {
-            LabelBase::Auto => cmh::convert::LabelBase::Auto,
-            LabelBase::Zero => cmh::convert::LabelBase::Zero,
-            LabelBase::One => cmh::convert::LabelBase::One,
-        }
-    }
-}
-
-impl From<cmh::convert::LabelBase> for LabelBase {
-    fn from(v: cmh::convert::LabelBase) -> Self {
-        match v {
-            cmh::convert::LabelBase::Auto => LabelBase::Auto,
-            cmh::convert::LabelBase::Zero => LabelBase::Zero,
-            cmh::convert::LabelBase::One => LabelBase::One,
-        }
-    }
-}
+mirror!(LabelBase, cmh::convert::LabelBase, [Auto, Zero, One]);
 
 /// `cmh search`: top-k or radius search between two code files.
 #[derive(clap::Args, Debug, Clone)]
@@ -721,25 +704,7 @@ pub enum Strategy {
     Halving,
 }
 
-impl From<Strategy> for cmh::tune::Strategy {
-    fn from(v: Strategy) -> Self {
-        match v {
-            Strategy::Auto => cmh::tune::Strategy::Auto,
-            Strategy::Random => cmh::tune::Strategy::Random,
-            Strategy::Halving => cmh::tune::Strategy::Halving,
-        }
-    }
-}
-
-impl From<cmh::tune::Strategy> for Strategy {
-    fn from(v: cmh::tune::Strategy) -> Self {
-        match v {
-            cmh::tune::Strategy::Auto => Strategy::Auto,
-            cmh::tune::Strategy::Random => Strategy::Random,
-            cmh::tune::Strategy::Halving => Strategy::Halving,
-        }
-    }
-}
+mirror!(Strategy, cmh::tune::Strategy, [Auto, Random, Halving]);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Protocol {
@@ -753,27 +718,7 @@ pub enum Protocol {
     LabelSpaces,
 }
 
-impl From<Protocol> for cmh::split::Protocol {
-    fn from(v: Protocol) -> Self {
-        match v {
-            Protocol::Standard => cmh::split::Protocol::Standard,
-            Protocol::ZeroShot => cmh::split::Protocol::ZeroShot,
-            Protocol::SemiSupervised => cmh::split::Protocol::SemiSupervised,
-            Protocol::LabelSpaces => cmh::split::Protocol::LabelSpaces,
-        }
-    }
-}
-
-impl From<cmh::split::Protocol> for Protocol {
-    fn from(v: cmh::split::Protocol) -> Self {
-        match v {
-            cmh::split::Protocol::Standard => Protocol::Standard,
-            cmh::split::Protocol::ZeroShot => Protocol::ZeroShot,
-            cmh::split::Protocol::SemiSupervised => Protocol::SemiSupervised,
-            cmh::split::Protocol::LabelSpaces => Protocol::LabelSpaces,
-        }
-    }
-}
+mirror!(Protocol, cmh::split::Protocol, [Standard, ZeroShot, SemiSupervised, LabelSpaces]);
 
 /// Where a deep method runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -783,25 +728,7 @@ pub enum DeviceChoice {
     Cuda,
 }
 
-impl From<DeviceChoice> for cmh::method::DeviceChoice {
-    fn from(v: DeviceChoice) -> Self {
-        match v {
-            DeviceChoice::Auto => cmh::method::DeviceChoice::Auto,
-            DeviceChoice::Cpu => cmh::method::DeviceChoice::Cpu,
-            DeviceChoice::Cuda => cmh::method::DeviceChoice::Cuda,
-        }
-    }
-}
-
-impl From<cmh::method::DeviceChoice> for DeviceChoice {
-    fn from(v: cmh::method::DeviceChoice) -> Self {
-        match v {
-            cmh::method::DeviceChoice::Auto => DeviceChoice::Auto,
-            cmh::method::DeviceChoice::Cpu => DeviceChoice::Cpu,
-            cmh::method::DeviceChoice::Cuda => DeviceChoice::Cuda,
-        }
-    }
-}
+mirror!(DeviceChoice, cmh::method::DeviceChoice, [Auto, Cpu, Cuda]);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backbone {
@@ -809,21 +736,7 @@ pub enum Backbone {
     Alexnet,
 }
 
-impl From<Backbone> for cmh::deep::features::Backbone {
-    fn from(v: Backbone) -> Self {
-        match v {
-            Backbone::Alexnet => cmh::deep::features::Backbone::Alexnet,
-        }
-    }
-}
-
-impl From<cmh::deep::features::Backbone> for Backbone {
-    fn from(v: cmh::deep::features::Backbone) -> Self {
-        match v {
-            cmh::deep::features::Backbone::Alexnet => Backbone::Alexnet,
-        }
-    }
-}
+mirror!(Backbone, cmh::deep::features::Backbone, [Alexnet]);
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct FeaturesArgs {
@@ -947,6 +860,14 @@ mod tests {
     fn the_command_line_is_consistent_and_value_names_map_onto_the_library() {
         use clap::{CommandFactory, ValueEnum};
         Cli::command().debug_assert();
+        for sub in ["train", "tune"] {
+            let cmd = Cli::command();
+            let help =
+                cmd.find_subcommand(sub).unwrap().get_arguments().find(|a| a.get_id() == "method").unwrap().get_help().unwrap().to_string();
+            for m in cmh::registry::names() {
+                assert!(help.contains(m), "cmh {sub} --help lists {m}: {help}");
+            }
+        }
         for p in Protocol::value_variants() {
             let name = p.to_possible_value().unwrap().get_name().to_string();
             let lib: cmh::split::Protocol = (*p).into();
