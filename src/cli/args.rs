@@ -859,9 +859,9 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent_and_value_names_map_onto_the_library() {
         use clap::{CommandFactory, ValueEnum};
-        Cli::command().debug_assert();
+        super::Cli::command().debug_assert();
         for sub in ["train", "tune"] {
-            let cmd = Cli::command();
+            let cmd = super::Cli::command();
             let help =
                 cmd.find_subcommand(sub).unwrap().get_arguments().find(|a| a.get_id() == "method").unwrap().get_help().unwrap().to_string();
             for m in cmh::registry::names() {
