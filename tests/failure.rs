@@ -286,6 +286,7 @@ fn sigterm_mid_write_leaves_only_complete_files() {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(*delay_ms));
+        // SAFETY: kill(2) with a child's pid and a signal number has no memory effects.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         child.wait().unwrap();
         assert_only_complete_files(&d.path().join(&out));
@@ -316,6 +317,7 @@ fn sigterm_while_indexing_exporting_or_encoding_leaves_only_complete_files() {
         for args in commands {
             let mut child = common::cmh().current_dir(&out).arg("--threads").arg("1").args(args).stderr(Stdio::null()).spawn().unwrap();
             std::thread::sleep(Duration::from_millis(*delay_ms));
+            // SAFETY: kill(2) with a child's pid and a signal number has no memory effects.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             child.wait().unwrap();
         }
@@ -376,6 +378,7 @@ fn sigterm_during_training_checkpoints_exits_130_and_resumes_to_the_same_codes()
     // The training has started once its log exists; stop it within its first epoch.
     assert!(wait_for(&d.path().join("stopped/checkpoints/bits16-seed0/train.log"), 120), "training never started");
     std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) with a child's pid and a signal number has no memory effects.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let o = child.wait_with_output().unwrap();
     let err = stderr(&o);

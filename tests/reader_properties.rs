@@ -23,7 +23,10 @@ struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 
+// SAFETY: every call is forwarded to the system allocator unchanged; the counters only observe.
 unsafe impl GlobalAlloc for Counting {
+    /// # Safety
+    /// The contract of [`GlobalAlloc::alloc`].
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         let p = System.alloc(l);
         if !p.is_null() {
@@ -32,10 +35,14 @@ unsafe impl GlobalAlloc for Counting {
         }
         p
     }
+    /// # Safety
+    /// The contract of [`GlobalAlloc::dealloc`].
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         LIVE.fetch_sub(l.size(), Ordering::Relaxed);
         System.dealloc(p, l)
     }
+    /// # Safety
+    /// The contract of [`GlobalAlloc::realloc`].
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         let q = System.realloc(p, l, new);
         if !q.is_null() {

@@ -256,10 +256,16 @@ pub(crate) fn scan(kernel: Kernel, geo: &Geometry, blk: &Block, qw: &[u64], cand
     debug_assert_eq!(qw.len(), cands.len() * geo.w);
     debug_assert!(kernel.is_available());
     match kernel {
+        // SAFETY: Kernel::Avx512 is only chosen when the CPU has its features (Kernel::is_available);
+        // the slices have the lengths the callee documents.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => unsafe { avx512::scan(geo, blk, qw, cands) },
+        // SAFETY: Kernel::Avx2 is only chosen when the CPU has its features (Kernel::is_available);
+        // the slices have the lengths the callee documents.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => unsafe { avx2::scan(geo, blk, qw, cands) },
+        // SAFETY: Kernel::Popcnt is only chosen when the CPU has its features (Kernel::is_available);
+        // the slices have the lengths the callee documents.
         #[cfg(target_arch = "x86_64")]
         Kernel::Popcnt => unsafe { scalar::scan_popcnt(geo, blk, qw, cands) },
         _ => scalar::scan_portable(geo, blk, qw, cands),
@@ -270,8 +276,12 @@ pub(crate) fn scan(kernel: Kernel, geo: &Geometry, blk: &Block, qw: &[u64], cand
 pub(crate) fn distances(kernel: Kernel, geo: &Geometry, qw: &[u64], native: &[u8], out: &mut [u32]) {
     debug_assert_eq!(native.len(), out.len() * geo.stride);
     match kernel {
+        // SAFETY: Kernel::Avx512 is only chosen when the CPU has its features (Kernel::is_available);
+        // the slices have the lengths the callee documents.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => unsafe { avx512::distances(geo, qw, native, out) },
+        // SAFETY: Kernel::Avx2 is only chosen when the CPU has its features (Kernel::is_available);
+        // the slices have the lengths the callee documents.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 | Kernel::Popcnt => unsafe { scalar::distances_popcnt(geo, qw, native, out) },
         _ => scalar::distances_body(geo, qw, native, out),
@@ -282,6 +292,8 @@ pub(crate) fn distances(kernel: Kernel, geo: &Geometry, qw: &[u64], native: &[u8
 /// the popcount throughput limit the search kernels are measured against (benchmarks only).
 pub(crate) fn distance_sum(kernel: Kernel, geo: &Geometry, blk: &Block, qw: &[u64]) -> u64 {
     match kernel {
+        // SAFETY: Kernel::Avx512 is only chosen when the CPU has its features (Kernel::is_available);
+        // the slices have the lengths the callee documents.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => unsafe { avx512::distance_sum(geo, blk, qw) },
         _ => {
@@ -397,6 +409,10 @@ mod scalar {
         scan_body(geo, blk, qw, cands)
     }
 
+    /// # Safety
+    /// The CPU must have POPCNT: callers dispatch through [`Kernel::is_available`].
+    /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
+    /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "popcnt")]
     pub unsafe fn scan_popcnt(geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
@@ -430,6 +446,9 @@ mod scalar {
         }
     }
 
+    /// # Safety
+    /// The CPU must have POPCNT: callers dispatch through [`Kernel::is_available`].
+    /// `native` holds `out.len()` rows of `geo.stride` bytes and `qw` the query's `geo.w` words.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "popcnt")]
     pub unsafe fn distances_popcnt(geo: &Geometry, qw: &[u64], native: &[u8], out: &mut [u32]) {
@@ -442,6 +461,11 @@ mod avx512 {
     use super::*;
     use std::arch::x86_64::*;
 
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
+    /// [`Kernel::is_available`].
+    /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
+    /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     pub unsafe fn scan(geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         let w = geo.w;
@@ -475,6 +499,11 @@ mod avx512 {
     /// Hot loop for codes read in place; `$lanes` codes per register, 8 registers per chunk.
     macro_rules! native_kernel {
         ($name:ident, $hit:ident, $set1:ident, $ty:ty, $popcnt:ident, $min:ident, $cmplt:ident, $lanes:expr) => {
+            /// # Safety
+            /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
+            /// [`Kernel::is_available`].
+            /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
+            /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
             #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
             unsafe fn $name<const Q: usize>(_geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
                 assert!(blk.native.len() >= blk.nchunks * 512 && qw.len() >= Q && cands.len() >= Q);
@@ -506,6 +535,11 @@ mod avx512 {
 
             /// Revisits a chunk with a candidate: distances of all its codes, one combined bit
             /// mask of those below the limit, then one loop over the set bits.
+            ///
+            /// # Safety
+            /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
+            /// [`Kernel::is_available`].
+            /// `p` points at one chunk of codes (64 readable `i64`).
             #[cold]
             #[inline(never)]
             #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
@@ -530,14 +564,23 @@ mod avx512 {
         };
     }
 
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
+    /// [`Kernel::is_available`].
     #[inline(always)]
     unsafe fn set1_64(x: u64) -> __m512i {
         _mm512_set1_epi64(x as i64)
     }
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
+    /// [`Kernel::is_available`].
     #[inline(always)]
     unsafe fn set1_32(x: u32) -> __m512i {
         _mm512_set1_epi32(x as i32)
     }
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
+    /// [`Kernel::is_available`].
     #[inline(always)]
     unsafe fn set1_16(x: u16) -> __m512i {
         _mm512_set1_epi16(x as i16)
@@ -548,6 +591,12 @@ mod avx512 {
     native_kernel!(n16, hit_n16, set1_16, u16, _mm512_popcnt_epi16, _mm512_min_epu16, _mm512_cmplt_epu16_mask, 32);
 
     /// Hot loop over repacked words, W words per code known at compile time.
+    ///
+    /// # Safety
+    /// Inlined into the AVX-512 kernels: the CPU must have their features (callers dispatch
+    /// through [`Kernel::is_available`]); the lengths are asserted.
+    /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
+    /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
     #[inline(always)]
     unsafe fn words_fixed<const Q: usize, const W: usize>(blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         assert!(blk.words.len() >= blk.nchunks * 64 * W && qw.len() >= Q * W && cands.len() >= Q);
@@ -586,20 +635,41 @@ mod avx512 {
         }
     }
 
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
+    /// [`Kernel::is_available`].
+    /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
+    /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     unsafe fn words_w1<const Q: usize>(_g: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         words_fixed::<Q, 1>(blk, qw, cands)
     }
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
+    /// [`Kernel::is_available`].
+    /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
+    /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     unsafe fn words_w2<const Q: usize>(_g: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         words_fixed::<Q, 2>(blk, qw, cands)
     }
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
+    /// [`Kernel::is_available`].
+    /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
+    /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     unsafe fn words_w4<const Q: usize>(_g: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         words_fixed::<Q, 4>(blk, qw, cands)
     }
 
     /// Any number of words per code.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
+    /// [`Kernel::is_available`].
+    /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
+    /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     unsafe fn words_dyn<const Q: usize>(geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         let w = geo.w;
@@ -635,6 +705,10 @@ mod avx512 {
         }
     }
 
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
+    /// [`Kernel::is_available`].
+    /// `pc` points at one chunk of repacked codes (`64 × w` readable `i64`); `q` holds `w` words.
     #[cold]
     #[inline(never)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
@@ -661,6 +735,11 @@ mod avx512 {
 
     /// Word-major repack of codes of exactly 2 or 4 words (128 or 256 bits) by in-register
     /// transposition: one permutation per output register.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
+    /// [`Kernel::is_available`].
+    /// `native` holds `ncodes` rows of `8 × w` bytes and `out` `ncodes × w` words.
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     pub unsafe fn repack_words(native: &[u8], ncodes: usize, w: usize, out: &mut [u64]) {
         assert!(native.len() >= ncodes * 8 * w && out.len() >= ncodes * w && ncodes.is_multiple_of(8));
@@ -701,6 +780,10 @@ mod avx512 {
         }
     }
 
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
+    /// [`Kernel::is_available`].
+    /// `native` holds `out.len()` rows of `geo.stride` bytes and `qw` the query's `geo.w` words.
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     pub unsafe fn distances(geo: &Geometry, qw: &[u64], native: &[u8], out: &mut [u32]) {
         let n = out.len();
@@ -738,6 +821,10 @@ mod avx512 {
         scalar::distances_body(geo, qw, &native[j * geo.stride..], &mut out[j..]);
     }
 
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
+    /// [`Kernel::is_available`].
+    /// `qw` holds `geo.w` words per query and `blk` the codes of `blk.nchunks` full chunks.
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     pub unsafe fn distance_sum(geo: &Geometry, blk: &Block, qw: &[u64]) -> u64 {
         let w = geo.w;
@@ -812,6 +899,9 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     /// Per-byte popcount by nibble lookup (W. Muła's `vpshufb` method).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn popcnt_bytes(v: __m256i) -> __m256i {
@@ -823,23 +913,34 @@ mod avx2 {
     }
 
     /// Popcount per 64-bit lane.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn popcnt64(v: __m256i) -> __m256i {
         _mm256_sad_epu8(popcnt_bytes(v), _mm256_setzero_si256())
     }
+    /// # Safety
+    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn popcnt32(v: __m256i) -> __m256i {
         let b = popcnt_bytes(v);
         _mm256_madd_epi16(_mm256_maddubs_epi16(b, _mm256_set1_epi8(1)), _mm256_set1_epi16(1))
     }
+    /// # Safety
+    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn popcnt16(v: __m256i) -> __m256i {
         _mm256_maddubs_epi16(popcnt_bytes(v), _mm256_set1_epi8(1))
     }
 
+    /// # Safety
+    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
+    /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
+    /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
     #[target_feature(enable = "avx2,popcnt")]
     pub unsafe fn scan(geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         let w = geo.w;
@@ -864,6 +965,8 @@ mod avx2 {
         }
     }
 
+    /// # Safety
+    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn set1<const L: usize>(x: u64) -> __m256i {
@@ -876,6 +979,9 @@ mod avx2 {
 
     /// Lane-wise minimum of distances (lanes of L bits; 64-bit lanes hold values below 2^32,
     /// so an unsigned 32-bit minimum keeps them intact).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn min<const L: usize>(a: __m256i, b: __m256i) -> __m256i {
@@ -886,6 +992,9 @@ mod avx2 {
     }
 
     /// Any lane of `mn` below the limit (distances and limits are small non-negative numbers).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn any_below<const L: usize>(mn: __m256i, lim: __m256i) -> bool {
@@ -897,6 +1006,8 @@ mod avx2 {
         _mm256_movemask_epi8(m) != 0
     }
 
+    /// # Safety
+    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn popcnt_lanes<const L: usize>(x: __m256i) -> __m256i {
@@ -908,6 +1019,11 @@ mod avx2 {
     }
 
     /// Codes read in place: 16 registers of 256 bits per chunk.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
+    /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
+    /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
     #[target_feature(enable = "avx2,popcnt")]
     unsafe fn native<const Q: usize, const L: usize>(geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         assert!(blk.native.len() >= blk.nchunks * 512 && qw.len() >= Q && cands.len() >= Q);
@@ -936,6 +1052,11 @@ mod avx2 {
     }
 
     /// Repacked words: a group of 8 codes is two registers per word.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
+    /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
+    /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
     #[target_feature(enable = "avx2,popcnt")]
     unsafe fn words<const Q: usize>(geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         let w = geo.w;
@@ -978,6 +1099,10 @@ mod avx2 {
     }
 
     /// Revisits one chunk code by code.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
+    /// `c` indexes a full chunk of `blk` and `q` holds `geo.w` words.
     #[cold]
     #[inline(never)]
     #[target_feature(enable = "popcnt")]

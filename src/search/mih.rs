@@ -737,6 +737,8 @@ fn has_popcnt() -> bool {
     false
 }
 
+/// # Safety
+/// The CPU must have POPCNT (callers check [`has_popcnt`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "popcnt")]
 unsafe fn search_popcnt<const W: usize>(idx: &MihIndex, qw: &[u64], goal: Goal, budget: f64) -> Outcome {
