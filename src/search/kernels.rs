@@ -255,6 +255,8 @@ pub(crate) struct Block<'a> {
 pub(crate) fn scan(kernel: Kernel, geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
     debug_assert_eq!(qw.len(), cands.len() * geo.w);
     debug_assert!(kernel.is_available());
+    // SAFETY (each arm): callers pass an available kernel (`pick_kernel` refuses others), so the
+    // CPU has the instructions the kernel's functions are compiled for.
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => unsafe { avx512::scan(geo, blk, qw, cands) },
@@ -269,6 +271,8 @@ pub(crate) fn scan(kernel: Kernel, geo: &Geometry, blk: &Block, qw: &[u64], cand
 /// Distances from one query (prepared words) to all `db` rows (`out.len()` rows of `native`).
 pub(crate) fn distances(kernel: Kernel, geo: &Geometry, qw: &[u64], native: &[u8], out: &mut [u32]) {
     debug_assert_eq!(native.len(), out.len() * geo.stride);
+    // SAFETY (each arm): callers pass an available kernel (`distances_with` falls back to the
+    // portable one), so the CPU has the instructions the kernel's functions are compiled for.
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => unsafe { avx512::distances(geo, qw, native, out) },
@@ -281,6 +285,7 @@ pub(crate) fn distances(kernel: Kernel, geo: &Geometry, qw: &[u64], native: &[u8
 /// Sum of all distances between `qw` queries and the block's full chunks, with no selection:
 /// the popcount throughput limit the search kernels are measured against (benchmarks only).
 pub(crate) fn distance_sum(kernel: Kernel, geo: &Geometry, blk: &Block, qw: &[u64]) -> u64 {
+    // SAFETY: callers pass an available kernel, so the CPU has AVX-512 in this arm.
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => unsafe { avx512::distance_sum(geo, blk, qw) },
@@ -397,6 +402,8 @@ mod scalar {
         scan_body(geo, blk, qw, cands)
     }
 
+    /// # Safety
+    /// The CPU must support POPCNT.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "popcnt")]
     pub unsafe fn scan_popcnt(geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
@@ -430,6 +437,8 @@ mod scalar {
         }
     }
 
+    /// # Safety
+    /// The CPU must support POPCNT.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "popcnt")]
     pub unsafe fn distances_popcnt(geo: &Geometry, qw: &[u64], native: &[u8], out: &mut [u32]) {
@@ -442,6 +451,8 @@ mod avx512 {
     use super::*;
     use std::arch::x86_64::*;
 
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     pub unsafe fn scan(geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         let w = geo.w;
@@ -475,6 +486,8 @@ mod avx512 {
     /// Hot loop for codes read in place; `$lanes` codes per register, 8 registers per chunk.
     macro_rules! native_kernel {
         ($name:ident, $hit:ident, $set1:ident, $ty:ty, $popcnt:ident, $min:ident, $cmplt:ident, $lanes:expr) => {
+            /// # Safety
+            /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
             #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
             unsafe fn $name<const Q: usize>(_geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
                 assert!(blk.native.len() >= blk.nchunks * 512 && qw.len() >= Q && cands.len() >= Q);
@@ -506,6 +519,10 @@ mod avx512 {
 
             /// Revisits a chunk with a candidate: distances of all its codes, one combined bit
             /// mask of those below the limit, then one loop over the set bits.
+            ///
+            /// # Safety
+            /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
+            /// `p` must point to one chunk of the block: 8 × 8 readable 64-bit words.
             #[cold]
             #[inline(never)]
             #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
@@ -530,14 +547,20 @@ mod avx512 {
         };
     }
 
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[inline(always)]
     unsafe fn set1_64(x: u64) -> __m512i {
         _mm512_set1_epi64(x as i64)
     }
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[inline(always)]
     unsafe fn set1_32(x: u32) -> __m512i {
         _mm512_set1_epi32(x as i32)
     }
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[inline(always)]
     unsafe fn set1_16(x: u16) -> __m512i {
         _mm512_set1_epi16(x as i16)
@@ -548,6 +571,9 @@ mod avx512 {
     native_kernel!(n16, hit_n16, set1_16, u16, _mm512_popcnt_epi16, _mm512_min_epu16, _mm512_cmplt_epu16_mask, 32);
 
     /// Hot loop over repacked words, W words per code known at compile time.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[inline(always)]
     unsafe fn words_fixed<const Q: usize, const W: usize>(blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         assert!(blk.words.len() >= blk.nchunks * 64 * W && qw.len() >= Q * W && cands.len() >= Q);
@@ -586,20 +612,29 @@ mod avx512 {
         }
     }
 
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     unsafe fn words_w1<const Q: usize>(_g: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         words_fixed::<Q, 1>(blk, qw, cands)
     }
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     unsafe fn words_w2<const Q: usize>(_g: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         words_fixed::<Q, 2>(blk, qw, cands)
     }
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     unsafe fn words_w4<const Q: usize>(_g: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         words_fixed::<Q, 4>(blk, qw, cands)
     }
 
     /// Any number of words per code.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     unsafe fn words_dyn<const Q: usize>(geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         let w = geo.w;
@@ -635,6 +670,9 @@ mod avx512 {
         }
     }
 
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
+    /// `pc` must point to one chunk of the block: 64 codes of `w` readable 64-bit words each, and `q` hold `w` words.
     #[cold]
     #[inline(never)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
@@ -661,6 +699,9 @@ mod avx512 {
 
     /// Word-major repack of codes of exactly 2 or 4 words (128 or 256 bits) by in-register
     /// transposition: one permutation per output register.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     pub unsafe fn repack_words(native: &[u8], ncodes: usize, w: usize, out: &mut [u64]) {
         assert!(native.len() >= ncodes * 8 * w && out.len() >= ncodes * w && ncodes.is_multiple_of(8));
@@ -701,6 +742,8 @@ mod avx512 {
         }
     }
 
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     pub unsafe fn distances(geo: &Geometry, qw: &[u64], native: &[u8], out: &mut [u32]) {
         let n = out.len();
@@ -738,6 +781,8 @@ mod avx512 {
         scalar::distances_body(geo, qw, &native[j * geo.stride..], &mut out[j..]);
     }
 
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     pub unsafe fn distance_sum(geo: &Geometry, blk: &Block, qw: &[u64]) -> u64 {
         let w = geo.w;
@@ -812,6 +857,9 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     /// Per-byte popcount by nibble lookup (W. Muła's `vpshufb` method).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn popcnt_bytes(v: __m256i) -> __m256i {
@@ -823,23 +871,32 @@ mod avx2 {
     }
 
     /// Popcount per 64-bit lane.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn popcnt64(v: __m256i) -> __m256i {
         _mm256_sad_epu8(popcnt_bytes(v), _mm256_setzero_si256())
     }
+    /// # Safety
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn popcnt32(v: __m256i) -> __m256i {
         let b = popcnt_bytes(v);
         _mm256_madd_epi16(_mm256_maddubs_epi16(b, _mm256_set1_epi8(1)), _mm256_set1_epi16(1))
     }
+    /// # Safety
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn popcnt16(v: __m256i) -> __m256i {
         _mm256_maddubs_epi16(popcnt_bytes(v), _mm256_set1_epi8(1))
     }
 
+    /// # Safety
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[target_feature(enable = "avx2,popcnt")]
     pub unsafe fn scan(geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         let w = geo.w;
@@ -864,6 +921,8 @@ mod avx2 {
         }
     }
 
+    /// # Safety
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn set1<const L: usize>(x: u64) -> __m256i {
@@ -876,6 +935,9 @@ mod avx2 {
 
     /// Lane-wise minimum of distances (lanes of L bits; 64-bit lanes hold values below 2^32,
     /// so an unsigned 32-bit minimum keeps them intact).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn min<const L: usize>(a: __m256i, b: __m256i) -> __m256i {
@@ -886,6 +948,9 @@ mod avx2 {
     }
 
     /// Any lane of `mn` below the limit (distances and limits are small non-negative numbers).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn any_below<const L: usize>(mn: __m256i, lim: __m256i) -> bool {
@@ -897,6 +962,8 @@ mod avx2 {
         _mm256_movemask_epi8(m) != 0
     }
 
+    /// # Safety
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn popcnt_lanes<const L: usize>(x: __m256i) -> __m256i {
@@ -908,6 +975,9 @@ mod avx2 {
     }
 
     /// Codes read in place: 16 registers of 256 bits per chunk.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[target_feature(enable = "avx2,popcnt")]
     unsafe fn native<const Q: usize, const L: usize>(geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         assert!(blk.native.len() >= blk.nchunks * 512 && qw.len() >= Q && cands.len() >= Q);
@@ -936,6 +1006,9 @@ mod avx2 {
     }
 
     /// Repacked words: a group of 8 codes is two registers per word.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[target_feature(enable = "avx2,popcnt")]
     unsafe fn words<const Q: usize>(geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         let w = geo.w;
@@ -978,6 +1051,9 @@ mod avx2 {
     }
 
     /// Revisits one chunk code by code.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[cold]
     #[inline(never)]
     #[target_feature(enable = "popcnt")]
