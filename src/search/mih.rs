@@ -162,7 +162,7 @@ struct Layout {
     codes: usize,
     /// Per table: (offsets, ids, words) byte positions.
     tables: Vec<(usize, usize, usize)>,
-    len: usize,
+    file_len: usize,
 }
 
 impl Layout {
@@ -180,7 +180,7 @@ impl Layout {
             pos = align(words + 8 * w * n);
             tables.push((offsets, ids, words));
         }
-        Self { bits, n, w, subs, header, codes, tables, len: pos }
+        Self { bits, n, w, subs, header, codes, tables, file_len: pos }
     }
 }
 
@@ -251,7 +251,7 @@ fn write_index<W: Write>(codes: CodesRef, m: usize, progress: bool, out: &mut W)
     head.extend_from_slice(MAGIC);
     head.extend_from_slice(&VERSION.to_le_bytes());
     head.extend_from_slice(&(lay.header as u32).to_le_bytes());
-    for v in [codes.bits, n, m, w, lay.len, 0] {
+    for v in [codes.bits, n, m, w, lay.file_len, 0] {
         head.extend_from_slice(&(v as u64).to_le_bytes());
     }
     for &(s, l) in &lay.subs {
@@ -337,11 +337,11 @@ fn write_index<W: Write>(codes: CodesRef, m: usize, progress: bool, out: &mut W)
         out.put(&buf)?;
         buf.clear();
     }
-    let end = lay.len;
+    let end = lay.file_len;
     out.pad_to(end)?;
     pb.finish_and_clear();
-    debug_assert_eq!(out.pos, lay.len);
-    Ok(IndexSummary { n, bits: codes.bits, substrings: m, substring_bits: lay.subs.iter().map(|s| s.1).collect(), bytes: lay.len })
+    debug_assert_eq!(out.pos, lay.file_len);
+    Ok(IndexSummary { n, bits: codes.bits, substrings: m, substring_bits: lay.subs.iter().map(|s| s.1).collect(), bytes: lay.file_len })
 }
 
 /// Builds the index of `codes` and writes it to `path` (a temporary file renamed when complete).
@@ -410,6 +410,9 @@ impl Default for MihOptions {
     }
 }
 
+/// Per query, `(database index, distance)` pairs in (distance, index) order.
+pub type RadiusLists = Vec<Vec<(u32, u32)>>;
+
 /// How a batch of queries was answered.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MihStats {
@@ -428,7 +431,7 @@ pub struct MihStats {
 /// word of the linear scan, which streams the database once per block of queries. Fitted with
 /// `scripts/bench_mih.py` (CPU time of m = 3, 4, 5 on 10^7 64-bit ITQ codes: about 1.1 ns a
 /// verification, 40-120 ns a lookup) against the scan's 0.09 ns per code and query.
-const PROBE_COST: f64 = 60.0;
+const PROBE_COST: f64 = 40.0;
 const SCAN_COST_PER_WORD: f64 = 0.08;
 /// Queries answered before deciding whether the index pays off for this batch at all.
 const TRIAL_QUERIES: usize = 32;
@@ -492,10 +495,10 @@ impl MihIndex {
                 bail!("substring {j} is not the standard split of {bits} bits into {m}");
             }
         }
-        if len != lay.len || b.len() != lay.len {
+        if len != lay.file_len || b.len() != lay.file_len {
             bail!(
                 "expected {} bytes for {n} codes of {bits} bits in {m} tables, the header says {len} and the file holds {}",
-                lay.len,
+                lay.file_len,
                 b.len()
             );
         }
@@ -534,7 +537,7 @@ impl MihIndex {
     }
     /// Size of the index in bytes.
     pub fn bytes(&self) -> usize {
-        self.lay.len
+        self.lay.file_len
     }
 
     /// The database codes in their original order (packbits rows).
@@ -619,12 +622,12 @@ impl MihIndex {
         self.radius_with(queries, r, &MihOptions::default()).map(|r| r.0)
     }
 
-    pub fn radius_with(&self, queries: CodesRef, r: usize, opts: &MihOptions) -> Result<(Vec<Vec<(u32, u32)>>, MihStats)> {
+    pub fn radius_with(&self, queries: CodesRef, r: usize, opts: &MihOptions) -> Result<(RadiusLists, MihStats)> {
         self.check_queries(queries)?;
         self.run(queries, Goal::Radius(r.min(self.lay.bits)), opts)
     }
 
-    fn run(&self, queries: CodesRef, goal: Goal, opts: &MihOptions) -> Result<(Vec<Vec<(u32, u32)>>, MihStats)> {
+    fn run(&self, queries: CodesRef, goal: Goal, opts: &MihOptions) -> Result<(RadiusLists, MihStats)> {
         let nq = queries.n;
         let mut stats = MihStats::default();
         if nq == 0 {
@@ -739,6 +742,9 @@ struct Outcome {
 
 /// Table lookups issued together (see `search_body`).
 const PROBE_BATCH: usize = 32;
+/// Cache lines of each bucket requested ahead of its verification (the hardware prefetcher
+/// follows the rest).
+const PREFETCH_LINES: usize = 4;
 
 /// Hints the CPU to load the cache line at `p` (no effect where unsupported; `p` may be anywhere).
 #[inline(always)]
@@ -939,7 +945,6 @@ fn search_body<const W: usize, const AVX512: bool>(idx: &MihIndex, qw: &[u64], g
                 let top = 1u64 << len;
                 let mut mask: u64 = (1u64 << r) - 1;
                 let mut next = [0usize; PROBE_BATCH];
-                let mut ranges = [(0usize, 0usize); PROBE_BATCH];
                 let fill = |next: &mut [usize; PROBE_BATCH], mask: &mut u64| -> usize {
                     let mut cnt = 0;
                     while cnt < PROBE_BATCH && *mask < top {
@@ -956,18 +961,31 @@ fn search_body<const W: usize, const AVX512: bool>(idx: &MihIndex, qw: &[u64], g
                     }
                     cnt
                 };
-                let mut cnt_next = fill(&mut next, &mut mask);
-                while cnt_next > 0 {
-                    let cnt = cnt_next;
-                    for (range, &v) in ranges.iter_mut().zip(&next[..cnt]) {
+                // Bucket ranges of a batch of looked-up values, their first cache lines requested.
+                let load = |keys: &[usize], ranges: &mut [(usize, usize); PROBE_BATCH]| {
+                    for (range, &v) in ranges.iter_mut().zip(keys) {
                         *range = (offsets[v] as usize, offsets[v + 1] as usize);
-                        if range.1 > range.0 {
-                            prefetch(words.as_ptr().wrapping_add(range.0 * w));
+                        let (lo, hi) = (range.0 * w, range.1 * w);
+                        for at in (lo..hi.min(lo + 8 * PREFETCH_LINES)).step_by(8) {
+                            prefetch(words.as_ptr().wrapping_add(at));
                         }
                     }
-                    cnt_next = fill(&mut next, &mut mask);
-                    probes += cnt as u64;
-                    for &(lo, hi) in &ranges[..cnt] {
+                };
+                // Three batches in flight: the offsets of batch i + 2 and the buckets of batch
+                // i + 1 are requested before batch i is verified.
+                let mut cnt_cur = fill(&mut next, &mut mask);
+                let mut cur = [(0usize, 0usize); PROBE_BATCH];
+                load(&next[..cnt_cur], &mut cur);
+                let mut cnt_keys = fill(&mut next, &mut mask);
+                while cnt_cur > 0 {
+                    let mut nxt = [(0usize, 0usize); PROBE_BATCH];
+                    let cnt_nxt = cnt_keys;
+                    if cnt_nxt > 0 {
+                        load(&next[..cnt_nxt], &mut nxt);
+                        cnt_keys = fill(&mut next, &mut mask);
+                    }
+                    probes += cnt_cur as u64;
+                    for &(lo, hi) in &cur[..cnt_cur] {
                         candidates += (hi - lo) as u64;
                         let xs = &words[lo * w..hi * w];
                         #[cfg(target_arch = "x86_64")]
@@ -981,6 +999,8 @@ fn search_body<const W: usize, const AVX512: bool>(idx: &MihIndex, qw: &[u64], g
                     if over(probes, candidates) {
                         return Outcome { result: None, probes, candidates };
                     }
+                    cur = nxt;
+                    cnt_cur = cnt_nxt;
                 }
             }
             // Every code within m·r + j of the query has now been reached.
