@@ -235,6 +235,9 @@ def main():
     for r in sorted(res["rows"], key=lambda r: (args.data.index(r["data"]), r["bits"], r["k"])):
         base = scan[(r["data"], r["bits"], r["k"])]
         print(f"{r['data']:<8} {r['bits']:>4} {r['k']:>4} | {r['method']:<44} {r['qps']:>9.0f} {r['recall']:>6.3f} {r['qps'] / base:>7.2f}x")
+    print(f"\n{'data':<8} {'bits':>4} | {'index m':>7} {'build s':>8} {'size MB':>8} {'x codes':>8}")
+    for b in res["builds"]:
+        print(f"{b['data']:<8} {b['bits']:>4} | {b['substrings']:>7} {b['seconds']:>8.1f} {b['bytes'] / 1e6:>8.0f} {b['bytes'] / b['db_bytes']:>8.1f}")
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
 

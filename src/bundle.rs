@@ -535,7 +535,7 @@ impl BundleWriter {
         let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create folder", parent.display()))?;
         let tmp = tempfile::Builder::new()
-            .prefix(".bundle-")
+            .prefix(&crate::outdir::partial_prefix(dir, "bundle")?)
             .tempdir_in(parent)
             .with_context(|| format!("{}: cannot write in {}", dir.display(), parent.display()))?;
         let t = tmp.path();

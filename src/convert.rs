@@ -626,7 +626,7 @@ pub fn convert(args: &ConvertArgs) -> Result<Converted> {
     // Scratch folder for the .npy dumps: beside the output (same disk) when its parent exists.
     let parent = args.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let work = if parent.is_dir() {
-        tempfile::Builder::new().prefix(".cmh-convert-").tempdir_in(parent)
+        tempfile::Builder::new().prefix(&crate::outdir::partial_prefix(&args.out, "convert")?).tempdir_in(parent)
     } else {
         tempfile::Builder::new().prefix("cmh-convert-").tempdir()
     }

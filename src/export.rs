@@ -55,7 +55,7 @@ fn fourcc(s: &[u8; 4]) -> [u8; 4] {
 }
 
 fn check_faiss_bits(bits: usize) -> Result<()> {
-    if bits == 0 || bits % 8 != 0 {
+    if bits == 0 || !bits.is_multiple_of(8) {
         bail!("faiss binary indexes need a code length that is a multiple of 8 bits, found {bits}");
     }
     Ok(())
@@ -233,7 +233,7 @@ fn label_list(labels: ArrayView2<u8>, i: usize) -> String {
 /// one row per line. The collection's `code` field is a `BINARY_VECTOR` of `dim = bits`.
 pub fn write_milvus_json(codes: CodesRef, labels: Option<ArrayView2<u8>>, path: &Path) -> Result<()> {
     check_labels(codes, labels)?;
-    if codes.bits % 8 != 0 {
+    if !codes.bits.is_multiple_of(8) {
         bail!("Milvus binary vectors need a code length that is a multiple of 8 bits, found {}", codes.bits);
     }
     write_atomic(path, |w| {
@@ -264,7 +264,7 @@ pub enum BulkFlavour {
 /// "labels": [...]}` per item.
 pub fn write_bulk_ndjson(codes: CodesRef, labels: Option<ArrayView2<u8>>, index: &str, flavour: BulkFlavour, path: &Path) -> Result<()> {
     check_labels(codes, labels)?;
-    if codes.bits % 8 != 0 {
+    if !codes.bits.is_multiple_of(8) {
         bail!("bit vectors need a code length that is a multiple of 8 bits, found {}", codes.bits);
     }
     let name = serde_json::to_string(index)?;

@@ -6,6 +6,8 @@
 //!   with `force`, replaced; a non-empty folder without the marker is refused, `force` or not.
 //! - [`clean_partials`]: removes what an interrupted write of the same folder left behind
 //!   (`.partial-*` folders, `.*.tmp` files), only inside a marked folder.
+//! - [`partial_prefix`]: names the temporary folder a command builds a new folder in (beside it,
+//!   renamed into place when complete) and removes those of earlier killed runs for the same output.
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -148,6 +150,37 @@ pub fn clean_partials(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The name prefix of the temporary folder in which a command builds the folder `out` before
+/// renaming it into place (`.partial-WHAT-NAME-PID-`), after removing what earlier runs of the
+/// same command for the same `out` left behind when they were killed: `.partial-WHAT-NAME-PID-*`
+/// folders in `out`'s parent whose process is gone. Folders of running processes, of other
+/// outputs and of anything else are left alone.
+pub fn partial_prefix(out: &Path, what: &str) -> Result<String> {
+    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let stem = format!(".partial-{what}-{name}-");
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Ok(entries) = std::fs::read_dir(parent) {
+        for e in entries.flatten() {
+            let entry = e.file_name().to_string_lossy().to_string();
+            let Some(pid) = entry.strip_prefix(&stem).and_then(|rest| rest.split('-').next()).and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid > 0 && !process_alive(pid) && e.path().is_dir() {
+                std::fs::remove_dir_all(e.path())
+                    .with_context(|| format!("{}: cannot remove the leftover of an interrupted run", e.path().display()))?;
+            }
+        }
+    }
+    Ok(format!("{stem}{}-", std::process::id()))
+}
+
+/// Whether a process `pid` exists (signal 0 reaches it, or exists but belongs to another user).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +231,28 @@ mod tests {
             assert_eq!(dir.join(".report.json.abc.tmp").exists(), !marked);
             assert!(dir.join("keep.npy").is_file());
         }
+    }
+
+    #[test]
+    fn partial_folders_of_killed_runs_for_the_same_output_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("valid");
+        // A finished child's pid is free again (a process that no longer exists).
+        let dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        let mut dead = dead;
+        dead.wait().unwrap();
+        let me = std::process::id();
+        let stale = d.path().join(format!(".partial-validation-valid-{dead_pid}-abc"));
+        let live = d.path().join(format!(".partial-validation-valid-{me}-def"));
+        let other = d.path().join(format!(".partial-validation-other-{dead_pid}-ghi"));
+        let kind = d.path().join(format!(".partial-embed-text-valid-{dead_pid}-jkl"));
+        for p in [&stale, &live, &other, &kind] {
+            std::fs::create_dir(p).unwrap();
+        }
+        let prefix = partial_prefix(&out, "validation").unwrap();
+        assert_eq!(prefix, format!(".partial-validation-valid-{me}-"));
+        assert!(!stale.exists(), "the leftover of a killed run for the same output is removed");
+        assert!(live.exists() && other.exists() && kind.exists(), "a running process's, another output's, another command's stay");
     }
 }

@@ -395,7 +395,7 @@ pub fn write_validation_bundle(bundle: &Bundle, v: &ValidationConfig, out: &Path
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
     let tmp = tempfile::Builder::new()
-        .prefix(".partial-validation-")
+        .prefix(&crate::outdir::partial_prefix(out, "validation")?)
         .tempdir_in(parent)
         .with_context(|| format!("{}: cannot write here", parent.display()))?;
     let src = bundle.dir.canonicalize().with_context(|| format!("{}: cannot resolve", bundle.dir.display()))?;

@@ -152,7 +152,7 @@ pub fn run(a: &EmbedText) -> Result<String> {
     let parent = a.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("--out {}: cannot create {}", a.out.display(), parent.display()))?;
     let tmp = tempfile::Builder::new()
-        .prefix(".partial-embed-text-")
+        .prefix(&crate::outdir::partial_prefix(&a.out, "embed-text")?)
         .tempdir_in(parent)
         .with_context(|| format!("--out {}: cannot write in {}", a.out.display(), parent.display()))?;
     for entry in std::fs::read_dir(&a.bundle)? {

@@ -245,7 +245,13 @@ fn model_description_readers_survive_mutated_files() {
     let sdch = cmh::deep::sdch::SdchParams { epochs: 1, hidden: vec![8], feature_dim: 8, batch_size: 8, ..Default::default() }
         .fit(&data, &FitContext { device: cmh::method::DeviceChoice::Cpu, ..FitContext::new(8, 1) })
         .unwrap();
-    for (name, model) in [("sch", &sch as &dyn cmh::method::HashModel), ("sdch", &sdch as &dyn cmh::method::HashModel)] {
+    // The zero-shot methods' own model.json readers (their attribute spaces and heads).
+    let cpu = FitContext { device: cmh::method::DeviceChoice::Cpu, ..FitContext::new(8, 1) };
+    let agnet = cmh::deep::agnet::AgnetParams { epochs: 1, hidden: vec![8], batch_size: 8, ..Default::default() }.fit(&data, &cpu).unwrap();
+    let czhash =
+        cmh::deep::czhash::CzhashParams { epochs: 1, hidden: vec![8], batch_size: 8, ..Default::default() }.fit(&data, &cpu).unwrap();
+    let models: [(&str, &dyn cmh::method::HashModel); 4] = [("sch", &sch), ("sdch", &sdch), ("agnet", &agnet), ("czhash", &czhash)];
+    for (name, model) in models {
         let dir = d.path().join(name);
         model.save(&dir).unwrap();
         let mj = dir.join("model.json");

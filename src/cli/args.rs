@@ -144,7 +144,8 @@ pub struct IndexBuildArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Number of substrings m (one hash table each). Default: bits / log2(n), the rule of
-    /// Norouzi et al., with substrings of at most 28 bits.
+    /// Norouzi et al., for up to 2^23 codes (substrings of at most 16 bits); beyond, substrings
+    /// of log2(n / 128) bits (at most 28).
     #[arg(long)]
     pub substrings: Option<usize>,
     /// Code length in bits, for packed uint8 files whose length is not 8 × columns.

@@ -255,17 +255,13 @@ pub(crate) struct Block<'a> {
 pub(crate) fn scan(kernel: Kernel, geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
     debug_assert_eq!(qw.len(), cands.len() * geo.w);
     debug_assert!(kernel.is_available());
+    // SAFETY (each arm): callers pass an available kernel (`pick_kernel` refuses others), so the
+    // CPU has the instructions the kernel's functions are compiled for.
     match kernel {
-        // SAFETY: Kernel::Avx512 is only chosen when the CPU has its features (Kernel::is_available);
-        // the slices have the lengths the callee documents.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => unsafe { avx512::scan(geo, blk, qw, cands) },
-        // SAFETY: Kernel::Avx2 is only chosen when the CPU has its features (Kernel::is_available);
-        // the slices have the lengths the callee documents.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => unsafe { avx2::scan(geo, blk, qw, cands) },
-        // SAFETY: Kernel::Popcnt is only chosen when the CPU has its features (Kernel::is_available);
-        // the slices have the lengths the callee documents.
         #[cfg(target_arch = "x86_64")]
         Kernel::Popcnt => unsafe { scalar::scan_popcnt(geo, blk, qw, cands) },
         _ => scalar::scan_portable(geo, blk, qw, cands),
@@ -275,13 +271,11 @@ pub(crate) fn scan(kernel: Kernel, geo: &Geometry, blk: &Block, qw: &[u64], cand
 /// Distances from one query (prepared words) to all `db` rows (`out.len()` rows of `native`).
 pub(crate) fn distances(kernel: Kernel, geo: &Geometry, qw: &[u64], native: &[u8], out: &mut [u32]) {
     debug_assert_eq!(native.len(), out.len() * geo.stride);
+    // SAFETY (each arm): callers pass an available kernel (`distances_with` falls back to the
+    // portable one), so the CPU has the instructions the kernel's functions are compiled for.
     match kernel {
-        // SAFETY: Kernel::Avx512 is only chosen when the CPU has its features (Kernel::is_available);
-        // the slices have the lengths the callee documents.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => unsafe { avx512::distances(geo, qw, native, out) },
-        // SAFETY: Kernel::Avx2 is only chosen when the CPU has its features (Kernel::is_available);
-        // the slices have the lengths the callee documents.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 | Kernel::Popcnt => unsafe { scalar::distances_popcnt(geo, qw, native, out) },
         _ => scalar::distances_body(geo, qw, native, out),
@@ -291,9 +285,8 @@ pub(crate) fn distances(kernel: Kernel, geo: &Geometry, qw: &[u64], native: &[u8
 /// Sum of all distances between `qw` queries and the block's full chunks, with no selection:
 /// the popcount throughput limit the search kernels are measured against (benchmarks only).
 pub(crate) fn distance_sum(kernel: Kernel, geo: &Geometry, blk: &Block, qw: &[u64]) -> u64 {
+    // SAFETY: callers pass an available kernel, so the CPU has AVX-512 in this arm.
     match kernel {
-        // SAFETY: Kernel::Avx512 is only chosen when the CPU has its features (Kernel::is_available);
-        // the slices have the lengths the callee documents.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => unsafe { avx512::distance_sum(geo, blk, qw) },
         _ => {
@@ -410,9 +403,7 @@ mod scalar {
     }
 
     /// # Safety
-    /// The CPU must have POPCNT: callers dispatch through [`Kernel::is_available`].
-    /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
-    /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
+    /// The CPU must support POPCNT.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "popcnt")]
     pub unsafe fn scan_popcnt(geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
@@ -447,8 +438,7 @@ mod scalar {
     }
 
     /// # Safety
-    /// The CPU must have POPCNT: callers dispatch through [`Kernel::is_available`].
-    /// `native` holds `out.len()` rows of `geo.stride` bytes and `qw` the query's `geo.w` words.
+    /// The CPU must support POPCNT.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "popcnt")]
     pub unsafe fn distances_popcnt(geo: &Geometry, qw: &[u64], native: &[u8], out: &mut [u32]) {
@@ -462,10 +452,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     /// # Safety
-    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
-    /// [`Kernel::is_available`].
-    /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
-    /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     pub unsafe fn scan(geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         let w = geo.w;
@@ -500,10 +487,7 @@ mod avx512 {
     macro_rules! native_kernel {
         ($name:ident, $hit:ident, $set1:ident, $ty:ty, $popcnt:ident, $min:ident, $cmplt:ident, $lanes:expr) => {
             /// # Safety
-            /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
-            /// [`Kernel::is_available`].
-            /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
-            /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
+            /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
             #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
             unsafe fn $name<const Q: usize>(_geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
                 assert!(blk.native.len() >= blk.nchunks * 512 && qw.len() >= Q && cands.len() >= Q);
@@ -537,9 +521,8 @@ mod avx512 {
             /// mask of those below the limit, then one loop over the set bits.
             ///
             /// # Safety
-            /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
-            /// [`Kernel::is_available`].
-            /// `p` points at one chunk of codes (64 readable `i64`).
+            /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
+            /// `p` must point to one chunk of the block: 8 × 8 readable 64-bit words.
             #[cold]
             #[inline(never)]
             #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
@@ -565,22 +548,19 @@ mod avx512 {
     }
 
     /// # Safety
-    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
-    /// [`Kernel::is_available`].
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[inline(always)]
     unsafe fn set1_64(x: u64) -> __m512i {
         _mm512_set1_epi64(x as i64)
     }
     /// # Safety
-    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
-    /// [`Kernel::is_available`].
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[inline(always)]
     unsafe fn set1_32(x: u32) -> __m512i {
         _mm512_set1_epi32(x as i32)
     }
     /// # Safety
-    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
-    /// [`Kernel::is_available`].
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[inline(always)]
     unsafe fn set1_16(x: u16) -> __m512i {
         _mm512_set1_epi16(x as i16)
@@ -593,10 +573,7 @@ mod avx512 {
     /// Hot loop over repacked words, W words per code known at compile time.
     ///
     /// # Safety
-    /// Inlined into the AVX-512 kernels: the CPU must have their features (callers dispatch
-    /// through [`Kernel::is_available`]); the lengths are asserted.
-    /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
-    /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[inline(always)]
     unsafe fn words_fixed<const Q: usize, const W: usize>(blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         assert!(blk.words.len() >= blk.nchunks * 64 * W && qw.len() >= Q * W && cands.len() >= Q);
@@ -636,28 +613,19 @@ mod avx512 {
     }
 
     /// # Safety
-    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
-    /// [`Kernel::is_available`].
-    /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
-    /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     unsafe fn words_w1<const Q: usize>(_g: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         words_fixed::<Q, 1>(blk, qw, cands)
     }
     /// # Safety
-    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
-    /// [`Kernel::is_available`].
-    /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
-    /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     unsafe fn words_w2<const Q: usize>(_g: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         words_fixed::<Q, 2>(blk, qw, cands)
     }
     /// # Safety
-    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
-    /// [`Kernel::is_available`].
-    /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
-    /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     unsafe fn words_w4<const Q: usize>(_g: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         words_fixed::<Q, 4>(blk, qw, cands)
@@ -666,10 +634,7 @@ mod avx512 {
     /// Any number of words per code.
     ///
     /// # Safety
-    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
-    /// [`Kernel::is_available`].
-    /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
-    /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     unsafe fn words_dyn<const Q: usize>(geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         let w = geo.w;
@@ -706,9 +671,8 @@ mod avx512 {
     }
 
     /// # Safety
-    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
-    /// [`Kernel::is_available`].
-    /// `pc` points at one chunk of repacked codes (`64 × w` readable `i64`); `q` holds `w` words.
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
+    /// `pc` must point to one chunk of the block: 64 codes of `w` readable 64-bit words each, and `q` hold `w` words.
     #[cold]
     #[inline(never)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
@@ -737,9 +701,7 @@ mod avx512 {
     /// transposition: one permutation per output register.
     ///
     /// # Safety
-    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
-    /// [`Kernel::is_available`].
-    /// `native` holds `ncodes` rows of `8 × w` bytes and `out` `ncodes × w` words.
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     pub unsafe fn repack_words(native: &[u8], ncodes: usize, w: usize, out: &mut [u64]) {
         assert!(native.len() >= ncodes * 8 * w && out.len() >= ncodes * w && ncodes.is_multiple_of(8));
@@ -781,9 +743,7 @@ mod avx512 {
     }
 
     /// # Safety
-    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
-    /// [`Kernel::is_available`].
-    /// `native` holds `out.len()` rows of `geo.stride` bytes and `qw` the query's `geo.w` words.
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     pub unsafe fn distances(geo: &Geometry, qw: &[u64], native: &[u8], out: &mut [u32]) {
         let n = out.len();
@@ -822,9 +782,7 @@ mod avx512 {
     }
 
     /// # Safety
-    /// The CPU must have AVX-512 F, BW, VPOPCNTDQ, BITALG and POPCNT: callers dispatch through
-    /// [`Kernel::is_available`].
-    /// `qw` holds `geo.w` words per query and `blk` the codes of `blk.nchunks` full chunks.
+    /// The CPU must support AVX-512 F, BW, VPOPCNTDQ and BITALG, and POPCNT ([`Kernel::Avx512`] is available).
     #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq,avx512bitalg,popcnt")]
     pub unsafe fn distance_sum(geo: &Geometry, blk: &Block, qw: &[u64]) -> u64 {
         let w = geo.w;
@@ -901,7 +859,7 @@ mod avx2 {
     /// Per-byte popcount by nibble lookup (W. Muła's `vpshufb` method).
     ///
     /// # Safety
-    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn popcnt_bytes(v: __m256i) -> __m256i {
@@ -915,14 +873,14 @@ mod avx2 {
     /// Popcount per 64-bit lane.
     ///
     /// # Safety
-    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn popcnt64(v: __m256i) -> __m256i {
         _mm256_sad_epu8(popcnt_bytes(v), _mm256_setzero_si256())
     }
     /// # Safety
-    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn popcnt32(v: __m256i) -> __m256i {
@@ -930,7 +888,7 @@ mod avx2 {
         _mm256_madd_epi16(_mm256_maddubs_epi16(b, _mm256_set1_epi8(1)), _mm256_set1_epi16(1))
     }
     /// # Safety
-    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn popcnt16(v: __m256i) -> __m256i {
@@ -938,9 +896,7 @@ mod avx2 {
     }
 
     /// # Safety
-    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
-    /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
-    /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[target_feature(enable = "avx2,popcnt")]
     pub unsafe fn scan(geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         let w = geo.w;
@@ -966,7 +922,7 @@ mod avx2 {
     }
 
     /// # Safety
-    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn set1<const L: usize>(x: u64) -> __m256i {
@@ -981,7 +937,7 @@ mod avx2 {
     /// so an unsigned 32-bit minimum keeps them intact).
     ///
     /// # Safety
-    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn min<const L: usize>(a: __m256i, b: __m256i) -> __m256i {
@@ -994,7 +950,7 @@ mod avx2 {
     /// Any lane of `mn` below the limit (distances and limits are small non-negative numbers).
     ///
     /// # Safety
-    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn any_below<const L: usize>(mn: __m256i, lim: __m256i) -> bool {
@@ -1007,7 +963,7 @@ mod avx2 {
     }
 
     /// # Safety
-    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn popcnt_lanes<const L: usize>(x: __m256i) -> __m256i {
@@ -1021,9 +977,7 @@ mod avx2 {
     /// Codes read in place: 16 registers of 256 bits per chunk.
     ///
     /// # Safety
-    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
-    /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
-    /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[target_feature(enable = "avx2,popcnt")]
     unsafe fn native<const Q: usize, const L: usize>(geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         assert!(blk.native.len() >= blk.nchunks * 512 && qw.len() >= Q && cands.len() >= Q);
@@ -1054,9 +1008,7 @@ mod avx2 {
     /// Repacked words: a group of 8 codes is two registers per word.
     ///
     /// # Safety
-    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
-    /// `qw` holds `geo.w` words for each entry of `cands`, and `blk` the codes of `blk.nchunks` full
-    /// chunks in `geo`'s layout (lengths are asserted or follow from [`Geometry`]).
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[target_feature(enable = "avx2,popcnt")]
     unsafe fn words<const Q: usize>(geo: &Geometry, blk: &Block, qw: &[u64], cands: &mut [Cand]) {
         let w = geo.w;
@@ -1101,8 +1053,7 @@ mod avx2 {
     /// Revisits one chunk code by code.
     ///
     /// # Safety
-    /// The CPU must have AVX2 (and POPCNT where enabled): callers dispatch through [`Kernel::is_available`].
-    /// `c` indexes a full chunk of `blk` and `q` holds `geo.w` words.
+    /// The CPU must support AVX2 and POPCNT ([`Kernel::Avx2`] is available).
     #[cold]
     #[inline(never)]
     #[target_feature(enable = "popcnt")]

@@ -19,6 +19,12 @@ fn opts(budget: f64) -> MihOptions {
     MihOptions { budget, ..Default::default() }
 }
 
+/// Every verification path the machine has (the kernel option also picks the index's): portable,
+/// POPCNT and AVX-512 where available.
+fn kernel_opts(budget: f64) -> Vec<MihOptions> {
+    Kernel::available().into_iter().map(|k| MihOptions { budget, scan: SearchOptions { kernel: Some(k), ..Default::default() } }).collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
@@ -35,9 +41,9 @@ proptest! {
         let idx = MihIndex::build(db, Some(m)).unwrap();
         prop_assert_eq!(idx.codes().data.len(), dbd.len());
         let want = topk(qs, db, k).unwrap();
-        for b in budgets() {
-            let (got, stats) = idx.topk_with(qs, k, &opts(b)).unwrap();
-            prop_assert_eq!(&got, &want, "bits {} n {} k {} m {} budget {}", bits, n, k, m, b);
+        for (b, o) in budgets().into_iter().flat_map(|b| kernel_opts(b).into_iter().map(move |o| (b, o))) {
+            let (got, stats) = idx.topk_with(qs, k, &o).unwrap();
+            prop_assert_eq!(&got, &want, "bits {} n {} k {} m {} {:?}", bits, n, k, m, o);
             prop_assert_eq!(stats.indexed + stats.scanned, nq);
             if b == f64::INFINITY {
                 prop_assert_eq!(stats.scanned, 0);
@@ -60,9 +66,9 @@ proptest! {
         let m = substrings_for_test(bits, mfrac);
         let idx = MihIndex::build(db, Some(m)).unwrap();
         let want = radius(qs, db, r).unwrap();
-        for b in budgets() {
-            let (got, _) = idx.radius_with(qs, r, &opts(b)).unwrap();
-            prop_assert_eq!(&got, &want, "bits {} n {} r {} m {} budget {}", bits, n, r, m, b);
+        for o in budgets().into_iter().flat_map(kernel_opts) {
+            let (got, _) = idx.radius_with(qs, r, &o).unwrap();
+            prop_assert_eq!(&got, &want, "bits {} n {} r {} m {} {:?}", bits, n, r, m, o);
         }
     }
 }
@@ -108,12 +114,15 @@ fn mih_hand_worked_ties_and_duplicates() {
 fn mih_substring_plan() {
     assert_eq!(substrings(10, 3), vec![(0, 4), (4, 3), (7, 3)]);
     assert_eq!(substrings(64, 4), vec![(0, 16), (16, 16), (32, 16), (48, 16)]);
-    // m ≈ bits / log2 n (the paper's rule), at least bits / 28 so tables stay addressable.
-    assert_eq!(auto_substrings(10_000_000, 64), 3);
-    assert_eq!(auto_substrings(10_000_000, 128), 6);
+    // Substrings of log2 n bits up to 16, of log2(n / 128) bits beyond, at most 28.
+    assert_eq!(auto_substrings(10_000_000, 64), 4);
+    assert_eq!(auto_substrings(10_000_000, 128), 8);
     assert_eq!(auto_substrings(1 << 16, 64), 4);
+    assert_eq!(auto_substrings(1 << 20, 64), 4);
+    assert_eq!(auto_substrings(40_000, 64), 4);
     assert_eq!(auto_substrings(10, 256), 77);
     assert_eq!(auto_substrings(1 << 30, 64), 3);
+    assert_eq!(auto_substrings(1 << 40, 64), 3);
     assert_eq!(auto_substrings(1, 1), 1);
     let db = BinaryCodes::zeros(4, 64);
     let e = format!("{:#}", MihIndex::build(db.view(), Some(2)).unwrap_err());
