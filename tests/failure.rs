@@ -550,6 +550,7 @@ fn data_commands_with_an_unwritable_output_a_full_disk_or_sigterm_leave_no_parti
             let mut child =
                 common::cmh().current_dir(d.path()).arg("--threads").arg("1").args(&args).stderr(Stdio::null()).spawn().unwrap();
             std::thread::sleep(Duration::from_millis(*delay_ms));
+            // SAFETY: kill(2) with a child's pid and a signal number has no memory effects.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             child.wait().unwrap();
             assert_only_complete_files(d.path());
