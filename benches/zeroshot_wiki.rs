@@ -11,6 +11,7 @@
 //! The same on validation splits carved from the training classes only (what settings are chosen
 //! on; `split::validation_split`, 20% of the seen classes held out as validation-unseen classes):
 //!   nice -n 10 cargo bench --bench zeroshot_wiki -- --suite --validation --out runs/zs_suite_val.json
+//! (`--validation-seed N` picks another carving of the same training classes; default 12345.)
 //! One bundle: `--data data/emoji --protocols b --repeat 5` (any bundle with class embeddings; the
 //! emoji figures of class split s equal those of `cmh demo --seed s`, which fits with the same
 //! split and seed).
@@ -67,6 +68,8 @@ struct Args {
     suite: bool,
     /// Score on validation splits carved from the training classes.
     validation: bool,
+    /// Seed of the validation carving (`--validation-seed`, implies `--validation`).
+    validation_seed: u64,
     emb: String,
     protocols: Vec<Protocol>,
     bits: Vec<usize>,
@@ -89,6 +92,7 @@ fn parse_args() -> Result<Args> {
         data: None,
         suite: false,
         validation: false,
+        validation_seed: ValidationConfig::default().seed,
         emb: "onehot".into(),
         protocols: vec![Protocol::Standard, Protocol::ZeroShot, Protocol::SemiSupervised, Protocol::LabelSpaces],
         bits: vec![32, 64],
@@ -114,6 +118,10 @@ fn parse_args() -> Result<Args> {
             "--data" => a.data = Some(PathBuf::from(val()?)),
             "--suite" => a.suite = true,
             "--validation" => a.validation = true,
+            "--validation-seed" => {
+                a.validation = true;
+                a.validation_seed = val()?.parse().map_err(|e| anyhow!("--validation-seed: {e}"))?;
+            }
             "--emb" => a.emb = val()?,
             "--protocols" => {
                 a.protocols = val()?
@@ -468,7 +476,7 @@ fn main() -> Result<()> {
         for &protocol in &job.protocols {
             let group = format!("{}/{}", job.name, pname(protocol));
             for seed in job.seeds.clone() {
-                let validation = a.validation.then(ValidationConfig::default);
+                let validation = a.validation.then(|| ValidationConfig { seed: a.validation_seed, ..ValidationConfig::default() });
                 let split = make_split(bundle, &SplitConfig { protocol, seed, validation, ..Default::default() })?;
                 let qv = bundle_views(bundle, &split.query, false)?;
                 let dv = bundle_views(bundle, &split.database, false)?;
@@ -507,7 +515,7 @@ fn main() -> Result<()> {
                         );
                         table.entry((group.clone(), method.clone(), bits)).or_default().push((ev.i2t.map, ev.t2i.map));
                         rows.push(serde_json::json!({
-                            "dataset": job.name, "protocol": pname(protocol), "validation": a.validation, "seed": seed, "unseen": unseen, "method": method, "bits": bits,
+                            "dataset": job.name, "protocol": pname(protocol), "validation": a.validation.then_some(a.validation_seed), "seed": seed, "unseen": unseen, "method": method, "bits": bits,
                             "i2t": ev.i2t.map, "t2i": ev.t2i.map, "fit_s": fit_s, "fit_cpu_s": fit_cpu_s, "history": model.history(),
                         }));
                     }

@@ -47,7 +47,8 @@
 //! - eq. 11 `update_w`: W⁽ᵛ⁾ = (C⁽ᵛ⁾ᵀC⁽ᵛ⁾ + λI)⁻¹C⁽ᵛ⁾ᵀB;
 //! - eq. 12 `update_b`: B = sign(C⁽¹⁾W⁽¹⁾ + C⁽²⁾W⁽²⁾).
 //!
-//! λ (`ridge`) is a small ridge added for invertibility; α = β = 1 as in the paper.
+//! λ (`ridge`) is a small ridge added for invertibility. The paper sets α = β = 1 (`--preset
+//! paper`); the default α is 4 (see "Weight of the attribute term" below).
 //!
 //! **Term scales (`normalise_terms`, default on).** Written literally, eq. 7's similarity term sums
 //! n² pairs and its coding term r bits per item, against e attribute coordinates per item in the
@@ -97,6 +98,14 @@
 //! (`predicted_coding = false`) scores higher (validation 0.527 / 0.794 against 0.412 / 0.496 at
 //! 64 bits); the default serves the zero-shot protocols CZHash is for.
 //!
+//! **Weight of the attribute term (α = 4).** New items are encoded only through where their
+//! network output f lies in attribute space (c = fP, code sgn((cA − mean)M)); the similarity term
+//! of eq. 7 constrains F only up to a rotation (it reads FFᵀ) and pulls F towards the seen
+//! classes' label and feature similarities, which say nothing about unseen classes. Weighting the
+//! attribute term four times the similarity and coding terms keeps the networks on the attribute
+//! targets that relate unseen classes to seen ones. Chosen on emoji zero-shot validation splits
+//! (docs/methods.md, CZHash).
+//!
 //! **Stabilisers of the alternation.** At lr 1e-2 some fits diverge: eq. 7
 //! falls to ~1e3 by round ~8, then its similarity term ω‖FFᵀ − S‖² (quartic in F) blows up by
 //! 10²–10⁴×, the attribute term following (Wikipedia at 64 bits with lr 1e-2 and without the input options: 2/10
@@ -142,162 +151,23 @@ use super::trainer::{
     groups_from_var_store, init_default, Checkpoint, Optimizer, OptimizerConfig, OptimizerKind, OptimizerSnapshot, RunControl, Trainer,
 };
 use super::zs_common::{
-    self, array_from, index_tensor, ridge_projector, run_config, sign_pm1, tensor_from, InputMap, MlpWeights, Prepared, ZsFitter,
+    self, array_from, index_tensor, ridge_projector, run_config, sign_pm1, tensor_from, MlpWeights, Prepared, ZsFitter,
 };
 use crate::codes::BinaryCodes;
-use crate::method::{ensure_fraction, ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View, IMAGE, TEXT};
-use crate::npy::write_npy;
-use crate::params::{Dim, Range, SearchSpace};
+use crate::method::{ensure_fraction, ensure_nonneg, ensure_pos, Fit, FitContext, TrainSet, IMAGE, TEXT};
 use anyhow::{anyhow, bail, Context, Result};
-use ndarray::{Array1, Array2};
+use ndarray::Array2;
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
-use std::path::Path;
 use tch::nn::ModuleT;
 use tch::{nn, Kind, Tensor};
 
 pub const METHOD: &str = "czhash";
 use super::zs_common::MODALITY_NAMES;
 
-/// CZHash hyper-parameters; defaults follow the paper where it gives them (α = β = 1, batch 128,
-/// dropout 0.5). The network sizes, Adam learning rate, epoch count, `distance_scale`, `centre`
-/// and `attribute_span` are ours (feature mode on a CPU), checked or chosen on a validation split
-/// of Wikipedia's training items, not on test queries.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct CzhashParams {
-    /// Weight of the attribute-space term (eq. 7).
-    pub alpha: f64,
-    /// Weight of the coding term (eq. 7).
-    pub beta: f64,
-    pub batch_size: usize,
-    pub dropout: f64,
-    /// Hidden widths of each modality's MLP (input → hidden… → attribute dimension).
-    pub hidden: Vec<usize>,
-    /// Alternation rounds (each = one pass of both networks + eqs. 10–12). Resuming a run with a
-    /// larger value continues it.
-    pub epochs: usize,
-    pub learning_rate: f64,
-    pub weight_decay: f64,
-    /// λ: ridge of the least-squares steps (eqs. 10, 11 and new-item encoding).
-    pub ridge: f64,
-    /// Divide feature distances by their median before ŝ = 1/(1 + d) (eqs. 2–3).
-    pub normalise_distances: bool,
-    /// σ multiplier: ŝ = 1/(1 + d / (distance_scale · median distance)) when `normalise_distances`
-    /// (the paper leaves the feature scale open; < 1 spreads ŝ over (0, 1]).
-    pub distance_scale: f64,
-    /// Network input: 0 = the standardised features; c > 0 = the centred RBF features of c
-    /// training anchors, as SCH and CCA-ITQ use ([`zs_common::InputMap`]), then standardised.
-    pub rbf_anchors: usize,
-    /// Express the class attributes in an orthonormal basis of the span of the training classes'
-    /// attributes ([`zs_common::span_basis`]: an isometry on that span), so the networks output
-    /// d ≤ K coordinates instead of e (384 for MiniLM).
-    pub attribute_span: bool,
-    /// Train on unlabelled items too (CZHash); `false` is the CZHash-nFS ablation.
-    pub use_unlabelled: bool,
-    /// Centre the category representations before the coding matrices (eqs. 10–12 and new
-    /// items use C⁽ᵛ⁾ − c̄⁽ᵛ⁾, c̄⁽ᵛ⁾ the training mean of C⁽ᵛ⁾; see the module docs).
-    pub centre: bool,
-    /// Put the three terms of eq. 7 on a per-item scale: the similarity term averaged over the n
-    /// items each row is compared with, the coding term over the r bits (see the module docs).
-    /// `false` = the literal sums.
-    pub normalise_terms: bool,
-    /// Monotone alternation (backtracking): after each round from the second on, if eq. 7 rose
-    /// above the previous round's value (or became non-finite), restore the previous round's
-    /// state (network weights, Adam moments, F, C, W, B) and halve both networks' learning rate.
-    /// Requires `refresh_f` (eq. 7 must be a function of the state). Off: not better on validation.
-    pub backtrack: bool,
-    /// Gradient-norm clipping of each network's mini-batch update (eqs. 8–9): the gradient of all
-    /// of one network's weights together is rescaled to at most this Euclidean norm; 0 = off.
-    pub grad_clip: f64,
-    /// Per-round learning-rate decay: round t (1-based) uses learning_rate · lr_decay^(t−1);
-    /// 1 = off.
-    pub lr_decay: f64,
-    /// After both networks' passes, replace the stored F by the networks' deterministic outputs
-    /// (no dropout) before eqs. 10–12 and eq. 7, so that eq. 7 is a function of the state
-    /// (θ, C, W, B) rather than of the passes' dropout draws; `false` keeps the outputs recorded
-    /// batch by batch during the passes (with dropout), as DCMH does.
-    pub refresh_f: bool,
-    /// c > 0: the standardised network inputs are clipped to [−c, c] (bag-of-words dimensions of
-    /// rare words otherwise reach z-scores of 30–40); 0 = no clipping.
-    pub input_clip: f64,
-    /// Multiplier of the initial weights and bias of each network's last layer (1 = the default
-    /// initialisation), so the networks start near F = 0 instead of far outside the attribute
-    /// targets.
-    pub output_init_scale: f64,
-    /// The coding matrices act through the class attributes: W⁽ᵛ⁾ = A⁽ᵛ⁾M⁽ᵛ⁾, so the code
-    /// projection c W = (c A) M of a category representation c is a function of its attribute
-    /// vector c A (eqs. 11–12 fit M on C̃A), and attribute-space neighbours share bits.
-    pub attribute_coding: bool,
-    /// Eqs. 11–12 act on the category representation the networks give every training row,
-    /// Ĉ⁽ᵛ⁾ = F⁽ᵛ⁾P⁽ᵛ⁾ (P the least-squares projector new items are encoded with) instead of the
-    /// label rows; B starts, after the first round, from PCA + ITQ of those representations, and
-    /// eq. 7's coding term also trains the networks (eqs. 8–9).
-    pub predicted_coding: bool,
-}
-
-impl Default for CzhashParams {
-    fn default() -> Self {
-        Self {
-            alpha: 1.0,
-            beta: 1.0,
-            batch_size: 128,
-            dropout: 0.5,
-            hidden: vec![512],
-            epochs: 20,
-            learning_rate: 1e-3,
-            weight_decay: 0.0,
-            ridge: 1e-2,
-            normalise_distances: true,
-            distance_scale: 0.25,
-            rbf_anchors: 0,
-            attribute_span: true,
-            use_unlabelled: true,
-            centre: true,
-            normalise_terms: true,
-            backtrack: false,
-            grad_clip: 0.0,
-            lr_decay: 1.0,
-            refresh_f: true,
-            input_clip: 5.0,
-            output_init_scale: 0.1,
-            attribute_coding: true,
-            predicted_coding: true,
-        }
-    }
-}
-
-impl CzhashParams {
-    /// The paper's model without the choices the paper leaves open: raw feature distances in
-    /// ŝ = 1/(1 + d), the literal sums of eq. 7, uncentred category representations, attributes
-    /// in their own coordinates (`--preset paper`).
-    pub fn paper() -> Self {
-        Self { normalise_distances: false, attribute_span: false, centre: false, normalise_terms: false, ..Self::default() }
-    }
-}
-
-/// What `cmh tune` varies for CZHash: learning rate, rounds (also the successive-halving budget),
-/// widths, dropout, the ridge and the feature-similarity scale.
-pub const SEARCH_SPACE: SearchSpace = SearchSpace {
-    dims: &[
-        Dim { name: "learning_rate", range: Range::Float { lo: 1e-4, hi: 1e-2, log: true } },
-        Dim { name: "epochs", range: Range::Choice(&["10", "20", "40"]) },
-        Dim { name: "hidden", range: Range::Choice(&["[256]", "[512]", "[1024]"]) },
-        Dim { name: "dropout", range: Range::Choice(&["0.0", "0.2", "0.5"]) },
-        Dim { name: "ridge", range: Range::Float { lo: 1e-3, hi: 0.1, log: true } },
-        Dim { name: "distance_scale", range: Range::Float { lo: 0.1, hi: 1.0, log: true } },
-    ],
-    fidelity: Some("epochs"),
-};
-
-impl crate::params::MethodParams for CzhashParams {
-    fn presets() -> Vec<(&'static str, Self)> {
-        vec![("paper", Self::paper())]
-    }
-    fn search_space() -> SearchSpace {
-        SEARCH_SPACE
-    }
-}
+mod model;
+mod params;
+pub use model::CzhashModel;
+pub use params::{CzhashParams, SEARCH_SPACE};
 
 // ---------------------------------------------------------------------------------------------
 // Similarities (eqs. 1–3), scalar form: the reference the batched tensor form is tested against.
@@ -950,141 +820,12 @@ impl Fit for CzhashParams {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The fitted model.
-
-/// A fitted CZHash model: per modality, input standardisation, the network, the least-squares
-/// projector P = Aᵀ(AAᵀ + λI)⁻¹ onto category representations, and W.
-#[derive(Clone, Debug)]
-pub struct CzhashModel {
-    pub params: CzhashParams,
-    bits: usize,
-    nets: Vec<MlpWeights>,
-    inputs: Vec<InputMap>,
-    projectors: Vec<Array2<f32>>,
-    w: Vec<Array2<f32>>,
-    /// c̄⁽ᵛ⁾W⁽ᵛ⁾ (r): subtracted before the sign (zero without `centre`).
-    offsets: Vec<Array1<f32>>,
-    classes: Vec<Vec<usize>>,
-    train_codes: Option<BinaryCodes>,
-    history: Vec<f64>,
-}
-
-impl CzhashModel {
-    /// Real-valued code projections c W for items of `modality` (before the sign).
-    pub fn project(&self, modality: usize, view: &View) -> Result<Array2<f32>> {
-        if modality > 1 {
-            bail!("czhash: modality {modality} does not exist (0 = image, 1 = text)");
-        }
-        let x = view.features(METHOD, modality)?;
-        let s = &self.inputs[modality];
-        if x.ncols() != s.raw_dim() {
-            bail!("czhash: {} items have {} features, the model was trained on {}", MODALITY_NAMES[modality], x.ncols(), s.raw_dim());
-        }
-        let f = self.nets[modality].forward(s.apply(x.view())?.view());
-        Ok(f.dot(&self.projectors[modality]).dot(&self.w[modality]) - &self.offsets[modality])
-    }
-
-    /// The classes whose attributes each modality's category representation spans.
-    pub fn modality_classes(&self) -> &[Vec<usize>] {
-        &self.classes
-    }
-
-    /// Loads a model folder written by [`HashModel::save`].
-    pub fn load(dir: &Path) -> Result<Self> {
-        let (bits, params, history, v) = zs_common::read_model_json::<CzhashParams>(dir, METHOD)?;
-        let mp = dir.join("model.json");
-        let classes: Vec<Vec<usize>> =
-            serde_json::from_value(v["modality_classes"].clone()).map_err(|e| anyhow!("{}: field modality_classes: {e}", mp.display()))?;
-        if classes.len() != 2 {
-            bail!("{}: field modality_classes must list two modalities", mp.display());
-        }
-        let mut nets = Vec::new();
-        let sigmas = zs_common::rbf_sigmas(dir, &v, params.rbf_anchors)?;
-        let mut inputs = Vec::new();
-        let mut projectors = Vec::new();
-        let mut w = Vec::new();
-        let mut offsets = Vec::new();
-        for (m, name) in MODALITY_NAMES.iter().enumerate() {
-            let net = MlpWeights::load(dir, name, params.hidden.len() + 1)?;
-            let input = InputMap::load(dir, name, sigmas[m], net.in_dim(), params.input_clip)?;
-            let p = super::zs_common::read_f32(&dir.join(format!("{name}_projector.npy")), 2)?.into_dimensionality::<ndarray::Ix2>()?;
-            let wm = super::zs_common::read_f32(&dir.join(format!("{name}_W.npy")), 2)?.into_dimensionality::<ndarray::Ix2>()?;
-            let out = net.layers.last().map(|l| l.0.nrows()).unwrap_or(0);
-            if p.nrows() != out || p.ncols() != classes[m].len() {
-                bail!("{}: {name}_projector.npy is {:?}, expected ({out}, {})", dir.display(), p.dim(), classes[m].len());
-            }
-            if wm.dim() != (classes[m].len(), bits) {
-                bail!("{}: {name}_W.npy is {:?}, expected ({}, {bits})", dir.display(), wm.dim(), classes[m].len());
-            }
-            nets.push(net);
-            inputs.push(input);
-            projectors.push(p);
-            w.push(wm);
-            offsets.push(if params.centre {
-                let o: Array1<f32> = super::zs_common::read_f32(&dir.join(format!("{name}_offset.npy")), 1)?.into_dimensionality()?;
-                if o.len() != bits {
-                    bail!("{}: {name}_offset.npy has {} entries, expected {bits}", dir.display(), o.len());
-                }
-                o
-            } else {
-                Array1::zeros(bits)
-            });
-        }
-        let tc = dir.join("train_codes_packed.npy");
-        let train_codes = if tc.is_file() { Some(BinaryCodes::load_npy(&tc, Some(bits))?) } else { None };
-        Ok(Self { params, bits, nets, inputs, projectors, w, offsets, classes, train_codes, history })
-    }
-}
-
-impl HashModel for CzhashModel {
-    fn method(&self) -> &'static str {
-        METHOD
-    }
-    fn bits(&self) -> usize {
-        self.bits
-    }
-    fn encode(&self, modality: usize, view: &View) -> Result<BinaryCodes> {
-        Ok(BinaryCodes::from_signs(self.project(modality, view)?.view()))
-    }
-    fn train_codes(&self) -> Option<&BinaryCodes> {
-        self.train_codes.as_ref()
-    }
-    fn history(&self) -> &[f64] {
-        &self.history
-    }
-    fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the model folder", dir.display()))?;
-        for (m, name) in MODALITY_NAMES.iter().enumerate() {
-            self.nets[m].save(dir, name)?;
-            self.inputs[m].save(dir, name)?;
-            write_npy(&dir.join(format!("{name}_projector.npy")), &self.projectors[m])?;
-            write_npy(&dir.join(format!("{name}_W.npy")), &self.w[m])?;
-            if self.params.centre {
-                write_npy(&dir.join(format!("{name}_offset.npy")), &self.offsets[m])?;
-            }
-        }
-        if let Some(b) = &self.train_codes {
-            b.save_npy(dir, "train_codes")?;
-        }
-        let json = serde_json::json!({
-            "method": METHOD,
-            "bits": self.bits,
-            "params": self.params,
-            "modality_classes": self.classes,
-            "rbf_sigma": self.inputs.iter().map(|i| i.sigma()).collect::<Vec<_>>(),
-            "history": self.history,
-            "encode": "code = sign(((phi(x) - {m}_mean) / {m}_std → MLP {m}_l*_weight/bias, ReLU between layers) @ {m}_projector @ {m}_W - {m}_offset (centre only)), m = image | text; phi(x) = x, or with rbf_anchors > 0: exp(-||x - {m}_anchors||^2 / (2 rbf_sigma[m]^2)) - {m}_phi_mean",
-        });
-        crate::npy::write_text_atomic(&dir.join("model.json"), &(serde_json::to_string_pretty(&json)? + "\n"))
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::deep::zs_common::prepare;
-    use crate::method::DeviceChoice;
+    use crate::method::{DeviceChoice, HashModel, View};
+    use crate::npy::write_npy;
     use ndarray::{array, Array2};
     use tch::Device;
 
@@ -1329,6 +1070,31 @@ pub(crate) mod tests {
         let agree = b.iter().zip(sum.iter()).filter(|(b, s)| (**b > 0.0) == (**s >= 0.0)).count();
         assert!(agree as f64 >= 0.99 * b.len() as f64, "{agree} of {} bits agree", b.len());
         assert_eq!(cls.len(), 120);
+    }
+
+    #[test]
+    fn the_default_attribute_weight_keeps_network_outputs_closer_to_their_classes_than_the_papers() {
+        // ‖fP − c‖² over the training items: how far each network's category representation (what
+        // a new item is coded from) lies from the item's own class, at α = 4 (default) and α = 1.
+        let (data, cls) = synthetic(120, 4, 1, 0.3);
+        let ctx = FitContext { device: DeviceChoice::Cpu, ..FitContext::new(16, 7) };
+        let residual = |alpha: f64| {
+            let model =
+                CzhashParams { alpha, hidden: vec![32], epochs: 30, batch_size: 16, ..Default::default() }.fit(&data, &ctx).unwrap();
+            let mut total = 0.0;
+            for v in 0..2 {
+                let x = data.views[v].features(METHOD, v).unwrap();
+                let c = model.nets[v].forward(model.inputs[v].apply(x.view()).unwrap().view()).dot(&model.projectors[v]);
+                for (i, row) in c.outer_iter().enumerate() {
+                    total += row.iter().enumerate().map(|(k, &x)| (x as f64 - f64::from(u8::from(k == cls[i]))).powi(2)).sum::<f64>();
+                }
+            }
+            total / (2 * cls.len()) as f64
+        };
+        assert_eq!(CzhashParams::default().alpha, 4.0);
+        assert_eq!(CzhashParams::paper().alpha, 1.0);
+        let (heavy, paper) = (residual(4.0), residual(1.0));
+        assert!(heavy < 0.9 * paper, "category residual at α = 4: {heavy:.4}, at α = 1: {paper:.4}");
     }
 
     #[test]
