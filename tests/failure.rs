@@ -388,7 +388,12 @@ fn sigterm_mid_epoch_then_resume(method: &str, params: &[&str]) {
     assert_only_complete_files(&d.path().join("stopped"));
     let resumed = common::cmh().current_dir(d.path()).args(["--threads", "1", "train", "--resume", "stopped", "-q"]).output().unwrap();
     assert!(resumed.status.success(), "{}", stderr(&resumed));
+    // AgNet learns no training codes of its own (no train_B.npy).
     for f in ["query_image.npy", "query_text.npy", "db_image.npy", "train_B.npy"] {
+        if f == "train_B.npy" && !d.path().join("full/bits16-seed0").join(f).exists() {
+            assert_eq!(method, "agnet", "{method} wrote no {f}");
+            continue;
+        }
         let a = std::fs::read(d.path().join("full/bits16-seed0").join(f)).unwrap();
         let b = std::fs::read(d.path().join("stopped/bits16-seed0").join(f)).unwrap();
         assert!(a == b, "{f} differs after the resume");
@@ -403,11 +408,7 @@ fn sigterm_during_training_checkpoints_exits_130_and_resumes_to_the_same_codes()
     sigterm_mid_epoch_then_resume("sdch", &["epochs=3", "batch_size=2", "hidden=[128]", "feature_dim=16", "dropout=0.2"]);
 }
 
-/// Ignored: AgNet stops, checkpoints and exits 130 as the others do, but resumed from a checkpoint
-/// written within an epoch it does not reach the uninterrupted run's codes (resumed from an epoch
-/// boundary it does: `agnet::tests`). `cargo test --release --test failure agnet -- --ignored`.
 #[test]
-#[ignore]
 fn sigterm_during_agnet_training_checkpoints_exits_130_and_resumes_to_the_same_codes() {
     sigterm_mid_epoch_then_resume("agnet", &["epochs=3", "batch_size=2", "hidden=[32]", "dropout=0.2"]);
 }

@@ -399,7 +399,9 @@ impl ZsFitter for Fitter<'_> {
     /// One epoch over mini-batches of paired items; the logged figure is the mean batch loss.
     fn epoch(&mut self, tr: &mut Trainer) -> Result<(f64, String)> {
         let p = self.params;
-        if p.pca_hash {
+        // Entered part-way after a resume, the epoch's hashing layer is the checkpoint's: refitting
+        // it from the networks trained since the epoch began would change the rest of the epoch.
+        if p.pca_hash && !tr.resuming_within_epoch() {
             self.fit_pca_hash(tr.seed ^ tr.epoch as u64)?;
         }
         for batch in tr.batches(self.prep.n(), p.batch_size) {

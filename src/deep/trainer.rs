@@ -701,6 +701,12 @@ impl Trainer {
         out
     }
 
+    /// True at the start of an epoch that a resumed run entered part-way: the state the epoch
+    /// began with (for example a layer fitted in closed form at its start) is the checkpoint's.
+    pub fn resuming_within_epoch(&self) -> bool {
+        self.replay > 0
+    }
+
     /// For each mini-batch of an epoch, in order, before training it: true when the run resumed
     /// from a checkpoint written after this batch. The method then repeats only the batch's random
     /// draws (its forward pass, without a gradient step), so that libtorch's generator (dropout)
