@@ -43,13 +43,13 @@
 //! `fc4`, sign; tested against [`SdchModel::encode`]).
 
 use super::alexnet::{preprocess, AlexNet};
-use super::itq::itq;
 use super::mlp::Mlp;
 use super::tensors::{array_to_tensor, copy_named, read_safetensors, tensor_to_array, write_safetensors};
 use super::trainer::{groups_from_var_store, init_default, Checkpoint, Optimizer, OptimizerConfig, OptimizerKind, RunControl, Trainer};
 use crate::codes::BinaryCodes;
 use crate::mapped::MappedRows;
 use crate::method::{ensure_fraction, ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View, IMAGE, TEXT};
+use crate::numerics::itq::itq;
 use crate::params::{Dim, MethodParams, Range, SearchSpace};
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{Array1, Array2, ArrayView2, ArrayView4, Axis};

@@ -16,10 +16,11 @@
 //! ([`HashModel::train_codes`] is `None`: both database conventions encode the database).
 //! Exactly two modalities.
 
-use super::common::{capped_anchors, cca, expect_shape, itq_rotation, load_matrix, load_vector, par_dot, seeded_rng, sign_codes, RbfMap};
+use super::common::{capped_anchors, cca, expect_shape, load_matrix, load_vector, par_dot, seeded_rng, sign_codes, RbfMap};
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View};
 use crate::npy::{write_npy, write_text_atomic};
+use crate::numerics::itq::itq;
 use crate::params::{Dim, MethodParams, Range, SearchSpace};
 use anyhow::{bail, Context, Result};
 use ndarray::{concatenate, Array1, Array2, Axis};
@@ -251,7 +252,7 @@ impl Fit for CcaItqParams {
         let v1 = par_dot(phi[1].view(), (&c.wy * &scale).view());
         drop(phi);
         let stacked = concatenate(Axis(0), &[v0.view(), v1.view()])?;
-        let (r, losses) = itq_rotation(stacked.view(), self.itq_iter, &mut rng).context("CCA-ITQ: ITQ")?;
+        let (r, losses) = itq(stacked.view(), self.itq_iter, &mut rng).context("CCA-ITQ: ITQ")?;
         Ok(CcaItqModel::from_parts(k, self.clone(), rbf, vec![c.wx, c.wy], c.corr, r, losses))
     }
 }

@@ -105,11 +105,14 @@ use super::common::{capped_anchors, fold_parts, fold_parts_mut, seeded_rng, sum_
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, to_f64, Fit, FitContext, HashModel, TrainSet, View};
 use crate::npy::{read_npy, write_npy, write_text_atomic};
+use crate::numerics::itq::itq_from;
+use crate::numerics::linalg::{numerical_rank, polar, polar_tall, row_space_basis};
+use crate::numerics::random::random_orthonormal;
 use crate::params::{Dim, MethodParams, Range, SearchSpace};
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
-use ndarray_linalg::{Cholesky, Diag, Eigh, InverseC, JobSvd, QRInto, SolveTriangular, SVDDC, UPLO};
+use ndarray_linalg::{Cholesky, Diag, Eigh, InverseC, SolveTriangular, UPLO};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -708,7 +711,10 @@ fn fit_impl(params: &SeghParams, data: &TrainSet, ctx: &FitContext, solver: Solv
         info.cg_iterations.push(iters);
         Ok(x)
     };
-    let project = |a: Array2<f64>| if streamed { polar_tall(a, true) } else { polar(&a, true) };
+    let project = |a: Array2<f64>| {
+        (if streamed { polar_tall(a, true) } else { polar(&a, true) })
+            .context("segh: the code dimensions collapsed; the data may carry less semantic rank than assumed")
+    };
     let objective = |h: &Array2<f64>, p: &Array2<f64>| {
         if streamed {
             objective_from_sums(h, p, &rz, &gz, mu_sum, &system, params.eta)
@@ -738,7 +744,9 @@ fn fit_impl(params: &SeghParams, data: &TrainSet, ctx: &FitContext, solver: Solv
                 }
             }
             let t = Instant::now();
-            let rot = itq_rotation(&v, random_orthonormal(bits, r, &mut rng)?, params.itq_iterations)?;
+            // ITQ with R (r × bits, orthonormal rows) started from a random orthonormal matrix.
+            let (rot, _) = itq_from(v.view(), random_orthonormal(bits, r, &mut rng)?.reversed_axes(), params.itq_iterations)?;
+            let rot = rot.reversed_axes();
             info.seconds_itq = t.elapsed().as_secs_f64();
             (v.dot(&rot.t()), rot.dot(&pv))
         }
@@ -1339,67 +1347,6 @@ fn solve_columns(
         iters = iters.max(it);
     }
     Ok((x, iters))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Small linear-algebra helpers
-// ---------------------------------------------------------------------------------------------
-
-/// An orthonormal basis (columns, e × q) of the row space of `a` (C × e): right singular vectors
-/// with singular value above 1e-10 of the largest.
-fn row_space_basis(a: &Array2<f64>) -> Result<Array2<f64>> {
-    let (_, s, vt) = a.svddc(JobSvd::Some)?;
-    let vt = vt.expect("Vᵀ requested");
-    let smax = s.iter().fold(0.0f64, |m, &v| m.max(v));
-    let keep: Vec<usize> = (0..s.len()).filter(|&i| smax > 0.0 && s[i] > 1e-10 * smax).collect();
-    Ok(vt.select(Axis(0), &keep).reversed_axes())
-}
-
-/// Number of eigenvalues of the symmetric PSD `g` above 1e-10 of the largest.
-fn numerical_rank(g: &Array2<f64>) -> Result<usize> {
-    let (ev, _) = g.eigh(UPLO::Lower)?;
-    let max = ev.iter().fold(0.0f64, |m, &v| m.max(v));
-    Ok(if max > 0.0 { ev.iter().filter(|&&v| v > 1e-10 * max).count() } else { 0 })
-}
-
-/// The nearest matrix with orthonormal columns to `a` (m × r, m ≥ r): U Vᵀ from its thin SVD.
-/// With `require_full_rank`, a numerically rank-deficient `a` is an error.
-fn polar(a: &Array2<f64>, require_full_rank: bool) -> Result<Array2<f64>> {
-    let (u, s, vt) = a.svddc(JobSvd::Some)?;
-    let (u, vt) = (u.expect("U requested"), vt.expect("Vᵀ requested"));
-    if require_full_rank {
-        let smax = s.iter().fold(0.0f64, |m, &v| m.max(v));
-        let smin = s.iter().fold(f64::INFINITY, |m, &v| m.min(v));
-        if !(smin > 1e-10 * smax) {
-            bail!("segh: the code dimensions collapsed (singular values {:.3e} .. {:.3e}); the data may carry less semantic rank than assumed", smin, smax);
-        }
-    }
-    Ok(u.slice(s![.., ..s.len()]).dot(&vt.slice(s![..s.len(), ..])))
-}
-
-/// [`polar`] of a tall matrix through its thin QR (A = QR ⇒ polar(A) = Q polar(R), same singular
-/// values): the SVD works on the small R, so no n × r SVD workspace is needed.
-fn polar_tall(a: Array2<f64>, require_full_rank: bool) -> Result<Array2<f64>> {
-    let (q, r) = a.qr_into().context("segh: QR of the code matrix")?;
-    Ok(q.dot(&polar(&r, require_full_rank)?))
-}
-
-/// A random m × r matrix with orthonormal columns (m ≥ r).
-fn random_orthonormal(m: usize, r: usize, rng: &mut ChaCha8Rng) -> Result<Array2<f64>> {
-    let g: Array2<f64> = Array2::from_shape_simple_fn((m, r), || rng.sample(StandardNormal));
-    polar(&g, false)
-}
-
-/// ITQ with a k × r rotation (k ≥ r): alternately B = sign(V Rᵀ) and R = argmin ‖B − V Rᵀ‖²
-/// over RᵀR = I, the Procrustes solution polar(Bᵀ V).
-fn itq_rotation(v: &Array2<f64>, mut rot: Array2<f64>, iterations: usize) -> Result<Array2<f64>> {
-    let mut b = Array2::<f64>::zeros((v.nrows(), rot.nrows()));
-    for _ in 0..iterations {
-        ndarray::linalg::general_mat_mul(1.0, v, &rot.t(), 0.0, &mut b);
-        b.mapv_inplace(|x| if x >= 0.0 { 1.0 } else { -1.0 });
-        rot = polar(&b.t().dot(v), false)?;
-    }
-    Ok(rot)
 }
 
 /// A square sparse matrix in compressed sparse row form.

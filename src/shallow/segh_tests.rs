@@ -4,6 +4,7 @@ use super::*;
 use crate::metrics::map;
 use ndarray::{array, Array2};
 use ndarray_linalg::{EigValsh, Solve};
+use ndarray_linalg::{JobSvd, SVDDC};
 
 fn randn(rng: &mut ChaCha8Rng, r: usize, c: usize) -> Array2<f64> {
     Array2::from_shape_simple_fn((r, c), || rng.sample(StandardNormal))
@@ -317,7 +318,7 @@ fn constrained_h_update_gives_balanced_decorrelated_codes() {
         let solve = |b: &dyn Fn(usize, usize) -> Array2<f64>, cols: usize| Ok(solve_system(&sys, &b(0, cols), Solver::Dense, 0.0, 0)?.0);
         let rot_p = rot.clone();
         let v = update_v(&rz, &rot.t().dot(&p), solve, |a| polar(&a, true)).unwrap();
-        let rot = itq_rotation(&v, rot, 20).unwrap();
+        let rot = itq_from(v.view(), rot.reversed_axes(), 20).unwrap().0.reversed_axes();
         let h = v.dot(&rot.t());
         // Hᵀ H = n R Rᵀ (exactly n I when bits ≤ r), columns sum to 0.
         let hth = h.t().dot(&h) / n as f64;
