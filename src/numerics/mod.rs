@@ -18,8 +18,10 @@
 pub mod blocked;
 pub mod cca;
 pub mod files;
+pub mod graph;
 pub mod itq;
 pub mod linalg;
+pub mod pcg;
 pub mod random;
 pub mod rbf;
 pub mod sign;
