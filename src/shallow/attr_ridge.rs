@@ -23,12 +23,16 @@
 //! Closed form: seconds on thousands of items. No unified training codes are learned (both
 //! database conventions encode the database). Needs class embeddings (`cmh data embed-classes`).
 
-use super::common::{expect_shape, load_matrix, load_vector, par_dot, par_gram, randn, seeded_rng, sign_codes, ShallowRng, SpdFactor};
 use crate::codes::BinaryCodes;
 use crate::deep::zs_common::l2_normalise_rows;
 use crate::method::{ensure_pos, Fit, FitContext, HashModel, TrainSet, View};
 use crate::npy::{write_npy, write_text_atomic};
+use crate::numerics::blocked::{par_dot, par_gram};
+use crate::numerics::files::{expect_shape, load_matrix, load_vector};
 use crate::numerics::itq::itq;
+use crate::numerics::linalg::SpdFactor;
+use crate::numerics::random::{randn, seeded_rng, ShallowRng};
+use crate::numerics::sign::sign_codes;
 use crate::numerics::Standardizer;
 use crate::params::{Dim, MethodParams, Range, SearchSpace};
 use anyhow::{bail, Context, Result};

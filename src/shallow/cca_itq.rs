@@ -16,11 +16,16 @@
 //! ([`HashModel::train_codes`] is `None`: both database conventions encode the database).
 //! Exactly two modalities.
 
-use super::common::{capped_anchors, cca, expect_shape, load_matrix, load_vector, par_dot, seeded_rng, sign_codes, RbfMap};
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View};
 use crate::npy::{write_npy, write_text_atomic};
+use crate::numerics::blocked::par_dot;
+use crate::numerics::cca::cca;
+use crate::numerics::files::{expect_shape, load_matrix, load_vector};
 use crate::numerics::itq::itq;
+use crate::numerics::random::seeded_rng;
+use crate::numerics::rbf::{capped_anchors, RbfMap};
+use crate::numerics::sign::sign_codes;
 use crate::params::{Dim, MethodParams, Range, SearchSpace};
 use anyhow::{bail, Context, Result};
 use ndarray::{concatenate, Array1, Array2, Axis};
@@ -261,7 +266,7 @@ impl Fit for CcaItqParams {
 mod tests {
     use super::*;
     use crate::metrics;
-    use crate::shallow::common::randn;
+    use crate::numerics::random::randn;
 
     /// Two views of a shared latent class structure.
     fn paired(n: usize, classes: usize, seed: u64, stream: u64) -> (Vec<Array2<f32>>, Array2<u8>) {

@@ -1,13 +1,11 @@
 //! Class codes of the supervised shallow methods, and the shared numerics under the names the
 //! shallow methods use ([`crate::numerics`] holds them).
 
-pub(crate) use crate::numerics::blocked::{fold_parts, fold_parts_mut, gram_add, mirror_upper, sum_in_order, BLOCK_ROWS};
 pub use crate::numerics::blocked::{par_dot, par_gram, par_t_dot, set_blas_threads};
 pub use crate::numerics::cca::{cca, Cca};
 pub use crate::numerics::files::{expect_shape, load_matrix, load_vector};
 pub use crate::numerics::linalg::{procrustes, procrustes_nearest, solve_right_cholesky, solve_right_spd, SpdFactor};
 pub use crate::numerics::random::{randn, random_orthogonal, seeded_rng, ShallowRng};
-pub(crate) use crate::numerics::rbf::row_block;
 pub use crate::numerics::rbf::{capped_anchors, sq_distances, RbfMap};
 pub use crate::numerics::sign::{sgn, sign_codes};
 use ndarray::Array2;

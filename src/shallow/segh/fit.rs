@@ -41,7 +41,7 @@ impl Fit for SeghParams {
         let (n, k, e) = (n as f64, bits as f64, emb.ncols() as f64);
         let per_modality: f64 = (0..nm)
             .map(|m| if self.anchors > 0 { self.anchors } else { data.views[m].features(METHOD, m).map_or(0, |x| x.ncols()) } as f64)
-            .map(|p| if streamed { 16.0 * crate::shallow::common::BLOCK_ROWS as f64 * p + n * q } else { 2.0 * n * p } + 2.0 * p * p + p * (e + k))
+            .map(|p| if streamed { 16.0 * crate::numerics::blocked::BLOCK_ROWS as f64 * p + n * q } else { 2.0 * n * p } + 2.0 * p * p + p * (e + k))
             .sum();
         let bytes = 8.0 * (per_modality + 4.0 * n * self.k as f64 + 8.0 * n * k + 2.0 * k * k);
         crate::method::ensure_memory("segh", bits, bytes, "inputs, kNN graph and code iterates")?;

@@ -117,15 +117,17 @@ pub use synthetic::{synthetic, SyntheticSpec};
 #[allow(unused_imports)]
 use {fit::*, graph::*, model::*, params::*, step1::*, step2::*};
 
-use super::common::{capped_anchors, fold_parts, fold_parts_mut, seeded_rng, sum_in_order, RbfMap};
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, to_f64, Fit, FitContext, HashModel, TrainSet, View};
 use crate::npy::{read_npy, write_npy, write_text_atomic};
+use crate::numerics::blocked::{fold_parts, fold_parts_mut, sum_in_order};
 use crate::numerics::graph::{knn, knn_approx, Csr};
 use crate::numerics::itq::itq_from;
 use crate::numerics::linalg::{numerical_rank, polar, polar_tall, row_space_basis};
 use crate::numerics::pcg::pcg;
 use crate::numerics::random::random_orthonormal;
+use crate::numerics::random::seeded_rng;
+use crate::numerics::rbf::{capped_anchors, RbfMap};
 use crate::params::{Dim, MethodParams, Range, SearchSpace};
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::linalg::general_mat_mul;

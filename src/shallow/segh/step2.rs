@@ -30,8 +30,8 @@ pub(super) fn semantic_coordinates_in_place(z: Array2<f64>, ztz: &Array2<f64>) -
     let z = if z.is_standard_layout() { z } else { z.as_standard_layout().into_owned() };
     let (mut buf, offset) = z.into_raw_vec_and_offset();
     buf.drain(..offset.unwrap_or(0));
-    for s0 in (0..n).step_by(crate::shallow::common::BLOCK_ROWS) {
-        let e0 = (s0 + crate::shallow::common::BLOCK_ROWS).min(n);
+    for s0 in (0..n).step_by(crate::numerics::blocked::BLOCK_ROWS) {
+        let e0 = (s0 + crate::numerics::blocked::BLOCK_ROWS).min(n);
         let c = ArrayView2::from_shape((e0 - s0, e), &buf[s0 * e..e0 * e]).expect("row-major block").dot(&u);
         buf[s0 * q..e0 * q].copy_from_slice(c.as_slice().expect("standard layout"));
     }
