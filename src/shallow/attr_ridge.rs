@@ -34,7 +34,7 @@ use crate::numerics::linalg::SpdFactor;
 use crate::numerics::random::{randn, seeded_rng, ShallowRng};
 use crate::numerics::sign::sign_codes;
 use crate::numerics::Standardizer;
-use crate::params::{Dim, MethodParams, Range, SearchSpace};
+use crate::params::{Dim, Range, SearchSpace};
 use anyhow::{bail, Context, Result};
 use ndarray::{concatenate, Array1, Array2, ArrayView2, Axis};
 use ndarray_linalg::{Eigh, UPLO};
@@ -65,15 +65,8 @@ impl Default for AttrRidgeParams {
 pub const SEARCH_SPACE: SearchSpace =
     SearchSpace { dims: &[Dim { name: "ridge", range: Range::Float { lo: 1e-2, hi: 10.0, log: true } }], fidelity: None };
 
-impl MethodParams for AttrRidgeParams {
-    /// No paper preset: the method is the linear reference, not a published hasher.
-    fn presets() -> Vec<(&'static str, Self)> {
-        Vec::new()
-    }
-    fn search_space() -> SearchSpace {
-        SEARCH_SPACE
-    }
-}
+// No paper preset: the method is the linear reference, not a published hasher.
+crate::params::impl_method_params!(AttrRidgeParams, SEARCH_SPACE, []);
 
 /// Ridge regression W = argmin ‖ZW − T‖² + lam ‖W‖², in the primal or the dual form, whichever
 /// system is smaller.

@@ -26,7 +26,7 @@ use crate::numerics::itq::itq;
 use crate::numerics::random::seeded_rng;
 use crate::numerics::rbf::{capped_anchors, RbfMap};
 use crate::numerics::sign::sign_codes;
-use crate::params::{Dim, MethodParams, Range, SearchSpace};
+use crate::params::{Dim, Range, SearchSpace};
 use anyhow::{bail, Context, Result};
 use ndarray::{concatenate, Array1, Array2, Axis};
 use serde::{Deserialize, Serialize};
@@ -72,14 +72,7 @@ pub const SEARCH_SPACE: SearchSpace = SearchSpace {
     fidelity: None,
 };
 
-impl MethodParams for CcaItqParams {
-    fn presets() -> Vec<(&'static str, Self)> {
-        vec![("paper", Self::paper())]
-    }
-    fn search_space() -> SearchSpace {
-        SEARCH_SPACE
-    }
-}
+crate::params::impl_method_params!(CcaItqParams, SEARCH_SPACE, ["paper" => CcaItqParams::paper()]);
 
 /// A fitted CCA-ITQ model.
 #[derive(Clone, Debug)]

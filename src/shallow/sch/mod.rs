@@ -69,7 +69,7 @@ use crate::numerics::linalg::{procrustes_nearest, solve_right_cholesky, solve_ri
 use crate::numerics::random::seeded_rng;
 use crate::numerics::rbf::{capped_anchors, row_block, RbfMap};
 use crate::numerics::sign::{sgn, sign_codes};
-use crate::params::{Dim, MethodParams, Range, SearchSpace};
+use crate::params::{Dim, Range, SearchSpace};
 use anyhow::{bail, Context, Result};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};

@@ -110,11 +110,4 @@ pub const SEARCH_SPACE: SearchSpace = SearchSpace {
     fidelity: None,
 };
 
-impl MethodParams for SchParams {
-    fn presets() -> Vec<(&'static str, Self)> {
-        vec![("paper", Self::paper())]
-    }
-    fn search_space() -> SearchSpace {
-        SEARCH_SPACE
-    }
-}
+crate::params::impl_method_params!(SchParams, SEARCH_SPACE, ["paper" => SchParams::paper()]);

@@ -25,7 +25,7 @@
 //! Zₘ = WₘXₘ. Affinities (eqs. 3–5): A⁽ᵐ⁾ = symmetrised k-nearest-neighbour heat-kernel graph of
 //! modality m, σₘ² = mean squared kNN distance. The neighbours are searched in the semantic space
 //! Zₘ (a choice: its dimension is at most the number of classes, where the search is cheap; kNN
-//! on the raw features gave the same validation mAP within 0.01 in a numpy study), exactly with a
+//! on the raw features gives the same validation mAP within 0.01), exactly with a
 //! kd-tree up to `knn_exact_up_to` items and approximately above (random-projection forest plus
 //! neighbour exploring, near-linear; recall > 0.95 in the tests). The inter-modality label affinity Ŝ_ij = ⟨ỹ⁽¹⁾ᵢ, ỹ⁽²⁾ⱼ⟩ symmetrised over the modality pairs,
 //! ỹ = L2-normalised label rows (cosine of the label sets; 1 for the same single label).
@@ -57,7 +57,7 @@
 //! to k bits. When k ≤ rank Z (= at most the number of classes), R is square and this is exactly
 //! H Hᵀ = nI (balanced, decorrelated bits). Longer codes cannot have more than rank-Z informative
 //! decorrelated bits — S, hence every Zₘ, lives in the span of the class embeddings — and forcing
-//! H Hᵀ = nI there fills the extra bits with within-class noise (a numpy study on Wikipedia: mAP
+//! H Hᵀ = nI there fills the extra bits with within-class noise (on Wikipedia, mAP
 //! with learned codes fell from 0.25 to 0.20 I→T between 16 and 128 bits), so beyond rank Z the
 //! extra bits are rotations of the same r dimensions. Under the constraint:
 //! - H step ([`update_v`]): the unconstrained minimiser of eq. 10, H̃ = ΣμPZ · M⁻¹, projected onto
@@ -84,7 +84,7 @@
 //! # Anchor features (an option, not in the paper)
 //! With `anchors = c > 0`, Xₘ is replaced everywhere by the centred RBF features Φₘ = φₘ(Xₘ) to c
 //! anchors drawn from the training rows — the representation SCH and the CCA-ITQ baseline use
-//! ([`RbfMap`], shared code in `shallow/common.rs`): step 1 solves eq. 7 with Φₘ in place of Xₘ
+//! ([`RbfMap`], shared in [`crate::numerics::rbf`]): step 1 solves eq. 7 with Φₘ in place of Xₘ
 //! (Wₘ is e × c), and hᵐ(x) = sign(P Wₘ (φₘ(x) − Φ̄ₘ)). The paper's hash functions are linear in the
 //! raw features, which on Wikipedia (10-d LDA text) cannot separate the classes well enough for the
 //! encoded database, so the default uses 1000 anchors (σ scale 1.0 / 0.7 for image / text), chosen
@@ -128,7 +128,7 @@ use crate::numerics::pcg::pcg;
 use crate::numerics::random::random_orthonormal;
 use crate::numerics::random::seeded_rng;
 use crate::numerics::rbf::{capped_anchors, RbfMap};
-use crate::params::{Dim, MethodParams, Range, SearchSpace};
+use crate::params::{Dim, Range, SearchSpace};
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};

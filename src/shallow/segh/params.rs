@@ -78,14 +78,7 @@ pub const SEARCH_SPACE: SearchSpace = SearchSpace {
     fidelity: None,
 };
 
-impl MethodParams for SeghParams {
-    fn presets() -> Vec<(&'static str, Self)> {
-        vec![("paper", Self::paper())]
-    }
-    fn search_space() -> SearchSpace {
-        SEARCH_SPACE
-    }
-}
+crate::params::impl_method_params!(SeghParams, SEARCH_SPACE, ["paper" => SeghParams::paper()]);
 
 impl Default for SeghParams {
     fn default() -> Self {
