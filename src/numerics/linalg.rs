@@ -1,6 +1,8 @@
 //! Dense linear algebra on small matrices: solves with a symmetric positive definite matrix,
 //! the polar factor (nearest matrix with orthonormal columns) and orthogonal Procrustes, and
 //! numerical rank.
+// `!(a > b)` is also true for NaN, which these checks must catch.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 use anyhow::{bail, Context, Result};
 use ndarray::{s, Array2, ArrayView2, Axis};

@@ -1,5 +1,7 @@
 //! Jacobi-preconditioned conjugate gradients for a symmetric positive definite operator, on many
 //! right-hand sides at once.
+// `!(a > b)` is also true for NaN, which these checks must catch.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 use anyhow::{bail, Result};
 use ndarray::{Array1, Array2, ArrayView2, Axis};

@@ -1,4 +1,6 @@
 //! A kd-tree over the rows of a row-major point matrix, for exact k-nearest-neighbour queries.
+// `!(a > b)` is also true for NaN, which these checks must catch.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 use std::collections::BinaryHeap;
 
