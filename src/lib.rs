@@ -29,6 +29,7 @@ pub mod mapped;
 pub mod method;
 pub mod metrics;
 pub mod npy;
+pub mod numerics;
 pub mod outdir;
 pub mod params;
 pub mod pipeline;

@@ -54,6 +54,22 @@ pub trait MethodParams: crate::method::Fit + Default + Serialize + DeserializeOw
     fn search_space() -> SearchSpace;
 }
 
+/// Implements [`MethodParams`] from the search space and the named presets:
+/// `impl_method_params!(SchParams, SEARCH_SPACE, ["paper" => SchParams::paper()]);`
+macro_rules! impl_method_params {
+    ($ty:ty, $space:expr, [$($name:literal => $preset:expr),* $(,)?]) => {
+        impl $crate::params::MethodParams for $ty {
+            fn presets() -> Vec<(&'static str, Self)> {
+                vec![$(($name, $preset)),*]
+            }
+            fn search_space() -> $crate::params::SearchSpace {
+                $space
+            }
+        }
+    };
+}
+pub(crate) use impl_method_params;
+
 /// Everything the CLI and `cmh tune` need to know about a method's parameters, as TOML tables.
 pub struct MethodInfo {
     pub method: String,

@@ -4,7 +4,7 @@
 //! - [`pretrained`]: torchvision checkpoints (`.pth` via [`pth`], or safetensors);
 //! - [`trainer`]: device choice, seeded batches, progress, logs, an optimiser whose state is
 //!   checkpointed, and atomic resumable checkpoints — shared by every deep method;
-//! - [`sdch`]: Semantic Deep Cross-modal Hashing; [`itq`]: ITQ rotation (SDCH's B initialisation);
+//! - [`sdch`]: Semantic Deep Cross-modal Hashing;
 //! - [`features`]: `cmh features` (fc7 image features into a new bundle).
 //!
 //! Loss sums are written `loss = loss + term`, not `loss += term`: on a tch `Tensor`, `+=` is the
@@ -15,7 +15,6 @@ pub mod agnet;
 pub mod alexnet;
 pub mod czhash;
 pub mod features;
-pub mod itq;
 pub mod mlp;
 pub mod pretrained;
 pub mod pth;

@@ -28,6 +28,12 @@ pub fn tensor_to_array(t: &Tensor) -> Result<Array2<f32>> {
     Ok(Array2::from_shape_vec((size[0] as usize, size[1] as usize), v)?)
 }
 
+/// sgn with the codes' tie rule (x ≥ 0 → +1, x < 0 → −1) as a float tensor: the tch side of
+/// [`crate::numerics::sign::sgn`].
+pub fn sign_pm1(x: &Tensor) -> Tensor {
+    x.ge(0.0).to_kind(Kind::Float) * 2.0 - 1.0
+}
+
 fn dtype_of(kind: Kind) -> Result<Dtype> {
     Ok(match kind {
         Kind::Float => Dtype::F32,
@@ -219,6 +225,18 @@ pub fn copy_named(targets: &[(String, Tensor)], source: &HashMap<String, Tensor>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sign_pm1_matches_the_ndarray_sign_and_round_trips() {
+        let x = ndarray::array![[0.0f32, -0.0, -2.0, 1e-30], [-1e-30, 3.0, -0.5, 0.0]];
+        let t = array_to_tensor(x.view(), Device::Cpu);
+        let back = tensor_to_array(&t).unwrap();
+        assert_eq!(back, x);
+        let s = tensor_to_array(&sign_pm1(&t)).unwrap();
+        let expect = crate::numerics::sign::sgn(x.mapv(f64::from).view()).mapv(|v| v as f32);
+        assert_eq!(s, expect);
+        assert_eq!(s, ndarray::array![[1.0f32, 1.0, -1.0, 1.0], [-1.0, 1.0, -1.0, 1.0]]);
+    }
     use ndarray::array;
 
     #[test]

@@ -15,7 +15,7 @@
 //! 4. PCA of the stacked predictions [Z¹W¹; Z²W²] of all training rows (mean μ): the top
 //!    k = min(bits, rank) principal directions Pₖ.
 //! 5. ITQ (Gong & Lazebnik, CVPR 2011) on V = (ZW − μ)Pₖ, one rotation R for both modalities
-//!    ([`itq_rotation`]). When bits > k (the predictions span at most as many dimensions as there
+//!    ([`itq`]). When bits > k (the predictions span at most as many dimensions as there
 //!    are seen classes), the remaining bits are signs of random Gaussian projections G of the same
 //!    k-dimensional subspace (sign random projections).
 //! 6. Codes: sgn((zᵛ Wᵛ − μ) Pₖ [R G]).
@@ -23,14 +23,18 @@
 //! Closed form: seconds on thousands of items. No unified training codes are learned (both
 //! database conventions encode the database). Needs class embeddings (`cmh data embed-classes`).
 
-use super::common::{
-    expect_shape, itq_rotation, load_matrix, load_vector, par_dot, par_gram, randn, seeded_rng, sign_codes, ShallowRng, SpdFactor,
-};
 use crate::codes::BinaryCodes;
-use crate::deep::zs_common::{l2_normalise_rows, Standardizer};
+use crate::deep::zs_common::l2_normalise_rows;
 use crate::method::{ensure_pos, Fit, FitContext, HashModel, TrainSet, View};
 use crate::npy::{write_npy, write_text_atomic};
-use crate::params::{Dim, MethodParams, Range, SearchSpace};
+use crate::numerics::blocked::{par_dot, par_gram};
+use crate::numerics::files::{expect_shape, load_matrix, load_vector};
+use crate::numerics::itq::itq;
+use crate::numerics::linalg::SpdFactor;
+use crate::numerics::random::{randn, seeded_rng, ShallowRng};
+use crate::numerics::sign::sign_codes;
+use crate::numerics::Standardizer;
+use crate::params::{Dim, Range, SearchSpace};
 use anyhow::{bail, Context, Result};
 use ndarray::{concatenate, Array1, Array2, ArrayView2, Axis};
 use ndarray_linalg::{Eigh, UPLO};
@@ -61,15 +65,8 @@ impl Default for AttrRidgeParams {
 pub const SEARCH_SPACE: SearchSpace =
     SearchSpace { dims: &[Dim { name: "ridge", range: Range::Float { lo: 1e-2, hi: 10.0, log: true } }], fidelity: None };
 
-impl MethodParams for AttrRidgeParams {
-    /// No paper preset: the method is the linear reference, not a published hasher.
-    fn presets() -> Vec<(&'static str, Self)> {
-        Vec::new()
-    }
-    fn search_space() -> SearchSpace {
-        SEARCH_SPACE
-    }
-}
+// No paper preset: the method is the linear reference, not a published hasher.
+crate::params::impl_method_params!(AttrRidgeParams, SEARCH_SPACE, []);
 
 /// Ridge regression W = argmin ‖ZW − T‖² + lam ‖W‖², in the primal or the dual form, whichever
 /// system is smaller.
@@ -131,7 +128,7 @@ pub fn pca_itq_basis(
     let (dirs, _) = principal_directions(x, &mean, bits)?;
     let k = dirs.ncols();
     let v = par_dot((&x - &mean).view(), dirs.view());
-    let (r, history) = itq_rotation(v.view(), itq_iter, rng).context("ITQ")?;
+    let (r, history) = itq(v.view(), itq_iter, rng).context("ITQ")?;
     let q = if bits > k { concatenate(Axis(1), &[r.view(), randn(k, bits - k, rng).view()])? } else { r };
     Ok((mean, dirs.dot(&q), history))
 }

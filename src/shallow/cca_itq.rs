@@ -16,11 +16,17 @@
 //! ([`HashModel::train_codes`] is `None`: both database conventions encode the database).
 //! Exactly two modalities.
 
-use super::common::{capped_anchors, cca, expect_shape, itq_rotation, load_matrix, load_vector, par_dot, seeded_rng, sign_codes, RbfMap};
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View};
 use crate::npy::{write_npy, write_text_atomic};
-use crate::params::{Dim, MethodParams, Range, SearchSpace};
+use crate::numerics::blocked::par_dot;
+use crate::numerics::cca::cca;
+use crate::numerics::files::{expect_shape, load_matrix, load_vector};
+use crate::numerics::itq::itq;
+use crate::numerics::random::seeded_rng;
+use crate::numerics::rbf::{capped_anchors, RbfMap};
+use crate::numerics::sign::sign_codes;
+use crate::params::{Dim, Range, SearchSpace};
 use anyhow::{bail, Context, Result};
 use ndarray::{concatenate, Array1, Array2, Axis};
 use serde::{Deserialize, Serialize};
@@ -66,14 +72,7 @@ pub const SEARCH_SPACE: SearchSpace = SearchSpace {
     fidelity: None,
 };
 
-impl MethodParams for CcaItqParams {
-    fn presets() -> Vec<(&'static str, Self)> {
-        vec![("paper", Self::paper())]
-    }
-    fn search_space() -> SearchSpace {
-        SEARCH_SPACE
-    }
-}
+crate::params::impl_method_params!(CcaItqParams, SEARCH_SPACE, ["paper" => CcaItqParams::paper()]);
 
 /// A fitted CCA-ITQ model.
 #[derive(Clone, Debug)]
@@ -251,7 +250,7 @@ impl Fit for CcaItqParams {
         let v1 = par_dot(phi[1].view(), (&c.wy * &scale).view());
         drop(phi);
         let stacked = concatenate(Axis(0), &[v0.view(), v1.view()])?;
-        let (r, losses) = itq_rotation(stacked.view(), self.itq_iter, &mut rng).context("CCA-ITQ: ITQ")?;
+        let (r, losses) = itq(stacked.view(), self.itq_iter, &mut rng).context("CCA-ITQ: ITQ")?;
         Ok(CcaItqModel::from_parts(k, self.clone(), rbf, vec![c.wx, c.wy], c.corr, r, losses))
     }
 }
@@ -260,7 +259,7 @@ impl Fit for CcaItqParams {
 mod tests {
     use super::*;
     use crate::metrics;
-    use crate::shallow::common::randn;
+    use crate::numerics::random::randn;
 
     /// Two views of a shared latent class structure.
     fn paired(n: usize, classes: usize, seed: u64, stream: u64) -> (Vec<Array2<f32>>, Array2<u8>) {

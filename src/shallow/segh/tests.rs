@@ -2,8 +2,10 @@
 
 use super::*;
 use crate::metrics::map;
+use crate::numerics::graph::knn::brute_knn;
 use ndarray::{array, Array2};
 use ndarray_linalg::{EigValsh, Solve};
+use ndarray_linalg::{JobSvd, SVDDC};
 
 fn randn(rng: &mut ChaCha8Rng, r: usize, c: usize) -> Array2<f64> {
     Array2::from_shape_simple_fn((r, c), || rng.sample(StandardNormal))
@@ -106,18 +108,6 @@ fn step1_satisfies_eq7_with_singular_coefficients() {
     assert!(out.iter().all(|v| v.abs() < 1e-8));
 }
 
-fn brute_knn(pts: &Array2<f64>, k: usize) -> Vec<Vec<(f64, usize)>> {
-    (0..pts.nrows())
-        .map(|i| {
-            let mut all: Vec<(f64, usize)> =
-                (0..pts.nrows()).filter(|&j| j != i).map(|j| ((&pts.row(i) - &pts.row(j)).mapv(|v| v * v).sum(), j)).collect();
-            all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-            all.truncate(k);
-            all
-        })
-        .collect()
-}
-
 #[test]
 fn fitted_w_solves_eq7_in_the_embedding_space() {
     // The fit solves step 1 in the q-dimensional span of the class embeddings; the stored
@@ -137,46 +127,6 @@ fn fitted_w_solves_eq7_in_the_embedding_space() {
         let rhs = s.t().dot(&x) * (1.0 + lambda);
         assert!(rel(&lhs, &rhs) < 1e-9, "modality {m}: relative residual {}", rel(&lhs, &rhs));
     }
-}
-
-#[test]
-fn kd_tree_knn_matches_brute_force() {
-    let mut rng = ChaCha8Rng::seed_from_u64(3);
-    for (n, d, k) in [(300, 3, 7), (200, 6, 15), (40, 1, 39), (5, 2, 4)] {
-        // Integer coordinates and repeated rows make many distance ties.
-        let mut pts = Array2::from_shape_simple_fn((n, d), || rng.gen_range(0..5) as f64);
-        for i in 0..n / 10 {
-            let src = pts.row(i + 1).to_owned();
-            pts.row_mut(i).assign(&src);
-        }
-        assert_eq!(knn(&pts, k), brute_knn(&pts, k), "n={n} d={d} k={k}");
-    }
-}
-
-#[test]
-fn approximate_knn_has_high_recall() {
-    // Clustered data in 10 dimensions (like Zₘ: classes plus within-class spread in all
-    // directions), where an exact kd-tree degenerates towards brute force.
-    let mut rng = ChaCha8Rng::seed_from_u64(21);
-    let (n, d, k) = (3000, 10, 10);
-    let centres = randn(&mut rng, 10, d) * 3.0;
-    let mut pts = randn(&mut rng, n, d);
-    for i in 0..n {
-        let c = centres.row(i % 10).to_owned();
-        pts.row_mut(i).scaled_add(1.0, &c);
-    }
-    let exact = knn(&pts, k);
-    let approx = knn_approx(pts.clone(), k, 5);
-    let mut hits = 0;
-    for (e, a) in exact.iter().zip(&approx) {
-        assert_eq!(a.len(), k);
-        assert!(a.windows(2).all(|w| (w[0].0, w[0].1) <= (w[1].0, w[1].1)), "sorted by (distance, index)");
-        hits += a.iter().filter(|x| e.contains(x)).count();
-    }
-    let recall = hits as f64 / (n * k) as f64;
-    assert!(recall > 0.95, "recall {recall:.3}");
-    // Deterministic for a seed.
-    assert_eq!(approx, knn_approx(pts.clone(), k, 5));
 }
 
 /// A small two-modality graph with multi-label rows, per-modality label differences and
@@ -317,7 +267,7 @@ fn constrained_h_update_gives_balanced_decorrelated_codes() {
         let solve = |b: &dyn Fn(usize, usize) -> Array2<f64>, cols: usize| Ok(solve_system(&sys, &b(0, cols), Solver::Dense, 0.0, 0)?.0);
         let rot_p = rot.clone();
         let v = update_v(&rz, &rot.t().dot(&p), solve, |a| polar(&a, true)).unwrap();
-        let rot = itq_rotation(&v, rot, 20).unwrap();
+        let rot = itq_from(v.view(), rot.reversed_axes(), 20).unwrap().0.reversed_axes();
         let h = v.dot(&rot.t());
         // Hᵀ H = n R Rᵀ (exactly n I when bits ≤ r), columns sum to 0.
         let hth = h.t().dot(&h) / n as f64;
@@ -515,18 +465,6 @@ fn streamed_fit_equals_the_in_memory_fit() {
             let v = train.views[m].clone();
             assert_eq!(streamed.encode(m, &v).unwrap(), in_memory.encode(m, &v).unwrap(), "{what}: encoded modality {m}");
         }
-    }
-}
-
-#[test]
-fn permute_rows_follows_the_permutation() {
-    let dim = 3;
-    let perm = vec![4, 0, 3, 1, 2, 6, 5];
-    let old: Vec<f64> = (0..perm.len() * dim).map(|v| v as f64).collect();
-    let mut buf = old.clone();
-    permute_rows(&mut buf, dim, &perm);
-    for (p, &src) in perm.iter().enumerate() {
-        assert_eq!(&buf[p * dim..(p + 1) * dim], &old[src * dim..(src + 1) * dim], "row {p}");
     }
 }
 
