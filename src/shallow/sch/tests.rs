@@ -377,13 +377,13 @@ fn streamed_fit_equals_the_in_memory_fit() {
         assert_eq!(dense.fitted_rows(), streamed.fitted_rows());
         assert_eq!(dense.train_codes(), streamed.train_codes(), "learned codes");
         assert!(rel_diff(streamed.r(), dense.r()) < 1e-6, "R: {}", rel_diff(streamed.r(), dense.r()));
-        for t in 0..2 {
+        for (t, view) in views.iter().enumerate().take(2) {
             assert!(rel_diff(streamed.w(t), dense.w(t)) < 1e-6, "W of modality {t}: {}", rel_diff(streamed.w(t), dense.w(t)));
             let (a, b) = (streamed.rbf(t), dense.rbf(t));
             assert_eq!(a.anchors, b.anchors, "same anchor draws");
             assert!((a.sigma - b.sigma).abs() <= 1e-12 * b.sigma);
             assert!((&a.mean - &b.mean).iter().all(|d| d.abs() < 1e-12));
-            let v = View::Features(views[t].clone());
+            let v = View::Features(view.clone());
             assert_eq!(streamed.encode(t, &v).unwrap(), dense.encode(t, &v).unwrap());
         }
         dense.history().len()
