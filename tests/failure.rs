@@ -600,3 +600,134 @@ fn leftovers_of_killed_data_commands_are_removed_by_the_next_run() {
         std::fs::remove_dir_all(&other).unwrap();
     }
 }
+
+/// The arguments of a command writing to the given output.
+type Command<'a> = dyn Fn(&str) -> Vec<String> + 'a;
+
+/// A bundle whose image modality holds raw images (what `cmh features` reads).
+fn image_bundle(dir: &Path, n: usize) -> PathBuf {
+    let cls: Vec<usize> = (0..n).map(|i| i % 4).collect();
+    let images = ndarray::Array4::from_shape_fn((n, 64, 64, 3), |(i, y, x, c)| ((i * 37 + y * 3 + x * 5 + c * 71) % 256) as u8);
+    let text = Array2::from_shape_fn((n, 6), |(i, j)| (cls[i] * j) as f32 * 0.5 + (i % 3) as f32);
+    let q = n / 4;
+    let path = dir.join("imgs");
+    BundleWriter {
+        name: "images".into(),
+        source: "test".into(),
+        classes: (0..4).map(|c| format!("c{c}")).collect(),
+        modalities: vec![
+            NewModality { name: "image".into(), images: Some(images), ..Default::default() },
+            NewModality { name: "text".into(), features: Some(text), ..Default::default() },
+        ],
+        labels: vec![one_hot(&cls, 4)],
+        split: Some(FixedSplit { train: (q..n).collect(), query: (0..q).collect(), database: (q..n).collect() }),
+        ..Default::default()
+    }
+    .write(&path, false)
+    .unwrap();
+    path
+}
+
+/// AlexNet weights with torchvision's parameter names and shapes (random values), as `cmh features`
+/// reads them.
+fn alexnet_weights(dir: &Path) -> PathBuf {
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _net = cmh::deep::alexnet::AlexNet::new(&vs.root(), 1000);
+    let p = dir.join("alexnet.safetensors");
+    vs.save(&p).unwrap();
+    p
+}
+
+/// `cmh features` and `cmh data emoji` (the latter where its npm packages are at hand): an
+/// unwritable output, a full disk and SIGTERM leave no partial bundle under the final name.
+#[test]
+fn features_and_emoji_with_an_unwritable_output_a_full_disk_or_sigterm_leave_no_partial_bundle() {
+    let d = tempfile::tempdir().unwrap();
+    image_bundle(d.path(), 24);
+    alexnet_weights(d.path());
+    std::fs::write(d.path().join("a_file"), "x").unwrap();
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("emoji-npm-cache");
+    let cache = cache.to_str().unwrap().to_string();
+    let features = |out: &str| -> Vec<String> {
+        [
+            "features",
+            "--weights",
+            "alexnet.safetensors",
+            "--data",
+            "imgs",
+            "--size",
+            "64",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--out",
+            out,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let emoji = |out: &str| -> Vec<String> {
+        ["data", "emoji", out, "--cache", cache.as_str(), "--no-class-embeddings"].iter().map(|s| s.to_string()).collect()
+    };
+    // Both commands work here (emoji: skipped with a notice where its packages cannot be had).
+    let ok = common::cmh().current_dir(d.path()).args(features("ok-features")).output().unwrap();
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert_eq!(
+        cmh::bundle::Bundle::load(&d.path().join("ok-features")).unwrap().modalities[0].features.as_ref().unwrap().dim(),
+        (24, 4096)
+    );
+    let ok = common::cmh().current_dir(d.path()).args(emoji("ok-emoji")).output().unwrap();
+    let mut commands: Vec<&Command<'_>> = vec![&features];
+    if ok.status.success() {
+        commands.push(&emoji);
+    } else {
+        eprintln!("SKIPPED the data emoji part: {}", stderr(&ok));
+    }
+    // Unwritable output.
+    for out in ["/proc/cmh-unwritable/out", "a_file/out"] {
+        for cmd in &commands {
+            let args = cmd(out);
+            let o = common::cmh().current_dir(d.path()).args(&args).output().unwrap();
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+            assert!(!err.contains("panicked"), "{args:?}: {err}");
+            let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{args:?}: {err}"));
+            assert!(line.contains("a_file") || line.contains("/proc"), "{args:?}: {line}");
+        }
+    }
+    assert_eq!(std::fs::read_to_string(d.path().join("a_file")).unwrap(), "x");
+    // A full disk (the feature matrix alone is 24 × 4096 × 4 bytes).
+    for limit in [600u64, 100_000] {
+        for (c, cmd) in commands.iter().enumerate() {
+            let out = format!("full{limit}-{c}");
+            let args = cmd(&out);
+            let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+            let o = with_disk_of(&args, d.path(), limit);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{args:?} limit {limit}: {err}");
+            assert!(!err.contains("panicked"), "{args:?}: {err}");
+            assert!(!d.path().join(&out).exists(), "{args:?} limit {limit}: {out} exists after a failed write");
+            assert_only_complete_files(d.path());
+        }
+    }
+    // SIGTERM at several points: the output is a complete bundle or absent.
+    for (i, delay_ms) in [100u64, 600, 1500].iter().enumerate() {
+        for (c, cmd) in commands.iter().enumerate() {
+            let out = format!("term{i}-{c}");
+            let args = cmd(&out);
+            let mut child =
+                common::cmh().current_dir(d.path()).arg("--threads").arg("1").args(&args).stderr(Stdio::null()).spawn().unwrap();
+            std::thread::sleep(Duration::from_millis(*delay_ms));
+            // SAFETY: kill(2) with a child's pid and a signal number has no memory effects.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            child.wait().unwrap();
+            assert_only_complete_files(d.path());
+            let out_path = d.path().join(&out);
+            if out_path.exists() {
+                cmh::bundle::Bundle::load(&out_path).unwrap_or_else(|e| panic!("{args:?}: partial bundle under the final name: {e:#}"));
+            }
+        }
+    }
+}
