@@ -502,35 +502,10 @@ fn data_commands_with_an_unwritable_output_a_full_disk_or_sigterm_leave_no_parti
     let Some(b) = data_inputs(d.path(), 3000) else { return };
     let bs = b.to_str().unwrap().to_string();
     let minilm = minilm_available(d.path(), &bs);
-    std::fs::write(d.path().join("a_file"), "x").unwrap();
-    // Unwritable output.
-    for out in ["/proc/cmh-unwritable/out", "a_file/out"] {
-        for args in data_commands(&bs, out, minilm) {
-            let o = common::cmh().current_dir(d.path()).args(&args).output().unwrap();
-            let err = stderr(&o);
-            assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
-            assert!(!err.contains("panicked"), "{args:?}: {err}");
-            let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{args:?}: {err}"));
-            assert!(line.contains("a_file") || line.contains("/proc"), "{args:?}: {line}");
-        }
-    }
-    assert_eq!(std::fs::read_to_string(d.path().join("a_file")).unwrap(), "x");
-    // A full disk: every write past the limit fails; nothing appears under the final name.
-    for limit in [600u64, 20_000] {
-        let out = format!("full{limit}");
-        for args in data_commands(&bs, &out, minilm) {
-            if args[1] == "split" && limit > 600 {
-                continue; // its files (split indices of 60 items) are smaller than that
-            }
-            let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-            let o = with_disk_of(&args, d.path(), limit);
-            let err = stderr(&o);
-            assert_eq!(o.status.code(), Some(1), "{args:?} limit {limit}: {err}");
-            assert!(!err.contains("panicked"), "{args:?}: {err}");
-            assert!(!d.path().join(&out).exists(), "{args:?} limit {limit}: {out} exists after a failed write");
-            assert_only_complete_files(d.path());
-        }
-    }
+    let commands = |out: &str| data_commands(&bs, out, minilm);
+    unwritable_outputs_fail_cleanly(d.path(), &commands);
+    // Split files of 60 items are smaller than the larger limit.
+    full_disk_leaves_no_output(d.path(), &commands, &[600, 20_000], |args, limit| args[1] == "split" && limit > 600);
     // `data embed-classes` rewrites the bundle in place: a failed write leaves it as it was.
     let manifest = std::fs::read(b.join("bundle.json")).unwrap();
     let o = with_disk_of(&["data", "embed-classes", &bs, "--glove", "glove.txt"], d.path(), 100);
@@ -542,25 +517,7 @@ fn data_commands_with_an_unwritable_output_a_full_disk_or_sigterm_leave_no_parti
     let ok = common::cmh().current_dir(d.path()).args(["data", "embed-classes", &bs, "--glove", "glove.txt"]).output().unwrap();
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert_eq!(cmh::bundle::Bundle::load(&b).unwrap().class_embeddings.unwrap().dim(), (4, 5));
-    // SIGTERM at several points: the output is a complete bundle or absent, and a later run for
-    // the same output removes what the killed one left beside it.
-    for (i, delay_ms) in [30u64, 150, 400].iter().enumerate() {
-        for (c, args) in data_commands(&bs, &format!("term{i}-{{}}"), minilm).into_iter().enumerate() {
-            let out = format!("term{i}-{c}");
-            let args: Vec<String> = args.into_iter().map(|a| a.replace("{}", &c.to_string())).collect();
-            let mut child =
-                common::cmh().current_dir(d.path()).arg("--threads").arg("1").args(&args).stderr(Stdio::null()).spawn().unwrap();
-            std::thread::sleep(Duration::from_millis(*delay_ms));
-            // SAFETY: kill(2) with a child's pid and a signal number has no memory effects.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            child.wait().unwrap();
-            assert_only_complete_files(d.path());
-            let out_path = d.path().join(&out);
-            if out_path.exists() {
-                cmh::bundle::Bundle::load(&out_path).unwrap_or_else(|e| panic!("{args:?}: partial bundle under the final name: {e:#}"));
-            }
-        }
-    }
+    sigterm_leaves_a_complete_bundle_or_none(d.path(), &commands, &[30, 150, 400]);
 }
 
 /// A `.partial-` folder of a killed `data split` / `data embed-text` (its process gone) is removed
@@ -600,9 +557,6 @@ fn leftovers_of_killed_data_commands_are_removed_by_the_next_run() {
         std::fs::remove_dir_all(&other).unwrap();
     }
 }
-
-/// The arguments of a command writing to the given output.
-type Command<'a> = dyn Fn(&str) -> Vec<String> + 'a;
 
 /// A bundle whose image modality holds raw images (what `cmh features` reads).
 fn image_bundle(dir: &Path, n: usize) -> PathBuf {
@@ -645,7 +599,6 @@ fn features_and_emoji_with_an_unwritable_output_a_full_disk_or_sigterm_leave_no_
     let d = tempfile::tempdir().unwrap();
     image_bundle(d.path(), 24);
     alexnet_weights(d.path());
-    std::fs::write(d.path().join("a_file"), "x").unwrap();
     let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("emoji-npm-cache");
     let cache = cache.to_str().unwrap().to_string();
     let features = |out: &str| -> Vec<String> {
@@ -679,17 +632,24 @@ fn features_and_emoji_with_an_unwritable_output_a_full_disk_or_sigterm_leave_no_
         (24, 4096)
     );
     let ok = common::cmh().current_dir(d.path()).args(emoji("ok-emoji")).output().unwrap();
-    let mut commands: Vec<&Command<'_>> = vec![&features];
-    if ok.status.success() {
-        commands.push(&emoji);
-    } else {
+    let emoji_ok = ok.status.success();
+    if !emoji_ok {
         eprintln!("SKIPPED the data emoji part: {}", stderr(&ok));
     }
-    // Unwritable output.
+    let commands = |out: &str| if emoji_ok { vec![features(out), emoji(out)] } else { vec![features(out)] };
+    unwritable_outputs_fail_cleanly(d.path(), &commands);
+    // The feature matrix alone is 24 × 4096 × 4 bytes.
+    full_disk_leaves_no_output(d.path(), &commands, &[600, 100_000], |_, _| false);
+    sigterm_leaves_a_complete_bundle_or_none(d.path(), &commands, &[100, 600, 1500]);
+}
+
+/// Each command of `commands(OUT)` with an unwritable OUT: exit status 1, no panic, and an error
+/// line naming the output.
+fn unwritable_outputs_fail_cleanly(d: &Path, commands: &dyn Fn(&str) -> Vec<Vec<String>>) {
+    std::fs::write(d.join("a_file"), "x").unwrap();
     for out in ["/proc/cmh-unwritable/out", "a_file/out"] {
-        for cmd in &commands {
-            let args = cmd(out);
-            let o = common::cmh().current_dir(d.path()).args(&args).output().unwrap();
+        for args in commands(out) {
+            let o = common::cmh().current_dir(d).args(&args).output().unwrap();
             let err = stderr(&o);
             assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
             assert!(!err.contains("panicked"), "{args:?}: {err}");
@@ -697,34 +657,50 @@ fn features_and_emoji_with_an_unwritable_output_a_full_disk_or_sigterm_leave_no_
             assert!(line.contains("a_file") || line.contains("/proc"), "{args:?}: {line}");
         }
     }
-    assert_eq!(std::fs::read_to_string(d.path().join("a_file")).unwrap(), "x");
-    // A full disk (the feature matrix alone is 24 × 4096 × 4 bytes).
-    for limit in [600u64, 100_000] {
-        for (c, cmd) in commands.iter().enumerate() {
-            let out = format!("full{limit}-{c}");
-            let args = cmd(&out);
+    assert_eq!(std::fs::read_to_string(d.join("a_file")).unwrap(), "x");
+}
+
+/// Each command of `commands(OUT)` where every write past `limit` bytes fails (a full disk): exit
+/// status 1, no panic, nothing under OUT and no partial file anywhere (`skip(args, limit)` leaves
+/// out commands whose output is smaller than the limit).
+fn full_disk_leaves_no_output(
+    d: &Path,
+    commands: &dyn Fn(&str) -> Vec<Vec<String>>,
+    limits: &[u64],
+    skip: impl Fn(&[String], u64) -> bool,
+) {
+    for &limit in limits {
+        let out = format!("full{limit}");
+        for args in commands(&out) {
+            if skip(&args, limit) {
+                continue;
+            }
             let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-            let o = with_disk_of(&args, d.path(), limit);
+            let o = with_disk_of(&args, d, limit);
             let err = stderr(&o);
             assert_eq!(o.status.code(), Some(1), "{args:?} limit {limit}: {err}");
             assert!(!err.contains("panicked"), "{args:?}: {err}");
-            assert!(!d.path().join(&out).exists(), "{args:?} limit {limit}: {out} exists after a failed write");
-            assert_only_complete_files(d.path());
+            assert!(!d.join(&out).exists(), "{args:?} limit {limit}: {out} exists after a failed write");
+            assert_only_complete_files(d);
         }
     }
-    // SIGTERM at several points: the output is a complete bundle or absent.
-    for (i, delay_ms) in [100u64, 600, 1500].iter().enumerate() {
-        for (c, cmd) in commands.iter().enumerate() {
+}
+
+/// SIGTERM after each of `delays_ms` to each command of `commands(OUT)`: OUT is a complete bundle
+/// or absent, and no partial file is left (a later run for the same output removes what a killed
+/// one left beside it).
+fn sigterm_leaves_a_complete_bundle_or_none(d: &Path, commands: &dyn Fn(&str) -> Vec<Vec<String>>, delays_ms: &[u64]) {
+    for (i, delay_ms) in delays_ms.iter().enumerate() {
+        for c in 0..commands("x").len() {
             let out = format!("term{i}-{c}");
-            let args = cmd(&out);
-            let mut child =
-                common::cmh().current_dir(d.path()).arg("--threads").arg("1").args(&args).stderr(Stdio::null()).spawn().unwrap();
+            let args = commands(&out).swap_remove(c);
+            let mut child = common::cmh().current_dir(d).arg("--threads").arg("1").args(&args).stderr(Stdio::null()).spawn().unwrap();
             std::thread::sleep(Duration::from_millis(*delay_ms));
             // SAFETY: kill(2) with a child's pid and a signal number has no memory effects.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             child.wait().unwrap();
-            assert_only_complete_files(d.path());
-            let out_path = d.path().join(&out);
+            assert_only_complete_files(d);
+            let out_path = d.join(&out);
             if out_path.exists() {
                 cmh::bundle::Bundle::load(&out_path).unwrap_or_else(|e| panic!("{args:?}: partial bundle under the final name: {e:#}"));
             }

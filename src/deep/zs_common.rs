@@ -35,30 +35,7 @@ pub fn array_from(t: &Tensor) -> Result<Array2<f32>> {
     Ok(Array2::from_shape_vec((size[0] as usize, size[1] as usize), v)?)
 }
 
-/// Per-dimension standardisation learned on the training features (constant dimensions keep
-/// scale 1).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Standardizer {
-    pub mean: Array1<f32>,
-    pub std: Array1<f32>,
-}
-
-impl Standardizer {
-    pub fn fit(x: ArrayView2<f32>) -> Self {
-        let n = x.nrows().max(1) as f64;
-        let mean64 = x.mapv(|v| v as f64).sum_axis(Axis(0)) / n;
-        let var =
-            x.mapv(|v| v as f64).outer_iter().fold(Array1::<f64>::zeros(x.ncols()), |acc, r| acc + (&r - &mean64).mapv(|d| d * d)) / n;
-        let std = var.mapv(|v| if v.sqrt() > 1e-12 { v.sqrt() as f32 } else { 1.0 });
-        Self { mean: mean64.mapv(|v| v as f32), std }
-    }
-    pub fn apply(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        (&x - &self.mean) / &self.std
-    }
-    pub fn dim(&self) -> usize {
-        self.mean.len()
-    }
-}
+pub use crate::numerics::Standardizer;
 
 /// How a modality's raw features become its network's input (`rbf_anchors` of CZHash and AgNet):
 /// optionally the centred RBF-anchor features the shallow methods use (SCH, CCA-ITQ:
@@ -759,14 +736,6 @@ mod tests {
         // One-hot attributes keep all K coordinates.
         assert_eq!(span_basis(&Array2::<f32>::eye(3)).unwrap().ncols(), 3);
         assert!(span_basis(&Array2::<f32>::zeros((2, 3))).is_err());
-    }
-
-    #[test]
-    fn standardizer_centres_and_scales() {
-        let x = array![[1.0f32, 5.0], [3.0, 5.0]];
-        let s = Standardizer::fit(x.view());
-        // Column 1 is constant: its scale stays 1.
-        assert_eq!(s.apply(x.view()), array![[-1.0f32, 0.0], [1.0, 0.0]]);
     }
 
     /// A 100-item, 5-class two-modality bundle with a fixed split, with or without class
