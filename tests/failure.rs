@@ -16,25 +16,44 @@ fn bundle(dir: &Path, n: usize) -> PathBuf {
     let cls: Vec<usize> = (0..n).map(|i| i % 4).collect();
     let feat =
         |d: usize, s: usize| Array2::from_shape_fn((n, d), |(i, j)| (((i * 13 + j * 7 + s) % 17) as f32) * 0.1 + (cls[i] * (j % 3)) as f32);
-    let q = n / 5;
-    let path = dir.join("b");
+    // Zero-shot methods need class embeddings; the others ignore them.
+    let embeddings = Array2::from_shape_fn((4, 3), |(c, j)| ((c * 3 + j) % 5) as f32 * 0.3 + 0.1);
+    four_class_bundle(&dir.join("b"), "failure", feat(12, 1).into(), feat(10, 2), Some(embeddings), n / 5)
+}
+
+/// A two-modality bundle of items labelled `i % 4` (the first `q` items are the queries, the rest
+/// train and form the database); the image modality holds features or raw images.
+fn four_class_bundle(path: &Path, name: &str, image: ImageInput, text: Array2<f32>, embeddings: Option<Array2<f32>>, q: usize) -> PathBuf {
+    let n = text.nrows();
+    let cls: Vec<usize> = (0..n).map(|i| i % 4).collect();
+    let image = match image {
+        ImageInput::Features(f) => NewModality { name: "image".into(), features: Some(f), ..Default::default() },
+        ImageInput::Raw(im) => NewModality { name: "image".into(), images: Some(im), ..Default::default() },
+    };
     BundleWriter {
-        name: "failure".into(),
+        name: name.into(),
         source: "test".into(),
         classes: (0..4).map(|c| format!("c{c}")).collect(),
-        modalities: vec![
-            NewModality { name: "image".into(), features: Some(feat(12, 1)), ..Default::default() },
-            NewModality { name: "text".into(), features: Some(feat(10, 2)), ..Default::default() },
-        ],
+        modalities: vec![image, NewModality { name: "text".into(), features: Some(text), ..Default::default() }],
         labels: vec![one_hot(&cls, 4)],
-        // Zero-shot methods need class embeddings; the others ignore them.
-        class_embeddings: Some((Array2::from_shape_fn((4, 3), |(c, j)| ((c * 3 + j) % 5) as f32 * 0.3 + 0.1), "test".into())),
+        class_embeddings: embeddings.map(|e| (e, "test".into())),
         split: Some(FixedSplit { train: (q..n).collect(), query: (0..q).collect(), database: (q..n).collect() }),
         ..Default::default()
     }
-    .write(&path, false)
+    .write(path, false)
     .unwrap();
-    path
+    path.to_path_buf()
+}
+
+enum ImageInput {
+    Features(Array2<f32>),
+    Raw(ndarray::Array4<u8>),
+}
+
+impl From<Array2<f32>> for ImageInput {
+    fn from(f: Array2<f32>) -> Self {
+        ImageInput::Features(f)
+    }
 }
 
 fn codes(n: usize, bits: usize, seed: usize) -> Array2<i8> {
@@ -560,26 +579,9 @@ fn leftovers_of_killed_data_commands_are_removed_by_the_next_run() {
 
 /// A bundle whose image modality holds raw images (what `cmh features` reads).
 fn image_bundle(dir: &Path, n: usize) -> PathBuf {
-    let cls: Vec<usize> = (0..n).map(|i| i % 4).collect();
     let images = ndarray::Array4::from_shape_fn((n, 64, 64, 3), |(i, y, x, c)| ((i * 37 + y * 3 + x * 5 + c * 71) % 256) as u8);
-    let text = Array2::from_shape_fn((n, 6), |(i, j)| (cls[i] * j) as f32 * 0.5 + (i % 3) as f32);
-    let q = n / 4;
-    let path = dir.join("imgs");
-    BundleWriter {
-        name: "images".into(),
-        source: "test".into(),
-        classes: (0..4).map(|c| format!("c{c}")).collect(),
-        modalities: vec![
-            NewModality { name: "image".into(), images: Some(images), ..Default::default() },
-            NewModality { name: "text".into(), features: Some(text), ..Default::default() },
-        ],
-        labels: vec![one_hot(&cls, 4)],
-        split: Some(FixedSplit { train: (q..n).collect(), query: (0..q).collect(), database: (q..n).collect() }),
-        ..Default::default()
-    }
-    .write(&path, false)
-    .unwrap();
-    path
+    let text = Array2::from_shape_fn((n, 6), |(i, j)| ((i % 4) * j) as f32 * 0.5 + (i % 3) as f32);
+    four_class_bundle(&dir.join("imgs"), "images", ImageInput::Raw(images), text, None, n / 4)
 }
 
 /// AlexNet weights with torchvision's parameter names and shapes (random values), as `cmh features`
