@@ -190,8 +190,10 @@ pub fn read_roles(files: &[PathBuf], roles: &BTreeMap<String, Vec<Candidate>>, w
     }
     let idx_path = out.join("index.json");
     let text = std::fs::read_to_string(&idx_path).with_context(|| format!("{}: the .mat reader wrote no index", idx_path.display()))?;
-    let index: Index =
-        serde_json::from_str(&text).map_err(|e| anyhow!("{}: unreadable index from the .mat reader ({e})", idx_path.display()))?;
+    let index: Index = serde_json::from_str(&text).map_err(|e| {
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        anyhow!("{}: the .mat reader described the contents in a form cmh cannot use ({e})", names.join(", "))
+    })?;
     if let Some((role, a)) = index.ambiguous.iter().next() {
         let names: Vec<String> = a.files.iter().map(|&i| files[i].display().to_string()).collect();
         let first = files[a.files[0]].file_name().unwrap_or_default().to_string_lossy().into_owned();

@@ -539,21 +539,21 @@ impl AgnetModel {
         let hash_net = MlpWeights::load(dir, "hash", params.hash_hidden.len() + 1)?;
         if hash_net.in_dim() <= params.free_dims {
             bail!(
-                "{}: hash_l0_weight.npy has {} columns; with free_dims = {} it needs more (attribute coordinates + free ones)",
+                "{}/hash_l0_weight.npy has {} columns; with free_dims = {} (model.json) it needs more (attribute coordinates + free ones)",
                 dir.display(),
                 hash_net.in_dim(),
                 params.free_dims
             );
         }
         if hash_net.layers.last().map(|l| l.0.nrows()) != Some(bits) {
-            bail!("{}: hash_l{}_weight.npy must have {bits} rows (the code length)", dir.display(), params.hash_hidden.len());
+            bail!("{}/hash_l{}_weight.npy must have {bits} rows (the code length in model.json)", dir.display(), params.hash_hidden.len());
         }
         let mut attr_nets = Vec::new();
         let mut inputs = Vec::new();
         for (m, name) in MODALITY_NAMES.iter().enumerate() {
             let net = MlpWeights::load(dir, name, params.hidden.len() + 1)?;
             if net.layers.last().map(|l| l.0.nrows()) != Some(hash_net.in_dim()) {
-                bail!("{}: the {name} network's output does not match the hash network's input ({})", dir.display(), hash_net.in_dim());
+                bail!("{}: the {name} network's output does not match the hash network's input ({}); the weight files and model.json disagree", dir.display(), hash_net.in_dim());
             }
             let input = InputMap::load(dir, name, sigmas[m], net.in_dim(), params.input_clip)?;
             attr_nets.push(net);

@@ -126,14 +126,14 @@ impl InputMap {
         let mean: Array1<f32> = read_f32(&dir.join(format!("{name}_mean.npy")), 1)?.into_dimensionality()?;
         let std: Array1<f32> = read_f32(&dir.join(format!("{name}_std.npy")), 1)?.into_dimensionality()?;
         if mean.len() != dim || std.len() != dim {
-            bail!("{}: {name}_mean.npy / {name}_std.npy must have {dim} entries (the network's inputs)", dir.display());
+            bail!("{}/{name}_mean.npy and {name}_std.npy must have {dim} entries (the network's inputs)", dir.display());
         }
         let rbf = match sigma {
             None => None,
             Some(s) => {
                 let m = crate::shallow::common::RbfMap::load(dir, name, s)?;
                 if m.n_anchors() != dim {
-                    bail!("{}: {name}_anchors.npy has {} anchors, but the network takes {dim} inputs", dir.display(), m.n_anchors());
+                    bail!("{}/{name}_anchors.npy has {} anchors, but the network takes {dim} inputs", dir.display(), m.n_anchors());
                 }
                 Some(m)
             }
@@ -567,7 +567,11 @@ pub fn read_model_json<P: DeserializeOwned>(dir: &Path, method: &str) -> Result<
     if v["method"] != method {
         bail!("{}: method is {}, expected {method:?}", mp.display(), v["method"]);
     }
-    let bits = v["bits"].as_u64().ok_or_else(|| anyhow!("{}: field bits is missing", mp.display()))? as usize;
+    let bits = v["bits"].as_u64().ok_or_else(|| anyhow!("{}: field bits is missing", mp.display()))?;
+    if bits == 0 || bits > crate::method::MAX_BITS as u64 {
+        bail!("{}: field bits is {bits}, expected a code length in 1..={}", mp.display(), crate::method::MAX_BITS);
+    }
+    let bits = bits as usize;
     let params: P = serde_json::from_value(v["params"].clone()).map_err(|e| anyhow!("{}: field params: {e}", mp.display()))?;
     let history: Vec<f64> = serde_json::from_value(v["history"].clone()).unwrap_or_default();
     Ok((bits, params, history, v))

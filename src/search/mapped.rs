@@ -107,10 +107,12 @@ fn read_head(path: &Path) -> Result<Vec<u8>> {
     if got >= 10 && &buf[..6] == b"\x93NUMPY" {
         let hlen = match buf[6] {
             1 => u16::from_le_bytes([buf[8], buf[9]]) as usize + 10,
-            _ if got >= 12 => u32::from_le_bytes(buf[8..12].try_into().unwrap()) as usize + 12,
+            2 | 3 if got >= 12 => u32::from_le_bytes(buf[8..12].try_into().unwrap()) as usize + 12,
             _ => 0,
         };
-        if hlen > buf.len() && hlen < (1 << 24) {
+        // A header never extends past the end of the file: a damaged length allocates nothing.
+        let file_len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if hlen > buf.len() && hlen < (1 << 24) && hlen as u64 <= file_len {
             let old = buf.len();
             buf.resize(hlen, 0);
             let more = read_up_to(&mut f, &mut buf[old..])?;

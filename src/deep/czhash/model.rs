@@ -68,10 +68,10 @@ impl CzhashModel {
             let wm = super::zs_common::read_f32(&dir.join(format!("{name}_W.npy")), 2)?.into_dimensionality::<ndarray::Ix2>()?;
             let out = net.layers.last().map(|l| l.0.nrows()).unwrap_or(0);
             if p.nrows() != out || p.ncols() != classes[m].len() {
-                bail!("{}: {name}_projector.npy is {:?}, expected ({out}, {})", dir.display(), p.dim(), classes[m].len());
+                bail!("{}/{name}_projector.npy is {:?}, expected ({out}, {})", dir.display(), p.dim(), classes[m].len());
             }
             if wm.dim() != (classes[m].len(), bits) {
-                bail!("{}: {name}_W.npy is {:?}, expected ({}, {bits})", dir.display(), wm.dim(), classes[m].len());
+                bail!("{}/{name}_W.npy is {:?}, expected ({}, {bits})", dir.display(), wm.dim(), classes[m].len());
             }
             nets.push(net);
             inputs.push(input);
@@ -80,7 +80,7 @@ impl CzhashModel {
             offsets.push(if params.centre {
                 let o: Array1<f32> = super::zs_common::read_f32(&dir.join(format!("{name}_offset.npy")), 1)?.into_dimensionality()?;
                 if o.len() != bits {
-                    bail!("{}: {name}_offset.npy has {} entries, expected {bits}", dir.display(), o.len());
+                    bail!("{}/{name}_offset.npy has {} entries, expected {bits}", dir.display(), o.len());
                 }
                 o
             } else {
