@@ -603,7 +603,7 @@ fn file_label(p: &Path) -> String {
 }
 
 /// Converts per `args` and writes the bundle; returns it with the summary line.
-pub fn convert(args: &ConvertArgs) -> Result<Converted> {
+pub fn convert(args: &ConvertArgs, py: &dyn crate::helpers::PythonHelpers) -> Result<Converted> {
     if args.out.exists() && !args.force {
         bail!("{} already exists; pass --force to replace it", args.out.display());
     }
@@ -631,7 +631,7 @@ pub fn convert(args: &ConvertArgs) -> Result<Converted> {
         tempfile::Builder::new().prefix("cmh-convert-").tempdir()
     }
     .context("cannot create a scratch folder")?;
-    let mut read = mat::read_roles(&files, &roles, work.path())?;
+    let mut read = mat::read_roles(&files, &roles, work.path(), py)?;
     let layout = choose_layout(args, &overridden, &read)?;
     let cand = |r: &str| roles.get(r).cloned().unwrap_or_default();
 

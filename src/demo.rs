@@ -59,7 +59,7 @@ pub struct DemoOutcome {
 
 /// Runs the demo: trains and evaluates every method in `a.methods` (default: the registry's demo
 /// methods) and writes the report folder `a.out`.
-pub fn run_demo(a: &DemoArgs) -> Result<DemoOutcome> {
+pub fn run_demo(a: &DemoArgs, py: &dyn crate::helpers::PythonHelpers) -> Result<DemoOutcome> {
     let t0 = Instant::now();
     let progress = !a.quiet;
     let methods: Vec<String> =
@@ -72,7 +72,7 @@ pub fn run_demo(a: &DemoArgs) -> Result<DemoOutcome> {
     }
     // The demo starts afresh: an earlier demo report in --out is replaced (only one cmh made).
     crate::outdir::prepare(&a.out, crate::outdir::Kind::Demo, "--out", true)?;
-    let bundle = crate::semantics::emoji_bundle(&crate::semantics::BuildEmojiArgs::new(&a.data))?;
+    let bundle = crate::semantics::emoji_bundle(&crate::semantics::BuildEmojiArgs::new(&a.data), py)?;
     let mut reports: Vec<Report> = Vec::new();
     let mut dirs: Vec<(Report, PathBuf)> = Vec::new();
     for protocol in [Protocol::Standard, Protocol::ZeroShot] {

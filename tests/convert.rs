@@ -2,24 +2,28 @@
 //! scipy.io.savemat for v5, HDF5 as MATLAB writes it for v7.3), checked element by element, and
 //! on the real Wikipedia / UCI files in ../shared (skipped with a notice when absent).
 
+mod common;
+
 use cmh::bundle::Bundle;
-use cmh::convert::{convert, ConvertArgs, Format, LabelBase};
+use cmh::convert::{ConvertArgs, Converted, Format, LabelBase};
 use cmh::npy::write_npy;
+use common::repo;
 use ndarray::{Array2, Array4, ArrayD, Axis, IxDyn};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn python() -> PathBuf {
     let venv = repo().join(".venv/bin/python");
     if venv.is_file() {
         venv
     } else {
-        cmh::convert::mat::find_python()
+        common::python::find_python()
     }
+}
+
+/// `cmh data convert` as the binary runs it.
+fn convert(a: &ConvertArgs) -> anyhow::Result<Converted> {
+    cmh::convert::convert(a, &common::python::ScriptHelpers)
 }
 
 // ------------------------------------------------------------------ fixture writing

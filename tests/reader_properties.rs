@@ -374,7 +374,10 @@ fn mat_reader_survives_mutated_files() {
     property(12, &valid, &f, &[], |bytes| {
         std::fs::write(&f, bytes).unwrap();
         let work = tempfile::tempdir().unwrap();
-        let (r, a) = measured(|| cmh::convert::mat::read_roles(std::slice::from_ref(&f), &roles, work.path()).map(|m| m.vars.len()));
+        let (r, a) = measured(|| {
+            cmh::convert::mat::read_roles(std::slice::from_ref(&f), &roles, work.path(), &common::python::ScriptHelpers)
+                .map(|m| m.vars.len())
+        });
         (err_of(r), a)
     });
 }

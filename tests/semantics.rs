@@ -1,19 +1,25 @@
-//! The emoji benchmark, built end to end by the embedded `build_emoji.py` (network only when the
-//! npm tarballs are not yet cached under the target folder; skipped with a notice when they
-//! cannot be fetched or the Python packages are missing), then used as the shallow methods use a
-//! bundle: load, split, training set, features.
+//! The Python helpers the binary carries, through the library functions that use them: the emoji
+//! benchmark built end to end by `build_emoji.py` (network only when the npm tarballs are not yet
+//! cached under the target folder; skipped with a notice when they cannot be fetched or the Python
+//! packages are missing), then used as the shallow methods use a bundle: load, split, training
+//! set, features; and the MiniLM sentence embeddings against the published quickstart.
+
+mod common;
 
 use cmh::bundle::Bundle;
+use cmh::helpers::{MiniLmUnavailable, MissingPythonPackage, PackagesUnavailable};
 use cmh::method::View;
-use cmh::semantics::{
-    build_emoji, BuildEmojiArgs, MiniLmUnavailable, MissingPythonPackage, PackagesUnavailable, EMOJI_CATEGORIES, EMOJI_ITEMS,
-    EMOJI_SUBCATEGORIES,
-};
+use cmh::semantics::{BuildEmojiArgs, EMOJI_CATEGORIES, EMOJI_ITEMS, EMOJI_SUBCATEGORIES};
 use cmh::split::{make_split, Protocol, SplitConfig};
+use common::python::ScriptHelpers;
 use std::path::PathBuf;
 
 fn cache() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("emoji-npm-cache")
+}
+
+fn build_emoji(args: &BuildEmojiArgs) -> anyhow::Result<(Bundle, serde_json::Value)> {
+    cmh::semantics::build_emoji(args, &ScriptHelpers)
 }
 
 /// Builds, or returns None (with a printed notice) when the environment cannot.
@@ -131,4 +137,55 @@ fn emoji_bundle_builds_and_serves_a_shallow_method() {
     assert_eq!(m.split.as_ref().unwrap().query, s.query, "same seed, same split");
     // An existing bundle is not replaced without force.
     assert!(build_emoji(&margs).is_err());
+}
+
+fn names(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// The published sentence-transformers quickstart for all-MiniLM-L6-v2: cosine similarities
+/// 0.6660 (1st–2nd), 0.1046 (1st–3rd), 0.1411 (2nd–3rd).
+#[test]
+fn minilm_matches_the_sentence_transformers_quickstart() {
+    use cmh::semantics::{embed_classes, minilm_class_embeddings, minilm_embed, EmbedClassesArgs, EmbedSource, MINILM_DIM};
+    use ndarray::array;
+    let s = names(&["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."]);
+    let e = match minilm_embed(&s, &ScriptHelpers) {
+        Ok(e) => e,
+        Err(e) if e.downcast_ref::<MiniLmUnavailable>().is_some() || e.downcast_ref::<MissingPythonPackage>().is_some() => {
+            eprintln!("SKIPPED minilm_matches_the_sentence_transformers_quickstart: {e:#}");
+            return;
+        }
+        Err(e) => panic!("{e:#}"),
+    };
+    let sim = e.dot(&e.t());
+    let got = [sim[[0, 1]], sim[[0, 2]], sim[[1, 2]]];
+    for (g, want) in got.iter().zip([0.6660f32, 0.1046, 0.1411]) {
+        assert!((g - want).abs() < 5e-5, "cosines {got:?}, published 0.6660 0.1046 0.1411");
+    }
+    // Class names go through class_sentence; the embedding of a name is deterministic.
+    let c = minilm_class_embeddings(&names(&["animal-mammal", "animal mammal"]), &ScriptHelpers).unwrap();
+    assert_eq!(c.row(0), c.row(1));
+
+    // `embed-classes --minilm` writes them into a bundle with the model named in `source`.
+    use cmh::bundle::{BundleWriter, NewModality};
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("b");
+    BundleWriter {
+        name: "t".into(),
+        source: "test".into(),
+        classes: names(&["animal-mammal", "food_drink", "Smileys & Emotion"]),
+        modalities: vec![NewModality { name: "image".into(), features: Some(array![[1.0f32], [2.0], [3.0]]), ..Default::default() }],
+        labels: vec![array![[1u8, 0, 0], [0, 1, 0], [0, 0, 1]]],
+        ..Default::default()
+    }
+    .write(&dir, false)
+    .unwrap();
+    embed_classes(&EmbedClassesArgs { bundle: dir.clone(), source: EmbedSource { glove: None, minilm: true } }, &ScriptHelpers).unwrap();
+    let b = Bundle::load(&dir).unwrap();
+    let spec = b.manifest.class_embeddings.as_ref().unwrap();
+    assert!(spec.source.contains("all-MiniLM-L6-v2") && spec.dim == MINILM_DIM);
+    let want = minilm_embed(&names(&["animal mammal", "food drink", "Smileys & Emotion"]), &ScriptHelpers).unwrap();
+    let got = b.class_embeddings.unwrap();
+    assert!(got.iter().zip(want.iter()).all(|(a, b)| (a - b).abs() < 1e-6));
 }

@@ -2,6 +2,7 @@
 //! structs, runs the library and prints what it returns.
 
 mod args;
+mod python;
 
 use anyhow::{anyhow, bail, Context, Result};
 use args::*;
@@ -11,6 +12,7 @@ use cmh::npy::read_binary_matrix;
 use cmh::pipeline::{self, RunConfig};
 use cmh::search::open_codes;
 use cmh::split::SplitConfig;
+use python::ScriptHelpers;
 use std::path::{Path, PathBuf};
 
 /// Prints the library's log records on stderr: information as it is, warnings and errors with
@@ -79,25 +81,28 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data(DataCommand::Info { bundle }) => data_info(&bundle),
         Command::Data(DataCommand::Convert(a)) => {
-            println!("{}", cmh::convert::convert(&a.into())?.summary);
+            println!("{}", cmh::convert::convert(&a.into(), &ScriptHelpers)?.summary);
             Ok(())
         }
         Command::Data(DataCommand::EmbedClasses(a)) => {
-            println!("{}", cmh::semantics::embed_classes(&a.into())?);
+            println!("{}", cmh::semantics::embed_classes(&a.into(), &ScriptHelpers)?);
             Ok(())
         }
         Command::Data(DataCommand::Emoji(a)) => build_emoji(&a.into()),
         Command::Data(DataCommand::Split(a)) => data_split(&a),
         Command::Tune(a) => tune(&a),
         Command::Data(DataCommand::EmbedText(a)) => {
-            let summary = cmh::text_features::run(&cmh::text_features::EmbedText {
-                bundle: a.bundle,
-                out: a.out,
-                texts: a.texts,
-                batch: a.batch,
-                cache: a.cache.unwrap_or_else(cmh::text_features::default_cache_dir),
-                progress: !a.quiet,
-            })?;
+            let summary = cmh::text_features::run(
+                &cmh::text_features::EmbedText {
+                    bundle: a.bundle,
+                    out: a.out,
+                    texts: a.texts,
+                    batch: a.batch,
+                    cache: a.cache.unwrap_or_else(cmh::text_features::default_cache_dir),
+                    progress: !a.quiet,
+                },
+                &ScriptHelpers,
+            )?;
             println!("{summary}");
             Ok(())
         }
@@ -114,7 +119,7 @@ fn run(cli: Cli) -> Result<()> {
 
 /// `cmh data emoji OUT`: builds the bundle and prints the builder's summary.
 fn build_emoji(args: &cmh::semantics::BuildEmojiArgs) -> Result<()> {
-    let (b, summary) = cmh::semantics::build_emoji(args)?;
+    let (b, summary) = cmh::semantics::build_emoji(args, &ScriptHelpers)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     println!(
         "{}: {} items, {} classes, modalities {:?}",
@@ -128,7 +133,7 @@ fn build_emoji(args: &cmh::semantics::BuildEmojiArgs) -> Result<()> {
 
 /// `cmh demo`: runs it and prints its table, the health of its codes and where it wrote.
 fn demo(a: &cmh::demo::DemoArgs) -> Result<()> {
-    let o = cmh::demo::run_demo(a)?;
+    let o = cmh::demo::run_demo(a, &ScriptHelpers)?;
     println!("{}", cmh::report::format_table(&o.summary));
     println!("learned-B: database codes are the learned training codes; 'enc' columns encode the database with the hash functions.");
     if o.warnings.is_empty() {

@@ -1,31 +1,18 @@
-//! Reading MATLAB `.mat` files (v5/v7 and v7.3/HDF5) through `scripts/mat2npy.py`.
+//! Reading MATLAB `.mat` files (v5/v7 and v7.3/HDF5) through a Python helper.
 //!
 //! No Rust crate reads both MATLAB v5 (including compressed elements) and v7.3 (HDF5) reliably,
-//! so the reading is done by scipy (v5) and h5py (v7.3) in a small Python helper embedded in the
-//! binary (`include_str!`, so an installed `cmh` needs no source tree). The helper writes each
-//! requested variable as `.npy` in MATLAB's orientation (HDF5 arrays transposed back) into a
-//! temporary folder, and cmh reads those with [`crate::npy::read_npy`].
-//!
-//! The interpreter: `$CMH_PYTHON` when set; else the first `.venv/bin/python` found walking up
-//! from the running executable and then from the current directory (the project venv that
-//! `scripts/setup.sh` makes); else `python3` on the PATH.
+//! so the reading is done by scipy (v5) and h5py (v7.3) in the application's helper
+//! ([`PythonHelpers::mat2npy`]; the `cmh` binary runs `scripts/mat2npy.py`). This module writes
+//! the request (which variables to look for, per role), and reads back the helper's `index.json`
+//! and the `.npy` dumps of each chosen variable, in MATLAB's orientation (HDF5 arrays transposed
+//! back), with [`crate::npy::read_npy`].
 
+use crate::helpers::PythonHelpers;
 use crate::npy::{read_npy, NpyData};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// The helper script, embedded.
-pub const MAT2NPY_PY: &str = include_str!("../../scripts/mat2npy.py");
-
-/// Exit status of the helper when a Python package is missing.
-const EXIT_MISSING_PACKAGE: i32 = 2;
-
-/// The Python interpreter (shared with the semantics scripts): `$CMH_PYTHON`, else the project
-/// `.venv/bin/python` found walking up from the executable then the current folder, else `python3`.
-pub use crate::semantics::find_python;
 
 /// One variable picked for a role and read back from `.npy`.
 #[derive(Debug, Clone)]
@@ -143,15 +130,13 @@ impl MatRead {
 }
 
 /// Runs the helper once over `files`, picking for each role the first candidate present.
-/// `work` is an empty scratch folder (the `.npy` dumps go there).
-pub fn read_roles(files: &[PathBuf], roles: &BTreeMap<String, Vec<Candidate>>, work: &Path) -> Result<MatRead> {
+/// `work` is an empty scratch folder (the request and the `.npy` dumps go there).
+pub fn read_roles(files: &[PathBuf], roles: &BTreeMap<String, Vec<Candidate>>, work: &Path, py: &dyn PythonHelpers) -> Result<MatRead> {
     for f in files {
         if !f.is_file() {
             bail!("{}: no such file", f.display());
         }
     }
-    let script = work.join("mat2npy.py");
-    std::fs::write(&script, MAT2NPY_PY).with_context(|| format!("{}: cannot write the helper script", script.display()))?;
     let out = work.join("dump");
     let abs: Vec<String> =
         files.iter().map(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.clone()).to_string_lossy().into_owned()).collect();
@@ -165,29 +150,7 @@ pub fn read_roles(files: &[PathBuf], roles: &BTreeMap<String, Vec<Candidate>>, w
     let req = serde_json::json!({"files": abs, "out": out.to_string_lossy(), "roles": role_json});
     let req_path = work.join("request.json");
     std::fs::write(&req_path, serde_json::to_string(&req)?)?;
-    let python = find_python();
-    let output = Command::new(&python).arg(&script).arg("--request").arg(&req_path).output().map_err(|e| {
-        anyhow!(
-            "cannot run the Python interpreter {} to read .mat files ({e}); run scripts/setup.sh to make the project venv (.venv with numpy, scipy, h5py) or set CMH_PYTHON to a python that has them",
-            python.display()
-        )
-    })?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let msg = stderr.lines().rev().find(|l| l.starts_with("mat2npy: ")).map(|l| l.trim_start_matches("mat2npy: ").to_string());
-        let msg = msg.unwrap_or_else(|| format!("the .mat reader failed: {}", stderr.trim().lines().last().unwrap_or("")));
-        // Every message names the input: the helper's own messages do; others get the file names.
-        let msg = if abs.iter().any(|f| msg.contains(f.as_str())) || files.iter().any(|f| msg.contains(&f.display().to_string())) {
-            msg
-        } else {
-            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-            format!("{}: {msg}", names.join(", "))
-        };
-        if output.status.code() == Some(EXIT_MISSING_PACKAGE) {
-            bail!("{msg} (python used: {}; set CMH_PYTHON to choose another)", python.display());
-        }
-        bail!("{msg}");
-    }
+    py.mat2npy(files, &req_path)?;
     let idx_path = out.join("index.json");
     let text = std::fs::read_to_string(&idx_path).with_context(|| format!("{}: the .mat reader wrote no index", idx_path.display()))?;
     let index: Index = serde_json::from_str(&text).map_err(|e| {

@@ -234,7 +234,7 @@ fn kernel_inplace(d2: &mut Array2<f64>, sigma: f64) {
 /// a small one.
 pub fn capped_anchors(param: &str, requested: usize, rows: usize) -> usize {
     if requested > rows {
-        eprintln!("note: {param} = {requested} capped at the {rows} training rows");
+        log::info!("note: {param} = {requested} capped at the {rows} training rows");
         rows
     } else {
         requested

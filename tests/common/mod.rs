@@ -2,6 +2,11 @@
 #![allow(dead_code)]
 use std::path::PathBuf;
 
+/// The binary's Python helpers (the scripts it carries, run by the project's Python), for tests
+/// that call the library functions that take a `PythonHelpers`.
+#[path = "../../src/cli/python.rs"]
+pub mod python;
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
