@@ -12,7 +12,8 @@
 //! values are checked for NaN/Inf on the rows a run reads ([`crate::split::bundle_views`]), so a
 //! bundle whose unused rows (say, held-out test items) are not finite still serves.
 
-use crate::mapped::{MappedArray, MappedKind, MappedRows};
+pub use crate::mapped::MappedArray;
+use crate::mapped::{MappedKind, MappedRows};
 use crate::npy::{read_binary_matrix, read_features, read_float_matrix, read_indices, read_npy, write_npy, write_text_atomic, NpyData};
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{Array1, Array2, Array4};
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub const MANIFEST: &str = "bundle.json";
+pub(crate) const MANIFEST: &str = "bundle.json";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -169,7 +170,7 @@ fn file_in(dir: &Path, name: &str, field: &str) -> Result<PathBuf> {
 }
 
 /// The modality names a bundle may use, in role order (modality 0 is the image side).
-pub const MODALITY_NAMES: [&str; 2] = ["image", "text"];
+pub(crate) const MODALITY_NAMES: [&str; 2] = ["image", "text"];
 
 /// Puts the manifest's modalities (and per-modality label files) in role order by their names:
 /// roles follow the names, never the order in the file. Unknown or repeated names, and a bundle
@@ -220,7 +221,7 @@ fn refuse_duplicates(path: &Path, field: &str, idx: &[usize]) -> Result<()> {
 
 /// SHA-256 (hex) of a bundle's contents: `bundle.json` and every file it names, in name order
 /// (names and bytes). Run folders record it so that a resume on changed data is refused.
-pub fn content_hash(dir: &Path) -> Result<String> {
+pub(crate) fn content_hash(dir: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     let mpath = dir.join(MANIFEST);
     let text = std::fs::read(&mpath).with_context(|| format!("{}: cannot read the bundle manifest", mpath.display()))?;
@@ -458,11 +459,11 @@ impl Bundle {
         &self.manifest.classes
     }
     /// Whether modalities carry different label files.
-    pub fn has_modality_labels(&self) -> bool {
+    pub(crate) fn has_modality_labels(&self) -> bool {
         self.manifest.modality_labels.is_some()
     }
     /// Union of every modality's labels (items × classes).
-    pub fn union_labels(&self) -> Array2<u8> {
+    pub(crate) fn union_labels(&self) -> Array2<u8> {
         let mut u = self.labels[0].clone();
         for l in &self.labels[1..] {
             u.zip_mut_with(l, |a, &b| *a |= b);
@@ -480,7 +481,7 @@ impl Bundle {
     }
 
     /// Replaces (or adds) the class embeddings and rewrites the manifest, atomically per file.
-    pub fn set_class_embeddings(&mut self, emb: Array2<f32>, source: &str) -> Result<()> {
+    pub(crate) fn set_class_embeddings(&mut self, emb: Array2<f32>, source: &str) -> Result<()> {
         if emb.nrows() != self.n_classes() {
             bail!("class embeddings need one row per class ({}), found {}", self.n_classes(), emb.nrows());
         }
@@ -635,7 +636,7 @@ impl BundleWriter {
 
 /// Refuses to replace `dir` unless it is absent, empty, or a bundle: marked as written by cmh, or
 /// holding a `bundle.json` that reads as a bundle manifest. cmh never deletes other folders.
-pub fn check_replaceable(dir: &Path) -> Result<()> {
+pub(crate) fn check_replaceable(dir: &Path) -> Result<()> {
     if !dir.exists() {
         return Ok(());
     }

@@ -39,7 +39,7 @@ pub struct CodesRef<'a> {
     pub data: &'a [u8],
 }
 
-pub fn stride_of(bits: usize) -> usize {
+pub(crate) fn stride_of(bits: usize) -> usize {
     bits.div_ceil(8)
 }
 
@@ -245,12 +245,12 @@ impl BinaryCodes {
 }
 
 /// Bytes of a uint8 code file that [`check_not_unpacked`] looks at (the first rows).
-pub const UNPACKED_PROBE_BYTES: usize = 1 << 16;
+pub(crate) const UNPACKED_PROBE_BYTES: usize = 1 << 16;
 
 /// Refuses a uint8 code file that holds unpacked 0/1 bits instead of `numpy.packbits` rows: when
 /// the first [`UNPACKED_PROBE_BYTES`] bytes (at least 8 of them) are all 0 or 1 and some are 1. Packed
 /// codes of any real code set have other byte values (each byte is 0 or 1 with chance 2/256).
-pub fn check_not_unpacked(path: &Path, data: &[u8], cols: usize) -> Result<()> {
+pub(crate) fn check_not_unpacked(path: &Path, data: &[u8], cols: usize) -> Result<()> {
     let probe = &data[..data.len().min(UNPACKED_PROBE_BYTES)];
     if probe.len() >= 8 && probe.iter().all(|&b| b <= 1) && probe.contains(&1) {
         bail!(

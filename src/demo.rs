@@ -16,7 +16,7 @@ use std::time::Instant;
 /// Demo hyper-parameters: every method trains with the defaults of `cmh train` (deep methods in
 /// feature mode over the bundle's hand-crafted image descriptor), except where a section of this
 /// file says otherwise. `--config` overrides them.
-pub const DEMO_CONFIG: &str = include_str!("demo.toml");
+pub(crate) const DEMO_CONFIG: &str = include_str!("demo.toml");
 
 #[derive(Debug, Clone)]
 pub struct DemoArgs {

@@ -5,7 +5,7 @@
 
 use crate::codes::BinaryCodes;
 use crate::mapped::MappedRows;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use ndarray::{Array2, Array4, ArrayView2};
 use std::path::{Path, PathBuf};
 
@@ -65,7 +65,7 @@ impl View {
         }
     }
     /// Rows `idx` as feature vectors (copied; read from the file for a mapped view).
-    pub fn feature_rows(&self, method: &str, modality: usize, idx: &[usize]) -> Result<Array2<f32>> {
+    pub(crate) fn feature_rows(&self, method: &str, modality: usize, idx: &[usize]) -> Result<Array2<f32>> {
         match self {
             View::Mapped(x) if !x.is_images() => x.features(idx),
             _ => Ok(self.features(method, modality)?.select(ndarray::Axis(0), idx)),
@@ -121,7 +121,7 @@ impl TrainSet {
 
     /// Rows labelled in every modality, with the union of their modality labels: what a method
     /// that needs one label matrix trains on.
-    pub fn common_labelled(&self) -> (Vec<usize>, Array2<f64>) {
+    pub(crate) fn common_labelled(&self) -> (Vec<usize>, Array2<f64>) {
         let rows: Vec<usize> = (0..self.len()).filter(|&i| self.labelled.iter().all(|l| l[i])).collect();
         let mut y = Array2::<f64>::zeros((rows.len(), self.n_classes()));
         for (r, &i) in rows.iter().enumerate() {
@@ -157,7 +157,7 @@ impl TrainSet {
     }
 
     /// Class embeddings, or an error naming the method that needs them.
-    pub fn require_class_embeddings(&self, method: &str) -> Result<&Array2<f32>> {
+    pub(crate) fn require_class_embeddings(&self, method: &str) -> Result<&Array2<f32>> {
         self.class_embeddings.as_ref().ok_or_else(|| {
             anyhow::anyhow!(
                 "{method} needs class embeddings, but the bundle has none; add them with \
@@ -217,6 +217,36 @@ pub trait HashModel: Send + Sync {
     fn save(&self, dir: &Path) -> Result<()>;
 }
 
+/// A model folder as [`HashModel::save`] writes it: the folder is created first, the `.npy`
+/// matrices go in one by one (each written atomically), and `model.json`, the file model loading
+/// reads first, is written last.
+pub(crate) struct ModelDir<'a> {
+    dir: &'a Path,
+}
+
+impl<'a> ModelDir<'a> {
+    /// Creates `dir` (and its parents) for a model.
+    pub(crate) fn create(dir: &'a Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        Ok(Self { dir })
+    }
+
+    /// Writes `NAME.npy`.
+    pub(crate) fn npy<T: crate::npy::NpyElem, D: ndarray::Dimension>(&self, name: &str, a: &ndarray::Array<T, D>) -> Result<()> {
+        crate::npy::write_npy(&self.dir.join(format!("{name}.npy")), a)
+    }
+
+    /// Writes the objective history as `history.npy`.
+    pub(crate) fn history(&self, history: &[f64]) -> Result<()> {
+        self.npy("history", &ndarray::Array1::from(history.to_vec()))
+    }
+
+    /// Writes `model.json` (pretty-printed), completing the folder.
+    pub(crate) fn finish<T: serde::Serialize>(self, model: &T) -> Result<()> {
+        crate::report::write_json(&self.dir.join("model.json"), model)
+    }
+}
+
 /// A method's hyper-parameters: checked, then fitted.
 ///
 /// Fit, encode, search and evaluate (`examples/train_sch_and_search.rs` does the same on a bundle):
@@ -268,7 +298,7 @@ pub trait Fit {
 
 /// Memory the machine can give a fit: `MemAvailable` plus free swap from `/proc/meminfo`
 /// (`None` where that cannot be read).
-pub fn available_memory() -> Option<f64> {
+pub(crate) fn available_memory() -> Option<f64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kib = |key: &str| -> Option<f64> {
         let line = text.lines().find(|l| l.starts_with(key))?;
@@ -280,7 +310,7 @@ pub fn available_memory() -> Option<f64> {
 /// Helper for `check`: refuses a fit whose estimated working memory (`bytes`, the largest arrays
 /// the method allocates, described by `what`) exceeds the memory available, before anything is
 /// allocated.
-pub fn ensure_memory(method: &str, bits: usize, bytes: f64, what: &str) -> Result<()> {
+pub(crate) fn ensure_memory(method: &str, bits: usize, bytes: f64, what: &str) -> Result<()> {
     match available_memory() {
         Some(avail) => ensure_memory_within(method, bits, bytes, what, avail),
         None => Ok(()),
@@ -302,13 +332,13 @@ pub fn ensure_memory_within(method: &str, bits: usize, bytes: f64, what: &str, a
 }
 
 /// Helper for `check`: a hyper-parameter that must be positive / non-negative.
-pub fn ensure_nonneg(name: &str, v: f64) -> Result<()> {
+pub(crate) fn ensure_nonneg(name: &str, v: f64) -> Result<()> {
     if !v.is_finite() || v < 0.0 {
         bail!("hyper-parameter {name} must be a finite number >= 0, found {v}");
     }
     Ok(())
 }
-pub fn ensure_pos(name: &str, v: f64) -> Result<()> {
+pub(crate) fn ensure_pos(name: &str, v: f64) -> Result<()> {
     if !v.is_finite() || v <= 0.0 {
         bail!("hyper-parameter {name} must be a finite number > 0, found {v}");
     }
@@ -316,7 +346,7 @@ pub fn ensure_pos(name: &str, v: f64) -> Result<()> {
 }
 
 /// A probability-like hyper-parameter (dropout): in [0, 1).
-pub fn ensure_fraction(name: &str, v: f64) -> Result<()> {
+pub(crate) fn ensure_fraction(name: &str, v: f64) -> Result<()> {
     if !(0.0..1.0).contains(&v) {
         bail!("hyper-parameter {name} must be in [0, 1), found {v}");
     }
@@ -324,6 +354,6 @@ pub fn ensure_fraction(name: &str, v: f64) -> Result<()> {
 }
 
 /// f32 features as an f64 matrix (the shallow methods compute in f64).
-pub fn to_f64(x: ArrayView2<f32>) -> Array2<f64> {
+pub(crate) fn to_f64(x: ArrayView2<f32>) -> Array2<f64> {
     x.mapv(|v| v as f64)
 }

@@ -141,7 +141,7 @@ pub fn evaluate(q: CodesRef, db: CodesRef, ql: ArrayView2<u8>, dl: ArrayView2<u8
 }
 
 /// [`evaluate`] with a chosen popcount kernel (an unavailable one falls back to the portable one).
-pub fn evaluate_with(
+pub(crate) fn evaluate_with(
     kernel: Kernel,
     q: CodesRef,
     db: CodesRef,

@@ -62,7 +62,7 @@ impl NpyData {
         !matches!(self, NpyData::F32(_) | NpyData::F64(_))
     }
     /// Integer array values as i64 (for index files); floats refused.
-    pub fn to_i64(&self) -> Option<ArrayD<i64>> {
+    pub(crate) fn to_i64(&self) -> Option<ArrayD<i64>> {
         Some(match self {
             NpyData::I8(a) => a.mapv(|v| v as i64),
             NpyData::U8(a) | NpyData::Bool(a) => a.mapv(|v| v as i64),
@@ -76,7 +76,7 @@ impl NpyData {
         })
     }
     /// Values as f64 (features may be stored in any numeric type).
-    pub fn to_f64(&self) -> ArrayD<f64> {
+    pub(crate) fn to_f64(&self) -> ArrayD<f64> {
         match self {
             NpyData::F32(a) => a.mapv(|v| v as f64),
             NpyData::F64(a) => a.clone(),
@@ -188,7 +188,7 @@ pub fn read_features(path: &Path) -> Result<Array2<f32>> {
 
 /// A real matrix (float32 or float64 on disk) as f32, NaN/Inf allowed: for callers that check
 /// finiteness on the rows they use.
-pub fn read_float_matrix(path: &Path) -> Result<Array2<f32>> {
+pub(crate) fn read_float_matrix(path: &Path) -> Result<Array2<f32>> {
     let data = read_npy(path)?;
     dims2(path, "a feature matrix", data.shape())?;
     Ok(match data {
@@ -255,7 +255,7 @@ pub fn write_atomic(path: &Path, f: impl FnOnce(&mut BufWriter<&mut File>) -> Re
 /// Removes the temporary files (`.NAME.XXXXXX.tmp`, as [`write_atomic`] names them) that an
 /// interrupted write of `path` left beside it. Best effort: a temporary that cannot be removed
 /// stays.
-pub fn remove_stale_temporaries(path: &Path) {
+pub(crate) fn remove_stale_temporaries(path: &Path) {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let Some(name) = path.file_name().and_then(|s| s.to_str()) else { return };
     let prefix = format!(".{name}.");
@@ -272,7 +272,7 @@ pub fn remove_stale_temporaries(path: &Path) {
 }
 
 /// Sets the permission bits of a file or folder made through `tempfile` (which makes them private).
-pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
+pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("{}: cannot set permissions", path.display()))

@@ -42,7 +42,7 @@ pub struct SearchSpace {
 }
 
 impl SearchSpace {
-    pub const EMPTY: SearchSpace = SearchSpace { dims: &[], fidelity: None };
+    pub(crate) const EMPTY: SearchSpace = SearchSpace { dims: &[], fidelity: None };
 }
 
 /// A method's hyper-parameter struct: checked and fitted ([`crate::method::Fit`]), with its named
@@ -150,7 +150,7 @@ pub struct Resolved {
 
 /// The method's section of a config file (a TOML file with one table per method), or an empty
 /// table when the file has none. Refuses sections that are not methods.
-pub fn config_section(method: &str, path: &Path, methods: &[&str]) -> Result<toml::Table> {
+pub(crate) fn config_section(method: &str, path: &Path, methods: &[&str]) -> Result<toml::Table> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the config file", path.display()))?;
     let all: toml::Table = text.parse().map_err(|e| anyhow!("{}: invalid TOML: {e}", path.display()))?;
     for key in all.keys() {
@@ -165,7 +165,7 @@ pub fn config_section(method: &str, path: &Path, methods: &[&str]) -> Result<tom
 }
 
 /// `--param NAME=VALUE` overrides as a table (VALUE in TOML; a bare word is taken as a string).
-pub fn param_overrides(overrides: &[String]) -> Result<toml::Table> {
+pub(crate) fn param_overrides(overrides: &[String]) -> Result<toml::Table> {
     let mut table = toml::Table::new();
     for o in overrides {
         let (k, v) = o.split_once('=').ok_or_else(|| anyhow!("--param {o:?}: expected NAME=VALUE"))?;
@@ -181,7 +181,7 @@ pub fn param_overrides(overrides: &[String]) -> Result<toml::Table> {
 
 /// Merges defaults, `preset`, the method's section of `config` and `overrides`, checks the result
 /// parses into the method's parameters, and records each value's source.
-pub fn resolve(
+pub(crate) fn resolve(
     info: &MethodInfo,
     preset: Option<&str>,
     config: Option<(&Path, &toml::Table)>,
@@ -218,7 +218,7 @@ pub fn resolve(
 }
 
 /// One TOML value on one line (arrays and inline tables included).
-pub fn inline(v: &toml::Value) -> String {
+pub(crate) fn inline(v: &toml::Value) -> String {
     match v {
         toml::Value::Table(t) => {
             let parts: Vec<String> = t.iter().map(|(k, v)| format!("{k} = {}", inline(v))).collect();
@@ -246,7 +246,7 @@ impl Resolved {
 
 /// Merges the method's TOML section from a config file with `name=value` overrides (the explicit
 /// settings only; [`resolve_params`] adds defaults and presets).
-pub fn method_params(method: &str, config: Option<&Path>, overrides: &[String]) -> Result<toml::Table> {
+pub(crate) fn method_params(method: &str, config: Option<&Path>, overrides: &[String]) -> Result<toml::Table> {
     let mut table = match config {
         Some(p) => config_section(method, p, &crate::registry::names())?,
         None => toml::Table::new(),

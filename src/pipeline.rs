@@ -129,7 +129,15 @@ fn run_name(bits: usize, seed: u64) -> String {
 }
 
 /// Trains and evaluates one (bits, seed) and writes `out/bitsB-seedS/` atomically.
-pub fn run_one(bundle: &Bundle, cfg: &RunConfig, bits: usize, seed: u64, out: &Path, resume: bool, progress: bool) -> Result<Report> {
+pub(crate) fn run_one(
+    bundle: &Bundle,
+    cfg: &RunConfig,
+    bits: usize,
+    seed: u64,
+    out: &Path,
+    resume: bool,
+    progress: bool,
+) -> Result<Report> {
     let name = run_name(bits, seed);
     let split_cfg = SplitConfig { seed, ..cfg.split.clone() };
     let split = make_split(bundle, &split_cfg)?;
@@ -251,7 +259,7 @@ pub fn run(cfg: &RunConfig, out: &Path, resume: bool, progress: bool) -> Result<
 pub use crate::method::MAX_BITS;
 
 /// Checks a `--bits` list: one or more code lengths in `1..=MAX_BITS`, each given once.
-pub fn check_bits(bits: &[usize]) -> Result<()> {
+pub(crate) fn check_bits(bits: &[usize]) -> Result<()> {
     if bits.is_empty() || bits.contains(&0) {
         bail!("--bits needs one or more code lengths >= 1");
     }
@@ -267,14 +275,14 @@ pub fn check_bits(bits: &[usize]) -> Result<()> {
 }
 
 /// Says so when `--device cuda` is given to a method that runs on the CPU.
-pub fn note_device(method: &str, device: DeviceChoice) {
+pub(crate) fn note_device(method: &str, device: DeviceChoice) {
     if device == DeviceChoice::Cuda && !is_deep(method) {
         log::info!("note: {method} runs on the CPU; --device cuda applies to the deep methods (sdch, czhash, agnet)");
     }
 }
 
 /// Checks the parts of a configuration that need no data: code lengths, seeds, method.
-pub fn check_config(cfg: &RunConfig) -> Result<()> {
+pub(crate) fn check_config(cfg: &RunConfig) -> Result<()> {
     check_bits(&cfg.bits)?;
     if cfg.repeat == 0 {
         bail!("--repeat must be at least 1");
@@ -434,7 +442,7 @@ pub fn is_stop(e: &anyhow::Error) -> bool {
 
 /// `report.json` at the top of a run folder: the summary table and every run's report. With a single
 /// run, that run's keys also stand at the top level.
-pub fn write_summary(out: &Path, reports: &[Report]) -> Result<()> {
+pub(crate) fn write_summary(out: &Path, reports: &[Report]) -> Result<()> {
     let summary = summarize(reports);
     let mut top = serde_json::json!({ "summary": summary, "runs": reports });
     if reports.len() == 1 {

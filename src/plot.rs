@@ -183,12 +183,12 @@ where
 }
 
 /// Writes `stem.png` and `stem.svg` with the given curves (y in [0, 1]).
-pub fn line_chart(stem: &Path, title: &str, xlabel: &str, ylabel: &str, curves: &[Curve]) -> Result<()> {
+pub(crate) fn line_chart(stem: &Path, title: &str, xlabel: &str, ylabel: &str, curves: &[Curve]) -> Result<()> {
     line_chart_axis(stem, title, xlabel, ylabel, curves, XAxis::Linear)
 }
 
 /// [`line_chart`] with a chosen x axis.
-pub fn line_chart_axis(stem: &Path, title: &str, xlabel: &str, ylabel: &str, curves: &[Curve], axis: XAxis) -> Result<()> {
+pub(crate) fn line_chart_axis(stem: &Path, title: &str, xlabel: &str, ylabel: &str, curves: &[Curve], axis: XAxis) -> Result<()> {
     ensure_font()?;
     if curves.is_empty() {
         bail!("{}: nothing to plot", stem.display());
@@ -241,7 +241,7 @@ pub fn plot_direction(dir: &Path, name: &str, pretty: &str, lines: &[(String, &D
 /// Both directions of several runs (one line per method and code length), file names prefixed.
 /// The curves use the database encoded by the hash functions (`i2t_encoded` / `t2i_encoded`), the
 /// convention every method shares, so lines of methods with and without learned codes compare.
-pub fn plot_reports(dir: &Path, prefix: &str, reports: &[&Report], title_suffix: &str) -> Result<Vec<PathBuf>> {
+pub(crate) fn plot_reports(dir: &Path, prefix: &str, reports: &[&Report], title_suffix: &str) -> Result<Vec<PathBuf>> {
     let label = |r: &Report| format!("{} {}b", r.method, r.bits);
     let mut out = Vec::new();
     let i2t: Vec<(String, &DirectionMetrics)> = reports.iter().map(|r| (label(r), &r.i2t_encoded)).collect();
@@ -339,7 +339,7 @@ where
 }
 
 /// Writes `stem.png` and `stem.svg`: one row per query, its top results beside it.
-pub fn result_grid(stem: &Path, title: &str, rows: &[GridRow]) -> Result<()> {
+pub(crate) fn result_grid(stem: &Path, title: &str, rows: &[GridRow]) -> Result<()> {
     ensure_font()?;
     if rows.is_empty() {
         bail!("{}: no queries to draw", stem.display());

@@ -84,7 +84,7 @@ pub fn names() -> Vec<&'static str> {
 }
 
 /// The methods `cmh demo` runs by default, in table order.
-pub fn demo_methods() -> Vec<&'static str> {
+pub(crate) fn demo_methods() -> Vec<&'static str> {
     METHODS.iter().filter(|m| m.in_demo).map(|m| m.name).collect()
 }
 

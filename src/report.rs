@@ -2,6 +2,7 @@
 //! `method`, `bits`, `split`, `seed`, `i2t.map`, `t2i.map`, `map@k`, `timings`, `versions`
 //! (and `i2t_encoded.map` / `t2i_encoded.map`, see "Database conventions" in the README).
 
+pub use crate::health::Health;
 use crate::metrics::DirectionMetrics;
 use crate::npy::write_text_atomic;
 use anyhow::Result;
@@ -70,7 +71,7 @@ pub struct Report {
     /// Bit balance, correlation, distinct codes, mAP over the random floor, and warnings
     /// ([`crate::health`]).
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub health: Option<crate::health::Health>,
+    pub health: Option<Health>,
     pub timings: Timings,
     pub versions: Versions,
 }
@@ -86,7 +87,7 @@ pub fn cpu_secs() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     write_text_atomic(path, &(serde_json::to_string_pretty(value)? + "\n"))
 }
 

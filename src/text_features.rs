@@ -65,7 +65,7 @@ fn record_text(v: &serde_json::Value) -> Option<String> {
 }
 
 /// One text per item of `bundle`: from `texts` (a JSON list of strings) or the bundle's `items.json`.
-pub fn item_texts(bundle: &Bundle, texts: Option<&Path>) -> Result<Vec<String>> {
+pub(crate) fn item_texts(bundle: &Bundle, texts: Option<&Path>) -> Result<Vec<String>> {
     let path = texts.map(Path::to_path_buf).unwrap_or_else(|| bundle.dir.join("items.json"));
     let raw = std::fs::read_to_string(&path).with_context(|| {
         format!("{}: cannot read the item texts (give --texts FILE.json, a JSON list of one string per item)", path.display())
@@ -95,7 +95,7 @@ fn batch_key(texts: &[String]) -> String {
 }
 
 /// Embeds `texts` in batches through `embed`, reading and writing cached batches in `cache`.
-pub fn embed_cached(
+pub(crate) fn embed_cached(
     texts: &[String],
     batch: usize,
     cache: &Path,

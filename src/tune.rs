@@ -133,7 +133,7 @@ fn draw_value(rng: &mut ChaCha8Rng, range: &Range) -> toml::Value {
 }
 
 /// The trials' parameters: the starting point, the paper preset, then seeded random draws.
-pub fn trial_params(info: &MethodInfo, cfg: &TuneConfig) -> Result<Vec<toml::Table>> {
+pub(crate) fn trial_params(info: &MethodInfo, cfg: &TuneConfig) -> Result<Vec<toml::Table>> {
     let mut trials = vec![cfg.base.clone()];
     if let Ok(paper) = info.preset("paper") {
         let mut t = cfg.base.clone();
@@ -399,7 +399,7 @@ pub fn tune(cfg: &TuneConfig, out: &Path, progress: bool) -> Result<TuneOutcome>
 }
 
 /// `best.toml`: the best trial's parameters as a `[method]` section (valid `--config` input).
-pub fn best_toml(o: &TuneOutcome) -> String {
+pub(crate) fn best_toml(o: &TuneOutcome) -> String {
     let bits: Vec<String> = o.config.bits.iter().map(|b| b.to_string()).collect();
     let mut s = format!(
         "# cmh tune: trial {} of {} for {} on {} (validation split of the training items: fraction {}, seed {}),\n\

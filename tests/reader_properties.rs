@@ -467,7 +467,7 @@ fn streamed_and_mapped_feature_readers_survive_mutated_files() {
     bytes.extend((header.len() as u16).to_le_bytes());
     bytes.extend(header.as_bytes());
     std::fs::write(&huge, &bytes).unwrap();
-    assert!(format!("{:#}", cmh::mapped::MappedArray::open(&huge).unwrap_err()).contains("huge.npy"));
+    assert!(format!("{:#}", cmh::bundle::MappedArray::open(&huge).unwrap_err()).contains("huge.npy"));
     assert!(cmh::npy::read_features(&huge).is_err());
     assert!(cmh::encode::encode_file(&model, cmh::method::TEXT, &huge, &out, &opts).is_err());
     // A bundle's feature matrix, read whole and memory-mapped.

@@ -29,7 +29,7 @@ pub enum LabelBase {
 ///
 /// Rows are items when all arrays agree on their row count (image stacks: the `N` of
 /// `H × W × 3 × N` or `N × …`); otherwise the one size every array has somewhere.
-pub fn item_count(vars: &[&MatVar]) -> Result<usize> {
+pub(crate) fn item_count(vars: &[&MatVar]) -> Result<usize> {
     let primary: Vec<usize> = vars.iter().map(|v| primary_len(v.shape())).collect();
     if primary.windows(2).all(|w| w[0] == w[1]) {
         return Ok(primary[0]);
@@ -141,7 +141,7 @@ pub enum RawLabels {
 }
 
 /// Reads labels for `n` items: a vector (either orientation) is class indices, a matrix 0/1.
-pub fn raw_labels(v: &MatVar, n: usize) -> Result<RawLabels> {
+pub(crate) fn raw_labels(v: &MatVar, n: usize) -> Result<RawLabels> {
     let s = v.shape();
     let is_vector = s.len() == 1 || (s.len() == 2 && (s[0] == 1 || s[1] == 1) && n != 1);
     let a = v.data.to_f64();
@@ -170,7 +170,7 @@ pub fn raw_labels(v: &MatVar, n: usize) -> Result<RawLabels> {
 }
 
 /// The base to use for index labels given the user's choice and the values seen.
-pub fn resolve_base(base: LabelBase, default_one: bool, parts: &[&RawLabels]) -> i64 {
+pub(crate) fn resolve_base(base: LabelBase, default_one: bool, parts: &[&RawLabels]) -> i64 {
     match base {
         LabelBase::Zero => 0,
         LabelBase::One => 1,
@@ -187,7 +187,7 @@ pub fn resolve_base(base: LabelBase, default_one: bool, parts: &[&RawLabels]) ->
 }
 
 /// The number of classes the labels imply (largest index, or matrix width).
-pub fn implied_classes(parts: &[(&RawLabels, &MatVar)], base: i64) -> Result<usize> {
+pub(crate) fn implied_classes(parts: &[(&RawLabels, &MatVar)], base: i64) -> Result<usize> {
     let mut c = 0usize;
     let mut width: Option<(usize, String)> = None;
     for (p, v) in parts {
@@ -211,7 +211,7 @@ pub fn implied_classes(parts: &[(&RawLabels, &MatVar)], base: i64) -> Result<usi
 }
 
 /// Labels as a uint8 multi-hot matrix with `c` classes. Rows without a label come back all zero.
-pub fn label_matrix(p: &RawLabels, v: &MatVar, base: i64, c: usize, named: bool) -> Result<Array2<u8>> {
+pub(crate) fn label_matrix(p: &RawLabels, v: &MatVar, base: i64, c: usize, named: bool) -> Result<Array2<u8>> {
     match p {
         RawLabels::MultiHot(a) => {
             if a.ncols() != c {
@@ -261,7 +261,7 @@ pub fn indices(v: &MatVar, n: usize, base: i64) -> Result<Vec<usize>> {
 }
 
 /// Rows with no label, as item indices.
-pub fn rows_without_label(l: &Array2<u8>) -> Vec<usize> {
+pub(crate) fn rows_without_label(l: &Array2<u8>) -> Vec<usize> {
     l.axis_iter(Axis(0)).enumerate().filter(|(_, r)| r.iter().all(|&x| x == 0)).map(|(i, _)| i).collect()
 }
 

@@ -84,13 +84,8 @@ pub struct MatRead {
 }
 
 impl MatRead {
-    /// Whether any input holds a variable of this name.
-    pub fn has_variable(&self, key: &str) -> bool {
-        self.listings.iter().any(|l| l.contains_key(key))
-    }
-
     /// The variables of every input, for "it holds: …" in errors.
-    pub fn describe_contents(&self) -> String {
+    pub(crate) fn describe_contents(&self) -> String {
         let mut parts = Vec::new();
         for (f, l) in self.files.iter().zip(&self.listings) {
             let vars: Vec<String> = l

@@ -98,7 +98,7 @@ pub fn preprocess(images: ArrayView4<u8>, size: Option<usize>, device: Device) -
 }
 
 /// Variable names torchvision's AlexNet state dict has (the order of `model.state_dict()`).
-pub fn torchvision_names() -> Vec<String> {
+pub(crate) fn torchvision_names() -> Vec<String> {
     let mut v = Vec::new();
     for l in ["features.0", "features.3", "features.6", "features.8", "features.10", "classifier.1", "classifier.4", "classifier.6"] {
         v.push(format!("{l}.weight"));

@@ -15,17 +15,17 @@ pub mod agnet;
 pub mod alexnet;
 pub mod czhash;
 pub mod features;
-pub mod mlp;
+pub(crate) mod mlp;
 pub mod pretrained;
 pub mod pth;
 pub mod sdch;
 pub mod tensors;
 pub mod trainer;
-pub mod zs_common;
+pub(crate) mod zs_common;
 
 /// A libtorch error as one line: its message without the C++ backtrace that libtorch appends
 /// ("Exception raised from …" and the "frame #N" lines).
-pub fn torch_message(e: &tch::TchError) -> String {
+pub(crate) fn torch_message(e: &tch::TchError) -> String {
     strip_backtrace(&e.to_string())
 }
 

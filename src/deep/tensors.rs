@@ -160,7 +160,7 @@ pub fn read_weights(path: &Path) -> Result<Vec<(String, Tensor)>> {
 
 /// The hash prefix a file name carries, torch.hub style: `alexnet-owt-7be5be79.pth` → `7be5be79`
 /// (the last `-`-separated part of the stem, 8 to 64 lowercase hex digits).
-pub fn hash_prefix(path: &Path) -> Option<String> {
+pub(crate) fn hash_prefix(path: &Path) -> Option<String> {
     let stem = path.file_stem()?.to_str()?;
     let (_, tail) = stem.rsplit_once('-')?;
     let ok = (8..=64).contains(&tail.len()) && tail.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
@@ -168,7 +168,7 @@ pub fn hash_prefix(path: &Path) -> Option<String> {
 }
 
 /// SHA-256 of a file, lowercase hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
+pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h).with_context(|| format!("{}: cannot read", path.display()))?;
@@ -176,7 +176,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 }
 
 /// Checks the file's SHA-256 starts with the prefix its name carries (no-op when it has none).
-pub fn verify_hash_prefix(path: &Path) -> Result<()> {
+pub(crate) fn verify_hash_prefix(path: &Path) -> Result<()> {
     if let Some(prefix) = hash_prefix(path) {
         let digest = sha256_file(path)?;
         if !digest.starts_with(&prefix) {
@@ -192,7 +192,7 @@ pub fn verify_hash_prefix(path: &Path) -> Result<()> {
 
 /// Copies `source` tensors into the variables `targets` (name → variable), all or nothing: every
 /// missing or mis-shaped tensor is listed by name before anything is written.
-pub fn copy_named(targets: &[(String, Tensor)], source: &HashMap<String, Tensor>, what: &str) -> Result<()> {
+pub(crate) fn copy_named(targets: &[(String, Tensor)], source: &HashMap<String, Tensor>, what: &str) -> Result<()> {
     let mut missing = Vec::new();
     let mut misshaped = Vec::new();
     for (name, var) in targets {

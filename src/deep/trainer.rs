@@ -44,7 +44,7 @@ use tch::{nn, Device, Kind, Tensor};
 /// The checkpoint file inside `FitContext::checkpoint_dir`.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 /// The per-epoch log inside `FitContext::checkpoint_dir`.
-pub const LOG_FILE: &str = "train.log";
+pub(crate) const LOG_FILE: &str = "train.log";
 const FORMAT: &str = "cmh-checkpoint-1";
 
 /// Loads libtorch's CUDA backend, once per process; true when `libtorch_cuda.so` loaded. The binary
@@ -62,12 +62,12 @@ pub fn load_cuda_backend() -> bool {
 }
 
 /// Whether libtorch can use a CUDA device (its CUDA backend loads and sees a GPU).
-pub fn cuda_available() -> bool {
+pub(crate) fn cuda_available() -> bool {
     load_cuda_backend() && tch::Cuda::is_available()
 }
 
 /// The tch device for a `--device` choice. `Auto` = CUDA when available, else the CPU.
-pub fn resolve_device(choice: DeviceChoice) -> Result<Device> {
+pub(crate) fn resolve_device(choice: DeviceChoice) -> Result<Device> {
     match choice {
         DeviceChoice::Auto => Ok(if cuda_available() { Device::Cuda(0) } else { Device::Cpu }),
         DeviceChoice::Cpu => Ok(Device::Cpu),
@@ -148,7 +148,11 @@ const SGD_MOMENTUM: f64 = 0.9;
 
 /// Splits the trainable variables of `vs` into groups: `assign(name)` gives the index into
 /// `groups` ((name, learning rate) pairs) or `None` to leave a variable out.
-pub fn groups_from_var_store(vs: &nn::VarStore, assign: impl Fn(&str) -> Option<usize>, groups: &[(&str, f64)]) -> Result<Vec<ParamGroup>> {
+pub(crate) fn groups_from_var_store(
+    vs: &nn::VarStore,
+    assign: impl Fn(&str) -> Option<usize>,
+    groups: &[(&str, f64)],
+) -> Result<Vec<ParamGroup>> {
     let mut out: Vec<ParamGroup> =
         groups.iter().map(|&(n, lr)| ParamGroup { name: n.to_string(), lr, enabled: true, params: vec![] }).collect();
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
@@ -172,7 +176,7 @@ impl Optimizer {
     }
 
     /// Switches a group on or off (a switched-off group is not updated).
-    pub fn set_enabled(&mut self, group: &str, enabled: bool) -> Result<()> {
+    pub(crate) fn set_enabled(&mut self, group: &str, enabled: bool) -> Result<()> {
         let g = self.groups.iter_mut().find(|g| g.name == group).ok_or_else(|| anyhow!("internal: no parameter group {group}"))?;
         g.enabled = enabled;
         Ok(())
@@ -181,7 +185,7 @@ impl Optimizer {
     /// Back-propagates `loss` to the parameters of the enabled groups only (fresh gradient
     /// tensors, as `autograd.grad`: nothing accumulates in `.grad`, so there is nothing to zero and
     /// switched-off groups cost no gradient computation) and applies one update to each.
-    pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
+    pub(crate) fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
         self.backward_step_clipped(loss, None).map(|_| ())
     }
 
@@ -190,7 +194,7 @@ impl Optimizer {
     /// gradients together exceeds `max_norm`, every gradient is scaled by max_norm / (norm + 1e-6)
     /// before the update. Returns the norm before clipping (0 when nothing is enabled; only
     /// computed when clipping).
-    pub fn backward_step_clipped(&mut self, loss: &Tensor, max_norm: Option<f64>) -> Result<f64> {
+    pub(crate) fn backward_step_clipped(&mut self, loss: &Tensor, max_norm: Option<f64>) -> Result<f64> {
         let mut names: Vec<(String, Tensor, f64)> = Vec::new();
         for g in self.groups.iter().filter(|g| g.enabled) {
             for (name, p) in &g.params {
@@ -230,19 +234,19 @@ impl Optimizer {
     }
 
     /// Sets the learning rate of a group.
-    pub fn set_lr(&mut self, group: &str, lr: f64) -> Result<()> {
+    pub(crate) fn set_lr(&mut self, group: &str, lr: f64) -> Result<()> {
         let g = self.groups.iter_mut().find(|g| g.name == group).ok_or_else(|| anyhow!("internal: no parameter group {group}"))?;
         g.lr = lr;
         Ok(())
     }
 
     /// A deep copy of the optimiser state (moments and step counts), for [`Optimizer::restore_snapshot`].
-    pub fn snapshot(&self) -> OptimizerSnapshot {
+    pub(crate) fn snapshot(&self) -> OptimizerSnapshot {
         OptimizerSnapshot(self.state.iter().map(|(n, s)| (n.clone(), s.deep_copy())).collect())
     }
 
     /// Puts back the state of a [`Optimizer::snapshot`] (deep copies, so the snapshot can be reused).
-    pub fn restore_snapshot(&mut self, snap: &OptimizerSnapshot) {
+    pub(crate) fn restore_snapshot(&mut self, snap: &OptimizerSnapshot) {
         self.state = snap.0.iter().map(|(n, s)| (n.clone(), s.deep_copy())).collect();
     }
 
@@ -313,7 +317,7 @@ impl Optimizer {
     }
 
     /// Restores the state saved in `ck`.
-    pub fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
+    pub(crate) fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
         self.state.clear();
         let params: HashMap<&str, &Tensor> = self.groups.iter().flat_map(|g| g.params.iter().map(|(n, t)| (n.as_str(), t))).collect();
         for (name, &step) in &ck.meta.optimizer_steps {
@@ -399,7 +403,7 @@ impl Checkpoint {
     }
 
     /// Copies the saved weights into every variable of `vs` (refusing missing / mis-shaped ones by name).
-    pub fn restore_vars(&self, vs: &nn::VarStore) -> Result<()> {
+    pub(crate) fn restore_vars(&self, vs: &nn::VarStore) -> Result<()> {
         let mut targets: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         targets.sort_by(|a, b| a.0.cmp(&b.0));
         let source: HashMap<String, Tensor> =
@@ -424,7 +428,7 @@ pub struct RunControl {
 }
 
 /// Minutes of training between two checkpoints within a long epoch.
-pub const DEFAULT_CHECKPOINT_MINUTES: f64 = 10.0;
+pub(crate) const DEFAULT_CHECKPOINT_MINUTES: f64 = 10.0;
 
 /// Set by SIGINT / SIGTERM while a training runs ([`install_stop_handler`]).
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -455,7 +459,7 @@ pub fn install_stop_handler() -> Result<()> {
 }
 
 /// Whether a stop was asked for by a signal.
-pub fn stop_requested() -> bool {
+pub(crate) fn stop_requested() -> bool {
     STOP.load(std::sync::atomic::Ordering::SeqCst)
 }
 
@@ -601,13 +605,13 @@ impl Trainer {
         })
     }
 
-    pub fn checkpoint_path(&self) -> Option<PathBuf> {
+    pub(crate) fn checkpoint_path(&self) -> Option<PathBuf> {
         self.dir.as_ref().map(|d| d.join(CHECKPOINT_FILE))
     }
 
     /// When resuming: the checkpoint, after checking it was written by this method with the same
     /// `config` and seed. `None` when not resuming.
-    pub fn load_for_resume(&mut self, config: &serde_json::Value) -> Result<Option<Checkpoint>> {
+    pub(crate) fn load_for_resume(&mut self, config: &serde_json::Value) -> Result<Option<Checkpoint>> {
         self.config = Some(config.clone());
         if !self.resume {
             self.log(&format!("training started: seed {}", self.seed))?;
@@ -637,7 +641,7 @@ impl Trainer {
     }
 
     /// Takes the epoch count, history and batch-generator position from a checkpoint.
-    pub fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
+    pub(crate) fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
         let pos: u128 = ck.meta.rng_word_pos.parse().map_err(|_| anyhow!("{}: corrupt rng_word_pos", ck.path.display()))?;
         self.rng = ChaCha8Rng::seed_from_u64(self.seed);
         self.rng.set_word_pos(pos);
@@ -661,7 +665,7 @@ impl Trainer {
 
     /// Starts the next epoch (1-based), or `None` when all are done. Re-seeds tch's generator
     /// (dropout) from (seed, epoch) so a resumed run draws the same numbers.
-    pub fn next_epoch(&mut self) -> Option<usize> {
+    pub(crate) fn next_epoch(&mut self) -> Option<usize> {
         if self.epoch >= self.total_epochs {
             if let Some(pb) = &self.progress {
                 pb.finish_and_clear();
@@ -703,7 +707,7 @@ impl Trainer {
 
     /// True at the start of an epoch that a resumed run entered part-way: the state the epoch
     /// began with (for example a layer fitted in closed form at its start) is the checkpoint's.
-    pub fn resuming_within_epoch(&self) -> bool {
+    pub(crate) fn resuming_within_epoch(&self) -> bool {
         self.replay > 0
     }
 
@@ -711,7 +715,7 @@ impl Trainer {
     /// from a checkpoint written after this batch. The method then repeats only the batch's random
     /// draws (its forward pass, without a gradient step), so that libtorch's generator (dropout)
     /// reaches the state it had when the checkpoint was written, and goes on to the next batch.
-    pub fn replaying(&mut self) -> bool {
+    pub(crate) fn replaying(&mut self) -> bool {
         if self.replay == 0 {
             return false;
         }
@@ -724,7 +728,7 @@ impl Trainer {
     }
 
     /// Records a mini-batch loss (progress bar message: epoch and running mean loss).
-    pub fn batch_done(&mut self, loss: f64) {
+    pub(crate) fn batch_done(&mut self, loss: f64) {
         self.step += 1;
         if !loss.is_finite() && self.diverged.is_none() {
             self.diverged = Some((self.batch_losses.1 + 1, loss));
@@ -745,7 +749,7 @@ impl Trainer {
     /// Closes the epoch: records `loss` (e.g. the epoch's mean batch loss) and appends a log line.
     /// Training that diverged (a batch loss or `loss` NaN or infinite) stops here with an error,
     /// before this epoch's checkpoint: the last good one stays in place.
-    pub fn end_epoch(&mut self, loss: f64, details: &str) -> Result<()> {
+    pub(crate) fn end_epoch(&mut self, loss: f64, details: &str) -> Result<()> {
         if let Some((batch, value)) = self.diverged.take().or((!loss.is_finite()).then_some((0, loss))) {
             let at = if batch > 0 { format!("batch {batch} of epoch {}", self.epoch + 1) } else { format!("epoch {}", self.epoch + 1) };
             let kept = match self.checkpoint_path() {
@@ -772,7 +776,7 @@ impl Trainer {
     }
 
     /// The mean of the batch losses recorded since the epoch began.
-    pub fn mean_batch_loss(&self) -> f64 {
+    pub(crate) fn mean_batch_loss(&self) -> f64 {
         if self.batch_losses.1 == 0 {
             f64::NAN
         } else {
@@ -816,7 +820,13 @@ impl Trainer {
     /// method's state as [`Trainer::checkpoint`] takes them; the configuration is the one given to
     /// [`Trainer::load_for_resume`]. Only methods that draw one permutation per epoch can resume
     /// within one; others stop at the epoch's end.
-    pub fn step_end(&mut self, vs: &nn::VarStore, opt: &Optimizer, state: &[(&str, &Tensor)], extra: serde_json::Value) -> Result<()> {
+    pub(crate) fn step_end(
+        &mut self,
+        vs: &nn::VarStore,
+        opt: &Optimizer,
+        state: &[(&str, &Tensor)],
+        extra: serde_json::Value,
+    ) -> Result<()> {
         let epoch = self.epoch + 1;
         let stop = stop_requested() || self.control.stop_after_step == Some((epoch, self.step));
         let minutes = self.control.checkpoint_minutes.unwrap_or(DEFAULT_CHECKPOINT_MINUTES);
@@ -918,7 +928,7 @@ fn show(v: Option<&serde_json::Value>) -> String {
 /// initialisation depends on the seed only, not on libtorch's process-wide generator (which
 /// other threads may be using). Applies to trainable `*.weight` (≥ 2-d) and `*.bias` variables
 /// whose names start with one of `prefixes` (all when empty); others are left alone.
-pub fn init_default(vs: &nn::VarStore, seed: u64, prefixes: &[&str]) -> Result<()> {
+pub(crate) fn init_default(vs: &nn::VarStore, seed: u64, prefixes: &[&str]) -> Result<()> {
     use rand::Rng;
     let vars = vs.variables();
     let mut names: Vec<&String> = vars.keys().filter(|n| prefixes.is_empty() || prefixes.iter().any(|p| n.starts_with(p))).collect();

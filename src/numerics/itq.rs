@@ -20,7 +20,8 @@ use ndarray::{Array2, ArrayView2};
 use rand::Rng;
 
 /// Q(sgn(VR), R) = ‖sgn(VR) − VR‖²_F (eq. 2 at the optimal B for R).
-pub fn quantisation_loss(v: ArrayView2<f64>, r: ArrayView2<f64>) -> f64 {
+#[cfg(test)]
+fn quantisation_loss(v: ArrayView2<f64>, r: ArrayView2<f64>) -> f64 {
     let mut vr = Array2::<f64>::zeros((v.nrows(), r.ncols()));
     par_dot_into(v, r, &mut vr);
     loss_of(&vr)

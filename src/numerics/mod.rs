@@ -27,9 +27,4 @@ pub mod rbf;
 pub mod sign;
 pub mod standardize;
 
-pub use blocked::{par_dot, par_gram, par_t_dot, set_blas_threads};
-pub use itq::{itq, itq_from, quantisation_loss};
-pub use random::{seeded_rng, ShallowRng};
-pub use rbf::RbfMap;
-pub use sign::{sgn, sign_codes};
 pub use standardize::Standardizer;

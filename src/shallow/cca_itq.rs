@@ -17,8 +17,7 @@
 //! Exactly two modalities.
 
 use crate::codes::BinaryCodes;
-use crate::method::{ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View};
-use crate::npy::{write_npy, write_text_atomic};
+use crate::method::{ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, ModelDir, TrainSet, View};
 use crate::numerics::blocked::par_dot;
 use crate::numerics::cca::cca;
 use crate::numerics::files::{expect_shape, load_matrix, load_vector};
@@ -178,15 +177,15 @@ impl HashModel for CcaItqModel {
         &self.history
     }
     fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        let out = ModelDir::create(dir)?;
         for t in 0..2 {
             self.rbf[t].save(dir, &format!("m{t}"))?;
-            write_npy(&dir.join(format!("m{t}_W.npy")), &self.w[t])?;
-            write_npy(&dir.join(format!("m{t}_proj.npy")), &self.proj[t])?;
+            out.npy(&format!("m{t}_W"), &self.w[t])?;
+            out.npy(&format!("m{t}_proj"), &self.proj[t])?;
         }
-        write_npy(&dir.join("corr.npy"), &self.corr)?;
-        write_npy(&dir.join("R.npy"), &self.r)?;
-        write_npy(&dir.join("history.npy"), &Array1::from(self.history.clone()))?;
+        out.npy("corr", &self.corr)?;
+        out.npy("R", &self.r)?;
+        out.history(&self.history)?;
         let mf = CcaItqFile {
             method: "cca-itq".into(),
             bits: self.bits,
@@ -196,7 +195,7 @@ impl HashModel for CcaItqModel {
                      codes = sign(phi @ m{t}_proj) with sign(0) = +1, where m{t}_proj = m{t}_W @ diag(corr^eig_power) @ R"
                 .into(),
         };
-        write_text_atomic(&dir.join("model.json"), &serde_json::to_string_pretty(&mf)?)
+        out.finish(&mf)
     }
 }
 

@@ -17,7 +17,7 @@ use rand::Rng;
 /// When K = k, any two class codes differ in exactly k/2 bits (rows of H are orthogonal, and the
 /// column signs and order preserve Hamming distances); otherwise in about k/2. Random ±1 codes
 /// instead collide in many bits at short lengths.
-pub fn hadamard_class_codes(c: usize, k: usize, rng: &mut ShallowRng) -> Array2<f64> {
+pub(crate) fn hadamard_class_codes(c: usize, k: usize, rng: &mut ShallowRng) -> Array2<f64> {
     let big = (c + 1).max(k).next_power_of_two();
     let rows: Vec<usize> = rand::seq::index::sample(rng, big - 1, c).into_iter().map(|r| r + 1).collect();
     let cols: Vec<usize> = rand::seq::index::sample(rng, big, k).into_vec();
@@ -29,7 +29,7 @@ pub fn hadamard_class_codes(c: usize, k: usize, rng: &mut ShallowRng) -> Array2<
 }
 
 /// Random ±1 codes (c × k), each entry a fair coin.
-pub fn random_class_codes(c: usize, k: usize, rng: &mut ShallowRng) -> Array2<f64> {
+pub(crate) fn random_class_codes(c: usize, k: usize, rng: &mut ShallowRng) -> Array2<f64> {
     Array2::from_shape_simple_fn((c, k), || if rng.gen::<bool>() { 1.0 } else { -1.0 })
 }
 

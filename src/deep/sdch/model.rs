@@ -1,6 +1,7 @@
 //! The fitted SDCH model: encoding of new items, save and load.
 
 use super::*;
+use crate::method::ModelDir;
 
 /// A trained SDCH model: the networks and the learned training codes B.
 pub struct SdchModel {
@@ -26,7 +27,7 @@ impl SdchModel {
     }
 
     /// fc4 outputs (before the sign) of items of `modality`.
-    pub fn hash_outputs(&self, modality: usize, view: &View) -> Result<Array2<f32>> {
+    pub(crate) fn hash_outputs(&self, modality: usize, view: &View) -> Result<Array2<f32>> {
         self.net.lock().map_err(|_| anyhow!("sdch: model lock poisoned"))?.hash_outputs(modality, view, self.params.encode_batch)
     }
 }
@@ -48,7 +49,7 @@ impl HashModel for SdchModel {
         &self.history
     }
     fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        let out = ModelDir::create(dir)?;
         let net = self.net.lock().map_err(|_| anyhow!("sdch: model lock poisoned"))?;
         let mf = ModelFile {
             method: METHOD.into(),
@@ -61,7 +62,7 @@ impl HashModel for SdchModel {
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         write_safetensors(&dir.join("weights.safetensors"), &vars, Default::default())?;
         self.train_codes.save_npy(dir, "train_codes")?;
-        crate::npy::write_text_atomic(&dir.join("model.json"), &(serde_json::to_string_pretty(&mf)? + "\n"))
+        out.finish(&mf)
     }
 }
 

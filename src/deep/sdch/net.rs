@@ -27,7 +27,7 @@ pub struct SdchArch {
 
 impl SdchArch {
     /// Weights and biases of the networks (AlexNet without its last layer: 57,003,840).
-    pub fn parameter_count(&self) -> f64 {
+    pub(crate) fn parameter_count(&self) -> f64 {
         let mlp = |input: usize| -> f64 {
             let widths: Vec<f64> =
                 std::iter::once(input).chain(self.hidden.iter().copied()).chain([self.feature_dim]).map(|w| w as f64).collect();
@@ -159,7 +159,7 @@ impl SdchNet {
     }
 
     /// fc4 outputs (n × r) of every item of a view, in eval mode, `chunk` items at a time.
-    pub fn hash_outputs(&self, modality: usize, view: &View, chunk: usize) -> Result<Array2<f32>> {
+    pub(crate) fn hash_outputs(&self, modality: usize, view: &View, chunk: usize) -> Result<Array2<f32>> {
         let input = Input::new(modality, view, &self.arch, self.vs.device())?;
         let n = view.len();
         let mut out = Array2::<f32>::zeros((n, self.arch.bits));

@@ -46,7 +46,7 @@ impl SdchParams {
     }
 
     /// Fits with a [`RunControl`] (e.g. stop after an epoch, as a kill would).
-    pub fn fit_with_control(&self, data: &TrainSet, ctx: &FitContext, control: &RunControl) -> Result<SdchModel> {
+    pub(crate) fn fit_with_control(&self, data: &TrainSet, ctx: &FitContext, control: &RunControl) -> Result<SdchModel> {
         let mut run = SdchRun::new(self, data, ctx, control)?;
         while let Some(epoch) = run.trainer.next_epoch() {
             run.epoch(epoch)?;

@@ -119,7 +119,7 @@ use {fit::*, graph::*, model::*, params::*, step1::*, step2::*};
 
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, to_f64, Fit, FitContext, HashModel, TrainSet, View};
-use crate::npy::{read_npy, write_npy, write_text_atomic};
+use crate::npy::read_npy;
 use crate::numerics::blocked::{fold_parts, fold_parts_mut, sum_in_order};
 use crate::numerics::graph::{knn, knn_approx, Csr};
 use crate::numerics::itq::itq_from;

@@ -1,6 +1,7 @@
 //! The fitted SeGH model: projections, encoding of new items, save and load.
 
 use super::*;
+use crate::method::ModelDir;
 
 /// A fitted SeGH model: hᵐ(x) = sign(P Wₘ (ψₘ(x) − x̄ₘ)), ψₘ = identity (raw features, the
 /// paper) or the RBF anchor map φₘ (`anchors > 0`).
@@ -187,15 +188,15 @@ impl HashModel for SeghModel {
         &self.history
     }
     fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        let out = ModelDir::create(dir)?;
         for (m, (w, mean)) in self.w.iter().zip(&self.means).enumerate() {
-            write_npy(&dir.join(format!("W_{m}.npy")), w)?;
-            write_npy(&dir.join(format!("mean_{m}.npy")), mean)?;
+            out.npy(&format!("W_{m}"), w)?;
+            out.npy(&format!("mean_{m}"), mean)?;
         }
         for (m, map) in self.rbf.iter().enumerate() {
             map.save(dir, &format!("m{m}"))?;
         }
-        write_npy(&dir.join("P.npy"), &self.p)?;
+        out.npy("P", &self.p)?;
         self.train_codes.save_npy(dir, "train_codes")?;
         let m = self.w.len();
         let file = ModelFile {
@@ -226,6 +227,6 @@ impl HashModel for SeghModel {
                 "train_codes": ["train_codes.npy", "train_codes_packed.npy"],
             }),
         };
-        write_text_atomic(&dir.join("model.json"), &serde_json::to_string_pretty(&file)?)
+        out.finish(&file)
     }
 }

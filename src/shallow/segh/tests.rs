@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::metrics::map;
+use crate::npy::write_npy;
 use crate::numerics::graph::knn::brute_knn;
 use ndarray::{array, Array2};
 use ndarray_linalg::{EigValsh, Solve};
