@@ -9,7 +9,7 @@
 //!   (SDCH, CZHash, AgNet) implement them.
 //! - [`codes`]: packed binary codes; [`search`]: Hamming ranking; [`metrics`]: mAP and curves.
 //! - [`export`]: codes in the formats faiss, Milvus, Elasticsearch and OpenSearch load.
-//! - [`pipeline`] runs the whole flow and writes [`report`]s, each with a [`health`] check of its
+//! - [`pipeline`] runs the whole flow and writes [`report`]s, each with a health check of its
 //!   codes; [`registry`] is the table of methods. The `cmh` binary (`src/main.rs`, `src/cli/`)
 //!   parses arguments and calls these modules; the library prints nothing (messages go through
 //!   the `log` crate), never exits the process and starts no Python: the jobs done by Python
