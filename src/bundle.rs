@@ -280,7 +280,7 @@ impl Bundle {
     }
 
     /// Loads a bundle with its feature matrices and image stacks memory-mapped rather than read
-    /// ([`crate::mapped`]): they are validated (shape, dtype, finiteness) in one streaming pass and
+    /// (`crate::mapped`): they are validated (shape, dtype, finiteness) in one streaming pass and
     /// read row by row when used, so a bundle larger than memory can be trained on by the deep
     /// methods. Labels, masks, embeddings and the split are loaded as by [`Bundle::load`].
     pub fn load_mapped(dir: &Path) -> Result<Self> {

@@ -26,7 +26,7 @@ pub enum View {
     /// Raw RGB images, N × H × W × 3, uint8.
     Images(Array4<u8>),
     /// Rows of a memory-mapped feature matrix or image stack, read when used (the deep methods
-    /// stream their mini-batches from it; see [`crate::mapped`]).
+    /// stream their mini-batches from it; see `crate::mapped`).
     Mapped(MappedRows),
 }
 
@@ -317,7 +317,7 @@ pub(crate) fn ensure_memory(method: &str, bits: usize, bytes: f64, what: &str) -
     }
 }
 
-/// [`ensure_memory`] against a given amount of available memory.
+/// `ensure_memory` against a given amount of available memory.
 pub fn ensure_memory_within(method: &str, bits: usize, bytes: f64, what: &str, available: f64) -> Result<()> {
     if bytes > available {
         let gib = |b: f64| b / (1u64 << 30) as f64;

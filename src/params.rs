@@ -2,7 +2,7 @@
 //!
 //! The effective parameters of a run are, key by key, the first of: a `--param NAME=VALUE`
 //! override, the method's section of a `--config` file, a named preset (`--preset paper`), the
-//! method's `Default`. [`resolve`] merges the layers and records where each value came from
+//! method's `Default`. `resolve` merges the layers and records where each value came from
 //! (`cmh train --show-params` prints it).
 //!
 //! Every method declares, next to its parameter struct, its presets and its search space by

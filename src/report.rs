@@ -69,7 +69,7 @@ pub struct Report {
     /// Objective per iteration (shallow) or loss per epoch (deep).
     pub history: Vec<f64>,
     /// Bit balance, correlation, distinct codes, mAP over the random floor, and warnings
-    /// ([`crate::health`]).
+    /// (`crate::health`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub health: Option<Health>,
     pub timings: Timings,

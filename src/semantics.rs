@@ -23,7 +23,7 @@
 //!
 //! The emoji benchmark (1,906 Noto Emoji images with names and keywords, 98 subcategories) is
 //! built by `scripts/build_emoji.py` ([`PythonHelpers::build_emoji`]), see [`build_emoji`],
-//! [`emoji_bundle`] and `cmh data emoji OUT`.
+//! `emoji_bundle` and `cmh data emoji OUT`.
 
 use crate::bundle::Bundle;
 use crate::helpers::PythonHelpers;

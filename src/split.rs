@@ -372,7 +372,7 @@ pub(crate) fn stratified_holdout(
     Ok(query)
 }
 
-/// [`stratified_holdout`] over a fully labelled training matrix (one row per training item):
+/// `stratified_holdout` over a fully labelled training matrix (one row per training item):
 /// (training positions, validation query positions), both sorted. For callers holding arrays
 /// rather than a bundle (benchmarks).
 pub fn validation_positions(labels: ArrayView2<u8>, v: &ValidationConfig) -> Result<(Vec<usize>, Vec<usize>)> {

@@ -1,6 +1,6 @@
 //! Deep methods on tch (libtorch): AlexNet, SDCH, CZHash, AgNet.
 //!
-//! - [`alexnet`]: torchvision-compatible AlexNet; [`mlp`]: the bag-of-words / feature-mode MLP;
+//! - [`alexnet`]: torchvision-compatible AlexNet; `mlp`: the bag-of-words / feature-mode MLP;
 //! - [`pretrained`]: torchvision checkpoints (`.pth` via [`pth`], or safetensors);
 //! - [`trainer`]: device choice, seeded batches, progress, logs, an optimiser whose state is
 //!   checkpointed, and atomic resumable checkpoints — shared by every deep method;

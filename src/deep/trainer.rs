@@ -1,6 +1,6 @@
 //! Training machinery every deep method shares (SDCH now, CZHash and AgNet later).
 //!
-//! - [`resolve_device`]: `--device auto|cpu|cuda` → a tch device (`cuda` without CUDA = error).
+//! - `resolve_device`: `--device auto|cpu|cuda` → a tch device (`cuda` without CUDA = error).
 //! - [`Optimizer`]: Adam or SGD with momentum over named parameter groups (per-group learning
 //!   rate, groups switched on and off by a schedule). It is implemented here, with PyTorch's
 //!   update rules, rather than taken from tch, because tch's optimiser state cannot be read or
@@ -52,7 +52,7 @@ const FORMAT: &str = "cmh-checkpoint-1";
 /// resident memory); it is found through the binary's rpath, and its static initialisers register
 /// the backend. libtorch decides whether CUDA exists on its first CUDA query and never again, so
 /// this must run before any other tch call: `cmh` calls it at start-up for commands that may use
-/// CUDA, and [`cuda_available`] calls it too.
+/// CUDA, and `cuda_available` calls it too.
 pub fn load_cuda_backend() -> bool {
     static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *LOADED.get_or_init(|| {
@@ -423,7 +423,7 @@ pub struct RunControl {
     /// Also checkpoint every this many mini-batches within an epoch (default: time only).
     pub checkpoint_steps: Option<usize>,
     /// Checkpoint within an epoch when this many minutes passed since the last checkpoint
-    /// (default [`DEFAULT_CHECKPOINT_MINUTES`]).
+    /// (default `DEFAULT_CHECKPOINT_MINUTES`).
     pub checkpoint_minutes: Option<f64>,
 }
 

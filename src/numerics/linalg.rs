@@ -44,7 +44,7 @@ impl SpdFactor {
 
 /// Orthogonal Procrustes: the orthogonal R maximising tr(Rᵀ M), i.e. minimising ‖B − FR‖² when
 /// M = FᵀB. With the SVD M = PΣQᵀ, R = PQᵀ.
-/// That is the polar factor of M ([`polar`]).
+/// That is the polar factor of M (`polar`).
 pub fn procrustes(m: ArrayView2<f64>) -> Result<Array2<f64>> {
     polar(&m.to_owned(), false).context("orthogonal Procrustes rotation")
 }

@@ -83,7 +83,7 @@ impl RbfMap {
     }
 
     /// [`RbfMap::fit`] without ever holding the n × c features: the same anchors (same random
-    /// draws), σ and centring mean, computed over the row blocks of [`fold_parts`] in two passes
+    /// draws), σ and centring mean, computed over the row blocks of `fold_parts` in two passes
     /// that recompute one block's distances at a time (the result equals `fit`'s up to the order
     /// of floating-point sums). `rows` selects the training rows of `x` (all rows when `None`).
     pub fn fit_streamed(

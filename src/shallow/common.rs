@@ -1,5 +1,5 @@
 //! Class codes of the supervised shallow methods, and the shared numerics under the names the
-//! shallow methods use ([`crate::numerics`] holds them).
+//! shallow methods use (`crate::numerics` holds them).
 
 pub use crate::numerics::blocked::{par_dot, par_gram, par_t_dot, set_blas_threads};
 pub use crate::numerics::cca::{cca, Cca};

@@ -82,7 +82,7 @@ impl SeghParams {
     /// block for each pass of step 1 and never held n × dₘ; Zₘ is held for one modality at a time,
     /// turned in place into its kNN coordinates; step 2 keeps only Rz = Σₘ μₘZₘ and
     /// Gz = Σₘ μₘZₘᵀZₘ (eq. 8's data term is (Σμ)‖H‖² − 2⟨HᵀRz, P⟩ + ⟨P Gz, P⟩, and tr(HᵀLH) is
-    /// summed row by row), solves the H system for [`CG_COLUMN_GROUP`] columns at a time, and takes
+    /// summed row by row), solves the H system for `CG_COLUMN_GROUP` columns at a time, and takes
     /// the polar factor through a thin QR. The result equals the in-memory fit's up to the order of
     /// floating-point sums. `fit` chooses this path by itself above [`STREAM_INPUTS_ABOVE_BYTES`].
     pub fn fit_streamed(&self, data: &TrainSet, ctx: &FitContext) -> Result<SeghModel> {

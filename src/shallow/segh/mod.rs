@@ -16,7 +16,7 @@
 //!
 //! a Sylvester equation whose two coefficient matrices are symmetric PSD. With the eigen-
 //! decompositions S Sᵀ = Pₐ diag(a) Pₐᵀ and λₘXₘXₘᵀ = P_b diag(b) P_bᵀ it is solved exactly by
-//! Wₘ = Pₐ [(Pₐᵀ C P_b) ⊘ (aᵢ + b_j)] P_bᵀ ([`solve_sylvester_psd`]). Entries whose denominator
+//! Wₘ = Pₐ [(Pₐᵀ C P_b) ⊘ (aᵢ + b_j)] P_bᵀ (`solve_sylvester_psd`). Entries whose denominator
 //! is (numerically) zero are directions where the equation says nothing; they are set to 0, which
 //! gives the minimum-norm solution. Features are centred with their training means (kept in the
 //! model). Only items with a visible label enter step 1 (S needs a label).
@@ -41,7 +41,7 @@
 //! The paper inverts the n × n matrix (Σμ)I + γL. Here it is never formed: it is fixed across
 //! iterations, and equals a sparse kNN part plus a low-rank label part (Ŝ = Ỹ₁Ỹ₂ᵀ-like, rank ≤ C),
 //! so it is solved by Jacobi-preconditioned conjugate gradient whose mat-vec costs
-//! O(n(k + C)) per right-hand side ([`pcg`]); the dense solve is kept for the tests.
+//! O(n(k + C)) per right-hand side (`pcg`); the dense solve is kept for the tests.
 //!
 //! ## The degeneracy of the printed step 2, and the fix used here
 //! Eq. 8 is minimised by P = 0, H = 0; alternating (9) and (10) is a power iteration
@@ -60,7 +60,7 @@
 //! H Hᵀ = nI there fills the extra bits with within-class noise (on Wikipedia, mAP
 //! with learned codes fell from 0.25 to 0.20 I→T between 16 and 128 bits), so beyond rank Z the
 //! extra bits are rotations of the same r dimensions. Under the constraint:
-//! - H step ([`update_v`]): the unconstrained minimiser of eq. 10, H̃ = ΣμPZ · M⁻¹, projected onto
+//! - H step (`update_v`): the unconstrained minimiser of eq. 10, H̃ = ΣμPZ · M⁻¹, projected onto
 //!   the constraint set: V = √n · polar(centred H̃ R) (orthogonal Procrustes: the nearest V with
 //!   VVᵀ = nI to H̃'s coordinates in R).
 //! - R: eq. 8 is invariant to R once P is re-fitted (‖RV − PZ‖ splits into ‖V − RᵀPZ‖ plus a part
@@ -84,7 +84,7 @@
 //! # Anchor features (an option, not in the paper)
 //! With `anchors = c > 0`, Xₘ is replaced everywhere by the centred RBF features Φₘ = φₘ(Xₘ) to c
 //! anchors drawn from the training rows — the representation SCH and the CCA-ITQ baseline use
-//! ([`RbfMap`], shared in [`crate::numerics::rbf`]): step 1 solves eq. 7 with Φₘ in place of Xₘ
+//! ([`RbfMap`], shared in `crate::numerics::rbf`): step 1 solves eq. 7 with Φₘ in place of Xₘ
 //! (Wₘ is e × c), and hᵐ(x) = sign(P Wₘ (φₘ(x) − Φ̄ₘ)). The paper's hash functions are linear in the
 //! raw features, which on Wikipedia (10-d LDA text) cannot separate the classes well enough for the
 //! encoded database, so the default uses 1000 anchors (σ scale 1.0 / 0.7 for image / text), chosen
