@@ -857,6 +857,35 @@ fn verify_scalar<const W: usize, F: FnMut(usize, u32) -> u32>(xs: &[u64], q: &[u
     thr
 }
 
+/// Calls `hit(base + b, d_b)` for each lane `b` set in `m` (distances `d`, in lane order) while
+/// `d_b` is within the threshold `hit` last returned; returns the final threshold.
+///
+/// # Safety
+/// The CPU must support AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn report_hits<F: FnMut(usize, u32) -> u32>(
+    d: std::arch::x86_64::__m512i,
+    mut m: u8,
+    base: usize,
+    mut thr: u32,
+    hit: &mut F,
+) -> u32 {
+    let mut ds = [0u64; 8];
+    // SAFETY: `ds` holds eight u64.
+    unsafe { std::arch::x86_64::_mm512_storeu_epi64(ds.as_mut_ptr() as *mut i64, d) };
+    while m != 0 {
+        let b = m.trailing_zeros() as usize;
+        let db = ds[b] as u32;
+        if db <= thr {
+            thr = hit(base + b, db);
+        }
+        m &= m - 1;
+    }
+    thr
+}
+
 /// [`verify_scalar`] for one-word codes, eight at a time.
 ///
 /// # Safety
@@ -876,19 +905,9 @@ unsafe fn verify_w1_avx512<F: FnMut(usize, u32) -> u32>(xs: &[u64], q: u64, base
         // SAFETY: lanes past the end of `xs` are masked off (masked lanes are not read).
         let v = unsafe { _mm512_maskz_loadu_epi64(lanes, p.add(i)) };
         let d = _mm512_popcnt_epi64(_mm512_xor_si512(v, qv));
-        let mut m = _mm512_mask_cmple_epu64_mask(lanes, d, tv);
+        let m = _mm512_mask_cmple_epu64_mask(lanes, d, tv);
         if m != 0 {
-            let mut ds = [0u64; 8];
-            // SAFETY: `ds` holds eight u64.
-            unsafe { _mm512_storeu_epi64(ds.as_mut_ptr() as *mut i64, d) };
-            while m != 0 {
-                let b = m.trailing_zeros() as usize;
-                let db = ds[b] as u32;
-                if db <= thr {
-                    thr = hit(base + i + b, db);
-                }
-                m &= m - 1;
-            }
+            thr = report_hits(d, m, base + i, thr, hit);
             tv = _mm512_set1_epi64(thr as i64);
         }
         i += 8;
@@ -923,19 +942,9 @@ unsafe fn verify_w2_avx512<F: FnMut(usize, u32) -> u32>(xs: &[u64], q: &[u64], b
         let (a, b) = unsafe { (_mm512_maskz_loadu_epi64(ma, p.add(2 * i)), _mm512_maskz_loadu_epi64(mb, p.add(2 * i + 8))) };
         let (ca, cb) = (_mm512_popcnt_epi64(_mm512_xor_si512(a, qv)), _mm512_popcnt_epi64(_mm512_xor_si512(b, qv)));
         let d = _mm512_add_epi64(_mm512_permutex2var_epi64(ca, even, cb), _mm512_permutex2var_epi64(ca, odd, cb));
-        let mut m = _mm512_mask_cmple_epu64_mask(lanes, d, tv);
+        let m = _mm512_mask_cmple_epu64_mask(lanes, d, tv);
         if m != 0 {
-            let mut ds = [0u64; 8];
-            // SAFETY: `ds` holds eight u64.
-            unsafe { _mm512_storeu_epi64(ds.as_mut_ptr() as *mut i64, d) };
-            while m != 0 {
-                let b = m.trailing_zeros() as usize;
-                let db = ds[b] as u32;
-                if db <= thr {
-                    thr = hit(base + i + b, db);
-                }
-                m &= m - 1;
-            }
+            thr = report_hits(d, m, base + i, thr, hit);
             tv = _mm512_set1_epi64(thr as i64);
         }
         i += 8;
