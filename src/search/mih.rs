@@ -21,8 +21,10 @@
 //! When the codes are spread out (uniformly random codes, long codes over small collections) the
 //! probes and candidates would cost more than reading every code. Each query therefore has a work
 //! budget, half of what a scan of the database costs; a query that exceeds it is answered by
-//! the linear scan ([`super::topk_with`]) together with the other such queries, and when most of
-//! the first queries do, the rest go straight to the scan. Results are identical either way.
+//! the linear scan ([`super::topk_with`]) together with the other such queries. The first queries
+//! of a batch are a trial: when they cost more with the index than with the scan (their work plus
+//! the scans of those over budget, against a scan for each), the rest of the batch goes straight to
+//! the scan. Results are identical either way.
 //!
 //! File format (little-endian; sections aligned to 64 bytes; the file is memory-mapped):
 //! ```text
@@ -418,14 +420,15 @@ pub type RadiusLists = Vec<Vec<(u32, u32)>>;
 pub struct MihStats {
     /// Queries answered from the index.
     pub indexed: usize,
-    /// Queries answered by the linear scan (over budget, or after most earlier queries were).
+    /// Queries answered by the linear scan (over budget, or after the first queries showed that the index
+    /// would cost more than the scan).
     pub scanned: usize,
     /// Table lookups and codes verified, over the indexed queries and the abandoned attempts.
     pub probes: u64,
     pub candidates: u64,
 }
 
-/// Relative costs, in units of one candidate verification (a code read from a bucket, XOR +
+/// Relative costs, in units of one candidate verification of a one-word code (a code read from a bucket, XOR +
 /// popcount + compare, eight at a time with AVX-512; buckets are contiguous, so mostly a streamed
 /// read): a table lookup (a random read of the offsets array, then of the bucket) and one 64-bit
 /// word of the linear scan, which streams the database once per block of queries. Fitted with
@@ -587,9 +590,29 @@ impl MihIndex {
         Ok(())
     }
 
-    /// Work budget of one query, in candidate verifications.
+    /// Work of `probes` table lookups and `candidates` verifications, in units of one
+    /// verification of a one-word code (a verification reads every word of its code).
+    fn work(&self, probes: u64, candidates: u64) -> f64 {
+        probes as f64 * PROBE_COST + (candidates * self.lay.w as u64) as f64
+    }
+
+    /// Cost of scanning the database for one query, in the units of [`MihIndex::work`].
+    fn scan_cost(&self) -> f64 {
+        self.lay.n as f64 * self.lay.w as f64 * SCAN_COST_PER_WORD
+    }
+
+    /// Work budget of one query, in the units of [`MihIndex::work`].
     fn budget(&self, opts: &MihOptions) -> f64 {
-        opts.budget * self.lay.n as f64 * self.lay.w as f64 * SCAN_COST_PER_WORD
+        opts.budget * self.scan_cost()
+    }
+
+    /// Whether the index answers a batch at a lower cost than the scan, judged from its first
+    /// queries, each given as (table lookups, codes verified, whether it went over budget and is
+    /// scanned as well): their cost against a scan for each.
+    pub(crate) fn index_pays_off(&self, trial: &[(u64, u64, bool)]) -> bool {
+        let scan = self.scan_cost();
+        let spent: f64 = trial.iter().map(|&(p, c, over)| self.work(p, c) + if over { scan } else { 0.0 }).sum();
+        spent < trial.len() as f64 * scan
     }
 
     /// Exact top-k: identical to [`super::topk`] over [`MihIndex::codes`].
@@ -647,9 +670,9 @@ impl MihIndex {
         // A trial batch decides whether the index pays off at all for these queries.
         let trial = nq.min(TRIAL_QUERIES);
         let mut outcomes: Vec<Outcome> = (0..trial).into_par_iter().map(one).collect();
-        let over = outcomes.iter().filter(|o| o.result.is_none()).count();
+        let costs: Vec<(u64, u64, bool)> = outcomes.iter().map(|o| (o.probes, o.candidates, o.result.is_none())).collect();
         if trial < nq {
-            if 4 * over >= 3 * trial {
+            if opts.budget.is_finite() && !self.index_pays_off(&costs) {
                 outcomes.extend((trial..nq).map(|_| Outcome { result: None, probes: 0, candidates: 0 }));
             } else {
                 outcomes.par_extend((trial..nq).into_par_iter().map(one));
@@ -834,6 +857,35 @@ fn verify_scalar<const W: usize, F: FnMut(usize, u32) -> u32>(xs: &[u64], q: &[u
     thr
 }
 
+/// Calls `hit(base + b, d_b)` for each lane `b` set in `m` (distances `d`, in lane order) while
+/// `d_b` is within the threshold `hit` last returned; returns the final threshold.
+///
+/// # Safety
+/// The CPU must support AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn report_hits<F: FnMut(usize, u32) -> u32>(
+    d: std::arch::x86_64::__m512i,
+    mut m: u8,
+    base: usize,
+    mut thr: u32,
+    hit: &mut F,
+) -> u32 {
+    let mut ds = [0u64; 8];
+    // SAFETY: `ds` holds eight u64.
+    unsafe { std::arch::x86_64::_mm512_storeu_epi64(ds.as_mut_ptr() as *mut i64, d) };
+    while m != 0 {
+        let b = m.trailing_zeros() as usize;
+        let db = ds[b] as u32;
+        if db <= thr {
+            thr = hit(base + b, db);
+        }
+        m &= m - 1;
+    }
+    thr
+}
+
 /// [`verify_scalar`] for one-word codes, eight at a time.
 ///
 /// # Safety
@@ -853,19 +905,46 @@ unsafe fn verify_w1_avx512<F: FnMut(usize, u32) -> u32>(xs: &[u64], q: u64, base
         // SAFETY: lanes past the end of `xs` are masked off (masked lanes are not read).
         let v = unsafe { _mm512_maskz_loadu_epi64(lanes, p.add(i)) };
         let d = _mm512_popcnt_epi64(_mm512_xor_si512(v, qv));
-        let mut m = _mm512_mask_cmple_epu64_mask(lanes, d, tv);
+        let m = _mm512_mask_cmple_epu64_mask(lanes, d, tv);
         if m != 0 {
-            let mut ds = [0u64; 8];
-            // SAFETY: `ds` holds eight u64.
-            unsafe { _mm512_storeu_epi64(ds.as_mut_ptr() as *mut i64, d) };
-            while m != 0 {
-                let b = m.trailing_zeros() as usize;
-                let db = ds[b] as u32;
-                if db <= thr {
-                    thr = hit(base + i + b, db);
-                }
-                m &= m - 1;
-            }
+            thr = report_hits(d, m, base + i, thr, hit);
+            tv = _mm512_set1_epi64(thr as i64);
+        }
+        i += 8;
+    }
+    thr
+}
+
+/// [`verify_scalar`] for two-word codes, eight at a time: the words of eight codes are XORed and
+/// counted as two vectors, then each code's two counts are added.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and VPOPCNTDQ.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vpopcntdq,popcnt")]
+#[inline]
+unsafe fn verify_w2_avx512<F: FnMut(usize, u32) -> u32>(xs: &[u64], q: &[u64], base: usize, mut thr: u32, hit: &mut F) -> u32 {
+    use std::arch::x86_64::*;
+    let qv = _mm512_set_epi64(q[1] as i64, q[0] as i64, q[1] as i64, q[0] as i64, q[1] as i64, q[0] as i64, q[1] as i64, q[0] as i64);
+    let even = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0);
+    let odd = _mm512_set_epi64(15, 13, 11, 9, 7, 5, 3, 1);
+    let mut tv = _mm512_set1_epi64(thr as i64);
+    let p = xs.as_ptr() as *const i64;
+    let n = xs.len() / 2;
+    let mut i = 0;
+    while i < n {
+        let codes = (n - i).min(8);
+        let lanes: __mmask8 = if codes == 8 { 0xff } else { (1u8 << codes) - 1 };
+        let words = 2 * codes;
+        let (ma, mb): (__mmask8, __mmask8) =
+            (if words >= 8 { 0xff } else { (1u8 << words) - 1 }, if words > 8 { ((1u16 << (words - 8)) - 1) as u8 } else { 0 });
+        // SAFETY: words past the end of `xs` are masked off (masked lanes are not read).
+        let (a, b) = unsafe { (_mm512_maskz_loadu_epi64(ma, p.add(2 * i)), _mm512_maskz_loadu_epi64(mb, p.add(2 * i + 8))) };
+        let (ca, cb) = (_mm512_popcnt_epi64(_mm512_xor_si512(a, qv)), _mm512_popcnt_epi64(_mm512_xor_si512(b, qv)));
+        let d = _mm512_add_epi64(_mm512_permutex2var_epi64(ca, even, cb), _mm512_permutex2var_epi64(ca, odd, cb));
+        let m = _mm512_mask_cmple_epu64_mask(lanes, d, tv);
+        if m != 0 {
+            thr = report_hits(d, m, base + i, thr, hit);
             tv = _mm512_set1_epi64(thr as i64);
         }
         i += 8;
@@ -895,7 +974,7 @@ fn search_body<const W: usize, const AVX512: bool>(idx: &MihIndex, qw: &[u64], g
     let lay = &idx.lay;
     let (m, w, bits) = (lay.subs.len(), lay.w, lay.bits);
     let (mut probes, mut candidates) = (0u64, 0u64);
-    let over = |probes: u64, candidates: u64| probes as f64 * PROBE_COST + candidates as f64 > budget;
+    let over = |probes: u64, candidates: u64| idx.work(probes, candidates) > budget;
     // Top-k: a max-heap of keys (distance << 32 | index); radius: every key within the radius.
     let mut heap: BinaryHeap<u64> = BinaryHeap::new();
     let mut found: Vec<u64> = Vec::new();
@@ -992,6 +1071,12 @@ fn search_body<const W: usize, const AVX512: bool>(idx: &MihIndex, qw: &[u64], g
                         if AVX512 && W == 1 {
                             // SAFETY: `AVX512` is set only inside `search_avx512`.
                             thr = unsafe { verify_w1_avx512(xs, qw[0], lo, thr, &mut hit) };
+                            continue;
+                        }
+                        #[cfg(target_arch = "x86_64")]
+                        if AVX512 && W == 2 {
+                            // SAFETY: as above.
+                            thr = unsafe { verify_w2_avx512(xs, qw, lo, thr, &mut hit) };
                             continue;
                         }
                         thr = verify_scalar::<W, _>(xs, qw, lo, thr, &mut hit);

@@ -161,6 +161,55 @@ fn mih_work_is_sublinear_on_clustered_codes_and_falls_back_on_random_ones() {
     assert!(stats.candidates + stats.probes < (n * nq / 2) as u64, "{stats:?}");
 }
 
+/// The whole batch goes to the scan when the trial queries show that the index costs more than a
+/// scan per query (uniformly random 128-bit codes, k = 100: most trial queries go over budget), and
+/// stays with the index where its work is a small part of a scan (clustered 64-bit codes, k = 1).
+#[test]
+fn mih_batch_goes_to_the_scan_exactly_when_the_index_would_cost_more() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let nq = 200;
+    let (n, bits) = (20_000, 128);
+    let dbd = gen_codes(&mut rng, n, bits, n, 0, false);
+    let qd = gen_codes(&mut rng, nq, bits, nq, 0, false);
+    let (db, qs) = (CodesRef::new(n, bits, &dbd).unwrap(), CodesRef::new(nq, bits, &qd).unwrap());
+    let idx = MihIndex::build(db, None).unwrap();
+    let (got, stats) = idx.topk_with(qs, 100, &MihOptions::default()).unwrap();
+    assert_eq!(got, topk(qs, db, 100).unwrap());
+    // Only trial queries were tried on the index.
+    assert!(stats.indexed + stats.scanned == nq && stats.scanned >= nq - 32, "{stats:?}");
+    // Even without a budget, the index's work on these queries costs more than their scans.
+    assert!(!idx.index_pays_off(&unlimited_costs(&idx, qs, 100)));
+
+    let (n, bits) = (200_000, 64);
+    let dbd = gen_codes(&mut rng, n, bits, 2000, 2, false);
+    // Queries: database codes with one more bit flipped.
+    let qd: Vec<u8> = (0..nq)
+        .flat_map(|i| {
+            let mut row = dbd[(i * 997 % n) * 8..][..8].to_vec();
+            row[i % 8] ^= 1 << (i % 7);
+            row
+        })
+        .collect();
+    let (db, qs) = (CodesRef::new(n, bits, &dbd).unwrap(), CodesRef::new(nq, bits, &qd).unwrap());
+    let idx = MihIndex::build(db, None).unwrap();
+    let (got, stats) = idx.topk_with(qs, 1, &MihOptions::default()).unwrap();
+    assert_eq!(got, topk(qs, db, 1).unwrap());
+    assert_eq!(stats.scanned, 0, "{stats:?}");
+    assert!(idx.index_pays_off(&unlimited_costs(&idx, qs, 1)));
+}
+
+/// (lookups, codes verified, false) of each query answered from the index alone.
+fn unlimited_costs(idx: &MihIndex, qs: CodesRef, k: usize) -> Vec<(u64, u64, bool)> {
+    let s = qs.stride();
+    (0..qs.n.min(32))
+        .map(|i| {
+            let q = CodesRef::new(1, qs.bits, &qs.data[i * s..(i + 1) * s]).unwrap();
+            let (_, st) = idx.topk_with(q, k, &opts(f64::INFINITY)).unwrap();
+            (st.probes, st.candidates, false)
+        })
+        .collect()
+}
+
 #[test]
 fn mih_index_file_round_trip_and_bad_files() {
     let dir = tempfile::tempdir().unwrap();
