@@ -1,6 +1,6 @@
 //! CZHash's hyper-parameters: defaults, the paper preset and what `cmh tune` searches.
 
-use crate::params::{Dim, Range, SearchSpace};
+use crate::params::{impl_method_params, Dim, Range, SearchSpace};
 use serde::{Deserialize, Serialize};
 
 /// CZHash hyper-parameters; defaults follow the paper where it gives them (β = 1, batch 128,
@@ -113,6 +113,17 @@ impl Default for CzhashParams {
 }
 
 impl CzhashParams {
+    /// The input options of the shared fit ([`crate::deep::zs_common::fit_networks`]).
+    pub(crate) fn input_options(&self) -> crate::deep::zs_common::InputOptions {
+        crate::deep::zs_common::InputOptions {
+            epochs: self.epochs,
+            use_unlabelled: self.use_unlabelled,
+            rbf_anchors: self.rbf_anchors,
+            attribute_span: self.attribute_span,
+            input_clip: self.input_clip,
+        }
+    }
+
     /// The paper's model without the choices the paper leaves open: raw feature distances in
     /// ŝ = 1/(1 + d), the literal sums of eq. 7, uncentred category representations, attributes
     /// in their own coordinates, and the paper's α = 1 (`--preset paper`).
@@ -135,11 +146,4 @@ pub const SEARCH_SPACE: SearchSpace = SearchSpace {
     fidelity: Some("epochs"),
 };
 
-impl crate::params::MethodParams for CzhashParams {
-    fn presets() -> Vec<(&'static str, Self)> {
-        vec![("paper", Self::paper())]
-    }
-    fn search_space() -> SearchSpace {
-        SEARCH_SPACE
-    }
-}
+impl_method_params!(CzhashParams, SEARCH_SPACE, ["paper" => CzhashParams::paper()]);
