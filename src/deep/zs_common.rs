@@ -520,6 +520,20 @@ pub struct InputOptions {
     pub input_clip: f64,
 }
 
+/// The [`InputOptions`] of a parameter struct that has fields of the same names.
+macro_rules! input_options {
+    ($p:expr) => {
+        $crate::deep::zs_common::InputOptions {
+            epochs: $p.epochs,
+            use_unlabelled: $p.use_unlabelled,
+            rbf_anchors: $p.rbf_anchors,
+            attribute_span: $p.attribute_span,
+            input_clip: $p.input_clip,
+        }
+    };
+}
+pub(crate) use input_options;
+
 /// The fit shared by CZHash and AgNet (after the method's own `check`): [`start`], the method's
 /// fitter built on the prepared tensors, then [`train`] (resuming when asked); returns the trainer
 /// (its history) and the trained fitter.

@@ -86,17 +86,6 @@ impl Default for AgnetParams {
 }
 
 impl AgnetParams {
-    /// The input options of the shared fit ([`crate::deep::zs_common::fit_networks`]).
-    pub(crate) fn input_options(&self) -> crate::deep::zs_common::InputOptions {
-        crate::deep::zs_common::InputOptions {
-            epochs: self.epochs,
-            use_unlabelled: self.use_unlabelled,
-            rbf_anchors: self.rbf_anchors,
-            attribute_span: self.attribute_span,
-            input_clip: self.input_clip,
-        }
-    }
-
     /// The model as the paper describes it, without the additions: no bit-decorrelation term,
     /// attributes in their own coordinates (`--preset paper`).
     pub fn paper() -> Self {

@@ -140,7 +140,7 @@ impl AgnetParams {
     pub fn fit_with_control(&self, data: &TrainSet, ctx: &FitContext, control: &RunControl) -> Result<AgnetModel> {
         data.validate()?;
         self.check(data, ctx.bits)?;
-        let (tr, mut fit) = zs_common::fit_networks(METHOD, self, data, ctx, control, self.input_options(), |prep| {
+        let (tr, mut fit) = zs_common::fit_networks(METHOD, self, data, ctx, control, zs_common::input_options!(self), |prep| {
             Fitter::new(self, prep, ctx.bits, ctx.seed)
         })?;
         if self.pca_hash {

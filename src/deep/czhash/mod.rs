@@ -749,7 +749,7 @@ impl CzhashParams {
     pub fn fit_with_control(&self, data: &TrainSet, ctx: &FitContext, control: &RunControl) -> Result<CzhashModel> {
         data.validate()?;
         self.check(data, ctx.bits)?;
-        let (tr, fit) = zs_common::fit_networks(METHOD, self, data, ctx, control, self.input_options(), |prep| {
+        let (tr, fit) = zs_common::fit_networks(METHOD, self, data, ctx, control, zs_common::input_options!(self), |prep| {
             Fitter::new(self, prep, ctx.bits, ctx.seed)
         })?;
         let all_rows = fit.prep.n() == data.len();

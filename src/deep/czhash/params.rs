@@ -113,17 +113,6 @@ impl Default for CzhashParams {
 }
 
 impl CzhashParams {
-    /// The input options of the shared fit ([`crate::deep::zs_common::fit_networks`]).
-    pub(crate) fn input_options(&self) -> crate::deep::zs_common::InputOptions {
-        crate::deep::zs_common::InputOptions {
-            epochs: self.epochs,
-            use_unlabelled: self.use_unlabelled,
-            rbf_anchors: self.rbf_anchors,
-            attribute_span: self.attribute_span,
-            input_clip: self.input_clip,
-        }
-    }
-
     /// The paper's model without the choices the paper leaves open: raw feature distances in
     /// ŝ = 1/(1 + d), the literal sums of eq. 7, uncentred category representations, attributes
     /// in their own coordinates, and the paper's α = 1 (`--preset paper`).
