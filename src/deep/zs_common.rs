@@ -8,6 +8,7 @@
 //! with a plain ndarray forward pass that mirrors what a Python user does with the exported `.npy`
 //! files; a test checks it against the tch forward pass.
 
+use super::tensors::{array_to_tensor, tensor_to_array};
 use super::trainer::{Checkpoint, Optimizer, RunControl, Trainer};
 use crate::method::{FitContext, TrainSet, View};
 use crate::npy::{read_npy, write_npy, NpyData};
@@ -17,34 +18,16 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
-/// An f32 matrix as a tensor on `device`.
-pub fn tensor_from(a: ArrayView2<f32>, device: Device) -> Tensor {
-    let a = a.as_standard_layout();
-    let (n, d) = a.dim();
-    Tensor::from_slice(a.as_slice().expect("standard layout")).view([n as i64, d as i64]).to_device(device)
-}
-
-/// A 2-d tensor as an f32 matrix (copied to the CPU).
-pub fn array_from(t: &Tensor) -> Result<Array2<f32>> {
-    let size = t.size();
-    if size.len() != 2 {
-        bail!("internal: expected a 2-d tensor, found shape {size:?}");
-    }
-    let t = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view([-1]);
-    let v = Vec::<f32>::try_from(&t).map_err(|e| anyhow!("internal: tensor to array: {e}"))?;
-    Ok(Array2::from_shape_vec((size[0] as usize, size[1] as usize), v)?)
-}
-
 pub use crate::numerics::Standardizer;
 
 /// How a modality's raw features become its network's input (`rbf_anchors` of CZHash and AgNet):
 /// optionally the centred RBF-anchor features the shallow methods use (SCH, CCA-ITQ:
 /// φ(x) = exp(−‖x − aⱼ‖² / 2σ²) − φ̄, c anchors aⱼ drawn from the training rows, σ = mean
-/// training-row-to-anchor distance, φ̄ the training mean; [`crate::shallow::common::RbfMap`]),
+/// training-row-to-anchor distance, φ̄ the training mean; [`crate::numerics::RbfMap`]),
 /// then per-dimension standardisation ([`Standardizer`]) fitted on the training rows.
 #[derive(Clone, Debug)]
 pub struct InputMap {
-    pub rbf: Option<crate::shallow::common::RbfMap>,
+    pub rbf: Option<crate::numerics::RbfMap>,
     pub std: Standardizer,
     /// c > 0: standardised values are clipped to [−c, c] (the `input_clip` of CZHash and AgNet);
     /// 0 = no clipping.
@@ -58,8 +41,8 @@ impl InputMap {
         let (rbf, z) = if anchors == 0 {
             (None, x.to_owned())
         } else {
-            let mut rng = crate::shallow::common::seeded_rng(seed, 0x5A5A);
-            let (map, phi) = crate::shallow::common::RbfMap::fit(x, anchors.min(x.nrows()), 1.0, &mut rng)?;
+            let mut rng = crate::numerics::seeded_rng(seed, 0x5A5A);
+            let (map, phi) = crate::numerics::RbfMap::fit(x, anchors.min(x.nrows()), 1.0, &mut rng)?;
             (Some(map), phi.mapv(|v| v as f32))
         };
         let std = Standardizer::fit(z.view());
@@ -131,7 +114,7 @@ impl InputMap {
         let rbf = match sigma {
             None => None,
             Some(s) => {
-                let m = crate::shallow::common::RbfMap::load(dir, name, s)?;
+                let m = crate::numerics::RbfMap::load(dir, name, s)?;
                 if m.n_anchors() != dim {
                     bail!("{}/{name}_anchors.npy has {} anchors, but the network takes {dim} inputs", dir.display(), m.n_anchors());
                 }
@@ -140,6 +123,20 @@ impl InputMap {
         };
         Ok(Self { rbf, std: Standardizer { mean, std }, clip: clip as f32 })
     }
+}
+
+/// The network input of `modality`'s items under a fitted model's input maps (one per modality):
+/// refuses a modality other than 0 / 1 and features of the wrong width.
+pub fn network_input(method: &str, inputs: &[InputMap], modality: usize, view: &View) -> Result<Array2<f32>> {
+    if modality > 1 {
+        bail!("{method}: modality {modality} does not exist (0 = image, 1 = text)");
+    }
+    let x = view.features(method, modality)?;
+    let s = &inputs[modality];
+    if x.ncols() != s.raw_dim() {
+        bail!("{method}: {} items have {} features, the model was trained on {}", MODALITY_NAMES[modality], x.ncols(), s.raw_dim());
+    }
+    s.apply(x.view())
 }
 
 /// The per-modality RBF σ of a model.json (`rbf_sigma`, written by the zero-shot models' save):
@@ -171,7 +168,7 @@ impl MlpWeights {
                 let name = format!("{name}-fc{}.{what}", k + 1);
                 vars.get(&name).ok_or_else(|| anyhow!("internal: variable {name} missing"))
             };
-            let w = array_from(&get("weight")?.detach())?;
+            let w = tensor_to_array(&get("weight")?.detach())?;
             let b = get("bias")?.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
             let b = Array1::from(Vec::<f32>::try_from(&b).map_err(|e| anyhow!("internal: {e}"))?);
             layers.push((w, b));
@@ -424,10 +421,10 @@ pub fn prepare(
         let (map, z) =
             InputMap::fit(f.view(), rbf_anchors, seed ^ m as u64).with_context(|| format!("{method}: input features of modality {m}"))?;
         let (map, z) = map.with_clip(input_clip, z);
-        x.push(tensor_from(z.view(), device));
+        x.push(array_to_tensor(z.view(), device));
         inputs.push(map);
         let l = data.labels[m].select(Axis(0), &rows).mapv(|v| v as f32);
-        labels.push(tensor_from(l.view(), device));
+        labels.push(array_to_tensor(l.view(), device));
         let mask: Vec<f32> = rows.iter().map(|&i| if data.labelled[m][i] { 1.0 } else { 0.0 }).collect();
         labelled.push(Tensor::from_slice(&mask).to_device(device));
     }
@@ -512,6 +509,49 @@ pub fn start(
     let rows = if use_unlabelled { (0..data.len()).collect() } else { labelled_rows(data) };
     let prep = prepare(data, method, rows, tr.device, rbf_anchors, attribute_span, ctx.seed, input_clip)?;
     Ok((tr, prep))
+}
+
+/// The input options every zero-shot method's parameters give [`fit_networks`].
+pub struct InputOptions {
+    pub epochs: usize,
+    pub use_unlabelled: bool,
+    pub rbf_anchors: usize,
+    pub attribute_span: bool,
+    pub input_clip: f64,
+}
+
+/// The [`InputOptions`] of a parameter struct that has fields of the same names.
+macro_rules! input_options {
+    ($p:expr) => {
+        $crate::deep::zs_common::InputOptions {
+            epochs: $p.epochs,
+            use_unlabelled: $p.use_unlabelled,
+            rbf_anchors: $p.rbf_anchors,
+            attribute_span: $p.attribute_span,
+            input_clip: $p.input_clip,
+        }
+    };
+}
+pub(crate) use input_options;
+
+/// The fit shared by CZHash and AgNet (after the method's own `check`): [`start`], the method's
+/// fitter built on the prepared tensors, then [`train`] (resuming when asked); returns the trainer
+/// (its history) and the trained fitter.
+pub fn fit_networks<P: Serialize, F: ZsFitter>(
+    method: &'static str,
+    params: &P,
+    data: &TrainSet,
+    ctx: &FitContext,
+    control: &RunControl,
+    opts: InputOptions,
+    new_fitter: impl FnOnce(Prepared) -> Result<F>,
+) -> Result<(Trainer, F)> {
+    let (mut tr, prep) =
+        start(method, data, ctx, opts.epochs, control, opts.use_unlabelled, opts.rbf_anchors, opts.attribute_span, opts.input_clip)?;
+    let config = run_config(params, &prep, ctx.bits, data);
+    let mut fit = new_fitter(prep)?;
+    train(method, &mut tr, &mut fit, &config)?;
+    Ok((tr, fit))
 }
 
 /// The shared training skeleton: resume from the run folder's checkpoint when asked (refused when
@@ -639,11 +679,6 @@ pub fn fingerprint(data: &TrainSet) -> String {
     h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
-/// `x ≥ 0 → +1, x < 0 → −1` as a float tensor (the codes' sign convention).
-pub fn sign_pm1(x: &Tensor) -> Tensor {
-    x.ge(0.0).to_kind(Kind::Float) * 2.0 - 1.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -657,8 +692,8 @@ mod tests {
         let mlp = super::super::mlp::Mlp::new(&vs.root(), "net", 5, &[7], 3, 0.5);
         super::super::trainer::init_default(&vs, 1, &[]).unwrap();
         let x = Array2::from_shape_fn((4, 5), |(i, j)| (i as f32 - j as f32) * 0.3);
-        let xt = tensor_from(x.view(), Device::Cpu);
-        let y_t = array_from(&mlp.forward_t(&xt, false)).unwrap();
+        let xt = array_to_tensor(x.view(), Device::Cpu);
+        let y_t = tensor_to_array(&mlp.forward_t(&xt, false)).unwrap();
         let w = MlpWeights::from_var_store(&vs, "net", 2).unwrap();
         let y = w.forward(x.view());
         assert!((&y - &y_t).iter().all(|d| d.abs() < 1e-5));

@@ -147,12 +147,11 @@
 //! F, C, W, B) and exact resume on the CPU.
 
 use super::mlp::Mlp;
+use super::tensors::{array_to_tensor, sign_pm1, tensor_to_array};
 use super::trainer::{
     groups_from_var_store, init_default, Checkpoint, Optimizer, OptimizerConfig, OptimizerKind, OptimizerSnapshot, RunControl, Trainer,
 };
-use super::zs_common::{
-    self, array_from, index_tensor, ridge_projector, run_config, sign_pm1, tensor_from, MlpWeights, Prepared, ZsFitter,
-};
+use super::zs_common::{self, index_tensor, ridge_projector, MlpWeights, Prepared, ZsFitter};
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_fraction, ensure_nonneg, ensure_pos, Fit, FitContext, TrainSet, IMAGE, TEXT};
 use anyhow::{anyhow, bail, Context, Result};
@@ -372,7 +371,7 @@ impl<'a> Fitter<'a> {
         } else {
             [1.0, 1.0]
         };
-        let a: Vec<Tensor> = prep.attributes.iter().map(|a| tensor_from(a.view(), dev)).collect();
+        let a: Vec<Tensor> = prep.attributes.iter().map(|a| array_to_tensor(a.view(), dev)).collect();
         let c_known: Vec<Tensor> = (0..2)
             .map(|v| {
                 let cls = index_tensor(&prep.classes[v], dev);
@@ -383,7 +382,7 @@ impl<'a> Fitter<'a> {
         let f: Vec<Tensor> = (0..2).map(|v| tch::no_grad(|| nets[v].forward_t(&prep.x[v], false))).collect();
         // C starts at the labels for labelled rows and at the least-squares fit f P for the others.
         let p: Vec<Tensor> =
-            (0..2).map(|v| Ok(tensor_from(ridge_projector(&prep.attributes[v], params.ridge)?.view(), dev))).collect::<Result<_>>()?;
+            (0..2).map(|v| Ok(array_to_tensor(ridge_projector(&prep.attributes[v], params.ridge)?.view(), dev))).collect::<Result<_>>()?;
         let c: Vec<Tensor> = (0..2).map(|v| c_known[v].where_self(&prep.labelled[v].unsqueeze(1).gt(0.5), &f[v].matmul(&p[v]))).collect();
         // B starts random (seeded), then W (eq. 11) and B (eq. 12) follow.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xB0B0_B0B0);
@@ -497,14 +496,15 @@ impl<'a> Fitter<'a> {
     /// Gaussian directions beyond their rank), so the alternation of eqs. 11–12 starts from the
     /// codes that keep most of the representations' variance instead of random ones.
     fn init_codes_pca(&mut self, seed: u64) -> Result<()> {
-        let x: Vec<Array2<f64>> = (0..2).map(|v| array_from(&self.coding_input(v)).map(|a| a.mapv(|t| t as f64))).collect::<Result<_>>()?;
+        let x: Vec<Array2<f64>> =
+            (0..2).map(|v| tensor_to_array(&self.coding_input(v)).map(|a| a.mapv(|t| t as f64))).collect::<Result<_>>()?;
         let stacked = ndarray::concatenate(ndarray::Axis(0), &[x[0].view(), x[1].view()])?;
         let bits = self.b.size()[1] as usize;
-        let mut rng = crate::shallow::common::seeded_rng(seed, 0xC0DE);
+        let mut rng = crate::numerics::seeded_rng(seed, 0xC0DE);
         let (mean, proj, _) =
             crate::shallow::attr_ridge::pca_itq_basis(stacked.view(), bits, 50, &mut rng).context("czhash: initial codes")?;
         let sum = (&x[0] - &mean).dot(&proj) + (&x[1] - &mean).dot(&proj);
-        self.b = sign_pm1(&tensor_from(sum.mapv(|t| t as f32).view(), self.prep.device));
+        self.b = sign_pm1(&array_to_tensor(sum.mapv(|t| t as f32).view(), self.prep.device));
         Ok(())
     }
 
@@ -749,31 +749,20 @@ impl CzhashParams {
     pub fn fit_with_control(&self, data: &TrainSet, ctx: &FitContext, control: &RunControl) -> Result<CzhashModel> {
         data.validate()?;
         self.check(data, ctx.bits)?;
-        let (mut tr, prep) = zs_common::start(
-            METHOD,
-            data,
-            ctx,
-            self.epochs,
-            control,
-            self.use_unlabelled,
-            self.rbf_anchors,
-            self.attribute_span,
-            self.input_clip,
-        )?;
-        let all_rows = prep.n() == data.len();
-        let config = run_config(self, &prep, ctx.bits, data);
-        let mut fit = Fitter::new(self, prep, ctx.bits, ctx.seed)?;
-        zs_common::train(METHOD, &mut tr, &mut fit, &config)?;
+        let (tr, fit) = zs_common::fit_networks(METHOD, self, data, ctx, control, zs_common::input_options!(self), |prep| {
+            Fitter::new(self, prep, ctx.bits, ctx.seed)
+        })?;
+        let all_rows = fit.prep.n() == data.len();
         let projectors = (0..2).map(|v| ridge_projector(&fit.prep.attributes[v], self.ridge)).collect::<Result<Vec<_>>>()?;
-        let train_codes = if all_rows { Some(BinaryCodes::from_signs(array_from(&fit.b)?.view())) } else { None };
+        let train_codes = if all_rows { Some(BinaryCodes::from_signs(tensor_to_array(&fit.b)?.view())) } else { None };
         Ok(CzhashModel {
             params: self.clone(),
             bits: ctx.bits,
             nets: (0..2).map(|v| MlpWeights::from_var_store(&fit.vs, MODALITY_NAMES[v], self.hidden.len() + 1)).collect::<Result<_>>()?,
             inputs: fit.prep.inputs.clone(),
             projectors,
-            w: fit.w.iter().map(array_from).collect::<Result<_>>()?,
-            offsets: (0..2).map(|v| array_from(&fit.cbar(v).matmul(&fit.w[v])).map(|o| o.row(0).to_owned())).collect::<Result<_>>()?,
+            w: fit.w.iter().map(tensor_to_array).collect::<Result<_>>()?,
+            offsets: (0..2).map(|v| tensor_to_array(&fit.cbar(v).matmul(&fit.w[v])).map(|o| o.row(0).to_owned())).collect::<Result<_>>()?,
             classes: fit.prep.classes.clone(),
             train_codes,
             history: tr.history.clone(),
@@ -842,7 +831,7 @@ pub(crate) mod tests {
         // The tensor form agrees.
         let a = Tensor::from_slice(&[1f32, 1., 0., 1., 0., 0.]).view([2, 3]);
         let b = Tensor::from_slice(&[0f32, 1., 1., 0., 0., 0.]).view([2, 3]);
-        let j = array_from(&jaccard_t(&a, &b)).unwrap();
+        let j = tensor_to_array(&jaccard_t(&a, &b)).unwrap();
         assert!((j[[0, 0]] - 1.0 / 3.0).abs() < 1e-6 && j[[1, 0]] == 0.0 && j[[0, 1]] == 0.0 && j[[1, 1]] == 0.0);
     }
 
@@ -901,14 +890,14 @@ pub(crate) mod tests {
             let (a, b) = (sim.rows(v, &all), cached.rows(v, &all));
             assert!(a[0].equal(&b[0]) && a[1].equal(&b[1]), "cache = on-the-fly rows");
         }
-        let xs: Vec<Array2<f32>> = (0..2).map(|m| array_from(&prep.x[m]).unwrap()).collect();
+        let xs: Vec<Array2<f32>> = (0..2).map(|m| tensor_to_array(&prep.x[m]).unwrap()).collect();
         let dist = |m: usize, i: usize, j: usize| -> f64 {
             xs[m].row(i).iter().zip(xs[m].row(j)).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt()
         };
         for v in 0..2 {
             let rows = sim.composite_rows(v, &index_tensor(&[0, 1, 2, 3, 4], Device::Cpu));
             for (u, row) in rows.iter().enumerate() {
-                let s = array_from(row).unwrap();
+                let s = tensor_to_array(row).unwrap();
                 for i in 0..5 {
                     for j in 0..5 {
                         let lab = (data.labelled[v][i] && data.labelled[u][j])
@@ -922,8 +911,8 @@ pub(crate) mod tests {
             }
         }
         // S^{21} = (S^{12})ᵀ, which the batch loss's factor 2 relies on.
-        let s12 = array_from(&sim.composite_rows(0, &all)[1]).unwrap();
-        let s21 = array_from(&sim.composite_rows(1, &all)[0]).unwrap();
+        let s12 = tensor_to_array(&sim.composite_rows(0, &all)[1]).unwrap();
+        let s21 = tensor_to_array(&sim.composite_rows(1, &all)[0]).unwrap();
         assert!((&s12 - &s21.t()).iter().all(|d| d.abs() < 1e-6));
     }
 
@@ -937,23 +926,23 @@ pub(crate) mod tests {
         let _lock = crate::deep::test_support::torch_rng_lock();
         tch::manual_seed(3);
         let f: Vec<Tensor> = (0..2).map(|_| Tensor::randn([5, 2], (Kind::Float, Device::Cpu))).collect();
-        let a: Vec<Tensor> = prep.attributes.iter().map(|a| tensor_from(a.view(), Device::Cpu)).collect();
+        let a: Vec<Tensor> = prep.attributes.iter().map(|a| array_to_tensor(a.view(), Device::Cpu)).collect();
         let c: Vec<Tensor> = (0..2).map(|_| Tensor::randn([5, 2], (Kind::Float, Device::Cpu))).collect();
         let w: Vec<Tensor> = (0..2).map(|_| Tensor::randn([2, 4], (Kind::Float, Device::Cpu))).collect();
         let b = sign_pm1(&Tensor::randn([5, 4], (Kind::Float, Device::Cpu)));
         let (alpha, beta, omega) = (0.7, 1.3, 0.2);
         // Plain computation of eq. 7.
         let all = index_tensor(&[0, 1, 2, 3, 4], Device::Cpu);
-        let fa: Vec<Array2<f32>> = f.iter().map(|t| array_from(t).unwrap()).collect();
-        let ca: Vec<Array2<f32>> = c.iter().map(|t| array_from(t).unwrap()).collect();
-        let aa: Vec<Array2<f32>> = a.iter().map(|t| array_from(t).unwrap()).collect();
-        let wa: Vec<Array2<f32>> = w.iter().map(|t| array_from(t).unwrap()).collect();
-        let ba = array_from(&b).unwrap();
+        let fa: Vec<Array2<f32>> = f.iter().map(|t| tensor_to_array(t).unwrap()).collect();
+        let ca: Vec<Array2<f32>> = c.iter().map(|t| tensor_to_array(t).unwrap()).collect();
+        let aa: Vec<Array2<f32>> = a.iter().map(|t| tensor_to_array(t).unwrap()).collect();
+        let wa: Vec<Array2<f32>> = w.iter().map(|t| tensor_to_array(t).unwrap()).collect();
+        let ba = tensor_to_array(&b).unwrap();
         let mut plain = 0.0f64;
         for v in 0..2 {
             let s = sim.composite_rows(v, &all);
             for u in 0..2 {
-                let su = array_from(&s[u]).unwrap();
+                let su = tensor_to_array(&s[u]).unwrap();
                 for i in 0..5 {
                     for j in 0..5 {
                         let dot: f64 = (0..2).map(|k| fa[v][[i, k]] as f64 * fa[u][[j, k]] as f64).sum();
@@ -989,13 +978,13 @@ pub(crate) mod tests {
         }
         full = full + (&f_leaf - c[v].matmul(&a[v])).square().sum(Kind::Float) * alpha;
         full.backward();
-        let g_full = array_from(&f_leaf.grad()).unwrap();
+        let g_full = tensor_to_array(&f_leaf.grad()).unwrap();
         let batch = index_tensor(&[1, 3], Device::Cpu);
         let fb = f[v].index_select(0, &batch).detach().set_requires_grad(true);
         let s_rows = sim.composite_rows(v, &batch);
         let loss = network_loss(&fb, [&f[0], &f[1]], [&s_rows[0], &s_rows[1]], &c[v].index_select(0, &batch).matmul(&a[v]), alpha, omega);
         loss.backward();
-        let g_b = array_from(&fb.grad()).unwrap();
+        let g_b = tensor_to_array(&fb.grad()).unwrap();
         for (r, i) in [1usize, 3].iter().enumerate() {
             for k in 0..2 {
                 assert!((g_b[[r, k]] - g_full[[*i, k]]).abs() < 1e-3, "row {i}: {} vs {}", g_b[[r, k]], g_full[[*i, k]]);
@@ -1288,23 +1277,23 @@ pub(crate) mod tests {
         let grad = (c.matmul(&fit.a[v]) - &fit.f[v]).matmul(&fit.a[v].tr()) * al
             + ((c - &cbar).matmul(&fit.w[v]) - &fit.b).matmul(&fit.w[v].tr()) * be
             + c * lam;
-        let g = array_from(&grad).unwrap();
+        let g = tensor_to_array(&grad).unwrap();
         for i in (0..40).step_by(3) {
             assert!(g.row(i).iter().all(|x| x.abs() < 1e-3), "row {i}: {:?}", g.row(i));
         }
         // Labelled rows keep their known category representation.
-        let (ck, cc) = (array_from(&fit.c_known[v]).unwrap(), array_from(c).unwrap());
+        let (ck, cc) = (tensor_to_array(&fit.c_known[v]).unwrap(), tensor_to_array(c).unwrap());
         assert_eq!(cc.row(1), ck.row(1));
         fit.update_w();
         let ct = c - fit.cbar(v);
-        let gw = array_from(&(ct.tr().matmul(&(ct.matmul(&fit.w[v]) - &fit.b)) + &fit.w[v] * params.ridge)).unwrap();
+        let gw = tensor_to_array(&(ct.tr().matmul(&(ct.matmul(&fit.w[v]) - &fit.b)) + &fit.w[v] * params.ridge)).unwrap();
         assert!(gw.iter().all(|x| x.abs() < 1e-3), "{gw:?}");
         // The centred codes are balanced where the uncentred ones need not be: the mean of
         // (C − c̄)W over the training rows is 0.
-        let mean = array_from(&ct.matmul(&fit.w[v]).mean_dim(Some([0i64].as_slice()), true, Kind::Float)).unwrap();
+        let mean = tensor_to_array(&ct.matmul(&fit.w[v]).mean_dim(Some([0i64].as_slice()), true, Kind::Float)).unwrap();
         assert!(mean.iter().all(|x| x.abs() < 1e-4));
         // Without centring c̄ = 0.
-        assert_eq!(array_from(&super::cbar(&fit.c[v], false)).unwrap().sum(), 0.0);
+        assert_eq!(tensor_to_array(&super::cbar(&fit.c[v], false)).unwrap().sum(), 0.0);
     }
 
     #[test]

@@ -29,15 +29,7 @@ pub struct CzhashModel {
 impl CzhashModel {
     /// Real-valued code projections c W for items of `modality` (before the sign).
     pub fn project(&self, modality: usize, view: &View) -> Result<Array2<f32>> {
-        if modality > 1 {
-            bail!("czhash: modality {modality} does not exist (0 = image, 1 = text)");
-        }
-        let x = view.features(METHOD, modality)?;
-        let s = &self.inputs[modality];
-        if x.ncols() != s.raw_dim() {
-            bail!("czhash: {} items have {} features, the model was trained on {}", MODALITY_NAMES[modality], x.ncols(), s.raw_dim());
-        }
-        let f = self.nets[modality].forward(s.apply(x.view())?.view());
+        let f = self.nets[modality].forward(zs_common::network_input(METHOD, &self.inputs, modality, view)?.view());
         Ok(f.dot(&self.projectors[modality]).dot(&self.w[modality]) - &self.offsets[modality])
     }
 

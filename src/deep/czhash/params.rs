@@ -1,6 +1,6 @@
 //! CZHash's hyper-parameters: defaults, the paper preset and what `cmh tune` searches.
 
-use crate::params::{Dim, Range, SearchSpace};
+use crate::params::{impl_method_params, Dim, Range, SearchSpace};
 use serde::{Deserialize, Serialize};
 
 /// CZHash hyper-parameters; defaults follow the paper where it gives them (β = 1, batch 128,
@@ -135,11 +135,4 @@ pub const SEARCH_SPACE: SearchSpace = SearchSpace {
     fidelity: Some("epochs"),
 };
 
-impl crate::params::MethodParams for CzhashParams {
-    fn presets() -> Vec<(&'static str, Self)> {
-        vec![("paper", Self::paper())]
-    }
-    fn search_space() -> SearchSpace {
-        SEARCH_SPACE
-    }
-}
+impl_method_params!(CzhashParams, SEARCH_SPACE, ["paper" => CzhashParams::paper()]);

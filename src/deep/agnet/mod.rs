@@ -52,9 +52,9 @@
 //! - `guide_predicted`: â = the detached prediction gᵛ(x) for every item (what an unseen item gets
 //!   at encoding time) instead of the true attributes of the labelled items; scored lower.
 //! - `rbf_anchors`: the centred RBF-anchor features SCH and CCA-ITQ use as the networks' input
-//!   ([`zs_common::InputMap`]); tied with standardised features.
+//!   ([`crate::deep::zs_common::InputMap`]); tied with standardised features.
 //! - `attribute_span` (default on): attributes in an orthonormal basis of the span of the training
-//!   classes' attributes ([`zs_common::span_basis`], an isometry on the span: cosines and the
+//!   classes' attributes ([`crate::deep::zs_common::span_basis`], an isometry on the span: cosines and the
 //!   targets tᵛ are unchanged). With MiniLM's 384-d embeddings and a 20-epoch budget the
 //!   384-output attribute networks had not shed their initialisation noise (validation mAP at the
 //!   random floor); in the K-dimensional basis they train as fast as with one-hot attributes.
@@ -92,135 +92,18 @@
 //! exact resume on the CPU). Weight decay is off by default: with the losses averaged per batch,
 //! even 0.1 shrank the hash network to constant codes on Wikipedia.
 
-use super::mlp::Mlp;
-use super::trainer::{groups_from_var_store, init_default, Optimizer, OptimizerConfig, OptimizerKind, RunControl, Trainer};
-use super::zs_common::{self, index_tensor, run_config, tensor_from, InputMap, MlpWeights, Prepared, ZsFitter};
-use crate::codes::BinaryCodes;
-use crate::method::{ensure_fraction, ensure_nonneg, ensure_pos, Fit, FitContext, HashModel, TrainSet, View};
-use crate::params::{Dim, Range, SearchSpace};
-use anyhow::{bail, Context, Result};
+use super::zs_common::Prepared;
+use crate::deep::zs_common::index_tensor;
 use ndarray::Array2;
-use serde::{Deserialize, Serialize};
-use std::path::Path;
-use tch::nn::ModuleT;
-use tch::{nn, Kind, Tensor};
+use tch::{Kind, Tensor};
+
+mod model;
+mod params;
+mod train;
+pub use model::AgnetModel;
+pub use params::{AgnetParams, SEARCH_SPACE};
 
 pub const METHOD: &str = "agnet";
-use super::zs_common::MODALITY_NAMES;
-
-/// AgNet hyper-parameters (our choices; the paper gives no code).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct AgnetParams {
-    /// Hidden widths of each modality's attribute network.
-    pub hidden: Vec<usize>,
-    /// Hidden widths of the shared hashing network (attribute space → r bits).
-    pub hash_hidden: Vec<usize>,
-    pub dropout: f64,
-    pub batch_size: usize,
-    /// Epochs; resuming with a larger value continues a run.
-    pub epochs: usize,
-    pub learning_rate: f64,
-    pub weight_decay: f64,
-    /// λ_attr: attribute regression.
-    pub attr_weight: f64,
-    /// λ_sim: attribute-guided similarity preservation.
-    pub sim_weight: f64,
-    /// λ_q: quantisation.
-    pub quant_weight: f64,
-    /// λ_pair: cross-modal pair term, the image and text codes of one item agree (L_pair).
-    pub pair_weight: f64,
-    /// λ_dec: bit decorrelation + bit balance of each modality's relaxed codes per batch (L_dec),
-    /// the whitening constraint under which L_pair has a non-constant minimiser. Default 1
-    /// (chosen on validation); 0 drops the term.
-    pub decor_weight: f64,
-    /// m: free embedding dimensions. Each modality network outputs the d attribute coordinates
-    /// (regressed by L_attr) plus m coordinates no attribute target touches; the hash network
-    /// takes all d + m. 0 = the attribute coordinates only.
-    pub free_dims: usize,
-    /// Guide the code similarities by the predicted attributes gᵛ(x) of every item (true: what an
-    /// item of an unseen class gets at encoding time) instead of the true class attributes of the
-    /// labelled items (false).
-    pub guide_predicted: bool,
-    /// Network input: 0 = the standardised features; c > 0 = the centred RBF features of c
-    /// training anchors, as SCH and CCA-ITQ use ([`zs_common::InputMap`]), then standardised.
-    pub rbf_anchors: usize,
-    /// Express the class attributes in an orthonormal basis of the span of the training classes'
-    /// attributes ([`zs_common::span_basis`]: an isometry on that span), so the networks output
-    /// d ≤ K coordinates instead of e (384 for MiniLM).
-    pub attribute_span: bool,
-    /// Train on unlabelled items too (through their predicted attributes).
-    pub use_unlabelled: bool,
-    /// c > 0: the standardised network inputs are clipped to [−c, c]; 0 = no clipping.
-    pub input_clip: f64,
-    /// Multiplier of the initial last-layer weights of the attribute networks (1 = default).
-    pub output_init_scale: f64,
-    /// The hashing network is one linear layer fitted, at the start of every epoch and after the
-    /// last, to PCA + ITQ of the attribute networks' (dropout-free) outputs on the training rows,
-    /// scaled to unit deviation per bit, and held fixed within the epoch: the codes keep the
-    /// attribute-space neighbourhoods of the predictions, and L_sim, L_q and L_dec train the
-    /// attribute networks through it. Needs `hash_hidden = []` and `free_dims = 0`.
-    pub pca_hash: bool,
-}
-
-impl Default for AgnetParams {
-    fn default() -> Self {
-        Self {
-            hidden: vec![256],
-            hash_hidden: vec![],
-            dropout: 0.5,
-            batch_size: 128,
-            epochs: 20,
-            learning_rate: 1e-3,
-            weight_decay: 0.0,
-            attr_weight: 1.0,
-            sim_weight: 1.0,
-            quant_weight: 0.1,
-            pair_weight: 0.0,
-            decor_weight: 1.0,
-            free_dims: 0,
-            guide_predicted: false,
-            rbf_anchors: 0,
-            attribute_span: true,
-            use_unlabelled: true,
-            input_clip: 5.0,
-            output_init_scale: 0.1,
-            pca_hash: true,
-        }
-    }
-}
-
-impl AgnetParams {
-    /// The model as the paper describes it, without the additions: no bit-decorrelation term,
-    /// attributes in their own coordinates (`--preset paper`).
-    pub fn paper() -> Self {
-        Self { decor_weight: 0.0, attribute_span: false, ..Self::default() }
-    }
-}
-
-/// What `cmh tune` varies for AgNet: learning rate, epochs (also the successive-halving budget),
-/// widths, dropout and the loss weights.
-pub const SEARCH_SPACE: SearchSpace = SearchSpace {
-    dims: &[
-        Dim { name: "learning_rate", range: Range::Float { lo: 1e-4, hi: 1e-2, log: true } },
-        Dim { name: "epochs", range: Range::Choice(&["10", "20", "40"]) },
-        Dim { name: "hidden", range: Range::Choice(&["[256]", "[512]", "[1024]"]) },
-        Dim { name: "hash_hidden", range: Range::Choice(&["[256]", "[512]"]) },
-        Dim { name: "dropout", range: Range::Choice(&["0.0", "0.2", "0.5"]) },
-        Dim { name: "quant_weight", range: Range::Float { lo: 0.01, hi: 1.0, log: true } },
-        Dim { name: "decor_weight", range: Range::Float { lo: 0.1, hi: 10.0, log: true } },
-    ],
-    fidelity: Some("epochs"),
-};
-
-impl crate::params::MethodParams for AgnetParams {
-    fn presets() -> Vec<(&'static str, Self)> {
-        vec![("paper", Self::paper())]
-    }
-    fn search_space() -> SearchSpace {
-        SEARCH_SPACE
-    }
-}
 
 /// Targets tᵛ = normalise(Lᵛ Aᵛ) restricted to modality v's classes (rows of unlabelled items are 0).
 fn attribute_targets(prep: &Prepared, a: &[Tensor]) -> Vec<Tensor> {
@@ -303,305 +186,17 @@ pub fn decorrelation_loss(h: &Tensor) -> Tensor {
     (gram - eye).square().sum(Kind::Float) / (rf * rf) + h.mean_dim(0, false, Kind::Float).square().sum(Kind::Float) / rf
 }
 
-/// One AgNet fit: the networks, the optimiser and the fixed training targets.
-struct Fitter<'a> {
-    params: &'a AgnetParams,
-    prep: Prepared,
-    vs: nn::VarStore,
-    /// Attribute networks gᵛ (`image-fc*`, `text-fc*`) and the hash network h (`hash-fc*`).
-    g: Vec<Mlp>,
-    h: Mlp,
-    opt: Optimizer,
-    targets: Vec<Tensor>,
-    /// μ: mean attribute vector of the training classes (1 × e).
-    mu: Tensor,
-    /// r: the code length.
-    h_bits: usize,
-}
-
-impl<'a> Fitter<'a> {
-    fn new(params: &'a AgnetParams, prep: Prepared, bits: usize, seed: u64) -> Result<Self> {
-        let dev = prep.device;
-        // Network outputs: the e attribute coordinates, then `free_dims` free ones.
-        let e = (prep.attr_dim() + params.free_dims) as i64;
-        let vs = nn::VarStore::new(dev);
-        let g: Vec<Mlp> = prep.attribute_nets(&vs, &params.hidden, params.dropout, params.free_dims);
-        let hh: Vec<i64> = params.hash_hidden.iter().map(|&h| h as i64).collect();
-        let h = Mlp::new(&vs.root(), "hash", e, &hh, bits as i64, 0.0);
-        init_default(&vs, seed, &[])?;
-        zs_common::scale_last_layers(&vs, &MODALITY_NAMES, params.hidden.len() + 1, params.output_init_scale)?;
-        // With `pca_hash` the hashing layer is fitted in closed form, never by the optimiser.
-        let groups = groups_from_var_store(
-            &vs,
-            |name| Some(usize::from(name.starts_with("hash-"))),
-            &[("all", params.learning_rate), ("hash", params.learning_rate)],
-        )?;
-        let mut opt = Optimizer::new(OptimizerConfig { kind: OptimizerKind::Adam, weight_decay: params.weight_decay }, groups);
-        opt.set_enabled("hash", !params.pca_hash)?;
-        let a: Vec<Tensor> = prep.attributes.iter().map(|a| tensor_from(a.view(), dev)).collect();
-        let targets = attribute_targets(&prep, &a);
-        let mu = tensor_from(attribute_centre(&prep).view(), dev);
-        Ok(Self { params, prep, vs, g, h, opt, targets, mu, h_bits: bits })
-    }
-}
-
-impl Fitter<'_> {
-    /// The unweighted terms (L_attr, L_sim, L_q, L_pair, L_dec) of the batch of training rows `batch`
-    /// (networks in training mode: dropout on).
-    fn batch_terms(&self, batch: &[usize]) -> [Tensor; 5] {
-        let idx = index_tensor(batch, self.prep.device);
-        // z: the network outputs (attribute coordinates, then the free ones); g: the attribute part,
-        // the only one L_attr and the similarity guide see.
-        let z: Vec<Tensor> = (0..2).map(|v| self.g[v].forward_t(&self.prep.x[v].index_select(0, &idx), true)).collect();
-        let g: Vec<Tensor> = z.iter().map(|zv| zv.narrow(1, 0, self.prep.attr_dim() as i64)).collect();
-        let h: Vec<Tensor> = z.iter().map(|zv| self.h.forward_t(zv, true).tanh()).collect();
-        let t: Vec<Tensor> = self.targets.iter().map(|t| t.index_select(0, &idx)).collect();
-        let m: Vec<Tensor> = self.prep.labelled.iter().map(|m| m.index_select(0, &idx)).collect();
-        let (la, ls, lq, lp) =
-            batch_losses([&g[0], &g[1]], [&h[0], &h[1]], [&t[0], &t[1]], [&m[0], &m[1]], &self.mu, self.params.guide_predicted);
-        let ld = decorrelation_loss(&h[0]) + decorrelation_loss(&h[1]);
-        [la, ls, lq, lp, ld]
-    }
-}
-
-impl Fitter<'_> {
-    /// `pca_hash`: sets the linear hashing layer to PCA + ITQ of the attribute networks'
-    /// dropout-free outputs on every training row (both modalities stacked), each bit scaled to
-    /// unit deviation: h(z) = ((z − μ) Pₖ[R G]) / s.
-    fn fit_pca_hash(&mut self, seed: u64) -> Result<()> {
-        let z: Vec<Array2<f64>> = (0..2)
-            .map(|v| zs_common::array_from(&tch::no_grad(|| self.g[v].forward_t(&self.prep.x[v], false))).map(|a| a.mapv(f64::from)))
-            .collect::<Result<_>>()?;
-        let stacked = ndarray::concatenate(ndarray::Axis(0), &[z[0].view(), z[1].view()])?;
-        let bits = self.h_bits;
-        let mut rng = crate::shallow::common::seeded_rng(seed, 0xA6);
-        let (mean, basis, _) =
-            crate::shallow::attr_ridge::pca_itq_basis(stacked.view(), bits, 50, &mut rng).context("agnet: PCA hashing layer")?;
-        let proj = (&stacked - &mean).dot(&basis);
-        let sd = proj.std_axis(ndarray::Axis(0), 0.0).mapv(|v| if v > 1e-12 { v } else { 1.0 });
-        let w = (&basis / &sd).t().mapv(|v| v as f32); // r × e, torch's Linear layout
-        let b = -(mean.dot(&basis) / &sd).mapv(|v| v as f32);
-        let vars = self.vs.variables();
-        let dev = self.prep.device;
-        tch::no_grad(|| -> Result<()> {
-            vars["hash-fc1.weight"].shallow_clone().f_copy_(&tensor_from(w.view(), dev))?;
-            vars["hash-fc1.bias"].shallow_clone().f_copy_(&Tensor::from_slice(b.as_slice().expect("contiguous")).to_device(dev))?;
-            Ok(())
-        })
-    }
-}
-
-impl ZsFitter for Fitter<'_> {
-    fn parts(&mut self) -> (&nn::VarStore, &mut Optimizer) {
-        (&self.vs, &mut self.opt)
-    }
-
-    /// One epoch over mini-batches of paired items; the logged figure is the mean batch loss.
-    fn epoch(&mut self, tr: &mut Trainer) -> Result<(f64, String)> {
-        let p = self.params;
-        // Entered part-way after a resume, the epoch's hashing layer is the checkpoint's: refitting
-        // it from the networks trained since the epoch began would change the rest of the epoch.
-        if p.pca_hash && !tr.resuming_within_epoch() {
-            self.fit_pca_hash(tr.seed ^ tr.epoch as u64)?;
-        }
-        for batch in tr.batches(self.prep.n(), p.batch_size) {
-            if tr.replaying() {
-                // Trained before the checkpoint this run resumed from: only its random draws.
-                let _ = tch::no_grad(|| self.batch_terms(&batch));
-                continue;
-            }
-            let [la, ls, lq, lp, ld] = self.batch_terms(&batch);
-            let mut loss = la * p.attr_weight + ls * p.sim_weight + lq * p.quant_weight;
-            if p.pair_weight > 0.0 {
-                loss = loss + lp * p.pair_weight;
-            }
-            if p.decor_weight > 0.0 {
-                loss = loss + ld * p.decor_weight;
-            }
-            self.opt.backward_step(&loss)?;
-            tr.batch_done(loss.double_value(&[]));
-            tr.step_end(&self.vs, &self.opt, &[], serde_json::Value::Null)?;
-        }
-        Ok((tr.mean_batch_loss(), String::new()))
-    }
-}
-
-impl AgnetParams {
-    /// Fits with a [`RunControl`] (e.g. stop after an epoch, as a kill would).
-    pub fn fit_with_control(&self, data: &TrainSet, ctx: &FitContext, control: &RunControl) -> Result<AgnetModel> {
-        data.validate()?;
-        self.check(data, ctx.bits)?;
-        let (mut tr, prep) = zs_common::start(
-            METHOD,
-            data,
-            ctx,
-            self.epochs,
-            control,
-            self.use_unlabelled,
-            self.rbf_anchors,
-            self.attribute_span,
-            self.input_clip,
-        )?;
-        let config = run_config(self, &prep, ctx.bits, data);
-        let mut fit = Fitter::new(self, prep, ctx.bits, ctx.seed)?;
-        zs_common::train(METHOD, &mut tr, &mut fit, &config)?;
-        if self.pca_hash {
-            // The final hashing layer follows the final attribute networks.
-            fit.fit_pca_hash(ctx.seed ^ self.epochs as u64)?;
-        }
-        let nl = self.hidden.len() + 1;
-        Ok(AgnetModel {
-            params: self.clone(),
-            bits: ctx.bits,
-            attr_nets: (0..2).map(|v| MlpWeights::from_var_store(&fit.vs, MODALITY_NAMES[v], nl)).collect::<Result<_>>()?,
-            hash_net: MlpWeights::from_var_store(&fit.vs, "hash", self.hash_hidden.len() + 1)?,
-            inputs: fit.prep.inputs.clone(),
-            history: tr.history.clone(),
-        })
-    }
-}
-
-impl Fit for AgnetParams {
-    type Model = AgnetModel;
-
-    fn check(&self, data: &TrainSet, bits: usize) -> Result<()> {
-        ensure_pos("agnet.learning_rate", self.learning_rate)?;
-        ensure_nonneg("agnet.weight_decay", self.weight_decay)?;
-        ensure_nonneg("agnet.attr_weight", self.attr_weight)?;
-        ensure_nonneg("agnet.sim_weight", self.sim_weight)?;
-        ensure_nonneg("agnet.quant_weight", self.quant_weight)?;
-        ensure_nonneg("agnet.pair_weight", self.pair_weight)?;
-        ensure_nonneg("agnet.decor_weight", self.decor_weight)?;
-        if self.free_dims > 65536 {
-            bail!("hyper-parameter agnet.free_dims = {} is implausibly large (at most 65536 free embedding dimensions)", self.free_dims);
-        }
-        if self.attr_weight == 0.0 && self.sim_weight == 0.0 {
-            bail!("agnet: attr_weight and sim_weight are both 0; nothing would be learned");
-        }
-        ensure_fraction("agnet.dropout", self.dropout)?;
-        ensure_nonneg("agnet.input_clip", self.input_clip)?;
-        ensure_nonneg("agnet.output_init_scale", self.output_init_scale)?;
-        if self.batch_size < 2 || self.epochs == 0 {
-            bail!("hyper-parameters agnet.batch_size (≥ 2) and agnet.epochs (≥ 1) are too small");
-        }
-        if self.pca_hash && (!self.hash_hidden.is_empty() || self.free_dims > 0) {
-            bail!("agnet.pca_hash fits a linear hashing layer on the attribute coordinates: it needs agnet.hash_hidden = [] and agnet.free_dims = 0");
-        }
-        if self.hidden.contains(&0) || self.hash_hidden.contains(&0) {
-            bail!("hyper-parameters agnet.hidden / agnet.hash_hidden: every width must be at least 1");
-        }
-        zs_common::check_fit(METHOD, data, bits, self.use_unlabelled)
-    }
-
-    fn fit_checked(&self, data: &TrainSet, ctx: &FitContext) -> Result<AgnetModel> {
-        self.fit_with_control(data, ctx, &RunControl::default())
-    }
-}
-
-/// A fitted AgNet: per modality, standardisation and the attribute network; the shared hash
-/// network.
-#[derive(Clone, Debug)]
-pub struct AgnetModel {
-    pub params: AgnetParams,
-    bits: usize,
-    attr_nets: Vec<MlpWeights>,
-    hash_net: MlpWeights,
-    inputs: Vec<InputMap>,
-    history: Vec<f64>,
-}
-
-impl AgnetModel {
-    /// Predicted class-attribute vectors gᵛ(x) of items of `modality` (the first d outputs of the
-    /// modality network, without the `free_dims` free coordinates).
-    pub fn attributes(&self, modality: usize, view: &View) -> Result<Array2<f32>> {
-        let z = self.embedding(modality, view)?;
-        let d = z.ncols() - self.params.free_dims;
-        Ok(z.slice(ndarray::s![.., ..d]).to_owned())
-    }
-
-    /// The modality network's whole output (attribute coordinates, then the free ones): the hash
-    /// network's input.
-    pub fn embedding(&self, modality: usize, view: &View) -> Result<Array2<f32>> {
-        if modality > 1 {
-            bail!("agnet: modality {modality} does not exist (0 = image, 1 = text)");
-        }
-        let x = view.features(METHOD, modality)?;
-        let s = &self.inputs[modality];
-        if x.ncols() != s.raw_dim() {
-            bail!("agnet: {} items have {} features, the model was trained on {}", MODALITY_NAMES[modality], x.ncols(), s.raw_dim());
-        }
-        Ok(self.attr_nets[modality].forward(s.apply(x.view())?.view()))
-    }
-
-    pub fn load(dir: &Path) -> Result<Self> {
-        let (bits, params, history, v) = zs_common::read_model_json::<AgnetParams>(dir, METHOD)?;
-        let sigmas = zs_common::rbf_sigmas(dir, &v, params.rbf_anchors)?;
-        let hash_net = MlpWeights::load(dir, "hash", params.hash_hidden.len() + 1)?;
-        if hash_net.in_dim() <= params.free_dims {
-            bail!(
-                "{}/hash_l0_weight.npy has {} columns; with free_dims = {} (model.json) it needs more (attribute coordinates + free ones)",
-                dir.display(),
-                hash_net.in_dim(),
-                params.free_dims
-            );
-        }
-        if hash_net.layers.last().map(|l| l.0.nrows()) != Some(bits) {
-            bail!("{}/hash_l{}_weight.npy must have {bits} rows (the code length in model.json)", dir.display(), params.hash_hidden.len());
-        }
-        let mut attr_nets = Vec::new();
-        let mut inputs = Vec::new();
-        for (m, name) in MODALITY_NAMES.iter().enumerate() {
-            let net = MlpWeights::load(dir, name, params.hidden.len() + 1)?;
-            if net.layers.last().map(|l| l.0.nrows()) != Some(hash_net.in_dim()) {
-                bail!("{}: the {name} network's output does not match the hash network's input ({}); the weight files and model.json disagree", dir.display(), hash_net.in_dim());
-            }
-            let input = InputMap::load(dir, name, sigmas[m], net.in_dim(), params.input_clip)?;
-            attr_nets.push(net);
-            inputs.push(input);
-        }
-        Ok(Self { params, bits, attr_nets, hash_net, inputs, history })
-    }
-}
-
-impl HashModel for AgnetModel {
-    fn method(&self) -> &'static str {
-        METHOD
-    }
-    fn bits(&self) -> usize {
-        self.bits
-    }
-    fn encode(&self, modality: usize, view: &View) -> Result<BinaryCodes> {
-        let z = self.embedding(modality, view)?;
-        Ok(BinaryCodes::from_signs(self.hash_net.forward(z.view()).view()))
-    }
-    fn history(&self) -> &[f64] {
-        &self.history
-    }
-    fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the model folder", dir.display()))?;
-        for (m, name) in MODALITY_NAMES.iter().enumerate() {
-            self.attr_nets[m].save(dir, name)?;
-            self.inputs[m].save(dir, name)?;
-        }
-        self.hash_net.save(dir, "hash")?;
-        let json = serde_json::json!({
-            "method": METHOD,
-            "bits": self.bits,
-            "params": self.params,
-            "history": self.history,
-            "rbf_sigma": self.inputs.iter().map(|i| i.sigma()).collect::<Vec<_>>(),
-            "encode": "code = sign(hash MLP(m MLP((phi(x) - m_mean) / m_std))), the hash MLP taking all outputs of the m MLP (params.free_dims of them free, after the attribute coordinates), MLPs = {name}_l*_weight/bias with ReLU between layers, m = image | text; phi(x) = x, or with rbf_anchors > 0: exp(-||x - m_anchors||^2 / (2 rbf_sigma[m]^2)) - m_phi_mean",
-        });
-        crate::npy::write_text_atomic(&dir.join("model.json"), &(serde_json::to_string_pretty(&json)? + "\n"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::train::Fitter;
     use super::*;
     use crate::deep::czhash::tests::{held_out_maps, synthetic};
-    use crate::deep::zs_common::array_from;
+    use crate::deep::tensors::tensor_to_array;
+    use crate::deep::trainer::RunControl;
+    use crate::deep::zs_common;
     use crate::method::{DeviceChoice, IMAGE, TEXT};
+    use crate::method::{Fit, FitContext, HashModel, TrainSet};
+    use std::path::Path;
     use tch::Device;
 
     #[test]
@@ -616,9 +211,9 @@ mod tests {
         let mu = Tensor::from_slice(&[0.25f32, -0.5]).view([1, 2]);
         let (la, ls, lq, lp) = batch_losses([&g[0], &g[1]], [&h[0], &h[1]], [&t[0], &t[1]], [&m[0], &m[1]], &mu, false);
         let mua = [0.25f64, -0.5];
-        let ga: Vec<Array2<f32>> = g.iter().map(|x| array_from(x).unwrap()).collect();
-        let ha: Vec<Array2<f32>> = h.iter().map(|x| array_from(x).unwrap()).collect();
-        let ta: Vec<Array2<f32>> = t.iter().map(|x| array_from(x).unwrap()).collect();
+        let ga: Vec<Array2<f32>> = g.iter().map(|x| tensor_to_array(x).unwrap()).collect();
+        let ha: Vec<Array2<f32>> = h.iter().map(|x| tensor_to_array(x).unwrap()).collect();
+        let ta: Vec<Array2<f32>> = t.iter().map(|x| tensor_to_array(x).unwrap()).collect();
         let ma = [[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]];
         let (mut pa, mut pq) = (0.0f64, 0.0f64);
         let mut guide = vec![Array2::<f64>::zeros((3, 2)); 2];
@@ -691,7 +286,7 @@ mod tests {
         // Random relaxed codes against a plain loop.
         tch::manual_seed(3);
         let h = Tensor::randn([5, 3], (Kind::Float, Device::Cpu)).tanh();
-        let ha = array_from(&h).unwrap().mapv(|v| v as f64);
+        let ha = tensor_to_array(&h).unwrap().mapv(|v| v as f64);
         let (b, r) = (5.0, 3usize);
         let mut want = 0.0;
         for k in 0..r {
