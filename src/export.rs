@@ -83,7 +83,7 @@ fn flat_index(w: &mut impl Write, codes: CodesRef) -> Result<()> {
 /// Binary k-means in Hamming space: centroids are per-bit majority votes of their members
 /// (ties keep the previous bit), points go to the nearest centroid (ties: lowest centroid).
 /// An empty cluster is re-seeded with a point of the largest one. Returns the centroids.
-pub fn binary_kmeans(codes: CodesRef, opts: &IvfOptions) -> Result<BinaryCodes> {
+pub(crate) fn binary_kmeans(codes: CodesRef, opts: &IvfOptions) -> Result<BinaryCodes> {
     let k = opts.nlist;
     if k == 0 {
         bail!("the number of inverted lists must be at least 1");

@@ -43,18 +43,18 @@ impl Kind {
 }
 
 /// The kind recorded in `dir`'s marker, when it has one cmh can read.
-pub fn marked_kind(dir: &Path) -> Option<String> {
+pub(crate) fn marked_kind(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(dir.join(MARKER)).ok()?;
     Some(text.lines().next().unwrap_or("").trim().to_string())
 }
 
 /// Whether `dir` carries the marker of `kind`.
-pub fn is_marked(dir: &Path, kind: Kind) -> bool {
+pub(crate) fn is_marked(dir: &Path, kind: Kind) -> bool {
     marked_kind(dir).as_deref() == Some(kind.name())
 }
 
 /// Writes the marker of `kind` into `dir` (which must exist).
-pub fn mark(dir: &Path, kind: Kind) -> Result<()> {
+pub(crate) fn mark(dir: &Path, kind: Kind) -> Result<()> {
     let text = format!("{}\nThis folder was written by cmh; cmh replaces or cleans only folders that carry this file.\n", kind.name());
     std::fs::write(dir.join(MARKER), text).with_context(|| format!("{}: cannot write into the output folder", dir.display()))
 }
@@ -115,7 +115,7 @@ pub fn refuse_overwriting_inputs(outputs: &[std::path::PathBuf], inputs: &[(&str
 /// Prepares the output folder `dir` of a command writing `kind` (`flag` names the option in
 /// messages, e.g. `--out`): see the module documentation. With `force`, an existing marked folder
 /// of the same kind is deleted and made again.
-pub fn prepare(dir: &Path, kind: Kind, flag: &str, force: bool) -> Result<Prepared> {
+pub(crate) fn prepare(dir: &Path, kind: Kind, flag: &str, force: bool) -> Result<Prepared> {
     check(dir, kind, flag)?;
     if dir.is_dir() && !is_empty_dir(dir)? {
         // A marked folder of this kind (`check` refused every other non-empty folder).
@@ -131,7 +131,7 @@ pub fn prepare(dir: &Path, kind: Kind, flag: &str, force: bool) -> Result<Prepar
 
 /// Removes the leftovers of interrupted writes in a marked folder: `.partial-*` folders and
 /// `.*.tmp` files (the temporary names of atomic writes). A folder without the marker is left alone.
-pub fn clean_partials(dir: &Path) -> Result<()> {
+pub(crate) fn clean_partials(dir: &Path) -> Result<()> {
     if marked_kind(dir).is_none() {
         return Ok(());
     }
@@ -155,7 +155,7 @@ pub fn clean_partials(dir: &Path) -> Result<()> {
 /// same command for the same `out` left behind when they were killed: `.partial-WHAT-NAME-PID-*`
 /// folders in `out`'s parent whose process is gone. Folders of running processes, of other
 /// outputs and of anything else are left alone.
-pub fn partial_prefix(out: &Path, what: &str) -> Result<String> {
+pub(crate) fn partial_prefix(out: &Path, what: &str) -> Result<String> {
     let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let stem = format!(".partial-{what}-{name}-");
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));

@@ -23,11 +23,11 @@ pub use crate::numerics::Standardizer;
 /// How a modality's raw features become its network's input (`rbf_anchors` of CZHash and AgNet):
 /// optionally the centred RBF-anchor features the shallow methods use (SCH, CCA-ITQ:
 /// φ(x) = exp(−‖x − aⱼ‖² / 2σ²) − φ̄, c anchors aⱼ drawn from the training rows, σ = mean
-/// training-row-to-anchor distance, φ̄ the training mean; [`crate::numerics::RbfMap`]),
+/// training-row-to-anchor distance, φ̄ the training mean; [`crate::numerics::rbf::RbfMap`]),
 /// then per-dimension standardisation ([`Standardizer`]) fitted on the training rows.
 #[derive(Clone, Debug)]
 pub struct InputMap {
-    pub rbf: Option<crate::numerics::RbfMap>,
+    pub rbf: Option<crate::numerics::rbf::RbfMap>,
     pub std: Standardizer,
     /// c > 0: standardised values are clipped to [−c, c] (the `input_clip` of CZHash and AgNet);
     /// 0 = no clipping.
@@ -41,8 +41,8 @@ impl InputMap {
         let (rbf, z) = if anchors == 0 {
             (None, x.to_owned())
         } else {
-            let mut rng = crate::numerics::seeded_rng(seed, 0x5A5A);
-            let (map, phi) = crate::numerics::RbfMap::fit(x, anchors.min(x.nrows()), 1.0, &mut rng)?;
+            let mut rng = crate::numerics::random::seeded_rng(seed, 0x5A5A);
+            let (map, phi) = crate::numerics::rbf::RbfMap::fit(x, anchors.min(x.nrows()), 1.0, &mut rng)?;
             (Some(map), phi.mapv(|v| v as f32))
         };
         let std = Standardizer::fit(z.view());
@@ -114,7 +114,7 @@ impl InputMap {
         let rbf = match sigma {
             None => None,
             Some(s) => {
-                let m = crate::numerics::RbfMap::load(dir, name, s)?;
+                let m = crate::numerics::rbf::RbfMap::load(dir, name, s)?;
                 if m.n_anchors() != dim {
                     bail!("{}/{name}_anchors.npy has {} anchors, but the network takes {dim} inputs", dir.display(), m.n_anchors());
                 }

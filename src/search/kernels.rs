@@ -90,7 +90,7 @@ impl Kernel {
             Ok(s) if !s.trim().is_empty() => match Kernel::from_name(&s) {
                 Some(k) if k.is_available() => k,
                 _ => {
-                    eprintln!("warning: CMH_KERNEL={s} is not an available kernel; using {}", Kernel::best().name());
+                    log::warn!("CMH_KERNEL={s} is not an available kernel; using {}", Kernel::best().name());
                     Kernel::best()
                 }
             },

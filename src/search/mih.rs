@@ -51,7 +51,7 @@ const MAGIC: &[u8; 8] = b"CMHMIH\0\0";
 const VERSION: u32 = 1;
 const ALIGN: usize = 64;
 /// Longest substring: the offsets array of a table has `2^len + 1` entries (1 GiB at 28 bits).
-pub const MAX_SUBSTRING_BITS: usize = 28;
+pub(crate) const MAX_SUBSTRING_BITS: usize = 28;
 
 /// The default number of substrings: substrings of `log2 n` bits (the paper's `m ≈ bits / log2 n`)
 /// up to 16 bits, and of `log2(n / 128)` bits where that is longer (n > 2^23), kept within what
@@ -63,7 +63,7 @@ pub const MAX_SUBSTRING_BITS: usize = 28;
 /// contiguous and verified eight per instruction; substrings of `log2(n / 128)` bits, buckets of
 /// about 128 codes, balance the two. On ITQ codes of 10⁷ clustered items at 64 bits this gives
 /// m = 4 (16-bit substrings), 1.5× faster than the paper's m = 3 and than m = 5.
-pub fn auto_substrings(n: usize, bits: usize) -> usize {
+pub(crate) fn auto_substrings(n: usize, bits: usize) -> usize {
     let log_n = (n.max(2) as f64).log2();
     let s = (log_n - 7.0).max(log_n.min(16.0));
     let m = (bits as f64 / s).round().max(1.0) as usize;

@@ -43,7 +43,7 @@ pub fn distances(query: &[u8], db: CodesRef, out: &mut [u32]) {
 }
 
 /// [`distances`] with a chosen kernel (an unavailable kernel falls back to the portable one).
-pub fn distances_with(kernel: Kernel, query: &[u8], db: CodesRef, out: &mut [u32]) {
+pub(crate) fn distances_with(kernel: Kernel, query: &[u8], db: CodesRef, out: &mut [u32]) {
     assert_eq!(out.len(), db.n, "distances: output length must equal the database size");
     assert_eq!(query.len(), db.stride(), "distances: query row length must equal the database row length");
     let geo = Geometry::new(db.bits);

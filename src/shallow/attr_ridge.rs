@@ -70,7 +70,7 @@ crate::params::impl_method_params!(AttrRidgeParams, SEARCH_SPACE, []);
 
 /// Ridge regression W = argmin ‖ZW − T‖² + lam ‖W‖², in the primal or the dual form, whichever
 /// system is smaller.
-pub fn ridge_regression(z: ArrayView2<f64>, t: ArrayView2<f64>, lam: f64) -> Result<Array2<f64>> {
+pub(crate) fn ridge_regression(z: ArrayView2<f64>, t: ArrayView2<f64>, lam: f64) -> Result<Array2<f64>> {
     let (n, d) = z.dim();
     if d <= n {
         let mut g = par_gram(z);
@@ -102,7 +102,7 @@ fn attribute_targets(labels: ArrayView2<u8>, classes: &[usize], emb: &Array2<f64
 
 /// Top principal directions of the rows of `x` around `mean`: (directions d × k, variances k),
 /// k = min(max_k, rank), directions with variance ≤ 1e-10 × the largest dropped.
-pub fn principal_directions(x: ArrayView2<f64>, mean: &Array1<f64>, max_k: usize) -> Result<(Array2<f64>, Array1<f64>)> {
+pub(crate) fn principal_directions(x: ArrayView2<f64>, mean: &Array1<f64>, max_k: usize) -> Result<(Array2<f64>, Array1<f64>)> {
     let xc = &x - mean;
     let cov = par_gram(xc.view()) / x.nrows().max(1) as f64;
     let (vals, vecs) = cov.eigh(UPLO::Lower).context("eigendecomposition of the covariance failed")?;
@@ -118,7 +118,7 @@ pub fn principal_directions(x: ArrayView2<f64>, mean: &Array1<f64>, max_k: usize
 /// sgn((x − μ) Pₖ [R G]) are the codes of steps 4–5 of the module docs (the top k = min(bits,
 /// rank) principal directions, their ITQ rotation R, random Gaussian directions G of the same
 /// subspace for the bits beyond k); also the ITQ loss per iteration.
-pub fn pca_itq_basis(
+pub(crate) fn pca_itq_basis(
     x: ArrayView2<f64>,
     bits: usize,
     itq_iter: usize,

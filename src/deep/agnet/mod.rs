@@ -21,62 +21,34 @@
 //! - Loss L = λ_attr L_attr + λ_sim L_sim + λ_q L_q + λ_dec L_dec over mini-batches of paired
 //!   items, Adam.
 //!
-//! Optional terms and inputs (ours; all but L_dec off by default after validation, see below):
+//! Optional terms and inputs (cmh's; all but L_dec off by default, chosen on validation splits of
+//! the training classes as docs/methods.md describes):
 //! - L_pair = mean_i ‖H¹ᵢ − H²ᵢ‖² / r (`pair_weight` λ_pair): the two codes of one item agree, an
-//!   unsupervised cross-modal term in the spirit of CCA. Alone, at λ_pair = 1 it collapsed the
-//!   codes to a constant on Wikipedia (validation mAP = the random floor; nothing stops it: a
-//!   constant code makes L_pair = 0); λ_pair = 0.1 tied with 0.
+//!   unsupervised cross-modal term in the spirit of CCA. On its own a constant code minimises it,
+//!   which L_dec prevents.
 //! - L_dec = Σ_v ‖HᵛᵀHᵛ/b − I‖²_F / r² + ‖mean_i Hᵛᵢ‖² / r per batch of b items (`decor_weight`
-//!   λ_dec, [`decorrelation_loss`]): a soft whitening constraint on each modality's relaxed codes.
-//!   It constrains the bits' second moments to the identity (bits uncorrelated, of unit power) and
-//!   their means to 0 (each bit balanced: half the items +1) — the bit-uncorrelation and
-//!   bit-balance constraints of Spectral Hashing (Weiss, Torralba, Fergus, NIPS 2008, the constraints of problem (1), §2) and, as
-//!   the covariance HᵀH/b − h̄h̄ᵀ → I, the whitening constraint of (deep) CCA (Andrew et al.,
-//!   ICML 2013: maximise corr(f₁(X₁), f₂(X₂)) with each view's outputs whitened). Under it
-//!   ‖H¹ − H²‖² = tr H¹ᵀH¹ + tr H²ᵀH² − 2 tr H¹ᵀH² ≈ 2br − 2 tr H¹ᵀH², so L_pair becomes CCA's
-//!   objective (maximise the cross-modal correlation of the whitened codes) and a constant code,
-//!   which costs L_dec ≈ 2 per modality (‖J − I‖²/r² = 1 − 1/r, balance 1), is no longer its
-//!   minimiser. The penalty is soft (b = 128 items bound what a batch can whiten); its diagonal part
-//!   pushes |H| towards 1, the direction L_q pushes too. On the Wikipedia validation
-//!   split λ_dec = 1 alone scored 0.5785 vs 0.5767 without it, and with it
-//!   λ_pair = 1 no longer collapses the codes (0.5774); λ_pair 0.1 / 0.3 scored 0.5802, a tie
-//!   with λ_dec alone, so λ_pair stays 0 (the simpler configuration). λ_dec = 0 drops
-//!   the term.
+//!   λ_dec, [`decorrelation_loss`]): a soft whitening constraint on each modality's relaxed codes,
+//!   the bit-uncorrelation and bit-balance constraints of Spectral Hashing (Weiss, Torralba,
+//!   Fergus, NIPS 2008, problem (1)) and the whitening constraint of deep CCA (Andrew et al., ICML
+//!   2013). Under it ‖H¹ − H²‖² ≈ 2br − 2 tr H¹ᵀH², so L_pair becomes CCA's objective and a
+//!   constant code (L_dec ≈ 2 per modality) is no longer its minimiser.
 //! - `free_dims` m: each modality network outputs the d attribute coordinates and m free ones;
-//!   L_attr acts on the first d only, the hash network h takes all d + m (hᵛ = tanh(h(zᵛ)), zᵛ =
-//!   [gᵛ(x), fᵛ(x)]). Only L_sim, L_pair and L_dec shape the free coordinates (through h), so they
-//!   can carry cross-modal structure outside the span of the seen classes' attributes, which is
-//!   all an unseen class's items can be told apart by when m = 0 (d ≤ 8 on Wikipedia). On
-//!   validation m = 16 / 64 with λ_pair = 1 scored lower (0.5705 / 0.5734), m = 16 with
-//!   λ_pair = 0.1 tied (0.5793); default 0.
+//!   L_attr acts on the first d only, the hash network takes all d + m, so the free coordinates
+//!   carry cross-modal structure outside the span of the seen classes' attributes.
 //! - `guide_predicted`: â = the detached prediction gᵛ(x) for every item (what an unseen item gets
-//!   at encoding time) instead of the true attributes of the labelled items; scored lower.
+//!   at encoding time) instead of the true attributes of the labelled items.
 //! - `rbf_anchors`: the centred RBF-anchor features SCH and CCA-ITQ use as the networks' input
-//!   ([`crate::deep::zs_common::InputMap`]); tied with standardised features.
+//!   ([`crate::deep::zs_common::InputMap`]).
 //! - `attribute_span` (default on): attributes in an orthonormal basis of the span of the training
-//!   classes' attributes ([`crate::deep::zs_common::span_basis`], an isometry on the span: cosines and the
-//!   targets tᵛ are unchanged). With MiniLM's 384-d embeddings and a 20-epoch budget the
-//!   384-output attribute networks had not shed their initialisation noise (validation mAP at the
-//!   random floor); in the K-dimensional basis they train as fast as with one-hot attributes.
-//!
-//! - `pca_hash` (default on), `input_clip`, `output_init_scale` (defaults 5 and 0.1, as CZHash's,
-//!   see docs/methods.md): the hashing network is one linear layer set, at the start of every
-//!   epoch and after the last, to PCA + ITQ of the attribute networks' dropout-free outputs on the
-//!   training rows (each bit scaled to unit deviation) and held fixed within the epoch; L_sim,
-//!   L_q and L_dec then train the attribute networks through it. A trained hashing network fits
-//!   the seen classes' attribute geometry (78 points on the emoji bundle) and maps the predicted
-//!   attributes of unseen-class items arbitrarily; PCA of the predictions keeps the directions
-//!   along which items actually vary, so attribute-space neighbours share bits. On emoji
-//!   validation splits carved from the training classes (class splits 0–4, 64 bits) the trained
-//!   hashing network scored 0.19 / 0.19 (I→T / T→I; linear 0.20 / 0.22, guided by the predicted
-//!   attributes 0.15 / 0.16, dropout 0 0.21 / 0.21 on the first two splits) and `pca_hash`
-//!   0.339 / 0.338, against 0.284 / 0.281 for the linear attribute regression (`attr-ridge`).
-//!   Defaults: `pca_hash`, one hidden layer of 256 per attribute network, 20 epochs.
-//!
-//! Settings were chosen on a validation split carved from Wikipedia's training items
-//! (class split seeds 100–104, protocols (b)–(d), 64 bits), never on test queries: MiniLM attributes with
-//! `attribute_span`, 20 epochs (60 tied), lr 1e-3 (1e-2 lower), the loss weights at 1 / 1 / 0.1,
-//! λ_dec = 1.
+//!   classes' attributes ([`crate::deep::zs_common::span_basis`], an isometry on the span: cosines
+//!   and the targets tᵛ are unchanged), so K outputs replace an embedding's hundreds.
+//! - `pca_hash` (default on), `input_clip`, `output_init_scale` (as CZHash's): the hashing network
+//!   is one linear layer set, at the start of every epoch and after the last, to PCA + ITQ of the
+//!   attribute networks' dropout-free outputs on the training rows (each bit scaled to unit
+//!   deviation) and held fixed within the epoch; L_sim, L_q and L_dec train the attribute networks
+//!   through it. A trained hashing network fits the seen classes' attribute geometry and maps the
+//!   predicted attributes of unseen-class items arbitrarily; PCA of the predictions keeps the
+//!   directions along which items actually vary, so attribute-space neighbours share bits.
 //!
 //! Both directions (image → text and text → image) are symmetric by construction: each modality has
 //! its own attribute network, the hash network and the similarity targets are shared, and the
@@ -89,8 +61,8 @@
 //! Networks are the deep module's MLP ([`super::mlp::Mlp`]: `image-fc*`, `text-fc*`, `hash-fc*`)
 //! over standardised feature vectors (raw images are refused: extract features first); training
 //! runs on [`super::trainer`] (device, seeds, progress, `train.log`, atomic per-epoch checkpoints,
-//! exact resume on the CPU). Weight decay is off by default: with the losses averaged per batch,
-//! even 0.1 shrank the hash network to constant codes on Wikipedia.
+//! exact resume on the CPU). Weight decay is off by default: with the losses averaged per batch it
+//! shrinks the hash network towards constant codes.
 
 use super::zs_common::Prepared;
 use crate::deep::zs_common::index_tensor;
@@ -142,7 +114,7 @@ fn unit_rows(x: &Tensor) -> Tensor {
 /// `m[v]` labelled masks (b, float).
 /// `mu` (1 × e) the attribute centre; `guide_predicted`: â = the detached prediction for every item.
 /// L_pair = mean_i ‖H¹ᵢ − H²ᵢ‖² / r (the two codes of one item agree).
-pub fn batch_losses(
+pub(crate) fn batch_losses(
     g: [&Tensor; 2],
     h: [&Tensor; 2],
     t: [&Tensor; 2],
@@ -178,7 +150,7 @@ pub fn batch_losses(
 /// The first part drives the bits' second-moment matrix to the identity (uncorrelated bits, each
 /// of unit power), the second the bits' means to 0 (balanced bits): together the codes' covariance
 /// is pushed to I, the whitening constraint of CCA, under which L_pair is CCA's objective.
-pub fn decorrelation_loss(h: &Tensor) -> Tensor {
+pub(crate) fn decorrelation_loss(h: &Tensor) -> Tensor {
     let (b, r) = (h.size()[0] as f64, h.size()[1]);
     let eye = Tensor::eye(r, (Kind::Float, h.device()));
     let gram = h.tr().matmul(h) / b;

@@ -83,7 +83,7 @@ impl Fitter<'_> {
             .collect::<Result<_>>()?;
         let stacked = ndarray::concatenate(ndarray::Axis(0), &[z[0].view(), z[1].view()])?;
         let bits = self.h_bits;
-        let mut rng = crate::numerics::seeded_rng(seed, 0xA6);
+        let mut rng = crate::numerics::random::seeded_rng(seed, 0xA6);
         let (mean, basis, _) =
             crate::shallow::attr_ridge::pca_itq_basis(stacked.view(), bits, 50, &mut rng).context("agnet: PCA hashing layer")?;
         let proj = (&stacked - &mean).dot(&basis);
@@ -137,7 +137,7 @@ impl ZsFitter for Fitter<'_> {
 
 impl AgnetParams {
     /// Fits with a [`RunControl`] (e.g. stop after an epoch, as a kill would).
-    pub fn fit_with_control(&self, data: &TrainSet, ctx: &FitContext, control: &RunControl) -> Result<AgnetModel> {
+    pub(crate) fn fit_with_control(&self, data: &TrainSet, ctx: &FitContext, control: &RunControl) -> Result<AgnetModel> {
         data.validate()?;
         self.check(data, ctx.bits)?;
         let (tr, mut fit) = zs_common::fit_networks(METHOD, self, data, ctx, control, zs_common::input_options!(self), |prep| {

@@ -37,8 +37,8 @@
 //! the rows of unlabelled items are the free variables of eq. 10. This is what ties the network
 //! output to the attribute space for labelled items and what lets unlabelled items take part.
 //!
-//! **Optimisation (eqs. 8–12), alternating; one round per epoch.** The brief fixes eq. 12
-//! (B = sign(C⁽¹⁾W⁽¹⁾ + C⁽²⁾W⁽²⁾)); eqs. 8–11 are numbered here in the order the paper alternates:
+//! **Optimisation (eqs. 8–12), alternating; one round per epoch.** Eq. 12 is
+//! B = sign(C⁽¹⁾W⁽¹⁾ + C⁽²⁾W⁽²⁾); eqs. 8–11 are numbered here in the order the paper alternates:
 //! - eq. 8 `update_f` image network θ¹, eq. 9 text network θ², by mini-batch back-propagation of
 //!   eq. 7 restricted to the batch rows of F⁽ᵛ⁾ (the other rows come from a stored copy of F, as in
 //!   DCMH): L_b = 2 Σ_{v'} ‖F⁽ᵛ⁾_b F⁽ᵛ'⁾ᵀ − S^{vv'}_b‖² + α ‖F⁽ᵛ⁾_b − C⁽ᵛ⁾_b A⁽ᵛ⁾‖², whose gradient
@@ -172,7 +172,8 @@ pub use params::{CzhashParams, SEARCH_SPACE};
 // Similarities (eqs. 1–3), scalar form: the reference the batched tensor form is tested against.
 
 /// Eq. 1: Jaccard similarity of two label rows (0 when both are empty).
-pub fn jaccard(a: &[u8], b: &[u8]) -> f64 {
+#[cfg(test)]
+pub(crate) fn jaccard(a: &[u8], b: &[u8]) -> f64 {
     let inter = a.iter().zip(b).filter(|(&x, &y)| x != 0 && y != 0).count();
     let union = a.iter().zip(b).filter(|(&x, &y)| x != 0 || y != 0).count();
     if union == 0 {
@@ -183,12 +184,14 @@ pub fn jaccard(a: &[u8], b: &[u8]) -> f64 {
 }
 
 /// ŝ = 1 / (1 + d / σ): feature similarity from a Euclidean distance.
-pub fn feature_similarity(distance: f64, scale: f64) -> f64 {
+#[cfg(test)]
+pub(crate) fn feature_similarity(distance: f64, scale: f64) -> f64 {
     1.0 / (1.0 + distance / scale)
 }
 
 /// Eq. 2: within-modality composite similarity; `label` = Some(Jaccard) when both are labelled.
-pub fn composite_within(feature_sim: f64, label: Option<f64>) -> f64 {
+#[cfg(test)]
+pub(crate) fn composite_within(feature_sim: f64, label: Option<f64>) -> f64 {
     match label {
         Some(s) => feature_sim.powf(1.0 - s),
         None => feature_sim,
@@ -196,12 +199,13 @@ pub fn composite_within(feature_sim: f64, label: Option<f64>) -> f64 {
 }
 
 /// Eq. 3: cross-modal composite similarity from the two within-modality feature similarities.
-pub fn composite_cross(feature_sim_1: f64, feature_sim_2: f64, label: Option<f64>) -> f64 {
+#[cfg(test)]
+pub(crate) fn composite_cross(feature_sim_1: f64, feature_sim_2: f64, label: Option<f64>) -> f64 {
     composite_within(0.5 * (feature_sim_1 + feature_sim_2), label)
 }
 
 /// Eq. 1 on tensors: Jaccard of every row of `a` (b × K) with every row of `b` (n × K).
-pub fn jaccard_t(a: &Tensor, b: &Tensor) -> Tensor {
+pub(crate) fn jaccard_t(a: &Tensor, b: &Tensor) -> Tensor {
     let inter = a.matmul(&b.tr());
     let union = a.sum_dim_intlist(1, true, Kind::Float) + b.sum_dim_intlist(1, true, Kind::Float).tr() - &inter;
     let safe = union.clamp_min(1.0);
@@ -295,7 +299,7 @@ impl SimData {
 
 /// The batch loss of eqs. 8–9 for modality v:
 /// 2 ω Σ_{v'} ‖F_b F⁽ᵛ'⁾ᵀ − S^{vv'}_b‖² + α‖F_b − (CA)_b‖², ω the similarity term's scale (1/n or 1).
-pub fn network_loss(f_b: &Tensor, f_all: [&Tensor; 2], s_rows: [&Tensor; 2], ca_b: &Tensor, alpha: f64, sim_scale: f64) -> Tensor {
+pub(crate) fn network_loss(f_b: &Tensor, f_all: [&Tensor; 2], s_rows: [&Tensor; 2], ca_b: &Tensor, alpha: f64, sim_scale: f64) -> Tensor {
     let mut loss = (f_b - ca_b).square().sum(Kind::Float) * alpha;
     network_sim_loss(&mut loss, f_b, f_all, s_rows, sim_scale);
     loss
@@ -500,7 +504,7 @@ impl<'a> Fitter<'a> {
             (0..2).map(|v| tensor_to_array(&self.coding_input(v)).map(|a| a.mapv(|t| t as f64))).collect::<Result<_>>()?;
         let stacked = ndarray::concatenate(ndarray::Axis(0), &[x[0].view(), x[1].view()])?;
         let bits = self.b.size()[1] as usize;
-        let mut rng = crate::numerics::seeded_rng(seed, 0xC0DE);
+        let mut rng = crate::numerics::random::seeded_rng(seed, 0xC0DE);
         let (mean, proj, _) =
             crate::shallow::attr_ridge::pca_itq_basis(stacked.view(), bits, 50, &mut rng).context("czhash: initial codes")?;
         let sum = (&x[0] - &mean).dot(&proj) + (&x[1] - &mean).dot(&proj);

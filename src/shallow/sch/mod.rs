@@ -55,7 +55,8 @@ mod updates;
 pub use fit::STREAM_FEATURES_ABOVE_BYTES;
 pub use model::{FitTimings, SchModel};
 pub use params::{ClassCodes, SchParams, SEARCH_SPACE};
-pub use updates::{objective, refit_w, update_b, update_f, update_r, update_u, update_v, update_w, w_factor};
+pub(crate) use updates::refit_w;
+pub use updates::{objective, update_b, update_f, update_r, update_u, update_v, update_w, w_factor};
 
 #[allow(unused_imports)]
 use {fit::*, model::*, params::*, updates::*};

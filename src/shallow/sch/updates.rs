@@ -156,7 +156,13 @@ pub fn update_b(f: ArrayView2<f64>, r: ArrayView2<f64>) -> Array2<f64> {
 /// regression of the learned codes on the RBF features, W' = argmin_W ‖B − ΦₜW‖² + ρ'‖W‖² =
 /// (ΦₜᵀΦₜ + ρ'I)⁻¹ΦₜᵀB (∂/∂W = −2Φₜᵀ(B − ΦₜW) + 2ρ'W = 0), returned as W'Rᵀ so that the eq. 26
 /// form sgn(φ(x)·W·R) encodes with W' (R orthogonal: W'RᵀR = W'). `gram_t` = the cached ΦₜᵀΦₜ.
-pub fn refit_w(gram_t: ArrayView2<f64>, ridge: f64, phi_t: ArrayView2<f64>, b: ArrayView2<f64>, r: ArrayView2<f64>) -> Result<Array2<f64>> {
+pub(crate) fn refit_w(
+    gram_t: ArrayView2<f64>,
+    ridge: f64,
+    phi_t: ArrayView2<f64>,
+    b: ArrayView2<f64>,
+    r: ArrayView2<f64>,
+) -> Result<Array2<f64>> {
     // Φᵀ(BRᵀ) = (ΦᵀB)Rᵀ: solving with the rotated target gives W'Rᵀ directly.
     let target = par_dot(b, r.t());
     refit_w_from_sum(gram_t, ridge, par_t_dot(phi_t, target.view()).view())
