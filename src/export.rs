@@ -144,7 +144,7 @@ pub(crate) fn binary_kmeans(codes: CodesRef, opts: &IvfOptions) -> Result<Binary
 }
 
 /// Writes `codes` as a faiss binary index: `IndexBinaryFlat`, or with `ivf` an `IndexBinaryIVF`
-/// (flat binary quantizer over centroids from [`binary_kmeans`], every code in the list of its
+/// (flat binary quantizer over centroids from `binary_kmeans`, every code in the list of its
 /// nearest centroid, ids = database indices, `nprobe` 1 as faiss's default).
 pub fn write_faiss(codes: CodesRef, ivf: Option<&IvfOptions>, path: &Path) -> Result<FaissSummary> {
     check_faiss_bits(codes.bits)?;

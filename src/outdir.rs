@@ -1,12 +1,12 @@
 //! Output folders cmh owns: a marker file identifies a folder cmh created (a run, a demo report,
 //! a bundle, search results), and cmh deletes or replaces only folders that carry it.
 //!
-//! - [`prepare`]: a new output folder for a command: created and marked when absent or empty;
+//! - `prepare`: a new output folder for a command: created and marked when absent or empty;
 //!   an existing folder of the same kind is kept (the caller decides whether to continue it) or,
 //!   with `force`, replaced; a non-empty folder without the marker is refused, `force` or not.
-//! - [`clean_partials`]: removes what an interrupted write of the same folder left behind
+//! - `clean_partials`: removes what an interrupted write of the same folder left behind
 //!   (`.partial-*` folders, `.*.tmp` files), only inside a marked folder.
-//! - [`partial_prefix`]: names the temporary folder a command builds a new folder in (beside it,
+//! - `partial_prefix`: names the temporary folder a command builds a new folder in (beside it,
 //!   renamed into place when complete) and removes those of earlier killed runs for the same output.
 
 use anyhow::{bail, Context, Result};
@@ -63,7 +63,7 @@ fn is_empty_dir(dir: &Path) -> Result<bool> {
     Ok(std::fs::read_dir(dir).with_context(|| format!("{}: cannot list the folder", dir.display()))?.next().is_none())
 }
 
-/// The state of an output folder after [`prepare`].
+/// The state of an output folder after `prepare`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Prepared {
     /// Created (or was empty) and marked: nothing of an earlier command is in it.
@@ -72,7 +72,7 @@ pub enum Prepared {
     Existing,
 }
 
-/// Checks, without creating anything, that [`prepare`] would accept `dir` (without `force`).
+/// Checks, without creating anything, that `prepare` would accept `dir` (without `force`).
 pub fn check(dir: &Path, kind: Kind, flag: &str) -> Result<()> {
     let p = dir.display();
     if dir.exists() && !dir.is_dir() {

@@ -204,7 +204,7 @@ fn layout_len(bits: usize, n: usize, m: usize) -> Option<usize> {
 /// Settings of `cmh index build`.
 #[derive(Clone, Debug, Default)]
 pub struct BuildOptions {
-    /// Number of substrings (default [`auto_substrings`]).
+    /// Number of substrings (default `auto_substrings`).
     pub substrings: Option<usize>,
     /// Show a progress bar.
     pub progress: bool,

@@ -333,7 +333,7 @@ pub struct SearchArgs {
     pub bits: Option<usize>,
     /// Output folder. Top-k: indices.npy (int64, queries × k), distances.npy (int32, queries × k).
     /// Radius: indices.npy and distances.npy (1-d, all results) and offsets.npy (int64,
-    /// queries + 1): query i's results are entries offsets[i]..offsets[i+1].
+    /// queries + 1): query i's results are entries `offsets[i]..offsets[i+1]`.
     pub out: PathBuf,
     /// Popcount kernel: portable, popcnt, avx2 or avx512 (default: the fastest available).
     pub kernel: Option<String>,

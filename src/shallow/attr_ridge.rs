@@ -7,7 +7,7 @@
 //! them, and nearby predictions share bits, so the codes keep attribute-space neighbourhoods.
 //!
 //! 1. Inputs: features standardised per dimension on the training rows, zᵛ = (xᵛ − x̄ᵛ) / sᵛ
-//!    ([`Standardizer`]).
+//!    (`Standardizer`).
 //! 2. Targets: tᵢ = the mean of the L2-normalised class embeddings a_k over item i's labels in
 //!    modality v's label space (the category vector CA of CZHash, the attribute target of AgNet).
 //! 3. Ridge regression on the rows labelled in v: Wᵛ = argmin ‖ZW − T‖² + λ n ‖W‖²
@@ -15,7 +15,7 @@
 //! 4. PCA of the stacked predictions [Z¹W¹; Z²W²] of all training rows (mean μ): the top
 //!    k = min(bits, rank) principal directions Pₖ.
 //! 5. ITQ (Gong & Lazebnik, CVPR 2011) on V = (ZW − μ)Pₖ, one rotation R for both modalities
-//!    ([`itq`]). When bits > k (the predictions span at most as many dimensions as there
+//!    (`itq`). When bits > k (the predictions span at most as many dimensions as there
 //!    are seen classes), the remaining bits are signs of random Gaussian projections G of the same
 //!    k-dimensional subspace (sign random projections).
 //! 6. Codes: sgn((zᵛ Wᵛ − μ) Pₖ [R G]).

@@ -27,7 +27,7 @@
 //!   unsupervised cross-modal term in the spirit of CCA. On its own a constant code minimises it,
 //!   which L_dec prevents.
 //! - L_dec = Σ_v ‖HᵛᵀHᵛ/b − I‖²_F / r² + ‖mean_i Hᵛᵢ‖² / r per batch of b items (`decor_weight`
-//!   λ_dec, [`decorrelation_loss`]): a soft whitening constraint on each modality's relaxed codes,
+//!   λ_dec, `decorrelation_loss`): a soft whitening constraint on each modality's relaxed codes,
 //!   the bit-uncorrelation and bit-balance constraints of Spectral Hashing (Weiss, Torralba,
 //!   Fergus, NIPS 2008, problem (1)) and the whitening constraint of deep CCA (Andrew et al., ICML
 //!   2013). Under it ‖H¹ − H²‖² ≈ 2br − 2 tr H¹ᵀH², so L_pair becomes CCA's objective and a
@@ -38,9 +38,9 @@
 //! - `guide_predicted`: â = the detached prediction gᵛ(x) for every item (what an unseen item gets
 //!   at encoding time) instead of the true attributes of the labelled items.
 //! - `rbf_anchors`: the centred RBF-anchor features SCH and CCA-ITQ use as the networks' input
-//!   ([`crate::deep::zs_common::InputMap`]).
+//!   (`InputMap`).
 //! - `attribute_span` (default on): attributes in an orthonormal basis of the span of the training
-//!   classes' attributes ([`crate::deep::zs_common::span_basis`], an isometry on the span: cosines
+//!   classes' attributes (`span_basis`, an isometry on the span: cosines
 //!   and the targets tᵛ are unchanged), so K outputs replace an embedding's hundreds.
 //! - `pca_hash` (default on), `input_clip`, `output_init_scale` (as CZHash's): the hashing network
 //!   is one linear layer set, at the start of every epoch and after the last, to PCA + ITQ of the
@@ -58,7 +58,7 @@
 //! class's attributes (when the embeddings relate the classes, e.g. MiniLM of the class names),
 //! and the hash network maps attribute-space neighbours to Hamming neighbours.
 //!
-//! Networks are the deep module's MLP ([`super::mlp::Mlp`]: `image-fc*`, `text-fc*`, `hash-fc*`)
+//! Networks are the deep module's MLP (`Mlp`: `image-fc*`, `text-fc*`, `hash-fc*`)
 //! over standardised feature vectors (raw images are refused: extract features first); training
 //! runs on [`super::trainer`] (device, seeds, progress, `train.log`, atomic per-epoch checkpoints,
 //! exact resume on the CPU). Weight decay is off by default: with the losses averaged per batch it

@@ -38,10 +38,10 @@ pub struct AgnetParams {
     /// labelled items (false).
     pub guide_predicted: bool,
     /// Network input: 0 = the standardised features; c > 0 = the centred RBF features of c
-    /// training anchors, as SCH and CCA-ITQ use ([`crate::deep::zs_common::InputMap`]), then standardised.
+    /// training anchors, as SCH and CCA-ITQ use (`InputMap`), then standardised.
     pub rbf_anchors: usize,
     /// Express the class attributes in an orthonormal basis of the span of the training classes'
-    /// attributes ([`crate::deep::zs_common::span_basis`]: an isometry on that span), so the networks output
+    /// attributes (`span_basis`: an isometry on that span), so the networks output
     /// d ≤ K coordinates instead of e (384 for MiniLM).
     pub attribute_span: bool,
     /// Train on unlabelled items too (through their predicted attributes).

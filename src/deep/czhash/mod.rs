@@ -67,7 +67,7 @@
 //! picked on a validation split carved from Wikipedia's training items (class
 //! split seeds 100–104, protocols (b)–(d), 64 bits), never on test queries:
 //! - `attribute_span` (default on): A⁽ᵛ⁾ is written in an orthonormal basis of the span of the
-//!   training classes' attributes ([`zs_common::span_basis`]). This is an isometry on that span:
+//!   training classes' attributes (`span_basis`). This is an isometry on that span:
 //!   AAᵀ, the targets CA of eq. 7's α term and the new-item step c = fAᵀ(AAᵀ + λI)⁻¹ are unchanged
 //!   for every F inside the span; F loses only its coordinates outside the span, which eq. 7's
 //!   α term drives to zero anyway and which the new-item step ignores. With MiniLM (e = 384, rank
@@ -140,7 +140,7 @@
 //! `use_unlabelled = false` keeps only rows labelled in at least one modality.
 //!
 //! Networks: on feature vectors (the CPU path), each modality's network is the deep module's MLP
-//! ([`super::mlp::Mlp`], `hidden` widths, ReLU, dropout) ending in the e-dimensional attribute
+//! (`Mlp`, `hidden` widths, ReLU, dropout) ending in the e-dimensional attribute
 //! space; inputs are standardised with the training mean and deviation. Raw images are refused
 //! with a clear message (extract features first). Training runs on [`super::trainer`]: device
 //! choice, seeds, progress bar, `train.log`, an atomic checkpoint per epoch (weights, Adam state,

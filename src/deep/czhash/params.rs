@@ -32,10 +32,10 @@ pub struct CzhashParams {
     /// (the paper leaves the feature scale open; < 1 spreads ŝ over (0, 1]).
     pub distance_scale: f64,
     /// Network input: 0 = the standardised features; c > 0 = the centred RBF features of c
-    /// training anchors, as SCH and CCA-ITQ use ([`crate::deep::zs_common::InputMap`]), then standardised.
+    /// training anchors, as SCH and CCA-ITQ use (`InputMap`), then standardised.
     pub rbf_anchors: usize,
     /// Express the class attributes in an orthonormal basis of the span of the training classes'
-    /// attributes ([`crate::deep::zs_common::span_basis`]: an isometry on that span), so the networks output
+    /// attributes (`span_basis`: an isometry on that span), so the networks output
     /// d ≤ K coordinates instead of e (384 for MiniLM).
     pub attribute_span: bool,
     /// Train on unlabelled items too (CZHash); `false` is the CZHash-nFS ablation.

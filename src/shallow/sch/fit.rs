@@ -176,7 +176,7 @@ impl Sums {
 
 impl SchParams {
     /// Fits SCH without keeping the n × cₜ RBF features: every pass over the rows recomputes
-    /// φₜ for one block of rows at a time ([`RbfMap::fit_streamed`], [`fold_parts`] blocks), so
+    /// φₜ for one block of rows at a time (`fit_streamed`, `fold_parts` blocks), so
     /// memory is O(n(k + d) + c² + block × c) instead of O(n Σcₜ), and nothing n × C is formed
     /// either (Y is built per block from the labels). The updates are those of the in-memory fit,
     /// fused so that one pass per sweep suffices: the pass that computes ΦₜWₜ for J (and F's

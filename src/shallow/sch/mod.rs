@@ -21,7 +21,7 @@
 //! is refitted directly to the learned codes, the usual out-of-sample step of two-step hashing
 //! (SCRATCH and DCH fit their projections to B):
 //!   W'ₜ = argmin_W ‖B − ΦₜW‖² + ρ'‖W‖² = (ΦₜᵀΦₜ + ρ'I)⁻¹ΦₜᵀB,  b = sgn(φₜ(x)W'ₜ),
-//! with ρ' = `refit_rho` (default ρ), reusing the cached ΦₜᵀΦₜ ([`refit_w`]). The model keeps the
+//! with ρ' = `refit_rho` (default ρ), reusing the cached ΦₜᵀΦₜ (`refit_w`). The model keeps the
 //! eq. 26 form: it stores Wₜ := W'ₜRᵀ, so Wₜ R = W'ₜ (R is orthogonal) and every consumer of
 //! `m{t}_W.npy` and `R.npy` encodes with the refit unchanged. U, V, R, B, the objective history and
 //! the learned training codes are those of the alternation. Known limitation: a bit that is constant
@@ -38,7 +38,7 @@
 //! - φ is centred with its training mean; σₜ = `sigma_scale[t]` (default 1) × the mean distance
 //!   from the training rows to the anchors.
 //! - SCH needs labels: it trains on the rows labelled in every modality
-//!   ([`TrainSet::common_labelled`], labels = union over modalities). Training rows outside that
+//!   (`common_labelled`, labels = union over modalities). Training rows outside that
 //!   set still get a learned code in [`SchModel::train_codes`]: b = sgn((Σₜ λₜ φₜ(xₜ)Wₜ)R), the
 //!   minimiser over f of Σₜ λₜ‖f − φₜWₜ‖² (what J fixes for F without labels), rotated and signed.
 //! - Anchors, σ and the centring mean come from those same labelled rows.

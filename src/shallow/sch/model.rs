@@ -41,7 +41,7 @@ impl SchModel {
     pub fn rbf(&self, t: usize) -> &RbfMap {
         &self.rbf[t]
     }
-    /// Hash projection Wₜ (c × k); with `refit_hash` it is W'ₜRᵀ (see [`refit_w`]).
+    /// Hash projection Wₜ (c × k); with `refit_hash` it is W'ₜRᵀ (see `refit_w`).
     pub fn w(&self, t: usize) -> &Array2<f64> {
         &self.w[t]
     }
@@ -129,7 +129,7 @@ impl HashModel for SchModel {
     fn bits(&self) -> usize {
         self.bits
     }
-    /// b = sgn(φₜ(x) Wₜ R) (eq. 26); with `refit_hash`, Wₜ R = W'ₜ, the refit of [`refit_w`].
+    /// b = sgn(φₜ(x) Wₜ R) (eq. 26); with `refit_hash`, Wₜ R = W'ₜ, the refit of `refit_w`.
     fn encode(&self, modality: usize, view: &View) -> Result<BinaryCodes> {
         if modality >= self.rbf.len() {
             bail!("SCH model has {} modalities; modality {modality} requested", self.rbf.len());

@@ -36,7 +36,7 @@ pub struct SchParams {
     /// class codes are about k/2 bits apart) or `random` (fair coins).
     pub class_codes: ClassCodes,
     /// After the alternation, refit each modality's hash projection to the learned codes B
-    /// (W'ₜ = (ΦₜᵀΦₜ + ρ'I)⁻¹ΦₜᵀB, see [`refit_w`]) instead of using eq. 18's Wₜ in eq. 26.
+    /// (W'ₜ = (ΦₜᵀΦₜ + ρ'I)⁻¹ΦₜᵀB, see `refit_w`) instead of using eq. 18's Wₜ in eq. 26.
     /// Not a paper setting; default off.
     pub refit_hash: bool,
     /// ρ' of that refit; absent = `rho`. Not a paper setting.
