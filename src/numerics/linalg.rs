@@ -4,9 +4,10 @@
 // `!(a > b)` is also true for NaN, which these checks must catch.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+use crate::numerics::blocked::fold_parts_mut;
 use anyhow::{bail, Context, Result};
 use ndarray::{s, Array2, ArrayView2, Axis};
-use ndarray_linalg::{Cholesky, Diag, Eigh, JobSvd, QRInto, SolveTriangular, SVD, SVDDC, UPLO};
+use ndarray_linalg::{AllocatedArray, Cholesky, Diag, Eigh, JobSvd, Lapack, SolveTriangular, SVD, SVDDC, UPLO};
 
 /// Solves X · A = B for X, A symmetric positive definite (k × k, small), B (n × k): X = B A⁻¹.
 pub fn solve_right_spd(b: ArrayView2<f64>, a: ArrayView2<f64>) -> Result<Array2<f64>> {
@@ -102,21 +103,66 @@ pub fn polar(a: &Array2<f64>, require_full_rank: bool) -> Result<Array2<f64>> {
     Ok(u.slice(s![.., ..s.len()]).dot(&vt.slice(s![..s.len(), ..])))
 }
 
-/// [`polar`] of a tall matrix through its thin QR (A = QR ⇒ polar(A) = Q polar(R), same singular
-/// values): the SVD works on the small R, so no n × r SVD workspace is needed.
+/// [`polar`] of a tall matrix (n × r, n ≥ r) through its thin QR (A = QR ⇒ polar(A) = Q polar(R),
+/// same singular values), in `a`'s own buffer: LAPACK's Householder QR and its Q are formed in
+/// place, and Q is multiplied by the r × r polar(R) one block of rows at a time, so besides `a`
+/// only r × r matrices and one block of rows are held.
 pub fn polar_tall(a: Array2<f64>, require_full_rank: bool) -> Result<Array2<f64>> {
-    let (q, r) = a.qr_into().context("QR of a tall matrix")?;
-    Ok(q.dot(&polar(&r, require_full_rank)?))
+    let (n, r) = a.dim();
+    if n < r || r == 0 {
+        return polar(&a, require_full_rank);
+    }
+    let mut a = if a.is_standard_layout() { a } else { a.as_standard_layout().into_owned() };
+    let layout = a.layout().context("QR of a tall matrix")?;
+    let buf = a.as_slice_mut().expect("standard layout");
+    let tau = f64::householder(layout, buf).context("QR of a tall matrix")?;
+    // R is the upper triangle of the first r rows (row-major: the factorisation is LAPACK's LQ of
+    // the column-major Aᵀ, whose L = Rᵀ sits in the same places).
+    let rm = Array2::from_shape_fn((r, r), |(i, j)| if j >= i { buf[i * r + j] } else { 0.0 });
+    f64::q(layout, buf, &tau).context("QR of a tall matrix")?;
+    let pr = polar(&rm, require_full_rank)?;
+    fold_parts_mut(
+        &mut a,
+        || (),
+        |_, _, mut block, _| {
+            let t = block.dot(&pr);
+            block.assign(&t);
+        },
+    );
+    Ok(a)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::numerics::random::{randn, random_orthogonal, seeded_rng};
-    use ndarray::array;
+    use ndarray::{array, ShapeBuilder};
 
     fn max_abs(a: &Array2<f64>) -> f64 {
         a.iter().fold(0.0f64, |m, &v| m.max(v.abs()))
+    }
+
+    #[test]
+    fn tall_polar_in_place_equals_the_svd_polar_factor() {
+        let mut rng = seeded_rng(11, 0);
+        for (n, r) in [(50, 7), (8, 8), (3000, 64), (1, 1)] {
+            let a = randn(n, r, &mut rng);
+            let want = polar(&a, true).unwrap();
+            let got = polar_tall(a.clone(), true).unwrap();
+            assert!(max_abs(&(&got - &want)) < 1e-12, "{n} × {r}");
+            // Column-major input: the same factor.
+            let mut f = Array2::<f64>::zeros((n, r).f());
+            f.assign(&a);
+            assert!(!f.is_standard_layout() || r == 1 || n == 1);
+            assert!(max_abs(&(&polar_tall(f, true).unwrap() - &want)) < 1e-12, "{n} × {r} column-major");
+        }
+        // Wide input falls back to the SVD; rank-deficient input is refused.
+        let w = randn(3, 5, &mut rng);
+        assert!(max_abs(&(&polar_tall(w.clone(), false).unwrap() - &polar(&w, false).unwrap())) < 1e-12);
+        let mut d = randn(40, 3, &mut rng);
+        let c0 = d.column(0).to_owned();
+        d.column_mut(2).assign(&c0);
+        assert!(polar_tall(d, true).is_err());
     }
 
     #[test]

@@ -24,6 +24,13 @@ pub fn knn(pts: &Array2<f64>, k: usize) -> Vec<Vec<(f64, usize)>> {
 /// locality the work runs on the points reordered by the leaves of the first tree (in place: the
 /// points are taken by value, so no second copy of them is made).
 pub fn knn_approx(pts: Array2<f64>, k: usize, seed: u64) -> Vec<Vec<(f64, usize)>> {
+    knn_approx_ordered(pts, k, seed).0
+}
+
+/// [`knn_approx`] and the order it worked in: the points in the leaf order of its first tree
+/// (position p holds point `order[p]`), an order in which nearby points sit at nearby positions,
+/// so that a product with the kNN graph taken in it reads memory almost sequentially.
+pub fn knn_approx_ordered(pts: Array2<f64>, k: usize, seed: u64) -> (Vec<Vec<(f64, usize)>>, Vec<usize>) {
     const TREES: u64 = 8;
     const ROUNDS: usize = 2;
     let n = pts.nrows();
@@ -128,12 +135,12 @@ pub fn knn_approx(pts: Array2<f64>, k: usize, seed: u64) -> Vec<Vec<(f64, usize)
     for (p, row) in nn.chunks(k).enumerate() {
         out[perm[p]] = row.iter().map(|&(d2, q)| (d2, perm[q as usize])).collect();
     }
-    out
+    (out, perm)
 }
 
 /// Reorders the rows (of `dim` values each) of a row-major buffer in place so that new row p is
 /// old row `perm[p]` (perm a permutation), following its cycles with one row of scratch.
-fn permute_rows(buf: &mut [f64], dim: usize, perm: &[usize]) {
+pub fn permute_rows(buf: &mut [f64], dim: usize, perm: &[usize]) {
     let mut done = vec![false; perm.len()];
     let mut first = vec![0.0; dim];
     for start in 0..perm.len() {

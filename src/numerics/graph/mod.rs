@@ -6,4 +6,4 @@ pub mod kdtree;
 pub mod knn;
 
 pub use csr::Csr;
-pub use knn::{knn, knn_approx};
+pub use knn::{knn, knn_approx, knn_approx_ordered, permute_rows};

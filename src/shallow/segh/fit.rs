@@ -43,14 +43,18 @@ impl Fit for SeghParams {
             .map(|m| if self.anchors > 0 { self.anchors } else { data.views[m].features(METHOD, m).map_or(0, |x| x.ncols()) } as f64)
             .map(|p| if streamed { 16.0 * crate::numerics::blocked::BLOCK_ROWS as f64 * p + n * q } else { 2.0 * n * p } + 2.0 * p * p + p * (e + k))
             .sum();
-        let bytes = 8.0 * (per_modality + 4.0 * n * self.k as f64 + 8.0 * n * k + 2.0 * k * k);
+        // Code iterates: in memory, the conjugate gradient's on all columns at once (8 n × bits);
+        // streamed, V and the solution (n × bits each, the polar factor formed in place) and the
+        // iterates of one group of columns.
+        let iterates = if streamed { n * (3.0 * k + 8.0 * CG_COLUMN_GROUP as f64) } else { 8.0 * n * k };
+        let bytes = 8.0 * (per_modality + 4.0 * n * self.k as f64 + iterates + 2.0 * k * k);
         crate::method::ensure_memory("segh", bits, bytes, "inputs, kNN graph and code iterates")?;
         Ok(())
     }
 
     /// In memory up to [`STREAM_INPUTS_ABOVE_BYTES`] of inputs, streamed above ([`SeghParams::fit_streamed`]).
     fn fit_checked(&self, data: &TrainSet, ctx: &FitContext) -> Result<SeghModel> {
-        fit_impl(self, data, ctx, Solver::Cg, self.in_memory_bytes(data) > STREAM_INPUTS_ABOVE_BYTES)
+        fit_impl(self, data, ctx, Solver::Cg, self.in_memory_bytes(data) > STREAM_INPUTS_ABOVE_BYTES, Order::Locality)
     }
 }
 
@@ -62,6 +66,28 @@ pub(super) enum Solver {
     Cg,
     /// Dense Cholesky of the n × n matrix (O(n³); for tests on small n).
     Dense,
+}
+
+/// The order in which step 2 holds the items.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Order {
+    /// With the approximate kNN graph, the leaf order of the first modality's random-projection
+    /// tree ([`knn_approx_ordered`]): a product with the graph then reads the rows of its neighbours
+    /// from nearby memory. The codes are put back in the input order at the end; the result
+    /// differs from [`Order::Input`] only in the order of floating-point sums.
+    Locality,
+    /// The items in the order of the training set.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Input,
+}
+
+/// Reorders the rows of `a` so that new row p is old row `perm[p]`.
+fn reorder_rows(a: &mut Array2<f64>, perm: &[usize]) {
+    if !a.is_standard_layout() {
+        *a = a.as_standard_layout().into_owned();
+    }
+    let dim = a.ncols();
+    permute_rows(a.as_slice_mut().expect("standard layout"), dim, perm);
 }
 
 pub(super) fn labelled_rows(data: &TrainSet, m: usize) -> Vec<usize> {
@@ -88,7 +114,7 @@ impl SeghParams {
     pub fn fit_streamed(&self, data: &TrainSet, ctx: &FitContext) -> Result<SeghModel> {
         data.validate()?;
         self.check(data, ctx.bits)?;
-        fit_impl(self, data, ctx, Solver::Cg, true)
+        fit_impl(self, data, ctx, Solver::Cg, true, Order::Locality)
     }
 
     /// Bytes the in-memory fit holds for the step-1 inputs and projections.
@@ -103,7 +129,14 @@ impl SeghParams {
     }
 }
 
-pub(super) fn fit_impl(params: &SeghParams, data: &TrainSet, ctx: &FitContext, solver: Solver, streamed: bool) -> Result<SeghModel> {
+pub(super) fn fit_impl(
+    params: &SeghParams,
+    data: &TrainSet,
+    ctx: &FitContext,
+    solver: Solver,
+    streamed: bool,
+    order: Order,
+) -> Result<SeghModel> {
     let bits = ctx.bits;
     let n = data.len();
     let nm = data.n_modalities();
@@ -135,6 +168,8 @@ pub(super) fn fit_impl(params: &SeghParams, data: &TrainSet, ctx: &FitContext, s
     let mut gz = Array2::<f64>::zeros((e, e));
     let mut zs = Vec::new();
     let mut knn_parts = Vec::with_capacity(nm);
+    // Step 2's item order (position p holds item perm[p]), when not the input order.
+    let mut perm: Option<Vec<usize>> = None;
     for m in 0..nm {
         let t0 = Instant::now();
         let raw = data.views[m].features(METHOD, m)?;
@@ -166,16 +201,32 @@ pub(super) fn fit_impl(params: &SeghParams, data: &TrainSet, ctx: &FitContext, s
             zs.push(z);
             c
         };
+        let seed = ctx.seed.wrapping_add(m as u64);
         let nn = if n <= params.knn_exact_up_to {
             knn(&coords, params.k)
+        } else if m == 0 && order == Order::Locality {
+            let (nn, leaf_order) = knn_approx_ordered(coords, params.k, seed);
+            perm = Some(leaf_order);
+            nn
         } else {
-            knn_approx(coords, params.k, ctx.seed.wrapping_add(m as u64))
+            knn_approx(coords, params.k, seed)
         };
         knn_parts.push(knn_affinity(&nn));
         info.seconds_graph += t1.elapsed().as_secs_f64();
     }
     let t1 = Instant::now();
-    let graph = Graph::new(n, knn_parts, &data.labels, &data.labelled);
+    // pos[i]: the position of item i in step 2's order.
+    let pos: Option<Vec<usize>> = perm.as_ref().map(|perm| {
+        let mut pos = vec![0; n];
+        perm.iter().enumerate().for_each(|(p, &i)| pos[i] = p);
+        pos
+    });
+    if let (Some(perm), Some(pos)) = (&perm, &pos) {
+        knn_parts.par_iter_mut().flatten().for_each(|t| *t = (pos[t.0 as usize] as u32, pos[t.1 as usize] as u32, t.2));
+        reorder_rows(&mut rz, perm);
+        zs.iter_mut().for_each(|z| reorder_rows(z, perm));
+    }
+    let graph = Graph::new(n, knn_parts, &data.labels, &data.labelled, perm.as_deref());
     info.seconds_graph += t1.elapsed().as_secs_f64();
 
     // ---- Step 2 (eqs. 8–10) ----
@@ -253,6 +304,10 @@ pub(super) fn fit_impl(params: &SeghParams, data: &TrainSet, ctx: &FitContext, s
         }
     };
     info.seconds_step2 = t2.elapsed().as_secs_f64();
+    let mut h = h;
+    if let Some(pos) = &pos {
+        reorder_rows(&mut h, pos);
+    }
     let train_codes = BinaryCodes::from_signs(h.view());
     // Back to the embedding space: Wₘ = Q W̃ₘ (e × dₘ), P = P̃ Qᵀ (bits × e).
     let ws = ws_q.iter().map(|w| q_basis.dot(w)).collect();

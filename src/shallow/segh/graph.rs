@@ -38,9 +38,12 @@ pub(super) struct LabelRows {
 }
 
 impl LabelRows {
-    pub(super) fn new(l: &Array2<u8>, labelled: &[bool]) -> Self {
+    /// Row p holds item `order[p]` (item p without an order).
+    pub(super) fn new(l: &Array2<u8>, labelled: &[bool], order: Option<&[usize]>) -> Self {
         let mut t = Self { indptr: vec![0], class: Vec::new(), value: Vec::new(), classes: l.ncols() };
-        for (i, row) in l.outer_iter().enumerate() {
+        for p in 0..l.nrows() {
+            let i = order.map_or(p, |o| o[p]);
+            let row = l.row(i);
             let norm = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
             if labelled[i] && norm > 0.0 {
                 for (c, &v) in row.iter().enumerate().filter(|(_, &v)| v != 0) {
@@ -132,9 +135,17 @@ pub(super) struct Graph {
 }
 
 impl Graph {
-    pub(super) fn new(n: usize, knn_parts: Vec<Vec<(u32, u32, f64)>>, labels: &[Array2<u8>], labelled: &[Vec<bool>]) -> Self {
+    /// The graph of `n` items; with `order`, row p is item `order[p]` (the kNN triplets are given
+    /// in that numbering already).
+    pub(super) fn new(
+        n: usize,
+        knn_parts: Vec<Vec<(u32, u32, f64)>>,
+        labels: &[Array2<u8>],
+        labelled: &[Vec<bool>],
+        order: Option<&[usize]>,
+    ) -> Self {
         let knn = Csr::from_triplets(n, knn_parts.into_iter().flatten().collect());
-        let y: Vec<LabelRows> = labels.iter().zip(labelled).map(|(l, lab)| LabelRows::new(l, lab)).collect();
+        let y: Vec<LabelRows> = labels.iter().zip(labelled).map(|(l, lab)| LabelRows::new(l, lab, order)).collect();
         let nm = y.len();
         let pairs: Vec<(usize, usize)> =
             if nm == 1 { vec![(0, 0)] } else { (0..nm).flat_map(|a| (0..nm).filter(move |&b| b != a).map(move |b| (a, b))).collect() };

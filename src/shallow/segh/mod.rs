@@ -27,7 +27,8 @@
 //! Zₘ (a choice: its dimension is at most the number of classes, where the search is cheap; kNN
 //! on the raw features gives the same validation mAP within 0.01), exactly with a
 //! kd-tree up to `knn_exact_up_to` items and approximately above (random-projection forest plus
-//! neighbour exploring, near-linear; recall > 0.95 in the tests). The inter-modality label affinity Ŝ_ij = ⟨ỹ⁽¹⁾ᵢ, ỹ⁽²⁾ⱼ⟩ symmetrised over the modality pairs,
+//! neighbour exploring, near-linear; recall > 0.95 in the tests; step 2 then holds the items
+//! in the first tree's leaf order, for memory locality, and returns the codes in input order). The inter-modality label affinity Ŝ_ij = ⟨ỹ⁽¹⁾ᵢ, ỹ⁽²⁾ⱼ⟩ symmetrised over the modality pairs,
 //! ỹ = L2-normalised label rows (cosine of the label sets; 1 for the same single label).
 //! A = A⁽¹⁾ + A⁽²⁾ + Ŝ, L = D − A (eq. 6). Objective (eq. 8):
 //!
@@ -121,7 +122,7 @@ use crate::codes::BinaryCodes;
 use crate::method::{ensure_nonneg, ensure_pos, to_f64, Fit, FitContext, HashModel, TrainSet, View};
 use crate::npy::read_npy;
 use crate::numerics::blocked::{fold_parts, fold_parts_mut, sum_in_order};
-use crate::numerics::graph::{knn, knn_approx, Csr};
+use crate::numerics::graph::{knn, knn_approx, knn_approx_ordered, permute_rows, Csr};
 use crate::numerics::itq::itq_from;
 use crate::numerics::linalg::{numerical_rank, polar, polar_tall, row_space_basis};
 use crate::numerics::pcg::pcg;

@@ -155,7 +155,7 @@ fn small_graph(seed: u64) -> (Graph, Array2<f64>) {
         }
     }
     let parts = coords.iter().map(|c| knn_affinity(&knn(c, k))).collect();
-    let g = Graph::new(n, parts, &labels, &labelled);
+    let g = Graph::new(n, parts, &labels, &labelled, None);
     // Independent dense construction (eqs. 3–5).
     let mut a = Array2::<f64>::zeros((n, n));
     for c in &coords {
@@ -242,8 +242,8 @@ fn dense_and_scalable_solvers_give_the_same_model() {
     for bits in [6, 24] {
         let ctx = FitContext::new(bits, 5);
         params.check(&train, bits).unwrap();
-        let cg = fit_impl(&params, &train, &ctx, Solver::Cg, false).unwrap();
-        let dense = fit_impl(&params, &train, &ctx, Solver::Dense, false).unwrap();
+        let cg = fit_impl(&params, &train, &ctx, Solver::Cg, false, Order::Locality).unwrap();
+        let dense = fit_impl(&params, &train, &ctx, Solver::Dense, false, Order::Locality).unwrap();
         assert!(rel(cg.p(), dense.p()) < 1e-7, "bits {bits}: P differs by {}", rel(cg.p(), dense.p()));
         assert_eq!(cg.train_codes(), dense.train_codes());
         for (a, b) in cg.history().iter().zip(dense.history()) {
@@ -259,7 +259,7 @@ fn constrained_h_update_gives_balanced_decorrelated_codes() {
     let mut rng = ChaCha8Rng::seed_from_u64(10);
     // A graph on this data: kNN on random coordinates is enough to exercise the update.
     let parts = vec![knn_affinity(&knn(&randn(&mut rng, n, 3), 5))];
-    let graph = Graph::new(n, parts, &train.labels[..1], &train.labelled[..1]);
+    let graph = Graph::new(n, parts, &train.labels[..1], &train.labelled[..1], None);
     let sys = System { graph: &graph, c: 2e-3, gamma: 1e-2 };
     let rz = randn(&mut rng, n, 10) - 0.3; // not centred: update_h centres
     for (bits, r) in [(6, 6), (10, 10), (32, 10)] {
@@ -470,6 +470,26 @@ fn streamed_fit_equals_the_in_memory_fit() {
 }
 
 #[test]
+fn step_two_in_locality_order_equals_step_two_in_input_order() {
+    // With the approximate kNN graph, step 2 runs on the items in the leaf order of the first
+    // modality's forest and puts the codes back: same model as in the input order, up to the
+    // order of floating-point sums. Both the in-memory and the streamed fit.
+    let (train, _) = small_problem(37, 700, 0);
+    let params = SeghParams { knn_exact_up_to: 100, iterations: 3, objective_tol: 0.0, ..SeghParams::paper() };
+    let ctx = FitContext::new(16, 2);
+    for streamed in [false, true] {
+        let local = fit_impl(&params, &train, &ctx, Solver::Cg, streamed, Order::Locality).unwrap();
+        let input = fit_impl(&params, &train, &ctx, Solver::Cg, streamed, Order::Input).unwrap();
+        assert_eq!(local.train_codes(), input.train_codes(), "streamed={streamed}: learned codes");
+        assert!(rel(local.p(), input.p()) < 1e-8, "streamed={streamed}: P differs by {}", rel(local.p(), input.p()));
+        for (a, b) in local.history().iter().zip(input.history()) {
+            assert!((a - b).abs() <= 1e-9 * a.abs(), "streamed={streamed}: objective {a} vs {b}");
+        }
+        assert_eq!(local.info().cg_iterations, input.info().cg_iterations);
+    }
+}
+
+#[test]
 fn quadratic_form_and_tall_polar_match_their_definitions() {
     let (g, a) = small_graph(6);
     let n = a.nrows();
@@ -521,7 +541,7 @@ fn semi_supervised_items_without_labels_are_used_through_knn_only() {
     assert!(t2i_hidden > 0.3, "T→I against the hidden rows' learned codes: {t2i_hidden:.3}");
     eprintln!("hidden learned {t2i_hidden:.3}");
     // Hidden rows have no label affinity at all.
-    let g = Graph::new(train.len(), vec![], &train.labels, &train.labelled);
+    let g = Graph::new(train.len(), vec![], &train.labels, &train.labelled, None);
     let a = g.dense_affinity();
     assert!(a.row(0).iter().all(|&v| v == 0.0) && a.column(0).iter().all(|&v| v == 0.0));
     assert!(a[[8, 8]] > 0.0);
