@@ -51,7 +51,7 @@ pub fn itq_from(v: ArrayView2<f64>, mut rot: Array2<f64>, iterations: usize) -> 
     if rot.nrows() != r || rot.ncols() < r {
         bail!("ITQ: the rotation is {:?}, expected {r} × k with k ≥ {r} for data with {r} columns", rot.dim());
     }
-    let mut b = Array2::<f64>::zeros((n, rot.ncols()));
+    let mut b = super::pages::zeros((n, rot.ncols()));
     let mut losses = Vec::with_capacity(iterations + 1);
     for _ in 0..iterations {
         par_dot_into(v, rot.view(), &mut b);

@@ -8,6 +8,7 @@
 //! - [`rbf`]: RBF anchor features;
 //! - [`linalg`]: SPD solves, polar factor / orthogonal Procrustes, numerical rank;
 //! - [`cca`]: regularised CCA;
+//! - [`pages`]: large arrays on transparent huge pages;
 //! - [`pcg`]: preconditioned conjugate gradients for symmetric positive definite operators;
 //! - [`graph`]: k-nearest-neighbour graphs (kd-tree, random-projection forest) and sparse matrices;
 //! - [`files`]: model matrices read back from `.npy` files.
@@ -21,6 +22,7 @@ pub mod files;
 pub mod graph;
 pub mod itq;
 pub mod linalg;
+pub(crate) mod pages;
 pub mod pcg;
 pub mod random;
 pub mod rbf;

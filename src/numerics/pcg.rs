@@ -3,14 +3,20 @@
 // `!(a > b)` is also true for NaN, which these checks must catch.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+use super::pages;
 use anyhow::{bail, Result};
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use ndarray::{s, Array1, Array2, ArrayView2, Axis};
+use rayon::prelude::*;
+
+/// Rows per block of the parallel passes.
+const BLOCK_ROWS: usize = 4096;
 
 /// Jacobi-preconditioned conjugate gradient for a symmetric positive definite operator, run on
 /// all columns of B at once (independent scalars per column, one shared mat-vec per iteration).
-/// Stops when every column has ‖r‖ ≤ tol ‖b‖.
+/// Stops when every column has ‖r‖ ≤ tol ‖b‖. `op(v, out)` overwrites `out` with the operator
+/// applied to `v`; the iterates are allocated once (on huge pages when large) and reused.
 pub fn pcg(
-    op: impl Fn(ArrayView2<f64>) -> Array2<f64>,
+    op: impl Fn(ArrayView2<f64>, &mut Array2<f64>),
     diag: &Array1<f64>,
     b: &Array2<f64>,
     tol: f64,
@@ -18,12 +24,15 @@ pub fn pcg(
 ) -> Result<(Array2<f64>, usize)> {
     let (n, k) = b.dim();
     let dinv = diag.mapv(|d| if d > 0.0 { 1.0 / d } else { 1.0 });
-    let b = b.as_standard_layout().into_owned();
-    let bnorm: Vec<f64> = col_dots(&b, &b).iter().map(|v| v.sqrt()).collect();
-    let mut x = Array2::<f64>::zeros((n, k));
-    let mut r = b.clone();
-    let mut z = &r * &dinv.view().insert_axis(Axis(1));
-    let mut p = z.clone();
+    let bnorm: Vec<f64> = col_dots(b, b).iter().map(|v| v.sqrt()).collect();
+    let mut x = pages::zeros((n, k));
+    let mut r = pages::zeros((n, k));
+    r.assign(b);
+    let mut z = pages::zeros((n, k));
+    ndarray::Zip::from(&mut z).and(&r).and_broadcast(&dinv.view().insert_axis(Axis(1))).for_each(|z, &r, &d| *z = r * d);
+    let mut p = pages::zeros((n, k));
+    p.assign(&z);
+    let mut q = pages::zeros((n, k));
     let mut rz = col_dots(&r, &z);
     let mut rr = col_dots(&r, &r);
     let mut active: Vec<bool> = bnorm.iter().map(|&v| v > 0.0).collect();
@@ -41,7 +50,7 @@ pub fn pcg(
         if it == max_iter {
             break;
         }
-        let q = op(p.view());
+        op(p.view(), &mut q);
         let pq = col_dots(&p, &q);
         for j in 0..k {
             alpha[j] = 0.0;
@@ -52,26 +61,49 @@ pub fn pcg(
                 alpha[j] = rz[j] / pq[j];
             }
         }
-        // One pass over the rows: x += αp, r −= αq, z = D⁻¹r, and the new rᵀz, rᵀr.
+        // One pass over the rows, in fixed blocks of rows (parallel; the partial sums are added
+        // in block order, so the result does not depend on the thread count): x += αp, r −= αq,
+        // z = D⁻¹r, and the new rᵀz, rᵀr.
+        let block = BLOCK_ROWS * k;
+        let partials: Vec<(Vec<f64>, Vec<f64>)> = x
+            .as_slice_mut()
+            .expect("row-major")
+            .par_chunks_mut(block)
+            .zip(r.as_slice_mut().expect("row-major").par_chunks_mut(block))
+            .zip(z.as_slice_mut().expect("row-major").par_chunks_mut(block))
+            .zip(p.as_slice().expect("row-major").par_chunks(block))
+            .zip(q.as_slice().expect("row-major").par_chunks(block))
+            .enumerate()
+            .map(|(bi, ((((xb, rb), zb), pb), qb))| {
+                let (mut rz_b, mut rr_b) = (vec![0.0; k], vec![0.0; k]);
+                for (row, ((((xi, ri), zi), pi), qi)) in
+                    xb.chunks_mut(k).zip(rb.chunks_mut(k)).zip(zb.chunks_mut(k)).zip(pb.chunks(k)).zip(qb.chunks(k)).enumerate()
+                {
+                    let d = dinv[bi * BLOCK_ROWS + row];
+                    for j in 0..k {
+                        xi[j] += alpha[j] * pi[j];
+                        ri[j] -= alpha[j] * qi[j];
+                        zi[j] = d * ri[j];
+                        rz_b[j] += ri[j] * zi[j];
+                        rr_b[j] += ri[j] * ri[j];
+                    }
+                }
+                (rz_b, rr_b)
+            })
+            .collect();
         let mut rz_new = vec![0.0; k];
         rr.iter_mut().for_each(|v| *v = 0.0);
-        for i in 0..n {
-            let (xi, ri, zi) =
-                (x.row_mut(i).into_slice().expect("row"), r.row_mut(i).into_slice().expect("row"), z.row_mut(i).into_slice().expect("row"));
-            let (pi, qi) = (p.row(i).to_slice().expect("row"), q.row(i).to_slice().expect("row"));
+        for (rz_b, rr_b) in partials {
             for j in 0..k {
-                xi[j] += alpha[j] * pi[j];
-                ri[j] -= alpha[j] * qi[j];
-                zi[j] = dinv[i] * ri[j];
-                rz_new[j] += ri[j] * zi[j];
-                rr[j] += ri[j] * ri[j];
+                rz_new[j] += rz_b[j];
+                rr[j] += rr_b[j];
             }
         }
         for j in 0..k {
             beta[j] = if active[j] { rz_new[j] / rz[j] } else { 0.0 };
         }
         rz = rz_new;
-        ndarray::Zip::from(p.rows_mut()).and(z.rows()).for_each(|mut pi, zi| {
+        p.as_slice_mut().expect("row-major").par_chunks_mut(k).zip(z.as_slice().expect("row-major").par_chunks(k)).for_each(|(pi, zi)| {
             for j in 0..k {
                 pi[j] = zi[j] + beta[j] * pi[j];
             }
@@ -81,13 +113,26 @@ pub fn pcg(
     bail!("conjugate gradient did not reach relative residual {tol} in {max_iter} iterations (worst {worst:.2e})")
 }
 
-/// Column-wise dot products Σᵢ a_ij b_ij of two n × k matrices, in one pass over the rows.
+/// Column-wise dot products Σᵢ a_ij b_ij of two n × k matrices, in one pass over the rows (in
+/// parallel over fixed blocks of rows, added in block order: the same result on any thread count).
 pub fn col_dots(a: &Array2<f64>, b: &Array2<f64>) -> Vec<f64> {
-    let mut out = vec![0.0; a.ncols()];
-    for (ra, rb) in a.rows().into_iter().zip(b.rows()) {
-        for (o, (x, y)) in out.iter_mut().zip(ra.iter().zip(rb.iter())) {
-            *o += x * y;
-        }
+    let k = a.ncols();
+    let partials: Vec<Vec<f64>> = (0..a.nrows().div_ceil(BLOCK_ROWS))
+        .into_par_iter()
+        .map(|bi| {
+            let rows = bi * BLOCK_ROWS..((bi + 1) * BLOCK_ROWS).min(a.nrows());
+            let mut out = vec![0.0; k];
+            for (ra, rb) in a.slice(s![rows.clone(), ..]).rows().into_iter().zip(b.slice(s![rows, ..]).rows()) {
+                for (o, (x, y)) in out.iter_mut().zip(ra.iter().zip(rb.iter())) {
+                    *o += x * y;
+                }
+            }
+            out
+        })
+        .collect();
+    let mut out = vec![0.0; k];
+    for part in partials {
+        out.iter_mut().zip(part).for_each(|(o, v)| *o += v);
     }
     out
 }
@@ -110,7 +155,7 @@ mod tests {
         }
         let mut b = randn(30, 3, &mut rng);
         b.column_mut(2).fill(0.0);
-        let (x, iters) = pcg(|v| a.dot(&v), &a.diag().to_owned(), &b, 1e-12, 200).unwrap();
+        let (x, iters) = pcg(|v, out| out.assign(&a.dot(&v)), &a.diag().to_owned(), &b, 1e-12, 200).unwrap();
         assert!(iters > 0 && iters <= 200);
         for j in 0..2 {
             let xd = a.solve(&b.column(j).to_owned()).unwrap();
@@ -119,9 +164,10 @@ mod tests {
         }
         assert!(x.column(2).iter().all(|&v| v == 0.0));
         // Too few iterations is an error naming the shortfall; an indefinite operator is refused.
-        assert!(format!("{:#}", pcg(|v| a.dot(&v), &a.diag().to_owned(), &b, 1e-12, 2).unwrap_err()).contains("did not reach"));
+        assert!(format!("{:#}", pcg(|v, out| out.assign(&a.dot(&v)), &a.diag().to_owned(), &b, 1e-12, 2).unwrap_err())
+            .contains("did not reach"));
         let neg = -&a;
-        assert!(pcg(|v| neg.dot(&v), &a.diag().to_owned(), &b, 1e-12, 50).is_err());
+        assert!(pcg(|v, out| out.assign(&neg.dot(&v)), &a.diag().to_owned(), &b, 1e-12, 50).is_err());
         // col_dots is the column-wise Σᵢ aᵢⱼ bᵢⱼ.
         let d = col_dots(&b, &b);
         assert!((d[0] - b.column(0).dot(&b.column(0))).abs() < 1e-12 && d[2] == 0.0);

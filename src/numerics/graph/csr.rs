@@ -35,16 +35,17 @@ impl Csr {
         Self { n, indptr, indices, values }
     }
 
-    /// A V for a dense V (n × r), parallel over rows.
-    pub fn mul_dense(&self, v: ArrayView2<f64>) -> Array2<f64> {
+    /// Overwrites `out` (n × r, row-major) with A V for a dense V (n × r), parallel over rows.
+    pub fn mul_dense_into(&self, v: ArrayView2<f64>, out: &mut Array2<f64>) {
         let r = v.ncols();
-        let mut out = Array2::<f64>::zeros((self.n, r));
+        assert_eq!(out.dim(), (self.n, r), "output shape");
         if r == 0 || self.n == 0 {
-            return out;
+            return;
         }
         let v = v.as_standard_layout();
         let vs = v.as_slice().expect("standard layout");
-        out.as_slice_mut().expect("owned").par_chunks_mut(r).enumerate().for_each(|(i, row)| {
+        out.as_slice_mut().expect("row-major output").par_chunks_mut(r).enumerate().for_each(|(i, row)| {
+            row.fill(0.0);
             for p in self.indptr[i]..self.indptr[i + 1] {
                 let w = self.values[p];
                 let j = self.indices[p] as usize;
@@ -54,7 +55,6 @@ impl Csr {
                 }
             }
         });
-        out
     }
 
     pub fn diagonal(&self) -> Array1<f64> {

@@ -163,7 +163,7 @@ pub(super) fn fit_impl(
     let mut ws_q = Vec::with_capacity(nm);
     let mut rbf = Vec::new();
     // Σ μₘ Zₘ (rows), G = Σ μₘ Zₘ Zₘᵀ + ηI and Gz = Σ μₘ Zₘ Zₘᵀ; the Zₘ themselves only in memory mode.
-    let mut rz = Array2::<f64>::zeros((n, e));
+    let mut rz = crate::numerics::pages::zeros((n, e));
     let mut g = Array2::<f64>::eye(e) * params.eta;
     let mut gz = Array2::<f64>::zeros((e, e));
     let mut zs = Vec::new();
@@ -400,7 +400,7 @@ pub(super) fn step1_streamed(
         sts += &c;
     }
     let w = solve_sylvester_psd(&sts, &(xtx * lambda), &(stx * (1.0 + lambda)))?;
-    let mut z = Array2::<f64>::zeros((n, q));
+    let mut z = crate::numerics::pages::zeros((n, q));
     fold_parts_mut(&mut z, || (), |s0, e0, mut zb, _| general_mat_mul(1.0, &(psi(s0, e0) - &mean), &w.t(), 0.0, &mut zb));
     Ok((map, mean, w, z))
 }

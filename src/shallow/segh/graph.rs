@@ -81,13 +81,16 @@ impl LabelRows {
 
     /// out += w · Ỹ T (T: C × r).
     pub(super) fn mul_add(&self, w: f64, t: &Array2<f64>, out: &mut Array2<f64>) {
-        out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(i, mut o)| {
-            let mut acc = Array1::<f64>::zeros(t.ncols());
-            for (c, y) in self.row(i) {
-                acc.scaled_add(y, &t.row(c));
-            }
-            o.scaled_add(w, &acc);
-        });
+        out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each_init(
+            || Array1::<f64>::zeros(t.ncols()),
+            |acc, (i, mut o)| {
+                acc.fill(0.0);
+                for (c, y) in self.row(i) {
+                    acc.scaled_add(y, &t.row(c));
+                }
+                o.scaled_add(w, acc);
+            },
+        );
     }
 
     /// Σ_c Ỹᵢ꜀ Z̃ᵢ꜀ for each row i (both sparse rows with ascending classes).
@@ -167,13 +170,19 @@ impl Graph {
 
     /// A V.
     pub(super) fn affinity_mul(&self, v: ArrayView2<f64>) -> Array2<f64> {
-        let mut out = self.knn.mul_dense(v);
+        let mut out = Array2::<f64>::zeros((self.len(), v.ncols()));
+        self.affinity_mul_into(v, &mut out);
+        out
+    }
+
+    /// Overwrites `out` with A V.
+    pub(super) fn affinity_mul_into(&self, v: ArrayView2<f64>, out: &mut Array2<f64>) {
+        self.knn.mul_dense_into(v, out);
         let w = 1.0 / self.pairs.len() as f64;
         for &(a, b) in &self.pairs {
             let t = self.y[b].t_dot(v);
-            self.y[a].mul_add(w, &t, &mut out);
+            self.y[a].mul_add(w, &t, out);
         }
-        out
     }
 
     /// tr(Vᵀ L V) = Σᵢ dᵢ‖vᵢ‖² − Σᵢⱼ Aᵢⱼ vᵢ·vⱼ, without forming L V: the kNN part row by row, the
@@ -230,10 +239,14 @@ pub(super) struct System<'a> {
 }
 
 impl System<'_> {
-    pub(super) fn mul(&self, v: ArrayView2<f64>) -> Array2<f64> {
-        let mut out = self.graph.laplacian_mul(v) * self.gamma;
-        out.scaled_add(self.c, &v);
-        out
+    /// Overwrites `out` with M V = c V + γ (D V − A V), in one pass over the rows after A V.
+    pub(super) fn mul_into(&self, v: ArrayView2<f64>, out: &mut Array2<f64>) {
+        self.graph.affinity_mul_into(v, out);
+        let (c, gamma) = (self.c, self.gamma);
+        ndarray::Zip::from(out.rows_mut()).and(v.rows()).and(&self.graph.degree).par_for_each(|mut o, vi, &d| {
+            let s = c + gamma * d;
+            o.zip_mut_with(&vi, |o, &x| *o = s * x - gamma * *o);
+        });
     }
     pub(super) fn diag(&self) -> Array1<f64> {
         self.graph.laplacian_diag() * self.gamma + self.c
@@ -251,7 +264,7 @@ impl System<'_> {
 /// Solves M X = B; returns X and the iteration count (0 for the dense solve).
 pub(super) fn solve_system(sys: &System, b: &Array2<f64>, solver: Solver, tol: f64, max_iter: usize) -> Result<(Array2<f64>, usize)> {
     match solver {
-        Solver::Cg => pcg(|v| sys.mul(v), &sys.diag(), b, tol, max_iter)
+        Solver::Cg => pcg(|v, out| sys.mul_into(v, out), &sys.diag(), b, tol, max_iter)
             .map_err(|e| anyhow!("segh: {e:#} in the H-system of eq. 10 (cg_max_iter and cg_tol set the iteration budget and tolerance)")),
         Solver::Dense => {
             let l = sys.dense().cholesky(UPLO::Lower).context("segh: the H-system matrix is not positive definite")?;

@@ -105,7 +105,7 @@ pub(super) fn solve_columns(
     if group >= cols {
         return solve_system(sys, &rhs(0, cols), solver, tol, max_iter);
     }
-    let mut x = Array2::<f64>::zeros((sys.graph.len(), cols));
+    let mut x = crate::numerics::pages::zeros((sys.graph.len(), cols));
     let mut iters = 0;
     for j0 in (0..cols).step_by(group) {
         let j1 = (j0 + group).min(cols);

@@ -197,6 +197,11 @@ fn laplacian_matches_dense_definition() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let v = randn(&mut rng, n, 3);
     assert!(rel(&g.laplacian_mul(v.view()), &l.dot(&v)) < 1e-12);
+    // M V = (cI + γL) V (eq. 10), written over whatever the output held.
+    let sys = System { graph: &g, c: 0.7, gamma: 0.3 };
+    let mut out = Array2::<f64>::from_elem((n, 3), f64::NAN);
+    sys.mul_into(v.view(), &mut out);
+    assert!(rel(&out, &(&l.dot(&v) * 0.3 + &v * 0.7)) < 1e-12);
     assert!(rel(&Array2::from_shape_vec((n, 1), g.laplacian_diag().to_vec()).unwrap(), &l.diag().to_owned().insert_axis(Axis(1))) < 1e-12);
     // L 1 = 0, L symmetric positive semi-definite (eq. 6).
     let l1 = g.laplacian_mul(Array2::<f64>::ones((n, 1)).view());
