@@ -1,4 +1,5 @@
-//! Large, long-lived arrays on transparent huge pages.
+//! Memory-system helpers: large, long-lived arrays on transparent huge pages, and cache prefetch
+//! hints.
 //!
 //! A product with a kNN graph reads rows of its n × r operand at scattered positions. On 4 KiB
 //! pages nearly every such read of an operand of tens of megabytes misses the TLB and walks the
@@ -42,6 +43,18 @@ pub(crate) fn zeros(shape: (usize, usize)) -> Array2<f64> {
     let mut buf = vec![0.0f64; shape.0 * shape.1];
     advise_huge(&mut buf);
     Array2::from_shape_vec(shape, buf).expect("buffer of the shape's length")
+}
+
+/// Hints the CPU to load the cache line at `p` (no effect where unsupported; `p` may be anywhere).
+#[inline(always)]
+pub(crate) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint and never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 #[cfg(test)]

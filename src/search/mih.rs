@@ -39,6 +39,7 @@
 
 use super::{radius_with, topk_with, Kernel, SearchOptions, SearchResult};
 use crate::codes::{stride_of, CodesRef};
+use crate::numerics::pages::prefetch;
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 use ndarray::Array2;
@@ -768,18 +769,6 @@ const PROBE_BATCH: usize = 32;
 /// Cache lines of each bucket requested ahead of its verification (the hardware prefetcher
 /// follows the rest).
 const PREFETCH_LINES: usize = 4;
-
-/// Hints the CPU to load the cache line at `p` (no effect where unsupported; `p` may be anywhere).
-#[inline(always)]
-fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetching is a hint and never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
 
 /// Instruction set of the candidate verification.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
