@@ -3,13 +3,11 @@
 // `!(a > b)` is also true for NaN, which these checks must catch.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+use super::blocked::{fold_parts, BLOCK_ROWS};
 use super::pages;
 use anyhow::{bail, Result};
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 use rayon::prelude::*;
-
-/// Rows per block of the parallel passes.
-const BLOCK_ROWS: usize = 4096;
 
 /// Jacobi-preconditioned conjugate gradient for a symmetric positive definite operator, run on
 /// all columns of B at once (independent scalars per column, one shared mat-vec per iteration).
@@ -113,23 +111,21 @@ pub fn pcg(
     bail!("conjugate gradient did not reach relative residual {tol} in {max_iter} iterations (worst {worst:.2e})")
 }
 
-/// Column-wise dot products Σᵢ a_ij b_ij of two n × k matrices, in one pass over the rows (in
-/// parallel over fixed blocks of rows, added in block order: the same result on any thread count).
+/// Column-wise dot products Σᵢ a_ij b_ij of two n × k matrices, in one pass over the rows (the
+/// fixed row parts of [`fold_parts`], added in order: the same result on any thread count).
 pub fn col_dots(a: &Array2<f64>, b: &Array2<f64>) -> Vec<f64> {
     let k = a.ncols();
-    let partials: Vec<Vec<f64>> = (0..a.nrows().div_ceil(BLOCK_ROWS))
-        .into_par_iter()
-        .map(|bi| {
-            let rows = bi * BLOCK_ROWS..((bi + 1) * BLOCK_ROWS).min(a.nrows());
-            let mut out = vec![0.0; k];
-            for (ra, rb) in a.slice(s![rows.clone(), ..]).rows().into_iter().zip(b.slice(s![rows, ..]).rows()) {
+    let partials = fold_parts(
+        a.nrows(),
+        || vec![0.0; k],
+        |s0, e0, out| {
+            for (ra, rb) in a.slice(s![s0..e0, ..]).rows().into_iter().zip(b.slice(s![s0..e0, ..]).rows()) {
                 for (o, (x, y)) in out.iter_mut().zip(ra.iter().zip(rb.iter())) {
                     *o += x * y;
                 }
             }
-            out
-        })
-        .collect();
+        },
+    );
     let mut out = vec![0.0; k];
     for part in partials {
         out.iter_mut().zip(part).for_each(|(o, v)| *o += v);
