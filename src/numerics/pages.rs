@@ -57,6 +57,18 @@ pub(crate) fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
+/// [`prefetch`] into the second-level cache only.
+#[inline(always)]
+pub(crate) fn prefetch_l2<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as in `prefetch`.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T1)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

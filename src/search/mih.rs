@@ -18,6 +18,12 @@
 //! (the earliest (radius, table) pair in probing order at which one of its substrings matches),
 //! which needs only its substring distances, no visited set.
 //!
+//! A batch of queries is searched together, step by step in that probing order: at each step the
+//! lookups of every query still searching are sorted by bucket, so a table is read in address
+//! order (the hardware prefetcher streams it) and a bucket that several queries look up is read
+//! from memory once. A query leaves the batch after the first step that completes its result.
+//! Each query gets the result, and goes over budget or not, as when searched alone.
+//!
 //! When the codes are spread out (uniformly random codes, long codes over small collections) the
 //! probes and candidates would cost more than reading every code. Each query therefore has a work
 //! budget, half of what a scan of the database costs; a query that exceeds it is answered by
@@ -39,7 +45,7 @@
 
 use super::{radius_with, topk_with, Kernel, SearchOptions, SearchResult};
 use crate::codes::{stride_of, CodesRef};
-use crate::numerics::pages::prefetch;
+use crate::numerics::pages::{prefetch, prefetch_l2};
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 use ndarray::Array2;
@@ -61,9 +67,9 @@ pub(crate) const MAX_SUBSTRING_BITS: usize = 28;
 /// The paper's rule makes buckets hold about one code, so that a table lookup and a candidate
 /// cost about the same. Over large databases a lookup is a random read of a table far larger than
 /// the cache and costs as much as verifying about a hundred codes of a bucket, which are
-/// contiguous and verified eight per instruction; substrings of `log2(n / 128)` bits, buckets of
+/// contiguous and verified sixteen per loop round; substrings of `log2(n / 128)` bits, buckets of
 /// about 128 codes, balance the two. On ITQ codes of 10⁷ clustered items at 64 bits this gives
-/// m = 4 (16-bit substrings), 1.5× faster than the paper's m = 3 and than m = 5.
+/// m = 4 (16-bit substrings): 4× faster than the paper's m = 3 and 1.35× faster than m = 5.
 pub(crate) fn auto_substrings(n: usize, bits: usize) -> usize {
     let log_n = (n.max(2) as f64).log2();
     let s = (log_n - 7.0).max(log_n.min(16.0));
@@ -429,14 +435,15 @@ pub struct MihStats {
     pub candidates: u64,
 }
 
-/// Relative costs, in units of one candidate verification of a one-word code (a code read from a bucket, XOR +
-/// popcount + compare, eight at a time with AVX-512; buckets are contiguous, so mostly a streamed
-/// read): a table lookup (a random read of the offsets array, then of the bucket) and one 64-bit
+/// Relative costs, in units of one candidate verification of a one-word code (a code read from a
+/// bucket, XOR + popcount + compare, sixteen at a time with AVX-512; buckets are read in address
+/// order, so mostly a streamed read): a table lookup (a read of the offsets array, then of the
+/// first lines of the bucket, out of order over a table far larger than the cache) and one 64-bit
 /// word of the linear scan, which streams the database once per block of queries. Fitted with
-/// `scripts/bench_mih.py` (CPU time of m = 3, 4, 5 on 10^7 64-bit ITQ codes: about 1.1 ns a
-/// verification, 40-120 ns a lookup) against the scan's 0.09 ns per code and query.
-const PROBE_COST: f64 = 40.0;
-const SCAN_COST_PER_WORD: f64 = 0.08;
+/// `scripts/bench_mih.py` (time of m = 3, 4, 5 on 10^7 64-bit ITQ codes: about 0.44 ns a
+/// verification and 50-70 ns a lookup) against the scan's 0.09 ns per code and query.
+const PROBE_COST: f64 = 120.0;
+const SCAN_COST_PER_WORD: f64 = 0.2;
 /// Queries answered before deciding whether the index pays off for this batch at all.
 const TRIAL_QUERIES: usize = 32;
 
@@ -663,20 +670,28 @@ impl MihIndex {
         }
         let budget = self.budget(opts);
         let simd = Simd::pick(opts.scan.kernel);
-        let one = |i: usize| -> Outcome {
-            let mut qw = Vec::with_capacity(self.lay.w);
-            Words::new(self.lay.bits).push(queries.row(i), &mut qw);
-            self.search_one(&qw, goal, budget, simd)
+        // Queries `range` answered together, as one batch.
+        let batch = |range: std::ops::Range<usize>| -> Vec<Outcome> {
+            let words = Words::new(self.lay.bits);
+            let mut qws = Vec::with_capacity(range.len() * self.lay.w);
+            for i in range {
+                words.push(queries.row(i), &mut qws);
+            }
+            self.search(&qws, goal, budget, simd)
         };
         // A trial batch decides whether the index pays off at all for these queries.
         let trial = nq.min(TRIAL_QUERIES);
-        let mut outcomes: Vec<Outcome> = (0..trial).into_par_iter().map(one).collect();
+        let mut outcomes = batch(0..trial);
         let costs: Vec<(u64, u64, bool)> = outcomes.iter().map(|o| (o.probes, o.candidates, o.result.is_none())).collect();
         if trial < nq {
             if opts.budget.is_finite() && !self.index_pays_off(&costs) {
                 outcomes.extend((trial..nq).map(|_| Outcome { result: None, probes: 0, candidates: 0 }));
             } else {
-                outcomes.par_extend((trial..nq).into_par_iter().map(one));
+                // One batch per thread: the larger the batch, the more lookups share a bucket.
+                let per = (nq - trial).div_ceil(rayon::current_num_threads());
+                let parts: Vec<Vec<Outcome>> =
+                    (trial..nq).step_by(per).collect::<Vec<_>>().into_par_iter().map(|s| batch(s..(s + per).min(nq))).collect();
+                outcomes.extend(parts.into_iter().flatten());
             }
         }
         let mut lists: Vec<Vec<(u32, u32)>> = Vec::with_capacity(nq);
@@ -717,16 +732,16 @@ impl MihIndex {
         Ok((lists, stats))
     }
 
-    fn search_one(&self, qw: &[u64], goal: Goal, budget: f64, simd: Simd) -> Outcome {
+    fn search(&self, qws: &[u64], goal: Goal, budget: f64, simd: Simd) -> Vec<Outcome> {
         #[cfg(target_arch = "x86_64")]
         match simd {
             // SAFETY: the CPU has AVX-512 with VPOPCNTDQ (checked by `Simd::pick`).
             Simd::Avx512 => {
                 return unsafe {
                     match self.lay.w {
-                        1 => search_avx512::<1>(self, qw, goal, budget),
-                        2 => search_avx512::<2>(self, qw, goal, budget),
-                        _ => search_avx512::<0>(self, qw, goal, budget),
+                        1 => search_avx512::<1>(self, qws, goal, budget),
+                        2 => search_avx512::<2>(self, qws, goal, budget),
+                        _ => search_avx512::<0>(self, qws, goal, budget),
                     }
                 }
             }
@@ -734,9 +749,9 @@ impl MihIndex {
             Simd::Popcnt => {
                 return unsafe {
                     match self.lay.w {
-                        1 => search_popcnt::<1>(self, qw, goal, budget),
-                        2 => search_popcnt::<2>(self, qw, goal, budget),
-                        _ => search_popcnt::<0>(self, qw, goal, budget),
+                        1 => search_popcnt::<1>(self, qws, goal, budget),
+                        2 => search_popcnt::<2>(self, qws, goal, budget),
+                        _ => search_popcnt::<0>(self, qws, goal, budget),
                     }
                 }
             }
@@ -744,9 +759,9 @@ impl MihIndex {
         }
         let _ = simd;
         match self.lay.w {
-            1 => search_body::<1, false>(self, qw, goal, budget),
-            2 => search_body::<2, false>(self, qw, goal, budget),
-            _ => search_body::<0, false>(self, qw, goal, budget),
+            1 => search_batch::<1, false>(self, qws, goal, budget),
+            2 => search_batch::<2, false>(self, qws, goal, budget),
+            _ => search_batch::<0, false>(self, qws, goal, budget),
         }
     }
 }
@@ -764,11 +779,14 @@ struct Outcome {
     candidates: u64,
 }
 
-/// Table lookups issued together (see `search_body`).
-const PROBE_BATCH: usize = 32;
-/// Cache lines of each bucket requested ahead of its verification (the hardware prefetcher
-/// follows the rest).
-const PREFETCH_LINES: usize = 4;
+/// Lookups sorted and verified together (bounds the memory of a step over a large batch).
+const STEP_ENTRIES: usize = 1 << 18;
+/// How many lookups ahead of its verification a bucket's offsets, and its first cache lines,
+/// up to `PREFETCH_LINES`, are requested.
+const AHEAD_OFFSETS: usize = 16;
+const AHEAD_BUCKETS: usize = 4;
+const _: () = assert!(AHEAD_BUCKETS > 0 && AHEAD_OFFSETS > AHEAD_BUCKETS);
+const PREFETCH_LINES: usize = 64;
 
 /// Instruction set of the candidate verification.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -810,16 +828,16 @@ impl Simd {
 /// The CPU must support POPCNT.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "popcnt")]
-unsafe fn search_popcnt<const W: usize>(idx: &MihIndex, qw: &[u64], goal: Goal, budget: f64) -> Outcome {
-    search_body::<W, false>(idx, qw, goal, budget)
+unsafe fn search_popcnt<const W: usize>(idx: &MihIndex, qws: &[u64], goal: Goal, budget: f64) -> Vec<Outcome> {
+    search_batch::<W, false>(idx, qws, goal, budget)
 }
 
 /// # Safety
 /// The CPU must support AVX-512 F and VPOPCNTDQ and POPCNT.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vpopcntdq,popcnt")]
-unsafe fn search_avx512<const W: usize>(idx: &MihIndex, qw: &[u64], goal: Goal, budget: f64) -> Outcome {
-    search_body::<W, true>(idx, qw, goal, budget)
+unsafe fn search_avx512<const W: usize>(idx: &MihIndex, qws: &[u64], goal: Goal, budget: f64) -> Vec<Outcome> {
+    search_batch::<W, true>(idx, qws, goal, budget)
 }
 
 /// Hamming distance of two codes in word form; `W` words when known at compile time (0: any).
@@ -875,7 +893,7 @@ unsafe fn report_hits<F: FnMut(usize, u32) -> u32>(
     thr
 }
 
-/// [`verify_scalar`] for one-word codes, eight at a time.
+/// [`verify_scalar`] for one-word codes, eight per instruction.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F and VPOPCNTDQ.
@@ -889,6 +907,24 @@ unsafe fn verify_w1_avx512<F: FnMut(usize, u32) -> u32>(xs: &[u64], q: u64, base
     let p = xs.as_ptr() as *const i64;
     let n = xs.len();
     let mut i = 0;
+    // Sixteen codes a round, one branch for both vectors (hits are rare); `report_hits`
+    // re-checks each lane against the threshold the first vector's hits may have lowered.
+    while i + 16 <= n {
+        // SAFETY: codes i..i + 16 lie inside `xs`.
+        let (a, b) = unsafe { (_mm512_loadu_si512(p.add(i) as *const _), _mm512_loadu_si512(p.add(i + 8) as *const _)) };
+        let (da, db) = (_mm512_popcnt_epi64(_mm512_xor_si512(a, qv)), _mm512_popcnt_epi64(_mm512_xor_si512(b, qv)));
+        let (ma, mb) = (_mm512_cmple_epu64_mask(da, tv), _mm512_cmple_epu64_mask(db, tv));
+        if ma | mb != 0 {
+            if ma != 0 {
+                thr = report_hits(da, ma, base + i, thr, hit);
+            }
+            if mb != 0 {
+                thr = report_hits(db, mb, base + i + 8, thr, hit);
+            }
+            tv = _mm512_set1_epi64(thr as i64);
+        }
+        i += 16;
+    }
     while i < n {
         let lanes: __mmask8 = if n - i >= 8 { 0xff } else { (1u8 << (n - i)) - 1 };
         // SAFETY: lanes past the end of `xs` are masked off (masked lanes are not read).
@@ -958,138 +994,236 @@ fn first_reached(masks: &[Vec<u64>], x: &[u64], q: &[u64], j: usize, r: u32) -> 
     true
 }
 
+/// Masks of `len` bits with exactly `r` bits set, in increasing order (Gosper's hack).
+struct Masks {
+    next: u64,
+    top: u64,
+}
+
+impl Masks {
+    fn new(len: usize, r: u32) -> Self {
+        let top = 1u64 << len;
+        Self { next: if r as usize <= len { (1u64 << r) - 1 } else { top }, top }
+    }
+}
+
+impl Iterator for Masks {
+    type Item = u64;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<u64> {
+        let mask = self.next;
+        if mask >= self.top {
+            return None;
+        }
+        self.next = if mask == 0 {
+            self.top
+        } else {
+            let c = mask & mask.wrapping_neg();
+            let rr = mask + c;
+            (((rr ^ mask) >> 2) / c) | rr
+        };
+        Some(mask)
+    }
+}
+
+/// The search state of one query of a batch.
+struct Query {
+    /// Top-k: a max-heap of keys (distance << 32 | index).
+    heap: BinaryHeap<u64>,
+    /// Radius: every key within the radius.
+    found: Vec<u64>,
+    /// Codes farther than this cannot enter the result.
+    thr: u32,
+    probes: u64,
+    candidates: u64,
+    over: bool,
+}
+
+/// Answers a batch of queries (`qws`: their codes in word form, one after another) together.
+///
+/// The search of every query goes through the same steps, (radius `r`, table `j`) in probing
+/// order. At each step the lookups of all queries still searching are sorted by bucket, so that
+/// each table is read in address order and a bucket probed by several queries is read once for
+/// all of them; a query leaves the batch at the first step after which its result is complete,
+/// or when it goes over `budget` (its outcome is then `None`, to be answered by the scan).
 #[inline(always)]
-fn search_body<const W: usize, const AVX512: bool>(idx: &MihIndex, qw: &[u64], goal: Goal, budget: f64) -> Outcome {
+fn search_batch<const W: usize, const AVX512: bool>(idx: &MihIndex, qws: &[u64], goal: Goal, budget: f64) -> Vec<Outcome> {
     let lay = &idx.lay;
     let (m, w, bits) = (lay.subs.len(), lay.w, lay.bits);
-    let (mut probes, mut candidates) = (0u64, 0u64);
-    let over = |probes: u64, candidates: u64| idx.work(probes, candidates) > budget;
-    // Top-k: a max-heap of keys (distance << 32 | index); radius: every key within the radius.
-    let mut heap: BinaryHeap<u64> = BinaryHeap::new();
-    let mut found: Vec<u64> = Vec::new();
-    let key = |d: u32, id: u32| ((d as u64) << 32) | id as u64;
-    // Codes farther than `thr` cannot enter the result.
-    let mut thr = match goal {
+    let nq = qws.len() / w;
+    let thr0 = match goal {
         Goal::TopK(_) => u32::MAX,
         Goal::Radius(rad) => rad as u32,
     };
+    let mut qs: Vec<Query> =
+        (0..nq).map(|_| Query { heap: BinaryHeap::new(), found: Vec::new(), thr: thr0, probes: 0, candidates: 0, over: false }).collect();
+    let mut outcomes: Vec<Option<Outcome>> = (0..nq).map(|_| None).collect();
+    let mut active: Vec<u32> = (0..nq as u32).collect();
+    let mut entries: Vec<u64> = Vec::with_capacity(STEP_ENTRIES);
+    let (mut scratch, mut counts) = (Vec::new(), Vec::new());
     let max_len = lay.subs.iter().map(|s| s.1).max().unwrap_or(0);
     for r in 0..=max_len as u32 {
         for (j, &(start, len)) in lay.subs.iter().enumerate() {
-            let (offsets, ids, words) = (idx.offsets(j), idx.ids(j), idx.words(j));
-            let qsub = substring(qw, start, len) as u64;
-            // A code within `thr` of the query: kept if this is where it is first reached.
-            let mut hit = |t: usize, d: u32| -> u32 {
-                let x = &words[t * w..(t + 1) * w];
-                match goal {
-                    Goal::TopK(k) => {
-                        let kk = key(d, ids[t]);
-                        let full = heap.len() == k;
-                        if (!full || kk < *heap.peek().unwrap()) && first_reached(&idx.masks, x, qw, j, r) {
-                            if full {
-                                heap.pop();
-                            }
-                            heap.push(kk);
-                        }
-                        if heap.len() == k {
-                            (*heap.peek().unwrap() >> 32) as u32
-                        } else {
-                            u32::MAX
-                        }
-                    }
-                    Goal::Radius(rad) => {
-                        if first_reached(&idx.masks, x, qw, j, r) {
-                            found.push(key(d, ids[t]));
-                        }
-                        rad as u32
-                    }
-                }
-            };
             if r as usize <= len {
-                // Every `len`-bit mask with r bits set (Gosper's hack), in batches, software-
-                // pipelined: the offsets of the next batch are requested before the current
-                // batch's codes are verified, and each bucket's first codes before that, so
-                // the cache misses of many lookups overlap.
-                let top = 1u64 << len;
-                let mut mask: u64 = (1u64 << r) - 1;
-                let mut next = [0usize; PROBE_BATCH];
-                let fill = |next: &mut [usize; PROBE_BATCH], mask: &mut u64| -> usize {
-                    let mut cnt = 0;
-                    while cnt < PROBE_BATCH && *mask < top {
-                        next[cnt] = (qsub ^ *mask) as usize;
-                        prefetch(offsets.as_ptr().wrapping_add(next[cnt]));
-                        cnt += 1;
-                        if *mask == 0 {
-                            *mask = top;
-                            break;
-                        }
-                        let c = *mask & mask.wrapping_neg();
-                        let rr = *mask + c;
-                        *mask = (((rr ^ *mask) >> 2) / c) | rr;
-                    }
-                    cnt
-                };
-                // Bucket ranges of a batch of looked-up values, their first cache lines requested.
-                let load = |keys: &[usize], ranges: &mut [(usize, usize); PROBE_BATCH]| {
-                    for (range, &v) in ranges.iter_mut().zip(keys) {
-                        *range = (offsets[v] as usize, offsets[v + 1] as usize);
-                        let (lo, hi) = (range.0 * w, range.1 * w);
-                        for at in (lo..hi.min(lo + 8 * PREFETCH_LINES)).step_by(8) {
-                            prefetch(words.as_ptr().wrapping_add(at));
+                // Lookups (bucket << 32 | query), verified in sorted runs of at most STEP_ENTRIES.
+                for &qi in &active {
+                    let qsub = substring(&qws[qi as usize * w..][..w], start, len) as u64;
+                    for mask in Masks::new(len, r) {
+                        entries.push(((qsub ^ mask) << 32) | qi as u64);
+                        if entries.len() == STEP_ENTRIES {
+                            verify_step::<W, AVX512>(idx, qws, &mut qs, &mut entries, &mut scratch, &mut counts, j, r, goal, budget);
                         }
                     }
-                };
-                // Three batches in flight: the offsets of batch i + 2 and the buckets of batch
-                // i + 1 are requested before batch i is verified.
-                let mut cnt_cur = fill(&mut next, &mut mask);
-                let mut cur = [(0usize, 0usize); PROBE_BATCH];
-                load(&next[..cnt_cur], &mut cur);
-                let mut cnt_keys = fill(&mut next, &mut mask);
-                while cnt_cur > 0 {
-                    let mut nxt = [(0usize, 0usize); PROBE_BATCH];
-                    let cnt_nxt = cnt_keys;
-                    if cnt_nxt > 0 {
-                        load(&next[..cnt_nxt], &mut nxt);
-                        cnt_keys = fill(&mut next, &mut mask);
-                    }
-                    probes += cnt_cur as u64;
-                    for &(lo, hi) in &cur[..cnt_cur] {
-                        candidates += (hi - lo) as u64;
-                        let xs = &words[lo * w..hi * w];
-                        #[cfg(target_arch = "x86_64")]
-                        if AVX512 && W == 1 {
-                            // SAFETY: `AVX512` is set only inside `search_avx512`.
-                            thr = unsafe { verify_w1_avx512(xs, qw[0], lo, thr, &mut hit) };
-                            continue;
-                        }
-                        #[cfg(target_arch = "x86_64")]
-                        if AVX512 && W == 2 {
-                            // SAFETY: as above.
-                            thr = unsafe { verify_w2_avx512(xs, qw, lo, thr, &mut hit) };
-                            continue;
-                        }
-                        thr = verify_scalar::<W, _>(xs, qw, lo, thr, &mut hit);
-                    }
-                    if over(probes, candidates) {
-                        return Outcome { result: None, probes, candidates };
-                    }
-                    cur = nxt;
-                    cnt_cur = cnt_nxt;
                 }
+                verify_step::<W, AVX512>(idx, qws, &mut qs, &mut entries, &mut scratch, &mut counts, j, r, goal, budget);
             }
             // Every code within m·r + j of the query has now been reached.
             let reached = m * r as usize + j;
-            let done = match goal {
-                Goal::TopK(k) => heap.len() == k && (*heap.peek().unwrap() >> 32) as usize <= reached,
-                Goal::Radius(rad) => reached >= rad,
-            };
-            if done || reached >= bits {
-                let mut keys = if let Goal::TopK(_) = goal { heap.into_sorted_vec() } else { found };
+            active.retain(|&qi| {
+                let q = &mut qs[qi as usize];
+                let (probes, candidates) = (q.probes, q.candidates);
+                if q.over {
+                    outcomes[qi as usize] = Some(Outcome { result: None, probes, candidates });
+                    return false;
+                }
+                let done = match goal {
+                    Goal::TopK(k) => q.heap.len() == k && (*q.heap.peek().unwrap() >> 32) as usize <= reached,
+                    Goal::Radius(rad) => reached >= rad,
+                };
+                if !(done || reached >= bits) {
+                    return true;
+                }
+                let mut keys = if let Goal::TopK(_) = goal { std::mem::take(&mut q.heap).into_vec() } else { std::mem::take(&mut q.found) };
                 keys.sort_unstable();
                 let list = keys.into_iter().map(|k| ((k & 0xffff_ffff) as u32, (k >> 32) as u32)).collect();
-                return Outcome { result: Some(list), probes, candidates };
+                outcomes[qi as usize] = Some(Outcome { result: Some(list), probes, candidates });
+                false
+            });
+            if active.is_empty() {
+                return outcomes.into_iter().map(|o| o.expect("every query has ended")).collect();
             }
         }
     }
     unreachable!("the last radius reaches every code")
+}
+
+/// Sorts lookups (bucket << 32 | query) by bucket: a counting sort over the `2^len` buckets where
+/// there are not many more buckets than lookups, a comparison sort otherwise.
+pub(crate) fn sort_by_bucket(entries: &mut Vec<u64>, scratch: &mut Vec<u64>, counts: &mut Vec<u32>, len: usize) {
+    let buckets = 1usize << len;
+    if buckets > 2 * entries.len() {
+        entries.sort_unstable();
+        return;
+    }
+    counts.clear();
+    counts.resize(buckets + 1, 0);
+    for &e in entries.iter() {
+        counts[(e >> 32) as usize + 1] += 1;
+    }
+    for v in 1..=buckets {
+        counts[v] += counts[v - 1];
+    }
+    scratch.clear();
+    scratch.resize(entries.len(), 0);
+    for &e in entries.iter() {
+        let c = &mut counts[(e >> 32) as usize];
+        scratch[*c as usize] = e;
+        *c += 1;
+    }
+    std::mem::swap(entries, scratch);
+}
+
+/// Sorts the lookups `entries` of step (radius `r`, table `j`) by bucket and verifies each
+/// bucket's codes against the queries that look it up, then empties `entries`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn verify_step<const W: usize, const AVX512: bool>(
+    idx: &MihIndex,
+    qws: &[u64],
+    qs: &mut [Query],
+    entries: &mut Vec<u64>,
+    scratch: &mut Vec<u64>,
+    counts: &mut Vec<u32>,
+    j: usize,
+    r: u32,
+    goal: Goal,
+    budget: f64,
+) {
+    let w = idx.lay.w;
+    let (offsets, ids, words) = (idx.offsets(j), idx.ids(j), idx.words(j));
+    sort_by_bucket(entries, scratch, counts, idx.lay.subs[j].1);
+    let ne = entries.len();
+    let bucket = |p: usize| (entries[p] >> 32) as usize;
+    for (p, &e) in entries.iter().enumerate() {
+        // Software pipeline: the offsets of a lookup far ahead are requested, then the first
+        // lines of the bucket of a nearer one (once per bucket, into the second-level cache),
+        // so that the misses of many lookups overlap.
+        if p + AHEAD_OFFSETS < ne {
+            prefetch(offsets.as_ptr().wrapping_add(bucket(p + AHEAD_OFFSETS)));
+        }
+        let ahead = p + AHEAD_BUCKETS;
+        if ahead < ne && bucket(ahead) != bucket(ahead - 1) {
+            let v = bucket(ahead);
+            let (lo, hi) = (offsets[v] as usize * w, offsets[v + 1] as usize * w);
+            for at in (lo..hi.min(lo + 8 * PREFETCH_LINES)).step_by(8) {
+                prefetch_l2(words.as_ptr().wrapping_add(at));
+            }
+        }
+        let (v, qi) = ((e >> 32) as usize, (e & 0xffff_ffff) as usize);
+        let q = &mut qs[qi];
+        if q.over {
+            continue;
+        }
+        let (lo, hi) = (offsets[v] as usize, offsets[v + 1] as usize);
+        q.probes += 1;
+        q.candidates += (hi - lo) as u64;
+        let qw = &qws[qi * w..][..w];
+        let xs = &words[lo * w..hi * w];
+        let Query { heap, found, thr, .. } = q;
+        // A code within `thr` of the query: kept if this is where it is first reached.
+        let mut hit = |t: usize, d: u32| -> u32 {
+            let x = &words[t * w..(t + 1) * w];
+            let kk = ((d as u64) << 32) | ids[t] as u64;
+            match goal {
+                Goal::TopK(k) => {
+                    let full = heap.len() == k;
+                    if (!full || kk < *heap.peek().unwrap()) && first_reached(&idx.masks, x, qw, j, r) {
+                        if full {
+                            heap.pop();
+                        }
+                        heap.push(kk);
+                    }
+                    if heap.len() == k {
+                        (*heap.peek().unwrap() >> 32) as u32
+                    } else {
+                        u32::MAX
+                    }
+                }
+                Goal::Radius(rad) => {
+                    if first_reached(&idx.masks, x, qw, j, r) {
+                        found.push(kk);
+                    }
+                    rad as u32
+                }
+            }
+        };
+        *thr = 'verified: {
+            #[cfg(target_arch = "x86_64")]
+            if AVX512 && W == 1 {
+                // SAFETY: `AVX512` is set only inside `search_avx512`.
+                break 'verified unsafe { verify_w1_avx512(xs, qw[0], lo, *thr, &mut hit) };
+            }
+            #[cfg(target_arch = "x86_64")]
+            if AVX512 && W == 2 {
+                // SAFETY: as above.
+                break 'verified unsafe { verify_w2_avx512(xs, qw, lo, *thr, &mut hit) };
+            }
+            verify_scalar::<W, _>(xs, qw, lo, *thr, &mut hit)
+        };
+        if idx.work(q.probes, q.candidates) > budget {
+            q.over = true;
+        }
+    }
+    entries.clear();
 }

@@ -131,6 +131,49 @@ fn mih_substring_plan() {
     assert!(e.contains("between 1 and the code length (64)"), "{e}");
 }
 
+/// A batch is searched step by step with every query's lookups sorted by bucket together, in
+/// runs of at most `STEP_ENTRIES` lookups (uniformly random queries probe radius 4 and beyond:
+/// more than a million lookups a step), with duplicated queries sharing every bucket: the result
+/// is the scan's and, for each query, what it gets searched alone.
+#[test]
+fn mih_large_batches_equal_the_scan_and_single_queries() {
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let (n, bits) = (20_000, 64);
+    let dbd = gen_codes(&mut rng, n, bits, 500, 6, false);
+    let mut qd = gen_codes(&mut rng, 300, bits, 300, 0, false);
+    qd.extend(gen_codes(&mut rng, 200, bits, 500, 8, false));
+    let copy = qd[..100 * 8].to_vec();
+    qd.extend(copy);
+    let nq = qd.len() / 8;
+    let (db, qs) = (CodesRef::new(n, bits, &dbd).unwrap(), CodesRef::new(nq, bits, &qd).unwrap());
+    let idx = MihIndex::build(db, Some(4)).unwrap();
+    let o = opts(f64::INFINITY);
+    let (got, stats) = idx.topk_with(qs, 5, &o).unwrap();
+    assert_eq!(got, topk(qs, db, 5).unwrap());
+    assert!(stats.probes > 1 << 20, "{stats:?}");
+    for i in (0..nq).step_by(37) {
+        let q = CodesRef::new(1, bits, &qd[i * 8..(i + 1) * 8]).unwrap();
+        let one = idx.topk_with(q, 5, &o).unwrap().0;
+        assert_eq!((one.indices.row(0), one.distances.row(0)), (got.indices.row(i), got.distances.row(i)));
+    }
+    let (rr, _) = idx.radius_with(qs, 9, &o).unwrap();
+    assert_eq!(rr, radius(qs, db, 9).unwrap());
+}
+
+#[test]
+fn sort_by_bucket_groups_lookups_in_bucket_order() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for (len, count) in [(4usize, 100usize), (16, 10), (16, 200_000), (20, 50)] {
+        let mut e: Vec<u64> = (0..count).map(|q| ((rng.gen::<u64>() % (1 << len)) << 32) | q as u64).collect();
+        let mut want = e.clone();
+        want.sort_unstable();
+        crate::search::mih::sort_by_bucket(&mut e, &mut Vec::new(), &mut Vec::new(), len);
+        assert!(e.windows(2).all(|p| p[0] >> 32 <= p[1] >> 32), "len {len}");
+        e.sort_unstable();
+        assert_eq!(e, want);
+    }
+}
+
 /// Clustered codes (near a few hundred centres) are where the index reads a small part of the
 /// database; uniformly random long codes over a small database are where it hands over to the scan
 /// (on a database this small a scan is cheap, so the default budget may hand over either way).
