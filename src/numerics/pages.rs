@@ -48,22 +48,21 @@ pub(crate) fn zeros(shape: (usize, usize)) -> Array2<f64> {
 /// Hints the CPU to load the cache line at `p` (no effect where unsupported; `p` may be anywhere).
 #[inline(always)]
 pub(crate) fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetching is a hint and never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+    prefetch_hint::<3, T>(p) // x86 _MM_HINT_T0: every cache level
 }
 
 /// [`prefetch`] into the second-level cache only.
 #[inline(always)]
 pub(crate) fn prefetch_l2<T>(p: *const T) {
+    prefetch_hint::<2, T>(p) // x86 _MM_HINT_T1
+}
+
+#[inline(always)]
+fn prefetch_hint<const HINT: i32, T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: as in `prefetch`.
+    // SAFETY: prefetching is a hint and never faults, whatever the address.
     unsafe {
-        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T1)
+        std::arch::x86_64::_mm_prefetch::<HINT>(p as *const i8)
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
