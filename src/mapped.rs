@@ -113,6 +113,15 @@ impl MappedArray {
         out
     }
 
+    /// The float32 matrix, read in place (pages are faulted in as they are read; call
+    /// [`MappedArray::release`] after a pass).
+    pub fn features_view(&self) -> Result<ndarray::ArrayView2<'_, f32>> {
+        if self.kind != MappedKind::F32 || self.shape.len() != 2 {
+            bail!("{}: holds {:?} of shape {:?}, not a float32 feature matrix", self.path.display(), self.kind, self.shape);
+        }
+        Ok(ndarray::ArrayView2::from_shape((self.shape[0], self.shape[1]), self.f32_data())?)
+    }
+
     /// Rows `idx` of a float32 matrix.
     pub fn features(&self, idx: &[usize]) -> Result<Array2<f32>> {
         if self.kind != MappedKind::F32 || self.shape.len() != 2 {
@@ -192,6 +201,13 @@ impl MappedRows {
             None => idx.into(),
         };
         Self { array: self.array.clone(), rows: Some(rows) }
+    }
+    /// The file rows of this selection, in order.
+    pub fn all_file_rows(&self) -> Vec<usize> {
+        match &self.rows {
+            Some(r) => r.to_vec(),
+            None => (0..self.array.nrows()).collect(),
+        }
     }
     fn file_rows(&self, idx: &[usize]) -> Vec<usize> {
         match &self.rows {

@@ -67,6 +67,43 @@ impl InputMap {
         }
     }
 
+    /// [`InputMap::fit`] on memory-mapped rows without holding them: the same anchors (same random
+    /// draws), σ, centring mean and standardisation, accumulated over blocks of rows (equal to
+    /// `fit`'s up to the order of floating-point sums).
+    pub fn fit_mapped(x: &crate::mapped::MappedRows, anchors: usize, seed: u64) -> Result<Self> {
+        let n = x.len();
+        let rbf = if anchors == 0 {
+            None
+        } else {
+            let mut rng = crate::numerics::random::seeded_rng(seed, 0x5A5A);
+            let rows = x.all_file_rows();
+            let map = crate::numerics::rbf::RbfMap::fit_streamed(x.array().features_view()?, Some(&rows), anchors.min(n), 1.0, &mut rng)?;
+            x.array().release();
+            Some(map)
+        };
+        let block = |s: usize, e: usize| -> Result<Array2<f64>> {
+            let f = x.features(&(s..e).collect::<Vec<_>>())?;
+            if let Some((_, v)) = f.indexed_iter().find(|(_, v)| !v.is_finite()) {
+                bail!("feature value {v} is not finite");
+            }
+            Ok(match &rbf {
+                None => f.mapv(f64::from),
+                Some(m) => m.features_of(f.view()).mapv(|v| v as f32 as f64),
+            })
+        };
+        let d = rbf.as_ref().map_or(x.array().row_len(), |m| m.n_anchors());
+        let (mut sum, mut sq) = (ndarray::Array1::<f64>::zeros(d), ndarray::Array1::<f64>::zeros(d));
+        for s in (0..n).step_by(STREAM_ROWS) {
+            sum += &block(s, (s + STREAM_ROWS).min(n))?.sum_axis(Axis(0));
+        }
+        let mean = sum / n.max(1) as f64;
+        for s in (0..n).step_by(STREAM_ROWS) {
+            sq += &(block(s, (s + STREAM_ROWS).min(n))? - &mean).mapv(|v| v * v).sum_axis(Axis(0));
+        }
+        let std = (sq / n.max(1) as f64).mapv(|v| if v.sqrt() > 1e-12 { v.sqrt() as f32 } else { 1.0 });
+        Ok(Self { rbf, std: Standardizer { mean: mean.mapv(|v| v as f32), std }, clip: 0.0 })
+    }
+
     /// The network input of new rows.
     pub fn apply(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         let z = match &self.rbf {
@@ -131,7 +168,14 @@ pub fn network_input(method: &str, inputs: &[InputMap], modality: usize, view: &
     if modality > 1 {
         bail!("{method}: modality {modality} does not exist (0 = image, 1 = text)");
     }
-    let x = view.features(method, modality)?;
+    let read;
+    let x = match view {
+        View::Mapped(m) if !m.is_images() => {
+            read = m.features(&(0..m.len()).collect::<Vec<_>>())?;
+            &read
+        }
+        _ => view.features(method, modality)?,
+    };
     let s = &inputs[modality];
     if x.ncols() != s.raw_dim() {
         bail!("{method}: {} items have {} features, the model was trained on {}", MODALITY_NAMES[modality], x.ncols(), s.raw_dim());
@@ -304,8 +348,11 @@ pub struct Prepared {
     /// Training-set rows used (all of them, or the labelled ones for an ablation).
     pub rows: Vec<usize>,
     pub inputs: Vec<InputMap>,
-    /// Network inputs (standardised features or RBF-anchor features), n × d_v.
+    /// Network inputs (standardised features or RBF-anchor features), n × d_v; empty for a
+    /// modality read from its memory-mapped file batch by batch (`mapped`).
     pub x: Vec<Tensor>,
+    /// The training rows of a memory-mapped modality whose inputs are computed per batch.
+    pub mapped: Vec<Option<crate::mapped::MappedRows>>,
     /// Labels in the global class space, n × K (float 0/1).
     pub labels: Vec<Tensor>,
     /// 1 where the row's label is visible in that modality, n (float).
@@ -316,6 +363,9 @@ pub struct Prepared {
     pub attributes: Vec<Array2<f32>>,
     pub device: Device,
 }
+
+/// Rows per block when a memory-mapped modality is read in full.
+const STREAM_ROWS: usize = 4096;
 
 /// Variable-name prefixes of the two modalities' networks.
 pub const MODALITY_NAMES: [&str; 2] = ["image", "text"];
@@ -334,6 +384,21 @@ impl Prepared {
     }
     pub fn n(&self) -> usize {
         self.rows.len()
+    }
+    /// The network inputs of training rows `idx` of modality `v`.
+    pub fn batch_inputs(&self, v: usize, idx: &[usize]) -> Result<Tensor> {
+        match &self.mapped[v] {
+            None => Ok(self.x[v].index_select(0, &index_tensor(idx, self.device))),
+            Some(rows) => mapped_inputs(rows, &self.inputs[v], idx, self.device),
+        }
+    }
+    /// `f` of the network inputs of every training row of modality `v` (mapped modalities in
+    /// blocks of rows), rows in order.
+    pub fn map_all_inputs(&self, v: usize, f: impl Fn(&Tensor) -> Tensor) -> Result<Tensor> {
+        match &self.mapped[v] {
+            None => Ok(f(&self.x[v])),
+            Some(rows) => map_mapped_inputs(rows, &self.inputs[v], self.device, f),
+        }
     }
     pub fn dims(&self) -> Vec<usize> {
         self.inputs.iter().map(|s| s.dim()).collect()
@@ -394,7 +459,10 @@ pub fn labelled_rows(data: &TrainSet) -> Vec<usize> {
 }
 
 /// Tensors of the training rows `rows` on `device` (call after [`check_zero_shot_data`]).
-/// `rbf_anchors` > 0 maps the features to centred RBF-anchor features first ([`InputMap`]);
+/// `rbf_anchors` > 0 maps the features to centred RBF-anchor features first ([`InputMap`]).
+/// Memory-mapped features stay in their file: the map is fitted over blocks of rows
+/// ([`InputMap::fit_mapped`]) and the inputs are computed batch by batch
+/// ([`Prepared::batch_inputs`], [`Prepared::map_all_inputs`]).
 /// `attribute_span` expresses the attributes in [`span_basis`] coordinates.
 #[allow(clippy::too_many_arguments)]
 pub fn prepare(
@@ -410,12 +478,24 @@ pub fn prepare(
     let emb = data.require_class_embeddings(method)?;
     let mut inputs = Vec::new();
     let mut x = Vec::new();
+    let mut mapped = Vec::new();
     let mut labels = Vec::new();
     let mut labelled = Vec::new();
     for m in 0..2 {
+        if let View::Mapped(f) = &data.views[m] {
+            if !f.is_images() {
+                let sel = f.select(&rows);
+                let map = InputMap::fit_mapped(&sel, rbf_anchors, seed ^ m as u64)
+                    .with_context(|| format!("{method}: input features of modality {m} ({})", f.array().path().display()))?;
+                inputs.push(InputMap { clip: input_clip as f32, ..map });
+                x.push(Tensor::zeros([0, inputs[m].dim() as i64], (tch::Kind::Float, device)));
+                mapped.push(Some(sel));
+                push_labels(data, m, &rows, device, &mut labels, &mut labelled);
+                continue;
+            }
+        }
         let f = match &data.views[m] {
             View::Features(f) => f.select(Axis(0), &rows),
-            View::Mapped(f) if !f.is_images() => f.features(&rows)?,
             View::Images(_) | View::Mapped(_) => bail!("{method}: modality {m} holds raw images"),
         };
         let (map, z) =
@@ -423,10 +503,8 @@ pub fn prepare(
         let (map, z) = map.with_clip(input_clip, z);
         x.push(array_to_tensor(z.view(), device));
         inputs.push(map);
-        let l = data.labels[m].select(Axis(0), &rows).mapv(|v| v as f32);
-        labels.push(array_to_tensor(l.view(), device));
-        let mask: Vec<f32> = rows.iter().map(|&i| if data.labelled[m][i] { 1.0 } else { 0.0 }).collect();
-        labelled.push(Tensor::from_slice(&mask).to_device(device));
+        mapped.push(None);
+        push_labels(data, m, &rows, device, &mut labels, &mut labelled);
     }
     let mut attributes: Vec<Array2<f32>> = data.modality_classes.iter().map(|cls| l2_normalise_rows(&emb.select(Axis(0), cls))).collect();
     if attribute_span {
@@ -436,7 +514,36 @@ pub fn prepare(
         let basis = span_basis(&l2_normalise_rows(&emb.select(Axis(0), &union)))?;
         attributes = attributes.iter().map(|a| a.dot(&basis)).collect();
     }
-    Ok(Prepared { rows, inputs, x, labels, labelled, classes: data.modality_classes.clone(), attributes, device })
+    Ok(Prepared { rows, inputs, x, mapped, labels, labelled, classes: data.modality_classes.clone(), attributes, device })
+}
+
+/// The network inputs of rows `idx` (positions in `rows`) of a memory-mapped modality.
+pub fn mapped_inputs(rows: &crate::mapped::MappedRows, map: &InputMap, idx: &[usize], device: Device) -> Result<Tensor> {
+    Ok(array_to_tensor(map.apply(rows.features(idx)?.view())?.view(), device))
+}
+
+/// `f` of the network inputs of every row of a memory-mapped modality, in blocks of rows,
+/// concatenated in row order.
+pub fn map_mapped_inputs(
+    rows: &crate::mapped::MappedRows,
+    map: &InputMap,
+    device: Device,
+    f: impl Fn(&Tensor) -> Tensor,
+) -> Result<Tensor> {
+    let n = rows.len();
+    let mut parts = Vec::new();
+    for s in (0..n).step_by(STREAM_ROWS) {
+        parts.push(f(&mapped_inputs(rows, map, &(s..(s + STREAM_ROWS).min(n)).collect::<Vec<_>>(), device)?));
+    }
+    Ok(Tensor::cat(&parts, 0))
+}
+
+/// Modality `m`'s labels (n × K, float 0/1) and visibility mask (n) of training rows `rows`.
+fn push_labels(data: &TrainSet, m: usize, rows: &[usize], device: Device, labels: &mut Vec<Tensor>, labelled: &mut Vec<Tensor>) {
+    let l = data.labels[m].select(Axis(0), rows).mapv(|v| v as f32);
+    labels.push(array_to_tensor(l.view(), device));
+    let mask: Vec<f32> = rows.iter().map(|&i| if data.labelled[m][i] { 1.0 } else { 0.0 }).collect();
+    labelled.push(Tensor::from_slice(&mask).to_device(device));
 }
 
 /// What a zero-shot method's fitter gives the shared training skeleton ([`train`]).
@@ -469,8 +576,8 @@ pub fn check_fit(method: &str, data: &TrainSet, bits: usize, use_unlabelled: boo
         .map(|v| match v {
             View::Features(x) => x.len() as f64,
             View::Images(x) => x.len() as f64,
-            // Mapped rows are read into memory before training.
-            View::Mapped(x) => (x.len() * x.array().shape()[1..].iter().product::<usize>()) as f64,
+            // Memory-mapped features stay in their file (read batch by batch).
+            View::Mapped(_) => 0.0,
         })
         .sum();
     crate::method::ensure_memory(method, bits, 4.0 * (inputs + 4.0 * data.len() as f64 * bits as f64), "inputs and codes")?;

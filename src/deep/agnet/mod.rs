@@ -285,7 +285,7 @@ mod tests {
             let (_tr, prep) = zs_common::start(METHOD, &data, &ctx, 1, &RunControl::default(), true, 0, true, 0.0).unwrap();
             let fit = Fitter::new(&p, prep, 8, 3).unwrap();
             let d = fit.prep.attr_dim() as i64;
-            let terms = fit.batch_terms(&rows);
+            let terms = fit.batch_terms(&rows).unwrap();
             terms[term].backward();
             let g = fit.vs.variables()["image-fc2.weight"].grad();
             assert_eq!(g.size()[0], d + 3);
@@ -327,6 +327,41 @@ mod tests {
         assert!(mean.iter().all(|m| m.abs() < 1e-3) && sd.iter().all(|s| (s - 1.0).abs() < 1e-3), "mean {mean} sd {sd}");
         let e = AgnetParams { pca_hash: true, hash_hidden: vec![8], ..quick() }.fit(&data, &ctx).unwrap_err().to_string();
         assert!(e.contains("hash_hidden = []"), "{e}");
+    }
+
+    /// Memory-mapped feature files train without their rows ever being held: the inputs are
+    /// computed per batch (the same inputs to rounding as those of the loaded features), and the fit
+    /// follows the loaded one's (losses, codes), with RBF anchors and the PCA hashing layer.
+    #[test]
+    fn memory_mapped_features_stream_and_train_like_loaded_ones() {
+        let (data, _) = synthetic(90, 4, 2, 0.3);
+        let dir = tempfile::tempdir().unwrap();
+        let (loaded, mapped) = crate::deep::czhash::tests::loaded_and_mapped(&data, dir.path());
+        let ctx = FitContext { device: DeviceChoice::Cpu, ..FitContext::new(16, 7) };
+        let p = AgnetParams { hidden: vec![32], epochs: 4, batch_size: 16, rbf_anchors: 20, ..Default::default() };
+        {
+            let start = |d: &TrainSet| zs_common::start(METHOD, d, &ctx, 1, &RunControl::default(), true, 20, true, 0.0).unwrap().1;
+            let (pl, pm) = (start(&loaded), start(&mapped));
+            let rows: Vec<usize> = (0..85).step_by(3).collect();
+            for v in 0..2 {
+                assert!(pm.mapped[v].is_some() && pm.x[v].size()[0] == 0 && pl.mapped[v].is_none());
+                let (a, b) = (pl.batch_inputs(v, &rows).unwrap(), pm.batch_inputs(v, &rows).unwrap());
+                let diff = (&a - &b).abs().max().double_value(&[]);
+                assert!(diff < 1e-4, "modality {v}: inputs differ by {diff}");
+            }
+        }
+        let (ml, mm) = (p.fit(&loaded, &ctx).unwrap(), p.fit(&mapped, &ctx).unwrap());
+        for (a, b) in ml.history().iter().zip(mm.history()) {
+            assert!((a - b).abs() <= 1e-3 * a.abs().max(1e-3), "{a} vs {b}");
+        }
+        for m in 0..2 {
+            let (a, b) = (ml.encode(m, &loaded.views[m]).unwrap(), mm.encode(m, &mapped.views[m]).unwrap());
+            let (ba, bb) = (a.to_pm1(), b.to_pm1());
+            let same = ba.iter().zip(bb.iter()).filter(|(x, y)| x == y).count();
+            assert!(same as f64 >= 0.98 * ba.len() as f64, "modality {m}: {same} of {} bits agree", ba.len());
+        }
+        // Nothing of the mapped features is counted as held in memory.
+        assert!(p.check(&mapped, 16).is_ok());
     }
 
     #[test]

@@ -57,11 +57,11 @@ impl<'a> Fitter<'a> {
 impl Fitter<'_> {
     /// The unweighted terms (L_attr, L_sim, L_q, L_pair, L_dec) of the batch of training rows `batch`
     /// (networks in training mode: dropout on).
-    pub(super) fn batch_terms(&self, batch: &[usize]) -> [Tensor; 5] {
+    pub(super) fn batch_terms(&self, batch: &[usize]) -> Result<[Tensor; 5]> {
         let idx = index_tensor(batch, self.prep.device);
         // z: the network outputs (attribute coordinates, then the free ones); g: the attribute part,
         // the only one L_attr and the similarity guide see.
-        let z: Vec<Tensor> = (0..2).map(|v| self.g[v].forward_t(&self.prep.x[v].index_select(0, &idx), true)).collect();
+        let z: Vec<Tensor> = (0..2).map(|v| Ok(self.g[v].forward_t(&self.prep.batch_inputs(v, batch)?, true))).collect::<Result<_>>()?;
         let g: Vec<Tensor> = z.iter().map(|zv| zv.narrow(1, 0, self.prep.attr_dim() as i64)).collect();
         let h: Vec<Tensor> = z.iter().map(|zv| self.h.forward_t(zv, true).tanh()).collect();
         let t: Vec<Tensor> = self.targets.iter().map(|t| t.index_select(0, &idx)).collect();
@@ -69,7 +69,7 @@ impl Fitter<'_> {
         let (la, ls, lq, lp) =
             batch_losses([&g[0], &g[1]], [&h[0], &h[1]], [&t[0], &t[1]], [&m[0], &m[1]], &self.mu, self.params.guide_predicted);
         let ld = decorrelation_loss(&h[0]) + decorrelation_loss(&h[1]);
-        [la, ls, lq, lp, ld]
+        Ok([la, ls, lq, lp, ld])
     }
 }
 
@@ -79,7 +79,10 @@ impl Fitter<'_> {
     /// unit deviation: h(z) = ((z − μ) Pₖ[R G]) / s.
     fn fit_pca_hash(&mut self, seed: u64) -> Result<()> {
         let z: Vec<Array2<f64>> = (0..2)
-            .map(|v| tensor_to_array(&tch::no_grad(|| self.g[v].forward_t(&self.prep.x[v], false))).map(|a| a.mapv(f64::from)))
+            .map(|v| {
+                tensor_to_array(&tch::no_grad(|| self.prep.map_all_inputs(v, |x| self.g[v].forward_t(x, false)))?)
+                    .map(|a| a.mapv(f64::from))
+            })
             .collect::<Result<_>>()?;
         let stacked = ndarray::concatenate(ndarray::Axis(0), &[z[0].view(), z[1].view()])?;
         let bits = self.h_bits;
@@ -116,10 +119,10 @@ impl ZsFitter for Fitter<'_> {
         for batch in tr.batches(self.prep.n(), p.batch_size) {
             if tr.replaying() {
                 // Trained before the checkpoint this run resumed from: only its random draws.
-                let _ = tch::no_grad(|| self.batch_terms(&batch));
+                let _ = tch::no_grad(|| self.batch_terms(&batch))?;
                 continue;
             }
-            let [la, ls, lq, lp, ld] = self.batch_terms(&batch);
+            let [la, ls, lq, lp, ld] = self.batch_terms(&batch)?;
             let mut loss = la * p.attr_weight + ls * p.sim_weight + lq * p.quant_weight;
             if p.pair_weight > 0.0 {
                 loss = loss + lp * p.pair_weight;

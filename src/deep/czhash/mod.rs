@@ -213,27 +213,23 @@ pub(crate) fn jaccard_t(a: &Tensor, b: &Tensor) -> Tensor {
 }
 
 /// Median Euclidean distance between the rows of a seeded sample of ≤ 512 rows of `x` (σ of ŝ).
-fn median_distance(x: &Tensor, seed: u64) -> f64 {
-    let n = x.size()[0] as usize;
+fn median_distance(prep: &Prepared, v: usize, seed: u64) -> Result<f64> {
+    let n = prep.n();
     let mut idx: Vec<usize> = (0..n).collect();
     if n > 512 {
         use rand::seq::SliceRandom;
         idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
         idx.truncate(512);
     }
-    let s = x.index_select(0, &index_tensor(&idx, x.device()));
+    let s = prep.batch_inputs(v, &idx)?;
     let d = Tensor::cdist(&s, &s, 2.0, None::<i64>);
     let k = idx.len() as i64;
     if k < 2 {
-        return 1.0;
+        return Ok(1.0);
     }
-    let mask = Tensor::ones([k, k], (Kind::Bool, x.device())).triu(1);
+    let mask = Tensor::ones([k, k], (Kind::Bool, prep.device)).triu(1);
     let m = d.masked_select(&mask).median().double_value(&[]);
-    if m > 1e-12 {
-        m
-    } else {
-        1.0
-    }
+    Ok(if m > 1e-12 { m } else { 1.0 })
 }
 
 /// Largest training set whose four n × n similarity matrices are computed once and kept (f32:
@@ -243,7 +239,9 @@ const CACHE_MAX_ROWS: usize = 5000;
 /// The composite similarities of a fit: the features, labels and scales they come from, and the
 /// full matrices when the training set is small enough to keep them.
 struct SimData {
+    /// Network inputs (empty for a memory-mapped modality, read from `mapped`).
     x: Vec<Tensor>,
+    mapped: Vec<Option<(crate::mapped::MappedRows, zs_common::InputMap)>>,
     labels: Vec<Tensor>,
     labelled: Vec<Tensor>,
     scale: [f64; 2],
@@ -255,6 +253,7 @@ impl SimData {
     fn new(p: &Prepared, scale: [f64; 2], cache: bool) -> Self {
         let mut s = Self {
             x: p.x.iter().map(|t| t.shallow_clone()).collect(),
+            mapped: p.mapped.iter().zip(&p.inputs).map(|(m, i)| m.clone().map(|m| (m, i.clone()))).collect(),
             labels: p.labels.iter().map(|t| t.shallow_clone()).collect(),
             labelled: p.labelled.iter().map(|t| t.shallow_clone()).collect(),
             scale,
@@ -279,7 +278,17 @@ impl SimData {
     fn composite_rows(&self, v: usize, idx: &Tensor) -> [Tensor; 2] {
         let fsim: Vec<Tensor> = (0..2)
             .map(|u| {
-                let d = Tensor::cdist(&self.x[u].index_select(0, idx), &self.x[u], 2.0, None::<i64>);
+                let d = match &self.mapped[u] {
+                    None => Tensor::cdist(&self.x[u].index_select(0, idx), &self.x[u], 2.0, None::<i64>),
+                    // Every training row's inputs, block by block from the file.
+                    Some((rows, map)) => {
+                        let batch: Vec<usize> = Vec::<i64>::try_from(idx).expect("row indices").iter().map(|&i| i as usize).collect();
+                        let dev = idx.device();
+                        let read = "features of a memory-mapped training set validated when it was prepared";
+                        let xb = zs_common::mapped_inputs(rows, map, &batch, dev).expect(read);
+                        zs_common::map_mapped_inputs(rows, map, dev, |xa| Tensor::cdist(xa, &xb, 2.0, None::<i64>)).expect(read).tr()
+                    }
+                };
                 (d / self.scale[u] + 1.0).reciprocal()
             })
             .collect();
@@ -371,7 +380,7 @@ impl<'a> Fitter<'a> {
         )?;
         let opt = Optimizer::new(OptimizerConfig { kind: OptimizerKind::Adam, weight_decay: params.weight_decay }, groups);
         let scale = if params.normalise_distances {
-            [median_distance(&prep.x[0], seed) * params.distance_scale, median_distance(&prep.x[1], seed ^ 1) * params.distance_scale]
+            [median_distance(&prep, 0, seed)? * params.distance_scale, median_distance(&prep, 1, seed ^ 1)? * params.distance_scale]
         } else {
             [1.0, 1.0]
         };
@@ -383,7 +392,8 @@ impl<'a> Fitter<'a> {
                 &l / l.sum_dim_intlist(1, true, Kind::Float).clamp_min(1.0)
             })
             .collect();
-        let f: Vec<Tensor> = (0..2).map(|v| tch::no_grad(|| nets[v].forward_t(&prep.x[v], false))).collect();
+        let f: Vec<Tensor> =
+            (0..2).map(|v| tch::no_grad(|| prep.map_all_inputs(v, |x| nets[v].forward_t(x, false)))).collect::<Result<_>>()?;
         // C starts at the labels for labelled rows and at the least-squares fit f P for the others.
         let p: Vec<Tensor> =
             (0..2).map(|v| Ok(array_to_tensor(ridge_projector(&prep.attributes[v], params.ridge)?.view(), dev))).collect::<Result<_>>()?;
@@ -413,7 +423,7 @@ impl<'a> Fitter<'a> {
         for batch in tr.batches(self.prep.n(), self.params.batch_size) {
             let idx = index_tensor(&batch, dev);
             let s_rows = self.sim.rows(v, &idx);
-            let f_b = self.nets[v].forward_t(&self.prep.x[v].index_select(0, &idx), true);
+            let f_b = self.nets[v].forward_t(&self.prep.batch_inputs(v, &batch)?, true);
             let _ = self.f[v].index_copy_(0, &idx, &f_b.detach());
             let ca_b = self.c[v].index_select(0, &idx).matmul(&self.a[v]);
             let mut loss = network_loss(&f_b, [&self.f[0], &self.f[1]], [&s_rows[0], &s_rows[1]], &ca_b, self.params.alpha, self.sim_scale);
@@ -545,7 +555,7 @@ impl<'a> Fitter<'a> {
         self.update_f(TEXT, tr, &mut norms)?;
         if self.params.refresh_f {
             for v in 0..2 {
-                self.f[v] = tch::no_grad(|| self.nets[v].forward_t(&self.prep.x[v], false));
+                self.f[v] = tch::no_grad(|| self.prep.map_all_inputs(v, |x| self.nets[v].forward_t(x, false)))?;
             }
         }
         self.update_c();
@@ -998,6 +1008,61 @@ pub(crate) mod tests {
 
     /// Separable synthetic data: `k` classes, each a Gaussian blob in both modalities; class
     /// embeddings = noisy one-hot.
+    /// The training set of every row of `data` but the first five (in reverse order), once with
+    /// its features in memory and once memory-mapped from `.npy` files written into `dir`.
+    pub(crate) fn loaded_and_mapped(data: &TrainSet, dir: &std::path::Path) -> (TrainSet, TrainSet) {
+        use crate::method::View;
+        let keep: Vec<usize> = (5..data.len()).rev().collect();
+        let mut loaded = data.clone();
+        for m in 0..2 {
+            loaded.views[m] = View::Features(data.views[m].features("t", m).unwrap().select(ndarray::Axis(0), &keep));
+            loaded.labels[m] = data.labels[m].select(ndarray::Axis(0), &keep);
+            loaded.labelled[m] = keep.iter().map(|&i| data.labelled[m][i]).collect();
+        }
+        let mut mapped = loaded.clone();
+        for m in 0..2 {
+            let path = dir.join(format!("x{m}.npy"));
+            crate::npy::write_npy(&path, data.views[m].features("t", m).unwrap()).unwrap();
+            let rows = crate::mapped::MappedRows::new(std::sync::Arc::new(crate::mapped::MappedArray::open(&path).unwrap()));
+            mapped.views[m] = View::Mapped(rows.select(&keep));
+        }
+        (loaded, mapped)
+    }
+
+    /// CZHash on memory-mapped features: the composite similarity rows (each against every
+    /// training row, read block by block from the files) and the fit follow the loaded features'.
+    #[test]
+    fn memory_mapped_features_stream_and_train_like_loaded_ones() {
+        let (data, _) = synthetic(90, 4, 2, 0.3);
+        let dir = tempfile::tempdir().unwrap();
+        let (loaded, mapped) = loaded_and_mapped(&data, dir.path());
+        let (pl, pm) = (
+            prepare(&loaded, METHOD, (0..85).collect(), Device::Cpu, 20, false, 0, 0.0).unwrap(),
+            prepare(&mapped, METHOD, (0..85).collect(), Device::Cpu, 20, false, 0, 0.0).unwrap(),
+        );
+        assert!(pm.mapped.iter().all(|m| m.is_some()) && pm.x.iter().all(|x| x.size()[0] == 0));
+        let (sl, sm) = (SimData::new(&pl, [1.5, 2.0], false), SimData::new(&pm, [1.5, 2.0], false));
+        let idx = index_tensor(&[0, 7, 84, 3], Device::Cpu);
+        for v in 0..2 {
+            for (a, b) in sl.rows(v, &idx).iter().zip(sm.rows(v, &idx).iter()) {
+                assert_eq!(b.size(), [4, 85]);
+                let diff = (a - b).abs().max().double_value(&[]);
+                assert!(diff < 1e-4, "modality {v}: similarities differ by {diff}");
+            }
+        }
+        let ctx = FitContext { device: crate::method::DeviceChoice::Cpu, ..FitContext::new(16, 7) };
+        let p = CzhashParams { hidden: vec![32], epochs: 3, batch_size: 16, rbf_anchors: 20, ..Default::default() };
+        let (ml, mm) = (p.fit(&loaded, &ctx).unwrap(), p.fit(&mapped, &ctx).unwrap());
+        for (a, b) in ml.history().iter().zip(mm.history()) {
+            assert!((a - b).abs() <= 1e-3 * a.abs().max(1e-3), "{a} vs {b}");
+        }
+        for m in 0..2 {
+            let (a, b) = (ml.encode(m, &loaded.views[m]).unwrap().to_pm1(), mm.encode(m, &mapped.views[m]).unwrap().to_pm1());
+            let same = a.iter().zip(b.iter()).filter(|(x, y)| x == y).count();
+            assert!(same as f64 >= 0.98 * a.len() as f64, "modality {m}: {same} of {} bits agree", a.len());
+        }
+    }
+
     pub(crate) fn synthetic(n: usize, k: usize, seed: u64, noise: f32) -> (TrainSet, Vec<usize>) {
         use rand_distr::{Distribution, Normal};
         // Class centres depend on k only; `seed` draws the items.
