@@ -20,12 +20,15 @@
 //! second child loads it with `Bundle::load_mapped` and trains SDCH for one epoch (small networks:
 //! one 256-wide hidden layer, 64-d features, batches of 256). Its peak RSS is then compared with
 //! the size of the bundle's feature files: a bundle larger than the memory a process may use
-//! trains when the peak stays below it.
+//! trains when the peak stays below it. `--method agnet` does the same with AgNet (one epoch,
+//! one 256-wide hidden layer, batches of 256, the PCA hashing layer over every row), on the same
+//! bundle with random 8-d class vectors.
 //!
 //! ```text
 //! nice -n 10 cargo bench --bench train_scale -- --method sch
 //! nice -n 10 cargo bench --bench train_scale -- --method segh
 //! nice -n 10 cargo bench --bench train_scale -- --method sdch --sizes 1000000
+//! nice -n 10 cargo bench --bench train_scale -- --method agnet --sizes 1000000
 //! ... -- --sizes 20000,40000 --sweeps 2        (a quick run)
 //! ```
 use anyhow::{bail, Context, Result};
@@ -42,7 +45,7 @@ use std::time::Instant;
 
 #[derive(Parser, Debug, Clone)]
 struct Args {
-    /// `sch` or `segh`.
+    /// `sch`, `segh`, `sdch` or `agnet`.
     #[arg(long, default_value = "sch")]
     method: String,
     #[arg(long, default_value = "250000,500000,1000000", value_delimiter = ',')]
@@ -143,7 +146,21 @@ fn load_average() -> String {
 }
 
 fn sdch_bundle(args: &Args, n: usize) -> std::path::PathBuf {
-    args.scratch.join(format!("mixture-{n}-{}", args.sdch_dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")))
+    args.scratch.join(format!("mixture-{n}-{}-e8", args.sdch_dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")))
+}
+
+/// Whether the method trains from a memory-mapped bundle written by [`generate`].
+fn mapped_method(args: &Args) -> bool {
+    matches!(args.method.as_str(), "sdch" | "agnet")
+}
+
+/// Gigabytes of the bundle's two feature files.
+fn features_on_disk(args: &Args, n: usize) -> f64 {
+    ["image_features.npy", "text_features.npy"]
+        .iter()
+        .map(|f| std::fs::metadata(sdch_bundle(args, n).join(f)).map_or(0, |m| m.len()))
+        .sum::<u64>() as f64
+        / 1e9
 }
 
 /// Writes the SDCH bundle of size n (unless it is there).
@@ -168,6 +185,7 @@ fn generate(args: &Args, n: usize) -> Result<()> {
         classes: data.class_names,
         modalities,
         labels: vec![data.labels[0].clone()],
+        class_embeddings: data.class_embeddings.map(|e| (e, "random class vectors".to_string())),
         ..Default::default()
     };
     w.write(&dir, true)?;
@@ -177,10 +195,12 @@ fn generate(args: &Args, n: usize) -> Result<()> {
 /// Fits one size; prints `RESULT n wall cpu peak_rss data_rss detail`.
 fn child(args: &Args, n: usize) -> Result<()> {
     set_blas_threads(1);
-    let data = if args.method == "sdch" {
+    let data = if mapped_method(args) {
         let b = cmh::bundle::Bundle::load_mapped(&sdch_bundle(args, n))?;
         let all: Vec<usize> = (0..n).collect();
-        TrainSet::supervised(cmh::split::bundle_views(&b, &all, false)?, b.labels[0].clone(), b.class_names().to_vec())
+        let mut ts = TrainSet::supervised(cmh::split::bundle_views(&b, &all, false)?, b.labels[0].clone(), b.class_names().to_vec());
+        ts.class_embeddings = b.class_embeddings.clone();
+        ts
     } else {
         mixture(n, &args.dims, args.classes, args.embedding_dim, 7)
     };
@@ -198,14 +218,19 @@ fn child(args: &Args, n: usize) -> Result<()> {
                 ..Default::default()
             };
             let model = p.fit(&data, &ctx)?;
-            let bytes: u64 = ["image_features.npy", "text_features.npy"]
-                .iter()
-                .map(|f| std::fs::metadata(sdch_bundle(args, n).join(f)).map_or(0, |m| m.len()))
-                .sum();
             format!(
                 "1 epoch from the mapped bundle ({:.2} GB of features on disk), {} codes",
-                bytes as f64 / 1e9,
+                features_on_disk(args, n),
                 model.train_codes().map_or(0, |c| c.len())
+            )
+        }
+        "agnet" => {
+            let p = cmh::deep::agnet::AgnetParams { epochs: 1, hidden: vec![256], batch_size: 256, ..Default::default() };
+            let model = p.fit(&data, &ctx)?;
+            format!(
+                "1 epoch from the mapped bundle ({:.2} GB of features on disk), loss {:.4}",
+                features_on_disk(args, n),
+                model.history()[0]
             )
         }
         "sch" => {
@@ -223,7 +248,7 @@ fn child(args: &Args, n: usize) -> Result<()> {
                 i.seconds_step1, i.seconds_graph, i.seconds_step2, i.cg_iterations
             )
         }
-        m => bail!("--method must be sch, segh or sdch, found {m}"),
+        m => bail!("--method must be sch, segh, sdch or agnet, found {m}"),
     };
     let (wall, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
     println!("RESULT {n} {wall:.2} {cpu:.2} {:.0} {data_rss:.0} {detail}", peak_rss());
@@ -251,7 +276,7 @@ fn main() -> Result<()> {
     let exe = std::env::current_exe()?;
     let mut rows: Vec<(usize, f64, f64)> = Vec::new();
     for &n in &args.sizes {
-        if args.method == "sdch" {
+        if mapped_method(&args) {
             let out = std::process::Command::new(&exe).args(std::env::args().skip(1)).arg("--generate").arg(n.to_string()).output()?;
             if !out.status.success() {
                 bail!("n = {n}: writing the bundle failed:\n{}", String::from_utf8_lossy(&out.stderr));
