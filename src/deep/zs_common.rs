@@ -81,11 +81,9 @@ impl InputMap {
             x.array().release();
             Some(map)
         };
+        // Mapped features were checked finite when the bundle was mapped (`Bundle::load_mapped`).
         let block = |s: usize, e: usize| -> Result<Array2<f64>> {
             let f = x.features(&(s..e).collect::<Vec<_>>())?;
-            if let Some((_, v)) = f.indexed_iter().find(|(_, v)| !v.is_finite()) {
-                bail!("feature value {v} is not finite");
-            }
             Ok(match &rbf {
                 None => f.mapv(f64::from),
                 Some(m) => m.features_of(f.view()).mapv(|v| v as f32 as f64),
@@ -100,8 +98,8 @@ impl InputMap {
         for s in (0..n).step_by(STREAM_ROWS) {
             sq += &(block(s, (s + STREAM_ROWS).min(n))? - &mean).mapv(|v| v * v).sum_axis(Axis(0));
         }
-        let std = (sq / n.max(1) as f64).mapv(|v| if v.sqrt() > 1e-12 { v.sqrt() as f32 } else { 1.0 });
-        Ok(Self { rbf, std: Standardizer { mean: mean.mapv(|v| v as f32), std }, clip: 0.0 })
+        let std = Standardizer::from_moments(&mean, &(sq / n.max(1) as f64));
+        Ok(Self { rbf, std, clip: 0.0 })
     }
 
     /// The network input of new rows.

@@ -18,8 +18,13 @@ impl Standardizer {
         let mean64 = x.mapv(|v| v as f64).sum_axis(Axis(0)) / n;
         let var =
             x.mapv(|v| v as f64).outer_iter().fold(Array1::<f64>::zeros(x.ncols()), |acc, r| acc + (&r - &mean64).mapv(|d| d * d)) / n;
+        Self::from_moments(&mean64, &var)
+    }
+
+    /// The standardisation of columns with means `mean` and population variances `var` (σ ≤ 1e-12 → 1).
+    pub fn from_moments(mean: &Array1<f64>, var: &Array1<f64>) -> Self {
         let std = var.mapv(|v| if v.sqrt() > 1e-12 { v.sqrt() as f32 } else { 1.0 });
-        Self { mean: mean64.mapv(|v| v as f32), std }
+        Self { mean: mean.mapv(|v| v as f32), std }
     }
 
     /// (x − μ) / σ.
