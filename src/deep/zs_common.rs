@@ -82,8 +82,8 @@ impl InputMap {
             Some(map)
         };
         // Mapped features were checked finite when the bundle was mapped (`Bundle::load_mapped`).
-        let block = |s: usize, e: usize| -> Result<Array2<f64>> {
-            let f = x.features(&(s..e).collect::<Vec<_>>())?;
+        let block = |idx: Vec<usize>| -> Result<Array2<f64>> {
+            let f = x.features(&idx)?;
             Ok(match &rbf {
                 None => f.mapv(f64::from),
                 Some(m) => m.features_of(f.view()).mapv(|v| v as f32 as f64),
@@ -91,12 +91,12 @@ impl InputMap {
         };
         let d = rbf.as_ref().map_or(x.array().row_len(), |m| m.n_anchors());
         let (mut sum, mut sq) = (ndarray::Array1::<f64>::zeros(d), ndarray::Array1::<f64>::zeros(d));
-        for s in (0..n).step_by(STREAM_ROWS) {
-            sum += &block(s, (s + STREAM_ROWS).min(n))?.sum_axis(Axis(0));
+        for idx in row_blocks(n) {
+            sum += &block(idx)?.sum_axis(Axis(0));
         }
         let mean = sum / n.max(1) as f64;
-        for s in (0..n).step_by(STREAM_ROWS) {
-            sq += &(block(s, (s + STREAM_ROWS).min(n))? - &mean).mapv(|v| v * v).sum_axis(Axis(0));
+        for idx in row_blocks(n) {
+            sq += &(block(idx)? - &mean).mapv(|v| v * v).sum_axis(Axis(0));
         }
         let std = Standardizer::from_moments(&mean, &(sq / n.max(1) as f64));
         Ok(Self { rbf, std, clip: 0.0 })
@@ -365,6 +365,11 @@ pub struct Prepared {
 /// Rows per block when a memory-mapped modality is read in full.
 const STREAM_ROWS: usize = 4096;
 
+/// Row positions 0..n in consecutive blocks of at most [`STREAM_ROWS`].
+fn row_blocks(n: usize) -> impl Iterator<Item = Vec<usize>> {
+    (0..n).step_by(STREAM_ROWS).map(move |s| (s..(s + STREAM_ROWS).min(n)).collect())
+}
+
 /// Variable-name prefixes of the two modalities' networks.
 pub const MODALITY_NAMES: [&str; 2] = ["image", "text"];
 
@@ -528,11 +533,7 @@ pub fn map_mapped_inputs(
     device: Device,
     f: impl Fn(&Tensor) -> Tensor,
 ) -> Result<Tensor> {
-    let n = rows.len();
-    let mut parts = Vec::new();
-    for s in (0..n).step_by(STREAM_ROWS) {
-        parts.push(f(&mapped_inputs(rows, map, &(s..(s + STREAM_ROWS).min(n)).collect::<Vec<_>>(), device)?));
-    }
+    let parts = row_blocks(rows.len()).map(|idx| Ok(f(&mapped_inputs(rows, map, &idx, device)?))).collect::<Result<Vec<_>>>()?;
     Ok(Tensor::cat(&parts, 0))
 }
 
