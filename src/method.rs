@@ -103,6 +103,11 @@ impl TrainSet {
     pub fn n_classes(&self) -> usize {
         self.class_names.len()
     }
+    /// Whether some class of the bundle is outside a modality's training classes (the zero-shot
+    /// protocols), i.e. retrieval will meet classes the fit never saw.
+    pub fn has_unseen_classes(&self) -> bool {
+        self.modality_classes.iter().any(|c| c.len() < self.n_classes())
+    }
 
     /// A fully labelled training set with the same labels in every modality.
     pub fn supervised(views: Vec<View>, labels: Array2<u8>, class_names: Vec<String>) -> Self {

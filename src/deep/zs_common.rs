@@ -520,6 +520,31 @@ pub fn prepare(
     Ok(Prepared { rows, inputs, x, mapped, labels, labelled, classes: data.modality_classes.clone(), attributes, device })
 }
 
+/// The `ridge_blend` map of modality `v`: R = argmin ‖XR − T‖² + λn‖R‖² over the n labelled
+/// training rows (X their network inputs, T their rows of `targets`, λ = `lambda`), with XᵀX and
+/// XᵀT accumulated over blocks of rows, so memory-mapped inputs are never held whole.
+pub fn ridge_blend_map(prep: &Prepared, v: usize, targets: &Tensor, lambda: f64) -> Result<Array2<f32>> {
+    let mask = crate::deep::tensors::tensor_to_array(&prep.labelled[v].unsqueeze(1))?;
+    let rows: Vec<usize> = mask.column(0).iter().enumerate().filter(|(_, &m)| m > 0.0).map(|(i, _)| i).collect();
+    if rows.is_empty() {
+        bail!("ridge_blend: modality {v} has no labelled training rows");
+    }
+    let (d, e) = (prep.dims()[v], targets.size()[1] as usize);
+    let mut g = Array2::<f64>::zeros((d, d));
+    let mut xt = Array2::<f64>::zeros((d, e));
+    for block in rows.chunks(1024) {
+        let x = crate::deep::tensors::tensor_to_array(&prep.batch_inputs(v, block)?)?.mapv(f64::from);
+        let t = crate::deep::tensors::tensor_to_array(&targets.index_select(0, &index_tensor(block, prep.device)))?.mapv(f64::from);
+        g += &x.t().dot(&x);
+        xt += &x.t().dot(&t);
+    }
+    let lam = lambda * rows.len() as f64;
+    for i in 0..d {
+        g[[i, i]] += lam;
+    }
+    Ok(crate::numerics::linalg::SpdFactor::new(g.view())?.solve(xt.view())?.mapv(|r| r as f32))
+}
+
 /// The network inputs of rows `idx` (positions in `rows`) of a memory-mapped modality.
 pub fn mapped_inputs(rows: &crate::mapped::MappedRows, map: &InputMap, idx: &[usize], device: Device) -> Result<Tensor> {
     Ok(array_to_tensor(map.apply(rows.features(idx)?.view())?.view(), device))

@@ -42,6 +42,11 @@
 //! - `attribute_span` (default on): attributes in an orthonormal basis of the span of the training
 //!   classes' attributes (`span_basis`, an isometry on the span: cosines
 //!   and the targets tᵛ are unchanged), so K outputs replace an embedding's hundreds.
+//! - `ridge_blend` w (default 0.6, applied only when the training set leaves classes unseen):
+//!   after training, the attribute coordinates become (1 − w)·gᵛ(x) + w·xRᵛ, Rᵛ the ridge
+//!   regression from the network inputs of the labelled training rows to their targets tᵛ
+//!   (λ = `blend_lambda` × their number), and the `pca_hash` layer is fitted to the blend (as
+//!   CZHash's; docs/methods.md, "The ridge blend").
 //! - `pca_hash` (default on), `input_clip`, `output_init_scale` (as CZHash's): the hashing network
 //!   is one linear layer set, at the start of every epoch and after the last, to PCA + ITQ of the
 //!   attribute networks' dropout-free outputs on the training rows (each bit scaled to unit
@@ -459,9 +464,11 @@ mod tests {
         for m in [IMAGE, TEXT] {
             assert_eq!(back.encode(m, &data.views[m]).unwrap(), full.encode(m, &data.views[m]).unwrap());
         }
-        // With RBF-anchor inputs, the pair and decorrelation terms and free dimensions too.
+        // With RBF-anchor inputs, the pair and decorrelation terms and free dimensions too, and an
+        // unseen class, so the ridge blend of the attribute coordinates is on.
         let p = AgnetParams { rbf_anchors: 30, pair_weight: 1.0, decor_weight: 1.0, free_dims: 6, guide_predicted: true, ..quick() };
-        let rbf = p.fit(&data, &ctx).unwrap();
+        let rbf = p.fit(&crate::deep::czhash::tests::with_unseen_class(data.clone()), &ctx).unwrap();
+        assert!(rbf.ridge.is_some());
         let md = d.path().join("model_rbf");
         rbf.save(&md).unwrap();
         assert!(md.join("image_anchors.npy").is_file());
@@ -484,6 +491,72 @@ mod tests {
             .unwrap();
         let e = format!("{:#}", quick().fit(&data, &FitContext { checkpoint_dir: Some(cz), resume: true, ..ctx }).unwrap_err());
         assert!(e.contains("method"), "{e}");
+    }
+
+    /// `ridge_blend`: Rᵛ solves the ridge normal equations (XᵀX + λnI)R = XᵀT on the labelled rows
+    /// (checked with plain f64 sums), the model's predictor is (1 − w)·gᵛ(x) + w·xRᵛ, the PCA
+    /// hashing layer follows the blend, and the map survives save / load.
+    #[test]
+    fn ridge_blend_solves_the_normal_equations_and_round_trips() {
+        let (seen, _) = synthetic(60, 3, 2, 0.3);
+        let ctx = FitContext { device: DeviceChoice::Cpu, ..FitContext::new(8, 5) };
+        // Every class seen (standard protocol): no blend.
+        let one = AgnetParams { hidden: vec![16], epochs: 1, ..Default::default() };
+        assert!(one.ridge_blend > 0.0 && one.fit(&seen, &ctx).unwrap().ridge.is_none());
+        let data = crate::deep::czhash::tests::with_unseen_class(seen);
+        let p = AgnetParams { hidden: vec![16], epochs: 2, batch_size: 16, ridge_blend: 0.4, blend_lambda: 0.5, ..Default::default() };
+        // The trainer holds libtorch's generator lock until it is dropped, before the fit below.
+        {
+            let (_tr, prep) = zs_common::start(METHOD, &data, &ctx, 1, &RunControl::default(), true, 0, true, p.input_clip).unwrap();
+            let mut fit = Fitter::new(&p, prep, 8, 5).unwrap();
+            let r = fit.fit_ridge_blend().unwrap();
+            for (v, rv) in r.iter().enumerate() {
+                let x = tensor_to_array(&fit.prep.x[v]).unwrap();
+                let t = tensor_to_array(&fit.targets[v]).unwrap();
+                let (n, d) = x.dim();
+                let e = t.ncols();
+                assert_eq!(rv.dim(), (d, e));
+                let lam = 0.5 * n as f64; // every synthetic row is labelled
+                for a in 0..d {
+                    for k in 0..e {
+                        let mut lhs = lam * rv[[a, k]] as f64;
+                        for b in 0..d {
+                            let g: f64 = (0..n).map(|i| x[[i, a]] as f64 * x[[i, b]] as f64).sum();
+                            lhs += g * rv[[b, k]] as f64;
+                        }
+                        let rhs: f64 = (0..n).map(|i| x[[i, a]] as f64 * t[[i, k]] as f64).sum();
+                        assert!((lhs - rhs).abs() < 1e-3 * (1.0 + rhs.abs()), "modality {v} ({a}, {k}): {lhs} vs {rhs}");
+                    }
+                }
+            }
+        }
+        let model = p.fit(&data, &ctx).unwrap();
+        let ridge = model.ridge.clone().expect("ridge maps kept");
+        for m in [IMAGE, TEXT] {
+            let x = zs_common::network_input(METHOD, &model.inputs, m, &data.views[m]).unwrap();
+            let want = model.attr_nets[m].forward(x.view()) * 0.6 + x.dot(&ridge[m]) * 0.4;
+            let got = model.embedding(m, &data.views[m]).unwrap();
+            assert!(got.iter().zip(want.iter()).all(|(a, b)| (a - b).abs() < 1e-4));
+        }
+        // The hashing layer is PCA + ITQ of the blended training outputs: each bit has mean 0 and
+        // deviation 1 over them.
+        let z: Vec<Array2<f32>> = (0..2).map(|v| model.embedding(v, &data.views[v]).unwrap()).collect();
+        let h = model.hash_net.forward(ndarray::concatenate(ndarray::Axis(0), &[z[0].view(), z[1].view()]).unwrap().view()).mapv(f64::from);
+        let (mean, sd) = (h.mean_axis(ndarray::Axis(0)).unwrap(), h.std_axis(ndarray::Axis(0), 0.0));
+        assert!(mean.iter().all(|m| m.abs() < 1e-3) && sd.iter().all(|s| (s - 1.0).abs() < 1e-3), "mean {mean} sd {sd}");
+        let d = tempfile::tempdir().unwrap();
+        let md = d.path().join("model");
+        model.save(&md).unwrap();
+        let back = AgnetModel::load(&md).unwrap();
+        for m in [IMAGE, TEXT] {
+            assert_eq!(back.encode(m, &data.views[m]).unwrap(), model.encode(m, &data.views[m]).unwrap());
+        }
+        // A ridge map of the wrong shape is refused, naming the file.
+        crate::npy::write_npy(&md.join("text_ridge.npy"), &Array2::<f32>::zeros((2, 2))).unwrap();
+        let e = format!("{:#}", AgnetModel::load(&md).unwrap_err());
+        assert!(e.contains("text_ridge.npy") && e.contains("expected"), "{e}");
+        let e = AgnetParams { ridge_blend: 1.0, ..p.clone() }.fit(&data, &ctx).unwrap_err().to_string();
+        assert!(e.contains("agnet.ridge_blend"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub struct AgnetModel {
     pub(super) attr_nets: Vec<MlpWeights>,
     pub(super) hash_net: MlpWeights,
     pub(super) inputs: Vec<InputMap>,
+    /// `ridge_blend` > 0: per modality, the ridge map Rᵛ (network inputs × attribute coordinates).
+    pub(super) ridge: Option<Vec<Array2<f32>>>,
     pub(super) history: Vec<f64>,
 }
 
@@ -31,8 +33,22 @@ impl AgnetModel {
 
     /// The modality network's whole output (attribute coordinates, then the free ones): the hash
     /// network's input.
+    /// With `ridge_blend` w > 0: (1 − w)·gᵛ(x) + w·xRᵛ.
     pub fn embedding(&self, modality: usize, view: &View) -> Result<Array2<f32>> {
-        Ok(self.attr_nets[modality].forward(zs_common::network_input(METHOD, &self.inputs, modality, view)?.view()))
+        let x = zs_common::network_input(METHOD, &self.inputs, modality, view)?;
+        let g = self.attr_nets[modality].forward(x.view());
+        Ok(match &self.ridge {
+            None => g,
+            Some(r) => {
+                // Only the attribute coordinates are blended; `free_dims` outputs stay the network's.
+                let w = self.params.ridge_blend as f32;
+                let mut z = g;
+                let d = r[modality].ncols();
+                let mixed = &z.slice(ndarray::s![.., ..d]) * (1.0 - w) + x.dot(&r[modality]) * w;
+                z.slice_mut(ndarray::s![.., ..d]).assign(&mixed);
+                z
+            }
+        })
     }
 
     pub fn load(dir: &Path) -> Result<Self> {
@@ -52,16 +68,33 @@ impl AgnetModel {
         }
         let mut attr_nets = Vec::new();
         let mut inputs = Vec::new();
+        let mut ridges = Vec::new();
         for (m, name) in MODALITY_NAMES.iter().enumerate() {
             let net = MlpWeights::load(dir, name, params.hidden.len() + 1)?;
             if net.layers.last().map(|l| l.0.nrows()) != Some(hash_net.in_dim()) {
                 bail!("{}: the {name} network's output does not match the hash network's input ({}); the weight files and model.json disagree", dir.display(), hash_net.in_dim());
             }
             let input = InputMap::load(dir, name, sigmas[m], net.in_dim(), params.input_clip)?;
+            if params.ridge_blend > 0.0 {
+                let path = dir.join(format!("{name}_ridge.npy"));
+                let r = crate::npy::read_features(&path)?;
+                if r.dim() != (net.in_dim(), hash_net.in_dim() - params.free_dims) {
+                    bail!(
+                        "{}: shape {}, expected ({}, {}) (the {name} network's inputs × attribute coordinates, ridge_blend = {} in model.json)",
+                        path.display(),
+                        crate::npy::shape_str(&[r.nrows(), r.ncols()]),
+                        net.in_dim(),
+                        hash_net.in_dim() - params.free_dims,
+                        params.ridge_blend
+                    );
+                }
+                ridges.push(r);
+            }
             attr_nets.push(net);
             inputs.push(input);
         }
-        Ok(Self { params, bits, attr_nets, hash_net, inputs, history })
+        let ridge = (params.ridge_blend > 0.0).then_some(ridges);
+        Ok(Self { params, bits, attr_nets, hash_net, inputs, ridge, history })
     }
 }
 
@@ -84,6 +117,9 @@ impl HashModel for AgnetModel {
         for (m, name) in MODALITY_NAMES.iter().enumerate() {
             self.attr_nets[m].save(dir, name)?;
             self.inputs[m].save(dir, name)?;
+            if let Some(r) = &self.ridge {
+                crate::npy::write_npy(&dir.join(format!("{name}_ridge.npy")), &r[m])?;
+            }
         }
         self.hash_net.save(dir, "hash")?;
         let json = serde_json::json!({
@@ -92,7 +128,7 @@ impl HashModel for AgnetModel {
             "params": self.params,
             "history": self.history,
             "rbf_sigma": self.inputs.iter().map(|i| i.sigma()).collect::<Vec<_>>(),
-            "encode": "code = sign(hash MLP(m MLP((phi(x) - m_mean) / m_std))), the hash MLP taking all outputs of the m MLP (params.free_dims of them free, after the attribute coordinates), MLPs = {name}_l*_weight/bias with ReLU between layers, m = image | text; phi(x) = x, or with rbf_anchors > 0: exp(-||x - m_anchors||^2 / (2 rbf_sigma[m]^2)) - m_phi_mean",
+            "encode": "code = sign(hash MLP(m MLP((phi(x) - m_mean) / m_std))), the hash MLP taking all outputs of the m MLP (params.free_dims of them free, after the attribute coordinates), MLPs = {name}_l*_weight/bias with ReLU between layers, m = image | text; with params.ridge_blend = w > 0 the m MLP's output is replaced by (1 - w) m MLP(z) + w z m_ridge (z its input); phi(x) = x, or with rbf_anchors > 0: exp(-||x - m_anchors||^2 / (2 rbf_sigma[m]^2)) - m_phi_mean",
         });
         crate::npy::write_text_atomic(&dir.join("model.json"), &(serde_json::to_string_pretty(&json)? + "\n"))
     }

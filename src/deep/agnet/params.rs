@@ -56,6 +56,13 @@ pub struct AgnetParams {
     /// attribute-space neighbourhoods of the predictions, and L_sim, L_q and L_dec train the
     /// attribute networks through it. Needs `hash_hidden = []` and `free_dims = 0`.
     pub pca_hash: bool,
+    /// w ∈ [0, 1): after training, each modality's attribute predictor becomes
+    /// (1 − w)·gᵛ(x) + w·xRᵛ, Rᵛ the ridge regression (λ = `blend_lambda` × the number of labelled
+    /// rows) from the network inputs of the labelled training rows to their attribute targets, and
+    /// the `pca_hash` layer is fitted to that blend; 0 = the networks alone.
+    pub ridge_blend: f64,
+    /// λ of the `ridge_blend` regression, relative to the number of labelled rows.
+    pub blend_lambda: f64,
 }
 
 impl Default for AgnetParams {
@@ -81,6 +88,8 @@ impl Default for AgnetParams {
             input_clip: 5.0,
             output_init_scale: 0.1,
             pca_hash: true,
+            ridge_blend: 0.6,
+            blend_lambda: 1.0,
         }
     }
 }
@@ -89,7 +98,7 @@ impl AgnetParams {
     /// The model as the paper describes it, without the additions: no bit-decorrelation term,
     /// attributes in their own coordinates (`--preset paper`).
     pub fn paper() -> Self {
-        Self { decor_weight: 0.0, attribute_span: false, ..Self::default() }
+        Self { decor_weight: 0.0, attribute_span: false, ridge_blend: 0.0, ..Self::default() }
     }
 }
 

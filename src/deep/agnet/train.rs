@@ -21,11 +21,13 @@ pub(super) struct Fitter<'a> {
     g: Vec<Mlp>,
     h: Mlp,
     opt: Optimizer,
-    targets: Vec<Tensor>,
+    pub(super) targets: Vec<Tensor>,
     /// μ: mean attribute vector of the training classes (1 × e).
     mu: Tensor,
     /// r: the code length.
     h_bits: usize,
+    /// `ridge_blend`: (w, Rᵛ per modality), set after training.
+    blend: Option<(f64, Vec<Tensor>)>,
 }
 
 impl<'a> Fitter<'a> {
@@ -50,7 +52,7 @@ impl<'a> Fitter<'a> {
         let a: Vec<Tensor> = prep.attributes.iter().map(|a| array_to_tensor(a.view(), dev)).collect();
         let targets = attribute_targets(&prep, &a);
         let mu = array_to_tensor(attribute_centre(&prep).view(), dev);
-        Ok(Self { params, prep, vs, g, h, opt, targets, mu, h_bits: bits })
+        Ok(Self { params, prep, vs, g, h, opt, targets, mu, h_bits: bits, blend: None })
     }
 }
 
@@ -79,10 +81,7 @@ impl Fitter<'_> {
     /// unit deviation: h(z) = ((z − μ) Pₖ[R G]) / s.
     fn fit_pca_hash(&mut self, seed: u64) -> Result<()> {
         let z: Vec<Array2<f64>> = (0..2)
-            .map(|v| {
-                tensor_to_array(&tch::no_grad(|| self.prep.map_all_inputs(v, |x| self.g[v].forward_t(x, false)))?)
-                    .map(|a| a.mapv(f64::from))
-            })
+            .map(|v| tensor_to_array(&tch::no_grad(|| self.prep.map_all_inputs(v, |x| self.predict(v, x)))?).map(|a| a.mapv(f64::from)))
             .collect::<Result<_>>()?;
         let stacked = ndarray::concatenate(ndarray::Axis(0), &[z[0].view(), z[1].view()])?;
         let bits = self.h_bits;
@@ -100,6 +99,33 @@ impl Fitter<'_> {
             vars["hash-fc1.bias"].shallow_clone().f_copy_(&Tensor::from_slice(b.as_slice().expect("contiguous")).to_device(dev))?;
             Ok(())
         })
+    }
+}
+
+impl Fitter<'_> {
+    /// The attribute predictor of modality `v` on network inputs `x` (evaluation mode): gᵛ(x), or
+    /// with `ridge_blend` w set, (1 − w)·gᵛ(x) + w·xRᵛ.
+    fn predict(&self, v: usize, x: &Tensor) -> Tensor {
+        let g = self.g[v].forward_t(x, false);
+        match &self.blend {
+            None => g,
+            Some((w, r)) => {
+                // Only the attribute coordinates are blended; `free_dims` outputs stay the network's.
+                let d = r[v].size()[1];
+                let mixed = g.narrow(1, 0, d) * (1.0 - w) + x.matmul(&r[v]) * *w;
+                Tensor::cat(&[mixed, g.narrow(1, d, g.size()[1] - d)], 1)
+            }
+        }
+    }
+
+    /// `ridge_blend`: Rᵛ = argmin ‖XR − T‖² + λn‖R‖² over the n labelled training rows of each
+    /// modality (X their network inputs, T their attribute targets).
+    pub(super) fn fit_ridge_blend(&mut self) -> Result<Vec<Array2<f32>>> {
+        let out: Vec<Array2<f32>> =
+            (0..2).map(|v| zs_common::ridge_blend_map(&self.prep, v, &self.targets[v], self.params.blend_lambda)).collect::<Result<_>>()?;
+        let w = self.params.ridge_blend;
+        self.blend = Some((w, out.iter().map(|r| array_to_tensor(r.view(), self.prep.device)).collect()));
+        Ok(out)
     }
 }
 
@@ -139,15 +165,25 @@ impl ZsFitter for Fitter<'_> {
 }
 
 impl AgnetParams {
-    /// Fits with a [`RunControl`] (e.g. stop after an epoch, as a kill would).
+    /// Fits with a [`RunControl`] (e.g. stop after an epoch, as a kill would). `ridge_blend`
+    /// applies only when the training set leaves classes unseen (the zero-shot protocols): with
+    /// every class seen the networks alone retrieve better (docs/methods.md).
     pub(crate) fn fit_with_control(&self, data: &TrainSet, ctx: &FitContext, control: &RunControl) -> Result<AgnetModel> {
+        if self.ridge_blend > 0.0 && !data.has_unseen_classes() {
+            return Self { ridge_blend: 0.0, ..self.clone() }.fit_resolved(data, ctx, control);
+        }
+        self.fit_resolved(data, ctx, control)
+    }
+
+    fn fit_resolved(&self, data: &TrainSet, ctx: &FitContext, control: &RunControl) -> Result<AgnetModel> {
         data.validate()?;
         self.check(data, ctx.bits)?;
         let (tr, mut fit) = zs_common::fit_networks(METHOD, self, data, ctx, control, zs_common::input_options!(self), |prep| {
             Fitter::new(self, prep, ctx.bits, ctx.seed)
         })?;
+        let ridge = if self.ridge_blend > 0.0 { Some(fit.fit_ridge_blend()?) } else { None };
         if self.pca_hash {
-            // The final hashing layer follows the final attribute networks.
+            // The final hashing layer follows the final attribute networks (and the blend).
             fit.fit_pca_hash(ctx.seed ^ self.epochs as u64)?;
         }
         let nl = self.hidden.len() + 1;
@@ -157,6 +193,7 @@ impl AgnetParams {
             attr_nets: (0..2).map(|v| MlpWeights::from_var_store(&fit.vs, MODALITY_NAMES[v], nl)).collect::<Result<_>>()?,
             hash_net: MlpWeights::from_var_store(&fit.vs, "hash", self.hash_hidden.len() + 1)?,
             inputs: fit.prep.inputs.clone(),
+            ridge,
             history: tr.history.clone(),
         })
     }
@@ -188,6 +225,8 @@ impl Fit for AgnetParams {
         if self.pca_hash && (!self.hash_hidden.is_empty() || self.free_dims > 0) {
             bail!("agnet.pca_hash fits a linear hashing layer on the attribute coordinates: it needs agnet.hash_hidden = [] and agnet.free_dims = 0");
         }
+        ensure_fraction("agnet.ridge_blend", self.ridge_blend)?;
+        ensure_pos("agnet.blend_lambda", self.blend_lambda)?;
         if self.hidden.contains(&0) || self.hash_hidden.contains(&0) {
             bail!("hyper-parameters agnet.hidden / agnet.hash_hidden: every width must be at least 1");
         }

@@ -106,6 +106,14 @@
 //! targets that relate unseen classes to seen ones. Chosen on emoji zero-shot validation splits
 //! (docs/methods.md, CZHash).
 //!
+//! **Ridge blend (`ridge_blend` w = 0.3, zero-shot protocols only).** After training, each
+//! network output becomes (1 − w)·f(x) + w·xR, R the ridge regression from the network inputs of
+//! the labelled training rows to their α-term targets CA (λ = `blend_lambda` × their number), and
+//! the offsets c̄W follow the blend; the networks train unchanged. The two regressors extrapolate
+//! differently to unseen classes and their average transfers better (emoji zero-shot validation);
+//! with every class seen (`TrainSet::has_unseen_classes` false) the blend is off, as the networks
+//! alone retrieve better there (docs/methods.md, "The ridge blend").
+//!
 //! **Stabilisers of the alternation.** At lr 1e-2 some fits diverge: eq. 7
 //! falls to ~1e3 by round ~8, then its similarity term ω‖FFᵀ − S‖² (quartic in F) blows up by
 //! 10²–10⁴×, the attribute term following (Wikipedia at 64 bits with lr 1e-2 and without the input options: 2/10
@@ -155,7 +163,7 @@ use super::zs_common::{self, index_tensor, ridge_projector, MlpWeights, Prepared
 use crate::codes::BinaryCodes;
 use crate::method::{ensure_fraction, ensure_nonneg, ensure_pos, Fit, FitContext, TrainSet, IMAGE, TEXT};
 use anyhow::{anyhow, bail, Context, Result};
-use ndarray::Array2;
+use ndarray::{Array1, Array2};
 use rand::{Rng, SeedableRng};
 use tch::nn::ModuleT;
 use tch::{nn, Kind, Tensor};
@@ -474,6 +482,31 @@ impl<'a> Fitter<'a> {
         cbar(&self.code_c(v), self.params.centre)
     }
 
+    /// `ridge_blend`: R⁽ᵛ⁾ = argmin ‖XR − CA‖² + λn‖R‖² over the n labelled training rows of each
+    /// modality (X their network inputs, CA their targets in eq. 7's α term).
+    fn ridge_blend_maps(&self) -> Result<Vec<Array2<f32>>> {
+        (0..2).map(|v| zs_common::ridge_blend_map(&self.prep, v, &self.c_known[v].matmul(&self.a[v]), self.params.blend_lambda)).collect()
+    }
+
+    /// The code offsets of the blended outputs: ((1 − w)c̄⁽ᵛ⁾ + w·mean(XR⁽ᵛ⁾)P⁽ᵛ⁾)W⁽ᵛ⁾ (mean over the
+    /// training rows; zero without `centre`).
+    fn blended_offsets(&self, r: &[Array2<f32>]) -> Result<Vec<Array1<f32>>> {
+        let w = self.params.ridge_blend as f32;
+        (0..2)
+            .map(|v| {
+                let cb = tensor_to_array(&self.cbar(v))?;
+                let lin = if self.params.centre {
+                    let r = array_to_tensor(r[v].view(), self.prep.device);
+                    let xr = self.prep.map_all_inputs(v, |x| x.matmul(&r))?;
+                    tensor_to_array(&xr.mean_dim(Some([0i64].as_slice()), true, Kind::Float).matmul(&self.p[v]))?
+                } else {
+                    Array2::zeros(cb.raw_dim())
+                };
+                Ok((cb * (1.0 - w) + lin * w).dot(&tensor_to_array(&self.w[v])?).row(0).to_owned())
+            })
+            .collect()
+    }
+
     /// C̃⁽ᵛ⁾ = C⁽ᵛ⁾ − c̄⁽ᵛ⁾ (= C⁽ᵛ⁾ without `centre`; Ĉ for `predicted_coding`): what the coding
     /// matrices act on.
     fn centred_c(&self, v: usize) -> Tensor {
@@ -759,8 +792,17 @@ fn objective_terms(
 }
 
 impl CzhashParams {
-    /// Fits with a [`RunControl`] (e.g. stop after an epoch, as a kill would).
+    /// Fits with a [`RunControl`] (e.g. stop after an epoch, as a kill would). `ridge_blend`
+    /// applies only when the training set leaves classes unseen (the zero-shot protocols): with
+    /// every class seen the networks alone retrieve better (docs/methods.md).
     pub fn fit_with_control(&self, data: &TrainSet, ctx: &FitContext, control: &RunControl) -> Result<CzhashModel> {
+        if self.ridge_blend > 0.0 && !data.has_unseen_classes() {
+            return Self { ridge_blend: 0.0, ..self.clone() }.fit_resolved(data, ctx, control);
+        }
+        self.fit_resolved(data, ctx, control)
+    }
+
+    fn fit_resolved(&self, data: &TrainSet, ctx: &FitContext, control: &RunControl) -> Result<CzhashModel> {
         data.validate()?;
         self.check(data, ctx.bits)?;
         let (tr, fit) = zs_common::fit_networks(METHOD, self, data, ctx, control, zs_common::input_options!(self), |prep| {
@@ -769,14 +811,24 @@ impl CzhashParams {
         let all_rows = fit.prep.n() == data.len();
         let projectors = (0..2).map(|v| ridge_projector(&fit.prep.attributes[v], self.ridge)).collect::<Result<Vec<_>>>()?;
         let train_codes = if all_rows { Some(BinaryCodes::from_signs(tensor_to_array(&fit.b)?.view())) } else { None };
+        let mut offsets: Vec<Array1<f32>> =
+            (0..2).map(|v| tensor_to_array(&fit.cbar(v).matmul(&fit.w[v])).map(|o| o.row(0).to_owned())).collect::<Result<_>>()?;
+        let ridge = if self.ridge_blend > 0.0 {
+            let r = fit.ridge_blend_maps()?;
+            offsets = fit.blended_offsets(&r)?;
+            Some(r)
+        } else {
+            None
+        };
         Ok(CzhashModel {
+            ridge,
             params: self.clone(),
             bits: ctx.bits,
             nets: (0..2).map(|v| MlpWeights::from_var_store(&fit.vs, MODALITY_NAMES[v], self.hidden.len() + 1)).collect::<Result<_>>()?,
             inputs: fit.prep.inputs.clone(),
             projectors,
             w: fit.w.iter().map(tensor_to_array).collect::<Result<_>>()?,
-            offsets: (0..2).map(|v| tensor_to_array(&fit.cbar(v).matmul(&fit.w[v])).map(|o| o.row(0).to_owned())).collect::<Result<_>>()?,
+            offsets,
             classes: fit.prep.classes.clone(),
             train_codes,
             history: tr.history.clone(),
@@ -795,6 +847,8 @@ impl Fit for CzhashParams {
         ensure_pos("czhash.ridge", self.ridge)?;
         ensure_pos("czhash.distance_scale", self.distance_scale)?;
         ensure_fraction("czhash.dropout", self.dropout)?;
+        ensure_fraction("czhash.ridge_blend", self.ridge_blend)?;
+        ensure_pos("czhash.blend_lambda", self.blend_lambda)?;
         ensure_nonneg("czhash.input_clip", self.input_clip)?;
         ensure_nonneg("czhash.output_init_scale", self.output_init_scale)?;
         if !(self.grad_clip >= 0.0 && self.grad_clip.is_finite()) {
@@ -1083,6 +1137,21 @@ pub(crate) mod tests {
 
     /// I→T and T→I mAP of `model` on 60 new items of [`synthetic`]'s 4 classes (same class
     /// centres, seed 99).
+    /// `data` with one more bundle class that no training item has (as under the zero-shot
+    /// protocols): an extra label column of zeros and an embedding row.
+    pub(crate) fn with_unseen_class(mut data: TrainSet) -> TrainSet {
+        let n = data.len();
+        for l in data.labels.iter_mut() {
+            *l = ndarray::concatenate(ndarray::Axis(1), &[l.view(), Array2::<u8>::zeros((n, 1)).view()]).unwrap();
+        }
+        data.class_names.push("unseen".into());
+        let emb = data.class_embeddings.take().expect("synthetic class embeddings");
+        let extra = Array2::<f32>::ones((1, emb.ncols()));
+        data.class_embeddings = Some(ndarray::concatenate(ndarray::Axis(0), &[emb.view(), extra.view()]).unwrap());
+        assert!(data.has_unseen_classes());
+        data
+    }
+
     pub(crate) fn held_out_maps<M: HashModel + ?Sized>(model: &M) -> (f64, f64) {
         let (test, tcls) = synthetic(60, 4, 99, 0.3);
         let ql = crate::bundle::one_hot(&tcls, 4);
@@ -1114,7 +1183,8 @@ pub(crate) mod tests {
     fn predicted_attribute_coding_learns_codes_its_hash_functions_reproduce() {
         let (data, cls) = synthetic(120, 4, 1, 0.3);
         let ctx = FitContext { device: DeviceChoice::Cpu, ..FitContext::new(16, 7) };
-        let p = CzhashParams { hidden: vec![32], epochs: 30, batch_size: 16, ..Default::default() };
+        // The networks alone (`ridge_blend` 0): eq. 12 relates B to what they give.
+        let p = CzhashParams { hidden: vec![32], epochs: 30, batch_size: 16, ridge_blend: 0.0, ..Default::default() };
         assert!(p.predicted_coding && p.attribute_coding && p.refresh_f);
         let model = p.fit(&data, &ctx).unwrap();
         let (i2t, t2i) = held_out_maps(&model);
@@ -1387,6 +1457,67 @@ pub(crate) mod tests {
         v["rbf_sigma"] = serde_json::json!([null, null]);
         std::fs::write(&mp, v.to_string()).unwrap();
         assert!(format!("{:#}", CzhashModel::load(d.path()).unwrap_err()).contains("rbf_sigma"));
+    }
+
+    /// `ridge_blend`: R⁽ᵛ⁾ solves the ridge normal equations (XᵀX + λnI)R = XᵀCA on the labelled
+    /// rows (plain f64 sums); the networks are those of the unblended fit (the blend comes after
+    /// training), the projections are ((1 − w)f + w·xR)PW − offset, and the maps survive save / load.
+    #[test]
+    fn ridge_blend_solves_the_normal_equations_and_round_trips() {
+        let (seen, _) = synthetic(60, 3, 2, 0.3);
+        let ctx = FitContext { device: DeviceChoice::Cpu, ..FitContext::new(8, 5) };
+        // Every class seen (standard protocol): no blend.
+        assert!(!seen.has_unseen_classes());
+        assert!(CzhashParams { hidden: vec![16], epochs: 1, ..Default::default() }.fit(&seen, &ctx).unwrap().ridge.is_none());
+        let data = with_unseen_class(seen);
+        let p = CzhashParams { hidden: vec![16], epochs: 2, ridge_blend: 0.4, blend_lambda: 0.5, ..Default::default() };
+        // Targets CA: C = the label rows normalised to sum 1, A the span coordinates of the
+        // class attributes (as the fit builds them).
+        let model = p.fit(&data, &ctx).unwrap();
+        let plain = CzhashParams { ridge_blend: 0.0, ..p.clone() }.fit(&data, &ctx).unwrap();
+        let ridge = model.ridge.clone().expect("ridge maps kept");
+        {
+            let _lock = crate::deep::test_support::torch_rng_lock();
+            let prep = zs_common::prepare(&data, METHOD, (0..60).collect(), tch::Device::Cpu, 0, true, ctx.seed, p.input_clip).unwrap();
+            for (v, rv) in ridge.iter().enumerate() {
+                let x = tensor_to_array(&prep.x[v]).unwrap();
+                let labels = data.labels[v].select(ndarray::Axis(1), &prep.classes[v]).mapv(f32::from);
+                let c = &labels / &labels.sum_axis(ndarray::Axis(1)).insert_axis(ndarray::Axis(1));
+                let t = c.dot(&prep.attributes[v]);
+                let (n, d) = x.dim();
+                let lam = 0.5 * n as f64;
+                for a in 0..d {
+                    for k in 0..t.ncols() {
+                        let mut lhs = lam * rv[[a, k]] as f64;
+                        for b in 0..d {
+                            lhs += (0..n).map(|i| x[[i, a]] as f64 * x[[i, b]] as f64).sum::<f64>() * rv[[b, k]] as f64;
+                        }
+                        let rhs: f64 = (0..n).map(|i| x[[i, a]] as f64 * t[[i, k]] as f64).sum();
+                        assert!((lhs - rhs).abs() < 1e-3 * (1.0 + rhs.abs()), "modality {v} ({a}, {k}): {lhs} vs {rhs}");
+                    }
+                }
+            }
+        }
+        for m in [IMAGE, TEXT] {
+            assert_eq!(model.nets[m].layers, plain.nets[m].layers);
+            let x = zs_common::network_input(METHOD, &model.inputs, m, &data.views[m]).unwrap();
+            let f = model.nets[m].forward(x.view()) * 0.6 + x.dot(&ridge[m]) * 0.4;
+            let want = f.dot(&model.projectors[m]).dot(&model.w[m]) - &model.offsets[m];
+            let got = model.project(m, &data.views[m]).unwrap();
+            assert!(got.iter().zip(want.iter()).all(|(a, b)| (a - b).abs() < 1e-4));
+        }
+        let d = tempfile::tempdir().unwrap();
+        let md = d.path().join("model");
+        model.save(&md).unwrap();
+        let back = CzhashModel::load(&md).unwrap();
+        for m in [IMAGE, TEXT] {
+            assert_eq!(back.encode(m, &data.views[m]).unwrap(), model.encode(m, &data.views[m]).unwrap());
+        }
+        crate::npy::write_npy(&md.join("image_ridge.npy"), &Array2::<f32>::zeros((2, 2))).unwrap();
+        let e = format!("{:#}", CzhashModel::load(&md).unwrap_err());
+        assert!(e.contains("image_ridge.npy") && e.contains("expected"), "{e}");
+        let e = CzhashParams { ridge_blend: 1.5, ..p.clone() }.fit(&data, &ctx).unwrap_err().to_string();
+        assert!(e.contains("czhash.ridge_blend"), "{e}");
     }
 
     #[test]

@@ -24,12 +24,19 @@ pub struct CzhashModel {
     pub(super) classes: Vec<Vec<usize>>,
     pub(super) train_codes: Option<BinaryCodes>,
     pub(super) history: Vec<f64>,
+    /// `ridge_blend` > 0: per modality, the ridge map R⁽ᵛ⁾ (network inputs × network outputs).
+    pub(super) ridge: Option<Vec<Array2<f32>>>,
 }
 
 impl CzhashModel {
     /// Real-valued code projections c W for items of `modality` (before the sign).
     pub fn project(&self, modality: usize, view: &View) -> Result<Array2<f32>> {
-        let f = self.nets[modality].forward(zs_common::network_input(METHOD, &self.inputs, modality, view)?.view());
+        let x = zs_common::network_input(METHOD, &self.inputs, modality, view)?;
+        let mut f = self.nets[modality].forward(x.view());
+        if let Some(r) = &self.ridge {
+            let w = self.params.ridge_blend as f32;
+            f = f * (1.0 - w) + x.dot(&r[modality]) * w;
+        }
         Ok(f.dot(&self.projectors[modality]).dot(&self.w[modality]) - &self.offsets[modality])
     }
 
@@ -53,6 +60,7 @@ impl CzhashModel {
         let mut projectors = Vec::new();
         let mut w = Vec::new();
         let mut offsets = Vec::new();
+        let mut ridges = Vec::new();
         for (m, name) in MODALITY_NAMES.iter().enumerate() {
             let net = MlpWeights::load(dir, name, params.hidden.len() + 1)?;
             let input = InputMap::load(dir, name, sigmas[m], net.in_dim(), params.input_clip)?;
@@ -64,6 +72,20 @@ impl CzhashModel {
             }
             if wm.dim() != (classes[m].len(), bits) {
                 bail!("{}/{name}_W.npy is {:?}, expected ({}, {bits})", dir.display(), wm.dim(), classes[m].len());
+            }
+            if params.ridge_blend > 0.0 {
+                let path = dir.join(format!("{name}_ridge.npy"));
+                let r = crate::npy::read_features(&path)?;
+                if r.dim() != (net.in_dim(), out) {
+                    bail!(
+                        "{}: shape {}, expected ({}, {out}) (the {name} network's inputs × outputs, ridge_blend = {} in model.json)",
+                        path.display(),
+                        crate::npy::shape_str(&[r.nrows(), r.ncols()]),
+                        net.in_dim(),
+                        params.ridge_blend
+                    );
+                }
+                ridges.push(r);
             }
             nets.push(net);
             inputs.push(input);
@@ -81,7 +103,8 @@ impl CzhashModel {
         }
         let tc = dir.join("train_codes_packed.npy");
         let train_codes = if tc.is_file() { Some(BinaryCodes::load_npy(&tc, Some(bits))?) } else { None };
-        Ok(Self { params, bits, nets, inputs, projectors, w, offsets, classes, train_codes, history })
+        let ridge = (params.ridge_blend > 0.0).then_some(ridges);
+        Ok(Self { params, bits, nets, inputs, projectors, w, offsets, classes, train_codes, history, ridge })
     }
 }
 
@@ -111,6 +134,9 @@ impl HashModel for CzhashModel {
             if self.params.centre {
                 write_npy(&dir.join(format!("{name}_offset.npy")), &self.offsets[m])?;
             }
+            if let Some(r) = &self.ridge {
+                write_npy(&dir.join(format!("{name}_ridge.npy")), &r[m])?;
+            }
         }
         if let Some(b) = &self.train_codes {
             b.save_npy(dir, "train_codes")?;
@@ -122,7 +148,7 @@ impl HashModel for CzhashModel {
             "modality_classes": self.classes,
             "rbf_sigma": self.inputs.iter().map(|i| i.sigma()).collect::<Vec<_>>(),
             "history": self.history,
-            "encode": "code = sign(((phi(x) - {m}_mean) / {m}_std → MLP {m}_l*_weight/bias, ReLU between layers) @ {m}_projector @ {m}_W - {m}_offset (centre only)), m = image | text; phi(x) = x, or with rbf_anchors > 0: exp(-||x - {m}_anchors||^2 / (2 rbf_sigma[m]^2)) - {m}_phi_mean",
+            "encode": "code = sign(((phi(x) - {m}_mean) / {m}_std → MLP {m}_l*_weight/bias, ReLU between layers; with params.ridge_blend = w > 0: (1 - w) MLP(z) + w z @ {m}_ridge, z the MLP's input) @ {m}_projector @ {m}_W - {m}_offset (centre only)), m = image | text; phi(x) = x, or with rbf_anchors > 0: exp(-||x - {m}_anchors||^2 / (2 rbf_sigma[m]^2)) - {m}_phi_mean",
         });
         crate::npy::write_text_atomic(&dir.join("model.json"), &(serde_json::to_string_pretty(&json)? + "\n"))
     }

@@ -79,6 +79,13 @@ pub struct CzhashParams {
     /// label rows; B starts, after the first round, from PCA + ITQ of those representations, and
     /// eq. 7's coding term also trains the networks (eqs. 8–9).
     pub predicted_coding: bool,
+    /// w ∈ [0, 1): after training, each modality's network output becomes (1 − w)·f⁽ᵛ⁾(x) +
+    /// w·xR⁽ᵛ⁾, R⁽ᵛ⁾ the ridge regression (λ = `blend_lambda` × the number of labelled rows) from the
+    /// network inputs of the labelled training rows to their attribute targets CA (eq. 7's α term),
+    /// and the code offsets c̄W follow the blend; 0 = the networks alone.
+    pub ridge_blend: f64,
+    /// λ of the `ridge_blend` regression, relative to the number of labelled rows.
+    pub blend_lambda: f64,
 }
 
 impl Default for CzhashParams {
@@ -108,6 +115,8 @@ impl Default for CzhashParams {
             output_init_scale: 0.1,
             attribute_coding: true,
             predicted_coding: true,
+            ridge_blend: 0.3,
+            blend_lambda: 1.0,
         }
     }
 }
@@ -117,7 +126,15 @@ impl CzhashParams {
     /// ŝ = 1/(1 + d), the literal sums of eq. 7, uncentred category representations, attributes
     /// in their own coordinates, and the paper's α = 1 (`--preset paper`).
     pub fn paper() -> Self {
-        Self { alpha: 1.0, normalise_distances: false, attribute_span: false, centre: false, normalise_terms: false, ..Self::default() }
+        Self {
+            alpha: 1.0,
+            normalise_distances: false,
+            attribute_span: false,
+            centre: false,
+            normalise_terms: false,
+            ridge_blend: 0.0,
+            ..Self::default()
+        }
     }
 }
 
