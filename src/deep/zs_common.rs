@@ -545,6 +545,30 @@ pub fn ridge_blend_map(prep: &Prepared, v: usize, targets: &Tensor, lambda: f64)
     Ok(crate::numerics::linalg::SpdFactor::new(g.view())?.solve(xt.view())?.mapv(|r| r as f32))
 }
 
+/// `(1 − w)·z + w·xR` on the first `R.ncols()` columns of the network outputs `z` (the rest, e.g.
+/// AgNet's free coordinates, stay the network's): the `ridge_blend` of CZHash and AgNet.
+pub fn blend_outputs(mut z: Array2<f32>, x: ArrayView2<f32>, r: &Array2<f32>, w: f32) -> Array2<f32> {
+    let d = r.ncols();
+    let mixed = &z.slice(ndarray::s![.., ..d]) * (1.0 - w) + x.dot(r) * w;
+    z.slice_mut(ndarray::s![.., ..d]).assign(&mixed);
+    z
+}
+
+/// Reads `{name}_ridge.npy` of a model folder: the `ridge_blend` map of one modality, which must be
+/// `inputs × outputs` (`outputs` named by `what` in the error).
+pub fn read_ridge_map(dir: &Path, name: &str, inputs: usize, outputs: usize, what: &str) -> Result<Array2<f32>> {
+    let path = dir.join(format!("{name}_ridge.npy"));
+    let r = crate::npy::read_features(&path)?;
+    if r.dim() != (inputs, outputs) {
+        bail!(
+            "{}: shape {}, expected ({inputs}, {outputs}) (the {name} network's inputs × {what}; model.json sets ridge_blend > 0)",
+            path.display(),
+            crate::npy::shape_str(&[r.nrows(), r.ncols()])
+        );
+    }
+    Ok(r)
+}
+
 /// The network inputs of rows `idx` (positions in `rows`) of a memory-mapped modality.
 pub fn mapped_inputs(rows: &crate::mapped::MappedRows, map: &InputMap, idx: &[usize], device: Device) -> Result<Tensor> {
     Ok(array_to_tensor(map.apply(rows.features(idx)?.view())?.view(), device))

@@ -39,15 +39,8 @@ impl AgnetModel {
         let g = self.attr_nets[modality].forward(x.view());
         Ok(match &self.ridge {
             None => g,
-            Some(r) => {
-                // Only the attribute coordinates are blended; `free_dims` outputs stay the network's.
-                let w = self.params.ridge_blend as f32;
-                let mut z = g;
-                let d = r[modality].ncols();
-                let mixed = &z.slice(ndarray::s![.., ..d]) * (1.0 - w) + x.dot(&r[modality]) * w;
-                z.slice_mut(ndarray::s![.., ..d]).assign(&mixed);
-                z
-            }
+            // Only the attribute coordinates are blended; `free_dims` outputs stay the network's.
+            Some(r) => zs_common::blend_outputs(g, x.view(), &r[modality], self.params.ridge_blend as f32),
         })
     }
 
@@ -76,19 +69,13 @@ impl AgnetModel {
             }
             let input = InputMap::load(dir, name, sigmas[m], net.in_dim(), params.input_clip)?;
             if params.ridge_blend > 0.0 {
-                let path = dir.join(format!("{name}_ridge.npy"));
-                let r = crate::npy::read_features(&path)?;
-                if r.dim() != (net.in_dim(), hash_net.in_dim() - params.free_dims) {
-                    bail!(
-                        "{}: shape {}, expected ({}, {}) (the {name} network's inputs × attribute coordinates, ridge_blend = {} in model.json)",
-                        path.display(),
-                        crate::npy::shape_str(&[r.nrows(), r.ncols()]),
-                        net.in_dim(),
-                        hash_net.in_dim() - params.free_dims,
-                        params.ridge_blend
-                    );
-                }
-                ridges.push(r);
+                ridges.push(zs_common::read_ridge_map(
+                    dir,
+                    name,
+                    net.in_dim(),
+                    hash_net.in_dim() - params.free_dims,
+                    "attribute coordinates",
+                )?);
             }
             attr_nets.push(net);
             inputs.push(input);

@@ -34,8 +34,7 @@ impl CzhashModel {
         let x = zs_common::network_input(METHOD, &self.inputs, modality, view)?;
         let mut f = self.nets[modality].forward(x.view());
         if let Some(r) = &self.ridge {
-            let w = self.params.ridge_blend as f32;
-            f = f * (1.0 - w) + x.dot(&r[modality]) * w;
+            f = zs_common::blend_outputs(f, x.view(), &r[modality], self.params.ridge_blend as f32);
         }
         Ok(f.dot(&self.projectors[modality]).dot(&self.w[modality]) - &self.offsets[modality])
     }
@@ -74,18 +73,7 @@ impl CzhashModel {
                 bail!("{}/{name}_W.npy is {:?}, expected ({}, {bits})", dir.display(), wm.dim(), classes[m].len());
             }
             if params.ridge_blend > 0.0 {
-                let path = dir.join(format!("{name}_ridge.npy"));
-                let r = crate::npy::read_features(&path)?;
-                if r.dim() != (net.in_dim(), out) {
-                    bail!(
-                        "{}: shape {}, expected ({}, {out}) (the {name} network's inputs × outputs, ridge_blend = {} in model.json)",
-                        path.display(),
-                        crate::npy::shape_str(&[r.nrows(), r.ncols()]),
-                        net.in_dim(),
-                        params.ridge_blend
-                    );
-                }
-                ridges.push(r);
+                ridges.push(zs_common::read_ridge_map(dir, name, net.in_dim(), out, "outputs")?);
             }
             nets.push(net);
             inputs.push(input);
