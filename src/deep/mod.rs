@@ -38,7 +38,8 @@ pub fn strip_backtrace(msg: &str) -> String {
         .join(" ")
 }
 
-/// Helpers for tests that call the project's Python (scripts/ only).
+/// Helpers shared by the tests: the project's Python (scripts/), temporary folders and the checks
+/// common to the zero-shot models.
 #[cfg(test)]
 pub(crate) mod test_support {
     use std::path::PathBuf;
@@ -79,6 +80,51 @@ pub(crate) mod test_support {
             }
         }
         tempfile::tempdir().unwrap()
+    }
+
+    /// Asserts that `r` solves the ridge normal equations (XᵀX + λI)R = XᵀT, each sum computed
+    /// plainly in f64.
+    pub fn assert_ridge_normal_equations(
+        x: &ndarray::Array2<f32>,
+        t: &ndarray::Array2<f32>,
+        r: &ndarray::Array2<f32>,
+        lam: f64,
+        what: &str,
+    ) {
+        let (n, d) = x.dim();
+        assert_eq!(r.dim(), (d, t.ncols()), "{what}");
+        for a in 0..d {
+            for k in 0..t.ncols() {
+                let mut lhs = lam * r[[a, k]] as f64;
+                for b in 0..d {
+                    lhs += (0..n).map(|i| x[[i, a]] as f64 * x[[i, b]] as f64).sum::<f64>() * r[[b, k]] as f64;
+                }
+                let rhs: f64 = (0..n).map(|i| x[[i, a]] as f64 * t[[i, k]] as f64).sum();
+                assert!((lhs - rhs).abs() < 1e-3 * (1.0 + rhs.abs()), "{what} ({a}, {k}): {lhs} vs {rhs}");
+            }
+        }
+    }
+
+    /// Saves `model`, loads it back with `load` and asserts the same codes for both modalities of
+    /// `data`; then overwrites `{bad_ridge}_ridge.npy` with a 2 × 2 map and asserts that loading
+    /// refuses it, naming the file.
+    pub fn assert_round_trip_and_bad_ridge<M: crate::method::HashModel>(
+        model: &M,
+        data: &crate::method::TrainSet,
+        load: impl Fn(&std::path::Path) -> anyhow::Result<M>,
+        bad_ridge: &str,
+    ) {
+        let d = tempfile::tempdir().unwrap();
+        let md = d.path().join("model");
+        model.save(&md).unwrap();
+        let back = load(&md).unwrap();
+        for m in [crate::method::IMAGE, crate::method::TEXT] {
+            assert_eq!(back.encode(m, &data.views[m]).unwrap(), model.encode(m, &data.views[m]).unwrap());
+        }
+        let file = format!("{bad_ridge}_ridge.npy");
+        crate::npy::write_npy(&md.join(&file), &ndarray::Array2::<f32>::zeros((2, 2))).unwrap();
+        let e = format!("{:#}", load(&md).err().expect("a 2 × 2 ridge map is refused"));
+        assert!(e.contains(&file) && e.contains("expected"), "{e}");
     }
 
     /// Runs a script under scripts/ with `py`, panicking with its stderr when it fails.

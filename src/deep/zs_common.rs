@@ -532,12 +532,13 @@ pub fn ridge_blend_map(prep: &Prepared, v: usize, targets: &Tensor, lambda: f64)
     let (d, e) = (prep.dims()[v], targets.size()[1] as usize);
     let mut g = Array2::<f64>::zeros((d, d));
     let mut xt = Array2::<f64>::zeros((d, e));
-    for block in rows.chunks(1024) {
+    for block in rows.chunks(STREAM_ROWS) {
         let x = crate::deep::tensors::tensor_to_array(&prep.batch_inputs(v, block)?)?.mapv(f64::from);
         let t = crate::deep::tensors::tensor_to_array(&targets.index_select(0, &index_tensor(block, prep.device)))?.mapv(f64::from);
-        g += &x.t().dot(&x);
+        crate::numerics::blocked::gram_add(x.view(), &mut g);
         xt += &x.t().dot(&t);
     }
+    crate::numerics::blocked::mirror_upper(&mut g);
     let lam = lambda * rows.len() as f64;
     for i in 0..d {
         g[[i, i]] += lam;

@@ -513,21 +513,8 @@ mod tests {
             for (v, rv) in r.iter().enumerate() {
                 let x = tensor_to_array(&fit.prep.x[v]).unwrap();
                 let t = tensor_to_array(&fit.targets[v]).unwrap();
-                let (n, d) = x.dim();
-                let e = t.ncols();
-                assert_eq!(rv.dim(), (d, e));
-                let lam = 0.5 * n as f64; // every synthetic row is labelled
-                for a in 0..d {
-                    for k in 0..e {
-                        let mut lhs = lam * rv[[a, k]] as f64;
-                        for b in 0..d {
-                            let g: f64 = (0..n).map(|i| x[[i, a]] as f64 * x[[i, b]] as f64).sum();
-                            lhs += g * rv[[b, k]] as f64;
-                        }
-                        let rhs: f64 = (0..n).map(|i| x[[i, a]] as f64 * t[[i, k]] as f64).sum();
-                        assert!((lhs - rhs).abs() < 1e-3 * (1.0 + rhs.abs()), "modality {v} ({a}, {k}): {lhs} vs {rhs}");
-                    }
-                }
+                let lam = 0.5 * x.nrows() as f64; // every synthetic row is labelled
+                crate::deep::test_support::assert_ridge_normal_equations(&x, &t, rv, lam, &format!("modality {v}"));
             }
         }
         let model = p.fit(&data, &ctx).unwrap();
@@ -544,17 +531,8 @@ mod tests {
         let h = model.hash_net.forward(ndarray::concatenate(ndarray::Axis(0), &[z[0].view(), z[1].view()]).unwrap().view()).mapv(f64::from);
         let (mean, sd) = (h.mean_axis(ndarray::Axis(0)).unwrap(), h.std_axis(ndarray::Axis(0), 0.0));
         assert!(mean.iter().all(|m| m.abs() < 1e-3) && sd.iter().all(|s| (s - 1.0).abs() < 1e-3), "mean {mean} sd {sd}");
-        let d = tempfile::tempdir().unwrap();
-        let md = d.path().join("model");
-        model.save(&md).unwrap();
-        let back = AgnetModel::load(&md).unwrap();
-        for m in [IMAGE, TEXT] {
-            assert_eq!(back.encode(m, &data.views[m]).unwrap(), model.encode(m, &data.views[m]).unwrap());
-        }
         // A ridge map of the wrong shape is refused, naming the file.
-        crate::npy::write_npy(&md.join("text_ridge.npy"), &Array2::<f32>::zeros((2, 2))).unwrap();
-        let e = format!("{:#}", AgnetModel::load(&md).unwrap_err());
-        assert!(e.contains("text_ridge.npy") && e.contains("expected"), "{e}");
+        crate::deep::test_support::assert_round_trip_and_bad_ridge(&model, &data, AgnetModel::load, "text");
         let e = AgnetParams { ridge_blend: 1.0, ..p.clone() }.fit(&data, &ctx).unwrap_err().to_string();
         assert!(e.contains("agnet.ridge_blend"), "{e}");
     }

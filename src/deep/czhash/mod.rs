@@ -1484,18 +1484,8 @@ pub(crate) mod tests {
                 let labels = data.labels[v].select(ndarray::Axis(1), &prep.classes[v]).mapv(f32::from);
                 let c = &labels / &labels.sum_axis(ndarray::Axis(1)).insert_axis(ndarray::Axis(1));
                 let t = c.dot(&prep.attributes[v]);
-                let (n, d) = x.dim();
-                let lam = 0.5 * n as f64;
-                for a in 0..d {
-                    for k in 0..t.ncols() {
-                        let mut lhs = lam * rv[[a, k]] as f64;
-                        for b in 0..d {
-                            lhs += (0..n).map(|i| x[[i, a]] as f64 * x[[i, b]] as f64).sum::<f64>() * rv[[b, k]] as f64;
-                        }
-                        let rhs: f64 = (0..n).map(|i| x[[i, a]] as f64 * t[[i, k]] as f64).sum();
-                        assert!((lhs - rhs).abs() < 1e-3 * (1.0 + rhs.abs()), "modality {v} ({a}, {k}): {lhs} vs {rhs}");
-                    }
-                }
+                let lam = 0.5 * x.nrows() as f64;
+                crate::deep::test_support::assert_ridge_normal_equations(&x, &t, rv, lam, &format!("modality {v}"));
             }
         }
         for m in [IMAGE, TEXT] {
@@ -1506,16 +1496,7 @@ pub(crate) mod tests {
             let got = model.project(m, &data.views[m]).unwrap();
             assert!(got.iter().zip(want.iter()).all(|(a, b)| (a - b).abs() < 1e-4));
         }
-        let d = tempfile::tempdir().unwrap();
-        let md = d.path().join("model");
-        model.save(&md).unwrap();
-        let back = CzhashModel::load(&md).unwrap();
-        for m in [IMAGE, TEXT] {
-            assert_eq!(back.encode(m, &data.views[m]).unwrap(), model.encode(m, &data.views[m]).unwrap());
-        }
-        crate::npy::write_npy(&md.join("image_ridge.npy"), &Array2::<f32>::zeros((2, 2))).unwrap();
-        let e = format!("{:#}", CzhashModel::load(&md).unwrap_err());
-        assert!(e.contains("image_ridge.npy") && e.contains("expected"), "{e}");
+        crate::deep::test_support::assert_round_trip_and_bad_ridge(&model, &data, CzhashModel::load, "image");
         let e = CzhashParams { ridge_blend: 1.5, ..p.clone() }.fit(&data, &ctx).unwrap_err().to_string();
         assert!(e.contains("czhash.ridge_blend"), "{e}");
     }
