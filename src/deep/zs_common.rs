@@ -20,11 +20,32 @@ use tch::{nn, Device, Kind, Tensor};
 
 pub use crate::numerics::Standardizer;
 
-/// How a modality's raw features become its network's input (`rbf_anchors` of CZHash and AgNet):
-/// optionally the centred RBF-anchor features the shallow methods use (SCH, CCA-ITQ:
-/// φ(x) = exp(−‖x − aⱼ‖² / 2σ²) − φ̄, c anchors aⱼ drawn from the training rows, σ = mean
-/// training-row-to-anchor distance, φ̄ the training mean; [`crate::numerics::rbf::RbfMap`]),
-/// then per-dimension standardisation ([`Standardizer`]) fitted on the training rows.
+/// The input options of CZHash and AgNet ([`InputMap`]): `rbf_anchors`, `input_clip`,
+/// `input_power`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InputSpec {
+    /// c > 0: centred RBF features of c training anchors; 0 = the features themselves.
+    pub rbf_anchors: usize,
+    /// c > 0: standardised values clipped to [−c, c]; 0 = no clipping.
+    pub clip: f64,
+    /// p: each raw feature value v becomes sign(v)·|v|ᵖ before anything else; 1 = unchanged.
+    pub power: f64,
+}
+
+impl Default for InputSpec {
+    fn default() -> Self {
+        Self { rbf_anchors: 0, clip: 0.0, power: 1.0 }
+    }
+}
+
+/// How a modality's raw features become its network's input (`input_power`, `rbf_anchors` and
+/// `input_clip` of CZHash and AgNet): optionally the signed power sign(v)·|v|ᵖ of every value (power
+/// normalisation: p = ½ on non-negative histograms is the Hellinger map, Perronnin, Sánchez,
+/// Mensink, ECCV 2010, §3.1), optionally the centred RBF-anchor features the shallow methods use
+/// (SCH, CCA-ITQ: φ(x) = exp(−‖x − aⱼ‖² / 2σ²) − φ̄, c anchors aⱼ drawn from the training rows,
+/// σ = mean training-row-to-anchor distance, φ̄ the training mean;
+/// [`crate::numerics::rbf::RbfMap`]), then per-dimension standardisation ([`Standardizer`])
+/// fitted on the training rows, optionally clipped.
 #[derive(Clone, Debug)]
 pub struct InputMap {
     pub rbf: Option<crate::numerics::rbf::RbfMap>,
@@ -32,31 +53,35 @@ pub struct InputMap {
     /// c > 0: standardised values are clipped to [−c, c] (the `input_clip` of CZHash and AgNet);
     /// 0 = no clipping.
     pub clip: f32,
+    /// The signed power p applied to the raw features first (the `input_power`; 1 = none).
+    pub power: f32,
+}
+
+/// sign(v)·|v|ᵖ of every value (`x` itself when p = 1).
+fn signed_power<'a>(x: ArrayView2<'a, f32>, p: f32) -> ndarray::CowArray<'a, f32, ndarray::Ix2> {
+    if p == 1.0 {
+        x.into()
+    } else {
+        x.mapv(|v| v.signum() * v.abs().powf(p)).into()
+    }
 }
 
 impl InputMap {
-    /// Fits the map on the training features `x` (`anchors` = 0: standardisation only; otherwise
+    /// Fits the map on the training features `x` (`spec.rbf_anchors` = 0: no RBF map; otherwise
     /// min(anchors, rows) RBF anchors drawn with `seed`); returns it with the mapped training rows.
-    pub fn fit(x: ArrayView2<f32>, anchors: usize, seed: u64) -> Result<(Self, Array2<f32>)> {
-        let (rbf, z) = if anchors == 0 {
+    pub fn fit(x: ArrayView2<f32>, spec: &InputSpec, seed: u64) -> Result<(Self, Array2<f32>)> {
+        let x = signed_power(x, spec.power as f32);
+        let (rbf, z) = if spec.rbf_anchors == 0 {
             (None, x.to_owned())
         } else {
             let mut rng = crate::numerics::random::seeded_rng(seed, 0x5A5A);
-            let (map, phi) = crate::numerics::rbf::RbfMap::fit(x, anchors.min(x.nrows()), 1.0, &mut rng)?;
+            let (map, phi) = crate::numerics::rbf::RbfMap::fit(x.view(), spec.rbf_anchors.min(x.nrows()), 1.0, &mut rng)?;
             (Some(map), phi.mapv(|v| v as f32))
         };
         let std = Standardizer::fit(z.view());
-        let map = Self { rbf, std, clip: 0.0 };
-        let out = map.std.apply(z.view());
+        let map = Self { rbf, std, clip: spec.clip as f32, power: spec.power as f32 };
+        let out = map.clipped(map.std.apply(z.view()));
         Ok((map, out))
-    }
-
-    /// The same map with standardised values clipped to [−clip, clip] (0 = none), and `z`, the
-    /// standardised training rows [`InputMap::fit`] returned, clipped alike.
-    pub fn with_clip(mut self, clip: f64, z: Array2<f32>) -> (Self, Array2<f32>) {
-        self.clip = clip as f32;
-        let z = self.clipped(z);
-        (self, z)
     }
 
     fn clipped(&self, z: Array2<f32>) -> Array2<f32> {
@@ -70,13 +95,17 @@ impl InputMap {
     /// [`InputMap::fit`] on memory-mapped rows without holding them: the same anchors (same random
     /// draws), σ, centring mean and standardisation, accumulated over blocks of rows (equal to
     /// `fit`'s up to the order of floating-point sums).
-    pub fn fit_mapped(x: &crate::mapped::MappedRows, anchors: usize, seed: u64) -> Result<Self> {
+    pub fn fit_mapped(x: &crate::mapped::MappedRows, spec: &InputSpec, seed: u64) -> Result<Self> {
         let n = x.len();
+        let (anchors, power) = (spec.rbf_anchors, spec.power as f32);
         let rbf = if anchors == 0 {
             None
         } else {
             let mut rng = crate::numerics::random::seeded_rng(seed, 0x5A5A);
             let rows = x.all_file_rows();
+            if power != 1.0 {
+                bail!("input_power = {power} with rbf_anchors = {anchors} needs the features in memory; memory-mapped features take input_power = 1 with RBF anchors");
+            }
             let map = crate::numerics::rbf::RbfMap::fit_streamed(x.array().features_view()?, Some(&rows), anchors.min(n), 1.0, &mut rng)?;
             x.array().release();
             Some(map)
@@ -84,6 +113,7 @@ impl InputMap {
         // Mapped features were checked finite when the bundle was mapped (`Bundle::load_mapped`).
         let block = |idx: Vec<usize>| -> Result<Array2<f64>> {
             let f = x.features(&idx)?;
+            let f = signed_power(f.view(), power);
             Ok(match &rbf {
                 None => f.mapv(f64::from),
                 Some(m) => m.features_of(f.view()).mapv(|v| v as f32 as f64),
@@ -99,14 +129,15 @@ impl InputMap {
             sq += &(block(idx)? - &mean).mapv(|v| v * v).sum_axis(Axis(0));
         }
         let std = Standardizer::from_moments(&mean, &(sq / n.max(1) as f64));
-        Ok(Self { rbf, std, clip: 0.0 })
+        Ok(Self { rbf, std, clip: spec.clip as f32, power })
     }
 
     /// The network input of new rows.
     pub fn apply(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        let x = signed_power(x, self.power);
         let z = match &self.rbf {
-            None => self.std.apply(x),
-            Some(m) => self.std.apply(m.transform(x)?.mapv(|v| v as f32).view()),
+            None => self.std.apply(x.view()),
+            Some(m) => self.std.apply(m.transform(x.view())?.mapv(|v| v as f32).view()),
         };
         Ok(self.clipped(z))
     }
@@ -139,8 +170,8 @@ impl InputMap {
 
     /// Reads what [`InputMap::save`] wrote; `sigma` = Some(σ) when the model has an RBF map.
     /// `dim` is the network's input dimension the standardisation must match.
-    /// `clip` is the model's `input_clip` hyper-parameter.
-    pub fn load(dir: &Path, name: &str, sigma: Option<f64>, dim: usize, clip: f64) -> Result<Self> {
+    /// `clip` and `power` are the model's `input_clip` and `input_power` hyper-parameters.
+    pub fn load(dir: &Path, name: &str, sigma: Option<f64>, dim: usize, clip: f64, power: f64) -> Result<Self> {
         let mean: Array1<f32> = read_f32(&dir.join(format!("{name}_mean.npy")), 1)?.into_dimensionality()?;
         let std: Array1<f32> = read_f32(&dir.join(format!("{name}_std.npy")), 1)?.into_dimensionality()?;
         if mean.len() != dim || std.len() != dim {
@@ -156,7 +187,7 @@ impl InputMap {
                 Some(m)
             }
         };
-        Ok(Self { rbf, std: Standardizer { mean, std }, clip: clip as f32 })
+        Ok(Self { rbf, std: Standardizer { mean, std }, clip: clip as f32, power: power as f32 })
     }
 }
 
@@ -462,21 +493,19 @@ pub fn labelled_rows(data: &TrainSet) -> Vec<usize> {
 }
 
 /// Tensors of the training rows `rows` on `device` (call after [`check_zero_shot_data`]).
-/// `rbf_anchors` > 0 maps the features to centred RBF-anchor features first ([`InputMap`]).
+/// `input` says how features become network inputs ([`InputMap`]).
 /// Memory-mapped features stay in their file: the map is fitted over blocks of rows
 /// ([`InputMap::fit_mapped`]) and the inputs are computed batch by batch
 /// ([`Prepared::batch_inputs`], [`Prepared::map_all_inputs`]).
 /// `attribute_span` expresses the attributes in [`span_basis`] coordinates.
-#[allow(clippy::too_many_arguments)]
 pub fn prepare(
     data: &TrainSet,
     method: &str,
     rows: Vec<usize>,
     device: Device,
-    rbf_anchors: usize,
+    input: &InputSpec,
     attribute_span: bool,
     seed: u64,
-    input_clip: f64,
 ) -> Result<Prepared> {
     let emb = data.require_class_embeddings(method)?;
     let mut inputs = Vec::new();
@@ -488,9 +517,9 @@ pub fn prepare(
         if let View::Mapped(f) = &data.views[m] {
             if !f.is_images() {
                 let sel = f.select(&rows);
-                let map = InputMap::fit_mapped(&sel, rbf_anchors, seed ^ m as u64)
+                let map = InputMap::fit_mapped(&sel, input, seed ^ m as u64)
                     .with_context(|| format!("{method}: input features of modality {m} ({})", f.array().path().display()))?;
-                inputs.push(InputMap { clip: input_clip as f32, ..map });
+                inputs.push(map);
                 x.push(Tensor::zeros([0, inputs[m].dim() as i64], (tch::Kind::Float, device)));
                 mapped.push(Some(sel));
                 push_labels(data, m, &rows, device, &mut labels, &mut labelled);
@@ -502,8 +531,7 @@ pub fn prepare(
             View::Images(_) | View::Mapped(_) => bail!("{method}: modality {m} holds raw images"),
         };
         let (map, z) =
-            InputMap::fit(f.view(), rbf_anchors, seed ^ m as u64).with_context(|| format!("{method}: input features of modality {m}"))?;
-        let (map, z) = map.with_clip(input_clip, z);
+            InputMap::fit(f.view(), input, seed ^ m as u64).with_context(|| format!("{method}: input features of modality {m}"))?;
         x.push(array_to_tensor(z.view(), device));
         inputs.push(map);
         mapped.push(None);
@@ -649,31 +677,26 @@ pub fn run_config<P: Serialize>(params: &P, prep: &Prepared, bits: usize, data: 
 /// The start of a zero-shot fit (after the method's own `check`): the trainer (device, seed,
 /// progress, checkpoint folder) and the training tensors of every row, or of the labelled rows
 /// only when `use_unlabelled` is false (the nFS ablation).
-#[allow(clippy::too_many_arguments)]
 pub fn start(
     method: &'static str,
     data: &TrainSet,
     ctx: &FitContext,
-    epochs: usize,
     control: &RunControl,
-    use_unlabelled: bool,
-    rbf_anchors: usize,
-    attribute_span: bool,
-    input_clip: f64,
+    opts: &InputOptions,
 ) -> Result<(Trainer, Prepared)> {
-    let tr = Trainer::new(method, ctx, epochs, control)?;
-    let rows = if use_unlabelled { (0..data.len()).collect() } else { labelled_rows(data) };
-    let prep = prepare(data, method, rows, tr.device, rbf_anchors, attribute_span, ctx.seed, input_clip)?;
+    let tr = Trainer::new(method, ctx, opts.epochs, control)?;
+    let rows = if opts.use_unlabelled { (0..data.len()).collect() } else { labelled_rows(data) };
+    let prep = prepare(data, method, rows, tr.device, &opts.input, opts.attribute_span, ctx.seed)?;
     Ok((tr, prep))
 }
 
 /// The input options every zero-shot method's parameters give [`fit_networks`].
+#[derive(Clone, Debug, Default)]
 pub struct InputOptions {
     pub epochs: usize,
     pub use_unlabelled: bool,
-    pub rbf_anchors: usize,
     pub attribute_span: bool,
-    pub input_clip: f64,
+    pub input: InputSpec,
 }
 
 /// The [`InputOptions`] of a parameter struct that has fields of the same names.
@@ -682,9 +705,8 @@ macro_rules! input_options {
         $crate::deep::zs_common::InputOptions {
             epochs: $p.epochs,
             use_unlabelled: $p.use_unlabelled,
-            rbf_anchors: $p.rbf_anchors,
             attribute_span: $p.attribute_span,
-            input_clip: $p.input_clip,
+            input: $crate::deep::zs_common::InputSpec { rbf_anchors: $p.rbf_anchors, clip: $p.input_clip, power: $p.input_power },
         }
     };
 }
@@ -702,8 +724,7 @@ pub fn fit_networks<P: Serialize, F: ZsFitter>(
     opts: InputOptions,
     new_fitter: impl FnOnce(Prepared) -> Result<F>,
 ) -> Result<(Trainer, F)> {
-    let (mut tr, prep) =
-        start(method, data, ctx, opts.epochs, control, opts.use_unlabelled, opts.rbf_anchors, opts.attribute_span, opts.input_clip)?;
+    let (mut tr, prep) = start(method, data, ctx, control, &opts)?;
     let config = run_config(params, &prep, ctx.bits, data);
     let mut fit = new_fitter(prep)?;
     train(method, &mut tr, &mut fit, &config)?;
@@ -768,7 +789,12 @@ pub fn read_model_json<P: DeserializeOwned>(dir: &Path, method: &str) -> Result<
         bail!("{}: field bits is {bits}, expected a code length in 1..={}", mp.display(), crate::method::MAX_BITS);
     }
     let bits = bits as usize;
-    let params: P = serde_json::from_value(v["params"].clone()).map_err(|e| anyhow!("{}: field params: {e}", mp.display()))?;
+    let mut pv = v["params"].clone();
+    // A model written before `input_power` existed used the features unpowered.
+    if let Some(obj) = pv.as_object_mut() {
+        obj.entry("input_power").or_insert(serde_json::json!(1.0));
+    }
+    let params: P = serde_json::from_value(pv).map_err(|e| anyhow!("{}: field params: {e}", mp.display()))?;
     let history: Vec<f64> = serde_json::from_value(v["history"].clone()).unwrap_or_default();
     Ok((bits, params, history, v))
 }
@@ -841,6 +867,23 @@ mod tests {
     use ndarray::array;
 
     #[test]
+    fn a_model_without_input_power_reads_as_unpowered() {
+        // AgNet's default is ½; a model.json written before the field existed used p = 1.
+        let d = tempfile::tempdir().unwrap();
+        let write = |params: serde_json::Value| {
+            let j = serde_json::json!({ "method": "agnet", "bits": 8, "params": params, "history": [] });
+            std::fs::write(d.path().join("model.json"), j.to_string()).unwrap();
+        };
+        write(serde_json::json!({ "ridge_blend": 0.6 }));
+        let (_, p, _, _) = read_model_json::<crate::deep::agnet::AgnetParams>(d.path(), "agnet").unwrap();
+        assert_eq!((p.input_power, p.ridge_blend), (1.0, 0.6));
+        write(serde_json::json!({ "input_power": 0.5 }));
+        let (_, p, _, _) = read_model_json::<crate::deep::agnet::AgnetParams>(d.path(), "agnet").unwrap();
+        assert_eq!(p.input_power, 0.5);
+        assert_eq!(crate::deep::agnet::AgnetParams::default().input_power, 0.5);
+    }
+
+    #[test]
     fn ndarray_forward_equals_the_tch_forward() {
         let _lock = crate::deep::test_support::torch_rng_lock(); // builds layers: libtorch's generator
         use tch::nn::ModuleT;
@@ -877,12 +920,13 @@ mod tests {
     }
 
     #[test]
-    fn input_map_rbf_hand_worked() {
+    fn input_map_rbf_and_power_hand_worked() {
+        let d0 = tempfile::tempdir().unwrap();
         // Three 1-d rows 0, 1, 2 and three anchors (all rows): distances [[0,1,2],[1,0,1],[2,1,0]],
         // σ = mean distance = 8/9, φᵢⱼ = exp(−dᵢⱼ² / 2σ²), centred by the column means, then
         // standardised per column.
         let x = array![[0.0f32], [1.0], [2.0]];
-        let (map, z) = InputMap::fit(x.view(), 3, 7).unwrap();
+        let (map, z) = InputMap::fit(x.view(), &InputSpec { rbf_anchors: 3, ..Default::default() }, 7).unwrap();
         let sigma = 8.0f64 / 9.0;
         assert!((map.sigma().unwrap() - sigma).abs() < 1e-12);
         let k = |d: f64| (-d * d / (2.0 * sigma * sigma)).exp();
@@ -902,17 +946,32 @@ mod tests {
         }
         assert_eq!((map.raw_dim(), map.dim()), (1, 3));
         // Without anchors: standardisation only.
-        let (plain, zp) = InputMap::fit(x.view(), 0, 7).unwrap();
+        let (plain, zp) = InputMap::fit(x.view(), &InputSpec::default(), 7).unwrap();
         assert!(plain.rbf.is_none() && plain.sigma().is_none());
         assert_eq!(zp, Standardizer::fit(x.view()).apply(x.view()));
+        // input_power ½: sign(v)·|v|^½ first, so rows 0, 1, 4 and −9 become 0, 1, 2 and −3, then
+        // standardised; new rows go through the same power; the clip acts after standardising.
+        let xp = array![[0.0f32], [1.0], [4.0], [-9.0]];
+        let half = InputSpec { power: 0.5, clip: 1.2, ..Default::default() };
+        let (pm, zp) = InputMap::fit(xp.view(), &half, 7).unwrap();
+        let roots = array![[0.0f32], [1.0], [2.0], [-3.0]];
+        let want = Standardizer::fit(roots.view()).apply(roots.view()).mapv(|v| v.clamp(-1.2, 1.2));
+        assert!((&zp - &want).iter().all(|d| d.abs() < 1e-6), "{zp:?} vs {want:?}");
+        assert!((&pm.apply(array![[16.0f32]].view()).unwrap()
+            - &Standardizer::fit(roots.view()).apply(array![[4.0f32]].view()).mapv(|v| v.clamp(-1.2, 1.2)))
+            .iter()
+            .all(|d| d.abs() < 1e-6));
+        pm.save(d0.path(), "text").unwrap();
+        let back = InputMap::load(d0.path(), "text", None, 1, 1.2, 0.5).unwrap();
+        assert_eq!(back.apply(xp.view()).unwrap(), zp);
         // More anchors than rows: capped at the rows.
-        assert_eq!(InputMap::fit(x.view(), 50, 7).unwrap().0.dim(), 3);
+        assert_eq!(InputMap::fit(x.view(), &InputSpec { rbf_anchors: 50, ..Default::default() }, 7).unwrap().0.dim(), 3);
         // Save / load round trip; a wrong input size is refused, naming the file.
         let d = tempfile::tempdir().unwrap();
         map.save(d.path(), "image").unwrap();
-        let back = InputMap::load(d.path(), "image", map.sigma(), 3, 0.0).unwrap();
+        let back = InputMap::load(d.path(), "image", map.sigma(), 3, 0.0, 1.0).unwrap();
         assert_eq!(back.apply(xn.view()).unwrap(), got);
-        let e = format!("{:#}", InputMap::load(d.path(), "image", map.sigma(), 4, 0.0).unwrap_err());
+        let e = format!("{:#}", InputMap::load(d.path(), "image", map.sigma(), 4, 0.0, 1.0).unwrap_err());
         assert!(e.contains("image_mean.npy"), "{e}");
     }
 

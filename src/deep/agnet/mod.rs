@@ -39,6 +39,9 @@
 //!   at encoding time) instead of the true attributes of the labelled items.
 //! - `rbf_anchors`: the centred RBF-anchor features SCH and CCA-ITQ use as the networks' input
 //!   (`InputMap`).
+//! - `input_power` p (default ½): every raw feature value v enters as sign(v)·|v|ᵖ before the
+//!   standardisation (`InputMap`; power normalisation, the Hellinger map on histograms such as
+//!   colour histograms and bags of visual words).
 //! - `attribute_span` (default on): attributes in an orthonormal basis of the span of the training
 //!   classes' attributes (`span_basis`, an isometry on the span: cosines
 //!   and the targets tᵛ are unchanged), so K outputs replace an embedding's hundreds.
@@ -287,7 +290,14 @@ mod tests {
         // term index → (attribute-row gradient norm, free-row gradient norm) of image-fc2.weight.
         let grads = |term: usize| {
             // The trainer holds libtorch's generator lock while the networks are built and run.
-            let (_tr, prep) = zs_common::start(METHOD, &data, &ctx, 1, &RunControl::default(), true, 0, true, 0.0).unwrap();
+            let (_tr, prep) = zs_common::start(
+                METHOD,
+                &data,
+                &ctx,
+                &RunControl::default(),
+                &zs_common::InputOptions { epochs: 1, use_unlabelled: true, attribute_span: true, ..Default::default() },
+            )
+            .unwrap();
             let fit = Fitter::new(&p, prep, 8, 3).unwrap();
             let d = fit.prep.attr_dim() as i64;
             let terms = fit.batch_terms(&rows).unwrap();
@@ -343,9 +353,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (loaded, mapped) = crate::deep::czhash::tests::loaded_and_mapped(&data, dir.path());
         let ctx = FitContext { device: DeviceChoice::Cpu, ..FitContext::new(16, 7) };
-        let p = AgnetParams { hidden: vec![32], epochs: 4, batch_size: 16, rbf_anchors: 20, ..Default::default() };
-        {
-            let start = |d: &TrainSet| zs_common::start(METHOD, d, &ctx, 1, &RunControl::default(), true, 20, true, 0.0).unwrap().1;
+        let p = AgnetParams { hidden: vec![32], epochs: 4, batch_size: 16, rbf_anchors: 20, input_power: 1.0, ..Default::default() };
+        // RBF anchors, and the signed square root without them: the same inputs either way.
+        for input in [
+            zs_common::InputSpec { rbf_anchors: 20, ..Default::default() },
+            zs_common::InputSpec { power: 0.5, clip: 5.0, ..Default::default() },
+        ] {
+            let opts = zs_common::InputOptions { epochs: 1, use_unlabelled: true, attribute_span: true, input };
+            let start = |d: &TrainSet| zs_common::start(METHOD, d, &ctx, &RunControl::default(), &opts).unwrap().1;
             let (pl, pm) = (start(&loaded), start(&mapped));
             let rows: Vec<usize> = (0..85).step_by(3).collect();
             for v in 0..2 {
@@ -367,6 +382,9 @@ mod tests {
         }
         // Nothing of the mapped features is counted as held in memory.
         assert!(p.check(&mapped, 16).is_ok());
+        // A power with RBF anchors needs the features in memory: refused on mapped ones.
+        let e = format!("{:#}", AgnetParams { input_power: 0.5, ..p.clone() }.fit(&mapped, &ctx).unwrap_err());
+        assert!(e.contains("input_power = 0.5") && e.contains("memory-mapped"), "{e}");
     }
 
     #[test]
@@ -507,7 +525,14 @@ mod tests {
         let p = AgnetParams { hidden: vec![16], epochs: 2, batch_size: 16, ridge_blend: 0.4, blend_lambda: 0.5, ..Default::default() };
         // The trainer holds libtorch's generator lock until it is dropped, before the fit below.
         {
-            let (_tr, prep) = zs_common::start(METHOD, &data, &ctx, 1, &RunControl::default(), true, 0, true, p.input_clip).unwrap();
+            let (_tr, prep) = zs_common::start(
+                METHOD,
+                &data,
+                &ctx,
+                &RunControl::default(),
+                &zs_common::InputOptions { epochs: 1, ..zs_common::input_options!(p) },
+            )
+            .unwrap();
             let mut fit = Fitter::new(&p, prep, 8, 5).unwrap();
             let r = fit.fit_ridge_blend().unwrap();
             for (v, rv) in r.iter().enumerate() {
@@ -547,6 +572,8 @@ mod tests {
         assert!(e.contains("agnet.decor_weight"), "{e}");
         let e = AgnetParams { free_dims: 1 << 20, ..quick() }.fit(&data, &ctx).unwrap_err().to_string();
         assert!(e.contains("agnet.free_dims"), "{e}");
+        let e = AgnetParams { input_power: 0.0, ..quick() }.fit(&data, &ctx).unwrap_err().to_string();
+        assert!(e.contains("agnet.input_power"), "{e}");
         for m in 0..2 {
             data.labelled[m].iter_mut().for_each(|b| *b = false);
             data.labels[m].fill(0);

@@ -67,7 +67,7 @@ impl AgnetModel {
             if net.layers.last().map(|l| l.0.nrows()) != Some(hash_net.in_dim()) {
                 bail!("{}: the {name} network's output does not match the hash network's input ({}); the weight files and model.json disagree", dir.display(), hash_net.in_dim());
             }
-            let input = InputMap::load(dir, name, sigmas[m], net.in_dim(), params.input_clip)?;
+            let input = InputMap::load(dir, name, sigmas[m], net.in_dim(), params.input_clip, params.input_power)?;
             if params.ridge_blend > 0.0 {
                 ridges.push(zs_common::read_ridge_map(
                     dir,
@@ -115,7 +115,7 @@ impl HashModel for AgnetModel {
             "params": self.params,
             "history": self.history,
             "rbf_sigma": self.inputs.iter().map(|i| i.sigma()).collect::<Vec<_>>(),
-            "encode": "code = sign(hash MLP(m MLP((phi(x) - m_mean) / m_std))), the hash MLP taking all outputs of the m MLP (params.free_dims of them free, after the attribute coordinates), MLPs = {name}_l*_weight/bias with ReLU between layers, m = image | text; with params.ridge_blend = w > 0 the m MLP's output is replaced by (1 - w) m MLP(z) + w z m_ridge (z its input); phi(x) = x, or with rbf_anchors > 0: exp(-||x - m_anchors||^2 / (2 rbf_sigma[m]^2)) - m_phi_mean",
+            "encode": "code = sign(hash MLP(m MLP((phi(x) - m_mean) / m_std))), the hash MLP taking all outputs of the m MLP (params.free_dims of them free, after the attribute coordinates), MLPs = {name}_l*_weight/bias with ReLU between layers, m = image | text; with params.ridge_blend = w > 0 the m MLP's output is replaced by (1 - w) m MLP(z) + w z m_ridge (z its input); phi(x) = s(x), or with rbf_anchors > 0: exp(-||s(x) - m_anchors||^2 / (2 rbf_sigma[m]^2)) - m_phi_mean; s(x) = sign(x) |x|^params.input_power elementwise; the standardised input is clipped to [-params.input_clip, params.input_clip] when params.input_clip > 0",
         });
         crate::npy::write_text_atomic(&dir.join("model.json"), &(serde_json::to_string_pretty(&json)? + "\n"))
     }

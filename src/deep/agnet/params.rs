@@ -48,6 +48,10 @@ pub struct AgnetParams {
     pub use_unlabelled: bool,
     /// c > 0: the standardised network inputs are clipped to [−c, c]; 0 = no clipping.
     pub input_clip: f64,
+    /// p: every raw feature value v enters as sign(v)·|v|ᵖ (power normalisation, before the RBF
+    /// map and the standardisation; ½ on histograms is the Hellinger map); 1 = the features as
+    /// they are. Default ½, chosen on validation.
+    pub input_power: f64,
     /// Multiplier of the initial last-layer weights of the attribute networks (1 = default).
     pub output_init_scale: f64,
     /// The hashing network is one linear layer fitted, at the start of every epoch and after the
@@ -86,6 +90,7 @@ impl Default for AgnetParams {
             attribute_span: true,
             use_unlabelled: true,
             input_clip: 5.0,
+            input_power: 0.5,
             output_init_scale: 0.1,
             pca_hash: true,
             ridge_blend: 0.6,
@@ -103,7 +108,7 @@ impl AgnetParams {
 }
 
 /// What `cmh tune` varies for AgNet: learning rate, epochs (also the successive-halving budget),
-/// widths, dropout and the loss weights.
+/// widths, dropout, the loss weights and the input power.
 pub const SEARCH_SPACE: SearchSpace = SearchSpace {
     dims: &[
         Dim { name: "learning_rate", range: Range::Float { lo: 1e-4, hi: 1e-2, log: true } },
@@ -113,6 +118,7 @@ pub const SEARCH_SPACE: SearchSpace = SearchSpace {
         Dim { name: "dropout", range: Range::Choice(&["0.0", "0.2", "0.5"]) },
         Dim { name: "quant_weight", range: Range::Float { lo: 0.01, hi: 1.0, log: true } },
         Dim { name: "decor_weight", range: Range::Float { lo: 0.1, hi: 10.0, log: true } },
+        Dim { name: "input_power", range: Range::Choice(&["0.5", "1.0"]) },
     ],
     fidelity: Some("epochs"),
 };

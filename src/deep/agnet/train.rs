@@ -218,6 +218,7 @@ impl Fit for AgnetParams {
         }
         ensure_fraction("agnet.dropout", self.dropout)?;
         ensure_nonneg("agnet.input_clip", self.input_clip)?;
+        ensure_pos("agnet.input_power", self.input_power)?;
         ensure_nonneg("agnet.output_init_scale", self.output_init_scale)?;
         if self.batch_size < 2 || self.epochs == 0 {
             bail!("hyper-parameters agnet.batch_size (≥ 2) and agnet.epochs (≥ 1) are too small");

@@ -850,6 +850,7 @@ impl Fit for CzhashParams {
         ensure_fraction("czhash.ridge_blend", self.ridge_blend)?;
         ensure_pos("czhash.blend_lambda", self.blend_lambda)?;
         ensure_nonneg("czhash.input_clip", self.input_clip)?;
+        ensure_pos("czhash.input_power", self.input_power)?;
         ensure_nonneg("czhash.output_init_scale", self.output_init_scale)?;
         if !(self.grad_clip >= 0.0 && self.grad_clip.is_finite()) {
             bail!("hyper-parameter czhash.grad_clip must be a finite number ≥ 0 (0 = off), found {}", self.grad_clip);
@@ -880,7 +881,7 @@ impl Fit for CzhashParams {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::deep::zs_common::prepare;
+    use crate::deep::zs_common::{prepare, InputSpec};
     use crate::method::{DeviceChoice, HashModel, View};
     use crate::npy::write_npy;
     use ndarray::{array, Array2};
@@ -949,7 +950,7 @@ pub(crate) mod tests {
     #[test]
     fn batched_composite_rows_equal_the_scalar_equations() {
         let data = tiny_set();
-        let prep = prepare(&data, METHOD, (0..5).collect(), Device::Cpu, 0, false, 0, 0.0).unwrap();
+        let prep = prepare(&data, METHOD, (0..5).collect(), Device::Cpu, &InputSpec::default(), false, 0).unwrap();
         let scale = [1.7, 0.9];
         let sim = SimData::new(&prep, scale, false);
         let cached = SimData::new(&prep, scale, true);
@@ -989,7 +990,7 @@ pub(crate) mod tests {
         // The gradient of the batch loss w.r.t. the batch rows equals that of eq. 7 w.r.t. the
         // same rows of F⁽ᵛ⁾, and eq. 7 equals a plain loop computation.
         let data = tiny_set();
-        let prep = prepare(&data, METHOD, (0..5).collect(), Device::Cpu, 0, false, 0, 0.0).unwrap();
+        let prep = prepare(&data, METHOD, (0..5).collect(), Device::Cpu, &InputSpec::default(), false, 0).unwrap();
         let sim = SimData::new(&prep, [1.0, 1.0], true);
         let _lock = crate::deep::test_support::torch_rng_lock();
         tch::manual_seed(3);
@@ -1091,8 +1092,10 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (loaded, mapped) = loaded_and_mapped(&data, dir.path());
         let (pl, pm) = (
-            prepare(&loaded, METHOD, (0..85).collect(), Device::Cpu, 20, false, 0, 0.0).unwrap(),
-            prepare(&mapped, METHOD, (0..85).collect(), Device::Cpu, 20, false, 0, 0.0).unwrap(),
+            prepare(&loaded, METHOD, (0..85).collect(), Device::Cpu, &InputSpec { rbf_anchors: 20, ..Default::default() }, false, 0)
+                .unwrap(),
+            prepare(&mapped, METHOD, (0..85).collect(), Device::Cpu, &InputSpec { rbf_anchors: 20, ..Default::default() }, false, 0)
+                .unwrap(),
         );
         assert!(pm.mapped.iter().all(|m| m.is_some()) && pm.x.iter().all(|x| x.size()[0] == 0));
         let (sl, sm) = (SimData::new(&pl, [1.5, 2.0], false), SimData::new(&pm, [1.5, 2.0], false));
@@ -1368,7 +1371,7 @@ pub(crate) mod tests {
         for refresh in [true, false] {
             let params = CzhashParams { refresh_f: refresh, dropout: 0.5, ..quick_params() };
             let mut tr = Trainer::new(METHOD, &ctx, 1, &RunControl::default()).unwrap();
-            let prep = prepare(&data, METHOD, (0..32).collect(), Device::Cpu, 0, false, 0, 0.0).unwrap();
+            let prep = prepare(&data, METHOD, (0..32).collect(), Device::Cpu, &InputSpec::default(), false, 0).unwrap();
             let mut fit = Fitter::new(&params, prep, 8, 3).unwrap();
             tr.next_epoch().unwrap();
             fit.round(&mut tr).unwrap();
@@ -1386,7 +1389,7 @@ pub(crate) mod tests {
     fn round_learning_rates_follow_decay_and_scale() {
         let data = semi_synthetic(32, 7);
         let params = CzhashParams { learning_rate: 0.1, lr_decay: 0.5, ..quick_params() };
-        let prep = prepare(&data, METHOD, (0..32).collect(), Device::Cpu, 0, false, 0, 0.0).unwrap();
+        let prep = prepare(&data, METHOD, (0..32).collect(), Device::Cpu, &InputSpec::default(), false, 0).unwrap();
         let mut fit = Fitter::new(&params, prep, 8, 3).unwrap();
         assert!((fit.round_lr(1) - 0.1).abs() < 1e-15 && (fit.round_lr(3) - 0.025).abs() < 1e-15);
         fit.lr_scale = 0.25;
@@ -1406,7 +1409,7 @@ pub(crate) mod tests {
             }
         }
         let params = CzhashParams { centre: true, hidden: vec![8], ..quick_params() };
-        let prep = prepare(&data, METHOD, (0..40).collect(), Device::Cpu, 0, false, 0, 0.0).unwrap();
+        let prep = prepare(&data, METHOD, (0..40).collect(), Device::Cpu, &InputSpec::default(), false, 0).unwrap();
         let mut fit = Fitter::new(&params, prep, 6, 3).unwrap();
         let v = 1;
         let cbar = fit.cbar(v);
@@ -1478,7 +1481,9 @@ pub(crate) mod tests {
         let ridge = model.ridge.clone().expect("ridge maps kept");
         {
             let _lock = crate::deep::test_support::torch_rng_lock();
-            let prep = zs_common::prepare(&data, METHOD, (0..60).collect(), tch::Device::Cpu, 0, true, ctx.seed, p.input_clip).unwrap();
+            let prep =
+                zs_common::prepare(&data, METHOD, (0..60).collect(), tch::Device::Cpu, &zs_common::input_options!(p).input, true, ctx.seed)
+                    .unwrap();
             for (v, rv) in ridge.iter().enumerate() {
                 let x = tensor_to_array(&prep.x[v]).unwrap();
                 let labels = data.labels[v].select(ndarray::Axis(1), &prep.classes[v]).mapv(f32::from);

@@ -62,7 +62,7 @@ impl CzhashModel {
         let mut ridges = Vec::new();
         for (m, name) in MODALITY_NAMES.iter().enumerate() {
             let net = MlpWeights::load(dir, name, params.hidden.len() + 1)?;
-            let input = InputMap::load(dir, name, sigmas[m], net.in_dim(), params.input_clip)?;
+            let input = InputMap::load(dir, name, sigmas[m], net.in_dim(), params.input_clip, params.input_power)?;
             let p = super::zs_common::read_f32(&dir.join(format!("{name}_projector.npy")), 2)?.into_dimensionality::<ndarray::Ix2>()?;
             let wm = super::zs_common::read_f32(&dir.join(format!("{name}_W.npy")), 2)?.into_dimensionality::<ndarray::Ix2>()?;
             let out = net.layers.last().map(|l| l.0.nrows()).unwrap_or(0);
@@ -136,7 +136,7 @@ impl HashModel for CzhashModel {
             "modality_classes": self.classes,
             "rbf_sigma": self.inputs.iter().map(|i| i.sigma()).collect::<Vec<_>>(),
             "history": self.history,
-            "encode": "code = sign(((phi(x) - {m}_mean) / {m}_std → MLP {m}_l*_weight/bias, ReLU between layers; with params.ridge_blend = w > 0: (1 - w) MLP(z) + w z @ {m}_ridge, z the MLP's input) @ {m}_projector @ {m}_W - {m}_offset (centre only)), m = image | text; phi(x) = x, or with rbf_anchors > 0: exp(-||x - {m}_anchors||^2 / (2 rbf_sigma[m]^2)) - {m}_phi_mean",
+            "encode": "code = sign(((phi(x) - {m}_mean) / {m}_std → MLP {m}_l*_weight/bias, ReLU between layers; with params.ridge_blend = w > 0: (1 - w) MLP(z) + w z @ {m}_ridge, z the MLP's input) @ {m}_projector @ {m}_W - {m}_offset (centre only)), m = image | text; phi(x) = s(x), or with rbf_anchors > 0: exp(-||s(x) - {m}_anchors||^2 / (2 rbf_sigma[m]^2)) - {m}_phi_mean; s(x) = sign(x) |x|^params.input_power elementwise; the standardised input is clipped to [-params.input_clip, params.input_clip] when params.input_clip > 0",
         });
         crate::npy::write_text_atomic(&dir.join("model.json"), &(serde_json::to_string_pretty(&json)? + "\n"))
     }

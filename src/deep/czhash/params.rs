@@ -66,6 +66,9 @@ pub struct CzhashParams {
     /// c > 0: the standardised network inputs are clipped to [−c, c] (bag-of-words dimensions of
     /// rare words otherwise reach z-scores of 30–40); 0 = no clipping.
     pub input_clip: f64,
+    /// p: every raw feature value v enters as sign(v)·|v|ᵖ (power normalisation, before the RBF
+    /// map and the standardisation); 1 = the features as they are.
+    pub input_power: f64,
     /// Multiplier of the initial weights and bias of each network's last layer (1 = the default
     /// initialisation), so the networks start near F = 0 instead of far outside the attribute
     /// targets.
@@ -112,6 +115,7 @@ impl Default for CzhashParams {
             lr_decay: 1.0,
             refresh_f: true,
             input_clip: 5.0,
+            input_power: 1.0,
             output_init_scale: 0.1,
             attribute_coding: true,
             predicted_coding: true,
@@ -139,7 +143,7 @@ impl CzhashParams {
 }
 
 /// What `cmh tune` varies for CZHash: learning rate, rounds (also the successive-halving budget),
-/// widths, dropout, the ridge and the feature-similarity scale.
+/// widths, dropout, the ridge, the feature-similarity scale and the input power.
 pub const SEARCH_SPACE: SearchSpace = SearchSpace {
     dims: &[
         Dim { name: "learning_rate", range: Range::Float { lo: 1e-4, hi: 1e-2, log: true } },
@@ -148,6 +152,7 @@ pub const SEARCH_SPACE: SearchSpace = SearchSpace {
         Dim { name: "dropout", range: Range::Choice(&["0.0", "0.2", "0.5"]) },
         Dim { name: "ridge", range: Range::Float { lo: 1e-3, hi: 0.1, log: true } },
         Dim { name: "distance_scale", range: Range::Float { lo: 0.1, hi: 1.0, log: true } },
+        Dim { name: "input_power", range: Range::Choice(&["0.5", "1.0"]) },
     ],
     fidelity: Some("epochs"),
 };
