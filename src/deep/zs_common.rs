@@ -98,14 +98,14 @@ impl InputMap {
     pub fn fit_mapped(x: &crate::mapped::MappedRows, spec: &InputSpec, seed: u64) -> Result<Self> {
         let n = x.len();
         let (anchors, power) = (spec.rbf_anchors, spec.power as f32);
+        if anchors > 0 && power != 1.0 {
+            bail!("input_power = {power} with rbf_anchors = {anchors} needs the features in memory; memory-mapped features take input_power = 1 with RBF anchors");
+        }
         let rbf = if anchors == 0 {
             None
         } else {
             let mut rng = crate::numerics::random::seeded_rng(seed, 0x5A5A);
             let rows = x.all_file_rows();
-            if power != 1.0 {
-                bail!("input_power = {power} with rbf_anchors = {anchors} needs the features in memory; memory-mapped features take input_power = 1 with RBF anchors");
-            }
             let map = crate::numerics::rbf::RbfMap::fit_streamed(x.array().features_view()?, Some(&rows), anchors.min(n), 1.0, &mut rng)?;
             x.array().release();
             Some(map)
